@@ -1,0 +1,13 @@
+"""dutybridge: a self-hosted PagerDuty <-> ServiceNow integration daemon.
+
+Plugins import ``hookimpl`` from here to mark their hook implementations.
+"""
+
+import pluggy
+
+__version__ = "0.1.0"
+
+PROJECT = "dutybridge"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+__all__ = ["hookimpl", "PROJECT", "__version__"]

@@ -1,0 +1,150 @@
+"""The store's contract: inbox, dead letters, links and watermarks.
+
+SQLite implements it now; a PostgreSQL implementation will satisfy the same
+interface (claims by ``FOR UPDATE SKIP LOCKED``), and the same tests run on both.
+Every method is a coroutine and each is one transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..events import Event, EventStatus, StoredEvent
+
+
+@dataclass(frozen=True)
+class Link:
+    """One object in PagerDuty linked to one object in ServiceNow.
+
+    ``kind`` names the pair (``"incident"``, ``"group_service"``, ``"user"``, ...);
+    ``state`` is the last state synced across this link, kept so that an echo of our
+    own write can be recognised and dropped; ``status`` is ``"linked"`` or
+    ``"unlinked"`` (kept for history, never matched by lookups unless asked).
+    """
+
+    kind: str
+    pd_id: str
+    sn_id: str
+    state: dict[str, Any] = field(default_factory=dict)
+    status: str = "linked"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Store(abc.ABC):
+    """Durable state shared by the receiver, the worker, the CLI and the plugins."""
+
+    # -- lifecycle ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers a trivial query (readiness)."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The highest migration applied."""
+
+    # -- inbox -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_event(self, event: Event) -> StoredEvent | None:
+        """Store ``event`` durably (committed on return).
+
+        Returns the stored event, or None when an event with the same
+        ``(source, event_id)`` is already stored (a duplicate: nothing written).
+        """
+
+    @abc.abstractmethod
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredEvent]:
+        """Claim up to ``limit`` events that are due, for ``owner``, for ``lease_seconds``.
+
+        Due: status ``pending`` with ``next_attempt_at`` unset or past, or ``claimed``
+        with an expired lease (its owner died). Ordering: an event is never claimed while
+        an earlier event (lower id) of the same ``resource`` is pending or claimed, and at
+        most one event per resource is returned. Claimed events get status ``claimed``
+        and ``attempts`` incremented.
+        """
+
+    @abc.abstractmethod
+    async def release_claims(self, owner: str | None = None) -> int:
+        """Return claimed events (of ``owner``, or all) to pending; the count.
+
+        A single-instance store calls this at start-up so that an event claimed when
+        the process died is claimed again.
+        """
+
+    @abc.abstractmethod
+    async def complete(self, event_id: int, status: EventStatus = "done") -> None:
+        """Mark a claimed event ``done`` (or ``ignored``: no plugin acted on it)."""
+
+    @abc.abstractmethod
+    async def fail(self, event_id: int, error: str, retry_at: datetime | None) -> None:
+        """Record a failed attempt: pending again at ``retry_at``, or ``dead`` when None."""
+
+    @abc.abstractmethod
+    async def get_event(self, event_id: int) -> StoredEvent | None: ...
+
+    @abc.abstractmethod
+    async def list_events(
+        self, status: EventStatus | None = None, limit: int = 50, source: str | None = None
+    ) -> list[StoredEvent]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def replay(self, event_id: int) -> bool:
+        """Make one event (dead, done or ignored) pending again with attempts reset; False if none."""
+
+    @abc.abstractmethod
+    async def replay_dead(self) -> int:
+        """Make every dead event pending again; the count."""
+
+    @abc.abstractmethod
+    async def purge_dead(self) -> int:
+        """Delete every dead event; the count."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Events per status, every status present (0 when none)."""
+
+    @abc.abstractmethod
+    async def purge_done(self, older_than: datetime) -> int:
+        """Delete done/ignored events older than ``older_than`` (retention); the count."""
+
+    # -- links -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_link(self, link: Link) -> Link:
+        """Insert or replace the link of ``(kind, pd_id)``; also unique on ``(kind, sn_id)``."""
+
+    @abc.abstractmethod
+    async def get_link(
+        self, kind: str, *, pd_id: str | None = None, sn_id: str | None = None,
+        include_unlinked: bool = False,
+    ) -> Link | None:
+        """The link of ``kind`` with that PagerDuty or ServiceNow id (exactly one given)."""
+
+    @abc.abstractmethod
+    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
+                                status: str | None = None) -> None:
+        """Replace the link's synced state (and status when given)."""
+
+    @abc.abstractmethod
+    async def list_links(self, kind: str | None = None, include_unlinked: bool = False) -> list[Link]: ...
+
+    @abc.abstractmethod
+    async def delete_link(self, kind: str, pd_id: str) -> bool: ...
+
+    # -- watermarks --------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_watermark(self, name: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_watermark(self, name: str, value: str) -> None: ...

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Bootstrap and run dutybridge from a fresh clone with nothing but Python 3.11.
+
+    python3 tasks.py demo     # the daemon against the local sandbox
+    python3 tasks.py test     # the whole test suite
+
+Each command creates ./.venv on first use and installs dutybridge into it (editable,
+with the test extras), then re-installs only when pyproject.toml or setup.py change.
+Any further arguments are passed on (to pytest for `test`, to `dutybridge` for `run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("DUTYBRIDGE_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".dutybridge-install-stamp"
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "setup.py"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def bootstrap() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"dutybridge needs Python >= 3.11, this is {sys.version.split()[0]}")
+    if not (BIN / "python").exists():
+        print(f"creating virtual environment in {VENV}", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if STAMP.exists() and STAMP.read_text() == _fingerprint():
+        return
+    print("installing dutybridge and its test dependencies into the venv", file=sys.stderr)
+    subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-e", f"{ROOT}[test]"],
+        check=True,
+    )
+    STAMP.write_text(_fingerprint())
+
+
+def main(argv: list[str]) -> int:
+    commands = {"demo", "test", "run", "sandbox", "bootstrap"}
+    if not argv or argv[0] not in commands:
+        print(__doc__.strip(), file=sys.stderr)
+        print(f"\ncommands: {', '.join(sorted(commands))}", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    bootstrap()
+    if command == "bootstrap":
+        return 0
+    if command == "test":
+        # pytest exits 5 when it collects no test: that is a failure here, not a pass.
+        rc = subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
+        if rc == 5:
+            print("pytest collected no tests: treating as failure", file=sys.stderr)
+            return 1
+        return rc
+    if command == "run":
+        return subprocess.call([str(BIN / "dutybridge"), *rest], cwd=ROOT)
+    return subprocess.call([str(BIN / "dutybridge"), command, *rest], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
