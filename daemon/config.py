@@ -1,0 +1,322 @@
+"""Load and validate ``config.toml``; every error names the dotted key path.
+
+The core owns ``[daemon]``, ``[pagerduty]``, ``[servicenow]`` and ``[plugins]``;
+each enabled plugin declares the schema of its own ``[plugins.<name>]`` section
+through the ``register_config_sections`` hook. Secret values may be references:
+``env:NAME`` reads an environment variable, ``file:PATH`` reads a file (a relative
+path is looked up in ``$CREDENTIALS_DIRECTORY`` first, for systemd credentials).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str], path: str | os.PathLike | None = None):
+        self.problems = problems
+        self.path = str(path) if path else None
+        where = f"{self.path}: " if self.path else ""
+        super().__init__("\n".join(f"{where}{p}" for p in problems))
+
+
+def resolve_secret(value: Any) -> Any:
+    """Turn ``env:NAME`` / ``file:PATH`` references into their value."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value[4:]
+        if not name:
+            raise ValueError("'env:' needs a variable name, as in env:PAGERDUTY_API_KEY")
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        raw = value[5:]
+        if not raw:
+            raise ValueError("'file:' needs a path, as in file:/etc/dutybridge/pd-key")
+        path = Path(raw)
+        candidates = []
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not path.is_absolute() and creds:
+            candidates.append(Path(creds) / path)
+        candidates.append(path)
+        for candidate in candidates:
+            if candidate.is_file():
+                try:
+                    return candidate.read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"cannot read secret file {candidate}: {exc.strerror}") from None
+        raise ValueError(f"secret file {raw} not found" + (f" (also looked in $CREDENTIALS_DIRECTORY={creds})" if creds and not path.is_absolute() else ""))
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+"""A secret: shown as ``**********``; ``.get_secret_value()`` gives the value."""
+
+
+class Section(BaseModel):
+    """Base for every configuration section: strict types, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+
+class DaemonConfig(Section):
+    listen_host: str = Field("127.0.0.1", description="Address the webhook server binds to. Keep 127.0.0.1 behind a reverse proxy.")
+    listen_port: int = Field(8080, ge=0, le=65535, description="Port the webhook server listens on (0 picks a free port).")
+    public_url: str = Field("", description="The URL PagerDuty and ServiceNow use to reach this daemon (used when provisioning webhooks).")
+    hooks_dir: str = Field("", description="Folder of user hook files (*.py) customising outbound requests; empty for none. Relative to the config file.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity: debug, info, warning or error.")
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: coloured console on a terminal, JSON lines otherwise (journald).")
+    store_url: str = Field("sqlite:///dutybridge.db", description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413.")
+    worker_concurrency: int = Field(8, ge=1, le=256, description="Events handled at once (never two of one resource).")
+    max_attempts: int = Field(8, ge=1, le=100, description="Attempts per event before it becomes a dead letter.")
+    retry_base_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
+    retry_max_seconds: float = Field(600.0, gt=0, description="Longest delay between two attempts of one event.")
+    lease_seconds: float = Field(300.0, gt=0, description="How long a claimed event stays claimed before another worker may take it.")
+    shutdown_timeout: float = Field(20.0, gt=0, description="Seconds to finish in-flight work on SIGTERM; keep below systemd's TimeoutStopSec.")
+    event_retention_days: int = Field(14, ge=0, description="Handled events are deleted after this many days (0 keeps them).")
+
+
+class PagerDutyConfig(Section):
+    api_url: str = Field("https://api.pagerduty.com", description="PagerDuty REST API v2 base URL (the EU service region uses https://api.eu.pagerduty.com).")
+    api_key: Secret = Field(description="REST API key (account key, full access). Use env:NAME or file:PATH rather than the key itself.")
+    default_user_id: str = Field("", description="PagerDuty user acting for the integration (base role Manager or higher); its email goes into the From header when no acting user is known.")
+    from_email: str = Field("", description="Overrides the default user's email in the From header; empty: looked up from default_user_id.")
+    webhook_secrets: list[Secret] = Field(default_factory=list, description="Secrets of the V3 webhook subscriptions; several while one is being rotated.")
+    rate_limit_per_minute: int = Field(960, ge=1, description="Ceiling on requests per minute with this key (PagerDuty's limit is 960).")
+    timeout_seconds: float = Field(30.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts before the call fails.")
+
+    @field_validator("api_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+
+class ServiceNowConfig(Section):
+    instance_url: str = Field(description="The instance, e.g. https://acme.service-now.com.")
+    username: str = Field(description="The integration user (basic auth), with read/write on the tables the enabled plugins touch.")
+    password: Secret = Field(description="The integration user's password. Use env:NAME or file:PATH.")
+    doorbell_token: Secret | None = Field(None, description="Bearer token the ServiceNow business rule sends to POST /webhooks/servicenow.")
+    doorbell_username: str = Field("", description="Basic-auth user the business rule may send instead of a bearer token.")
+    doorbell_password: Secret | None = Field(None, description="Basic-auth password for doorbell_username.")
+    timeout_seconds: float = Field(30.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts before the call fails.")
+
+    @field_validator("instance_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+
+def _check_url(v: str) -> str:
+    if not (v.startswith("http://") or v.startswith("https://")):
+        raise ValueError(f"expected an http:// or https:// URL, found {v!r}")
+    return v.rstrip("/")
+
+
+class PluginsConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    enabled: list[str] = Field(default_factory=list, description="Plugins to run, by name.")
+
+
+class Config(BaseModel):
+    """The whole validated configuration."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    daemon: DaemonConfig
+    pagerduty: PagerDutyConfig
+    servicenow: ServiceNowConfig
+    plugins_enabled: list[str] = Field(default_factory=list)
+    plugin_sections: dict[str, Any] = Field(default_factory=dict)
+    path: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.path).resolve().parent if self.path else Path.cwd()
+
+    def resolve_path(self, value: str, *, state: bool = False) -> Path:
+        """A path from the config: relative ones resolve against $STATE_DIRECTORY
+        (for state files, when set by systemd) or the config file's folder."""
+        p = Path(value)
+        if p.is_absolute():
+            return p
+        if state and os.environ.get("STATE_DIRECTORY"):
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / p
+        return self.base_dir / p
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for log redaction."""
+        out: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, SecretStr):
+                v = obj.get_secret_value()
+                if v:
+                    out.append(v)
+            elif isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name))
+            elif isinstance(obj, (list, tuple)):
+                for item in obj:
+                    walk(item)
+            elif isinstance(obj, dict):
+                for item in obj.values():
+                    walk(item)
+
+        walk([self.daemon, self.pagerduty, self.servicenow, self.plugin_sections])
+        return out
+
+
+CORE_SECTIONS: dict[str, type[BaseModel]] = {
+    "daemon": DaemonConfig,
+    "pagerduty": PagerDutyConfig,
+    "servicenow": ServiceNowConfig,
+}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} ({type(value).__name__})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"{shown!r} (string)"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset()) -> list[str]:
+    """One line per error: ``dotted.path: expected ..., found ...``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        # pydantic adds the validator's name for Annotated/union members; keep the key path only.
+        loc = [p for p in loc if p not in ("str", "SecretStr", "constrained-str", "is-instance[SecretStr]", "function-before[resolve_secret(), SecretStr]")]
+        path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        kind = err["type"]
+        msg = err["msg"]
+        if kind == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+            continue
+        if kind == "missing":
+            lines.append(f"{path}: required key is missing")
+            continue
+        found = err.get("input")
+        is_secret = any(path == s or path.startswith(s + ".") for s in secret_paths)
+        found_text = "" if is_secret or kind == "value_error" else f", found {_describe(found)}"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{path}: {msg[0].lower() + msg[1:]}{found_text}")
+    return lines
+
+
+def _secret_paths(prefix: str, model: type[BaseModel]) -> set[str]:
+    out = set()
+    for name, field in model.model_fields.items():
+        text = repr(field.annotation)
+        if "SecretStr" in text:
+            out.add(f"{prefix}.{name}")
+    return out
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"file not found (create one with: dutybridge config init --output {p})"], path) from None
+    except IsADirectoryError:
+        raise ConfigError(["is a folder, not a TOML file"], path) from None
+    except PermissionError:
+        raise ConfigError(["permission denied"], path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], path) from None
+
+
+def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
+             known_plugins: list[str] | None = None, path: str | os.PathLike | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError with every problem found."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    allowed_top = set(CORE_SECTIONS) | {"plugins"}
+    for key in raw:
+        if key not in allowed_top:
+            problems.append(f"{key}: unknown section (known: {', '.join(sorted(allowed_top))})")
+    for name, model in CORE_SECTIONS.items():
+        data = raw.get(name, {})
+        if not isinstance(data, dict):
+            problems.append(f"{name}: expected a table, found {_describe(data)}")
+            continue
+        try:
+            sections[name] = model.model_validate(data)
+        except ValidationError as exc:
+            problems += format_validation_error(name, exc, _secret_paths(name, model))
+
+    plugins_raw = raw.get("plugins", {})
+    enabled: list[str] = []
+    plugin_sections: dict[str, Any] = {}
+    if not isinstance(plugins_raw, dict):
+        problems.append(f"plugins: expected a table, found {_describe(plugins_raw)}")
+    else:
+        en = plugins_raw.get("enabled", [])
+        if not isinstance(en, list) or not all(isinstance(x, str) for x in en):
+            problems.append(f"plugins.enabled: expected an array of plugin names, found {_describe(en)}")
+        else:
+            enabled = list(en)
+            if known_plugins is not None:
+                for name in enabled:
+                    if name not in known_plugins:
+                        problems.append(f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins)) or 'none'})")
+            seen = set()
+            for name in enabled:
+                if name in seen:
+                    problems.append(f"plugins.enabled: {name!r} is listed twice")
+                seen.add(name)
+        for key, value in plugins_raw.items():
+            if key == "enabled":
+                continue
+            if key not in plugin_schemas:
+                hint = " (enable it in plugins.enabled)" if known_plugins and key in known_plugins else ""
+                problems.append(f"plugins.{key}: unknown section; no enabled plugin declares it{hint}")
+            elif not isinstance(value, dict):
+                problems.append(f"plugins.{key}: expected a table, found {_describe(value)}")
+        for name, model in plugin_schemas.items():
+            data = plugins_raw.get(name, {})
+            if not isinstance(data, dict):
+                continue
+            try:
+                plugin_sections[name] = model.model_validate(data)
+            except ValidationError as exc:
+                problems += format_validation_error(f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model))
+    if problems:
+        raise ConfigError(problems, path)
+    return Config(
+        daemon=sections["daemon"], pagerduty=sections["pagerduty"], servicenow=sections["servicenow"],
+        plugins_enabled=enabled, plugin_sections=plugin_sections,
+        path=str(path) if path else None, raw=raw,
+    )
