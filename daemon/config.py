@@ -320,3 +320,92 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
         plugins_enabled=enabled, plugin_sections=plugin_sections,
         path=str(path) if path else None, raw=raw,
     )
+
+
+# --------------------------------------------------------------------------------------
+# The commented starting file: `dutybridge config init` and config.toml.example
+# --------------------------------------------------------------------------------------
+
+#: Values written for required keys, so the starting file shows what to put there.
+PLACEHOLDERS: dict[str, Any] = {
+    "pagerduty.api_key": "env:PAGERDUTY_API_KEY",
+    "servicenow.instance_url": "https://YOUR-INSTANCE.service-now.com",
+    "servicenow.username": "pagerduty.integration",
+    "servicenow.password": "env:SERVICENOW_PASSWORD",
+    "servicenow.doorbell_token": "env:DUTYBRIDGE_DOORBELL_TOKEN",
+    "servicenow.doorbell_password": "env:DUTYBRIDGE_DOORBELL_PASSWORD",
+}
+
+SECTION_COMMENTS = {
+    "daemon": "The daemon itself: listening, logging, the durable store, the worker.",
+    "pagerduty": "PagerDuty REST API v2 and V3 webhooks.",
+    "servicenow": "ServiceNow Table API, and the doorbell its business rule posts to /webhooks/servicenow.",
+}
+
+
+def _example_value(path: str, field: Any) -> tuple[Any, bool]:
+    """(value to write, whether the key is required)."""
+    from pydantic_core import PydanticUndefined
+
+    if path in PLACEHOLDERS and field.is_required():
+        return PLACEHOLDERS[path], True
+    if field.is_required():
+        return "", True
+    default = field.get_default(call_default_factory=True)
+    if default is PydanticUndefined:
+        return "", True
+    return default, False
+
+
+def _render_section(header: str, model: type[BaseModel], comment: str, commented: bool) -> list[str]:
+    import tomli_w
+
+    lines = [f"# {comment}" if comment else "", f"[{header}]"]
+    for name, field in model.model_fields.items():
+        path = f"{header}.{name}"
+        value, required = _example_value(path, field)
+        desc = field.description or ""
+        note = " (required)" if required else ""
+        if desc or note:
+            lines.append(f"# {desc}{note}".rstrip())
+        if value is None:
+            # Unset by default: shown commented out, with the form a value takes.
+            hint = tomli_w.dumps({name: PLACEHOLDERS.get(path, "")}).rstrip("\n")
+            lines.append(f"# {hint}")
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        lines.append(tomli_w.dumps({name: value}).rstrip("\n"))
+    if commented:
+        lines = [lines[0]] + [("# " + line) if line else line for line in lines[1:]]
+    return lines
+
+
+def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str] | None = None) -> str:
+    """A complete, commented configuration file: every key with its default.
+
+    Sections of plugins that are not in ``enabled`` are written commented out, so the
+    file validates as it is and enabling a plugin means uncommenting its section.
+    """
+    enabled = list(enabled or [])
+    import tomli_w
+
+    out = [
+        "# dutybridge configuration. Every key is shown with its default.",
+        "# Secrets: write env:NAME to read an environment variable, or file:PATH to read a file",
+        "# (relative paths are looked up in $CREDENTIALS_DIRECTORY first, for systemd credentials).",
+        "# Validate with: dutybridge config check --config PATH",
+        "",
+    ]
+    for name, model in CORE_SECTIONS.items():
+        out += _render_section(name, model, SECTION_COMMENTS[name], commented=False)
+        out.append("")
+    out += ["# Features, each a plugin, enabled by name. Known built-in plugins: "
+            + (", ".join(sorted(plugin_schemas)) or "none"), "[plugins]",
+            tomli_w.dumps({"enabled": enabled}).rstrip("\n"), ""]
+    for name, model in sorted(plugin_schemas.items()):
+        doc = (model.__doc__ or "").strip().splitlines()
+        out += _render_section(f"plugins.{name}", model, doc[0] if doc else f"The {name} plugin.",
+                               commented=name not in enabled)
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -1,0 +1,337 @@
+"""Builds and runs the daemon: config + plugins -> aiohttp app with store, clients,
+scheduler and worker, each one ``cleanup_ctx``; signals, systemd notify, reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pluggy
+import structlog
+from aiohttp import web
+
+from . import systemd
+from .config import Config, ConfigError, read_toml, validate
+from .context import Ctx
+from .logging import configure as configure_logging
+from .logging import adjust_level, set_level, set_secrets
+from .plugins import (
+    PluginError,
+    build_plugin_manager,
+    call_hook,
+    known_plugins,
+    register_hook_files,
+)
+
+log = structlog.get_logger("dutybridge")
+
+CTX_KEY = web.AppKey("dutybridge.ctx", Ctx)
+
+#: Keys read once at start; a reload that changes them says a restart is needed.
+RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
+                "daemon.worker_concurrency", "daemon.log_format")
+
+
+def plugin_schemas(pm: pluggy.PluginManager) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for result in pm.hook.register_config_sections():
+        for section, model in (result or {}).items():
+            if section in schemas and schemas[section] is not model:
+                raise PluginError(f"two plugins declare the configuration section plugins.{section}")
+            schemas[section] = model
+    return schemas
+
+
+def hooks_dir_of(raw: dict[str, Any], config_path: Path) -> Path | None:
+    daemon = raw.get("daemon") if isinstance(raw.get("daemon"), dict) else {}
+    value = daemon.get("hooks_dir", "") if isinstance(daemon, dict) else ""
+    if not value or not isinstance(value, str):
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else config_path.resolve().parent / p
+
+
+def load(path: str | os.PathLike, *, extra_plugins: list[object] = (),
+         pm: pluggy.PluginManager | None = None) -> tuple[Config, pluggy.PluginManager]:
+    """Read, validate and build: the configuration and its plugin manager.
+
+    Raises ConfigError or PluginError, whose message is one line per problem.
+    With ``pm`` (a reload), that manager's plugins provide the schemas and its hook
+    files are not touched here.
+    """
+    path = Path(path)
+    raw = read_toml(path)
+    known = known_plugins()
+    plugins_raw = raw.get("plugins") if isinstance(raw.get("plugins"), dict) else {}
+    enabled = plugins_raw.get("enabled", []) if isinstance(plugins_raw, dict) else []
+    enabled = [n for n in enabled if isinstance(n, str) and n in known] if isinstance(enabled, list) else []
+    if pm is None:
+        pm = build_plugin_manager(list(dict.fromkeys(enabled)), None, extra_plugins=list(extra_plugins))
+        fresh = True
+    else:
+        fresh = False
+    config = validate(raw, plugin_schemas(pm), known_plugins=list(known), path=path)
+    if fresh:
+        register_hook_files(pm, hooks_dir_of(raw, path))
+    return config, pm
+
+
+def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
+    from .metrics import Metrics
+    from .scheduler import Scheduler
+
+    return Ctx(config=config, pm=pm, scheduler=Scheduler(), metrics=Metrics())
+
+
+def build_clients(ctx: Ctx) -> None:
+    from .pagerduty import PagerDutyClient
+    from .servicenow import ServiceNowClient
+
+    ctx.pagerduty = PagerDutyClient(ctx.http, ctx.config.pagerduty)
+    ctx.servicenow = ServiceNowClient(ctx.http, ctx.config.servicenow)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    from .store import open_store
+
+    ctx = app[CTX_KEY]
+    if ctx.store is None:
+        ctx.store = open_store(ctx.config.daemon.store_url, ctx.config.resolve_path(".", state=True))
+    await ctx.store.open()
+    # One SQLite instance owns its store: whatever it had claimed when it died is due again.
+    released = await ctx.store.release_claims()
+    log.info("store open", store=_safe_url(ctx.config.daemon.store_url),
+             schema_version=await ctx.store.schema_version(), released_claims=released)
+    yield
+    await ctx.store.close()
+    log.info("shutdown: store closed")
+
+
+def _safe_url(url: str) -> str:
+    # postgresql://user:password@host/db -> postgresql://user:***@host/db
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    from .http import OutboundPipeline
+
+    ctx = app[CTX_KEY]
+    ctx.http = OutboundPipeline(ctx.pm, ctx, metrics=ctx.metrics)
+    await ctx.http.start()
+    build_clients(ctx)
+    yield
+    await ctx.http.close()
+    log.info("shutdown: outbound HTTP session closed")
+
+
+async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX_KEY]
+    await call_hook(ctx.pm, "on_startup", ctx=ctx)
+    yield
+    try:
+        await call_hook(ctx.pm, "on_shutdown", ctx=ctx)
+    except Exception:  # noqa: BLE001 - shutdown goes on
+        log.exception("shutdown: a plugin's on_shutdown failed")
+    log.info("shutdown: plugins stopped")
+
+
+def register_jobs(ctx: Ctx) -> None:
+    assert ctx.scheduler is not None
+    ctx.scheduler.remove_all_jobs()
+    retention = ctx.config.daemon.event_retention_days
+    if retention:
+        ctx.scheduler.add_job(_purge_old_events, "interval", id="dutybridge.purge_old_events",
+                              hours=1, args=(ctx,))
+    ctx.pm.hook.register_jobs(scheduler=ctx.scheduler, ctx=ctx)
+
+
+async def _purge_old_events(ctx: Ctx) -> None:
+    from datetime import timedelta
+
+    from .events import utcnow
+
+    days = ctx.config.daemon.event_retention_days
+    if days and ctx.store is not None:
+        removed = await ctx.store.purge_done(utcnow() - timedelta(days=days))
+        if removed:
+            log.info("purged handled events", count=removed, older_than_days=days)
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX_KEY]
+    register_jobs(ctx)
+    ctx.scheduler.start()
+    log.info("scheduler started", jobs=ctx.scheduler.job_ids())
+    yield
+    ctx.scheduler.shutdown()
+    log.info("shutdown: scheduler stopped")
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    from .worker import Worker
+
+    ctx = app[CTX_KEY]
+    d = ctx.config.daemon
+    worker = Worker(ctx.store, ctx.pm, ctx, concurrency=d.worker_concurrency, max_attempts=d.max_attempts,
+                    retry_base=d.retry_base_seconds, retry_max=d.retry_max_seconds,
+                    lease_seconds=d.lease_seconds, metrics=ctx.metrics)
+    ctx.extras["worker"] = worker
+    ctx.extras["wake_worker"] = worker.wake
+    await worker.start()
+    yield
+    log.info("shutdown: draining the worker", timeout=d.shutdown_timeout)
+    await worker.stop(d.shutdown_timeout)
+    log.info("shutdown: worker stopped")
+
+
+def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = None,
+               worker: bool = True, scheduler: bool = True) -> web.Application:
+    """The daemon as an aiohttp application; resources open when it starts."""
+    from .server import add_routes
+
+    ctx = ctx or make_ctx(config, pm)
+    app = web.Application(client_max_size=config.daemon.max_body_bytes)
+    app[CTX_KEY] = ctx
+    add_routes(app, ctx_key=CTX_KEY)
+    pm.hook.register_routes(app=app, ctx=ctx)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_http_ctx)
+    app.cleanup_ctx.append(_plugins_ctx)
+    if scheduler:
+        app.cleanup_ctx.append(_scheduler_ctx)
+    if worker:
+        app.cleanup_ctx.append(_worker_ctx)
+    return app
+
+
+def _changed(old: Config, new: Config, dotted: str) -> bool:
+    section, key = dotted.split(".")
+    return getattr(getattr(old, section), key) != getattr(getattr(new, section), key)
+
+
+async def reload(ctx: Ctx, path: Path) -> bool:
+    """SIGHUP: re-read config and hook files; a broken one changes nothing."""
+    systemd.reloading()
+    try:
+        new, _ = load(path, pm=ctx.pm)
+        register_hook_files(ctx.pm, hooks_dir_of(new.raw, path))
+    except (ConfigError, PluginError) as exc:
+        log.error("reload rejected: the running configuration stays in force",
+                  problems=str(exc).splitlines())
+        systemd.ready("serving (last reload rejected)")
+        return False
+    old = ctx.config
+    need_restart = [k for k in RESTART_KEYS if _changed(old, new, k)]
+    if new.plugins_enabled != old.plugins_enabled:
+        need_restart.append("plugins.enabled")
+    ctx.config = new
+    set_secrets(new.secrets())
+    set_level(new.daemon.log_level)
+    if ctx.http is not None:
+        build_clients(ctx)
+    if ctx.scheduler is not None and ctx.scheduler.running:
+        register_jobs(ctx)
+    if need_restart:
+        log.warning("reloaded; these changes take effect after a restart", keys=need_restart)
+    else:
+        log.info("reloaded configuration and hook files")
+    systemd.ready()
+    return True
+
+
+async def _watchdog(ctx: Ctx, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        # Ping only while the store answers: a wedged daemon should be restarted.
+        try:
+            healthy = ctx.store is not None and await asyncio.wait_for(ctx.store.ping(), interval)
+        except Exception:  # noqa: BLE001
+            healthy = False
+        if healthy:
+            systemd.watchdog()
+        else:
+            log.warning("watchdog: store not answering; not pinging systemd")
+
+
+async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> int:
+    """Run until SIGTERM/SIGINT; reload on SIGHUP. The exit code."""
+    ctx = make_ctx(config, pm)
+    app = create_app(config, pm, ctx=ctx)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.daemon.shutdown_timeout)
+    try:
+        await runner.setup()
+    except Exception as exc:  # noqa: BLE001 - start-up failures end with a clear line, not a traceback
+        log.error("start-up failed", error=f"{type(exc).__name__}: {exc}")
+        await runner.cleanup()
+        return 1
+    site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", host=config.daemon.listen_host, port=config.daemon.listen_port,
+                  error=exc.strerror or str(exc))
+        await runner.cleanup()
+        return 1
+    addresses = [f"http://{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
+    log.info("listening", urls=addresses, pid=os.getpid())
+    systemd.ready(f"serving on {', '.join(addresses)}")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task] = set()
+
+    def on_stop(signame: str) -> None:
+        log.info("signal received; stopping", signal=signame)
+        stop.set()
+
+    def on_hup() -> None:
+        if path is None:
+            log.warning("SIGHUP ignored: no configuration file to reload")
+            return
+        task = loop.create_task(reload(ctx, path))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    interval = systemd.watchdog_interval()
+    watchdog = loop.create_task(_watchdog(ctx, interval)) if interval else None
+    try:
+        await stop.wait()
+    finally:
+        systemd.stopping()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if watchdog:
+            watchdog.cancel()
+        log.info("shutdown: no longer accepting webhooks; finishing in-flight requests",
+                 timeout=config.daemon.shutdown_timeout)
+        await runner.cleanup()
+        log.info("shutdown complete")
+    return 0
+
+
+def run(path: str | os.PathLike, *, verbose: int = 0, quiet: int = 0, stderr=None) -> int:
+    """``dutybridge run``: load, configure logging, serve. The exit code."""
+    import sys
+
+    stderr = stderr or sys.stderr
+    try:
+        config, pm = load(path)
+    except (ConfigError, PluginError) as exc:
+        print(str(exc), file=stderr)
+        return 2
+    configure_logging(adjust_level(config.daemon.log_level, verbose, quiet), config.daemon.log_format)
+    set_secrets(config.secrets())
+    return asyncio.run(serve(config, pm, Path(path)))

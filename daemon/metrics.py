@@ -1,0 +1,98 @@
+"""Prometheus metrics of one daemon: events through the inbox, webhook rejects, outbound calls.
+
+Each ``Metrics`` owns its own ``CollectorRegistry``, so tests, reloads and several
+apps in one process never collide on the global registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Webhook handling and outbound API calls live between a few ms and PagerDuty's 5 s
+# delivery timeout; API calls may take up to the client timeout (30 s by default).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+INBOX_STATUSES = ("pending", "claimed", "done", "dead", "ignored")
+
+
+class Metrics:
+    """The daemon's counters, gauges and histograms, rendered by ``GET /metrics``.
+
+    Label values must stay few: ``type`` is an event type (the receiver only stores
+    known ones), ``reason`` a short fixed code, ``host`` an API host, never a URL.
+    """
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, namespace: str = "dutybridge") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, ns = self.registry, namespace
+        ev = ("source", "type")
+        self._received = Counter("events_received", "Events stored in the inbox.", ev, namespace=ns, registry=r)
+        self._duplicate = Counter("events_duplicate", "Inbound events dropped as duplicates of a stored one.", ev, namespace=ns, registry=r)
+        self._processed = Counter("events_processed", "Events a plugin acted on successfully.", ev, namespace=ns, registry=r)
+        self._failed = Counter("events_failed", "Failed handling attempts (each retry counts).", ev, namespace=ns, registry=r)
+        self._dead = Counter("events_dead", "Events moved to the dead-letter list.", ev, namespace=ns, registry=r)
+        self._ignored = Counter("events_ignored", "Events no plugin acted on, or webhooks of an unknown type or pings.", ev, namespace=ns, registry=r)
+        self._rejected = Counter("webhook_rejected", "Webhook requests answered with an error, by route and reason.", ("route", "reason"), namespace=ns, registry=r)
+        self._inbox = Gauge("inbox_events", "Events in the inbox per status, read from the store at scrape time.", ("status",), namespace=ns, registry=r)
+        self._store_up = Gauge("store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r)
+        self._outbound = Counter("outbound_requests", "Outbound API requests by service, host and HTTP status ('error' when no response).", ("service", "host", "status"), namespace=ns, registry=r)
+        self._outbound_seconds = Histogram("outbound_request_seconds", "Outbound API request latency.", ("service", "host"), namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self._handle_seconds = Histogram("handle_seconds", "Time to handle one event (all plugin hooks).", ev, namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+
+    # -- events ------------------------------------------------------------------
+    def event_received(self, source: str, type: str) -> None:
+        self._received.labels(source, type).inc()
+
+    def event_duplicate(self, source: str, type: str) -> None:
+        self._duplicate.labels(source, type).inc()
+
+    def event_processed(self, source: str, type: str) -> None:
+        self._processed.labels(source, type).inc()
+
+    def event_failed(self, source: str, type: str) -> None:
+        self._failed.labels(source, type).inc()
+
+    def event_dead(self, source: str, type: str) -> None:
+        self._dead.labels(source, type).inc()
+
+    def event_ignored(self, source: str, type: str) -> None:
+        self._ignored.labels(source, type).inc()
+
+    def handle_seconds(self, source: str, type: str, seconds: float) -> None:
+        self._handle_seconds.labels(source, type).observe(seconds)
+
+    # -- webhooks ----------------------------------------------------------------
+    def webhook_rejected(self, route: str, reason: str) -> None:
+        self._rejected.labels(route, reason).inc()
+
+    # -- inbox -------------------------------------------------------------------
+    def set_inbox(self, counts: Mapping[str, int] | None) -> None:
+        """Set the inbox gauge from ``store.counts()``; None when the store did not answer."""
+        if counts is None:
+            self._store_up.set(0)
+            return
+        self._store_up.set(1)
+        for status in {*INBOX_STATUSES, *counts}:
+            self._inbox.labels(status).set(counts.get(status, 0))
+
+    # -- outbound ----------------------------------------------------------------
+    def outbound(self, service: str, host: str, status: int | str | None, seconds: float) -> None:
+        """One outbound request; ``status`` None (or "error") when no response came back."""
+        self._outbound.labels(service, host, "error" if status is None else str(status)).inc()
+        self._outbound_seconds.labels(service, host).observe(seconds)
+
+    # -- exposition --------------------------------------------------------------
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)

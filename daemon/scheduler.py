@@ -1,0 +1,76 @@
+"""A small adapter over APScheduler 3.11's AsyncIOScheduler with the daemon's defaults.
+
+Jobs coalesce missed runs, never overlap themselves, get a misfire grace time, run
+with a fresh log context, and a failing run is logged without losing its schedule.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from datetime import timezone
+from typing import Any, Callable
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+log = structlog.get_logger("dutybridge.scheduler")
+
+JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+
+
+class Scheduler:
+    """What plugins get in ``register_jobs``: ``add_job`` with an explicit id."""
+
+    def __init__(self, **job_defaults: Any) -> None:
+        self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=timezone.utc)
+        self.failures: dict[str, int] = {}
+
+    def add_job(self, func: Callable[..., Any], trigger: str = "interval", *, id: str,
+                name: str | None = None, args: tuple = (), kwargs: dict | None = None,
+                **trigger_args: Any) -> None:
+        """Schedule ``func`` (a function or coroutine function) under the unique ``id``.
+
+        ``trigger`` and ``trigger_args`` are APScheduler's (``"interval", seconds=60``,
+        ``"cron", minute="*/5"``, ``"date", run_date=...``). Adding an id that exists
+        replaces that job (reloads re-register every job).
+        """
+        if not id:
+            raise ValueError("a scheduled job needs an explicit id")
+        kwargs = kwargs or {}
+
+        async def run() -> None:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(job=id)
+            started = time.monotonic()
+            try:
+                result = func(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001 - a job's failure must not end its schedule
+                self.failures[id] = self.failures.get(id, 0) + 1
+                log.exception("scheduled job failed", seconds=round(time.monotonic() - started, 3))
+            else:
+                log.debug("scheduled job done", seconds=round(time.monotonic() - started, 3))
+            finally:
+                structlog.contextvars.clear_contextvars()
+
+        self._scheduler.add_job(run, trigger, id=id, name=name or id, replace_existing=True, **trigger_args)
+
+    def remove_all_jobs(self) -> None:
+        self._scheduler.remove_all_jobs()
+
+    def job_ids(self) -> list[str]:
+        return [job.id for job in self._scheduler.get_jobs()]
+
+    def start(self) -> None:
+        """Start running jobs; needs a running asyncio loop."""
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
