@@ -377,7 +377,7 @@ def _render_section(header: str, model: type[BaseModel], comment: str, commented
             value = value.get_secret_value()
         lines.append(tomli_w.dumps({name: value}).rstrip("\n"))
     if commented:
-        lines = [lines[0]] + [("# " + line) if line else line for line in lines[1:]]
+        lines = [lines[0]] + [line if (not line or line.startswith("#")) else "# " + line for line in lines[1:]]
     return lines
 
 

@@ -45,3 +45,5 @@ class StoredEvent(Event):
     next_attempt_at: datetime | None = None
     last_error: str | None = None
     updated_at: datetime | None = None
+    owner: str | None = None  # the worker holding the claim, while claimed
+    lease_expires_at: datetime | None = None  # when another worker may take it over

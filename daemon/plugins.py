@@ -78,7 +78,9 @@ __all__ = ["await_me_maybe", "call_hook", "call_first", "make_test_pm"]
 
 #: Built-in feature plugins: name in ``plugins.enabled`` -> module. One place, like
 #: datasette's DEFAULT_PLUGINS; a plugin listed here is registered only when enabled.
-BUILTIN_PLUGINS: dict[str, str] = {}
+BUILTIN_PLUGINS: dict[str, str] = {
+    "custom_headers": "dutybridge_plugins.custom_headers",
+}
 
 ENTRY_POINT_GROUP = "dutybridge"
 HOOK_FILE_PREFIX = "dutybridge_hookfile_"

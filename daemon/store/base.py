@@ -34,8 +34,28 @@ class Link:
     updated_at: datetime | None = None
 
 
+class LinkConflictError(ValueError):
+    """``put_link`` would link a ServiceNow id that is already linked to another PagerDuty id."""
+
+
 class Store(abc.ABC):
-    """Durable state shared by the receiver, the worker, the CLI and the plugins."""
+    """Durable state shared by the receiver, the worker, the CLI and the plugins.
+
+    Usable as ``async with store:`` (open, then close). Timestamps passed in must be
+    timezone-aware.
+    """
+
+    #: True when several daemon instances may use the store at once (PostgreSQL): a
+    #: claim left by a dead instance is then recovered by lease expiry only, never by
+    #: ``release_claims()`` at start-up, which would take live instances' claims.
+    shared: bool = False
+
+    async def __aenter__(self) -> "Store":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     # -- lifecycle ---------------------------------------------------------------
     @abc.abstractmethod
@@ -69,9 +89,11 @@ class Store(abc.ABC):
 
         Due: status ``pending`` with ``next_attempt_at`` unset or past, or ``claimed``
         with an expired lease (its owner died). Ordering: an event is never claimed while
-        an earlier event (lower id) of the same ``resource`` is pending or claimed, and at
-        most one event per resource is returned. Claimed events get status ``claimed``
-        and ``attempts`` incremented.
+        an earlier event (lower id) of the same ``resource`` is pending or claimed, nor
+        while another event of its resource is claimed with a live lease (a replayed
+        older event waits for the one in flight), and at most one event per resource is
+        returned. Claimed events get status ``claimed``, ``owner``, ``lease_expires_at``
+        and ``attempts`` incremented; oldest first.
         """
 
     @abc.abstractmethod
@@ -79,16 +101,23 @@ class Store(abc.ABC):
         """Return claimed events (of ``owner``, or all) to pending; the count.
 
         A single-instance store calls this at start-up so that an event claimed when
-        the process died is claimed again.
+        the process died is claimed again. ``attempts`` is kept: an interrupted attempt
+        counts, so an event that kills the process every time still ends up dead.
         """
 
     @abc.abstractmethod
     async def complete(self, event_id: int, status: EventStatus = "done") -> None:
-        """Mark a claimed event ``done`` (or ``ignored``: no plugin acted on it)."""
+        """Mark a claimed event ``done`` (or ``ignored``: no plugin acted on it).
+
+        No effect on an event that is no longer claimed (released or replayed meanwhile).
+        """
 
     @abc.abstractmethod
     async def fail(self, event_id: int, error: str, retry_at: datetime | None) -> None:
-        """Record a failed attempt: pending again at ``retry_at``, or ``dead`` when None."""
+        """Record a failed attempt: pending again at ``retry_at``, or ``dead`` when None.
+
+        No effect on an event that is no longer claimed.
+        """
 
     @abc.abstractmethod
     async def get_event(self, event_id: int) -> StoredEvent | None: ...
@@ -117,12 +146,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_done(self, older_than: datetime) -> int:
-        """Delete done/ignored events older than ``older_than`` (retention); the count."""
+        """Delete done/ignored events last updated before ``older_than`` (retention); the count."""
 
     # -- links -------------------------------------------------------------------
     @abc.abstractmethod
     async def put_link(self, link: Link) -> Link:
-        """Insert or replace the link of ``(kind, pd_id)``; also unique on ``(kind, sn_id)``."""
+        """Insert or replace the link of ``(kind, pd_id)``; the link as stored.
+
+        ``(kind, sn_id)`` is unique among linked links: linking a ServiceNow id already
+        linked to another PagerDuty id raises ``LinkConflictError`` (unlink it first).
+        ``created_at`` survives a replace.
+        """
 
     @abc.abstractmethod
     async def get_link(
@@ -134,7 +168,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
                                 status: str | None = None) -> None:
-        """Replace the link's synced state (and status when given)."""
+        """Replace the link's synced state (and status when given); ``LookupError`` if none."""
 
     @abc.abstractmethod
     async def list_links(self, kind: str | None = None, include_unlinked: bool = False) -> list[Link]: ...
