@@ -12,6 +12,7 @@ from datetime import timezone
 from typing import Any, Callable
 
 import structlog
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = structlog.get_logger("dutybridge.scheduler")
@@ -55,6 +56,13 @@ class Scheduler:
             finally:
                 structlog.contextvars.clear_contextvars()
 
+        # Before start, APScheduler queues duplicates and replaces only at start; make
+        # "same id replaces" true at once so job_ids() tells the truth.
+        if not self._scheduler.running:
+            try:
+                self._scheduler.remove_job(id)
+            except JobLookupError:
+                pass
         self._scheduler.add_job(run, trigger, id=id, name=name or id, replace_existing=True, **trigger_args)
 
     def remove_all_jobs(self) -> None:

@@ -1,0 +1,52 @@
+"""Scheduler adapter: explicit ids, defaults, failures logged, fresh log context."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from dutybridge.scheduler import Scheduler
+
+
+async def test_job_runs_with_fresh_context_and_failure_keeps_schedule():
+    scheduler = Scheduler()
+    ran = asyncio.Event()
+    contexts = []
+    runs = {"n": 0}
+
+    async def flaky():
+        runs["n"] += 1
+        contexts.append(dict(structlog.contextvars.get_contextvars()))
+        if runs["n"] == 1:
+            raise RuntimeError("first run fails")
+        ran.set()
+
+    structlog.contextvars.bind_contextvars(request_id="leaked")
+    try:
+        with capture_logs() as logs:
+            scheduler.add_job(flaky, "interval", id="test.flaky", seconds=0.05)
+            scheduler.start()
+            await asyncio.wait_for(ran.wait(), 5)
+    finally:
+        scheduler.shutdown()
+        structlog.contextvars.clear_contextvars()
+    assert runs["n"] >= 2
+    assert all(c == {"job": "test.flaky"} for c in contexts)
+    assert scheduler.failures["test.flaky"] == 1
+    assert any(e["event"] == "scheduled job failed" and e["log_level"] == "error" for e in logs)
+
+
+def test_job_needs_an_explicit_id_and_defaults_are_set():
+    scheduler = Scheduler()
+    with pytest.raises(ValueError, match="explicit id"):
+        scheduler.add_job(lambda: None, "interval", id="", seconds=1)
+    run_at = datetime.now(timezone.utc) + timedelta(days=1)
+    scheduler.add_job(lambda: None, "date", id="a", run_date=run_at)
+    scheduler.add_job(lambda: None, "date", id="a", run_date=run_at)  # replaced, not duplicated
+    assert scheduler.job_ids() == ["a"]
+    job = scheduler._scheduler.get_job("a")
+    assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time == 30
