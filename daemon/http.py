@@ -1,17 +1,36 @@
-"""The outbound pipeline's request and response objects.
+"""The outbound pipeline: every call to PagerDuty, ServiceNow or another API passes here.
 
 Every outbound call is an ``OutboundRequest`` that passes the ``outbound_request``
 hooks, is sent by a ``send_request`` hook or the default transport, and whose
-``OutboundResponse`` passes the ``outbound_response`` hooks.
+``OutboundResponse`` passes the ``outbound_response`` hooks. Retries (429, 5xx,
+timeouts), ``Retry-After`` and proactive rate limiting live here, once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import email.utils
 import json as _json
-from dataclasses import dataclass, field
-from typing import Any
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Protocol
 
+import aiohttp
+import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .plugins import call_first, call_hook
+
+#: Methods whose repetition leaves the server as one execution would (RFC 9110 9.2.2).
+#: POST and PATCH are not: a caller that knows better passes ``idempotent=True``.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+#: Response headers worth a log line; no other header (request or response) is logged,
+#: so credentials and hook-added secrets never reach the logs.
+LOGGED_RESPONSE_HEADERS = ("retry-after", "ratelimit-remaining", "ratelimit-reset", "x-ratelimit-reset")
 
 
 @dataclass
@@ -21,17 +40,19 @@ class OutboundRequest:
     ``service`` is ``"pagerduty"``, ``"servicenow"`` or another name a plugin uses;
     ``operation`` is the API operation in template form (``"PUT /incidents/{id}"``,
     ``"GET /api/now/table/incident"``) so hooks and metrics need not parse URLs.
-    ``extra`` carries plugin data along the pipeline (never sent).
+    ``extra`` carries plugin data along the pipeline (never sent); the pipeline
+    sets ``extra["attempt"]`` (1 for the first try). Headers and the raw body are
+    left out of ``repr`` because they hold credentials.
     """
 
     method: str
     url: str
     service: str
     operation: str = ""
-    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict, repr=False)
     params: list[tuple[str, str]] = field(default_factory=list)
     json: Any = None
-    data: bytes | None = None
+    data: bytes | None = field(default=None, repr=False)
     timeout: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -45,13 +66,17 @@ class OutboundRequest:
 
 @dataclass
 class OutboundResponse:
-    """What came back: status, headers, raw body, and the seconds it took."""
+    """What came back: status, headers, raw body, and the seconds it took.
+
+    ``attempts`` is how many tries the pipeline made to get this response.
+    """
 
     status: int
     headers: CIMultiDictProxy[str] | CIMultiDict[str]
-    body: bytes
+    body: bytes = field(repr=False)
     elapsed: float = 0.0
     url: str = ""
+    attempts: int = 1
 
     def json(self) -> Any:
         if not self.body:
@@ -61,3 +86,444 @@ class OutboundResponse:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+
+# -- errors -----------------------------------------------------------------------
+
+
+class OutboundError(Exception):
+    """An outbound call failed. ``transient`` says whether trying later may succeed.
+
+    The API clients raise subclasses carrying the API's own error message
+    (``PagerDutyError``, ``ServiceNowError``); the pipeline raises ``TransportError``
+    when no response came back at all. Messages never contain credentials.
+    """
+
+    transient: bool = False
+    status: int | None = None
+
+
+class TransportError(OutboundError):
+    """No response after the allowed attempts: connection failure or timeout."""
+
+    transient = True
+
+    def __init__(self, message: str, *, service: str = "", operation: str = "", attempts: int = 1):
+        super().__init__(message)
+        self.service = service
+        self.operation = operation
+        self.attempts = attempts
+
+
+class OutboundTimeout(TransportError):
+    """The request timed out (on every attempt allowed)."""
+
+
+class OutboundConnectionError(TransportError):
+    """The connection failed or was reset (on every attempt allowed)."""
+
+
+# -- retry policy -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before trying a request again; one per call site.
+
+    Which failures are retried, and why:
+
+    * 429 and 503: always, whatever the method. The server refused the request
+      without processing it, so even a non-idempotent POST is safe to repeat.
+    * 408, 500, 502, 504: only idempotent requests. The request may have been
+      (partly) processed, or a gateway may have passed it on before failing.
+    * A timeout or a connection reset after the request went out: only idempotent
+      requests, for the same reason: the server may have acted on it.
+    * A failure to connect at all (DNS, refused): always, since nothing was sent.
+      Certificate errors are never retried: they do not heal in seconds.
+
+    A request is idempotent when its method is (GET, HEAD, OPTIONS, PUT, DELETE) or
+    when the caller says so (``pipeline.request(..., idempotent=True)``): e.g.
+    PagerDuty's ``POST /incidents`` with an ``incident_key`` (a repeat is rejected as a
+    duplicate, which the client detects), but not ServiceNow's ``POST`` insert (a
+    repeat creates a second record) nor a PATCH that appends a journal entry.
+
+    Waits: the server's ``Retry-After`` (seconds or an HTTP date), else PagerDuty's
+    ``ratelimit-reset`` (seconds) or ServiceNow's ``X-RateLimit-Reset`` (Unix time),
+    else exponential backoff with full jitter: ``uniform(0, min(max_delay,
+    base_delay * 2**(retry - 1)))``. A server that asks for a wait longer than
+    ``max_wait`` gets no retry: the response is returned as it is, so the worker's
+    own (much longer) event backoff takes over instead of holding a worker slot.
+    """
+
+    max_retries: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_wait: float = 60.0
+    always_retry_statuses: frozenset[int] = frozenset({429, 503})
+    idempotent_retry_statuses: frozenset[int] = frozenset({408, 500, 502, 504})
+
+    def retries_status(self, status: int, idempotent: bool) -> bool:
+        if status in self.always_retry_statuses:
+            return True
+        return idempotent and status in self.idempotent_retry_statuses
+
+    def backoff(self, retry: int, rng: Callable[[], float] = random.random) -> float:
+        """Full-jitter delay before retry number ``retry`` (1 for the first retry)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(retry - 1, 0)))
+        return rng() * ceiling
+
+
+def retry_after_seconds(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asks us to wait, from the headers of a 429/503; None if unsaid."""
+    value = headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, when.timestamp() - now())
+    value = headers.get("ratelimit-reset")  # PagerDuty: seconds until the window resets
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    value = headers.get("X-RateLimit-Reset")  # ServiceNow: Unix time of the reset
+    if value:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        # Small numbers are seconds (some gateways); large ones an epoch time.
+        return max(0.0, number - now()) if number > 1_000_000_000 else max(0.0, number)
+    return None
+
+
+# -- proactive rate limiting --------------------------------------------------------
+
+
+class Limiter(Protocol):
+    async def acquire(self) -> float: ...
+
+    def observe(self, response: OutboundResponse) -> None: ...
+
+
+class RateLimiter:
+    """A token bucket per API credential, tightened by the server's rate-limit headers.
+
+    The bucket holds ``burst`` tokens (a sixth of the minute's budget unless given)
+    and refills at ``(per_minute - burst) / 60`` per second, so that no 60-second
+    window ever holds more than ``per_minute`` requests, whatever the burst pattern.
+    ``observe`` reads ``ratelimit-remaining`` / ``ratelimit-reset`` (PagerDuty's, also
+    the IETF draft's names): while the server's window lasts, no more than the
+    server says remain are sent, which covers other clients sharing the key and
+    operation-specific limits. ``acquire`` serves waiters in arrival order.
+    ``clock`` and ``sleep`` are injectable so tests need not wait.
+    """
+
+    def __init__(self, per_minute: int, *, burst: int | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.per_minute = per_minute
+        self.capacity = max(1, min(per_minute, burst if burst is not None else per_minute // 6))
+        refill = per_minute - self.capacity if per_minute > self.capacity else per_minute
+        self.rate = refill / 60.0
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = float(self.capacity)
+        self._updated = clock()
+        self._server_remaining: int | None = None
+        self._server_reset_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def tokens(self) -> float:
+        self._refill(self._clock())
+        return self._tokens
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            self._tokens = min(float(self.capacity), self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+
+    def _wait_needed(self, now: float) -> float:
+        if self._server_remaining is not None:
+            if now >= self._server_reset_at:
+                self._server_remaining = None
+            elif self._server_remaining <= 0:
+                return self._server_reset_at - now
+        if self._tokens < 1.0:
+            return (1.0 - self._tokens) / self.rate
+        return 0.0
+
+    async def acquire(self) -> float:
+        """Take one token, waiting as long as needed; returns the seconds waited."""
+        waited = 0.0
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._refill(now)
+                wait = self._wait_needed(now)
+                if wait <= 0:
+                    self._tokens -= 1.0
+                    if self._server_remaining is not None:
+                        self._server_remaining -= 1
+                    return waited
+                await self._sleep(wait)
+                waited += wait
+
+    def observe(self, response: OutboundResponse) -> None:
+        """Learn from a response's ``ratelimit-remaining`` / ``ratelimit-reset``."""
+        remaining = _number(response.headers.get("ratelimit-remaining"), int)
+        reset = _number(response.headers.get("ratelimit-reset"), float)
+        if remaining is None or reset is None:
+            return
+        now = self._clock()
+        reset_at = now + max(0.0, reset)
+        new_window = (self._server_remaining is None or now >= self._server_reset_at
+                      or reset_at > self._server_reset_at + 1.0)
+        if new_window:
+            self._server_remaining = max(0, remaining)
+            self._server_reset_at = reset_at
+        else:
+            # Responses of one window arrive out of order; the lowest count is the truest.
+            self._server_remaining = min(self._server_remaining, max(0, remaining))
+
+
+def _number(value: str | None, kind: type) -> Any:
+    if value is None:
+        return None
+    try:
+        return kind(value.strip())
+    except ValueError:
+        return None
+
+
+# -- the pipeline --------------------------------------------------------------------
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query string or fragment: safe to log."""
+    try:
+        u = URL(url)
+        return str(u.with_user(None).with_password(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "<unparseable url>"
+
+
+def _copy_request(req: OutboundRequest) -> OutboundRequest:
+    # Each attempt runs the hooks on a fresh copy, so a hook that appends a header
+    # or a parameter does it once per attempt, never twice on one request.
+    return replace(
+        req,
+        headers=CIMultiDict(req.headers),
+        params=list(req.params),
+        json=copy.deepcopy(req.json),
+        extra=dict(req.extra),
+    )
+
+
+class OutboundPipeline:
+    """One aiohttp session and the hook pipeline every outbound request passes.
+
+    ``start()`` opens the session and ``close()`` closes it (or use ``async with``).
+    ``ctx`` may be set after construction (``pipeline.ctx = ctx``), since the ctx
+    holds the pipeline. ``metrics`` is any object with ``outbound(service, host,
+    status, seconds)``; when None, ``ctx.metrics`` is used if there is one.
+    ``sleep``, ``rng`` and ``wallclock`` are injectable for tests.
+    """
+
+    def __init__(self, pm: Any, ctx: Any = None, *, metrics: Any = None, logger: Any = None,
+                 default_retry: RetryPolicy | None = None, user_agent: str | None = None,
+                 trust_env: bool = False,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 rng: Callable[[], float] = random.random,
+                 wallclock: Callable[[], float] = time.time):
+        from . import __version__
+
+        self.pm = pm
+        self.ctx = ctx
+        self.metrics = metrics
+        self.log = logger if logger is not None else structlog.get_logger("dutybridge.http")
+        self.default_retry = default_retry or RetryPolicy()
+        self.user_agent = user_agent or f"dutybridge/{__version__}"
+        # Off by default: a proxy is a transport choice made in config (a send_request
+        # plugin), not something an inherited HTTPS_PROXY should switch on silently.
+        self.trust_env = trust_env
+        self._sleep = sleep
+        self._rng = rng
+        self._wallclock = wallclock
+        self._session: aiohttp.ClientSession | None = None
+
+    # lifecycle
+    async def start(self) -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": self.user_agent},
+                trust_env=self.trust_env,
+                raise_for_status=False,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> "OutboundPipeline":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self._session
+
+    # the call
+    async def request(self, request: OutboundRequest, *, retry: RetryPolicy | None = None,
+                      idempotent: bool | None = None, limiter: Limiter | None = None) -> OutboundResponse:
+        """Send ``request`` through the hooks and a transport, retrying per ``retry``.
+
+        Returns the response whatever its status (the last one when retries ran
+        out); raises ``OutboundTimeout`` / ``OutboundConnectionError`` when no
+        response came back. ``idempotent`` defaults from the method (see
+        ``RetryPolicy``). ``limiter`` (``acquire()`` / ``observe(response)``) is
+        consulted before and after every attempt. Exceptions raised by hooks
+        propagate unretried: a broken hook is a bug, not a transient failure.
+        """
+        policy = retry or self.default_retry
+        if idempotent is None:
+            idempotent = request.method.upper() in IDEMPOTENT_METHODS
+        attempt = 0
+        while True:
+            attempt += 1
+            if limiter is not None:
+                await limiter.acquire()
+            req = _copy_request(request)
+            req.extra["attempt"] = attempt
+            await call_hook(self.pm, "outbound_request", request=req, ctx=self.ctx)
+            if req.json is not None and req.data is None and "Content-Type" not in req.headers:
+                req.headers["Content-Type"] = "application/json"
+            started = time.monotonic()
+            try:
+                response = await self._transport(req)
+            except TimeoutError as exc:
+                elapsed = time.monotonic() - started
+                self._record(req, "timeout", elapsed, attempt)
+                if attempt <= policy.max_retries and idempotent:
+                    await self._wait(req, attempt, policy.backoff(attempt, self._rng), "timeout")
+                    continue
+                why = "" if idempotent else " (not retried: the request is not idempotent)"
+                raise OutboundTimeout(
+                    f"{req.service} {req.operation or req.method}: no answer within {req.timeout:g}s "
+                    f"after {attempt} attempt(s){why}",
+                    service=req.service, operation=req.operation, attempts=attempt) from exc
+            except aiohttp.ClientError as exc:
+                elapsed = time.monotonic() - started
+                self._record(req, "error", elapsed, attempt, error=type(exc).__name__)
+                unsent = isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError)
+                retryable = unsent or (idempotent and isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)))
+                if attempt <= policy.max_retries and retryable:
+                    await self._wait(req, attempt, policy.backoff(attempt, self._rng), type(exc).__name__)
+                    continue
+                raise OutboundConnectionError(
+                    f"{req.service} {req.operation or req.method}: {type(exc).__name__}: {_exc_text(exc)} "
+                    f"after {attempt} attempt(s)",
+                    service=req.service, operation=req.operation, attempts=attempt) from exc
+
+            response.attempts = attempt
+            if not response.elapsed:
+                response.elapsed = time.monotonic() - started
+            self._record(req, str(response.status), response.elapsed, attempt, response=response)
+            if limiter is not None:
+                limiter.observe(response)
+            await call_hook(self.pm, "outbound_response", request=req, response=response, ctx=self.ctx)
+
+            if response.ok or not policy.retries_status(response.status, idempotent):
+                return response
+            if attempt > policy.max_retries:
+                self.log.warning("outbound retries exhausted", service=req.service, operation=req.operation,
+                                 method=req.method, url=safe_url(req.url), status=response.status, attempts=attempt)
+                return response
+            asked = retry_after_seconds(response.headers, self._wallclock) if response.status in (429, 503) else None
+            if asked is not None and asked > policy.max_wait:
+                self.log.warning("outbound retry-after too long; giving up", service=req.service,
+                                 operation=req.operation, status=response.status, retry_after=asked,
+                                 max_wait=policy.max_wait)
+                return response
+            wait = asked if asked is not None else policy.backoff(attempt, self._rng)
+            await self._wait(req, attempt, wait, f"HTTP {response.status}")
+
+    async def _transport(self, req: OutboundRequest) -> OutboundResponse:
+        # One deadline covers a relay/proxy hook as well as the direct transport.
+        async with asyncio.timeout(req.timeout):
+            response = await call_first(self.pm, "send_request", request=req, ctx=self.ctx)
+            if response is None:
+                response = await self._direct(req)
+        return response
+
+    async def _direct(self, req: OutboundRequest) -> OutboundResponse:
+        if self._session is None or self._session.closed:
+            raise RuntimeError("the outbound pipeline is not started: await pipeline.start() "
+                               "(or use it as an async context manager) before sending")
+        started = time.monotonic()
+        async with self._session.request(
+            req.method, req.url, headers=req.headers, params=req.params or None,
+            data=req.body_bytes(), timeout=aiohttp.ClientTimeout(total=req.timeout),
+            # Redirects are not followed: an API answering 3xx is misconfigured, and
+            # following it could change the method or send credentials elsewhere.
+            allow_redirects=False,
+        ) as resp:
+            body = await resp.read()
+            return OutboundResponse(status=resp.status, headers=resp.headers, body=body,
+                                    elapsed=time.monotonic() - started, url=safe_url(str(resp.url)))
+
+    async def _wait(self, req: OutboundRequest, attempt: int, seconds: float, reason: str) -> None:
+        self.log.info("outbound retry", service=req.service, operation=req.operation, method=req.method,
+                      url=safe_url(req.url), attempt=attempt, reason=reason, wait_seconds=round(seconds, 3))
+        await self._sleep(seconds)
+
+    def _record(self, req: OutboundRequest, status: str, elapsed: float, attempt: int, *,
+                response: OutboundResponse | None = None, error: str | None = None) -> None:
+        fields: dict[str, Any] = {
+            "service": req.service, "operation": req.operation, "method": req.method,
+            "url": safe_url(req.url), "status": status, "elapsed_ms": round(elapsed * 1000, 1),
+            "attempt": attempt,
+        }
+        if error:
+            fields["error"] = error
+        if response is not None:
+            for name in LOGGED_RESPONSE_HEADERS:
+                value = response.headers.get(name)
+                if value is not None:
+                    fields[name.replace("-", "_")] = value
+        self.log.debug("outbound attempt", **fields)
+        metrics = self.metrics if self.metrics is not None else getattr(self.ctx, "metrics", None)
+        if metrics is not None:
+            try:
+                host = URL(req.url).host or ""
+            except (ValueError, TypeError):
+                host = ""
+            metrics.outbound(req.service, host, status, elapsed)
+
+
+def _exc_text(exc: BaseException) -> str:
+    # aiohttp's connection errors name host and port, never headers; keep it short.
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+__all__ = [
+    "IDEMPOTENT_METHODS", "OutboundRequest", "OutboundResponse", "OutboundPipeline",
+    "RetryPolicy", "RateLimiter", "OutboundError", "TransportError", "OutboundTimeout",
+    "OutboundConnectionError", "retry_after_seconds", "safe_url",
+]

@@ -40,7 +40,7 @@ async def test_job_runs_with_fresh_context_and_failure_keeps_schedule():
     assert any(e["event"] == "scheduled job failed" and e["log_level"] == "error" for e in logs)
 
 
-def test_job_needs_an_explicit_id_and_defaults_are_set():
+async def test_job_needs_an_explicit_id_and_defaults_are_set():
     scheduler = Scheduler()
     with pytest.raises(ValueError, match="explicit id"):
         scheduler.add_job(lambda: None, "interval", id="", seconds=1)
@@ -48,5 +48,9 @@ def test_job_needs_an_explicit_id_and_defaults_are_set():
     scheduler.add_job(lambda: None, "date", id="a", run_date=run_at)
     scheduler.add_job(lambda: None, "date", id="a", run_date=run_at)  # replaced, not duplicated
     assert scheduler.job_ids() == ["a"]
-    job = scheduler._scheduler.get_job("a")
-    assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time == 30
+    scheduler.start()
+    try:
+        job = scheduler._scheduler.get_job("a")
+        assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time == 30
+    finally:
+        scheduler.shutdown()
