@@ -1,0 +1,693 @@
+"""The webhook receivers, probes and metrics route, driven over HTTP with aiohttp_client."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from dutybridge.config import validate
+from dutybridge.context import Ctx
+from dutybridge.events import Event, StoredEvent
+from dutybridge.metrics import Metrics
+from dutybridge.server import CTX_KEY, PAGERDUTY_V3_EVENT_TYPES, WAKE_WORKER, add_routes
+from dutybridge.store.base import Link, Store
+
+SECRET = "whsec-first-0123456789abcdef"
+SECRET2 = "whsec-second-fedcba9876543210"
+TOKEN = "doorbell-token-5f2b8e1c9d"
+DB_USER = "sn-doorbell"
+DB_PASS = "doorbell-pass-7a1c3e"
+LIMIT = 2048
+SYS_ID = "9d385017c611228701d22104cc95c371"
+
+
+# -- a store ------------------------------------------------------------------------
+class MemoryStore(Store):
+    """The inbox part of the Store contract, in memory; ``broken`` makes it fail."""
+
+    def __init__(self) -> None:
+        self.events: list[StoredEvent] = []
+        self.broken = False
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        if self.broken:
+            raise ConnectionError("store is down")
+        return True
+
+    async def schema_version(self) -> int:
+        return 1
+
+    async def add_event(self, event: Event) -> StoredEvent | None:
+        if self.broken:
+            raise ConnectionError("store is down")
+        if any(e.source == event.source and e.event_id == event.event_id for e in self.events):
+            return None
+        stored = StoredEvent(**{f: getattr(event, f) for f in ("source", "type", "event_id", "resource",
+                                                                "payload", "received_at")},
+                             id=len(self.events) + 1)
+        self.events.append(stored)
+        return stored
+
+    async def counts(self) -> dict[str, int]:
+        if self.broken:
+            raise ConnectionError("store is down")
+        out = dict.fromkeys(("pending", "claimed", "done", "dead", "ignored"), 0)
+        for e in self.events:
+            out[e.status] += 1
+        return out
+
+    async def claim(self, owner, limit, lease_seconds): return []
+    async def release_claims(self, owner=None): return 0
+    async def complete(self, event_id, status="done"): ...
+    async def fail(self, event_id, error, retry_at): ...
+    async def get_event(self, event_id): return None
+    async def list_events(self, status=None, limit=50, source=None): return list(reversed(self.events))
+    async def replay(self, event_id): return False
+    async def replay_dead(self): return 0
+    async def purge_dead(self): return 0
+    async def purge_done(self, older_than): return 0
+    async def put_link(self, link: Link) -> Link: return link
+    async def get_link(self, kind, *, pd_id=None, sn_id=None, include_unlinked=False): return None
+    async def update_link_state(self, kind, pd_id, state, status=None): ...
+    async def list_links(self, kind=None, include_unlinked=False): return []
+    async def delete_link(self, kind, pd_id): return False
+    async def get_watermark(self, name): return None
+    async def set_watermark(self, name, value): ...
+
+
+class FakeScheduler:
+    running = True
+
+
+def make_config(*, secrets=(SECRET,), token=TOKEN, user=DB_USER, password=DB_PASS, limit=LIMIT):
+    sn: dict[str, Any] = {"instance_url": "https://acme.service-now.com", "username": "svc", "password": "sn-pass-xyz"}
+    if token:
+        sn["doorbell_token"] = token
+    if user:
+        sn["doorbell_username"] = user
+    if password:
+        sn["doorbell_password"] = password
+    raw = {
+        "daemon": {"max_body_bytes": limit},
+        "pagerduty": {"api_key": "pd-api-key-abc", "webhook_secrets": list(secrets)},
+        "servicenow": sn,
+    }
+    return validate(raw, {})
+
+
+@pytest.fixture
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def wakes():
+    return []
+
+
+@pytest.fixture
+def make_client(aiohttp_client, store, wakes):
+    async def make(**config_kw):
+        ctx = Ctx(config=make_config(**config_kw), pm=None, store=store, metrics=Metrics(),
+                  scheduler=FakeScheduler())
+        ctx.extras[WAKE_WORKER] = lambda: wakes.append(1)
+        app = web.Application()
+        app[CTX_KEY] = ctx
+
+        async def crash(request):
+            raise RuntimeError("boom")
+
+        async def contextvars(request):
+            return web.json_response(structlog.contextvars.get_contextvars())
+
+        app.router.add_get("/crash", crash)
+        app.router.add_get("/contextvars", contextvars)
+        add_routes(app)
+        client = await aiohttp_client(app)
+        client.ctx = ctx
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
+
+
+# -- PagerDuty V3 helpers ------------------------------------------------------------
+INCIDENT = {
+    "id": "PGR0VU2", "type": "incident", "self": "https://api.pagerduty.com/incidents/PGR0VU2",
+    "number": 2, "status": "triggered", "title": "A little bump in the road — ünïcode",
+    "service": {"id": "PF9KMXH", "type": "service_reference"},
+    "conference_bridge": {"conference_number": 1000, "conference_url": "https://example.com"},
+}
+
+
+def v3(event_type="incident.triggered", event_id="5ac64822-4adc-4fda-ade0-410becf0de4f",
+       resource_type="incident", data=None):
+    return {"event": {
+        "id": event_id, "event_type": event_type, "resource_type": resource_type,
+        "occurred_at": "2020-10-02T18:45:22.169Z", "agent": None, "client": {"name": "PagerDuty"},
+        "data": copy.deepcopy(INCIDENT) if data is None else data,
+    }}
+
+
+def raw(doc) -> bytes:
+    # Not json.dumps defaults: PagerDuty's bytes are what is signed, whitespace and all.
+    return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+def sign(body: bytes, *secrets: str) -> str:
+    return ",".join("v1=" + hmac.new(s.encode(), body, hashlib.sha256).hexdigest() for s in secrets)
+
+
+async def post_v3(client, doc_or_body, *, signature=None, secrets=(SECRET,), headers=None):
+    body = doc_or_body if isinstance(doc_or_body, bytes) else raw(doc_or_body)
+    h = {"Content-Type": "application/json", "X-Webhook-Id": "wh-1"}
+    h["X-PagerDuty-Signature"] = signature if signature is not None else sign(body, *secrets)
+    h.update(headers or {})
+    return await client.post("/webhooks/pagerduty", data=body, headers=h)
+
+
+async def assert_error(resp, status, contains=""):
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) >= {"error"} and isinstance(body["error"], str)
+    assert contains in body["error"]
+    return body
+
+
+# -- PagerDuty V3 ---------------------------------------------------------------------
+async def test_v3_signed_event_is_stored(client, store, wakes):
+    resp = await post_v3(client, v3())
+    assert resp.status == 202
+    body = await resp.json()
+    assert body == {"status": "accepted", "id": 1}
+    [event] = store.events
+    assert event.source == "pagerduty"
+    assert event.type == "incident.triggered"
+    assert event.event_id == "5ac64822-4adc-4fda-ade0-410becf0de4f"
+    assert event.resource == "pagerduty:incident:PGR0VU2"
+    assert event.payload["event"]["data"]["title"].endswith("ünïcode")
+    assert event.payload["webhook_id"] == "wh-1"
+    assert wakes == [1]
+
+
+async def test_v3_rotation_second_secret_matches(make_client, store):
+    client = await make_client(secrets=(SECRET, SECRET2))
+    body = raw(v3())
+    # PagerDuty signs with the new secret only; an unrelated v1 and a v0 come first.
+    header = "v0=abc, v1=" + "0" * 64 + "," + sign(body, SECRET2)
+    resp = await post_v3(client, body, signature=header)
+    assert resp.status == 202
+    assert len(store.events) == 1
+
+
+async def test_v3_several_signatures_one_configured_secret(client, store):
+    body = raw(v3())
+    resp = await post_v3(client, body, signature=sign(body, "some-other-secret", SECRET))
+    assert resp.status == 202
+    assert len(store.events) == 1
+
+
+@pytest.mark.parametrize("header, reason", [
+    ("", "missing X-PagerDuty-Signature"),
+    ("v1=" + "0" * 64, "does not match"),
+    ("v1=not-hex-at-all", "does not match"),
+    ("garbage", "does not match"),
+    ("v1=ünïcödé" + "a" * 56, "does not match"),
+    (",,,", "does not match"),
+])
+async def test_v3_bad_signature_401(client, store, header, reason):
+    body = raw(v3())
+    if header == "":
+        resp = await client.post("/webhooks/pagerduty", data=body)
+    else:
+        resp = await post_v3(client, body, signature=header)
+    await assert_error(resp, 401, reason)
+    assert store.events == []
+
+
+async def test_v3_signature_of_other_version_is_ignored(client, store):
+    body = raw(v3())
+    good = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    resp = await post_v3(client, body, signature=f"v2={good}")
+    await assert_error(resp, 401)
+    assert store.events == []
+
+
+async def test_v3_signature_over_altered_body_401(client, store):
+    body = raw(v3())
+    altered = body.replace(b'"triggered"', b'"resolved" ')
+    resp = await post_v3(client, altered, signature=sign(body, SECRET))
+    await assert_error(resp, 401)
+    assert store.events == []
+
+
+async def test_v3_no_secret_configured_503(make_client, store):
+    client = await make_client(secrets=())
+    resp = await post_v3(client, v3(), secrets=("anything",))
+    await assert_error(resp, 503, "webhook_secrets")
+    assert store.events == []
+
+
+async def test_v3_body_over_limit_413(client, store):
+    doc = v3()
+    doc["event"]["data"]["title"] = "x" * (LIMIT + 10)
+    resp = await post_v3(client, doc)
+    await assert_error(resp, 413, str(LIMIT))
+    assert store.events == []
+
+
+async def test_v3_chunked_body_over_limit_413(client, store):
+    doc = v3()
+    doc["event"]["data"]["title"] = "x" * (LIMIT * 8)
+    body = raw(doc)
+
+    async def chunks():
+        for i in range(0, len(body), 512):
+            yield body[i:i + 512]
+
+    resp = await client.post("/webhooks/pagerduty", data=chunks(),
+                             headers={"X-PagerDuty-Signature": sign(body, SECRET)})
+    assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+    await assert_error(resp, 413)
+    assert store.events == []
+
+
+async def test_v3_chunked_body_under_limit_accepted(client, store):
+    body = raw(v3())
+
+    async def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100]
+
+    resp = await client.post("/webhooks/pagerduty", data=chunks(),
+                             headers={"X-PagerDuty-Signature": sign(body, SECRET)})
+    assert resp.status == 202
+    assert len(store.events) == 1
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe\x00", b"[1, 2]", b'"event"', b"[" * 1000])
+async def test_v3_malformed_json_400(make_client, store, body):
+    client = await make_client()
+    resp = await post_v3(client, body)
+    err = await assert_error(resp, 400)
+    assert err["error"].startswith("body:")
+    assert store.events == []
+
+
+def _drop(path):
+    def mutate(doc):
+        parts = path.split(".")
+        target = doc
+        for p in parts[:-1]:
+            target = target[p]
+        del target[parts[-1]]
+    return mutate
+
+
+def _set(path, value):
+    def mutate(doc):
+        parts = path.split(".")
+        target = doc
+        for p in parts[:-1]:
+            target = target[p]
+        target[parts[-1]] = value
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (_drop("event"), "event"),
+    (_set("event", []), "event"),
+    (_drop("event.id"), "event.id"),
+    (_set("event.id", 42), "event.id"),
+    (_set("event.id", ""), "event.id"),
+    (_drop("event.event_type"), "event.event_type"),
+    (_set("event.event_type", None), "event.event_type"),
+    (_drop("event.resource_type"), "event.resource_type"),
+    (_set("event.resource_type", "service"), "event.resource_type"),
+    (_drop("event.data"), "event.data"),
+    (_set("event.data", "PGR0VU2"), "event.data"),
+    (_drop("event.data.id"), "event.data.id"),
+    (_set("event.data.id", "bad id with spaces"), "event.data.id"),
+])
+async def test_v3_envelope_missing_field_400_names_it(client, store, mutate, field):
+    doc = v3()
+    mutate(doc)
+    resp = await post_v3(client, doc)
+    err = await assert_error(resp, 400)
+    assert err["error"].startswith(field + ":"), err
+    assert store.events == []
+
+
+async def test_v3_unknown_event_type_202_not_stored(client, store, wakes):
+    with capture_logs() as logs:
+        resp = await post_v3(client, v3(event_type="incident.teleported"))
+    assert resp.status == 202
+    assert (await resp.json())["status"] == "ignored"
+    assert store.events == [] and wakes == []
+    assert any(e["event"] == "webhook ignored" and e.get("event_type") == "incident.teleported" for e in logs)
+
+
+async def test_v3_ping_202_not_stored(client, store):
+    ping = {"event": {"id": "01BZ", "event_type": "pagey.ping", "resource_type": "pagey",
+                      "occurred_at": "2021-12-08T22:45:14.154Z", "agent": None, "client": None,
+                      "data": {"message": "Hello from your friend Pagey!", "type": "ping"}}}
+    with capture_logs() as logs:
+        resp = await post_v3(client, ping)
+    assert resp.status == 202
+    assert await resp.json() == {"status": "ignored", "reason": "ping"}
+    assert store.events == []
+    assert any(e["event"] == "webhook ignored" and e["reason"] == "ping" for e in logs)
+
+
+async def test_v3_ping_still_needs_a_signature(client, store):
+    ping = raw({"event": {"id": "01BZ", "event_type": "pagey.ping", "resource_type": "pagey", "data": {}}})
+    resp = await post_v3(client, ping, signature="v1=" + "a" * 64)
+    await assert_error(resp, 401)
+
+
+async def test_v3_duplicate_stored_once(client, store, wakes):
+    first = await post_v3(client, v3())
+    assert (await first.json())["status"] == "accepted"
+    # A retry of the same delivery, then the same event through a second subscription.
+    again = await post_v3(client, v3())
+    other_sub = await post_v3(client, v3(), headers={"X-Webhook-Id": "wh-2"})
+    for resp in (again, other_sub):
+        assert resp.status == 202
+        assert await resp.json() == {"status": "duplicate"}
+    assert len(store.events) == 1
+    assert wakes == [1]
+
+
+@pytest.mark.parametrize("event_type, data, resource", [
+    ("incident.annotated",
+     {"incident": {"id": "PGR0VU2", "type": "incident_reference"}, "id": "P2LA89X", "content": "note",
+      "trimmed": False, "type": "incident_note"},
+     "pagerduty:incident:PGR0VU2"),
+    ("incident.task.created",
+     {"name": "t", "id": "PGR0VU2X", "type": "incident_task",
+      "incident": {"id": "Q0SDD3HB6SGFTI", "type": "incident_reference"}},
+     "pagerduty:incident:Q0SDD3HB6SGFTI"),
+    ("incident.role.assigned",
+     {"type": "incident_role_assignment", "incident_role_assignments": [
+         {"id": "af64b84c-137e", "incident": {"id": "PBAZLIU", "type": "incident_reference"},
+          "type": "role_assignment_reference"}]},
+     "pagerduty:incident:PBAZLIU"),
+    ("incident.conference_bridge.updated",
+     {"incident": {"id": "PGR0VU2", "type": "incident_reference"}, "conference_numbers": [],
+      "type": "incident_conference_bridge"},
+     "pagerduty:incident:PGR0VU2"),
+    ("incident.workflow.started",
+     {"id": "P3SNKQS", "type": "incident_workflow_instance", "incident": {"id": "PBAZLIU"},
+      "service": {"id": "PF9KMXH"}},
+     "pagerduty:incident:PBAZLIU"),
+])
+async def test_v3_events_about_an_incident_are_keyed_by_it(client, store, event_type, data, resource):
+    resp = await post_v3(client, v3(event_type=event_type, data=data))
+    assert resp.status == 202, await resp.text()
+    assert store.events[0].resource == resource
+
+
+async def test_v3_service_events(client, store):
+    data = {"id": "PF9KMXH", "type": "service", "summary": "svc"}
+    resp = await post_v3(client, v3("service.updated", "01BRB6ZP4M6T8ZG4X6BP63ZB9O", "service", data))
+    assert resp.status == 202
+    fv = {"service": {"id": "PY0TW31", "type": "service_reference"}, "custom_fields": [],
+          "type": "service_field_values"}
+    resp = await post_v3(client, v3("service.custom_field_values.updated", "01C", "service", fv))
+    assert resp.status == 202
+    assert [e.resource for e in store.events] == ["pagerduty:service:PF9KMXH", "pagerduty:service:PY0TW31"]
+
+
+def test_v3_event_type_list_covers_the_documented_families():
+    assert {t.split(".")[0] for t in PAGERDUTY_V3_EVENT_TYPES} == {"incident", "service"}
+    assert len(PAGERDUTY_V3_EVENT_TYPES) == 30
+    assert "incident.triggered" in PAGERDUTY_V3_EVENT_TYPES and "pagey.ping" not in PAGERDUTY_V3_EVENT_TYPES
+
+
+async def test_v3_store_failure_503_so_pagerduty_retries(client, store, wakes):
+    store.broken = True
+    resp = await post_v3(client, v3())
+    await assert_error(resp, 503, "retry")
+    assert wakes == []
+
+
+async def test_v3_reload_applies_new_secret(client, store):
+    client.ctx.config = make_config(secrets=(SECRET2,))
+    resp = await post_v3(client, v3(), secrets=(SECRET,))
+    await assert_error(resp, 401)
+    resp = await post_v3(client, v3(), secrets=(SECRET2,))
+    assert resp.status == 202
+
+
+# -- PagerDuty V2 -----------------------------------------------------------------------
+def v2_message(event="incident.trigger", mid="8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e", incident_id="PRORDTY"):
+    return {"event": event, "id": mid, "created_on": "2017-09-26T15:14:36Z",
+            "incident": {"id": incident_id, "incident_number": 33, "status": "triggered",
+                         "title": "My new incident"},
+            "webhook": {"id": "PKT9NNX", "type": "webhook"}, "log_entries": []}
+
+
+def basic(user=DB_USER, password=DB_PASS):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_v2_messages_stored_one_event_each(client, store, wakes):
+    doc = {"messages": [v2_message(), v2_message("incident.acknowledge", "m-2"),
+                        v2_message("incident.resolve", "m-3", "PXYZ")]}
+    resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
+    assert resp.status == 202
+    assert await resp.json() == {"status": "accepted", "ids": [1, 2, 3], "duplicates": 0, "ignored": 0}
+    assert [(e.type, e.event_id, e.resource) for e in store.events] == [
+        ("incident.trigger", "8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e", "pagerduty:incident:PRORDTY"),
+        ("incident.acknowledge", "m-2", "pagerduty:incident:PRORDTY"),
+        ("incident.resolve", "m-3", "pagerduty:incident:PXYZ"),
+    ]
+    assert store.events[0].payload["message"]["incident"]["incident_number"] == 33
+    assert wakes == [1]
+    resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
+    assert (await resp.json())["duplicates"] == 3
+    assert len(store.events) == 3
+
+
+async def test_v2_unknown_type_skipped(client, store):
+    doc = {"messages": [v2_message("incident.teleport", "m-9"), v2_message()]}
+    resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
+    assert (await resp.json())["ignored"] == 1
+    assert [e.event_id for e in store.events] == ["8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e"]
+
+
+@pytest.mark.parametrize("auth", [None, basic(password="wrong"), basic(user="other"), "Bearer " + TOKEN,
+                                  "Basic !!!notbase64", "Basic " + base64.b64encode(b"nocolon").decode()])
+async def test_v2_needs_basic_credentials(client, store, auth):
+    headers = {"Authorization": auth} if auth else {}
+    resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message()]}, headers=headers)
+    await assert_error(resp, 401)
+    assert resp.headers["WWW-Authenticate"].startswith("Basic ")
+    assert store.events == []
+
+
+async def test_v2_one_bad_message_refuses_the_delivery(client, store):
+    bad = v2_message("incident.acknowledge", "m-2")
+    del bad["incident"]["id"]
+    resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message(), bad]},
+                             headers={"Authorization": basic()})
+    await assert_error(resp, 400, "messages[1].incident.id")
+    assert store.events == []
+
+
+async def test_v2_not_configured_503(make_client, store):
+    client = await make_client(user="", password="")
+    resp = await client.post("/webhooks/pagerduty/v2", json={"messages": []}, headers={"Authorization": basic()})
+    await assert_error(resp, 503, "doorbell_username")
+
+
+# -- ServiceNow doorbell ----------------------------------------------------------------
+def doorbell(**over):
+    doc = {"table": "incident", "sys_id": SYS_ID, "operation": "update", "sys_updated_on": "2024-03-05 14:07:09"}
+    doc.update(over)
+    return doc
+
+
+async def test_doorbell_with_bearer(client, store, wakes):
+    resp = await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 202
+    assert await resp.json() == {"status": "accepted", "id": 1}
+    [e] = store.events
+    assert (e.source, e.type, e.event_id, e.resource) == (
+        "servicenow", "incident.update", f"incident:{SYS_ID}:2024-03-05 14:07:09:update", f"servicenow:incident:{SYS_ID}")
+    assert e.payload == doorbell()
+    assert wakes == [1]
+
+
+async def test_doorbell_with_basic_and_duplicate(client, store):
+    for _ in range(2):
+        resp = await client.post("/webhooks/servicenow", json=doorbell(table="sn_si_incident", operation="delete"),
+                                 headers={"Authorization": basic()})
+        assert resp.status == 202
+    assert (await resp.json())["status"] == "duplicate"
+    assert [e.type for e in store.events] == ["sn_si_incident.delete"]
+
+
+async def test_doorbell_basic_only_configured(make_client, store):
+    client = await make_client(token="")
+    resp = await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": f"Bearer {TOKEN}"})
+    await assert_error(resp, 401)
+    assert resp.headers["WWW-Authenticate"] == 'Basic realm="dutybridge", charset="UTF-8"'
+    resp = await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": basic()})
+    assert resp.status == 202
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", f"Bearer {TOKEN}x", f"bearer  {TOKEN[:-1]}",
+                                  basic(password="nope"), "Token " + TOKEN, "Bearer"])
+async def test_doorbell_wrong_credentials_401(client, store, auth):
+    headers = {"Authorization": auth} if auth else {}
+    resp = await client.post("/webhooks/servicenow", json=doorbell(), headers=headers)
+    await assert_error(resp, 401)
+    assert "Bearer" in resp.headers["WWW-Authenticate"] and "Basic" in resp.headers["WWW-Authenticate"]
+    assert store.events == []
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"sys_id": "not-a-sys-id"}, "sys_id"),
+    ({"sys_id": SYS_ID.upper()}, "sys_id"),
+    ({"sys_id": SYS_ID + "\n"}, "sys_id"),
+    ({"sys_id": None}, "sys_id"),
+    ({"table": "Incident"}, "table"),
+    ({"table": "incident; drop"}, "table"),
+    ({"table": ""}, "table"),
+    ({"operation": "merge"}, "operation"),
+    ({"operation": 1}, "operation"),
+    ({"sys_updated_on": "2024-03-05T14:07:09Z"}, "sys_updated_on"),
+    ({"sys_updated_on": "2024-13-45 25:61:61"}, "sys_updated_on"),
+    ({"short_description": "injected"}, "short_description"),
+])
+async def test_doorbell_invalid_400_names_field(client, store, over, field):
+    doc = doorbell(**over)
+    if over.get("sys_id", "") is None:
+        del doc["sys_id"]
+    resp = await client.post("/webhooks/servicenow", json=doc, headers={"Authorization": f"Bearer {TOKEN}"})
+    err = await assert_error(resp, 400)
+    assert err["error"].startswith(field + ":"), err
+    assert store.events == []
+
+
+async def test_doorbell_not_configured_503(make_client, store):
+    client = await make_client(token="", user="", password="")
+    resp = await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": f"Bearer {TOKEN}"})
+    await assert_error(resp, 503, "doorbell_token")
+    assert store.events == []
+
+
+async def test_doorbell_body_over_limit_413(client, store):
+    resp = await client.post("/webhooks/servicenow", data=b"{" + b" " * LIMIT + b"}",
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    await assert_error(resp, 413)
+
+
+# -- probes, metrics, errors -------------------------------------------------------------
+async def test_healthz(client):
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+
+
+async def test_readyz(client, store):
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json())["checks"] == {"store": "ok", "scheduler": "ok"}
+    store.broken = True
+    resp = await client.get("/readyz")
+    body = await assert_error(resp, 503, "store")
+    assert body["checks"]["store"].startswith("error")
+    store.broken = False
+    client.ctx.scheduler = type("Stopped", (), {"running": False})()
+    body = await assert_error(await client.get("/readyz"), 503, "scheduler")
+    assert body["checks"]["store"] == "ok"
+
+
+async def test_metrics_after_events(client, store):
+    await post_v3(client, v3())
+    await post_v3(client, v3())
+    await post_v3(client, v3(), signature="v1=" + "0" * 64)
+    await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert 'dutybridge_events_received_total{source="pagerduty",type="incident.triggered"} 1.0' in text
+    assert 'dutybridge_events_duplicate_total{source="pagerduty",type="incident.triggered"} 1.0' in text
+    assert 'dutybridge_events_received_total{source="servicenow",type="incident.update"} 1.0' in text
+    assert 'dutybridge_webhook_rejected_total{reason="bad_signature",route="pagerduty"} 1.0' in text
+    assert 'dutybridge_inbox_events{status="pending"} 2.0' in text
+    assert "dutybridge_store_up 1.0" in text
+    store.broken = True
+    assert "dutybridge_store_up 0.0" in await (await client.get("/metrics")).text()
+
+
+async def test_unknown_route_and_method_are_json(client):
+    body = await assert_error(await client.get("/nope"), 404, "not found: /nope")
+    assert body == {"error": "not found: /nope"}
+    resp = await client.get("/webhooks/pagerduty")
+    await assert_error(resp, 405, "method GET not allowed")
+    assert "POST" in resp.headers["Allow"]
+
+
+async def test_handler_crash_is_json_500_without_details(client):
+    with capture_logs() as logs:
+        resp = await client.get("/crash")
+    assert await assert_error(resp, 500) == {"error": "internal error"}
+    assert any(e["event"] == "request failed" for e in logs)
+
+
+async def test_request_id_echoed_sanitised_or_generated(client):
+    resp = await client.get("/healthz", headers={"X-Request-Id": "abc-123.DEF"})
+    assert resp.headers["X-Request-Id"] == "abc-123.DEF"
+    resp = await client.get("/healthz", headers={"X-Request-Id": "a b\tc<script>"})
+    assert resp.headers["X-Request-Id"] == "abcscript"
+    resp = await client.get("/nope")
+    assert len(resp.headers["X-Request-Id"]) == 32
+    resp = await client.get("/healthz", headers={"X-Request-Id": "x" * 500})
+    assert resp.headers["X-Request-Id"] == "x" * 128
+
+
+async def test_request_id_bound_for_the_request(client):
+    resp = await client.get("/contextvars", headers={"X-Request-Id": "req-42"})
+    assert (await resp.json())["request_id"] == "req-42"
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+
+
+async def test_no_secret_or_signature_in_logs(client, store):
+    body = raw(v3())
+    signature = sign(body, SECRET)
+    with capture_logs() as logs:
+        await post_v3(client, body, signature=signature)
+        await post_v3(client, body, signature="v1=" + "1" * 64)
+        await post_v3(client, body, signature=signature)
+        await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": "Bearer " + TOKEN + "x"})
+        await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": "Bearer " + TOKEN})
+        await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message()]}, headers={"Authorization": basic()})
+        await client.get("/crash")
+        store.broken = True
+        await post_v3(client, v3(event_id="other"))
+        await client.get("/readyz")
+    assert len(logs) >= 8
+    text = repr(logs)
+    for needle in (SECRET, TOKEN, DB_PASS, signature.split("=", 1)[1], base64.b64encode(f"{DB_USER}:{DB_PASS}".encode()).decode()):
+        assert needle not in text, needle
