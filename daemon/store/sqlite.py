@@ -1,0 +1,487 @@
+"""The SQLite store: inbox, dead letters, links and watermarks in one WAL-mode file.
+
+One connection serves the whole daemon; an asyncio lock makes each method one
+transaction on it. Other processes (the ``dutybridge events`` CLI) may open the same
+file at the same time: WAL lets them read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, get_args
+
+import aiosqlite
+import structlog
+
+from ..events import Event, EventStatus, StoredEvent, utcnow
+from .base import Link, LinkConflictError, Store
+from .migrations import SCHEMA_MIGRATIONS_SQLITE, SQLITE_MIGRATIONS, Migration
+
+log = structlog.get_logger("dutybridge.store")
+
+STATUSES: tuple[str, ...] = get_args(EventStatus)
+LINK_STATUSES = ("linked", "unlinked")
+MEMORY = ":memory:"
+
+
+def to_text(dt: datetime) -> str:
+    """UTC, fixed width, so that SQLite's string comparison orders instants."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"timezone-aware datetime required, got naive {dt.isoformat()}")
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_text(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).astimezone(timezone.utc)
+
+
+def _event(row: sqlite3.Row) -> StoredEvent:
+    return StoredEvent(
+        source=row["source"],
+        type=row["type"],
+        event_id=row["event_id"],
+        resource=row["resource"],
+        payload=json.loads(row["payload"]),
+        received_at=from_text(row["received_at"]),
+        id=row["id"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=from_text(row["next_attempt_at"]),
+        last_error=row["last_error"],
+        updated_at=from_text(row["updated_at"]),
+        owner=row["owner"],
+        lease_expires_at=from_text(row["lease_expires_at"]),
+    )
+
+
+def _link(row: sqlite3.Row) -> Link:
+    return Link(
+        kind=row["kind"],
+        pd_id=row["pd_id"],
+        sn_id=row["sn_id"],
+        state=json.loads(row["state"]),
+        status=row["status"],
+        created_at=from_text(row["created_at"]),
+        updated_at=from_text(row["updated_at"]),
+    )
+
+
+def _state_json(state: dict[str, Any]) -> str:
+    return json.dumps(state, separators=(",", ":"), sort_keys=True)
+
+
+class SQLiteStore(Store):
+    """``Store`` on one SQLite database file (or ``:memory:``, for tests).
+
+    ``clock`` returns the current time (timezone-aware) for leases, due times and
+    ``updated_at``; tests pass a fake one. ``migrations`` defaults to every known
+    step; tests pass a prefix to build an older schema.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout: float = 10.0,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self._clock = clock or utcnow
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._migrations = list(SQLITE_MIGRATIONS if migrations is None else migrations)
+        versions = [m[0] for m in self._migrations]
+        if versions != sorted(set(versions)) or (versions and versions[0] < 1):
+            raise ValueError(f"migration versions must be positive and strictly increasing: {versions}")
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        if self.path != MEMORY:
+            self._prepare_file(Path(self.path))
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
+            mode = rows[0][0] if rows else "?"
+            if mode != "wal" and self.path != MEMORY:
+                log.warning("store_not_in_wal_mode", path=self.path, journal_mode=mode,
+                            hint="the file system may not support WAL; readers will block writers")
+            # FULL: in WAL mode NORMAL may lose the last commits on power loss, and an
+            # event answered 202 must not be lost.
+            await db.execute("PRAGMA synchronous = FULL")
+            self._db = db
+            await self._migrate()
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
+
+    @staticmethod
+    def _prepare_file(path: Path) -> None:
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot create the store's database {path}: folder {path.parent} does not exist")
+        if not path.exists():
+            # Created by us with 0600 so that incident data is not world-readable
+            # under a permissive umask; SQLite gives the -wal/-shm files the same mode.
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        async with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("PRAGMA optimize")
+            await db.close()
+
+    async def ping(self) -> bool:
+        if self._db is None:
+            return False
+        try:
+            async with self._transaction(write=False) as db:
+                rows = await db.execute_fetchall("SELECT 1")
+            return bool(rows) and rows[0][0] == 1
+        except (sqlite3.Error, RuntimeError):
+            return False
+
+    async def schema_version(self) -> int:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
+    async def _migrate(self) -> None:
+        known = self._migrations[-1][0] if self._migrations else 0
+        applied = []
+        async with self._transaction() as db:
+            await db.execute(SCHEMA_MIGRATIONS_SQLITE)
+            rows = await db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            current = int(rows[0][0])
+            if current > known:
+                raise RuntimeError(
+                    f"the store {self.path} has schema version {current}, newer than this "
+                    f"dutybridge knows ({known}): it was written by a newer release; upgrade dutybridge"
+                )
+            now = to_text(self._clock())
+            for version, description, statements in self._migrations:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                    (version, description, now),
+                )
+                applied.append(version)
+        if applied:
+            log.info("store_migrated", path=self.path, from_version=current, to_version=applied[-1])
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction on the shared connection; the lock keeps others out of it.
+
+        Writes take the write lock at BEGIN (IMMEDIATE): a deferred transaction that
+        later upgrades gets SQLITE_BUSY at once instead of waiting busy_timeout.
+        """
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise RuntimeError("the store is not open (await store.open() first)")
+            if not write:
+                yield db
+                return
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                yield db
+                await db.execute("COMMIT")
+            except BaseException:
+                # Also on cancellation, even during BEGIN (it still runs on the
+                # connection's thread): the connection is shared, and a transaction
+                # left open would swallow every later caller's writes.
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+
+    def _now(self) -> str:
+        return to_text(self._clock())
+
+    # -- inbox -------------------------------------------------------------------
+    async def add_event(self, event: Event) -> StoredEvent | None:
+        now = self._now()
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                """
+                INSERT INTO events (source, event_id, type, resource, payload, status,
+                                    attempts, received_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)
+                ON CONFLICT (source, event_id) DO NOTHING
+                RETURNING *
+                """,
+                (event.source, event.event_id, event.type, event.resource, event.payload_json(),
+                 to_text(event.received_at), now),
+            )
+        return _event(rows[0]) if rows else None
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredEvent]:
+        if limit <= 0:
+            return []
+        now_dt = self._clock()
+        now = to_text(now_dt)
+        lease = to_text(now_dt + timedelta(seconds=lease_seconds))
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                """
+                UPDATE events
+                SET status = 'claimed', owner = :owner, lease_expires_at = :lease,
+                    attempts = attempts + 1, next_attempt_at = NULL, updated_at = :now
+                WHERE id IN (
+                    SELECT e.id FROM events AS e
+                    WHERE e.status IN ('pending', 'claimed')
+                      AND ((e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= :now))
+                           OR (e.status = 'claimed' AND e.lease_expires_at <= :now))
+                      AND NOT EXISTS (
+                          SELECT 1 FROM events AS p
+                          WHERE p.resource = e.resource AND p.id < e.id
+                            AND p.status IN ('pending', 'claimed'))
+                      AND NOT EXISTS (
+                          SELECT 1 FROM events AS c
+                          WHERE c.resource = e.resource AND c.id > e.id
+                            AND c.status IN ('pending', 'claimed')  -- lets SQLite use the partial index
+                            AND c.status = 'claimed' AND c.lease_expires_at > :now)
+                    ORDER BY e.id
+                    LIMIT :limit)
+                RETURNING *
+                """,
+                {"owner": owner, "lease": lease, "now": now, "limit": limit},
+            )
+        # RETURNING gives no order guarantee.
+        return sorted((_event(r) for r in rows), key=lambda e: e.id)
+
+    async def release_claims(self, owner: str | None = None) -> int:
+        sql = """
+            UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL,
+                              updated_at = ?
+            WHERE status = 'claimed'
+        """
+        params: tuple[Any, ...] = (self._now(),)
+        if owner is not None:
+            sql += " AND owner = ?"
+            params += (owner,)
+        return await self._write_count(sql, params)
+
+    async def complete(self, event_id: int, status: EventStatus = "done") -> None:
+        if status not in ("done", "ignored"):
+            raise ValueError(f"complete() takes status 'done' or 'ignored', not {status!r}")
+        await self._write_count(
+            """
+            UPDATE events SET status = ?, owner = NULL, lease_expires_at = NULL,
+                              next_attempt_at = NULL, updated_at = ?
+            WHERE id = ? AND status = 'claimed'
+            """,
+            (status, self._now(), event_id),
+        )
+
+    async def fail(self, event_id: int, error: str, retry_at: datetime | None) -> None:
+        status = "dead" if retry_at is None else "pending"
+        await self._write_count(
+            """
+            UPDATE events SET status = ?, next_attempt_at = ?, last_error = ?, owner = NULL,
+                              lease_expires_at = NULL, updated_at = ?
+            WHERE id = ? AND status = 'claimed'
+            """,
+            (status, None if retry_at is None else to_text(retry_at), error, self._now(), event_id),
+        )
+
+    async def get_event(self, event_id: int) -> StoredEvent | None:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall("SELECT * FROM events WHERE id = ?", (event_id,))
+        return _event(rows[0]) if rows else None
+
+    async def list_events(
+        self, status: EventStatus | None = None, limit: int = 50, source: str | None = None
+    ) -> list[StoredEvent]:
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown event status {status!r} (one of: {', '.join(STATUSES)})")
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if source is not None:
+            where.append("source = ?")
+            params.append(source)
+        sql = "SELECT * FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(max(0, limit))
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [_event(r) for r in rows]
+
+    async def replay(self, event_id: int) -> bool:
+        changed = await self._write_count(
+            """
+            UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+                              owner = NULL, lease_expires_at = NULL, updated_at = ?
+            WHERE id = ? AND status IN ('dead', 'done', 'ignored')
+            """,
+            (self._now(), event_id),
+        )
+        return changed > 0
+
+    async def replay_dead(self) -> int:
+        return await self._write_count(
+            """
+            UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+                              owner = NULL, lease_expires_at = NULL, updated_at = ?
+            WHERE status = 'dead'
+            """,
+            (self._now(),),
+        )
+
+    async def purge_dead(self) -> int:
+        return await self._write_count("DELETE FROM events WHERE status = 'dead'", ())
+
+    async def counts(self) -> dict[str, int]:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall("SELECT status, COUNT(*) FROM events GROUP BY status")
+        out = dict.fromkeys(STATUSES, 0)
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    async def purge_done(self, older_than: datetime) -> int:
+        return await self._write_count(
+            "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_at < ?",
+            (to_text(older_than),),
+        )
+
+    async def _write_count(self, sql: str, params: Any) -> int:
+        async with self._transaction() as db:
+            async with db.execute(sql, params) as cur:
+                return cur.rowcount
+
+    # -- links -------------------------------------------------------------------
+    async def put_link(self, link: Link) -> Link:
+        if link.status not in LINK_STATUSES:
+            raise ValueError(f"link status must be 'linked' or 'unlinked', not {link.status!r}")
+        now = self._now()
+        created = to_text(link.created_at) if link.created_at else now
+        try:
+            async with self._transaction() as db:
+                if link.status == "linked":
+                    await self._check_sn_free(db, link.kind, link.sn_id, link.pd_id)
+                rows = await db.execute_fetchall(
+                    """
+                    INSERT INTO links (kind, pd_id, sn_id, state, status, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (kind, pd_id) DO UPDATE SET
+                        sn_id = excluded.sn_id, state = excluded.state,
+                        status = excluded.status, updated_at = excluded.updated_at
+                    RETURNING *
+                    """,
+                    (link.kind, link.pd_id, link.sn_id, _state_json(link.state), link.status, created, now),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise LinkConflictError(f"{link.kind} link {link.pd_id} <-> {link.sn_id}: {exc}") from None
+        return _link(rows[0])
+
+    @staticmethod
+    async def _check_sn_free(db: aiosqlite.Connection, kind: str, sn_id: str, pd_id: str) -> None:
+        rows = await db.execute_fetchall(
+            "SELECT pd_id FROM links WHERE kind = ? AND sn_id = ? AND status = 'linked' AND pd_id <> ?",
+            (kind, sn_id, pd_id),
+        )
+        if rows:
+            raise LinkConflictError(
+                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; "
+                f"unlink that first"
+            )
+
+    async def get_link(
+        self, kind: str, *, pd_id: str | None = None, sn_id: str | None = None,
+        include_unlinked: bool = False,
+    ) -> Link | None:
+        if (pd_id is None) == (sn_id is None):
+            raise ValueError("get_link() takes exactly one of pd_id or sn_id")
+        column, value = ("pd_id", pd_id) if pd_id is not None else ("sn_id", sn_id)
+        sql = f"SELECT * FROM links WHERE kind = ? AND {column} = ?"
+        if not include_unlinked:
+            sql += " AND status = 'linked'"
+        # Several unlinked rows may share an sn_id; the live one, else the latest, wins.
+        sql += " ORDER BY status = 'linked' DESC, updated_at DESC, id DESC LIMIT 1"
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(sql, (kind, value))
+        return _link(rows[0]) if rows else None
+
+    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
+                                status: str | None = None) -> None:
+        if status is not None and status not in LINK_STATUSES:
+            raise ValueError(f"link status must be 'linked' or 'unlinked', not {status!r}")
+        try:
+            async with self._transaction() as db:
+                if status == "linked":
+                    rows = await db.execute_fetchall(
+                        "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id))
+                    if rows:
+                        await self._check_sn_free(db, kind, rows[0][0], pd_id)
+                async with db.execute(
+                    """
+                    UPDATE links SET state = ?, status = COALESCE(?, status), updated_at = ?
+                    WHERE kind = ? AND pd_id = ?
+                    """,
+                    (_state_json(state), status, self._now(), kind, pd_id),
+                ) as cur:
+                    if cur.rowcount == 0:
+                        raise LookupError(f"no {kind} link for PagerDuty {pd_id}")
+        except sqlite3.IntegrityError as exc:
+            raise LinkConflictError(f"{kind} link of PagerDuty {pd_id}: {exc}") from None
+
+    async def list_links(self, kind: str | None = None, include_unlinked: bool = False) -> list[Link]:
+        where, params = [], []
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if not include_unlinked:
+            where.append("status = 'linked'")
+        sql = "SELECT * FROM links"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [_link(r) for r in rows]
+
+    async def delete_link(self, kind: str, pd_id: str) -> bool:
+        return await self._write_count("DELETE FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)) > 0
+
+    # -- watermarks --------------------------------------------------------------
+    async def get_watermark(self, name: str) -> str | None:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall("SELECT value FROM watermarks WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    async def set_watermark(self, name: str, value: str) -> None:
+        await self._write_count(
+            """
+            INSERT INTO watermarks (name, value, updated_at) VALUES (?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+            """,
+            (name, value, self._now()),
+        )
