@@ -7,6 +7,7 @@ import copy
 import hashlib
 import hmac
 import json
+import sqlite3
 from typing import Any
 
 import pytest
@@ -16,10 +17,9 @@ from structlog.testing import capture_logs
 
 from dutybridge.config import validate
 from dutybridge.context import Ctx
-from dutybridge.events import Event, StoredEvent
 from dutybridge.metrics import Metrics
 from dutybridge.server import CTX_KEY, PAGERDUTY_V3_EVENT_TYPES, WAKE_WORKER, add_routes
-from dutybridge.store.base import Link, Store
+from dutybridge.store.sqlite import SQLiteStore
 
 SECRET = "whsec-first-0123456789abcdef"
 SECRET2 = "whsec-second-fedcba9876543210"
@@ -31,60 +31,30 @@ SYS_ID = "9d385017c611228701d22104cc95c371"
 
 
 # -- a store ------------------------------------------------------------------------
-class MemoryStore(Store):
-    """The inbox part of the Store contract, in memory; ``broken`` makes it fail."""
+class BreakableStore(SQLiteStore):
+    """The real SQLite store, which can be made to fail like a locked or lost database."""
 
-    def __init__(self) -> None:
-        self.events: list[StoredEvent] = []
-        self.broken = False
+    broken = False
 
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-
-    async def ping(self) -> bool:
+    def _check(self) -> None:
         if self.broken:
-            raise ConnectionError("store is down")
-        return True
+            raise sqlite3.OperationalError("disk I/O error")
 
-    async def schema_version(self) -> int:
-        return 1
+    async def add_event(self, event):
+        self._check()
+        return await super().add_event(event)
 
-    async def add_event(self, event: Event) -> StoredEvent | None:
-        if self.broken:
-            raise ConnectionError("store is down")
-        if any(e.source == event.source and e.event_id == event.event_id for e in self.events):
-            return None
-        stored = StoredEvent(**{f: getattr(event, f) for f in ("source", "type", "event_id", "resource",
-                                                                "payload", "received_at")},
-                             id=len(self.events) + 1)
-        self.events.append(stored)
-        return stored
+    async def ping(self):
+        self._check()
+        return await super().ping()
 
-    async def counts(self) -> dict[str, int]:
-        if self.broken:
-            raise ConnectionError("store is down")
-        out = dict.fromkeys(("pending", "claimed", "done", "dead", "ignored"), 0)
-        for e in self.events:
-            out[e.status] += 1
-        return out
+    async def counts(self):
+        self._check()
+        return await super().counts()
 
-    async def claim(self, owner, limit, lease_seconds): return []
-    async def release_claims(self, owner=None): return 0
-    async def complete(self, event_id, status="done"): ...
-    async def fail(self, event_id, error, retry_at): ...
-    async def get_event(self, event_id): return None
-    async def list_events(self, status=None, limit=50, source=None): return list(reversed(self.events))
-    async def replay(self, event_id): return False
-    async def replay_dead(self): return 0
-    async def purge_dead(self): return 0
-    async def purge_done(self, older_than): return 0
-    async def put_link(self, link: Link) -> Link: return link
-    async def get_link(self, kind, *, pd_id=None, sn_id=None, include_unlinked=False): return None
-    async def update_link_state(self, kind, pd_id, state, status=None): ...
-    async def list_links(self, kind=None, include_unlinked=False): return []
-    async def delete_link(self, kind, pd_id): return False
-    async def get_watermark(self, name): return None
-    async def set_watermark(self, name, value): ...
+    async def inbox(self):
+        """Every stored event, oldest first."""
+        return list(reversed(await self.list_events(limit=10_000)))
 
 
 class FakeScheduler:
@@ -108,8 +78,11 @@ def make_config(*, secrets=(SECRET,), token=TOKEN, user=DB_USER, password=DB_PAS
 
 
 @pytest.fixture
-def store():
-    return MemoryStore()
+async def store(tmp_path):
+    store = BreakableStore(tmp_path / "dutybridge.db")
+    await store.open()
+    yield store
+    await store.close()
 
 
 @pytest.fixture
@@ -197,7 +170,7 @@ async def test_v3_signed_event_is_stored(client, store, wakes):
     assert resp.status == 202
     body = await resp.json()
     assert body == {"status": "accepted", "id": 1}
-    [event] = store.events
+    [event] = await store.inbox()
     assert event.source == "pagerduty"
     assert event.type == "incident.triggered"
     assert event.event_id == "5ac64822-4adc-4fda-ade0-410becf0de4f"
@@ -214,14 +187,14 @@ async def test_v3_rotation_second_secret_matches(make_client, store):
     header = "v0=abc, v1=" + "0" * 64 + "," + sign(body, SECRET2)
     resp = await post_v3(client, body, signature=header)
     assert resp.status == 202
-    assert len(store.events) == 1
+    assert len(await store.inbox()) == 1
 
 
 async def test_v3_several_signatures_one_configured_secret(client, store):
     body = raw(v3())
     resp = await post_v3(client, body, signature=sign(body, "some-other-secret", SECRET))
     assert resp.status == 202
-    assert len(store.events) == 1
+    assert len(await store.inbox()) == 1
 
 
 @pytest.mark.parametrize("header, reason", [
@@ -239,7 +212,7 @@ async def test_v3_bad_signature_401(client, store, header, reason):
     else:
         resp = await post_v3(client, body, signature=header)
     await assert_error(resp, 401, reason)
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_signature_of_other_version_is_ignored(client, store):
@@ -247,7 +220,7 @@ async def test_v3_signature_of_other_version_is_ignored(client, store):
     good = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     resp = await post_v3(client, body, signature=f"v2={good}")
     await assert_error(resp, 401)
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_signature_over_altered_body_401(client, store):
@@ -255,14 +228,14 @@ async def test_v3_signature_over_altered_body_401(client, store):
     altered = body.replace(b'"triggered"', b'"resolved" ')
     resp = await post_v3(client, altered, signature=sign(body, SECRET))
     await assert_error(resp, 401)
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_no_secret_configured_503(make_client, store):
     client = await make_client(secrets=())
     resp = await post_v3(client, v3(), secrets=("anything",))
     await assert_error(resp, 503, "webhook_secrets")
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_body_over_limit_413(client, store):
@@ -270,7 +243,7 @@ async def test_v3_body_over_limit_413(client, store):
     doc["event"]["data"]["title"] = "x" * (LIMIT + 10)
     resp = await post_v3(client, doc)
     await assert_error(resp, 413, str(LIMIT))
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_chunked_body_over_limit_413(client, store):
@@ -286,7 +259,7 @@ async def test_v3_chunked_body_over_limit_413(client, store):
                              headers={"X-PagerDuty-Signature": sign(body, SECRET)})
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     await assert_error(resp, 413)
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_chunked_body_under_limit_accepted(client, store):
@@ -299,7 +272,7 @@ async def test_v3_chunked_body_under_limit_accepted(client, store):
     resp = await client.post("/webhooks/pagerduty", data=chunks(),
                              headers={"X-PagerDuty-Signature": sign(body, SECRET)})
     assert resp.status == 202
-    assert len(store.events) == 1
+    assert len(await store.inbox()) == 1
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe\x00", b"[1, 2]", b'"event"', b"[" * 1000])
@@ -308,7 +281,7 @@ async def test_v3_malformed_json_400(make_client, store, body):
     resp = await post_v3(client, body)
     err = await assert_error(resp, 400)
     assert err["error"].startswith("body:")
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 def _drop(path):
@@ -352,7 +325,7 @@ async def test_v3_envelope_missing_field_400_names_it(client, store, mutate, fie
     resp = await post_v3(client, doc)
     err = await assert_error(resp, 400)
     assert err["error"].startswith(field + ":"), err
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v3_unknown_event_type_202_not_stored(client, store, wakes):
@@ -360,7 +333,7 @@ async def test_v3_unknown_event_type_202_not_stored(client, store, wakes):
         resp = await post_v3(client, v3(event_type="incident.teleported"))
     assert resp.status == 202
     assert (await resp.json())["status"] == "ignored"
-    assert store.events == [] and wakes == []
+    assert (await store.inbox()) == [] and wakes == []
     assert any(e["event"] == "webhook ignored" and e.get("event_type") == "incident.teleported" for e in logs)
 
 
@@ -372,7 +345,7 @@ async def test_v3_ping_202_not_stored(client, store):
         resp = await post_v3(client, ping)
     assert resp.status == 202
     assert await resp.json() == {"status": "ignored", "reason": "ping"}
-    assert store.events == []
+    assert (await store.inbox()) == []
     assert any(e["event"] == "webhook ignored" and e["reason"] == "ping" for e in logs)
 
 
@@ -391,7 +364,7 @@ async def test_v3_duplicate_stored_once(client, store, wakes):
     for resp in (again, other_sub):
         assert resp.status == 202
         assert await resp.json() == {"status": "duplicate"}
-    assert len(store.events) == 1
+    assert len(await store.inbox()) == 1
     assert wakes == [1]
 
 
@@ -421,7 +394,7 @@ async def test_v3_duplicate_stored_once(client, store, wakes):
 async def test_v3_events_about_an_incident_are_keyed_by_it(client, store, event_type, data, resource):
     resp = await post_v3(client, v3(event_type=event_type, data=data))
     assert resp.status == 202, await resp.text()
-    assert store.events[0].resource == resource
+    assert (await store.inbox())[0].resource == resource
 
 
 async def test_v3_service_events(client, store):
@@ -432,7 +405,7 @@ async def test_v3_service_events(client, store):
           "type": "service_field_values"}
     resp = await post_v3(client, v3("service.custom_field_values.updated", "01C", "service", fv))
     assert resp.status == 202
-    assert [e.resource for e in store.events] == ["pagerduty:service:PF9KMXH", "pagerduty:service:PY0TW31"]
+    assert [e.resource for e in (await store.inbox())] == ["pagerduty:service:PF9KMXH", "pagerduty:service:PY0TW31"]
 
 
 def test_v3_event_type_list_covers_the_documented_families():
@@ -474,23 +447,23 @@ async def test_v2_messages_stored_one_event_each(client, store, wakes):
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert resp.status == 202
     assert await resp.json() == {"status": "accepted", "ids": [1, 2, 3], "duplicates": 0, "ignored": 0}
-    assert [(e.type, e.event_id, e.resource) for e in store.events] == [
+    assert [(e.type, e.event_id, e.resource) for e in (await store.inbox())] == [
         ("incident.trigger", "8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e", "pagerduty:incident:PRORDTY"),
         ("incident.acknowledge", "m-2", "pagerduty:incident:PRORDTY"),
         ("incident.resolve", "m-3", "pagerduty:incident:PXYZ"),
     ]
-    assert store.events[0].payload["message"]["incident"]["incident_number"] == 33
+    assert (await store.inbox())[0].payload["message"]["incident"]["incident_number"] == 33
     assert wakes == [1]
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert (await resp.json())["duplicates"] == 3
-    assert len(store.events) == 3
+    assert len(await store.inbox()) == 3
 
 
 async def test_v2_unknown_type_skipped(client, store):
     doc = {"messages": [v2_message("incident.teleport", "m-9"), v2_message()]}
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert (await resp.json())["ignored"] == 1
-    assert [e.event_id for e in store.events] == ["8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e"]
+    assert [e.event_id for e in (await store.inbox())] == ["8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e"]
 
 
 @pytest.mark.parametrize("auth", [None, basic(password="wrong"), basic(user="other"), "Bearer " + TOKEN,
@@ -500,7 +473,7 @@ async def test_v2_needs_basic_credentials(client, store, auth):
     resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message()]}, headers=headers)
     await assert_error(resp, 401)
     assert resp.headers["WWW-Authenticate"].startswith("Basic ")
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v2_one_bad_message_refuses_the_delivery(client, store):
@@ -509,7 +482,7 @@ async def test_v2_one_bad_message_refuses_the_delivery(client, store):
     resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message(), bad]},
                              headers={"Authorization": basic()})
     await assert_error(resp, 400, "messages[1].incident.id")
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_v2_not_configured_503(make_client, store):
@@ -529,7 +502,7 @@ async def test_doorbell_with_bearer(client, store, wakes):
     resp = await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 202
     assert await resp.json() == {"status": "accepted", "id": 1}
-    [e] = store.events
+    [e] = await store.inbox()
     assert (e.source, e.type, e.event_id, e.resource) == (
         "servicenow", "incident.update", f"incident:{SYS_ID}:2024-03-05 14:07:09:update", f"servicenow:incident:{SYS_ID}")
     assert e.payload == doorbell()
@@ -542,7 +515,7 @@ async def test_doorbell_with_basic_and_duplicate(client, store):
                                  headers={"Authorization": basic()})
         assert resp.status == 202
     assert (await resp.json())["status"] == "duplicate"
-    assert [e.type for e in store.events] == ["sn_si_incident.delete"]
+    assert [e.type for e in (await store.inbox())] == ["sn_si_incident.delete"]
 
 
 async def test_doorbell_basic_only_configured(make_client, store):
@@ -561,7 +534,7 @@ async def test_doorbell_wrong_credentials_401(client, store, auth):
     resp = await client.post("/webhooks/servicenow", json=doorbell(), headers=headers)
     await assert_error(resp, 401)
     assert "Bearer" in resp.headers["WWW-Authenticate"] and "Basic" in resp.headers["WWW-Authenticate"]
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 @pytest.mark.parametrize("over, field", [
@@ -585,14 +558,14 @@ async def test_doorbell_invalid_400_names_field(client, store, over, field):
     resp = await client.post("/webhooks/servicenow", json=doc, headers={"Authorization": f"Bearer {TOKEN}"})
     err = await assert_error(resp, 400)
     assert err["error"].startswith(field + ":"), err
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_doorbell_not_configured_503(make_client, store):
     client = await make_client(token="", user="", password="")
     resp = await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": f"Bearer {TOKEN}"})
     await assert_error(resp, 503, "doorbell_token")
-    assert store.events == []
+    assert (await store.inbox()) == []
 
 
 async def test_doorbell_body_over_limit_413(client, store):
