@@ -1,0 +1,153 @@
+"""What only the SQLite store does: its file, pragmas, migrations and URL."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from dutybridge.events import Event
+from dutybridge.store import open_store
+from dutybridge.store.base import Link
+from dutybridge.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from dutybridge.store.sqlite import SQLiteStore
+
+
+def ev(n: int, resource: str = "r:A") -> Event:
+    return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource, payload={"n": n})
+
+
+def tables(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+async def test_file_is_wal_synchronous_full_and_private(tmp_path):
+    path = tmp_path / "d.db"
+    async with SQLiteStore(path) as store:
+        db = store._db
+        assert (await db.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
+        assert (await db.execute_fetchall("PRAGMA synchronous"))[0][0] == 2  # FULL
+        assert (await db.execute_fetchall("PRAGMA busy_timeout"))[0][0] > 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        await SQLiteStore(tmp_path / "nope" / "d.db").open()
+
+
+async def test_in_memory_store(tmp_path):
+    async with SQLiteStore(":memory:") as store:
+        assert await store.add_event(ev(1)) is not None
+        assert await store.schema_version() == SQLITE_MIGRATIONS[-1][0]
+    assert not list(tmp_path.iterdir())
+
+
+async def test_a_second_process_sees_committed_events(tmp_path):
+    # The CLI opens the daemon's file while the daemon runs.
+    path = tmp_path / "d.db"
+    async with SQLiteStore(path) as daemon, SQLiteStore(path) as cli:
+        stored = await daemon.add_event(ev(1))
+        assert (await cli.get_event(stored.id)).payload == {"n": 1}
+        assert await cli.replay(stored.id) is False
+        await daemon.claim("w", 1, 30)
+        await daemon.fail(stored.id, "boom", None)
+        assert await cli.replay_dead() == 1
+        assert (await daemon.get_event(stored.id)).status == "pending"
+
+
+def test_migration_versions_increase_and_both_dialects_stay_in_step():
+    versions = [m[0] for m in SQLITE_MIGRATIONS]
+    assert versions == list(range(1, len(versions) + 1))
+    assert [(v, d) for v, d, _ in SQLITE_MIGRATIONS] == [(v, d) for v, d, _ in POSTGRES_MIGRATIONS]
+
+
+def test_migrations_must_be_ordered():
+    with pytest.raises(ValueError, match="increasing"):
+        SQLiteStore(":memory:", migrations=[SQLITE_MIGRATIONS[1], SQLITE_MIGRATIONS[0]])
+
+
+@pytest.mark.parametrize("n", range(1, len(SQLITE_MIGRATIONS)))
+async def test_upgrade_from_each_version_keeps_rows(tmp_path, n):
+    path = tmp_path / "d.db"
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:n]) as old:
+        assert await old.schema_version() == n
+        for i in range(3):
+            await old.add_event(ev(i))  # the inbox exists from version 1
+        await old.claim("w", 1, 30)
+    before = tables(path)
+
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[: n + 1]) as new:
+        assert await new.schema_version() == n + 1
+        assert await new.counts() == {"pending": 2, "claimed": 1, "done": 0, "dead": 0, "ignored": 0}
+        assert (await new.list_events())[-1].payload == {"n": 0}
+    assert before < tables(path)
+
+
+async def test_upgrade_from_version_1_to_latest(tmp_path):
+    path = tmp_path / "d.db"
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]) as old:
+        stored = await old.add_event(ev(1))
+    async with SQLiteStore(path) as new:
+        assert await new.schema_version() == SQLITE_MIGRATIONS[-1][0]
+        assert (await new.get_event(stored.id)).event_id == "e1"
+        await new.put_link(Link("incident", "PD1", "SN1"))
+        await new.set_watermark("w", "v")
+    with closing(sqlite3.connect(path)) as db:
+        applied = [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert applied == [m[0] for m in SQLITE_MIGRATIONS]
+
+
+async def test_a_failing_migration_changes_nothing(tmp_path):
+    path = tmp_path / "d.db"
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]) as old:
+        await old.add_event(ev(1))
+    broken = [*SQLITE_MIGRATIONS[:1], (2, "half", ("CREATE TABLE half_done (x)", "CREATE TABLE oops ("))]
+    with pytest.raises(sqlite3.OperationalError):
+        await SQLiteStore(path, migrations=broken).open()
+    assert "half_done" not in tables(path)
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]) as again:
+        assert await again.schema_version() == 1
+        assert (await again.counts())["pending"] == 1
+
+
+async def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "d.db"
+    async with SQLiteStore(path):
+        pass
+    with pytest.raises(RuntimeError, match="newer release"):
+        await SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]).open()
+
+
+async def test_reopening_applies_nothing_twice(tmp_path):
+    path = tmp_path / "d.db"
+    for _ in range(2):
+        async with SQLiteStore(path) as store:
+            assert await store.schema_version() == SQLITE_MIGRATIONS[-1][0]
+
+
+# -- open_store ------------------------------------------------------------------
+
+def test_open_store_relative_absolute_and_memory(tmp_path):
+    assert open_store("sqlite:///state/d.db", tmp_path).path == str(tmp_path / "state" / "d.db")
+    assert open_store("sqlite:////var/lib/dutybridge/d.db", tmp_path).path == "/var/lib/dutybridge/d.db"
+    assert open_store("sqlite:///:memory:", tmp_path).path == ":memory:"
+    assert isinstance(open_store("SQLITE:///d.db", tmp_path), SQLiteStore)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("postgresql://app:hunter2@db/dutybridge", "arrives with the PostgreSQL store"),
+    ("postgres://db/dutybridge", "arrives with the PostgreSQL store"),
+    ("mysql://db/x", "unsupported scheme 'mysql'"),
+    ("sqlite://host/d.db", "three slashes"),
+    ("sqlite:///", "names no file"),
+    ("dutybridge.db", "not a URL"),
+])
+def test_open_store_rejects_what_it_cannot_open(tmp_path, url, message):
+    with pytest.raises(ValueError, match=message) as info:
+        open_store(url, tmp_path)
+    assert "hunter2" not in str(info.value)
