@@ -1,0 +1,335 @@
+"""The worker: claims events from the inbox and hands each to the ``handle_event`` hooks.
+
+Events of one resource run one at a time and in order; different resources run
+concurrently, up to ``concurrency``. A failure is retried with exponential backoff
+and jitter; after ``max_attempts`` the event is a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pluggy
+import structlog
+
+from .context import Ctx
+from .events import StoredEvent, utcnow
+from .plugins import call_hook
+from .store.base import Store
+
+log = structlog.get_logger("dutybridge.worker")
+
+MAX_ERROR_CHARS = 2000
+CANCEL_GRACE_SECONDS = 5.0
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
+    """``Type: message``, with known secrets and URL credentials masked, shortened."""
+    text = f"{type(exc).__qualname__}: {exc}" if str(exc) else type(exc).__qualname__
+    # Longest first, so a secret containing another is masked whole.
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "**********")
+    text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 3] + "..."
+    return text
+
+
+class Worker:
+    """Dispatches inbox events to plugins until stopped.
+
+    ``owner`` names this worker in claims (default: host, pid and a random suffix).
+    ``metrics`` is any object with some of ``event_processed``, ``event_failed``,
+    ``event_dead``, ``handle_seconds`` (each ``(source, type[, seconds])``).
+    ``rng`` (``uniform(a, b)``) and ``clock`` (aware ``datetime``) are for tests.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pm: pluggy.PluginManager,
+        ctx: Ctx,
+        *,
+        concurrency: int,
+        max_attempts: int,
+        retry_base: float,
+        retry_max: float,
+        lease_seconds: float,
+        owner: str | None = None,
+        metrics: Any = None,
+        rng: Any = None,
+        clock: Callable[[], datetime] | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.store = store
+        self.pm = pm
+        self.ctx = ctx
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.lease_seconds = lease_seconds
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.clock = clock or utcnow
+        self.poll_interval = poll_interval
+
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._inflight: dict[int, asyncio.Task[None]] = {}  # by event row id
+        self._busy: set[str] = set()  # resources with a handler running
+        self._queued: dict[str, list[StoredEvent]] = {}  # claimed while their resource was busy
+        self._next_retry: datetime | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    async def start(self) -> None:
+        """Start claiming. On a store that only this process uses, first return the
+        claims a previous process left behind when it died."""
+        if self._loop_task is not None:
+            raise RuntimeError("worker already started")
+        if not getattr(self.store, "shared", False):
+            released = await self.store.release_claims()
+            if released:
+                log.warning("worker_released_stale_claims", count=released,
+                            reason="claimed when the previous process stopped; they will run again")
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._run(), name=f"worker {self.owner}")
+        log.info("worker_started", owner=self.owner, concurrency=self.concurrency)
+
+    def wake(self) -> None:
+        """Look for due events now (the receiver calls this after storing one)."""
+        self._wakeup.set()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming and give in-flight handlers ``timeout`` seconds to finish.
+
+        Handlers still running then are cancelled and their events released: pending
+        again, to run after the restart (handlers are idempotent by contract).
+        """
+        if self._loop_task is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        loop_task, self._loop_task = self._loop_task, None
+        try:
+            await loop_task
+        except Exception:  # already logged by _run
+            pass
+        pending = [t for t in self._inflight.values() if not t.done()]
+        if pending:
+            log.info("worker_draining", in_flight=len(pending), timeout=timeout)
+            _, pending_set = await asyncio.wait(pending, timeout=timeout)
+            pending = list(pending_set)
+        if pending:
+            log.warning("worker_stop_timeout", cancelled=len(pending),
+                        reason="handlers did not finish in time; their events run again after restart")
+            for task in pending:
+                task.cancel()
+            # Bounded: a handler that swallows the cancellation must not hang shutdown.
+            _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS)
+            if stuck:
+                log.error("worker_handlers_ignore_cancel", count=len(stuck))
+        # Also covers events claimed but queued behind a busy resource.
+        self._queued.clear()
+        try:
+            released = await self.store.release_claims(self.owner)
+        except Exception as exc:
+            log.error("worker_release_failed", error=describe_error(exc))
+        else:
+            if released:
+                log.info("worker_released_claims", count=released)
+        log.info("worker_stopped", owner=self.owner)
+
+    # -- the loop ----------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self._fill()
+                wait = self._wait_seconds()
+            except Exception as exc:
+                log.error("worker_claim_failed", error=describe_error(exc), exc_info=exc)
+                wait = self.poll_interval
+            if self._stopping:
+                break
+            # Woken by wake(), by a finishing handler (its resource's next event may
+            # now be due, and a slot is free), or at the next poll / known retry time.
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _wait_seconds(self) -> float:
+        wait = self.poll_interval
+        if self._next_retry is not None:
+            until = (self._next_retry - self.clock()).total_seconds()
+            if until <= 0:
+                self._next_retry = None
+            else:
+                wait = min(wait, until)
+        return max(wait, 0.01)
+
+    async def _fill(self) -> None:
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        events = await self.store.claim(self.owner, free, self.lease_seconds)
+        for ev in events:
+            if self._stopping:
+                break  # released by stop()
+            if ev.id in self._inflight:
+                # Our own handler outlived its lease and we claimed it again: the
+                # claim only renewed the lease.
+                continue
+            if ev.resource in self._busy:
+                # The store allows one claimed event per resource; guard anyway.
+                self._queued.setdefault(ev.resource, []).append(ev)
+                continue
+            self._spawn(ev)
+
+    def _spawn(self, ev: StoredEvent) -> None:
+        self._busy.add(ev.resource)
+        task = asyncio.create_task(self._dispatch(ev), name=f"event {ev.id}")
+        self._inflight[ev.id] = task
+        task.add_done_callback(lambda t, ev=ev: self._finished(ev, t))
+
+    def _finished(self, ev: StoredEvent, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("worker_dispatch_crashed", inbox_id=ev.id, error=describe_error(exc), exc_info=exc)
+        self._inflight.pop(ev.id, None)
+        self._busy.discard(ev.resource)
+        queue = self._queued.get(ev.resource)
+        if queue and not self._stopping:
+            nxt = queue.pop(0)
+            if not queue:
+                del self._queued[ev.resource]
+            self._spawn(nxt)
+        self._wakeup.set()
+
+    # -- one event ---------------------------------------------------------------
+    async def _dispatch(self, ev: StoredEvent) -> None:
+        with structlog.contextvars.bound_contextvars(
+            event_id=ev.event_id, inbox_id=ev.id, source=ev.source, type=ev.type, resource=ev.resource,
+        ):
+            if ev.attempts > self.max_attempts:
+                # Claimed more often than allowed without a recorded result: the
+                # process stopped (or died) while handling it each time.
+                await self._dead(ev, f"gave up after {ev.attempts - 1} attempts without a result "
+                                     f"(the daemon stopped while handling it)", None)
+                return
+            started = time.perf_counter()
+            # A handler never outlives its lease, so no other instance takes the event
+            # over while it still runs here.
+            deadline = asyncio.timeout(self.lease_seconds)
+            try:
+                async with deadline:
+                    results = await call_hook(self.pm, "handle_event", event=ev, ctx=self.ctx)
+            except Exception as exc:
+                note = None
+                if deadline.expired():
+                    note = f"handler still running after lease_seconds={self.lease_seconds:g}"
+                await self._failed(ev, exc, started, note=note)
+                return
+            elapsed = time.perf_counter() - started
+            status = "done" if any(results) else "ignored"
+            await self._record(self.store.complete(ev.id, status))
+            self._metric("event_processed", ev.source, ev.type)
+            self._metric("handle_seconds", ev.source, ev.type, elapsed)
+            if status == "done":
+                log.info("event_done", attempt=ev.attempts, seconds=round(elapsed, 3))
+            else:
+                log.info("event_ignored", attempt=ev.attempts, reason="no plugin acted on it")
+
+    async def _failed(self, ev: StoredEvent, exc: BaseException, started: float, note: str | None = None) -> None:
+        elapsed = time.perf_counter() - started
+        self._metric("event_failed", ev.source, ev.type)
+        self._metric("handle_seconds", ev.source, ev.type, elapsed)
+        error = describe_error(exc, self._secrets())
+        if note:
+            error = f"{note}: {error}" if str(exc) else note
+        if ev.attempts >= self.max_attempts:
+            await self._dead(ev, error, exc)
+            return
+        delay = self.backoff(ev.attempts)
+        retry_at = self.clock() + timedelta(seconds=delay)
+        await self._record(self.store.fail(ev.id, error, retry_at))
+        if self._next_retry is None or retry_at < self._next_retry:
+            self._next_retry = retry_at
+        log.warning("event_retry", attempt=ev.attempts, max_attempts=self.max_attempts,
+                    retry_in=round(delay, 3), error=error)
+
+    async def _dead(self, ev: StoredEvent, error: str, exc: BaseException | None) -> None:
+        await self._record(self.store.fail(ev.id, error, None))
+        self._metric("event_dead", ev.source, ev.type)
+        log.error("event_dead", attempt=ev.attempts, max_attempts=self.max_attempts, error=error,
+                  hint=f"dutybridge events show {ev.id}; dutybridge events replay {ev.id}",
+                  exc_info=exc if exc is not None else False)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before the next attempt after ``attempts`` failed ones.
+
+        Exponential, capped, with equal jitter: half the delay is kept, so retries
+        never bunch near zero, the other half spreads instances apart.
+        """
+        ceiling = min(self.retry_max, self.retry_base * 2 ** max(attempts - 1, 0))
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    async def _record(self, op: Any) -> None:
+        # Failing to record a result leaves the event claimed: it runs again after
+        # its lease expires or the restart releases it (handlers are idempotent).
+        try:
+            await op
+        except Exception as exc:
+            log.error("event_result_not_recorded", error=describe_error(exc), exc_info=exc)
+
+    def _secrets(self) -> list[str]:
+        config = getattr(self.ctx, "config", None)
+        secrets = getattr(config, "secrets", None)
+        if secrets is None:
+            return []
+        try:
+            return list(secrets())
+        except Exception:
+            return []
+
+    def _metric(self, name: str, *args: Any) -> None:
+        fn = getattr(self.metrics, name, None) if self.metrics is not None else None
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # metrics must never stop dispatch
+            log.debug("metrics_failed", metric=name, error=describe_error(exc))
+
+    # -- housekeeping ------------------------------------------------------------
+    async def purge_old(self, retention_days: int) -> int:
+        """Delete events handled more than ``retention_days`` ago (0 keeps them)."""
+        if retention_days <= 0:
+            return 0
+        cutoff = self.clock() - timedelta(days=retention_days)
+        count = await self.store.purge_done(cutoff)
+        if count:
+            log.info("events_purged", count=count, retention_days=retention_days)
+        return count
