@@ -88,6 +88,17 @@ def record_renderer(
     """
     base = base if base is not None else state.base_url
     columns = state.columns(table)
+    key = (table, tuple(fields) if fields is not None else None, mode, exclude_links, base, tuple(columns))
+    cache = state._render_cache
+    render = cache.get(key)
+    if render is None:
+        if len(cache) >= 256:
+            cache.clear()
+        render = cache[key] = _build(state, table, columns, fields, mode, exclude_links, base)
+    return render
+
+
+def _build(state: "ServiceNowState", table: str, columns: dict[str, Field], fields: list[str] | None, mode: str, exclude_links: bool, base: str) -> Callable[[Record], dict[str, Any]]:
     plan: list[tuple[str, Renderer]] = []
     if fields is None:
         for name, column in columns.items():

@@ -147,6 +147,7 @@ class ServiceNowState:
         self.doorbell_deliveries: list[dict[str, Any]] = []
         self.ignored_query_terms: list[str] = []
         self._columns_cache: dict[str, tuple[tuple, dict[str, Field]]] = {}
+        self._render_cache: dict[tuple, Callable[[Record], dict[str, Any]]] = {}
         self._frozen: datetime | None = None
         self._bell_queue: deque[tuple[DoorbellConfig, dict[str, str]]] = deque()
         self._bell_busy = False
