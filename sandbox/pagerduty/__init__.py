@@ -1,0 +1,42 @@
+"""A local PagerDuty REST API v2 sandbox: stateful, in memory, with outbound webhooks.
+
+    from dutybridge_sandbox.pagerduty import PagerDutyState, create_app
+    state = PagerDutyState.from_seed(tomllib.load(open("sandbox/seed.toml", "rb"))["pagerduty"])
+    app = create_app(state)                       # an aiohttp web.Application
+    state.create_incident(title="Disk full", service_id="PSVCDB1", from_user="PALICE1")
+    await state.drain_webhooks()                 # wait for queued webhooks
+
+See ``state.py`` for the model, ``incidents.py`` for the incident status machine,
+``webhooks.py`` for delivery behaviour and ``app.py`` for the HTTP rules.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from .app import STATE_KEY, create_app
+from .errors import PDError, pd_error_body
+from .state import DEFAULT_API_KEY, PagerDutyState
+from .webhooks import sign
+
+SEED_PATH = Path(__file__).resolve().parent.parent / "seed.toml"
+
+
+def load_seed(path: str | Path | None = None) -> dict:
+    """The ``[pagerduty]`` table of a seed file (the packaged ``seed.toml`` by default)."""
+    with open(path or SEED_PATH, "rb") as fh:
+        return tomllib.load(fh)["pagerduty"]
+
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "PDError",
+    "PagerDutyState",
+    "SEED_PATH",
+    "STATE_KEY",
+    "create_app",
+    "load_seed",
+    "pd_error_body",
+    "sign",
+]

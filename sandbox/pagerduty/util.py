@@ -1,0 +1,62 @@
+"""Small helpers: PagerDuty-looking ids, timestamps, query parsing."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timezone
+
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class IdGen:
+    """PagerDuty-style ids ("P" + 6 uppercase alphanumerics; log entries "R" + 25).
+
+    Deterministic for a given seed so a reset sandbox hands out the same ids again.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.used: set[str] = set()
+
+    def new(self, prefix: str = "P", length: int = 7) -> str:
+        choices = self.rng.choices
+        while True:
+            candidate = prefix + "".join(choices(_ID_CHARS, k=length - len(prefix)))
+            if candidate not in self.used:
+                self.used.add(candidate)
+                return candidate
+
+    def hex(self, n: int = 32) -> str:
+        return "%0*x" % (n, self.rng.getrandbits(n * 4))
+
+    def uuid(self) -> str:
+        h = self.hex(32)
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds -> ``2024-01-01T00:00:00Z`` (PagerDuty's REST format)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def iso_ms(ts: float) -> str:
+    """Epoch seconds -> ``2024-01-01T00:00:00.123Z`` (webhook ``occurred_at``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % int((ts % 1) * 1000)
+
+
+def parse_time(value: str) -> float:
+    """An ISO 8601 date or date-time (``Z`` or offset; naive means UTC) -> epoch seconds."""
+    text = value.strip()
+    if not text:
+        raise ValueError("empty time")
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text and len(text) > 10 else text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("true", "1", "yes")
