@@ -56,3 +56,44 @@ def sn_admin() -> dict[str, str]:
 def sn_itil() -> dict[str, str]:
     """Headers for Alice, an ordinary ITIL user."""
     return _basic("alice.nguyen", "password")
+
+
+# --------------------------------------------------------------- PagerDuty side (pd_)
+
+
+class PDClock:
+    """A settable clock for ``PagerDutyState.now``: ``pd_clock.advance(61)``."""
+
+    def __init__(self, start: float):
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def pd_clock() -> PDClock:
+    """The PagerDuty sandbox's clock, frozen at 2025-03-01 12:00:00 UTC until advanced."""
+    return PDClock(1740830400.0)
+
+
+@pytest.fixture
+def pd_state(pd_clock):
+    """A PagerDuty state seeded from the packaged seed.toml, on ``pd_clock``."""
+    from dutybridge_sandbox.pagerduty import PagerDutyState
+
+    state = PagerDutyState.from_seed(copy.deepcopy(_SEED["pagerduty"]))
+    state.now = pd_clock
+    return state
+
+
+@pytest.fixture
+async def pd_client(aiohttp_client, pd_state):
+    """A test client on the PagerDuty app, sending the full-access key by default."""
+    from dutybridge_sandbox.pagerduty import DEFAULT_API_KEY, create_app
+
+    headers = {"Authorization": f"Token token={DEFAULT_API_KEY}", "Accept": "application/vnd.pagerduty+json;version=2"}
+    return await aiohttp_client(create_app(pd_state), headers=headers)
