@@ -2,6 +2,7 @@
 
     python -m dutybridge_sandbox [--pagerduty-port N] [--servicenow-port N]
                                  [--host 127.0.0.1] [--seed FILE] [--faults SPEC]
+                                 [--doorbell-url URL (--doorbell-token T | --doorbell-basic U:P)]
 
 ``dutybridge sandbox`` calls ``main``/``serve_forever``; tests and the demo use
 ``Sandbox`` as an async context manager.
@@ -199,6 +200,15 @@ async def serve_forever(args: argparse.Namespace) -> int:
             servicenow_port=getattr(args, "servicenow_port", 0),
             faults=getattr(args, "faults", None),
         )
+        doorbell_url = getattr(args, "doorbell_url", None)
+        if doorbell_url:
+            basic = getattr(args, "doorbell_basic", None)
+            if basic is not None:
+                user, sep, password = basic.partition(":")
+                if not sep:
+                    raise ValueError("--doorbell-basic expects USER:PASSWORD")
+                basic = (user, password)
+            sandbox.servicenow.configure_doorbell(doorbell_url, token=getattr(args, "doorbell_token", None), basic=basic)
     except (ValueError, FaultSpecError) as exc:
         print(f"dutybridge sandbox: {exc}", file=sys.stderr)
         return 2
@@ -217,7 +227,10 @@ async def serve_forever(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dutybridge sandbox: cannot listen: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        print(_banner(sandbox), flush=True)
+        banner = _banner(sandbox)
+        if sandbox.servicenow.doorbell is not None:
+            banner += f"\n      doorbell            {sandbox.servicenow.doorbell.url} ({', '.join(sandbox.servicenow.doorbell.tables)})"
+        print(banner, flush=True)
         await stop.wait()
     finally:
         for sig in installed:
@@ -234,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--seed", metavar="FILE", help="seed file (.toml or .json); default: the packaged seed.toml")
     parser.add_argument("--faults", metavar="SPEC", help="fault injection spec, e.g. 'error_rate=0.1; latency_ms=20'")
+    parser.add_argument("--doorbell-url", metavar="URL", help="where ServiceNow's business rule stand-in posts incident changes (a running dutybridge)")
+    parser.add_argument("--doorbell-token", metavar="TOKEN", help="bearer token for --doorbell-url")
+    parser.add_argument("--doorbell-basic", metavar="USER:PASSWORD", help="basic credentials for --doorbell-url instead of a token")
     return parser
 
 

@@ -13,6 +13,7 @@ import sys
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from dutybridge_sandbox.runner import Sandbox, load_seed, main
 
@@ -143,15 +144,32 @@ def test_main_refuses_a_bad_seed_or_fault_spec(tmp_path, capsys):
     assert "error_rate" in capsys.readouterr().err
 
 
+def test_main_refuses_a_doorbell_without_credentials(capsys):
+    assert main(["--doorbell-url", "http://127.0.0.1:9/doorbell"]) == 2
+    assert "bearer token or basic credentials" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-async def test_python_m_runs_until_sigint_and_exits_0():
+async def test_python_m_runs_until_sigint_and_exits_0(aiohttp_server):
+    rang = asyncio.Event()
+    received = []
+
+    async def doorbell(request: web.Request) -> web.Response:
+        received.append((request.headers.get("Authorization"), await request.json()))
+        rang.set()
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/doorbell", doorbell)
+    server = await aiohttp_server(receiver)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dutybridge_sandbox", "--servicenow-port", "0", "--pagerduty-port", "0",
+        "--doorbell-url", str(server.make_url("/doorbell")), "--doorbell-token", "tok-9",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     try:
         lines = []
-        while not any("password" in line for line in lines):
+        while not any("doorbell" in line for line in lines):
             line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
             assert line, (await proc.stderr.read()).decode()
             lines.append(line)
@@ -159,8 +177,13 @@ async def test_python_m_runs_until_sigint_and_exits_0():
         sn_url = re.search(r"ServiceNow\s+(http://\S+)", text).group(1)
         password = re.search(r"password\s+(\S+)", text).group(1)
         async with aiohttp.ClientSession() as http:
-            response = await http.get(f"{sn_url}/api/now/table/incident", headers=_basic("pagerduty.integration", password))
-            assert response.status == 200
+            response = await http.post(f"{sn_url}/api/now/table/incident", json={"short_description": "from the CLI test"},
+                                       headers=_basic("pagerduty.integration", password))
+            assert response.status == 201
+            sys_id = (await response.json())["result"]["sys_id"]
+        await asyncio.wait_for(rang.wait(), 10)
+        assert received[0][0] == "Bearer tok-9"
+        assert received[0][1]["sys_id"] == sys_id and received[0][1]["operation"] == "insert"
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         rest = (await proc.stdout.read()).decode()

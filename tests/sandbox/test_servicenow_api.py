@@ -145,6 +145,12 @@ async def test_unknown_table_and_unknown_path_answer_400(sn_client, sn_admin):
     assert other.status == 400
 
 
+async def test_an_unsupported_method_answers_405(sn_client, sn_admin):
+    response = await sn_client.post(f"/api/now/table/incident/{'0' * 32}", json={}, headers=sn_admin)
+    assert response.status == 405
+    assert (await response.json())["status"] == "failure"
+
+
 async def test_bad_json_answers_400_with_servicenows_body(sn_client, sn_admin):
     for body in (b"{not json", b"[1, 2]"):
         response = await sn_client.post(

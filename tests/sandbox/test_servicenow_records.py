@@ -86,6 +86,14 @@ async def test_work_notes_and_comments_go_to_the_journal(sn_client, sn_state, sn
     assert "(Additional comments)\nto the caller" in text["comments_and_work_notes"]
 
 
+async def test_an_admin_may_write_the_journal_directly(sn_client, sn_state, sn_admin, sn_itil):
+    record = await _post(sn_client, sn_admin, "incident", {})
+    entry = {"element_id": record["sys_id"], "element": "work_notes", "name": "incident", "value": "imported"}
+    assert (await sn_client.post("/api/now/table/sys_journal_field", json=entry, headers=sn_itil)).status == 403
+    await _post(sn_client, sn_admin, "sys_journal_field", entry)
+    assert [(n["value"], n["sys_created_by"]) for n in sn_state.journal("incident", record["sys_id"])] == [("imported", "pagerduty.integration")]
+
+
 async def test_an_empty_work_note_adds_nothing(sn_client, sn_state, sn_admin):
     record = await _post(sn_client, sn_admin, "incident", {"short_description": "x"})
     after = await _patch(sn_client, sn_admin, "incident", record["sys_id"], {"work_notes": ""})
@@ -229,7 +237,15 @@ async def test_group_members_are_seeded(sn_client, sn_admin):
     assert [r["user.user_name"] for r in (await response.json())["result"]] == ["alice.nguyen", "dave.patel", "erin.garcia"]
 
 
+def test_the_seeded_organisation_has_the_v7_apps_columns(sn_state):
+    assert "x_pd_integration_incident" in sn_state.columns("incident")
+    assert "x_pd_integration_pagerduty_id" in sn_state.columns("sys_user")
+    assert "x_pd_integration_pagerduty_escalation" in sn_state.columns("sys_user_group")
+    assert "x_pd_integration_pagerduty_service" in sn_state.columns("cmdb_ci_service")
+
+
 async def test_custom_fields_are_accepted_once_configured(sn_client, sn_state, sn_admin):
+    sn_state.custom_fields = {}
     before = await _post(sn_client, sn_admin, "incident", {"x_pd_integration_incident": "PABC123"})
     assert "x_pd_integration_incident" not in before
     sn_state.custom_fields = {"incident": {"x_pd_integration_incident"}, "cmdb_ci": {"x_pd_integration_pagerduty_service"}}
@@ -245,6 +261,7 @@ async def test_custom_fields_are_accepted_once_configured(sn_client, sn_state, s
 
 def test_custom_fields_from_the_seed(sn_seed):
     sn_seed["custom_fields"] = {"sys_user": ["x_pd_integration_pagerduty_id"]}
+    assert "x_pd_integration_incident" not in ServiceNowState.from_seed(sn_seed).columns("incident")
     state = ServiceNowState.from_seed(sn_seed)
     state.update("sys_user", ALICE, {"x_pd_integration_pagerduty_id": "PALICE1"})
     assert state.query("sys_user", "x_pd_integration_pagerduty_id=PALICE1")[0]["user_name"] == "alice.nguyen"
