@@ -105,6 +105,25 @@ async def test_users_without_the_role_get_403(sn_client, sn_itil):
     assert (await insert.json())["error"]["detail"] == "ACL Exception Insert Failed due to security constraints"
 
 
+async def test_reading_a_parent_table_hides_rows_of_classes_the_user_may_not_read(sn_client, sn_state, sn_itil):
+    incident = sn_state.insert("incident", {"short_description": "ordinary"})
+    security = sn_state.insert("sn_si_incident", {"short_description": "secret"})
+    response = await sn_client.get("/api/now/table/task", headers=sn_itil, params={"sysparm_fields": "number"})
+    assert [r["number"] for r in (await response.json())["result"]] == [incident["number"]]
+    assert response.headers["X-Total-Count"] == "2", "the count is taken before row ACLs, as on an instance"
+    assert (await sn_client.get(f"/api/now/table/task/{security['sys_id']}", headers=sn_itil)).status == 404
+    refused = await sn_client.patch(f"/api/now/table/task/{security['sys_id']}", json={"state": "16"}, headers=sn_itil)
+    assert refused.status == 403
+    assert sn_state.get("sn_si_incident", security["sys_id"])["state"] == "10"
+
+
+async def test_input_display_value_accepts_choice_labels(sn_client, sn_admin):
+    created = await sn_client.post("/api/now/table/incident", params={"sysparm_input_display_value": "true"},
+                                   json={"state": "In Progress", "impact": "1 - High", "urgency": "1 - High"}, headers=sn_admin)
+    record = (await created.json())["result"]
+    assert (record["state"], record["priority"]) == ("2", "1")
+
+
 async def test_a_user_with_no_roles_can_do_nothing(sn_client, sn_basic):
     nobody = sn_basic("no.roles", "password")
     assert (await sn_client.get("/api/now/table/incident", headers=nobody)).status == 403
