@@ -337,7 +337,7 @@ class ServiceNowState:
         limit = self.rate_limit_per_hour
         if not limit:
             return True, {}
-        now = self.now().timestamp()
+        now = _parse_time(self.now()).timestamp()
         window = int(now // 3600) * 3600
         reset = window + 3600
         start, count = self._rate.get(user_name, (window, 0))
