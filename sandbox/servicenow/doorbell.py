@@ -45,6 +45,10 @@ class DoorbellWorker:
             state._bell_busy = False
             state._bell_attached = False
             state._bell_signal = None
+            waiters, state._bell_waiters = state._bell_waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(RuntimeError("the ServiceNow sandbox app stopped before its doorbells were delivered"))
 
     async def _deliver(self, config: "DoorbellConfig", payload: dict[str, str]) -> None:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
