@@ -77,12 +77,13 @@ def _summary_of(kind: str, obj: dict) -> str:
 class PagerDutyState(IncidentOps):
     """An in-memory PagerDuty account. Build it with :meth:`from_seed`."""
 
-    def __init__(self, seed: dict | None = None, *, api_url: str = "https://api.pagerduty.com"):
+    def __init__(self, seed: dict | None = None, *, api_url: str = "https://api.pagerduty.com",
+                 now: Callable[[], float] | None = None):
         self._seed = copy.deepcopy(seed or {})
         self.api_url = api_url.rstrip("/")
         subdomain = self._seed.get("subdomain", "acme-sandbox")
         self.web_url = f"https://{subdomain}.pagerduty.com"
-        self.now: Callable[[], float] = time.time
+        self.now: Callable[[], float] = now or time.time
         self.faults: FaultInjector = FaultInjector()
         # Webhook delivery tuning (compressed versus PagerDuty's 48 hours of retries).
         self.webhook_timeout = 5.0
@@ -126,7 +127,10 @@ class PagerDutyState(IncidentOps):
 
     @classmethod
     def from_seed(cls, seed: dict | None, **kwargs) -> "PagerDutyState":
-        """``seed`` is the ``[pagerduty]`` table of ``sandbox/seed.toml`` (a dict)."""
+        """``seed`` is the ``[pagerduty]`` table of ``sandbox/seed.toml`` (a dict).
+
+        Keyword arguments: ``api_url`` (the base of ``self`` links) and ``now`` (the clock).
+        """
         return cls(seed, **kwargs)
 
     # ------------------------------------------------------------------ loading
@@ -655,13 +659,14 @@ class PagerDutyState(IncidentOps):
     # --------------------------------------------------------------- schedules
 
     def _seed_layers(self, s: dict, created: float) -> list[dict]:
-        start = iso(created - created % 86400)
+        # A fixed, long-past Monday so the weekly rotation is the same whatever the clock was at load.
+        start = s.get("rotation_start", "2024-01-01T00:00:00Z")
         return [
             {
                 "name": "Layer 1",
                 "start": start,
                 "rotation_virtual_start": start,
-                "rotation_turn_length_seconds": 604800,
+                "rotation_turn_length_seconds": int(s.get("rotation_turn_length_seconds", 604800)),
                 "users": [{"user": {"id": u, "type": "user_reference"}} for u in s.get("users", [])],
                 "restrictions": [],
             }

@@ -85,9 +85,7 @@ def pd_state(pd_clock):
     """A PagerDuty state seeded from the packaged seed.toml, on ``pd_clock``."""
     from dutybridge_sandbox.pagerduty import PagerDutyState
 
-    state = PagerDutyState.from_seed(copy.deepcopy(_SEED["pagerduty"]))
-    state.now = pd_clock
-    return state
+    return PagerDutyState.from_seed(copy.deepcopy(_SEED["pagerduty"]), now=pd_clock)
 
 
 @pytest.fixture
