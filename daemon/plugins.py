@@ -80,6 +80,7 @@ __all__ = ["await_me_maybe", "call_hook", "call_first", "make_test_pm"]
 #: datasette's DEFAULT_PLUGINS; a plugin listed here is registered only when enabled.
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
+    "incident_sync": "dutybridge_plugins.incident_sync",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"

@@ -1,0 +1,809 @@
+"""The sync engine: a change on one side, read afresh, applied to the other.
+
+Every event is treated as a doorbell for one incident: the handler re-reads the
+incident where it changed and compares it with the state last synced across the
+link (``Link.state``). Only what differs from that snapshot is written to the other
+side, and the snapshot then records what was written. So a duplicated or replayed
+event finds nothing new, an old event delivered late cannot roll newer state back (it
+is never applied, the current state is), and the echo of our own write matches the
+snapshot and stops there: no loop.
+
+PagerDuty and ServiceNow events of one incident carry different ``resource`` keys,
+so the worker may run them at once; an ``asyncio.Lock`` per link serialises them.
+Before a link exists the lock key is derived from what both sides can see: a
+ServiceNow-born incident is ``sn:<sys_id>`` (PagerDuty carries it as incident_key),
+a PagerDuty-born one ``pd:<id>`` (ServiceNow carries it as correlation_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from dutybridge.plugins import call_first
+from dutybridge.store.base import Link, LinkConflictError
+
+from .api import ALREADY, Api, pd_code, status_of
+from .mapping import SYS_ID, Mapping, load_mapping
+from .users import Users
+
+log = structlog.get_logger("dutybridge.incident_sync")
+
+PLUGIN = "incident_sync"
+KIND = "incident"
+TABLES = ("incident", "sn_si_incident")
+#: The ServiceNow fields whose changes are synced (and kept in the snapshot).
+TRACK_SN = ("state", "assignment_group", "assigned_to", "priority")
+FROM_SN_PREFIX = "(from ServiceNow:"
+PD_SUFFIX = re.compile(r"\(PagerDuty: .+ on .+\)\s*$", re.S)
+
+# V3 and V2 webhook types that change what incident sync mirrors; others are ignored.
+PD_TYPES = frozenset({
+    "incident.triggered", "incident.acknowledged", "incident.unacknowledged", "incident.reassigned",
+    "incident.delegated", "incident.escalated", "incident.resolved", "incident.reopened", "incident.annotated",
+    "incident.priority_updated", "incident.service_updated",
+    "incident.trigger", "incident.acknowledge", "incident.unacknowledge", "incident.resolve", "incident.assign",
+    "incident.escalate", "incident.delegate", "incident.annotate",
+})
+POLLED = "incident.polled"
+SYNC_REQUESTED = "incident.sync_requested"
+NOTE_TYPES = frozenset({"incident.annotated", "incident.annotate", "incident.triggered", "incident.trigger",
+                        SYNC_REQUESTED})
+
+
+def pd_view(inc: dict) -> dict:
+    """The PagerDuty fields incident sync mirrors, as compared across events."""
+    acks = [a.get("acknowledger") or {} for a in inc.get("acknowledgements") or []]
+    users = [a.get("id") for a in acks if a.get("type") in ("user_reference", "user")]
+    prio = inc.get("priority") or {}
+    return {
+        "status": inc.get("status"),
+        "ep": (inc.get("escalation_policy") or {}).get("id"),
+        "assignees": [a["assignee"]["id"] for a in inc.get("assignments") or [] if a.get("assignee")],
+        "priority": prio.get("summary") or prio.get("name"),
+        "urgency": inc.get("urgency"),
+        "ack_by": users[-1] if users else None,
+    }
+
+
+def sn_view(rec: dict) -> dict:
+    view = {k: str(rec.get(k) or "") for k in TRACK_SN}
+    view["sys_updated_on"] = str(rec.get("sys_updated_on") or "")
+    view["sys_mod_count"] = str(rec.get("sys_mod_count") or "0")
+    return view
+
+
+def link_key(link: Link) -> str:
+    return f"sn:{link.sn_id}" if (link.state or {}).get("origin") == "sn" else f"pd:{link.pd_id}"
+
+
+class _Fmt(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render(template: str, values: dict) -> str:
+    return template.format_map(_Fmt({k: ("" if v is None else v) for k, v in values.items()}))
+
+
+class Engine:
+    """One per daemon (``ctx.extras["incident_sync"]``): locks, the mapping, user cache."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.api = Api(ctx)
+        self.users = Users(self)
+        self.mapping = Mapping()
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._priorities: dict[str, str] | None = None  # PD priority name -> id
+        self._caller: str | None = None
+
+    @property
+    def conf(self) -> Any:
+        # Read on every use, so a SIGHUP reload applies to the next event.
+        return self.ctx.plugin_config(PLUGIN)
+
+    @property
+    def store(self) -> Any:
+        return self.ctx.store
+
+    # -- set-up ------------------------------------------------------------------
+    async def refresh(self) -> Mapping:
+        async with self._load_lock:
+            self.mapping = await load_mapping(self.ctx, self.api, self.conf)
+            self._loaded = True
+            self.users.clear()
+            self._priorities = None
+            for problem in self.mapping.problems:
+                log.warning("incident_sync: link problem", problem=problem)
+            log.info("incident_sync: links loaded", groups=len(self.mapping.groups), cis=len(self.mapping.cis))
+            return self.mapping
+
+    async def ensure_loaded(self) -> None:
+        if not self._loaded:
+            await self.refresh()
+
+    @contextlib.asynccontextmanager
+    async def locked(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _under_link_lock(self, key: str, get_link, fn) -> Any:
+        """Run ``fn(link)`` under the lock of the incident's link, re-keying if the link
+        appeared (or its key changed) while waiting."""
+        for _ in range(3):
+            async with self.locked(key):
+                link = await get_link()
+                if link is None or link_key(link) == key:
+                    return await fn(link)
+            key = link_key(link)
+        async with self.locked(key):
+            return await fn(await get_link())
+
+    async def _save(self, link: Link, state: dict, status: str | None = None) -> Link:
+        await self.store.update_link_state(KIND, link.pd_id, state, status=status)
+        return Link(kind=KIND, pd_id=link.pd_id, sn_id=link.sn_id, state=state, status=status or link.status,
+                    created_at=link.created_at)
+
+    # -- events ------------------------------------------------------------------
+    async def handle(self, event: Any) -> bool:
+        await self.ensure_loaded()
+        if event.source == "servicenow":
+            table = event.payload.get("table")
+            if table in TABLES:
+                if event.payload.get("operation") == "delete":
+                    return False
+                return await self.servicenow_changed(table, event.payload["sys_id"], event.payload.get("sys_updated_on"))
+            if table in ("sys_user_group", "cmdb_ci") and self.conf.v7_fields:
+                await self.refresh()
+                return True
+            return False
+        if event.source in ("pagerduty", PLUGIN) and event.resource.startswith("pagerduty:incident:"):
+            if event.type not in PD_TYPES and event.type not in (POLLED, SYNC_REQUESTED):
+                return False
+            pd_id = event.resource.rsplit(":", 1)[1]
+            notes = event.type in NOTE_TYPES or bool(event.payload.get("notes"))
+            return await self.pagerduty_changed(pd_id, notes=notes, force=event.type == SYNC_REQUESTED)
+        return False
+
+    # ============================================================================
+    # PagerDuty -> ServiceNow
+    # ============================================================================
+    async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False) -> bool:
+        link = await self.store.get_link(KIND, pd_id=pd_id, include_unlinked=True)
+        if link is not None:
+            key = link_key(link)
+        else:
+            inc = await self.api.pd_incident(pd_id)
+            if inc is None:
+                log.info("incident_sync: PagerDuty incident not found", pd_incident=pd_id)
+                return False
+            key = await self._pd_key(inc)
+
+        async def get_link() -> Link | None:
+            return await self.store.get_link(KIND, pd_id=pd_id, include_unlinked=True)
+
+        async def run(link: Link | None) -> bool:
+            inc = await self.api.pd_incident(pd_id)
+            if inc is None:
+                return False
+            if link is None:
+                return await self._pd_unlinked(inc, force=force)
+            if link.status != "linked":
+                log.info("incident_sync: link is unlinked; PagerDuty change not synced", pd_incident=pd_id)
+                return True
+            await self._pd_to_sn(link, inc, notes=notes)
+            return True
+
+        return await self._under_link_lock(key, get_link, run)
+
+    async def _pd_key(self, inc: dict) -> str:
+        key = inc.get("incident_key") or ""
+        service = (inc.get("service") or {}).get("id")
+        ep = (inc.get("escalation_policy") or {}).get("id")
+        # PagerDuty's own incident keys are 32 hex digits too: only ask ServiceNow when the
+        # incident could have been triggered from there (a mapped service or policy).
+        if (SYS_ID.match(key) and self.mapping.is_mapped_incident(service, ep)
+                and await self._sn_find_by_sys_id(key) is not None):
+            return f"sn:{key}"
+        return f"pd:{inc['id']}"
+
+    def tables(self) -> tuple[str, ...]:
+        """The incident tables in use: sn_si_incident only when some service opens security incidents."""
+        conf = self.conf
+        security = conf.incident_type == "security_incident" or any(
+            o.incident_type == "security_incident" for o in conf.service_options)
+        return TABLES if security else ("incident",)
+
+    async def _sn_find_by_sys_id(self, sys_id: str) -> tuple[str, dict] | None:
+        for table in self.tables():
+            try:
+                rec = await self.api.sn_get(table, sys_id, self._sn_fields(table))
+            except Exception as exc:
+                if status_of(exc) in (400, 403):  # a table this instance lacks or hides
+                    continue
+                raise
+            if rec is not None:
+                return table, rec
+        return None
+
+    def _sn_fields(self, table: str) -> list[str]:
+        conf = self.conf
+        fields = ["sys_id", "number", "short_description", "description", "state", "impact", "urgency", "priority",
+                  "assignment_group", "assigned_to", "cmdb_ci", "correlation_id", "correlation_display",
+                  "close_code", "close_notes", "sys_updated_on", "sys_updated_by", "sys_created_by",
+                  "sys_mod_count", "opened_by"]
+        if conf.v7_fields and table == "incident":
+            fields.append(conf.v7_incident_field)
+        return fields
+
+    async def _pd_unlinked(self, inc: dict, *, force: bool) -> bool:
+        conf = self.conf
+        service = (inc.get("service") or {}).get("id")
+        ep = (inc.get("escalation_policy") or {}).get("id")
+        key = inc.get("incident_key") or ""
+        if SYS_ID.match(key) and self.mapping.is_mapped_incident(service, ep):
+            found = await self._sn_find_by_sys_id(key)
+            if found is not None:
+                # Born in ServiceNow; its trigger handler did not get to link it.
+                table, rec = found
+                with contextlib.suppress(LinkConflictError):
+                    await self._new_link(inc, table, rec, origin="sn")
+                return True
+        if not force:
+            if conf.sync_option_for(service) == "manual":
+                log.info("incident_sync: manual sync service; waiting for a sync request", pd_incident=inc["id"],
+                         service=service)
+                return False
+            if not self.mapping.is_mapped_incident(service, ep):
+                log.info("incident_sync: PagerDuty incident on an unmapped service and policy; not synced",
+                         pd_incident=inc["id"], service=service, escalation_policy=ep)
+                return False
+        table = conf.table_for(service)
+        existing = await self._sn_find_by_pd_id(table, inc["id"])
+        if existing is not None:
+            # Opened earlier (an attempt that failed after the insert, the v7 app, another
+            # instance): link it and bring it up to date instead of opening a duplicate.
+            try:
+                link = await self._new_link(inc, table, existing, origin="pd", pd_snapshot={})
+            except LinkConflictError:
+                return True
+            await self._pd_to_sn(link, inc, notes=True)
+            return True
+        rec = await self._create_sn(table, inc)
+        link = await self._new_link(inc, table, rec, origin="pd")
+        log.info("incident_sync: ServiceNow incident opened", pd_incident=inc["id"], sn_table=table,
+                 sn_number=rec.get("number"), sn_sys_id=rec.get("sys_id"))
+        if conf.sync_work_notes:
+            st = copy.deepcopy(link.state)
+            await self._pd_notes_to_sn(link, table, st)
+        return True
+
+    async def _sn_find_by_pd_id(self, table: str, pd_id: str) -> dict | None:
+        conf = self.conf
+        rows = await self.api.sn_query(table, f"correlation_id={pd_id}^correlation_display=PagerDuty^ORDERBYsys_created_on",
+                                       self._sn_fields(table), limit=1)
+        if not rows and conf.v7_fields and table == "incident":
+            rows = await self.api.sn_query(table, f"{conf.v7_incident_field}={pd_id}^ORDERBYsys_created_on",
+                                           self._sn_fields(table), limit=1)
+        return rows[0] if rows else None
+
+    async def _new_link(self, inc: dict, table: str, rec: dict, *, origin: str, pd_snapshot: dict | None = None,
+                        sn_snapshot: dict | None = None, sn_notes: list[str] | None = None) -> Link:
+        state = {
+            "table": table,
+            "origin": origin,
+            "pd": pd_view(inc) if pd_snapshot is None else pd_snapshot,
+            "sn": sn_view(rec) if sn_snapshot is None else sn_snapshot,
+            "pd_notes": [],
+            "sn_notes": sn_notes or [],
+            "moves": [],
+        }
+        try:
+            return await self.store.put_link(Link(kind=KIND, pd_id=inc["id"], sn_id=rec["sys_id"], state=state))
+        except LinkConflictError:
+            existing = await self.store.get_link(KIND, sn_id=rec["sys_id"])
+            log.warning("incident_sync: ServiceNow incident already linked to another PagerDuty incident; "
+                        "not linking a second", sn_sys_id=rec["sys_id"], pd_incident=inc["id"],
+                        linked_to=existing.pd_id if existing else None)
+            raise
+
+    async def _caller_id(self) -> str:
+        if self._caller is None:
+            conf = self.conf
+            ref = conf.caller or self.ctx.config.servicenow.username
+            if SYS_ID.match(ref):
+                self._caller = ref
+            else:
+                row = await self.users.sn_user_by_name(ref)
+                self._caller = row["sys_id"] if row else ""
+        return self._caller
+
+    def _sn_priority_for(self, view: dict) -> str | None:
+        conf = self.conf
+        if view.get("priority"):
+            mapped = conf.pd_priority_to_sn().get(view["priority"])
+            if mapped:
+                return mapped
+        return conf.pd_urgency_to_sn().get(view.get("urgency") or "")
+
+    def _impact_urgency(self, priority: str | None) -> dict:
+        return self.conf.impact_urgency_for(priority)
+
+    async def _resolution(self, inc: dict) -> tuple[str, str]:
+        """(who resolved, their resolution note) of a resolved PagerDuty incident."""
+        who = (inc.get("last_status_change_by") or {}).get("summary") or "PagerDuty"
+        note = ""
+        try:
+            for entry in await self.api.pd_incident_log_entries(inc["id"]):
+                if entry.get("type") == "resolve_log_entry":
+                    note = entry.get("note") or ""
+                    who = (entry.get("agent") or {}).get("summary") or who
+                    break
+        except Exception as exc:  # noqa: BLE001 - the note is a nicety, the state is not
+            log.warning("incident_sync: resolution note unavailable", pd_incident=inc["id"], error=str(exc))
+        return who, note
+
+    def _details(self, inc: dict) -> str:
+        details = (inc.get("body") or {}).get("details")
+        if details is None or details == "":
+            return inc.get("title") or ""
+        if isinstance(details, str):
+            return details
+        return json.dumps(details, indent=2, sort_keys=True)
+
+    async def _create_sn(self, table: str, inc: dict) -> dict:
+        conf = self.conf
+        view = pd_view(inc)
+        states = conf.states(table)
+        service = (inc.get("service") or {}).get("id")
+        group = self.mapping.group_for_pagerduty(service, view["ep"], None)
+        fields: dict[str, Any] = {
+            "short_description": (inc.get("title") or inc["id"])[:160],
+            "description": render(conf.servicenow_description, {
+                "details": self._details(inc), "title": inc.get("title"), "html_url": inc.get("html_url"),
+                "service": (inc.get("service") or {}).get("summary"), "id": inc["id"]}),
+            "correlation_id": inc["id"],
+            "correlation_display": "PagerDuty",
+            ("caller_id" if table == "incident" else "caller"): await self._caller_id(),
+            **self._impact_urgency(self._sn_priority_for(view)),
+        }
+        if group is not None:
+            fields["assignment_group"] = group.sys_id
+        if conf.v7_fields and table == "incident":
+            fields[conf.v7_incident_field] = inc["id"]
+        if conf.mapping_mode == "cis_and_assignment_groups":
+            ci = self.mapping.ci_for_service(service)
+            if ci is not None:
+                fields["cmdb_ci"] = ci.sys_id
+        if view["status"] == "acknowledged":
+            fields["state"] = states["in_progress"]
+            who = await self.users.sn_for_pd(view["ack_by"])
+            if who:
+                fields["assigned_to"] = who
+        elif view["status"] == "resolved":
+            who, note = await self._resolution(inc)
+            fields.update(state=states["resolved"], close_code=conf.close_code,
+                          close_notes=render(conf.close_notes, {"user": who, "resolution": note}))
+        if "assigned_to" not in fields and not conf.assign_on_ack_only and view["status"] != "resolved" and view["assignees"]:
+            who = await self.users.sn_for_pd(view["assignees"][0])
+            if who:
+                fields["assigned_to"] = who
+        return await self.api.sn_insert(table, fields)
+
+    async def _pd_to_sn(self, link: Link, inc: dict, *, notes: bool) -> None:
+        conf = self.conf
+        st = copy.deepcopy(link.state or {})
+        table = st.get("table", "incident")
+        old = st.get("pd") or {}
+        new = pd_view(inc)
+        changed = {k for k in new if old.get(k) != new[k]} if old else set(new)
+        if changed:
+            rec = await self.api.sn_get(table, link.sn_id, self._sn_fields(table))
+            if rec is None:
+                log.warning("incident_sync: ServiceNow incident gone; link marked unlinked", sn_sys_id=link.sn_id,
+                            pd_incident=link.pd_id)
+                await self._save(link, st, status="unlinked")
+                return
+            updates = await self._desired_sn(table, inc, new, changed, rec, st)
+            updates = {k: v for k, v in updates.items() if str(rec.get(k) or "") != str(v)}
+            if updates:
+                written = await self.api.sn_update(table, link.sn_id, updates)
+                snap = st.get("sn") or {}
+                view = sn_view(written)
+                for k in TRACK_SN:
+                    if k in updates or (k == "priority" and ({"impact", "urgency"} & set(updates))):
+                        snap[k] = view[k]
+                st["sn"] = snap
+                log.info("incident_sync: PagerDuty change applied to ServiceNow", pd_incident=link.pd_id,
+                         sn_sys_id=link.sn_id, fields=sorted(updates), changed=sorted(changed))
+        st["pd"] = new
+        if st != link.state:
+            link = await self._save(link, st)
+        if notes and conf.sync_work_notes:
+            await self._pd_notes_to_sn(link, table, copy.deepcopy(link.state))
+
+    async def _desired_sn(self, table: str, inc: dict, new: dict, changed: set[str], rec: dict, st: dict) -> dict:
+        conf = self.conf
+        states = conf.states(table)
+        up: dict[str, str] = {}
+        done = str(rec.get("state") or "") in states["done"]
+        status = new["status"]
+        if "status" in changed:
+            if status == "resolved" and not done:
+                who, note = await self._resolution(inc)
+                up.update(state=states["resolved"], close_code=conf.close_code,
+                          close_notes=render(conf.close_notes, {"user": who, "resolution": note}))
+            elif status == "acknowledged":
+                up["state"] = states["in_progress"]
+                who = await self.users.sn_for_pd(new["ack_by"])
+                if who:
+                    up["assigned_to"] = who
+            elif status == "triggered" and done:
+                up["state"] = states["reopened"]
+        if status == "resolved":
+            return up
+        if "ep" in changed:
+            service = (inc.get("service") or {}).get("id")
+            group = self.mapping.group_for_pagerduty(service, new["ep"], str(rec.get("assignment_group") or ""))
+            if group is not None and group.sys_id != rec.get("assignment_group") and self._move_allowed(st, inc["id"]):
+                up["assignment_group"] = group.sys_id
+        if not conf.assign_on_ack_only and "assignees" in changed and new["assignees"] and "assigned_to" not in up:
+            who = await self.users.sn_for_pd(new["assignees"][0])
+            if who:
+                up["assigned_to"] = who
+        if "priority" in changed or ("urgency" in changed and not new.get("priority")):
+            wanted = self._sn_priority_for(new)
+            if wanted and wanted != str(rec.get("priority") or ""):
+                up.update(self._impact_urgency(wanted))
+        return up
+
+    def _move_allowed(self, st: dict, pd_id: str) -> bool:
+        """Count one group/policy change for this incident; False past the loop bound."""
+        conf = self.conf
+        now = time.time()
+        moves = [t for t in st.get("moves", []) if now - t < conf.reassignment_window_seconds]
+        if len(moves) >= conf.max_reassignments:
+            if not st.get("loop_logged"):
+                log.warning("incident_sync: reassignment loop bound reached; assignment no longer synced for this "
+                            "incident (automation on both sides keeps moving it)", pd_incident=pd_id,
+                            moves=len(moves), window_seconds=conf.reassignment_window_seconds)
+                st["loop_logged"] = True
+            st["moves"] = moves
+            return False
+        moves.append(now)
+        st["moves"] = moves
+        return True
+
+    async def _pd_notes_to_sn(self, link: Link, table: str, st: dict) -> None:
+        notes = await self.api.pd_notes(link.pd_id)
+        seen = set(st.get("pd_notes", []))
+        fresh = sorted((n for n in notes if n.get("id") not in seen), key=lambda n: (n.get("created_at") or "", n["id"]))
+        if not fresh:
+            return
+        journal: list[dict] | None = None
+        for note in fresh:
+            seen.add(note["id"])
+            content = note.get("content") or ""
+            if content.startswith(FROM_SN_PREFIX) or not content.strip():
+                st["pd_notes"] = sorted(seen)
+                continue  # mirrored from ServiceNow by us: never back
+            who = (note.get("user") or {}).get("summary") or "PagerDuty"
+            text = f"{content} (PagerDuty: {who} on {note.get('created_at')})"
+            if journal is None:
+                journal = await self.api.sn_journal(link.sn_id)
+            if not any(j.get("value") == text for j in journal):
+                await self.api.sn_update(table, link.sn_id, {"work_notes": text})
+                log.info("incident_sync: PagerDuty note copied to a work note", pd_incident=link.pd_id, note=note["id"])
+            st["pd_notes"] = sorted(seen)
+            link = await self._save(link, st)
+        if st != link.state:
+            await self._save(link, st)
+
+    # ============================================================================
+    # ServiceNow -> PagerDuty
+    # ============================================================================
+    async def servicenow_changed(self, table: str, sys_id: str, updated_on: str | None = None) -> bool:
+        link = await self.store.get_link(KIND, sn_id=sys_id, include_unlinked=True)
+        if link is not None and link.status == "linked":
+            seen = ((link.state or {}).get("sn") or {}).get("sys_updated_on") or ""
+            if updated_on and seen and updated_on < seen:
+                return True  # an older change, already covered by a newer read
+            key = link_key(link)
+        else:
+            rec = await self.api.sn_get(table, sys_id, self._sn_fields(table))
+            if rec is None:
+                return False
+            pd_id = self._pd_id_of(table, rec)
+            key = f"pd:{pd_id}" if pd_id else f"sn:{sys_id}"
+
+        async def get_link() -> Link | None:
+            return await self.store.get_link(KIND, sn_id=sys_id, include_unlinked=True)
+
+        async def run(link: Link | None) -> bool:
+            rec = await self.api.sn_get(table, sys_id, self._sn_fields(table))
+            if rec is None:
+                return False
+            if link is None or link.status != "linked":
+                return await self._sn_unlinked(table, rec, link)
+            await self._sn_to_pd(link, table, rec)
+            return True
+
+        return await self._under_link_lock(key, get_link, run)
+
+    def _pd_id_of(self, table: str, rec: dict) -> str | None:
+        conf = self.conf
+        if rec.get("correlation_display") == "PagerDuty" and rec.get("correlation_id"):
+            return str(rec["correlation_id"])
+        if conf.v7_fields and table == "incident" and rec.get(conf.v7_incident_field):
+            return str(rec[conf.v7_incident_field])
+        return None
+
+    def _eligible(self, table: str, rec: dict) -> str:
+        """The service a not-yet-linked ServiceNow incident triggers on, or '' when it does not."""
+        conf = self.conf
+        if str(rec.get("state") or "") in conf.states(table)["done"]:
+            return ""
+        if str(rec.get("priority") or "") not in conf.trigger_priority_list():
+            return ""
+        return self.mapping.service_for(conf.mapping_mode, rec.get("assignment_group"), rec.get("cmdb_ci"))
+
+    async def _sn_unlinked(self, table: str, rec: dict, old: Link | None) -> bool:
+        pd_id = self._pd_id_of(table, rec)
+        if pd_id and (old is None or old.pd_id != pd_id):
+            inc = await self.api.pd_incident(pd_id)
+            if inc is not None:
+                # Opened from PagerDuty (by us or by the v7 app) but not linked here: adopt it.
+                try:
+                    await self._new_link(inc, table, rec, origin="pd")
+                except LinkConflictError:
+                    return True
+                log.info("incident_sync: linked an existing pair", pd_incident=pd_id, sn_sys_id=rec["sys_id"])
+                return True
+        service = self._eligible(table, rec)
+        if not service:
+            return False
+        await self._create_pd(table, rec, service)
+        return True
+
+    async def _escalation_policy(self, rec: dict) -> str:
+        group = self.mapping.group(rec.get("assignment_group"))
+        if group is None:
+            return ""
+        chosen = await call_first(self.ctx.pm, "escalation_policy_for", group={"sys_id": group.sys_id, "name": group.name},
+                                  priority=str(rec.get("priority") or "") or None, ctx=self.ctx)
+        return chosen or group.escalation_policy
+
+    async def _pd_priority_id(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        if self._priorities is None:
+            try:
+                self._priorities = {p.get("name") or p.get("summary"): p["id"] for p in await self.api.pd_priorities()}
+            except Exception as exc:  # noqa: BLE001 - accounts without priorities answer 4xx
+                log.info("incident_sync: PagerDuty priorities unavailable", error=str(exc))
+                self._priorities = {}
+        return self._priorities.get(name)
+
+    def _pd_priority_name(self, sn_priority: str) -> str | None:
+        return self.conf.sn_priority_to_pd().get(sn_priority)
+
+    def _pd_urgency(self, sn_priority: str) -> str | None:
+        return self.conf.sn_priority_to_urgency().get(sn_priority)
+
+    async def _create_pd(self, table: str, rec: dict, service: str) -> None:
+        conf = self.conf
+        sys_id = rec["sys_id"]
+        priority = str(rec.get("priority") or "")
+        journal = await self.api.sn_journal(sys_id) if conf.sync_work_notes else []
+        body_values = dict(rec)
+        body_values["work_notes"] = journal[-1]["value"] if journal else ""
+        incident: dict[str, Any] = {
+            "type": "incident",
+            "title": (rec.get("short_description") or rec.get("number") or sys_id)[:1024],
+            "service": {"id": service, "type": "service_reference"},
+            "incident_key": sys_id,
+            "body": {"type": "incident_body", "details": render(conf.pagerduty_body, body_values)},
+        }
+        urgency = self._pd_urgency(priority)
+        if urgency:
+            incident["urgency"] = urgency
+        prio_id = await self._pd_priority_id(self._pd_priority_name(priority))
+        if prio_id:
+            incident["priority"] = {"id": prio_id, "type": "priority_reference"}
+        assignee = None
+        if rec.get("assigned_to"):
+            assignee = await self.users.pd_for_sn(rec["assigned_to"], create=conf.create_missing_users)
+        ep = await self._escalation_policy(rec)
+        if assignee:
+            incident["assignments"] = [{"assignee": {"id": assignee, "type": "user_reference"}}]
+        elif ep:
+            incident["escalation_policy"] = {"id": ep, "type": "escalation_policy_reference"}
+        sender = await self.users.from_for_user_name(rec.get("sys_created_by") or rec.get("sys_updated_by"),
+                                                     create=conf.create_missing_users)
+        try:
+            inc = await self.api.pd_create_incident(incident, sender)
+            created = True
+        except Exception as exc:
+            if status_of(exc) != 400:
+                raise
+            # incident_key is the sys_id: an open incident with it exists already (a race,
+            # or an attempt whose answer was lost). Link that one instead of a second.
+            inc = await self.api.pd_find_incident_by_key(sys_id, service)
+            if inc is None:
+                raise
+            created = False
+        writes: dict[str, Any] = {"correlation_id": inc["id"], "correlation_display": "PagerDuty"}
+        if conf.v7_fields and table == "incident":
+            writes[conf.v7_incident_field] = inc["id"]
+        # The snapshot starts from "nothing acknowledged" so an incident opened already in
+        # progress with an assignee acknowledges right away; its work notes start unseen.
+        sn_snap = sn_view(rec)
+        sn_snap["state"] = ""
+        sn_snap["assignment_group"] = rec.get("assignment_group") or ""
+        link = await self._new_link(inc, table, rec, origin="sn", sn_snapshot=sn_snap, sn_notes=[])
+        log.info("incident_sync: PagerDuty incident triggered" if created else "incident_sync: linked the PagerDuty "
+                 "incident already open for this ServiceNow incident", pd_incident=inc["id"], sn_sys_id=sys_id,
+                 sn_number=rec.get("number"), service=service, escalation_policy=(inc.get("escalation_policy") or {}).get("id"))
+        written = await self.api.sn_update(table, sys_id, writes)
+        await self._sn_to_pd(link, table, written or rec, fresh_pd=inc)
+
+    async def _sn_to_pd(self, link: Link, table: str, rec: dict, *, fresh_pd: dict | None = None) -> None:
+        conf = self.conf
+        st = copy.deepcopy(link.state or {})
+        old = st.get("sn") or {}
+        new = sn_view(rec)
+        changed = {k for k in TRACK_SN if old.get(k) != new[k]}
+        states = conf.states(table)
+        if changed:
+            inc = fresh_pd or await self.api.pd_incident(link.pd_id)
+            if inc is None:
+                log.warning("incident_sync: PagerDuty incident gone; link marked unlinked", pd_incident=link.pd_id)
+                await self._save(link, st, status="unlinked")
+                return
+            unlinked = await self._apply_sn_changes(link, table, rec, inc, old, new, changed, st, states)
+            if unlinked:
+                st["sn"] = new
+                await self._save(link, st, status="unlinked")
+                return
+        st["sn"] = new
+        if st != link.state:
+            link = await self._save(link, st)
+        if conf.sync_work_notes:
+            await self._sn_notes_to_pd(link, copy.deepcopy(link.state))
+
+    async def _apply_sn_changes(self, link: Link, table: str, rec: dict, inc: dict, old: dict, new: dict,
+                                changed: set[str], st: dict, states: dict) -> bool:
+        """Write ServiceNow's changes to PagerDuty; True when the link is to be unlinked."""
+        conf = self.conf
+        pd_id = link.pd_id
+        pdv = pd_view(inc)
+        actor = await self.users.from_for_user_name(rec.get("sys_updated_by"), create=conf.create_missing_users)
+        was_done = old.get("state") in states["done"]
+        is_done = new["state"] in states["done"]
+
+        async def put(changes: dict, sender: str | None, touched: tuple[str, ...], what: str) -> None:
+            nonlocal inc, pdv
+            try:
+                inc = await self.api.pd_update_incident(pd_id, changes, sender)
+            except Exception as exc:
+                if status_of(exc) == 400 and pd_code(exc) in ALREADY:
+                    inc = await self.api.pd_incident(pd_id) or inc
+                else:
+                    raise
+            pdv = pd_view(inc)
+            snap = st.get("pd") or {}
+            for k in touched:
+                snap[k] = pdv[k]
+            st["pd"] = snap
+            log.info("incident_sync: ServiceNow change applied to PagerDuty", pd_incident=pd_id, sn_sys_id=link.sn_id,
+                     action=what)
+
+        if "state" in changed and is_done and not was_done:
+            if pdv["status"] != "resolved":
+                resolution = rec.get("close_notes") or f"Resolved in ServiceNow ({rec.get('number') or link.sn_id})."
+                await put({"status": "resolved", "resolution": resolution}, actor, ("status", "ack_by", "assignees"),
+                          "resolve")
+            return False
+        if is_done:
+            return False
+        if "state" in changed and was_done and pdv["status"] == "resolved":
+            await put({"status": "triggered"}, actor, ("status", "ack_by"), "reopen")
+        if "assignment_group" in changed:
+            group = self.mapping.group(new["assignment_group"])
+            if group is not None:
+                ep = await self._escalation_policy(rec)
+                if ep and ep != pdv["ep"] and pdv["status"] != "resolved" and self._move_allowed(st, pd_id):
+                    await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
+                              ("ep", "status", "ack_by"), "reassign to escalation policy")
+            elif conf.resolve_if_unmapped_group:
+                if pdv["status"] != "resolved":
+                    name = (await self._group_name(new["assignment_group"])) or "no group"
+                    await put({"status": "resolved",
+                               "resolution": f"Reassigned in ServiceNow to {name}, which is not in PagerDuty."},
+                              actor, ("status", "ack_by", "assignees"), "resolve (unmapped group)")
+                log.info("incident_sync: reassigned to an unmapped group; PagerDuty incident resolved and unlinked",
+                         pd_incident=pd_id, sn_sys_id=link.sn_id, group=new["assignment_group"])
+                return True
+        if "assigned_to" in changed and new["assigned_to"] and pdv["status"] != "resolved":
+            uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
+            if uid and pdv["assignees"] != [uid]:
+                await put({"assignments": [{"assignee": {"id": uid, "type": "user_reference"}}]}, actor,
+                          ("status", "ack_by"), "reassign to user")
+        if (new["state"] == states["in_progress"] and new["assigned_to"] and ({"state", "assigned_to"} & changed)
+                and pdv["status"] == "triggered"):
+            sender = await self.users.from_for_sys_id(new["assigned_to"], create=conf.create_missing_users) or actor
+            await put({"status": "acknowledged"}, sender, ("status", "ack_by"), "acknowledge")
+        if "priority" in changed and new["priority"]:
+            changes: dict[str, Any] = {}
+            prio_id = await self._pd_priority_id(self._pd_priority_name(new["priority"]))
+            if prio_id and pdv["priority"] != self._pd_priority_name(new["priority"]):
+                changes["priority"] = {"id": prio_id, "type": "priority_reference"}
+            urgency = self._pd_urgency(new["priority"])
+            if urgency and urgency != pdv["urgency"] and pdv["status"] != "resolved":
+                changes["urgency"] = urgency
+            if changes:
+                await put(changes, actor, ("priority", "urgency"), "priority")
+        return False
+
+    async def _group_name(self, sys_id: str) -> str:
+        if not sys_id:
+            return ""
+        row = await self.api.sn_get("sys_user_group", sys_id, ["name"])
+        return (row or {}).get("name") or sys_id
+
+    async def _sn_notes_to_pd(self, link: Link, st: dict) -> None:
+        journal = await self.api.sn_journal(link.sn_id)
+        seen = set(st.get("sn_notes", []))
+        fresh = [j for j in journal if j["sys_id"] not in seen]
+        if not fresh:
+            return
+        integration = self.ctx.config.servicenow.username
+        pd_notes: list[dict] | None = None
+        for entry in fresh:
+            seen.add(entry["sys_id"])
+            value = entry.get("value") or ""
+            if entry.get("sys_created_by") == integration or PD_SUFFIX.search(value) or not value.strip():
+                st["sn_notes"] = sorted(seen)
+                continue  # our own write, or a PagerDuty note mirrored here: never back
+            name = await self.users.display_name(entry.get("sys_created_by"))
+            content = f"{FROM_SN_PREFIX} {name}) {value}"
+            if pd_notes is None:
+                pd_notes = await self.api.pd_notes(link.pd_id)
+            existing = next((n for n in pd_notes if n.get("content") == content), None)
+            if existing is None:
+                sender = await self.users.from_for_user_name(entry.get("sys_created_by"))
+                note = await self.api.pd_add_note(link.pd_id, content, sender)
+                log.info("incident_sync: work note copied to a PagerDuty note", pd_incident=link.pd_id,
+                         note=note.get("id"))
+            else:
+                note = existing
+            pd_seen = set(st.get("pd_notes", []))
+            if note.get("id"):
+                pd_seen.add(note["id"])
+            st["pd_notes"] = sorted(pd_seen)
+            st["sn_notes"] = sorted(seen)
+            link = await self._save(link, st)
+        if st != link.state:
+            await self._save(link, st)

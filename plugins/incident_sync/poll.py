@@ -1,0 +1,147 @@
+"""Reconciliation: poll both sides for what changed since a watermark and feed it
+through the inbox, so a lost webhook or doorbell still syncs within one interval.
+
+ServiceNow: records of the incident tables by ``sys_updated_on`` (ordered, re-reading
+``poll_overlap_seconds`` before the watermark), each enqueued with the very event id the
+doorbell for that change would have had, so the inbox drops whichever comes second.
+PagerDuty: log entries since the watermark, one event per incident and newest entry.
+Handlers re-read the incident anyway, so a poll event for a change already synced
+finds nothing to do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import structlog
+
+from dutybridge.events import Event
+from dutybridge.server import WAKE_WORKER
+
+from .engine import KIND, POLLED
+
+log = structlog.get_logger("dutybridge.incident_sync")
+
+SN_TIME = "%Y-%m-%d %H:%M:%S"
+WM_PD = "incident_sync.pagerduty.log_entries"
+WM_SN = "incident_sync.servicenow.{table}"
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def _wake(ctx: Any) -> None:
+    wake = ctx.extras.get(WAKE_WORKER)
+    if wake is not None:
+        result = wake()
+        if hasattr(result, "__await__"):
+            await result
+
+
+async def poll(ctx: Any, engine: Any) -> dict[str, int]:
+    """One reconciliation pass; the number of events enqueued per side."""
+    conf = engine.conf
+    if conf.v7_fields:
+        await engine.refresh()  # the v7 app's fields may have changed since the last pass
+    else:
+        await engine.ensure_loaded()
+    counts = {"servicenow": 0, "pagerduty": 0}
+    for table in engine.tables():
+        counts["servicenow"] += await poll_servicenow(ctx, engine, table)
+    counts["pagerduty"] = await poll_pagerduty(ctx, engine)
+    if any(counts.values()):
+        await _wake(ctx)
+        log.info("incident_sync: poll enqueued changes", **counts)
+    return counts
+
+
+async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
+    conf = engine.conf
+    store = ctx.store
+    name = WM_SN.format(table=table)
+    mark = await store.get_watermark(name)
+    fields = ["sys_id", "sys_updated_on", "sys_mod_count", "state", "priority", "assignment_group", "cmdb_ci",
+              "correlation_id", "correlation_display"]
+    if conf.v7_fields and table == "incident":
+        fields.append(conf.v7_incident_field)
+    if mark is None:
+        # First pass: start from the newest record (ServiceNow's clock), never backfill history.
+        rows = await engine.api.sn_query(table, "ORDERBYDESCsys_updated_on", ["sys_updated_on"], limit=1)
+        mark = rows[0]["sys_updated_on"] if rows else datetime.now(timezone.utc).strftime(SN_TIME)
+        await store.set_watermark(name, mark)
+        return 0
+    since = (datetime.strptime(mark, SN_TIME) - timedelta(seconds=conf.poll_overlap_seconds)).strftime(SN_TIME)
+    rows = await engine.api.sn_query(table, f"sys_updated_on>={since}^ORDERBYsys_updated_on^ORDERBYsys_id", fields)
+    enqueued = 0
+    newest = mark
+    for row in rows:
+        stamp = str(row.get("sys_updated_on") or "")
+        newest = max(newest, stamp)
+        link = await store.get_link(KIND, sn_id=row["sys_id"])
+        if link is None and not (engine._pd_id_of(table, row) or engine._eligible(table, row)):
+            continue  # nothing incident sync would do with it
+        operation = "insert" if str(row.get("sys_mod_count") or "0") == "0" else "update"
+        base = f"{table}:{row['sys_id']}:{stamp}:{operation}"
+        event = Event(source="servicenow", type=f"{table}.{operation}", event_id=base,
+                      resource=f"servicenow:{table}:{row['sys_id']}",
+                      payload={"table": table, "sys_id": row["sys_id"], "operation": operation,
+                               "sys_updated_on": stamp, "polled": True})
+        stored = await ctx.enqueue(event)
+        if stored is None and _unprocessed(link, row):
+            # Two changes in one second share a doorbell id, so the second doorbell (and
+            # this poll's copy of it) was dropped as a duplicate while the change is
+            # still unsynced: enqueue it under an id naming its modification count.
+            stored = await ctx.enqueue(Event(source="servicenow", type=event.type,
+                                             event_id=f"{base}:m{row.get('sys_mod_count')}",
+                                             resource=event.resource, payload=event.payload))
+        enqueued += stored is not None
+    if newest != mark:
+        await store.set_watermark(name, newest)
+    return enqueued
+
+
+def _unprocessed(link: Any, row: dict) -> bool:
+    if link is None:
+        return True  # eligible or correlated but not linked: the handler has not done it
+    seen = ((link.state or {}).get("sn") or {})
+    try:
+        return int(row.get("sys_mod_count") or 0) > int(seen.get("sys_mod_count") or 0)
+    except ValueError:
+        return False
+
+
+async def poll_pagerduty(ctx: Any, engine: Any) -> int:
+    conf = engine.conf
+    store = ctx.store
+    now = datetime.now(timezone.utc)
+    mark = await store.get_watermark(WM_PD)
+    if mark is None:
+        await store.set_watermark(WM_PD, _iso(now))
+        return 0
+    since = _parse_iso(mark) - timedelta(seconds=conf.poll_overlap_seconds)
+    entries = await engine.api.pd_log_entries(_iso(since), _iso(now + timedelta(seconds=1)))
+    newest: dict[str, tuple[str, str]] = {}  # incident -> (created_at, log entry id)
+    notes: set[str] = set()
+    for entry in entries:
+        iid = (entry.get("incident") or {}).get("id")
+        if not iid:
+            continue
+        key = (entry.get("created_at") or "", entry.get("id") or "")
+        if iid not in newest or key > newest[iid]:
+            newest[iid] = key
+        if entry.get("type") == "annotate_log_entry":
+            notes.add(iid)
+    enqueued = 0
+    for iid, (_, leid) in newest.items():
+        stored = await ctx.enqueue(Event(source="pagerduty", type=POLLED, event_id=f"poll:{iid}:{leid}",
+                                         resource=f"pagerduty:incident:{iid}",
+                                         payload={"incident_id": iid, "log_entry": leid, "notes": iid in notes}))
+        enqueued += stored is not None
+    await store.set_watermark(WM_PD, _iso(now))
+    return enqueued

@@ -1,0 +1,164 @@
+"""Acting users across the two systems, matched by email and remembered as ``user`` links.
+
+A ServiceNow user and a PagerDuty user are the same person when their emails match
+(case-insensitively), or when the v7 app's ``x_pd_integration_pagerduty_id`` says so.
+Found pairs are kept in the store (kind ``user``) so the next lookup costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from dutybridge.store.base import Link, LinkConflictError
+
+log = structlog.get_logger("dutybridge.incident_sync")
+
+SN_USER_FIELDS = ["sys_id", "user_name", "name", "email", "first_name", "last_name", "active"]
+
+
+class Users:
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._sn: dict[str, dict | None] = {}  # sys_id -> sys_user
+        self._sn_by_name: dict[str, dict | None] = {}
+        self._pd: dict[str, dict | None] = {}
+
+    def clear(self) -> None:
+        self._sn.clear()
+        self._sn_by_name.clear()
+        self._pd.clear()
+
+    @property
+    def api(self) -> Any:
+        return self.engine.api
+
+    @property
+    def store(self) -> Any:
+        return self.engine.ctx.store
+
+    # -- ServiceNow users --------------------------------------------------------
+    def _fields(self) -> list[str]:
+        conf = self.engine.conf
+        return SN_USER_FIELDS + ([conf.v7_user_field] if conf.v7_fields else [])
+
+    def _remember(self, row: dict | None) -> dict | None:
+        if row:
+            self._sn[row["sys_id"]] = row
+            if row.get("user_name"):
+                self._sn_by_name[row["user_name"]] = row
+        return row
+
+    async def sn_user(self, sys_id: str | None) -> dict | None:
+        if not sys_id:
+            return None
+        if sys_id not in self._sn:
+            self._remember(await self.api.sn_get("sys_user", sys_id, self._fields()))
+            self._sn.setdefault(sys_id, None)
+        return self._sn[sys_id]
+
+    async def sn_user_by_name(self, user_name: str | None) -> dict | None:
+        if not user_name:
+            return None
+        if user_name not in self._sn_by_name:
+            rows = await self.api.sn_query("sys_user", f"user_name={user_name}", self._fields(), limit=1)
+            self._remember(rows[0] if rows else None)
+            self._sn_by_name.setdefault(user_name, None)
+        return self._sn_by_name[user_name]
+
+    async def sn_user_by_email(self, email: str) -> dict | None:
+        rows = await self.api.sn_query("sys_user", f"email={email}^active=true", self._fields(), limit=1)
+        return self._remember(rows[0] if rows else None)
+
+    async def display_name(self, user_name: str | None) -> str:
+        user = await self.sn_user_by_name(user_name)
+        return (user or {}).get("name") or user_name or "ServiceNow"
+
+    # -- PagerDuty users ---------------------------------------------------------
+    async def pd_user(self, uid: str | None) -> dict | None:
+        if not uid:
+            return None
+        if uid not in self._pd:
+            self._pd[uid] = await self.api.pd_user(uid)
+        return self._pd[uid]
+
+    async def _link(self, pd_id: str, sn_id: str, email: str) -> None:
+        if self.store is None:
+            return
+        try:
+            await self.store.put_link(Link(kind="user", pd_id=pd_id, sn_id=sn_id, state={"email": email.lower()}))
+        except LinkConflictError:
+            log.info("incident_sync: user link not stored; the ServiceNow user is linked to another PagerDuty user",
+                     pd_id=pd_id, sn_id=sn_id)
+
+    async def sn_for_pd(self, uid: str | None) -> str | None:
+        """The sys_id of the ServiceNow user who is PagerDuty user ``uid``, or None."""
+        if not uid:
+            return None
+        if self.store is not None:
+            link = await self.store.get_link("user", pd_id=uid)
+            if link is not None:
+                return link.sn_id
+        conf = self.engine.conf
+        if conf.v7_fields:
+            rows = await self.api.sn_query("sys_user", f"{conf.v7_user_field}={uid}", self._fields(), limit=1)
+            if rows:
+                self._remember(rows[0])
+                await self._link(uid, rows[0]["sys_id"], rows[0].get("email") or "")
+                return rows[0]["sys_id"]
+        user = await self.pd_user(uid)
+        email = (user or {}).get("email")
+        if not email:
+            return None
+        row = await self.sn_user_by_email(email)
+        if row is None:
+            return None
+        await self._link(uid, row["sys_id"], email)
+        return row["sys_id"]
+
+    async def pd_for_sn(self, sys_id: str | None, *, create: bool = False) -> str | None:
+        """The PagerDuty user id of ServiceNow user ``sys_id``; created when ``create`` and none has the email."""
+        if not sys_id:
+            return None
+        if self.store is not None:
+            link = await self.store.get_link("user", sn_id=sys_id)
+            if link is not None:
+                return link.pd_id
+        row = await self.sn_user(sys_id)
+        if row is None:
+            return None
+        conf = self.engine.conf
+        if conf.v7_fields and row.get(conf.v7_user_field):
+            uid = str(row[conf.v7_user_field])
+            if await self.pd_user(uid) is not None:
+                await self._link(uid, sys_id, row.get("email") or "")
+                return uid
+        email = row.get("email") or ""
+        if not email:
+            return None
+        user = await self.api.pd_user_by_email(email)
+        if user is None and create:
+            name = row.get("name") or " ".join(p for p in (row.get("first_name"), row.get("last_name")) if p) or email
+            user = await self.api.pd_create_user(name, email, conf.new_user_role)
+            log.info("incident_sync: created PagerDuty user", pd_user=user.get("id"), email=email)
+        if user is None:
+            return None
+        self._pd[user["id"]] = user
+        await self._link(user["id"], sys_id, email)
+        return user["id"]
+
+    async def from_for_user_name(self, user_name: str | None, *, create: bool = False) -> str | None:
+        """The email to send in ``From`` for the ServiceNow user ``user_name``: theirs when they
+        are a PagerDuty user, else None (the client then uses the default user's)."""
+        row = await self.sn_user_by_name(user_name)
+        if row is None:
+            return None
+        return await self.from_for_sys_id(row["sys_id"], create=create)
+
+    async def from_for_sys_id(self, sys_id: str | None, *, create: bool = False) -> str | None:
+        uid = await self.pd_for_sn(sys_id, create=create)
+        if uid is None:
+            return None
+        user = await self.pd_user(uid)
+        return (user or {}).get("email") or None
