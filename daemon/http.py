@@ -33,7 +33,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 LOGGED_RESPONSE_HEADERS = ("retry-after", "ratelimit-remaining", "ratelimit-reset", "x-ratelimit-reset")
 
 
-@dataclass
+@dataclass(repr=False)
 class OutboundRequest:
     """An outbound HTTP request, mutable by ``outbound_request`` hooks.
 
@@ -41,20 +41,26 @@ class OutboundRequest:
     ``operation`` is the API operation in template form (``"PUT /incidents/{id}"``,
     ``"GET /api/now/table/incident"``) so hooks and metrics need not parse URLs.
     ``extra`` carries plugin data along the pipeline (never sent); the pipeline
-    sets ``extra["attempt"]`` (1 for the first try). Headers and the raw body are
-    left out of ``repr`` because they hold credentials.
+    sets ``extra["attempt"]`` (1 for the first try). ``repr`` shows no header, body,
+    query value or URL credentials, because those may hold secrets.
     """
 
     method: str
     url: str
     service: str
     operation: str = ""
-    headers: CIMultiDict[str] = field(default_factory=CIMultiDict, repr=False)
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     params: list[tuple[str, str]] = field(default_factory=list)
     json: Any = None
-    data: bytes | None = field(default=None, repr=False)
+    data: bytes | None = None
     timeout: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        names = sorted({k for k, _ in self.params})
+        return (f"OutboundRequest(method={self.method!r}, url={safe_url(self.url)!r}, "
+                f"service={self.service!r}, operation={self.operation!r}, params={names!r}, "
+                f"timeout={self.timeout!r})")
 
     def body_bytes(self) -> bytes | None:
         if self.data is not None:
@@ -260,7 +266,8 @@ class RateLimiter:
                 self._server_remaining = None
             elif self._server_remaining <= 0:
                 return self._server_reset_at - now
-        if self._tokens < 1.0:
+        # A small tolerance: float refill after an exact wait can land at 0.9999999.
+        if self._tokens < 1.0 - 1e-6:
             return (1.0 - self._tokens) / self.rate
         return 0.0
 
