@@ -23,7 +23,7 @@ from ..faults import FaultInjector
 from . import extension_schemas
 from .errors import PDError, invalid, missing_ability, not_found
 from .incidents import IncidentOps
-from .util import IdGen, iso
+from .util import IdGen, iso, parse_time
 from .webhooks import WebhookDispatcher
 
 DEFAULT_API_KEY = "sandbox-pd-full-key"
@@ -764,8 +764,6 @@ class PagerDutyState(IncidentOps):
             users = [e["user"]["id"] for e in layer["users"] if e["user"]["id"] in self.users]
             if not users:
                 continue
-            from .util import parse_time
-
             try:
                 start = parse_time(layer.get("rotation_virtual_start") or layer["start"])
             except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import datetime, timezone
+from functools import lru_cache
 
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -20,9 +21,16 @@ class IdGen:
         self.used: set[str] = set()
 
     def new(self, prefix: str = "P", length: int = 7) -> str:
-        choices = self.rng.choices
+        digits = length - len(prefix)
+        bits = digits * 6  # 36**k < 2**(6k): enough randomness for k base-36 digits
+        getrandbits = self.rng.getrandbits
         while True:
-            candidate = prefix + "".join(choices(_ID_CHARS, k=length - len(prefix)))
+            n = getrandbits(bits)
+            chars = []
+            for _ in range(digits):
+                n, r = divmod(n, 36)
+                chars.append(_ID_CHARS[r])
+            candidate = prefix + "".join(chars)
             if candidate not in self.used:
                 self.used.add(candidate)
                 return candidate
@@ -45,6 +53,7 @@ def iso_ms(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % int((ts % 1) * 1000)
 
 
+@lru_cache(maxsize=1024)
 def parse_time(value: str) -> float:
     """An ISO 8601 date or date-time (``Z`` or offset; naive means UTC) -> epoch seconds."""
     text = value.strip()
