@@ -19,6 +19,7 @@ from .config import Config, ConfigError, read_toml, validate
 from .context import Ctx
 from .logging import configure as configure_logging
 from .logging import adjust_level, set_level, set_secrets
+from .server import CTX_KEY, WAKE_WORKER, add_routes
 from .plugins import (
     PluginError,
     build_plugin_manager,
@@ -29,7 +30,6 @@ from .plugins import (
 
 log = structlog.get_logger("dutybridge")
 
-CTX_KEY = web.AppKey("dutybridge.ctx", Ctx)
 
 #: Keys read once at start; a reload that changes them says a restart is needed.
 RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
@@ -102,10 +102,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if ctx.store is None:
         ctx.store = open_store(ctx.config.daemon.store_url, ctx.config.resolve_path(".", state=True))
     await ctx.store.open()
-    # One SQLite instance owns its store: whatever it had claimed when it died is due again.
-    released = await ctx.store.release_claims()
     log.info("store open", store=_safe_url(ctx.config.daemon.store_url),
-             schema_version=await ctx.store.schema_version(), released_claims=released)
+             schema_version=await ctx.store.schema_version())
     yield
     await ctx.store.close()
     log.info("shutdown: store closed")
@@ -185,7 +183,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                     retry_base=d.retry_base_seconds, retry_max=d.retry_max_seconds,
                     lease_seconds=d.lease_seconds, metrics=ctx.metrics)
     ctx.extras["worker"] = worker
-    ctx.extras["wake_worker"] = worker.wake
+    ctx.extras[WAKE_WORKER] = worker.wake
     await worker.start()
     yield
     log.info("shutdown: draining the worker", timeout=d.shutdown_timeout)
@@ -196,8 +194,6 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = None,
                worker: bool = True, scheduler: bool = True) -> web.Application:
     """The daemon as an aiohttp application; resources open when it starts."""
-    from .server import add_routes
-
     ctx = ctx or make_ctx(config, pm)
     app = web.Application(client_max_size=config.daemon.max_body_bytes)
     app[CTX_KEY] = ctx

@@ -95,6 +95,13 @@ class DaemonConfig(Section):
     shutdown_timeout: float = Field(20.0, gt=0, description="Seconds to finish in-flight work on SIGTERM; keep below systemd's TimeoutStopSec.")
     event_retention_days: int = Field(14, ge=0, description="Handled events are deleted after this many days (0 keeps them).")
 
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if not v.startswith("sqlite:///") or v == "sqlite:///":
+            raise ValueError(f"expected sqlite:///PATH (PostgreSQL arrives with its own store), found {v!r}")
+        return v
+
 
 class PagerDutyConfig(Section):
     api_url: str = Field("https://api.pagerduty.com", description="PagerDuty REST API v2 base URL (the EU service region uses https://api.eu.pagerduty.com).")

@@ -75,3 +75,9 @@ def _isolate_env(monkeypatch):
 
 SECRETS = [BASE_CONFIG["pagerduty"]["api_key"], *BASE_CONFIG["pagerduty"]["webhook_secrets"],
            BASE_CONFIG["servicenow"]["password"], BASE_CONFIG["servicenow"]["doorbell_token"]]
+
+
+@pytest.fixture
+def config_secrets() -> list[str]:
+    """Every secret in BASE_CONFIG: none may appear in logs or output."""
+    return list(SECRETS)
