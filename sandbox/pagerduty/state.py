@@ -438,7 +438,7 @@ class PagerDutyState(IncidentOps):
         self._sync_user_lists(uid)
         return cm
 
-    def _validate_contact_method(self, uid: str, data: dict, partial: bool = False) -> None:
+    def _validate_contact_method(self, uid: str, data: dict, partial: bool = False, cid: str | None = None) -> None:
         errors = []
         ctype = data.get("type")
         if not partial or "type" in data:
@@ -456,7 +456,7 @@ class PagerDutyState(IncidentOps):
             raise invalid(*errors)
         address = data.get("address")
         for cm in self.contact_methods[uid].values():
-            if cm["type"] == ctype and cm["address"] == address:
+            if cm["type"] == ctype and cm["address"] == address and cm["id"] != cid:
                 raise invalid("User Contact method must be unique")
 
     def create_contact_method(self, uid: str, data: dict) -> dict:
@@ -469,7 +469,8 @@ class PagerDutyState(IncidentOps):
         cm = self._get(self.contact_methods[uid], cid, "Contact Method")
         merged = {**cm, **{k: v for k, v in data.items() if k != "id"}}
         merged["type"] = cm["type"]
-        self._validate_contact_method(uid, {k: v for k, v in merged.items() if k in data or k == "type"}, partial=True)
+        self._validate_contact_method(uid, {k: v for k, v in merged.items() if k in data or k == "type"}, partial=True,
+                                      cid=cid)
         return self._store_contact_method(uid, merged, cid)
 
     def delete_contact_method(self, uid: str, cid: str) -> None:

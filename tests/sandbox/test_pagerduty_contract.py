@@ -221,3 +221,63 @@ async def test_error_answers_match_the_openapi_file(api, pd_state, pd_clock):
     await api("GET", "/users", status=200)
     await api("GET", "/users", status=429)
     await api("GET", "/incidents", status=429)
+
+
+async def test_less_common_operations_match_the_openapi_file(api, pd_state):
+    inc = await api("POST", "/incidents", headers=FROM, status=201, body={"incident": {
+        "type": "incident", "title": "Cache misses", "service": {"id": "PSVCDB1", "type": "service_reference"}}})
+    iid = inc["incident"]["id"]
+    await api("PUT", f"/incidents/{iid}", headers=FROM, status=200,
+              body={"incident": {"type": "incident_reference", "status": "acknowledged"}})
+    await api("POST", f"/incidents/{iid}/snooze", headers=FROM, status=201, body={"duration": 3600})
+    note = await api("POST", f"/incidents/{iid}/notes", headers=FROM, status=200, body={"note": {"content": "a"}})
+    nid = note["note"]["id"]
+    await api("PUT", f"/incidents/{iid}/notes/{nid}", headers=FROM, status=200, body={"note": {"content": "b"}})
+    await api("DELETE", f"/incidents/{iid}/notes/{nid}", status=204)
+    pd_state.add_responder_request(iid, "PINTEGR", "join", [{"id": "PBOBSM1", "type": "user_reference"}])
+    await api("PUT", f"/incidents/{iid}/responder_requests/cancel", status=200, body={
+        "requester_id": "PINTEGR", "responder_request_targets": [{"id": "PBOBSM1", "type": "user_reference"}]})
+    entries = await api("GET", "/log_entries", status=200)
+    await api("GET", f"/log_entries/{entries['log_entries'][0]['id']}", status=200)
+    await api("GET", "/incidents", query={"include[]": "assignees"}, status=200)
+
+    sched = await api("POST", "/schedules", status=201, body={"schedule": {
+        "type": "schedule", "name": "Network on-call", "time_zone": "Europe/London",
+        "schedule_layers": [{"start": "2025-01-06T09:00:00Z", "rotation_virtual_start": "2025-01-06T09:00:00Z",
+                             "rotation_turn_length_seconds": 86400,
+                             "users": [{"user": {"id": "PBOBSM1", "type": "user_reference"}},
+                                       {"user": {"id": "PCAROL1", "type": "user_reference"}}]}]}})
+    sid = sched["schedule"]["id"]
+    await api("PUT", f"/schedules/{sid}", status=200, body={"schedule": {
+        "type": "schedule", "name": "Network primary", "time_zone": "Europe/London"}})
+    await api("GET", f"/schedules/{sid}/users", status=200)
+    await api("DELETE", f"/schedules/{sid}", status=204)
+
+    bs = await api("POST", "/business_services", status=200, body={"business_service": {
+        "name": "Customer Portal", "description": "Web portal", "point_of_contact": "Bob"}})
+    bid = bs["business_service"]["id"]
+    await api("PUT", f"/business_services/{bid}", status=200, body={"business_service": {"description": "Portal"}})
+    await api("DELETE", f"/business_services/{bid}", status=204)
+    await api("PUT", "/teams/PTNET01", status=200, body={"team": {"type": "team", "name": "Network",
+                                                                 "description": "Routers"}})
+    cms = await api("GET", "/users/PBOBSM1/contact_methods", status=200)
+    cid = cms["contact_methods"][0]["id"]
+    await api("PUT", f"/users/PBOBSM1/contact_methods/{cid}", status=200, body={"contact_method": {
+        "type": "email_contact_method", "label": "Work", "address": "bob.smith@acme.example"}})
+    await api("GET", "/incident_workflows/PWFMAJ1", status=200)
+    wid = (await api("POST", "/webhook_subscriptions", status=200, body={"webhook_subscription": {
+        "type": "webhook_subscription", "events": ["incident.triggered"], "filter": {"type": "account_reference"},
+        "delivery_method": {"type": "http_delivery_method", "url": "http://127.0.0.1:9/never"}}}))
+    await api("POST", f"/webhook_subscriptions/{wid['webhook_subscription']['id']}/ping", status=202)
+
+
+async def test_permission_answers_match_the_openapi_file(api, pd_state):
+    inc = await api("POST", "/incidents", headers=FROM, status=201, body={"incident": {
+        "type": "incident", "title": "x", "service": {"id": "PSVCDB1", "type": "service_reference"}}})
+    read_only = {"Authorization": "Token token=sandbox-pd-read-only-key"}
+    await api("PUT", f"/incidents/{inc['incident']['id']}", headers={**read_only, **FROM}, status=403,
+              body={"incident": {"type": "incident_reference", "status": "resolved"}})
+    pd_state.abilities.remove("incident_workflows")
+    await api("GET", "/incident_workflows", status=402)
+    await api("POST", "/users", status=400, check_request=False, body={"user": {
+        "type": "user", "name": "No From", "email": "nofrom@acme.example"}})

@@ -36,7 +36,9 @@ contradicts itself, the validator applies these allowances, and nothing else:
    variants (API, email, web trigger, website, Nagios) differ only in optional
    properties, so every channel PagerDuty sends (``{"type": "website"}`` in the V2
    examples) matches several and ``oneOf`` would reject it;
-5. ``Incident.priority``, ``Incident.resolved_at`` and ``Incident.resolve_reason`` may be
+5. ``GET /incident_workflows/{id}`` documents only a 201 ("created" for a read); a 200
+   with the same body is accepted too;
+6. ``Incident.priority``, ``Incident.resolved_at`` and ``Incident.resolve_reason`` may be
    ``null``: the file's own Incident examples answer ``"resolved_at": null`` and
    ``"resolve_reason": null``, ``resolved_at`` is documented as "`null` if the incident is
    not resolved", and an incident without a priority has ``"priority": null``.
@@ -87,6 +89,9 @@ def _allowances(spec: dict) -> None:
     schemas = spec["components"]["schemas"]
     ack = schemas["AcknowledgeLogEntry"]["allOf"][1]["properties"]["type"]
     ack["enum"] = sorted(set(ack["enum"]) | {"acknowledge_log_entry"})
+    workflow_get = spec["paths"]["/incident_workflows/{id}"]["get"]["responses"]
+    if "200" not in workflow_get and "201" in workflow_get:
+        workflow_get["200"] = workflow_get["201"]
     channel = schemas["Channel"]
     channel["anyOf"] = channel.pop("oneOf")
     incident_props = schemas["Incident"]["allOf"][1]["properties"]
