@@ -122,6 +122,9 @@ class WebhookDispatcher:
         deadline = loop.time() + timeout
         if self._session is None and any(self._queues.values()):
             raise RuntimeError("webhooks are queued but no app is running to deliver them (start the app first)")
+        for key, queue in list(self._queues.items()):
+            if queue:
+                self._kick(key)  # queued from outside the loop (no running loop to start a worker then)
         while not self.idle:
             if loop.time() >= deadline:
                 raise TimeoutError(f"webhooks still pending after {timeout}s: {self.pending_summary()}")

@@ -580,3 +580,16 @@ async def test_reset_returns_to_the_seed(pd_client, pd_state):
     assert pd_state.rate_limit_per_minute == 960
     inc = pd_state.create_incident(title="y", service_id="PSVCDB1", from_user="PINTEGR")
     assert inc["incident_number"] == 1
+
+
+async def test_base_url_rewrites_self_links(pd_client, pd_state):
+    inc = pd_state.create_incident(title="x", service_id="PSVCDB1", from_user="PINTEGR")
+    pd_state.base_url = "http://127.0.0.1:8765/"
+    assert pd_state.incidents[inc["id"]]["self"] == f"http://127.0.0.1:8765/incidents/{inc['id']}"
+    assert pd_state.incidents[inc["id"]]["service"]["self"] == "http://127.0.0.1:8765/services/PSVCDB1"
+    user = (await (await pd_client.get("/users/PALICE1")).json())["user"]
+    assert user["self"] == "http://127.0.0.1:8765/users/PALICE1"
+    assert user["teams"][0]["self"].startswith("http://127.0.0.1:8765/")
+    created = pd_state.create_incident(title="y", service_id="PSVCDB1", from_user="PINTEGR")
+    assert created["self"].startswith("http://127.0.0.1:8765/incidents/")
+    assert pd_state.incidents[inc["id"]]["html_url"].startswith("https://"), "web links stay on the web host"

@@ -432,3 +432,38 @@ def _examples():
     from tests.support.openapi import shared_dir
 
     return shared_dir() / "reference/pagerduty-webhook-examples"
+
+
+async def test_disabling_drops_the_rest_of_the_queue(pd_client, fast_retries, receiver):
+    pd_state = fast_retries
+    sub = await subscribe(pd_client, receiver.url("/hook"))
+    receiver.script("/hook", 400, 400, 400)
+    # Five events for one incident, queued before the loop gets a chance to deliver any.
+    inc = pd_state.create_incident(title="queued", service_id="PSVCDB1", from_user="PINTEGR")
+    pd_state.acknowledge(inc["id"], "PALICE1")
+    pd_state.add_note(inc["id"], "PALICE1", "one")
+    pd_state.add_note(inc["id"], "PALICE1", "two")
+    pd_state.resolve(inc["id"], "PALICE1")
+    await pd_state.drain_webhooks()
+    assert len(receiver.on("/hook")) == 3
+    assert pd_state.webhook_subscriptions[sub["id"]]["delivery_method"]["temporarily_disabled"] is True
+    assert [(d["event_type"], d["reason"]) for d in pd_state.webhook_drops] == [
+        ("incident.annotated", "target disabled after consecutive drops"),
+        ("incident.resolved", "target disabled after consecutive drops"),
+    ]
+
+
+async def test_webhooks_queued_before_the_app_starts_are_delivered_once_it_runs(aiohttp_client, pd_clock, receiver):
+    from dutybridge_sandbox.pagerduty import PagerDutyState, create_app, load_seed
+
+    state = PagerDutyState.from_seed(load_seed(), now=pd_clock)
+    sub = state.create_webhook_subscription({
+        "type": "webhook_subscription", "events": ["incident.triggered"], "filter": {"type": "account_reference"},
+        "delivery_method": {"type": "http_delivery_method", "url": receiver.url("/early")}})
+    state.create_incident(title="before start", service_id="PSVCNET", from_user="PBOBSM1")
+    with pytest.raises(RuntimeError):
+        await state.drain_webhooks(timeout=0.1)
+    await aiohttp_client(create_app(state))
+    await state.drain_webhooks()
+    [req] = receiver.on("/early")
+    assert verify(req["raw"], req["headers"]["X-PagerDuty-Signature"], state.subscription_secret(sub["id"]))
