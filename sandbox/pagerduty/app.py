@@ -808,7 +808,8 @@ async def update_incidents(request):
     actor = _from(request)
     data = await _body(request)
     incidents = st.update_incidents(data.get("incidents"), actor)
-    return _page(request, "incidents", incidents)
+    # Every updated incident comes back (at most 250), whatever limit says.
+    return _json({"incidents": incidents, "limit": len(incidents), "offset": 0, "more": False, "total": None})
 
 
 @routes.get("/incidents/{id}")

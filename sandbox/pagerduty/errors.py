@@ -33,7 +33,12 @@ def invalid(*errors: str, message: str = "Invalid Input Provided") -> PDError:
 
 
 def not_found(what: str | None = None) -> PDError:
-    return PDError(404, 2100, "Not Found", [f"{what} Not Found"] if what else None)
+    """404 / 2100 ``Not Found``, without an ``errors`` list, as PagerDuty answers it.
+
+    ``what`` only makes the exception's text readable in Python tracebacks."""
+    err = PDError(404, 2100, "Not Found")
+    err.what = what
+    return err
 
 
 def already_resolved() -> PDError:

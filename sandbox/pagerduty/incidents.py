@@ -304,8 +304,9 @@ class IncidentOps:
         }
         if bridge:
             inc["conference_bridge"] = bridge
-        if details is not None:
-            inc["body"] = {"type": "incident_body", "details": details}
+        # The body's details are not echoed on the incident: "For incidents manually created
+        # in PagerDuty, the description is available in the first log entry in
+        # channel.details" (09-V2-Overview.md).
         self.incidents[iid] = inc
         self._incident_logs[iid] = []
         self.notes[iid] = {}
