@@ -16,7 +16,15 @@ import structlog
 from multidict import CIMultiDict
 
 from .config import PagerDutyConfig
-from .http import OutboundError, OutboundPipeline, OutboundRequest, OutboundResponse, RateLimiter, RetryPolicy
+from .http import (
+    OutboundError,
+    OutboundPipeline,
+    OutboundRequest,
+    OutboundResponse,
+    RateLimiter,
+    RetryPolicy,
+    retry_after_seconds,
+)
 
 log = structlog.get_logger("dutybridge.pagerduty")
 
@@ -73,7 +81,10 @@ class PagerDutyAuthError(PagerDutyError):
 
 
 class PagerDutyRateLimited(PagerDutyError):
-    """429, still, after the retries the policy allowed."""
+    """429, still, after the retries the policy allowed; ``retry_after`` is the
+    wait PagerDuty asked for (``ratelimit-reset``), in seconds, when it said."""
+
+    retry_after: float | None = None
 
 
 def error_from_response(response: OutboundResponse, operation: str = "") -> PagerDutyError:
@@ -103,7 +114,10 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
         cls = PagerDutyRateLimited
     else:
         cls = PagerDutyError
-    return cls(response.status, code, message, errors, operation=operation, attempts=response.attempts)
+    err = cls(response.status, code, message, errors, operation=operation, attempts=response.attempts)
+    if response.status == 429:
+        err.retry_after = retry_after_seconds(response.headers)
+    return err
 
 
 # -- pagination ---------------------------------------------------------------------
