@@ -64,7 +64,8 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 async def list_events(store: Store, out: TextIO, status: str | None = None, limit: int = 50,
                       as_json: bool = False, *, err: TextIO | None = None) -> int:
-    """The newest ``limit`` events (of ``status``), as a table or a JSON array."""
+    """The newest ``limit`` events (of ``status``): a table, or one JSON object per line
+    (for ``jq`` and ``grep``; payloads are left to ``show``)."""
     err = err or sys.stderr
     if status is not None and status not in STATUSES:
         print(f"unknown status {status!r}; one of: {', '.join(STATUSES)}", file=err)
@@ -74,8 +75,8 @@ async def list_events(store: Store, out: TextIO, status: str | None = None, limi
         return 2
     events = await store.list_events(status=status, limit=limit)  # type: ignore[arg-type]
     if as_json:
-        json.dump([event_dict(ev, payload=False) for ev in events], out, indent=2, ensure_ascii=False)
-        print(file=out)
+        for ev in events:
+            print(json.dumps(event_dict(ev, payload=False), ensure_ascii=False), file=out)
         return 0
     if events:
         rows = [["ID", "STATUS", "ATTEMPTS", "SOURCE", "TYPE", "RESOURCE", "RECEIVED", "LAST ERROR"]]

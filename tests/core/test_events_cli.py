@@ -71,10 +71,13 @@ async def test_list_when_empty(store, out):
 
 
 async def test_list_as_json(store, out):
-    stored = await add(store, 1, secret_looking="payload data")
+    stored = await add(store, 1)
+    newer = await add(store, 2)
     assert await events_cli.list_events(store, out, as_json=True) == 0
-    [row] = json.loads(out.getvalue())
-    assert row["id"] == stored.id and row["status"] == "pending" and row["event_id"] == "e1"
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]  # JSON lines, newest first
+    assert [r["id"] for r in rows] == [newer.id, stored.id]
+    row = rows[1]
+    assert row["status"] == "pending" and row["event_id"] == "e1" and row["attempts"] == 0
     assert row["received_at"].endswith("Z")
     assert "payload" not in row  # `show` has it
 
