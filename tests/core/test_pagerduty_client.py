@@ -477,3 +477,12 @@ async def test_wrong_key_against_the_sandbox(sandbox):
     with pytest.raises(PagerDutyAuthError) as info:
         await bad.list_abilities()
     assert info.value.code == 2006 and "wrong-key-123" not in str(info.value)
+
+
+async def test_the_openapi_check_is_live(sandbox):
+    # Without any From source a note lacks the header the file requires: the
+    # recorder must catch it before the request leaves.
+    client, _ = sandbox
+    no_from = PagerDutyClient(client.pipeline, pd_config(client.base_url, api_key=SANDBOX_KEY))
+    with pytest.raises(AssertionError, match="From"):
+        await no_from.add_note("PANYID1", "hello")
