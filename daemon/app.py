@@ -91,7 +91,11 @@ def build_clients(ctx: Ctx) -> None:
     from .pagerduty import PagerDutyClient
     from .servicenow import ServiceNowClient
 
-    ctx.pagerduty = PagerDutyClient(ctx.http, ctx.config.pagerduty)
+    old = ctx.pagerduty
+    # The rate budget belongs to the API key: a reload with the same key keeps it.
+    same_key = old is not None and old.config.api_key == ctx.config.pagerduty.api_key
+    ctx.pagerduty = PagerDutyClient(ctx.http, ctx.config.pagerduty,
+                                    limiter=old.limiter if same_key else None)
     ctx.servicenow = ServiceNowClient(ctx.http, ctx.config.servicenow)
 
 
@@ -278,10 +282,6 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
                   error=exc.strerror or str(exc))
         await runner.cleanup()
         return 1
-    addresses = [f"http://{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
-    log.info("listening", urls=addresses, pid=os.getpid())
-    systemd.ready(f"serving on {', '.join(addresses)}")
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task] = set()
@@ -298,9 +298,13 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    # Handlers before READY=1: a SIGHUP's default action would end the process.
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    addresses = [f"http://{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
+    log.info("listening", urls=addresses, pid=os.getpid())
+    systemd.ready(f"serving on {', '.join(addresses)}")
     interval = systemd.watchdog_interval()
     watchdog = loop.create_task(_watchdog(ctx, interval)) if interval else None
     try:

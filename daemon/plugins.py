@@ -33,11 +33,21 @@ async def await_me_maybe(value: Any) -> Any:
 
 
 async def call_hook(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Any]:
-    """Call every implementation of hook ``name``; await each result in turn."""
+    """Call every implementation of hook ``name``; await each result in turn.
+
+    If one raises, the coroutines of the implementations not yet awaited are closed
+    (never left pending), and the exception propagates.
+    """
     results = getattr(pm.hook, name)(**kwargs)
     out = []
-    for result in results:
-        out.append(await await_me_maybe(result))
+    for index, result in enumerate(results):
+        try:
+            out.append(await await_me_maybe(result))
+        except BaseException:
+            for pending in results[index + 1:]:
+                if inspect.iscoroutine(pending):
+                    pending.close()
+            raise
     return out
 
 

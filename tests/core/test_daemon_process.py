@@ -217,7 +217,9 @@ def test_sighup_with_broken_config_keeps_the_old_one(write_config, notify_socket
     assert post_webhook(port, "01AFTERBADRELOAD") == 202  # still serving with the old secrets
 
     # A good reload applies: the rotated-in secret alone now verifies.
-    config.write_text(good.replace('"whsec-primary-1a2b3c4d", ', ""))
+    rotated = good.replace('"whsec-primary-1a2b3c4d",', "")
+    assert rotated != good
+    config.write_text(rotated)
     d.proc.send_signal(signal.SIGHUP)
     d.wait_for("reloaded configuration and hook files")
     assert post_webhook(port, "01OLDSECRET") == 401

@@ -201,3 +201,24 @@ def test_trace_env_logs_hook_calls(monkeypatch, tmp_path):
     calls = [e for e in logs if e["event"] == "hook call"]
     assert calls and calls[0]["hook"] == "outbound_response" and calls[0]["plugins"] == ["hookfile:t.py"]
     assert calls[0]["log_level"] == "debug"
+
+
+async def test_call_hook_closes_pending_coroutines_when_one_implementation_raises():
+    started = []
+
+    class First:
+        @hookimpl
+        async def handle_event(self, event, ctx):
+            started.append("first")
+            return True
+
+    class Raises:
+        @hookimpl
+        async def handle_event(self, event, ctx):
+            raise RuntimeError("plugin failed")
+
+    # pluggy calls later registrations first: Raises runs, First's coroutine is pending.
+    pm = build_plugin_manager([], None, extra_plugins=[First(), Raises()])
+    with pytest.raises(RuntimeError, match="plugin failed"):
+        await call_hook(pm, "handle_event", event=None, ctx=None)
+    assert started == []  # and no "coroutine was never awaited" warning (filterwarnings=error)
