@@ -155,9 +155,14 @@ class TableAPI:
 
     @staticmethod
     def _links(request: web.Request, offset: int, limit: int, total: int | None, returned: int) -> str:
+        # The instance echoes the request's own query string, as the client encoded
+        # it, with sysparm_offset/sysparm_limit moved to the end. A captured header
+        # shows sysparm_fields commas left raw: a client must not split Link on ",".
+        kept = [p for p in request.query_string.split("&") if p and p.split("=", 1)[0] not in ("sysparm_offset", "sysparm_limit")]
+        base = f"{_base(request)}{request.raw_path.split('?', 1)[0]}?"
+
         def link(at: int, rel: str) -> str:
-            url = request.url.update_query({"sysparm_offset": str(at), "sysparm_limit": str(limit)})
-            return f'<{url}>;rel="{rel}"'
+            return f'<{base}{"&".join([*kept, f"sysparm_offset={at}", f"sysparm_limit={limit}"])}>;rel="{rel}"'
 
         links = [link(0, "first")]
         if offset > 0:

@@ -135,6 +135,19 @@ async def test_pagination_headers(sn_client, sn_admin, incidents):
     assert seen == sorted(i["number"] for i in incidents)
 
 
+async def test_link_urls_echo_the_request_query_string(sn_client, sn_admin, incidents):
+    # As in a header captured from an instance: the caller's own encoding is kept, so
+    # the commas of sysparm_fields stay raw inside each <url>.
+    response = await sn_client.get("/api/now/table/incident?sysparm_fields=number,state&sysparm_query=stateIN1,2&sysparm_limit=1&sysparm_offset=1", headers=sn_admin)
+    assert response.headers["X-Total-Count"] == "4"
+    first, prev, nxt, last = re.findall(r'<([^>]+)>;rel="(\w+)"', response.headers["Link"])
+    assert [rel for _, rel in (first, prev, nxt, last)] == ["first", "prev", "next", "last"]
+    assert nxt[0].endswith("/api/now/table/incident?sysparm_fields=number,state&sysparm_query=stateIN1,2&sysparm_offset=2&sysparm_limit=1")
+    assert response.headers["Link"].count(",") > 3, "raw commas inside the URLs, not only between links"
+    assert last[0].endswith("sysparm_offset=3&sysparm_limit=1")
+    assert first[0].endswith("sysparm_offset=0&sysparm_limit=1") and prev[0].endswith("sysparm_offset=0&sysparm_limit=1")
+
+
 async def test_offset_beyond_the_end_and_no_count(sn_client, sn_admin, incidents):
     page, response = await _query(sn_client, sn_admin, "incident", sysparm_offset=10)
     assert page == []
