@@ -253,14 +253,16 @@ def _order_terms(order_by: str | Iterable[str] | None) -> list[str]:
     return [("ORDERBYDESC" + _field(n[1:])) if n.startswith("-") else ("ORDERBY" + _field(n)) for n in names]
 
 
+_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?([^";,]+)"?')
+
+
 def _links(header: str | None) -> dict[str, str]:
-    """``<url>;rel="next",<url>;rel="last"`` -> {"next": url, "last": url}."""
-    out: dict[str, str] = {}
-    for part in (header or "").split(","):
-        m = re.match(r'\s*<([^>]*)>\s*;\s*rel="?([^";]+)"?', part)
-        if m:
-            out[m.group(2).strip()] = m.group(1)
-    return out
+    """``<url>;rel="next",<url>;rel="last"`` -> {"next": url, "last": url}.
+
+    Matched as ``<...>;rel=...`` runs rather than split on commas: ServiceNow leaves
+    the commas of ``sysparm_fields`` unencoded inside each URL.
+    """
+    return {m.group(2).strip(): m.group(1) for m in _LINK.finditer(header or "")}
 
 
 # -- the client -------------------------------------------------------------------------

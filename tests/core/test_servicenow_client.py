@@ -407,3 +407,26 @@ async def test_wrong_password_against_the_sandbox(sandbox):
     with pytest.raises(ServiceNowAuthError) as info:
         await bad.list("incident", limit=1)
     assert info.value.status == 401 and "not-the-password" not in str(info.value)
+
+
+def test_link_header_with_unencoded_commas_in_fields_is_parsed():
+    from dutybridge.servicenow import _links
+
+    base = "https://acme.service-now.com/api/now/table/incident?sysparm_fields=sys_id,number,state&sysparm_limit=2"
+    header = (f'<{base}&sysparm_offset=0>;rel="first",<{base}&sysparm_offset=2>;rel="next",'
+              f'<{base}&sysparm_offset=8>;rel="last"')
+    links = _links(header)
+    assert links["next"].endswith("sysparm_fields=sys_id,number,state&sysparm_limit=2&sysparm_offset=2")
+    assert set(links) == {"first", "next", "last"}
+
+
+async def test_pagination_with_several_fields_against_the_sandbox(sandbox):
+    # The sandbox, like ServiceNow, leaves sysparm_fields' commas unencoded in Link URLs.
+    client, _, _ = sandbox
+    for i in range(23):
+        await client.insert("incident", {"short_description": f"multi {i:02d}"})
+    result = client.query("incident", Query().starts_with("short_description", "multi"), page_size=10,
+                          order_by="short_description", fields=["short_description", "number", "state"])
+    rows = [r async for r in result]
+    assert len(rows) == 23 and result.pages == 3
+    assert all(set(r) == {"short_description", "number", "state"} for r in rows)
