@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(pp)
     pp.add_argument("--dead", action="store_true", required=True, help="delete every dead letter")
 
+    p = sub.add_parser("demo", help="the sandbox and the daemon wired together, with a scripted story")
+    p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards, for playing")
+
     p = sub.add_parser("sandbox", help="run the local PagerDuty and ServiceNow sandbox", add_help=False)
     p.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     return parser
@@ -224,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", "-c", default=None)
     known_args, _ = pre.parse_known_args(argv)
-    builtin = {"run", "check", "config", "plugins", "events", "sandbox"}
+    builtin = {"run", "check", "config", "plugins", "events", "sandbox", "demo"}
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in builtin:
         cfg_args = argparse.Namespace(config=known_args.config)
@@ -239,6 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dutybridge_sandbox.runner import main as sandbox_main
 
         return sandbox_main(args.sandbox_args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        try:
+            return asyncio.run(run_demo(keep_running=args.keep_running))
+        except KeyboardInterrupt:
+            return 130
     if args.command == "config" and args.config_command == "init":
         return _config_init(args)
     if args.command == "run":
