@@ -52,6 +52,13 @@ async def on_startup(ctx):
 
 
 @hookimpl
+async def on_shutdown(ctx):
+    engine = ctx.extras.get(PLUGIN)
+    if engine is not None:
+        await engine.close()
+
+
+@hookimpl
 def register_jobs(scheduler, ctx):
     seconds = ctx.plugin_config(PLUGIN).poll_interval_seconds
     if seconds > 0:

@@ -159,6 +159,10 @@ class IncidentSyncConfig(Section):
         60.0, ge=0, description="Reconciliation: poll both sides this often, so a lost webhook still syncs (0: off).")
     poll_overlap_seconds: float = Field(
         30.0, ge=0, description="Each poll re-reads this much before its watermark (clock skew, one-second timestamps).")
+    recheck_seconds: float = Field(
+        2.0, ge=0, description="ServiceNow stamps changes to the second and a doorbell is deduplicated on that stamp, so a "
+                               "second change within the same second rings as a duplicate: this long after handling a change "
+                               "the record is read once more (0: off; the poll still catches it).")
     max_reassignments: int = Field(
         6, ge=1, description="Loop bound: group/escalation policy changes synced per incident within reassignment_window_seconds; "
                              "beyond it assignment stops syncing for that incident and a warning is logged.")

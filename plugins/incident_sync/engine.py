@@ -18,6 +18,7 @@ a PagerDuty-born one ``pd:<id>`` (ServiceNow carries it as correlation_id).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import json
@@ -28,10 +29,12 @@ from typing import Any
 
 import structlog
 
+from dutybridge.events import Event
 from dutybridge.plugins import call_first
+from dutybridge.server import WAKE_WORKER
 from dutybridge.store.base import Link, LinkConflictError
 
-from .api import ALREADY, Api, pd_code, status_of
+from .api import ALREADY, Api, Q, pd_code, status_of
 from .mapping import SYS_ID, Mapping, load_mapping
 from .users import Users
 
@@ -107,6 +110,9 @@ class Engine:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._priorities: dict[str, str] | None = None  # PD priority name -> id
         self._caller: str | None = None
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}
+        self._rechecked: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def conf(self) -> Any:
@@ -132,6 +138,50 @@ class Engine:
     async def ensure_loaded(self) -> None:
         if not self._loaded:
             await self.refresh()
+
+    async def close(self) -> None:
+        """Stop pending rechecks (the next poll covers what they would have read)."""
+        for handle in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- rechecks ------------------------------------------------------------------
+    def _schedule_recheck(self, table: str, sys_id: str, stamp: str) -> None:
+        """Read the record again once its second is over: a change later in the same
+        second rang a doorbell with the same event id, dropped as a duplicate."""
+        delay = self.conf.recheck_seconds
+        key = f"{table}:{sys_id}:{stamp}:recheck"
+        if not delay or not stamp or key in self._rechecks or key in self._rechecked:
+            return
+        loop = asyncio.get_running_loop()
+        self._rechecks[key] = loop.call_later(delay, self._fire_recheck, key, table, sys_id, stamp)
+
+    def _fire_recheck(self, key: str, table: str, sys_id: str, stamp: str) -> None:
+        self._rechecks.pop(key, None)
+        self._rechecked[key] = None
+        while len(self._rechecked) > 10_000:
+            self._rechecked.popitem(last=False)
+        task = asyncio.get_running_loop().create_task(self._enqueue_recheck(key, table, sys_id, stamp))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _enqueue_recheck(self, key: str, table: str, sys_id: str, stamp: str) -> None:
+        try:
+            stored = await self.ctx.enqueue(Event(
+                source="servicenow", type=f"{table}.update", event_id=key, resource=f"servicenow:{table}:{sys_id}",
+                payload={"table": table, "sys_id": sys_id, "operation": "update", "sys_updated_on": stamp,
+                         "recheck": True}))
+            wake = self.ctx.extras.get(WAKE_WORKER)
+            if stored is not None and wake is not None:
+                result = wake()
+                if asyncio.iscoroutine(result):
+                    await result
+        except Exception as exc:  # noqa: BLE001 - the poll reads it instead
+            log.warning("incident_sync: recheck not queued", sn_sys_id=sys_id, error=f"{type(exc).__name__}: {exc}")
 
     @contextlib.asynccontextmanager
     async def locked(self, key: str) -> AsyncIterator[None]:
@@ -291,7 +341,8 @@ class Engine:
                 return True
             await self._pd_to_sn(link, inc, notes=True)
             return True
-        rec = await self._create_sn(table, inc)
+        full = await self.api.pd_incident(inc["id"], include=["first_trigger_log_entries"])
+        rec = await self._create_sn(table, full or inc)
         link = await self._new_link(inc, table, rec, origin="pd")
         log.info("incident_sync: ServiceNow incident opened", pd_incident=inc["id"], sn_table=table,
                  sn_number=rec.get("number"), sn_sys_id=rec.get("sys_id"))
@@ -302,11 +353,11 @@ class Engine:
 
     async def _sn_find_by_pd_id(self, table: str, pd_id: str) -> dict | None:
         conf = self.conf
-        rows = await self.api.sn_query(table, f"correlation_id={pd_id}^correlation_display=PagerDuty^ORDERBYsys_created_on",
-                                       self._sn_fields(table), limit=1)
+        rows = await self.api.sn_query(table, Q().eq("correlation_id", pd_id).eq("correlation_display", "PagerDuty"),
+                                       self._sn_fields(table), limit=1, order_by="sys_created_on")
         if not rows and conf.v7_fields and table == "incident":
-            rows = await self.api.sn_query(table, f"{conf.v7_incident_field}={pd_id}^ORDERBYsys_created_on",
-                                           self._sn_fields(table), limit=1)
+            rows = await self.api.sn_query(table, Q().eq(conf.v7_incident_field, pd_id), self._sn_fields(table),
+                                           limit=1, order_by="sys_created_on")
         return rows[0] if rows else None
 
     async def _new_link(self, inc: dict, table: str, rec: dict, *, origin: str, pd_snapshot: dict | None = None,
@@ -366,7 +417,11 @@ class Engine:
         return who, note
 
     def _details(self, inc: dict) -> str:
+        # PagerDuty keeps an incident's body in its first trigger log entry (channel.details).
         details = (inc.get("body") or {}).get("details")
+        if details is None:
+            first = inc.get("first_trigger_log_entry") or {}
+            details = (first.get("channel") or {}).get("details")
         if details is None or details == "":
             return inc.get("title") or ""
         if isinstance(details, str):
@@ -426,7 +481,7 @@ class Engine:
                             pd_incident=link.pd_id)
                 await self._save(link, st, status="unlinked")
                 return
-            updates = await self._desired_sn(table, inc, new, changed, rec, st)
+            updates = await self._desired_sn(table, inc, old, new, changed, rec, st)
             updates = {k: v for k, v in updates.items() if str(rec.get(k) or "") != str(v)}
             if updates:
                 written = await self.api.sn_update(table, link.sn_id, updates)
@@ -444,23 +499,27 @@ class Engine:
         if notes and conf.sync_work_notes:
             await self._pd_notes_to_sn(link, table, copy.deepcopy(link.state))
 
-    async def _desired_sn(self, table: str, inc: dict, new: dict, changed: set[str], rec: dict, st: dict) -> dict:
+    async def _desired_sn(self, table: str, inc: dict, old: dict, new: dict, changed: set[str], rec: dict,
+                          st: dict) -> dict:
         conf = self.conf
         states = conf.states(table)
         up: dict[str, str] = {}
         done = str(rec.get("state") or "") in states["done"]
         status = new["status"]
+        reopened = old.get("status") == "resolved"
         if "status" in changed:
             if status == "resolved" and not done:
                 who, note = await self._resolution(inc)
                 up.update(state=states["resolved"], close_code=conf.close_code,
                           close_notes=render(conf.close_notes, {"user": who, "resolution": note}))
-            elif status == "acknowledged":
+            elif status == "acknowledged" and (reopened or not done):
+                # A ServiceNow incident resolved meanwhile stays resolved: only a reopen in
+                # PagerDuty reopens it (its resolution then reaches PagerDuty in turn).
                 up["state"] = states["in_progress"]
                 who = await self.users.sn_for_pd(new["ack_by"])
                 if who:
                     up["assigned_to"] = who
-            elif status == "triggered" and done:
+            elif status == "triggered" and done and reopened:
                 up["state"] = states["reopened"]
         if status == "resolved":
             return up
@@ -546,9 +605,13 @@ class Engine:
             if rec is None:
                 return False
             if link is None or link.status != "linked":
-                return await self._sn_unlinked(table, rec, link)
-            await self._sn_to_pd(link, table, rec)
-            return True
+                acted = await self._sn_unlinked(table, rec, link)
+            else:
+                await self._sn_to_pd(link, table, rec)
+                acted = True
+            if acted:
+                self._schedule_recheck(table, sys_id, str(rec.get("sys_updated_on") or ""))
+            return acted
 
         return await self._under_link_lock(key, get_link, run)
 
@@ -729,7 +792,12 @@ class Engine:
         if is_done:
             return False
         if "state" in changed and was_done and pdv["status"] == "resolved":
-            await put({"status": "triggered"}, actor, ("status", "ack_by"), "reopen")
+            reopen: dict[str, Any] = {"status": "triggered"}
+            uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
+            if uid:
+                # Reopened to its ServiceNow assignee, not back to the policy's on-call.
+                reopen["assignments"] = [{"assignee": {"id": uid, "type": "user_reference"}}]
+            await put(reopen, actor, ("status", "ack_by"), "reopen")
         if "assignment_group" in changed:
             group = self.mapping.group(new["assignment_group"])
             if group is not None:

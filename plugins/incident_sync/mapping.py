@@ -24,6 +24,8 @@ import structlog
 
 from dutybridge.store.base import Link, LinkConflictError
 
+from .api import Q
+
 log = structlog.get_logger("dutybridge.incident_sync")
 
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -111,7 +113,7 @@ async def _resolve(ctx: Any, api: Any, table: str, ref: str) -> tuple[str, str] 
     if SYS_ID.match(ref):
         row = await api.sn_get(table, ref, ["sys_id", "name"])
         return (row["sys_id"], row.get("name", "")) if row else None
-    rows = await api.sn_query(table, f"name={ref}", ["sys_id", "name"], limit=2)
+    rows = await api.sn_query(table, Q().eq("name", ref), ["sys_id", "name"], limit=2, order_by="sys_id")
     if len(rows) > 1:
         log.warning("incident_sync: several records have this name; using the first", table=table, name=ref)
     return (rows[0]["sys_id"], rows[0].get("name", "")) if rows else None
@@ -175,8 +177,8 @@ async def load_mapping(ctx: Any, api: Any, conf: Any) -> Mapping:
 async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_cis: set[str]) -> None:
     svc, esc = conf.v7_group_service_field, conf.v7_group_escalation_field
     try:
-        rows = await api.sn_query("sys_user_group", f"{svc}ISNOTEMPTY^OR{esc}ISNOTEMPTY^ORDERBYname",
-                                  ["sys_id", "name", svc, esc])
+        rows = await api.sn_query("sys_user_group", Q().is_not_empty(svc).or_().is_not_empty(esc),
+                                  ["sys_id", "name", svc, esc], order_by=["name", "sys_id"])
     except Exception as exc:  # noqa: BLE001 - an instance without the app's columns
         m.problems.append(f"v7 fields: cannot read sys_user_group.{svc}/{esc}: {exc}")
         rows = []
@@ -188,7 +190,8 @@ async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_
         m.groups.append(Target("group", row["sys_id"], row.get("name", ""), service, ep, "v7"))
     cisvc = conf.v7_ci_service_field
     try:
-        rows = await api.sn_query("cmdb_ci", f"{cisvc}ISNOTEMPTY^ORDERBYname", ["sys_id", "name", cisvc, "assignment_group"])
+        rows = await api.sn_query("cmdb_ci", Q().is_not_empty(cisvc), ["sys_id", "name", cisvc, "assignment_group"],
+                                  order_by=["name", "sys_id"])
     except Exception as exc:  # noqa: BLE001
         m.problems.append(f"v7 fields: cannot read cmdb_ci.{cisvc}: {exc}")
         rows = []

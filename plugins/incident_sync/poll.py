@@ -19,6 +19,7 @@ import structlog
 from dutybridge.events import Event
 from dutybridge.server import WAKE_WORKER
 
+from .api import Q
 from .engine import KIND, POLLED
 
 log = structlog.get_logger("dutybridge.incident_sync")
@@ -72,12 +73,13 @@ async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
         fields.append(conf.v7_incident_field)
     if mark is None:
         # First pass: start from the newest record (ServiceNow's clock), never backfill history.
-        rows = await engine.api.sn_query(table, "ORDERBYDESCsys_updated_on", ["sys_updated_on"], limit=1)
+        rows = await engine.api.sn_query(table, None, ["sys_updated_on"], limit=1, order_by="-sys_updated_on")
         mark = rows[0]["sys_updated_on"] if rows else datetime.now(timezone.utc).strftime(SN_TIME)
         await store.set_watermark(name, mark)
         return 0
     since = (datetime.strptime(mark, SN_TIME) - timedelta(seconds=conf.poll_overlap_seconds)).strftime(SN_TIME)
-    rows = await engine.api.sn_query(table, f"sys_updated_on>={since}^ORDERBYsys_updated_on^ORDERBYsys_id", fields)
+    rows = await engine.api.sn_query(table, Q().gte("sys_updated_on", since), fields,
+                                     order_by=["sys_updated_on", "sys_id"])
     enqueued = 0
     newest = mark
     for row in rows:

@@ -13,6 +13,8 @@ import structlog
 
 from dutybridge.store.base import Link, LinkConflictError
 
+from .api import Q
+
 log = structlog.get_logger("dutybridge.incident_sync")
 
 SN_USER_FIELDS = ["sys_id", "user_name", "name", "email", "first_name", "last_name", "active"]
@@ -62,13 +64,14 @@ class Users:
         if not user_name:
             return None
         if user_name not in self._sn_by_name:
-            rows = await self.api.sn_query("sys_user", f"user_name={user_name}", self._fields(), limit=1)
+            rows = await self.api.sn_query("sys_user", Q().eq("user_name", user_name), self._fields(), limit=1)
             self._remember(rows[0] if rows else None)
             self._sn_by_name.setdefault(user_name, None)
         return self._sn_by_name[user_name]
 
     async def sn_user_by_email(self, email: str) -> dict | None:
-        rows = await self.api.sn_query("sys_user", f"email={email}^active=true", self._fields(), limit=1)
+        rows = await self.api.sn_query("sys_user", Q().eq("email", email).eq("active", True), self._fields(),
+                                       limit=1, order_by="sys_id")
         return self._remember(rows[0] if rows else None)
 
     async def display_name(self, user_name: str | None) -> str:
@@ -102,7 +105,7 @@ class Users:
                 return link.sn_id
         conf = self.engine.conf
         if conf.v7_fields:
-            rows = await self.api.sn_query("sys_user", f"{conf.v7_user_field}={uid}", self._fields(), limit=1)
+            rows = await self.api.sn_query("sys_user", Q().eq(conf.v7_user_field, uid), self._fields(), limit=1)
             if rows:
                 self._remember(rows[0])
                 await self._link(uid, rows[0]["sys_id"], rows[0].get("email") or "")
