@@ -81,3 +81,36 @@ SECRETS = [BASE_CONFIG["pagerduty"]["api_key"], *BASE_CONFIG["pagerduty"]["webho
 def config_secrets() -> list[str]:
     """Every secret in BASE_CONFIG: none may appear in logs or output."""
     return list(SECRETS)
+
+
+# Every request the PagerDuty client sends anywhere in the suite is checked against
+# PagerDuty's OpenAPI description: a request the real API would reject fails the test
+# that caused it, whatever that test was about.
+_PD_SERVICE = "pagerduty"
+
+
+@pytest.fixture(autouse=True)
+def _pagerduty_requests_match_openapi(monkeypatch, request):
+    if request.node.get_closest_marker("no_openapi_check"):
+        yield
+        return
+    from urllib.parse import urlsplit
+
+    from dutybridge import http
+
+    violations: list[str] = []
+    original = http.OutboundPipeline._transport
+
+    async def checked(self, req):
+        if req.service == _PD_SERVICE:
+            from tests.support.openapi import validate_request
+
+            try:
+                validate_request(req.method, urlsplit(req.url).path, req.params, dict(req.headers), req.body_bytes())
+            except AssertionError as exc:
+                violations.append(str(exc))
+        return await original(self, req)
+
+    monkeypatch.setattr(http.OutboundPipeline, "_transport", checked)
+    yield
+    assert not violations, "PagerDuty requests that do not match the OpenAPI file:\n" + "\n".join(violations)
