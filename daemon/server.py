@@ -143,13 +143,16 @@ async def request_middleware(
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            if exc.status < 400:
+            if exc.status < 400 or exc.content_type == "application/json":
+                # Redirects, and errors a plugin route already shaped as JSON, pass as they are.
                 exc.headers["X-Request-Id"] = request_id
                 raise
             headers = CIMultiDict(exc.headers)
             for name in (hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH):
                 headers.popall(name, None)
             reason = (exc.reason or "error").lower()
+            if exc.text and exc.text != f"{exc.status}: {exc.reason}":
+                reason = exc.text  # a route's own words, e.g. HTTPBadRequest(text="...")
             if isinstance(exc, web.HTTPMethodNotAllowed):
                 reason = f"method {exc.method} not allowed (allowed: {', '.join(sorted(exc.allowed_methods))})"
             elif isinstance(exc, web.HTTPNotFound):

@@ -105,7 +105,13 @@ def make_client(aiohttp_client, store, wakes):
         async def contextvars(request):
             return web.json_response(structlog.contextvars.get_contextvars())
 
+        async def refuse(request):
+            if request.query.get("json"):
+                raise web.HTTPConflict(text='{"error": "taken", "by": "P1"}', content_type="application/json")
+            raise web.HTTPBadRequest(text="limit: expected a number")
+
         app.router.add_get("/crash", crash)
+        app.router.add_get("/refuse", refuse)
         app.router.add_get("/contextvars", contextvars)
         add_routes(app)
         client = await aiohttp_client(app)
@@ -620,6 +626,13 @@ async def test_unknown_route_and_method_are_json(client):
     resp = await client.get("/webhooks/pagerduty")
     await assert_error(resp, 405, "method GET not allowed")
     assert "POST" in resp.headers["Allow"]
+
+
+async def test_route_http_errors_keep_their_words(client):
+    assert await assert_error(await client.get("/refuse"), 400) == {"error": "limit: expected a number"}
+    resp = await client.get("/refuse?json=1")
+    assert await assert_error(resp, 409) == {"error": "taken", "by": "P1"}
+    assert resp.headers["X-Request-Id"]
 
 
 async def test_handler_crash_is_json_500_without_details(client):
