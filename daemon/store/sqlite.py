@@ -3,6 +3,11 @@
 One connection serves the whole daemon; an asyncio lock makes each method one
 transaction on it. Other processes (the ``dutybridge events`` CLI) may open the same
 file at the same time: WAL lets them read while the daemon writes.
+
+``add_event`` commits in groups: the events that arrive while one commit is in flight
+are written together by the next one, in one transaction and one fsync, on the
+connection's thread in one call. A lone event is committed at once; each caller still
+returns only once its own row is committed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,19 @@ log = structlog.get_logger("dutybridge.store")
 STATUSES: tuple[str, ...] = get_args(EventStatus)
 LINK_STATUSES = ("linked", "unlinked")
 MEMORY = ":memory:"
+#: The most events one group commit writes; the rest wait for the next one. Bounds the
+#: time the write lock is held (and a claim waits) under a burst.
+MAX_BATCH = 256
+
+_INSERT_EVENT = """
+    INSERT INTO events (source, event_id, type, resource, payload, status,
+                        attempts, received_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)
+    ON CONFLICT (source, event_id) DO NOTHING
+"""
+
+# (source, event_id, type, resource, payload JSON, received_at, updated_at): one row.
+_Row = tuple[str, str, str, str, str, str, str]
 
 
 def to_text(dt: datetime) -> str:
@@ -79,6 +97,40 @@ def _state_json(state: dict[str, Any]) -> str:
     return json.dumps(state, separators=(",", ":"), sort_keys=True)
 
 
+def _insert_events(conn: sqlite3.Connection, rows: list[_Row]) -> list[int | None]:
+    """Insert ``rows`` in one transaction (one commit, one fsync); on the connection's thread.
+
+    Returns each row's id, or None when it was a duplicate: of a stored event, or of an
+    earlier row of ``rows`` (that one is stored). All or nothing: on any error the
+    transaction is rolled back and the error raised.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # AUTOINCREMENT ids only grow, and BEGIN IMMEDIATE holds the write lock: the
+        # rows above the current maximum are exactly the ones inserted here.
+        (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        conn.executemany(_INSERT_EVENT, rows)
+        inserted = {(source, event_id): row_id for row_id, source, event_id in conn.execute(
+            "SELECT id, source, event_id FROM events WHERE id > ?", (last,))}
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    # The first of several rows with one key is the one stored (executemany goes in order).
+    return [inserted.pop((row[0], row[1]), None) for row in rows]
+
+
+def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
+    """The event as ``_insert_events`` stored it: what ``get_event`` would read back."""
+    return StoredEvent(
+        source=event.source, type=event.type, event_id=event.event_id, resource=event.resource,
+        payload=json.loads(row[4]), received_at=from_text(row[5]), id=row_id, status="pending",
+        attempts=0, updated_at=from_text(row[6]),
+    )
+
+
 class SQLiteStore(Store):
     """``Store`` on one SQLite database file (or ``:memory:``, for tests).
 
@@ -104,6 +156,10 @@ class SQLiteStore(Store):
             raise ValueError(f"migration versions must be positive and strictly increasing: {versions}")
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # Group commit: add_event() queues (row, event, future); one writer task at a
+        # time drains the queue a batch per transaction.
+        self._pending: list[tuple[_Row, Event, asyncio.Future[StoredEvent | None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -144,6 +200,13 @@ class SQLiteStore(Store):
             os.close(fd)
 
     async def close(self) -> None:
+        if self._db is None:
+            return
+        writer = self._writer
+        if writer is not None:
+            # Let queued events be committed (and answered) before the connection goes;
+            # asyncio.wait neither raises the writer's errors nor cancels it.
+            await asyncio.wait({writer})
         db, self._db = self._db, None
         if db is None:
             return
@@ -224,21 +287,71 @@ class SQLiteStore(Store):
 
     # -- inbox -------------------------------------------------------------------
     async def add_event(self, event: Event) -> StoredEvent | None:
-        now = self._now()
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(
-                """
-                INSERT INTO events (source, event_id, type, resource, payload, status,
-                                    attempts, received_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)
-                ON CONFLICT (source, event_id) DO NOTHING
-                RETURNING *
-                """,
-                (event.source, event.event_id, event.type, event.resource, event.payload_json(),
-                 to_text(event.received_at), now),
-            )
-        return _event(rows[0]) if rows else None
+        # Everything that can fail for this event alone (a naive datetime, a payload
+        # that is not JSON) fails here, in its caller, before it can spoil a batch.
+        received = to_text(event.received_at)
+        row: _Row = (event.source, event.event_id, event.type, event.resource, event.payload_json(),
+                     received, self._now())
+        future: asyncio.Future[StoredEvent | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, event, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_events(), name=f"{self!r} writer")
+        # A cancelled caller cancels only its own future: the writer skips it if its
+        # batch has not started, else commits it anyway (nobody was told 202, and a
+        # sender's retry is then a duplicate).
+        return await future
 
+    async def _write_events(self) -> None:
+        """The writer: commit what is queued, a batch per transaction, until nothing is.
+
+        The first event is written at once; the events queued while a commit is in
+        flight make the next batch. Each caller gets its row (or None for a duplicate,
+        also of an event earlier in the same batch) or the batch's error.
+        """
+        batch: list[tuple[_Row, Event, asyncio.Future[StoredEvent | None]]] = []
+        try:
+            while self._pending:
+                batch = [item for item in self._pending[:MAX_BATCH] if not item[2].done()]
+                del self._pending[:MAX_BATCH]
+                if not batch:
+                    continue
+                try:
+                    async with self._lock:
+                        db = self._db
+                        if db is None:
+                            raise RuntimeError("the store is not open (await store.open() first)")
+                        ids = await self._in_thread(db, _insert_events, [item[0] for item in batch])
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for (row, event, future), row_id in zip(batch, ids):
+                        if not future.done():
+                            future.set_result(None if row_id is None else _stored(row, event, row_id))
+                batch = []
+        except BaseException:
+            # The writer itself was cancelled (the loop is shutting down): no caller may
+            # wait for ever. Whether the batch in flight committed is unknown to them, so
+            # it is an error, and the sender's retry settles it (a duplicate if it did).
+            error = RuntimeError("the store's writer stopped before the event was known to be committed")
+            for _, _, future in [*batch, *self._pending]:
+                if not future.done():
+                    future.set_exception(error)
+            self._pending.clear()
+            raise
+        finally:
+            self._writer = None
+
+    @staticmethod
+    async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(sqlite3_connection, *args)`` on the connection's own thread, in one hop.
+
+        aiosqlite runs each statement as one job on its thread (a thread hop, and a
+        wait for the GIL, per statement); a whole transaction as one job costs one.
+        Jobs run in order, so this never interleaves with another statement.
+        """
+        return await db._execute(lambda: fn(db._conn, *args))
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredEvent]:
         if limit <= 0:
             return []
