@@ -17,5 +17,5 @@ for name, directory in ROOTS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"dutybridge": ["py.typed", "contrib/*"], "dutybridge_sandbox": ["*.toml", "**/*.toml"]},
+    package_data={"dutybridge_sandbox": ["*.toml"]},
 )

@@ -43,9 +43,21 @@ class Ctx:
         return self.config.plugin_sections[name]
 
     async def enqueue(self, event: "Event") -> "StoredEvent | None":
-        """Store ``event`` in the inbox; None when it is a duplicate."""
+        """Store ``event`` durably in the inbox and wake the worker; None when it is a duplicate."""
         assert self.store is not None, "the store is not open"
         stored = await self.store.add_event(event)
-        if stored is not None and self.metrics is not None:
-            self.metrics.event_received(event.source, event.type)
+        if stored is not None:
+            if self.metrics is not None:
+                self.metrics.event_received(event.source, event.type)
+            # Whoever produced it (a route, a poll job), the worker should not wait for its next look.
+            wake = self.extras.get("wake_worker")
+            if wake is not None:
+                try:
+                    result = wake()
+                    if hasattr(result, "__await__"):
+                        await result
+                except Exception:  # noqa: BLE001 - the event is durable; the worker's poll finds it
+                    import structlog
+
+                    structlog.get_logger("dutybridge").exception("waking the worker failed")
         return stored
