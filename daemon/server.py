@@ -366,17 +366,6 @@ class Receivers:
                  resource=event.resource, id=stored.id)
         return stored.id
 
-    async def wake(self, ctx: Ctx) -> None:
-        wake = ctx.extras.get(WAKE_WORKER)
-        if wake is None:
-            return
-        try:
-            result = wake()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            # The event is durable already; the worker's poll will find it.
-            log.exception("waking the worker failed")
 
     def ignored(self, ctx: Ctx, route: str, source: str, label: str, reason: str, **kw: Any) -> web.Response:
         if ctx.metrics is not None:
@@ -434,7 +423,6 @@ class Receivers:
         ))
         if row_id is None:
             return web.json_response({"status": "duplicate"}, status=202)
-        await self.wake(ctx)
         return web.json_response({"status": "accepted", "id": row_id}, status=202)
 
     # -- POST /webhooks/pagerduty/v2 ----------------------------------------------------
@@ -499,8 +487,7 @@ class Receivers:
             else:
                 accepted.append(row_id)
         if accepted:
-            await self.wake(ctx)
-        return web.json_response(
+            return web.json_response(
             {"status": "accepted", "ids": accepted, "duplicates": duplicates, "ignored": ignored}, status=202)
 
     # -- POST /webhooks/servicenow ------------------------------------------------------
@@ -543,7 +530,6 @@ class Receivers:
         ))
         if row_id is None:
             return web.json_response({"status": "duplicate"}, status=202)
-        await self.wake(ctx)
         return web.json_response({"status": "accepted", "id": row_id}, status=202)
 
     # -- probes and metrics -------------------------------------------------------------
