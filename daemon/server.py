@@ -486,8 +486,7 @@ class Receivers:
                 duplicates += 1
             else:
                 accepted.append(row_id)
-        if accepted:
-            return web.json_response(
+        return web.json_response(
             {"status": "accepted", "ids": accepted, "duplicates": duplicates, "ignored": ignored}, status=202)
 
     # -- POST /webhooks/servicenow ------------------------------------------------------
