@@ -60,6 +60,8 @@ async def on_shutdown(ctx):
 
 @hookimpl
 def register_jobs(scheduler, ctx):
+    # Called again after each reload: static links may have changed with the config.
+    engine_of(ctx).stale()
     seconds = ctx.plugin_config(PLUGIN).poll_interval_seconds
     if seconds > 0:
         async def reconcile() -> None:
@@ -178,7 +180,7 @@ async def check_links(ctx: Any) -> CheckResult:
         await opened.open()
         ctx.store = opened
     try:
-        mapping = await engine.refresh()
+        mapping = await engine.refresh(write=False)
         problems = list(mapping.problems)
         cache: dict[tuple[str, str], bool] = {}
 

@@ -124,9 +124,9 @@ class Engine:
         return self.ctx.store
 
     # -- set-up ------------------------------------------------------------------
-    async def refresh(self) -> Mapping:
+    async def refresh(self, *, write: bool = True) -> Mapping:
         async with self._load_lock:
-            self.mapping = await load_mapping(self.ctx, self.api, self.conf)
+            self.mapping = await load_mapping(self.ctx, self.api, self.conf, write=write)
             self._loaded = True
             self.users.clear()
             self._priorities = None
@@ -138,6 +138,10 @@ class Engine:
     async def ensure_loaded(self) -> None:
         if not self._loaded:
             await self.refresh()
+
+    def stale(self) -> None:
+        """The configuration was reloaded: read the links again before the next event."""
+        self._loaded = False
 
     async def close(self) -> None:
         """Stop pending rechecks (the next poll covers what they would have read)."""
@@ -426,6 +430,8 @@ class Engine:
             return inc.get("title") or ""
         if isinstance(details, str):
             return details
+        if isinstance(details, dict) and isinstance(details.get("description"), str) and len(details) == 1:
+            return details["description"]
         return json.dumps(details, indent=2, sort_keys=True)
 
     async def _create_sn(self, table: str, inc: dict) -> dict:
@@ -687,7 +693,10 @@ class Engine:
             "title": (rec.get("short_description") or rec.get("number") or sys_id)[:1024],
             "service": {"id": service, "type": "service_reference"},
             "incident_key": sys_id,
-            "body": {"type": "incident_body", "details": render(conf.pagerduty_body, body_values)},
+            # PagerDuty's OpenAPI types body.details as an object: the text goes in "description".
+            "body": {"type": "incident_body", "details": {
+                "description": render(conf.pagerduty_body, body_values),
+                "servicenow_number": rec.get("number") or "", "servicenow_sys_id": sys_id}},
         }
         urgency = self._pd_urgency(priority)
         if urgency:
@@ -814,6 +823,15 @@ class Engine:
                 log.info("incident_sync: reassigned to an unmapped group; PagerDuty incident resolved and unlinked",
                          pd_incident=pd_id, sn_sys_id=link.sn_id, group=new["assignment_group"])
                 return True
+        elif "priority" in changed and self.mapping.group(new["assignment_group"]) is not None:
+            # Priority mapping may route the new priority to another policy; only then
+            # move it (a policy someone chose in PagerDuty stays otherwise).
+            ep = await self._escalation_policy(rec)
+            before = await self._escalation_policy({**rec, "priority": old.get("priority")})
+            if (ep and ep != before and ep != pdv["ep"] and pdv["status"] != "resolved"
+                    and self._move_allowed(st, pd_id)):
+                await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
+                          ("ep", "status", "ack_by"), "reassign to the priority's escalation policy")
         if "assigned_to" in changed and new["assigned_to"] and pdv["status"] != "resolved":
             uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
             if uid and pdv["assignees"] != [uid]:

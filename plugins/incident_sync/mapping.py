@@ -119,8 +119,9 @@ async def _resolve(ctx: Any, api: Any, table: str, ref: str) -> tuple[str, str] 
     return (rows[0]["sys_id"], rows[0].get("name", "")) if rows else None
 
 
-async def load_mapping(ctx: Any, api: Any, conf: Any) -> Mapping:
-    """Build the merged view from config, v7 fields and the store; write back what is new."""
+async def load_mapping(ctx: Any, api: Any, conf: Any, *, write: bool = True) -> Mapping:
+    """Build the merged view from config, v7 fields and the store; write back what is new
+    (unless ``write`` is false, as for ``dutybridge check``)."""
     m = Mapping()
     seen_groups: set[str] = set()
     seen_cis: set[str] = set()
@@ -164,7 +165,8 @@ async def load_mapping(ctx: Any, api: Any, conf: Any) -> Mapping:
             st = link.state or {}
             m.cis.append(Target("ci", link.sn_id, st.get("name", ""), st.get("service") or link.pd_id, "",
                                 st.get("source") or "store", st.get("group", "")))
-        await _write_back(store, m)
+        if write:
+            await _write_back(store, m)
 
     if conf.mapping_mode == "cis_and_assignment_groups":
         for c in m.cis:

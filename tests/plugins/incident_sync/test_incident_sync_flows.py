@@ -238,7 +238,8 @@ async def test_servicenow_lifecycle_reaches_pagerduty(world):
     assert inc["escalation_policy"]["id"] == "PEPDB01" and inc["urgency"] == "high"
     assert inc["priority"]["summary"] == "P1"
     trigger = world.pd.incident_log_entries(inc["id"])[-1]
-    assert trigger["channel"]["details"] == "since 10:02"
+    assert trigger["channel"]["details"] == {"description": "since 10:02", "servicenow_number": rec["number"],
+                                             "servicenow_sys_id": rec["sys_id"]}
     assert trigger["agent"]["id"] == "PALICE1"  # From: the ServiceNow user's email
     rec = world.sn.get("incident", rec["sys_id"])
     assert (rec["correlation_id"], rec["correlation_display"]) == (inc["id"], "PagerDuty")
@@ -340,7 +341,21 @@ async def test_escalation_policy_for_hook_chooses_the_policy(make_world):
     p2 = open_sn(world, urgency="2")
     await world.settle()
     assert only(world.pd_for(p1["sys_id"]))["escalation_policy"]["id"] == "PEPDBP1"
-    assert only(world.pd_for(p2["sys_id"]))["escalation_policy"]["id"] == "PEPDB01"
+    p2_inc = only(world.pd_for(p2["sys_id"]))
+    assert p2_inc["escalation_policy"]["id"] == "PEPDB01"
+    # Raised to priority 1: routed to the P1 policy; lowered again: back to the group's.
+    world.sn.update("incident", p2["sys_id"], {"urgency": "1"}, user="alice.nguyen")
+    await world.settle()
+    assert world.pd.incidents[p2_inc["id"]]["escalation_policy"]["id"] == "PEPDBP1"
+    world.sn.update("incident", p2["sys_id"], {"urgency": "2"}, user="alice.nguyen")
+    await world.settle()
+    assert world.pd.incidents[p2_inc["id"]]["escalation_policy"]["id"] == "PEPDB01"
+    # A policy someone picks in PagerDuty stays when the priority change does not re-route.
+    world.pd.delegate(p2_inc["id"], "PEPNET1", "PALICE1")
+    await world.settle()
+    world.sn.update("incident", p2["sys_id"], {"impact": "2"}, user="alice.nguyen")  # priority 3
+    await world.settle()
+    assert world.pd.incidents[p2_inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
 
 
 @pytest.mark.parametrize("create", [True, False])
