@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import secrets
 import time
 from typing import Any, Callable, Iterable
 
@@ -143,7 +144,9 @@ class PagerDutyState(IncidentOps):
 
     def _load(self) -> None:
         seed = self._seed
-        self.ids = IdGen(int(seed.get("id_seed", 1)))
+        # Random unless the seed pins ``id_seed``: ids and X-Webhook-Ids must not repeat across
+        # resets or runs, or a daemon's store would take new incidents and webhooks for old ones.
+        self.ids = IdGen(seed.get("id_seed"))
         self._refs: dict[tuple[str, str], dict] = {}
         self.api_keys: dict[str, dict] = {}
         for entry in seed.get("api_keys", [{"key": DEFAULT_API_KEY, "read_only": False}]):
@@ -1350,7 +1353,7 @@ class PagerDutyState(IncidentOps):
         if errors:
             raise invalid(*errors)
         wid = self._claim_id(data.get("id"))
-        secret = secret or self.ids.hex(32)[:32]
+        secret = secret or secrets.token_urlsafe(24)
         self._subscription_secrets[wid] = secret
         flt = {"type": data["filter"]["type"]}
         if data["filter"].get("id"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from datetime import datetime, timezone
@@ -13,11 +14,11 @@ _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 class IdGen:
     """PagerDuty-style ids ("P" + 6 uppercase alphanumerics; log entries "R" + 25).
 
-    Deterministic for a given seed so a reset sandbox hands out the same ids again.
+    Seeded from the OS unless a seed is given (then a run is repeatable).
     """
 
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
+    def __init__(self, seed: int | None = None):
+        self.rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(16), "big"))
         self.used: set[str] = set()
 
     def new(self, prefix: str = "P", length: int = 7) -> str:
