@@ -217,8 +217,9 @@ class Engine:
 
     async def _save(self, link: Link, state: dict, status: str | None = None) -> Link:
         await self.store.update_link_state(KIND, link.pd_id, state, status=status)
-        return Link(kind=KIND, pd_id=link.pd_id, sn_id=link.sn_id, state=state, status=status or link.status,
-                    created_at=link.created_at)
+        # A copy: callers go on changing ``state`` and compare it with what was saved.
+        return Link(kind=KIND, pd_id=link.pd_id, sn_id=link.sn_id, state=copy.deepcopy(state),
+                    status=status or link.status, created_at=link.created_at)
 
     # -- events ------------------------------------------------------------------
     async def handle(self, event: Any) -> bool:
@@ -814,7 +815,7 @@ class Engine:
                 if ep and ep != pdv["ep"] and pdv["status"] != "resolved" and self._move_allowed(st, pd_id):
                     await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
                               ("ep", "status", "ack_by"), "reassign to escalation policy")
-            elif conf.resolve_if_unmapped_group:
+            elif conf.resolve_if_unmapped_group and new["assignment_group"]:
                 if pdv["status"] != "resolved":
                     name = (await self._group_name(new["assignment_group"])) or "no group"
                     await put({"status": "resolved",
