@@ -100,6 +100,9 @@ class Api:
         return list(await self.pd.paginate("/log_entries", "log_entries", {"since": since, "until": until},
                                            operation="GET /log_entries").collect())
 
+    async def pd_open_incidents(self) -> list[dict]:
+        return list(await self.pd.list_incidents(statuses=["triggered", "acknowledged"], date_range="all"))
+
     async def pd_exists(self, kind: str, pd_id: str) -> bool:
         get = {"service": self.pd.get_service, "escalation_policy": self.pd.get_escalation_policy,
                "user": self.pd.get_user}[kind]

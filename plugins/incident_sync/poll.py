@@ -4,13 +4,16 @@ through the inbox, so a lost webhook or doorbell still syncs within one interval
 ServiceNow: records of the incident tables by ``sys_updated_on`` (ordered, re-reading
 ``poll_overlap_seconds`` before the watermark), each enqueued with the very event id the
 doorbell for that change would have had, so the inbox drops whichever comes second.
-PagerDuty: log entries since the watermark, one event per incident and newest entry.
+PagerDuty: log entries since the watermark, one event per entry, and a sweep of the open
+incidents for state that differs from the last synced (priority changes log nothing).
 Handlers re-read the incident anyway, so a poll event for a change already synced
 finds nothing to do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,13 +23,19 @@ from dutybridge.events import Event
 from dutybridge.server import WAKE_WORKER
 
 from .api import Q
-from .engine import KIND, POLLED
+from .engine import KIND, POLLED, pd_view
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
 SN_TIME = "%Y-%m-%d %H:%M:%S"
 WM_PD = "incident_sync.pagerduty.log_entries"
 WM_SN = "incident_sync.servicenow.{table}"
+#: Log entries that say something incident sync mirrors (not notifications and the like).
+LOG_ENTRY_TYPES = frozenset({
+    "trigger_log_entry", "acknowledge_log_entry", "unacknowledge_log_entry", "resolve_log_entry",
+    "assign_log_entry", "delegate_log_entry", "escalate_log_entry", "annotate_log_entry",
+    "urgency_change_log_entry",
+})
 
 
 def _iso(dt: datetime) -> str:
@@ -119,6 +128,9 @@ def _unprocessed(link: Any, row: dict) -> bool:
 
 
 async def poll_pagerduty(ctx: Any, engine: Any) -> int:
+    """Log entries since the watermark (one event per entry, so a change is never hidden
+    behind an older entry of the same second), and the open incidents whose state differs
+    from what was last synced (priority changes leave no log entry)."""
     conf = engine.conf
     store = ctx.store
     now = datetime.now(timezone.utc)
@@ -128,22 +140,30 @@ async def poll_pagerduty(ctx: Any, engine: Any) -> int:
         return 0
     since = _parse_iso(mark) - timedelta(seconds=conf.poll_overlap_seconds)
     entries = await engine.api.pd_log_entries(_iso(since), _iso(now + timedelta(seconds=1)))
-    newest: dict[str, tuple[str, str]] = {}  # incident -> (created_at, log entry id)
-    notes: set[str] = set()
+    enqueued = 0
     for entry in entries:
         iid = (entry.get("incident") or {}).get("id")
-        if not iid:
+        if not iid or entry.get("type") not in LOG_ENTRY_TYPES or not entry.get("id"):
             continue
-        key = (entry.get("created_at") or "", entry.get("id") or "")
-        if iid not in newest or key > newest[iid]:
-            newest[iid] = key
-        if entry.get("type") == "annotate_log_entry":
-            notes.add(iid)
-    enqueued = 0
-    for iid, (_, leid) in newest.items():
-        stored = await ctx.enqueue(Event(source="pagerduty", type=POLLED, event_id=f"poll:{iid}:{leid}",
-                                         resource=f"pagerduty:incident:{iid}",
-                                         payload={"incident_id": iid, "log_entry": leid, "notes": iid in notes}))
+        stored = await ctx.enqueue(Event(
+            source="pagerduty", type=POLLED, event_id=f"poll:{iid}:{entry['id']}", resource=f"pagerduty:incident:{iid}",
+            payload={"incident_id": iid, "log_entry": entry["id"], "notes": entry.get("type") == "annotate_log_entry"}))
+        enqueued += stored is not None
+    for inc in await engine.api.pd_open_incidents():
+        link = await store.get_link(KIND, pd_id=inc["id"], include_unlinked=True)
+        view = pd_view(inc)
+        if link is not None:
+            if link.status != "linked" or view == (link.state or {}).get("pd"):
+                continue
+        else:
+            service = (inc.get("service") or {}).get("id")
+            if (conf.sync_option_for(service) == "manual"
+                    or not engine.mapping.is_mapped_incident(service, view["ep"])):
+                continue
+        digest = hashlib.sha1(json.dumps(view, sort_keys=True).encode()).hexdigest()[:12]
+        stored = await ctx.enqueue(Event(
+            source="pagerduty", type=POLLED, event_id=f"poll:{inc['id']}:{inc.get('updated_at') or ''}:{digest}",
+            resource=f"pagerduty:incident:{inc['id']}", payload={"incident_id": inc["id"], "open_sweep": True}))
         enqueued += stored is not None
     await store.set_watermark(WM_PD, _iso(now))
     return enqueued

@@ -150,6 +150,10 @@ async def test_pushes_off_converge_by_polling_alone(make_world):
     await world.wait_for(lambda: world.pd_notes(pd_of_sn["id"]), what="work note via poll")
     assert world.sn.get("incident", sn_of_pd["sys_id"])["assigned_to"] == BOB_SN
     assert world.pd_notes(pd_of_sn["id"]) == ["(from ServiceNow: Bob Smith) polled work note"]
+    # A priority change leaves no PagerDuty log entry: the sweep of open incidents finds it.
+    world.pd.set_priority(pd_born["id"], "PPRIO01", "PBOBSM1")
+    await world.wait_for(lambda: world.sn.get("incident", sn_of_pd["sys_id"])["priority"] == "1",
+                         what="priority via the open-incident sweep")
     assert len(world.sn_incidents()) == 2 and len(world.pd.incidents) == 2
 
 
