@@ -350,8 +350,12 @@ class SQLiteStore(Store):
         aiosqlite runs each statement as one job on its thread (a thread hop, and a
         wait for the GIL, per statement); a whole transaction as one job costs one.
         Jobs run in order, so this never interleaves with another statement.
+        aiosqlite has no public call for it: ``_execute`` (queue a job, await its
+        result) and ``_conn`` (the sqlite3 connection) are what its own methods use,
+        and the store's tests exercise both on every add_event.
         """
         return await db._execute(lambda: fn(db._conn, *args))
+
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredEvent]:
         if limit <= 0:
             return []
