@@ -686,7 +686,7 @@ class Engine:
         conf = self.conf
         sys_id = rec["sys_id"]
         priority = str(rec.get("priority") or "")
-        journal = await self.api.sn_journal(sys_id) if conf.sync_work_notes else []
+        journal = await self.api.sn_journal(sys_id) if "{work_notes}" in conf.pagerduty_body else []
         body_values = dict(rec)
         body_values["work_notes"] = journal[-1]["value"] if journal else ""
         incident: dict[str, Any] = {

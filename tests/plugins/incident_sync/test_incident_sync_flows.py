@@ -473,3 +473,48 @@ async def test_user_links_are_remembered(world):
     assert (on_call, PD_TO_SN[on_call]) in users
     assert only(world.sn_for(inc["id"]))["assigned_to"] == PD_TO_SN[on_call]
 
+
+
+async def test_custom_states_templates_maps_and_caller(make_world):
+    world = await make_world(
+        caller="bob.smith", close_code="Resolved by caller", close_notes="{user}: {resolution}",
+        resolved_state="7", done_states="7, 8", in_progress_state="3", reopened_state="1",
+        priorities="P1=2, P2=3", urgencies="high=1, low=5", servicenow_urgencies="1=low, 2=low, 3=high",
+        impact_urgency="1=1/1, 2=2/1, 3=3/1, 5=3/3", trigger_priorities="1, 2, 3",
+        pagerduty_body="{number}: {short_description} ({work_notes})", servicenow_description="{title} on {service}",
+        sync_work_notes=False)
+    pd = world.pd
+    inc = pd.create_incident(title="Custom", service_id="PSVCDB1", from_user="PALICE1")
+    await world.settle()
+    rec = only(world.sn_for(inc["id"]))
+    assert rec["caller_id"] == BOB_SN and rec["description"] == "Custom on Database"
+    assert (rec["impact"], rec["urgency"], rec["priority"]) == ("1", "1", "1")  # high -> 1
+    pd.set_priority(inc["id"], "PPRIO01", "PALICE1")  # P1 -> 2 -> impact 2, urgency 1
+    pd.acknowledge(inc["id"], "PALICE1")
+    pd.add_note(inc["id"], "PALICE1", "not copied")
+    await world.settle()
+    rec = world.sn.get("incident", rec["sys_id"])
+    assert (rec["priority"], rec["state"]) == ("2", "3") and world.work_notes(rec["sys_id"]) == []
+    pd.resolve(inc["id"], "PALICE1", resolution="fixed it")
+    await world.settle()
+    rec = world.sn.get("incident", rec["sys_id"])
+    assert (rec["state"], rec["close_code"], rec["close_notes"]) == ("7", "Resolved by caller", "Alice Nguyen: fixed it")
+    pd.reopen(inc["id"], "PALICE1")
+    await world.settle()
+    assert world.sn.get("incident", rec["sys_id"])["state"] == "1"
+
+    sn_rec = world.sn.insert("incident", {"short_description": "Moderate", "assignment_group": DB_GROUP,
+                                          "impact": "2", "urgency": "2", "work_notes": "first look"},
+                             user="alice.nguyen")  # priority 3: triggers with trigger_priorities 1, 2, 3
+    await world.settle()
+    created = only(world.pd_for(sn_rec["sys_id"]))
+    assert created["urgency"] == "high" and created["priority"]["summary"] == "P2"  # 3=high, P2=3
+    details = world.pd.incident_log_entries(created["id"])[-1]["channel"]["details"]
+    assert details["description"] == f"{sn_rec['number']}: Moderate (first look)"
+    assert world.pd_notes(created["id"]) == []
+    world.sn.update("incident", sn_rec["sys_id"], {"state": "6"}, user="alice.nguyen")  # not a done state here
+    await world.settle()
+    assert world.pd.incidents[created["id"]]["status"] == "triggered"
+    world.sn.update("incident", sn_rec["sys_id"], {"state": "8"}, user="alice.nguyen")
+    await world.settle()
+    assert world.pd.incidents[created["id"]]["status"] == "resolved"
