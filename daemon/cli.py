@@ -221,6 +221,12 @@ def _plugin_command(args, config, pm) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first == "sandbox":
+        # The sandbox has its own options (and --help); hand it everything after its name.
+        from dutybridge_sandbox.runner import main as sandbox_main
+
+        return sandbox_main(argv[argv.index("sandbox") + 1:])
     parser = build_parser()
     # Plugins add subcommands, and which plugins run depends on the configuration:
     # find --config first, then let the enabled plugins extend the parser.
@@ -238,10 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "sandbox":
-        from dutybridge_sandbox.runner import main as sandbox_main
-
-        return sandbox_main(args.sandbox_args)
     if args.command == "demo":
         from .demo import run_demo
 
