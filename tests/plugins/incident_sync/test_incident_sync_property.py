@@ -190,6 +190,6 @@ class IncidentSyncMachine(RuleBasedStateMachine):
 
 TestIncidentSyncProperty = IncidentSyncMachine.TestCase
 TestIncidentSyncProperty.settings = settings(
-    max_examples=4, stateful_step_count=14, deadline=None, derandomize=True, database=None,
+    max_examples=6, stateful_step_count=18, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

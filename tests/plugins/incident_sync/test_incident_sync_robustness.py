@@ -249,3 +249,21 @@ async def test_automation_fighting_across_systems_is_bounded_and_logged(make_wor
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
     assert warnings[0]["pd_incident"] == inc["id"]
     assert len(world.sn_incidents()) == 1 and len(world.pd.incidents) == 1
+
+
+async def test_a_resolution_in_servicenow_is_not_undone_by_a_later_acknowledgement(world):
+    await world.poll()  # the first pass only sets the watermarks
+    rec = world.sn.insert("incident", {"short_description": "Crossing", "assignment_group": DB_GROUP,
+                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    await world.settle()
+    inc = only(world.pd_for(rec["sys_id"]))
+    # The service desk resolves while its doorbell is lost; then Bob acknowledges in PagerDuty.
+    world.sn.configure_doorbell(None)
+    world.sn.update("incident", rec["sys_id"], {"state": "6", "close_notes": "user rebooted"}, user="alice.nguyen")
+    world.pd.acknowledge(inc["id"], "PBOBSM1")
+    await world.settle()
+    assert world.sn.get("incident", rec["sys_id"])["state"] == "6"  # not reopened by the acknowledgement
+    await world.poll()
+    await world.settle()
+    assert world.pd.incidents[inc["id"]]["status"] == "resolved"
+    assert world.sn.get("incident", rec["sys_id"])["state"] == "6"
