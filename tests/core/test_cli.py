@@ -1,0 +1,104 @@
+"""The `dutybridge` command line: config init/check, plugins, events, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+
+import pytest
+
+from dutybridge import __version__
+from dutybridge.cli import main
+from dutybridge.events import Event
+
+
+def test_config_init_writes_a_valid_commented_file_and_refuses_to_overwrite(tmp_path, capsys, monkeypatch):
+    target = tmp_path / "config.toml"
+    assert main(["config", "init", "--output", str(target)]) == 0
+    text = target.read_text()
+    assert text.startswith("# dutybridge configuration") and "[daemon]" in text
+    assert tomllib.loads(text)["pagerduty"]["api_key"] == "env:PAGERDUTY_API_KEY"
+
+    target.write_text("# mine\n")
+    assert main(["config", "init", "--output", str(target)]) == 1
+    assert "exists; not overwriting it (use --force" in capsys.readouterr().err
+    assert target.read_text() == "# mine\n"
+    assert main(["config", "init", "--output", str(target), "--force", "--enable", "custom_headers"]) == 0
+    assert tomllib.loads(target.read_text())["plugins"]["enabled"] == ["custom_headers"]
+
+    monkeypatch.setenv("PAGERDUTY_API_KEY", "k" * 20)
+    monkeypatch.setenv("SERVICENOW_PASSWORD", "p" * 20)
+    capsys.readouterr()
+    assert main(["config", "check", "--config", str(target)]) == 0
+    assert "valid (1 plugin(s) enabled: custom_headers)" in capsys.readouterr().out
+
+
+def test_config_init_rejects_an_unknown_plugin(capsys):
+    assert main(["config", "init", "--output", "-", "--enable", "nope"]) == 2
+    assert "unknown plugin(s) nope" in capsys.readouterr().err
+
+
+def test_config_check_reports_problems_with_exit_2(write_config, capsys):
+    path = write_config({"daemon": {"worker_concurrency": 0}})
+    with pytest.raises(SystemExit) as info:
+        main(["config", "check", "--config", str(path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "daemon.worker_concurrency: input should be greater than or equal to 1, found 0 (int)" in err
+
+
+def test_config_path_from_the_environment(write_config, capsys, monkeypatch):
+    monkeypatch.setenv("DUTYBRIDGE_CONFIG", str(write_config()))
+    assert main(["config", "check"]) == 0
+
+
+def test_plugins_lists_each_plugin_with_its_hooks(write_config, tmp_path, capsys):
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "h.py").write_text("def outbound_response(request, response, ctx):\n    pass\n")
+    (tmp_path / "hooks" / "h.py").chmod(0o644)
+    path = write_config({"daemon": {"hooks_dir": "hooks"}, "plugins": {"enabled": ["custom_headers"]}})
+    assert main(["plugins", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "custom_headers: outbound_request, register_config_sections" in out
+    assert "hookfile:h.py: outbound_response" in out
+
+
+def test_events_commands_operate_on_the_store(write_config, capsys):
+    path = write_config()
+    from dutybridge.app import load
+    from dutybridge.store import open_store
+
+    config, _ = load(path)
+
+    async def seed():
+        store = open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+        await store.open()
+        a = await store.add_event(Event("pagerduty", "incident.triggered", "E1", "pagerduty:incident:P1", {"n": 1}))
+        b = await store.add_event(Event("pagerduty", "incident.resolved", "E2", "pagerduty:incident:P2", {"n": 2}))
+        [claimed] = await store.claim("test", 1, 60)
+        await store.fail(claimed.id, "boom", None)  # dead
+        await store.close()
+        return a.id, b.id
+
+    dead_id, other_id = asyncio.run(seed())
+    assert main(["events", "list", "--json", "--config", str(path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(r["id"], r["status"]) for r in rows} == {(dead_id, "dead"), (other_id, "pending")}
+    assert main(["events", "show", str(dead_id), "--config", str(path)]) == 0
+    assert '"n": 1' in capsys.readouterr().out
+    assert main(["events", "show", "999", "--config", str(path)]) == 1
+    assert main(["events", "replay", "--dead", "--config", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["events", "list", "--status", "dead", "--json", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == ""
+
+
+def test_version_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and __version__ in capsys.readouterr().out
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--bogus"])
+    assert info.value.code == 2
