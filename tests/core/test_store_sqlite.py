@@ -25,13 +25,27 @@ def tables(path: Path) -> set[str]:
         return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-async def test_file_is_wal_synchronous_full_and_private(tmp_path):
+async def test_file_is_wal_and_private_and_only_the_inbox_commit_is_synchronous_full(tmp_path):
     path = tmp_path / "d.db"
     async with SQLiteStore(path) as store:
         db = store._db
         assert (await db.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
-        assert (await db.execute_fetchall("PRAGMA synchronous"))[0][0] == 2  # FULL
+        assert (await db.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL at rest
         assert (await db.execute_fetchall("PRAGMA busy_timeout"))[0][0] > 0
+        statements: list[str] = []
+        await db._execute(lambda: db._conn.set_trace_callback(statements.append))
+        await store.add_event(ev(1))
+        [claimed] = await store.claim("w", 1, 60)
+        await store.complete(claimed.id)
+        await db._execute(lambda: db._conn.set_trace_callback(None))
+        # The inbox batch commits under FULL (an event answered 202 survives power loss);
+        # the claim and the completion commit under NORMAL.
+        full = statements.index("PRAGMA synchronous = FULL")
+        assert statements[full + 1] == "BEGIN IMMEDIATE"
+        back = statements.index("PRAGMA synchronous = NORMAL", full)
+        assert "COMMIT" in statements[full:back]
+        assert statements.count("PRAGMA synchronous = FULL") == 1
+        assert (await db.execute_fetchall("PRAGMA synchronous"))[0][0] == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
