@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 
-from dutybridge.logging import adjust_level, configure, set_secrets
+from dutybridge.logging import adjust_level, configure, set_level, set_secrets
 
 
 @pytest.fixture
@@ -69,3 +69,67 @@ def test_level_filters_and_verbosity_flags(json_logs):
     assert adjust_level("info", verbose=1) == "debug"
     assert adjust_level("info", quiet=5) == "error"
     assert adjust_level("warning", verbose=1, quiet=1) == "warning"
+
+
+def test_level_set_at_run_time_applies_to_cached_structlog_loggers(json_logs):
+    log = structlog.get_logger("dutybridge.test.level")
+    log.debug("first")  # built and cached at debug
+    set_level("warning")  # what SIGHUP does
+    log.info("dropped")
+    log.warning("kept")
+    logging.getLogger("aiohttp.server").info("dropped too")
+    assert not log.is_enabled_for(logging.INFO) and log.is_enabled_for(logging.ERROR)
+    set_level("debug")
+    log.debug("back")
+    assert [e["event"] for e in lines(json_logs)] == ["first", "kept", "back"]
+
+
+def test_structlog_lines_carry_their_logger_name_and_reach_a_new_stream(json_logs):
+    log = structlog.get_logger("dutybridge.test.stream")
+    log.info("before")
+    other = io.StringIO()
+    configure("info", "json", stream=other)  # a cached logger follows the reconfiguration
+    log.info("after")
+    assert [(e["event"], e["logger"]) for e in lines(json_logs)] == [("before", "dutybridge.test.stream")]
+    assert [(e["event"], e["logger"]) for e in lines(other)] == [("after", "dutybridge.test.stream")]
+
+
+def test_secrets_set_after_a_logger_is_cached_are_still_scrubbed(json_logs):
+    log = structlog.get_logger("dutybridge.test.redact")
+    log.info("warm")
+    set_secrets(["late-s3cr3t-value"])
+    log.info("late-s3cr3t-value in the event", nested={"list": ["x late-s3cr3t-value"]}, password="p4ss")
+    logging.getLogger("apscheduler.scheduler").warning("job with late-s3cr3t-value")
+    text = json_logs.getvalue()
+    assert "late-s3cr3t-value" not in text and "p4ss" not in text
+    assert text.count("[REDACTED]") >= 4
+
+
+def test_capture_logs_sees_every_level_whatever_the_configured_one(json_logs):
+    set_level("error")
+    log = structlog.get_logger("dutybridge.test.capture")
+    log.info("cached at error")
+    with structlog.testing.capture_logs() as logs:
+        log.debug("seen")
+    assert [e["event"] for e in logs] == ["seen"]
+    log.warning("still dropped")
+    assert lines(json_logs) == []
+
+
+def test_positional_arguments_are_interpolated(json_logs):
+    structlog.get_logger("t").info("got %s of %d", "three", 4)
+    assert lines(json_logs)[0]["event"] == "got three of 4"
+
+
+def test_a_line_that_cannot_be_written_never_raises_into_the_caller(capsys):
+    class Broken(io.StringIO):
+        def write(self, text):
+            raise OSError("disk full")
+
+    configure("info", "json", stream=Broken())
+    try:
+        structlog.get_logger("dutybridge.test.broken").info("lost", token="t0k3n-value")
+    finally:
+        configure("info", "json", stream=io.StringIO())
+    err = capsys.readouterr().err
+    assert "Logging error" in err and "OSError: disk full" in err and "'lost'" in err
