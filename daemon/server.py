@@ -90,12 +90,13 @@ PAGERDUTY_V2_EVENT_TYPES: frozenset[str] = frozenset({
 })
 
 SERVICENOW_OPERATIONS = frozenset({"insert", "update", "delete"})
-DOORBELL_FIELDS = ("table", "sys_id", "operation", "sys_updated_on")
+DOORBELL_FIELDS = ("table", "sys_id", "operation", "sys_updated_on", "sys_mod_count")
 
 _PD_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _SN_TABLE = re.compile(r"[a-z0-9_]{1,80}")
 _SN_SYS_ID = re.compile(r"[0-9a-f]{32}")
 _SN_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+_SN_MOD_COUNT = re.compile(r"\d{1,12}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _REQUEST_ID_BAD = re.compile(r"[^A-Za-z0-9._:\-]")
 _MAX_WEBHOOK_ID = 256
@@ -521,11 +522,24 @@ class Receivers:
         if not _valid_datetime(updated):
             raise Reject(400, "bad_envelope", "sys_updated_on: not a valid date and time")
 
+        payload = {"table": table, "sys_id": sys_id, "operation": operation, "sys_updated_on": updated}
+        # sys_updated_on has one-second resolution: two changes within a second would
+        # share an id and the second would be dropped as a duplicate. sys_mod_count
+        # (sent by the shipped business rule; optional for older ones) is unique per change.
+        version = updated
+        if "sys_mod_count" in doc:
+            mod_count = doc["sys_mod_count"]
+            if isinstance(mod_count, int) and not isinstance(mod_count, bool) and mod_count >= 0:
+                mod_count = str(mod_count)
+            if not isinstance(mod_count, str) or not _SN_MOD_COUNT.fullmatch(mod_count):
+                raise Reject(400, "bad_envelope", "sys_mod_count: expected a non-negative whole number")
+            payload["sys_mod_count"] = mod_count
+            version = f"m{mod_count}"
         row_id = await self.store(ctx, "servicenow", Event(
             source="servicenow", type=f"{table}.{operation}",
-            event_id=f"{table}:{sys_id}:{updated}:{operation}",
+            event_id=f"{table}:{sys_id}:{version}:{operation}",
             resource=f"servicenow:{table}:{sys_id}",
-            payload={"table": table, "sys_id": sys_id, "operation": operation, "sys_updated_on": updated},
+            payload=payload,
         ))
         if row_id is None:
             return web.json_response({"status": "duplicate"}, status=202)

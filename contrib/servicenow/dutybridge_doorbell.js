@@ -41,7 +41,9 @@
         sys_id: String(current.getUniqueValue()),
         operation: String(current.operation()),
         // Internal format, UTC: yyyy-MM-dd HH:mm:ss, as the daemon expects.
-        sys_updated_on: String(current.getValue('sys_updated_on'))
+        sys_updated_on: String(current.getValue('sys_updated_on')),
+        // Unique per change even when two changes share one second of sys_updated_on.
+        sys_mod_count: String(current.getValue('sys_mod_count'))
     };
 
     try {

@@ -160,9 +160,9 @@ class IncidentSyncConfig(Section):
     poll_overlap_seconds: float = Field(
         30.0, ge=0, description="Each poll re-reads this much before its watermark (clock skew, one-second timestamps).")
     recheck_seconds: float = Field(
-        2.0, ge=0, description="ServiceNow stamps changes to the second and a doorbell is deduplicated on that stamp, so a "
-                               "second change within the same second rings as a duplicate: this long after handling a change "
-                               "the record is read once more (0: off; the poll still catches it).")
+        2.0, ge=0, description="For doorbells without sys_mod_count (older business rules), keyed by the second: this long "
+                               "after handling such a change the record is read once more, in case a second change in the "
+                               "same second was dropped as a duplicate (0: off; the poll still catches it).")
     max_reassignments: int = Field(
         6, ge=1, description="Loop bound: group/escalation policy changes synced per incident within reassignment_window_seconds; "
                              "beyond it assignment stops syncing for that incident and a warning is logged.")

@@ -229,7 +229,8 @@ class Engine:
             if table in TABLES:
                 if event.payload.get("operation") == "delete":
                     return False
-                return await self.servicenow_changed(table, event.payload["sys_id"], event.payload.get("sys_updated_on"))
+                return await self.servicenow_changed(table, event.payload["sys_id"], event.payload.get("sys_updated_on"),
+                                                     mod_count=event.payload.get("sys_mod_count"))
             if table in ("sys_user_group", "cmdb_ci") and self.conf.v7_fields:
                 await self.refresh()
                 return True
@@ -590,7 +591,8 @@ class Engine:
     # ============================================================================
     # ServiceNow -> PagerDuty
     # ============================================================================
-    async def servicenow_changed(self, table: str, sys_id: str, updated_on: str | None = None) -> bool:
+    async def servicenow_changed(self, table: str, sys_id: str, updated_on: str | None = None,
+                                 mod_count: str | None = None) -> bool:
         link = await self.store.get_link(KIND, sn_id=sys_id, include_unlinked=True)
         if link is not None and link.status == "linked":
             seen = ((link.state or {}).get("sn") or {}).get("sys_updated_on") or ""
@@ -616,7 +618,9 @@ class Engine:
             else:
                 await self._sn_to_pd(link, table, rec)
                 acted = True
-            if acted:
+            if acted and mod_count is None:
+                # A doorbell without sys_mod_count (an older business rule) is keyed by
+                # the second only: a later change in that second may have been dropped.
                 self._schedule_recheck(table, sys_id, str(rec.get("sys_updated_on") or ""))
             return acted
 

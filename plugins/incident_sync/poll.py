@@ -97,34 +97,20 @@ async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
         link = await store.get_link(KIND, sn_id=row["sys_id"])
         if link is None and not (engine._pd_id_of(table, row) or engine._eligible(table, row)):
             continue  # nothing incident sync would do with it
-        operation = "insert" if str(row.get("sys_mod_count") or "0") == "0" else "update"
-        base = f"{table}:{row['sys_id']}:{stamp}:{operation}"
-        event = Event(source="servicenow", type=f"{table}.{operation}", event_id=base,
+        mod_count = str(row.get("sys_mod_count") or "0")
+        operation = "insert" if mod_count == "0" else "update"
+        # The id a doorbell for this very change carries (daemon/server.py), so the
+        # inbox keeps whichever of the two arrives first and drops the other.
+        event = Event(source="servicenow", type=f"{table}.{operation}",
+                      event_id=f"{table}:{row['sys_id']}:m{mod_count}:{operation}",
                       resource=f"servicenow:{table}:{row['sys_id']}",
                       payload={"table": table, "sys_id": row["sys_id"], "operation": operation,
-                               "sys_updated_on": stamp, "polled": True})
+                               "sys_updated_on": stamp, "sys_mod_count": mod_count, "polled": True})
         stored = await ctx.enqueue(event)
-        if stored is None and _unprocessed(link, row):
-            # Two changes in one second share a doorbell id, so the second doorbell (and
-            # this poll's copy of it) was dropped as a duplicate while the change is
-            # still unsynced: enqueue it under an id naming its modification count.
-            stored = await ctx.enqueue(Event(source="servicenow", type=event.type,
-                                             event_id=f"{base}:m{row.get('sys_mod_count')}",
-                                             resource=event.resource, payload=event.payload))
         enqueued += stored is not None
     if newest != mark:
         await store.set_watermark(name, newest)
     return enqueued
-
-
-def _unprocessed(link: Any, row: dict) -> bool:
-    if link is None:
-        return True  # eligible or correlated but not linked: the handler has not done it
-    seen = ((link.state or {}).get("sn") or {})
-    try:
-        return int(row.get("sys_mod_count") or 0) > int(seen.get("sys_mod_count") or 0)
-    except ValueError:
-        return False
 
 
 async def poll_pagerduty(ctx: Any, engine: Any) -> int:

@@ -447,7 +447,7 @@ class ServiceNowState:
             self.tables[name].pop(sys_id, None)
         if cls == "sys_user":
             self._user_ids.pop(record.get("user_name", ""), None)
-        self._ring(cls, sys_id, "delete", self.timestamp(), user)
+        self._ring(cls, sys_id, "delete", self.timestamp(), user, str(int(record.get("sys_mod_count") or 0) + 1))
 
     @staticmethod
     def _class_of(table: str, record: Record) -> str:
@@ -527,7 +527,7 @@ class ServiceNowState:
         for name, value in journals:
             self._add_journal(cls, sys_id, name, value, user, stamp)
         if fire:
-            self._ring(cls, sys_id, "insert", stamp, user)
+            self._ring(cls, sys_id, "insert", stamp, user, str(record.get("sys_mod_count") or "0"))
         return record
 
     def _update(self, table: str, sys_id: str, fields: dict[str, Any], user: str, *, fire: bool = True) -> Record:
@@ -562,7 +562,7 @@ class ServiceNowState:
         for name, value in journals:
             self._add_journal(cls, sys_id, name, value, user, stamp)
         if fire:
-            self._ring(cls, sys_id, "update", stamp, user)
+            self._ring(cls, sys_id, "update", stamp, user, record["sys_mod_count"])
         return record
 
     def _add_journal(self, cls: str, element_id: str, element: str, value: str, user: str, stamp: str) -> Record:
@@ -681,13 +681,14 @@ class ServiceNowState:
             timeout=timeout,
         )
 
-    def _ring(self, cls: str, sys_id: str, operation: str, stamp: str, user: str) -> None:
+    def _ring(self, cls: str, sys_id: str, operation: str, stamp: str, user: str, mod_count: str) -> None:
         config = self.doorbell
         if config is None or user in config.exclude_users:
             return
         if not any(name in config.tables for name in ANCESTORS[cls]):
             return
-        self._bell_queue.append((config, {"table": cls, "sys_id": sys_id, "operation": operation, "sys_updated_on": stamp}))
+        self._bell_queue.append((config, {"table": cls, "sys_id": sys_id, "operation": operation,
+                                          "sys_updated_on": stamp, "sys_mod_count": mod_count}))
         if self._bell_signal is not None:
             self._bell_signal.set()
 

@@ -515,6 +515,26 @@ async def test_doorbell_with_bearer(client, store, wakes):
     assert wakes == [1]
 
 
+async def test_doorbell_mod_count_keeps_two_changes_of_one_second_apart(client, store):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for count in ("3", "4", 4):  # the third repeats the second change: a duplicate
+        resp = await client.post("/webhooks/servicenow", json=doorbell(sys_mod_count=count), headers=auth)
+        assert resp.status == 202
+    assert (await resp.json())["status"] == "duplicate"
+    events = await store.inbox()
+    assert [e.event_id for e in events] == [f"incident:{SYS_ID}:m3:update", f"incident:{SYS_ID}:m4:update"]
+    assert events[1].payload["sys_mod_count"] == "4"
+
+
+@pytest.mark.parametrize("count", ["-1", "1.5", "abc", True, None, ""])
+async def test_doorbell_bad_mod_count_is_400_and_nothing_stored(client, store, count):
+    resp = await client.post("/webhooks/servicenow", json=doorbell(sys_mod_count=count),
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 400
+    assert "sys_mod_count" in (await resp.json())["error"]
+    assert await store.inbox() == []
+
+
 async def test_doorbell_with_basic_and_duplicate(client, store):
     for _ in range(2):
         resp = await client.post("/webhooks/servicenow", json=doorbell(table="sn_si_incident", operation="delete"),
