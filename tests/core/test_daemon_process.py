@@ -169,7 +169,7 @@ def test_kill_9_between_accept_and_dispatch_then_restart_dispatches_once(write_c
         async def handle_event(event, ctx):
             if pathlib.Path({str(block)!r}).exists():
                 pathlib.Path({str(tmp_path / 'began')!r}).write_text(event.event_id)
-                await asyncio.sleep(3600)  # killed here, mid-dispatch
+                await asyncio.Event().wait()  # blocks until the test kills the process mid-dispatch
             with open({str(record)!r}, "a") as fh:
                 fh.write(event.event_id + "\\n")
             return True
