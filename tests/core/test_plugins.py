@@ -222,3 +222,27 @@ async def test_call_hook_closes_pending_coroutines_when_one_implementation_raise
     with pytest.raises(RuntimeError, match="plugin failed"):
         await call_hook(pm, "handle_event", event=None, ctx=None)
     assert started == []  # and no "coroutine was never awaited" warning (filterwarnings=error)
+
+
+def test_entry_point_plugins_load_only_when_enabled(monkeypatch, write_config):
+    import importlib.metadata
+    import sys
+    import types
+
+    from dutybridge.app import load
+
+    module = types.ModuleType("acme_dutybridge_plugin")
+    exec("from dutybridge import hookimpl\n\n@hookimpl\ndef outbound_request(request, ctx):\n"
+         "    request.headers['X-Acme'] = '1'\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, "acme_dutybridge_plugin", module)
+    ep = importlib.metadata.EntryPoint(name="acme", value="acme_dutybridge_plugin", group="dutybridge")
+    real = importlib.metadata.entry_points
+
+    def fake(**kw):
+        return importlib.metadata.EntryPoints([ep]) if kw.get("group") == "dutybridge" else real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    _, pm = load(write_config())
+    assert not pm.has_plugin("acme")  # installed, not enabled: not loaded
+    _, pm = load(write_config({"plugins": {"enabled": ["acme"]}}))
+    assert ("acme", ["outbound_request"]) in describe_plugins(pm)
