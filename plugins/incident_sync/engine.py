@@ -60,6 +60,13 @@ POLLED = "incident.polled"
 SYNC_REQUESTED = "incident.sync_requested"
 NOTE_TYPES = frozenset({"incident.annotated", "incident.annotate", "incident.triggered", "incident.trigger",
                         SYNC_REQUESTED})
+#: ``Link.state`` key: the ServiceNow record's sys_mod_count up to which every change is
+#: synced or was our own write (see ``Engine._sn_change_synced``).
+SN_SEEN = "sn_seen"
+#: What a PagerDuty incident is read with before it is linked: its body is in the first trigger.
+FIRST_TRIGGER = ["first_trigger_log_entries"]
+#: Rows asked for by the lookup before linking; more means duplicates, looked at one query each.
+LOOKUP_LIMIT = 20
 
 
 def pd_view(inc: dict) -> dict:
@@ -75,6 +82,43 @@ def pd_view(inc: dict) -> dict:
         "urgency": inc.get("urgency"),
         "ack_by": users[-1] if users else None,
     }
+
+
+def incident_data(data: Any, pd_id: str) -> bool:
+    """Whether a V3 webhook's ``event.data`` is the incident ``pd_id`` itself (not a note)."""
+    return isinstance(data, dict) and data.get("type") == "incident" and data.get("id") == pd_id
+
+
+def data_view(data: dict) -> dict:
+    """``pd_view``'s fields that a V3 webhook's incident data carries (not who acknowledged)."""
+    prio = data.get("priority") or {}
+    return {
+        "status": data.get("status"),
+        "ep": (data.get("escalation_policy") or {}).get("id"),
+        "assignees": [a["id"] for a in data.get("assignees") or [] if isinstance(a, dict) and a.get("id")],
+        "priority": prio.get("summary") or prio.get("name"),
+        "urgency": data.get("urgency"),
+    }
+
+
+def mod_count_of(rec: dict | None) -> int | None:
+    """A record's sys_mod_count as a number (None when it has none)."""
+    value = str((rec or {}).get("sys_mod_count") or "")
+    return int(value) if value.isdigit() else None
+
+
+def own_write(st: dict, written: dict | None) -> None:
+    """After our own write to the ServiceNow record: when it made the version right after
+    the last one fully synced (``SN_SEEN``), and the record as written agrees with the
+    snapshot in every tracked field, that version holds nothing but our write, so its
+    doorbell (our echo) needs no read. Otherwise (a person's change got in between, a
+    business rule changed a tracked field, no mod count) the echo is read as before."""
+    seen, mod = st.get(SN_SEEN), mod_count_of(written)
+    if seen is None or mod is None or mod != seen + 1:
+        return
+    snap, view = st.get("sn") or {}, sn_view(written or {})
+    if all(str(snap.get(k) or "") == view[k] for k in TRACK_SN):
+        st[SN_SEEN] = mod
 
 
 def sn_view(rec: dict) -> dict:
@@ -106,10 +150,19 @@ class Engine:
         self.users = Users(self)
         self.mapping = Mapping()
         self._loaded = False
+        self._generation = 0  # of the configuration: stale() counts reloads
         self._load_lock = asyncio.Lock()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Lock releases, numbered: which keys were held since a read before the lock.
+        self._seq = 0
+        self._released: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._released_floor = 0
+        # sys_id -> SN_SEEN as last saved: "changes up to this version are synced" stays
+        # true, so a doorbell at or below it needs not even the link (bounded, oldest out).
+        self._sn_seen: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._priorities: dict[str, str] | None = None  # PD priority name -> id
         self._caller: str | None = None
+        self._group_names: dict[str, str] = {}
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self._rechecked: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._tasks: set[asyncio.Task] = set()
@@ -126,21 +179,31 @@ class Engine:
     # -- set-up ------------------------------------------------------------------
     async def refresh(self, *, write: bool = True) -> Mapping:
         async with self._load_lock:
-            self.mapping = await load_mapping(self.ctx, self.api, self.conf, write=write)
-            self._loaded = True
-            self.users.clear()
-            self._priorities = None
-            for problem in self.mapping.problems:
-                log.warning("incident_sync: link problem", problem=problem)
-            log.info("incident_sync: links loaded", groups=len(self.mapping.groups), cis=len(self.mapping.cis))
-            return self.mapping
+            return await self._load(write=write)
+
+    async def _load(self, *, write: bool = True) -> Mapping:
+        generation = self._generation
+        self.mapping = await load_mapping(self.ctx, self.api, self.conf, write=write)
+        self._loaded = generation == self._generation  # a reload meanwhile (stale()) reads again
+        # What was looked up under the old configuration is looked up again.
+        self.users.clear()
+        self._priorities = None
+        self._caller = None
+        self._group_names.clear()
+        for problem in self.mapping.problems:
+            log.warning("incident_sync: link problem", problem=problem)
+        log.info("incident_sync: links loaded", groups=len(self.mapping.groups), cis=len(self.mapping.cis))
+        return self.mapping
 
     async def ensure_loaded(self) -> None:
         if not self._loaded:
-            await self.refresh()
+            async with self._load_lock:
+                if not self._loaded:  # events that waited here share the one load
+                    await self._load()
 
     def stale(self) -> None:
         """The configuration was reloaded: read the links again before the next event."""
+        self._generation += 1
         self._loaded = False
 
     async def close(self) -> None:
@@ -188,14 +251,26 @@ class Engine:
             log.warning("incident_sync: recheck not queued", sn_sys_id=sys_id, error=f"{type(exc).__name__}: {exc}")
 
     @contextlib.asynccontextmanager
-    async def locked(self, key: str) -> AsyncIterator[None]:
+    async def locked(self, *keys: str) -> AsyncIterator[None]:
+        """Hold the locks of ``keys``, taken in sorted order so that two holders of
+        several keys can never wait for each other."""
+        async with contextlib.AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                await stack.enter_async_context(self._locked(key))
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, key: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                try:
+                    yield
+                finally:
+                    self._released_now(key)
         finally:
             lock, users = self._locks[key]
             if users <= 1:
@@ -203,20 +278,48 @@ class Engine:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    async def _under_link_lock(self, key: str, get_link, fn) -> Any:
-        """Run ``fn(link)`` under the lock of the incident's link, re-keying if the link
-        appeared (or its key changed) while waiting."""
-        for _ in range(3):
-            async with self.locked(key):
-                link = await get_link()
-                if link is None or link_key(link) == key:
-                    return await fn(link)
-            key = link_key(link)
-        async with self.locked(key):
-            return await fn(await get_link())
+    def _released_now(self, key: str) -> None:
+        self._seq += 1
+        self._released[key] = self._seq
+        self._released.move_to_end(key)
+        while len(self._released) > 10_000:
+            _, seq = self._released.popitem(last=False)
+            self._released_floor = max(self._released_floor, seq)
+
+    def _untouched_since(self, keys: tuple[str, ...], mark: int) -> bool:
+        """No handler held any of ``keys`` after ``mark`` (``self._seq`` taken before a
+        read): that read is then at least as new as anything applied under them, and
+        serves as the read under the lock. A key evicted from the memory counts as
+        released as late as the newest eviction."""
+        return all(self._released.get(key, self._released_floor) <= mark for key in keys)
+
+    async def _under_link_lock(self, keys: tuple[str, ...], get_link, fn, mark: int, link: Link | None) -> Any:
+        """Run ``fn(link, fresh)`` under the locks of the incident's link, re-keying if the
+        link appeared (or its key changed) while waiting. ``link`` was read after ``mark``
+        (``self._seq`` then); ``fresh``: no handler held those locks since, so it and any
+        read made before waiting are still good (every change to an incident's link, and
+        every write about the incident, happens under a key all its handlers share)."""
+        for attempt in range(4):
+            async with self.locked(*keys):
+                fresh = self._untouched_since(keys, mark)
+                if not fresh or attempt:
+                    link = await get_link()
+                if link is None or link_key(link) in keys or attempt == 3:
+                    return await fn(link, fresh)
+            keys = (link_key(link),)
+        raise AssertionError("unreachable")
+
+    def _remember_seen(self, sn_id: str, state: dict) -> None:
+        seen = state.get(SN_SEEN)
+        if isinstance(seen, int) and seen > self._sn_seen.get(sn_id, -1):
+            self._sn_seen[sn_id] = seen
+            self._sn_seen.move_to_end(sn_id)
+            while len(self._sn_seen) > 50_000:
+                self._sn_seen.popitem(last=False)
 
     async def _save(self, link: Link, state: dict, status: str | None = None) -> Link:
         await self.store.update_link_state(KIND, link.pd_id, state, status=status)
+        self._remember_seen(link.sn_id, state)
         # A copy: callers go on changing ``state`` and compare it with what was saved.
         return Link(kind=KIND, pd_id=link.pd_id, sn_id=link.sn_id, state=copy.deepcopy(state),
                     status=status or link.status, created_at=link.created_at)
@@ -240,28 +343,48 @@ class Engine:
                 return False
             pd_id = event.resource.rsplit(":", 1)[1]
             notes = event.type in NOTE_TYPES or bool(event.payload.get("notes"))
-            return await self.pagerduty_changed(pd_id, notes=notes, force=event.type == SYNC_REQUESTED)
+            # A V3 webhook carries the incident as it was when the event happened.
+            data = (event.payload.get("event") or {}).get("data") if event.source == "pagerduty" else None
+            return await self.pagerduty_changed(pd_id, notes=notes, force=event.type == SYNC_REQUESTED,
+                                                data=data if incident_data(data, pd_id) else None)
         return False
 
     # ============================================================================
     # PagerDuty -> ServiceNow
     # ============================================================================
-    async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False) -> bool:
+    async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False,
+                                data: dict | None = None) -> bool:
+        """Sync PagerDuty incident ``pd_id``. ``data``: the incident as a V3 webhook carried
+        it (the state when its event happened), which may spare reading it."""
+        mark = self._seq  # reads from here on are good under the lock while nobody held it
         link = await self.store.get_link(KIND, pd_id=pd_id, include_unlinked=True)
+        if not force and self._pd_event_synced(link, data):
+            return True
+        pre: dict | None = None
         if link is not None:
-            key = link_key(link)
+            keys: tuple[str, ...] = (link_key(link),)
         else:
-            inc = await self.api.pd_incident(pd_id)
-            if inc is None:
-                log.info("incident_sync: PagerDuty incident not found", pd_incident=pd_id)
-                return False
-            key = await self._pd_key(inc)
+            about = data if data is not None and "incident_key" in data else None
+            if about is None:
+                # Read before the lock, to know which one; kept when nobody held it meanwhile.
+                pre = await self.api.pd_incident(pd_id, include=FIRST_TRIGGER)
+                if pre is None:
+                    log.info("incident_sync: PagerDuty incident not found", pd_incident=pd_id)
+                    return False
+                about = pre
+            keys = self._pd_keys(pd_id, about)
 
         async def get_link() -> Link | None:
             return await self.store.get_link(KIND, pd_id=pd_id, include_unlinked=True)
 
-        async def run(link: Link | None) -> bool:
-            inc = await self.api.pd_incident(pd_id)
+        async def run(link: Link | None, fresh: bool) -> bool:
+            if not force and self._pd_event_synced(link, data):
+                return True
+            if pre is not None and fresh:
+                inc: dict | None = pre
+            else:
+                # Not linked yet: what opening the ServiceNow incident needs (the body) in the same read.
+                inc = await self.api.pd_incident(pd_id, include=FIRST_TRIGGER if link is None else None)
             if inc is None:
                 return False
             if link is None:
@@ -272,18 +395,33 @@ class Engine:
             await self._pd_to_sn(link, inc, notes=notes)
             return True
 
-        return await self._under_link_lock(key, get_link, run)
+        return await self._under_link_lock(keys, get_link, run, mark, link)
 
-    async def _pd_key(self, inc: dict) -> str:
+    def _pd_event_synced(self, link: Link | None, data: dict | None) -> bool:
+        """Whether the event's own view of the incident is what was last synced: then it
+        brings nothing (the echo of our own write, a duplicate, a replay) and needs no read.
+
+        Safe because every later change has an event of its own, read in its turn. An
+        urgency change has none: the poll's sweep of open incidents finds it (as it finds
+        one made after the last event), so without the poll nothing is skipped. Only a V3
+        event carrying the incident and all five fields compared qualifies; an
+        annotation carries a note, not this.
+        """
+        if link is None or link.status != "linked" or data is None or self.conf.poll_interval_seconds <= 0:
+            return False
+        snap = (link.state or {}).get("pd")
+        if not snap or not all(k in data for k in ("status", "escalation_policy", "assignees", "priority", "urgency")):
+            return False
+        view = data_view(data)
+        return all(k in snap and snap[k] == v for k, v in view.items())
+
+    def _pd_keys(self, pd_id: str, inc: dict) -> tuple[str, ...]:
+        """The lock keys of a PagerDuty incident not linked yet: ``pd:<id>``, and
+        ``sn:<incident_key>`` when that could be a ServiceNow sys_id (an incident born
+        there, whose handler locks by sys_id). Holding both costs nothing and spares
+        asking ServiceNow which it is before taking the lock."""
         key = inc.get("incident_key") or ""
-        service = (inc.get("service") or {}).get("id")
-        ep = (inc.get("escalation_policy") or {}).get("id")
-        # PagerDuty's own incident keys are 32 hex digits too: only ask ServiceNow when the
-        # incident could have been triggered from there (a mapped service or policy).
-        if (SYS_ID.match(key) and self.mapping.is_mapped_incident(service, ep)
-                and await self._sn_find_by_sys_id(key) is not None):
-            return f"sn:{key}"
-        return f"pd:{inc['id']}"
+        return (f"pd:{pd_id}", f"sn:{key}") if SYS_ID.match(key) else (f"pd:{pd_id}",)
 
     def tables(self) -> tuple[str, ...]:
         """The incident tables in use: sn_si_incident only when some service opens security incidents."""
@@ -292,64 +430,111 @@ class Engine:
             o.incident_type == "security_incident" for o in conf.service_options)
         return TABLES if security else ("incident",)
 
-    async def _sn_find_by_sys_id(self, sys_id: str) -> tuple[str, dict] | None:
-        for table in self.tables():
-            try:
-                rec = await self.api.sn_get(table, sys_id, self._sn_fields(table))
-            except Exception as exc:
-                if status_of(exc) in (400, 403):  # a table this instance lacks or hides
-                    continue
-                raise
-            if rec is not None:
-                return table, rec
-        return None
-
-    def _sn_fields(self, table: str) -> list[str]:
+    def _sn_fields(self, table: str, *, linked: bool = False) -> list[str]:
+        """The fields read of an incident: all a new link or a new PagerDuty incident
+        uses (its body template), or for a linked one only what syncing a change uses."""
         conf = self.conf
-        fields = ["sys_id", "number", "short_description", "description", "state", "impact", "urgency", "priority",
-                  "assignment_group", "assigned_to", "cmdb_ci", "correlation_id", "correlation_display",
-                  "close_code", "close_notes", "sys_updated_on", "sys_updated_by", "sys_created_by",
-                  "sys_mod_count", "opened_by"]
+        if linked:
+            fields = ["sys_id", "number", "state", "impact", "urgency", "priority", "assignment_group", "assigned_to",
+                      "correlation_id", "correlation_display", "close_code", "close_notes", "sys_updated_on",
+                      "sys_updated_by", "sys_mod_count"]
+        else:
+            fields = ["sys_id", "number", "short_description", "description", "state", "impact", "urgency", "priority",
+                      "assignment_group", "assigned_to", "cmdb_ci", "correlation_id", "correlation_display",
+                      "close_code", "close_notes", "sys_updated_on", "sys_updated_by", "sys_created_by",
+                      "sys_created_on", "sys_mod_count", "opened_by"]
         if conf.v7_fields and table == "incident":
             fields.append(conf.v7_incident_field)
         return fields
+
+    async def _sn_lookup(self, sys_id: str | None, pd_id: str | None, pd_table: str) -> tuple[str, str, dict] | None:
+        """Before linking a PagerDuty incident: the ServiceNow incident it was born from
+        (``sys_id``, its incident_key), else the one opened for it already (``pd_id`` in
+        correlation_id, or the v7 field, in ``pd_table``; the oldest). Both questions go
+        in one query per table (``^NQ``). Returns ("born", table, rec), ("opened", table,
+        rec) or None."""
+        conf = self.conf
+        opened: dict | None = None
+        for table in self.tables():
+            by_pd = bool(pd_id) and table == pd_table
+            if not sys_id and not by_pd:
+                continue
+            query = Q()
+            if sys_id:
+                query.eq("sys_id", sys_id)
+            if by_pd:
+                if sys_id:
+                    query.new_query()
+                query.eq("correlation_id", pd_id).eq("correlation_display", "PagerDuty")
+                if conf.v7_fields and table == "incident":
+                    query.new_query().eq(conf.v7_incident_field, pd_id)
+            try:
+                rows = await self.api.sn_query(table, query, self._sn_fields(table), limit=LOOKUP_LIMIT)
+            except Exception as exc:
+                if not by_pd and status_of(exc) in (400, 403):  # a table this instance lacks or hides
+                    continue
+                raise
+            born = next((r for r in rows if sys_id and r.get("sys_id") == sys_id), None)
+            if born is None and sys_id and len(rows) >= LOOKUP_LIMIT:
+                born = await self.api.sn_get(table, sys_id, self._sn_fields(table))  # crowded out: ask directly
+            if born is not None:
+                return "born", table, born
+            if by_pd:
+                if len(rows) >= LOOKUP_LIMIT:
+                    opened = await self._sn_find_by_pd_id(table, pd_id)  # too many to pick the oldest from
+                else:
+                    by_corr = [r for r in rows if r.get("correlation_id") == pd_id
+                               and r.get("correlation_display") == "PagerDuty"]
+                    v7 = [r for r in rows if conf.v7_fields and table == "incident"
+                          and str(r.get(conf.v7_incident_field) or "") == pd_id]
+                    pick = by_corr or v7
+                    opened = min(pick, key=lambda r: str(r.get("sys_created_on") or "")) if pick else None
+        return ("opened", pd_table, opened) if opened is not None else None
 
     async def _pd_unlinked(self, inc: dict, *, force: bool) -> bool:
         conf = self.conf
         service = (inc.get("service") or {}).get("id")
         ep = (inc.get("escalation_policy") or {}).get("id")
         key = inc.get("incident_key") or ""
-        if SYS_ID.match(key) and self.mapping.is_mapped_incident(service, ep):
-            found = await self._sn_find_by_sys_id(key)
-            if found is not None:
-                # Born in ServiceNow; its trigger handler did not get to link it.
-                table, rec = found
-                with contextlib.suppress(LinkConflictError):
-                    await self._new_link(inc, table, rec, origin="sn")
-                return True
-        if not force:
-            if conf.sync_option_for(service) == "manual":
+        mapped = self.mapping.is_mapped_incident(service, ep)
+        # PagerDuty's own incident keys are 32 hex digits too: only ask ServiceNow when the
+        # incident could have been triggered from there (a mapped service or policy).
+        born_there = bool(SYS_ID.match(key)) and mapped
+        manual = conf.sync_option_for(service) == "manual"
+        syncs = force or (mapped and not manual)
+        table = conf.table_for(service)
+        found = await self._sn_lookup(key if born_there else None, inc["id"] if syncs else None, table) \
+            if (born_there or syncs) else None
+        if found is not None and found[0] == "born":
+            # Born in ServiceNow; its trigger handler did not get to link it.
+            _, born_table, rec = found
+            with contextlib.suppress(LinkConflictError):
+                await self._new_link(inc, born_table, rec, origin="sn")
+            return True
+        if not syncs:
+            if manual:
                 log.info("incident_sync: manual sync service; waiting for a sync request", pd_incident=inc["id"],
                          service=service)
-                return False
-            if not self.mapping.is_mapped_incident(service, ep):
+            else:
                 log.info("incident_sync: PagerDuty incident on an unmapped service and policy; not synced",
                          pd_incident=inc["id"], service=service, escalation_policy=ep)
-                return False
-        table = conf.table_for(service)
-        existing = await self._sn_find_by_pd_id(table, inc["id"])
-        if existing is not None:
+            return False
+        if found is not None:
             # Opened earlier (an attempt that failed after the insert, the v7 app, another
             # instance): link it and bring it up to date instead of opening a duplicate.
             try:
-                link = await self._new_link(inc, table, existing, origin="pd", pd_snapshot={})
+                link = await self._new_link(inc, table, found[2], origin="pd", pd_snapshot={})
             except LinkConflictError:
                 return True
             await self._pd_to_sn(link, inc, notes=True)
             return True
-        full = await self.api.pd_incident(inc["id"], include=["first_trigger_log_entries"])
-        rec = await self._create_sn(table, full or inc)
-        link = await self._new_link(inc, table, rec, origin="pd")
+        rec = await self._create_sn(table, inc)
+        # Everything in the new record is our own write: its doorbell needs no read (known
+        # before the link is stored, which the doorbell may overtake).
+        seen = mod_count_of(rec)
+        if seen is not None:
+            self._remember_seen(rec["sys_id"], {SN_SEEN: seen})
+        link = await self._new_link(inc, table, rec, origin="pd", sn_seen=seen)
         log.info("incident_sync: ServiceNow incident opened", pd_incident=inc["id"], sn_table=table,
                  sn_number=rec.get("number"), sn_sys_id=rec.get("sys_id"))
         if conf.sync_work_notes:
@@ -367,8 +552,9 @@ class Engine:
         return rows[0] if rows else None
 
     async def _new_link(self, inc: dict, table: str, rec: dict, *, origin: str, pd_snapshot: dict | None = None,
-                        sn_snapshot: dict | None = None, sn_notes: list[str] | None = None) -> Link:
-        state = {
+                        sn_snapshot: dict | None = None, sn_notes: list[str] | None = None,
+                        sn_seen: int | None = None) -> Link:
+        state: dict[str, Any] = {
             "table": table,
             "origin": origin,
             "pd": pd_view(inc) if pd_snapshot is None else pd_snapshot,
@@ -377,8 +563,12 @@ class Engine:
             "sn_notes": sn_notes or [],
             "moves": [],
         }
+        if sn_seen is not None:
+            state[SN_SEEN] = sn_seen
         try:
-            return await self.store.put_link(Link(kind=KIND, pd_id=inc["id"], sn_id=rec["sys_id"], state=state))
+            link = await self.store.put_link(Link(kind=KIND, pd_id=inc["id"], sn_id=rec["sys_id"], state=state))
+            self._remember_seen(link.sn_id, state)
+            return link
         except LinkConflictError:
             existing = await self.store.get_link(KIND, sn_id=rec["sys_id"])
             log.warning("incident_sync: ServiceNow incident already linked to another PagerDuty incident; "
@@ -483,7 +673,7 @@ class Engine:
         new = pd_view(inc)
         changed = {k for k in new if old.get(k) != new[k]} if old else set(new)
         if changed:
-            rec = await self.api.sn_get(table, link.sn_id, self._sn_fields(table))
+            rec = await self.api.sn_get(table, link.sn_id, self._sn_fields(table, linked=True))
             if rec is None:
                 log.warning("incident_sync: ServiceNow incident gone; link marked unlinked", sn_sys_id=link.sn_id,
                             pd_incident=link.pd_id)
@@ -499,6 +689,7 @@ class Engine:
                     if k in updates or (k == "priority" and ({"impact", "urgency"} & set(updates))):
                         snap[k] = view[k]
                 st["sn"] = snap
+                own_write(st, written)
                 log.info("incident_sync: PagerDuty change applied to ServiceNow", pd_incident=link.pd_id,
                          sn_sys_id=link.sn_id, fields=sorted(updates), changed=sorted(changed))
         st["pd"] = new
@@ -581,7 +772,7 @@ class Engine:
             if journal is None:
                 journal = await self.api.sn_journal(link.sn_id)
             if not any(j.get("value") == text for j in journal):
-                await self.api.sn_update(table, link.sn_id, {"work_notes": text})
+                own_write(st, await self.api.sn_update(table, link.sn_id, {"work_notes": text}))
                 log.info("incident_sync: PagerDuty note copied to a work note", pd_incident=link.pd_id, note=note["id"])
             st["pd_notes"] = sorted(seen)
             link = await self._save(link, st)
@@ -593,27 +784,40 @@ class Engine:
     # ============================================================================
     async def servicenow_changed(self, table: str, sys_id: str, updated_on: str | None = None,
                                  mod_count: str | None = None) -> bool:
+        if mod_count is not None and str(mod_count).isdigit() and int(mod_count) <= self._sn_seen.get(sys_id, -1):
+            return True  # synced, or our own write: see _sn_change_synced
+        mark = self._seq  # reads from here on are good under the lock while nobody held it
         link = await self.store.get_link(KIND, sn_id=sys_id, include_unlinked=True)
+        pre: dict | None = None
         if link is not None and link.status == "linked":
+            if self._sn_change_synced(link, mod_count):
+                return True
             seen = ((link.state or {}).get("sn") or {}).get("sys_updated_on") or ""
             if updated_on and seen and updated_on < seen:
                 return True  # an older change, already covered by a newer read
-            key = link_key(link)
+            keys: tuple[str, ...] = (link_key(link),)
         else:
-            rec = await self.api.sn_get(table, sys_id, self._sn_fields(table))
-            if rec is None:
+            # Read before the lock, to know which one; kept when nobody held it meanwhile.
+            pre = await self.api.sn_get(table, sys_id, self._sn_fields(table))
+            if pre is None:
                 return False
-            pd_id = self._pd_id_of(table, rec)
-            key = f"pd:{pd_id}" if pd_id else f"sn:{sys_id}"
+            pd_id = self._pd_id_of(table, pre)
+            keys = (f"pd:{pd_id}" if pd_id else f"sn:{sys_id}",)
 
         async def get_link() -> Link | None:
             return await self.store.get_link(KIND, sn_id=sys_id, include_unlinked=True)
 
-        async def run(link: Link | None) -> bool:
-            rec = await self.api.sn_get(table, sys_id, self._sn_fields(table))
+        async def run(link: Link | None, fresh: bool) -> bool:
+            linked = link is not None and link.status == "linked"
+            if linked and self._sn_change_synced(link, mod_count):
+                return True
+            if pre is not None and fresh:
+                rec = pre
+            else:
+                rec = await self.api.sn_get(table, sys_id, self._sn_fields(table, linked=linked))
             if rec is None:
                 return False
-            if link is None or link.status != "linked":
+            if not linked:
                 acted = await self._sn_unlinked(table, rec, link)
             else:
                 await self._sn_to_pd(link, table, rec)
@@ -624,7 +828,19 @@ class Engine:
                 self._schedule_recheck(table, sys_id, str(rec.get("sys_updated_on") or ""))
             return acted
 
-        return await self._under_link_lock(key, get_link, run)
+        return await self._under_link_lock(keys, get_link, run, mark, link)
+
+    @staticmethod
+    def _sn_change_synced(link: Link, mod_count: str | None) -> bool:
+        """Whether the change a doorbell (or poll event) names is synced already: its
+        sys_mod_count is at most ``SN_SEEN``, the version up to which every change was read
+        and synced (a record read, then its work notes) or was our own write (``own_write``).
+        Each later change rings with its own count, so skipping this one loses nothing,
+        and the echo of our own write costs no read. Without a count: read, as before."""
+        if mod_count is None or not str(mod_count).isdigit():
+            return False
+        seen = (link.state or {}).get(SN_SEEN)
+        return isinstance(seen, int) and int(mod_count) <= seen
 
     def _pd_id_of(self, table: str, rec: dict) -> str | None:
         conf = self.conf
@@ -765,10 +981,15 @@ class Engine:
                 await self._save(link, st, status="unlinked")
                 return
         st["sn"] = new
-        if st != link.state:
+        if changed and st != link.state and conf.sync_work_notes:
+            # What went to PagerDuty is recorded before the notes go (a failed note must
+            # not make a retry apply the changes twice).
             link = await self._save(link, st)
-        if conf.sync_work_notes:
-            await self._sn_notes_to_pd(link, copy.deepcopy(link.state))
+            st = copy.deepcopy(link.state)
+        # This version is synced once its work notes are (read after the record): changes
+        # up to it need no read again (``_sn_change_synced``). Recorded only then, so a
+        # retry after a failed note still reads.
+        await self._sn_notes_to_pd(link, st, synced=mod_count_of(rec))
 
     async def _apply_sn_changes(self, link: Link, table: str, rec: dict, inc: dict, old: dict, new: dict,
                                 changed: set[str], st: dict, states: dict) -> bool:
@@ -811,7 +1032,9 @@ class Engine:
             if uid:
                 # Reopened to its ServiceNow assignee, not back to the policy's on-call.
                 reopen["assignments"] = [{"assignee": {"id": uid, "type": "user_reference"}}]
-            await put(reopen, actor, ("status", "ack_by"), "reopen")
+            # Assignees set from ServiceNow's assignee are ServiceNow's already: recorded, so
+            # the echo does not read ServiceNow to find them equal.
+            await put(reopen, actor, ("status", "ack_by", "assignees") if uid else ("status", "ack_by"), "reopen")
         if "assignment_group" in changed:
             group = self.mapping.group(new["assignment_group"])
             if group is not None:
@@ -841,7 +1064,7 @@ class Engine:
             uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
             if uid and pdv["assignees"] != [uid]:
                 await put({"assignments": [{"assignee": {"id": uid, "type": "user_reference"}}]}, actor,
-                          ("status", "ack_by"), "reassign to user")
+                          ("status", "ack_by", "assignees"), "reassign to user")
         if (new["state"] == states["in_progress"] and new["assigned_to"] and ({"state", "assigned_to"} & changed)
                 and pdv["status"] == "triggered"):
             sender = await self.users.from_for_sys_id(new["assigned_to"], create=conf.create_missing_users) or actor
@@ -861,15 +1084,23 @@ class Engine:
     async def _group_name(self, sys_id: str) -> str:
         if not sys_id:
             return ""
-        row = await self.api.sn_get("sys_user_group", sys_id, ["name"])
-        return (row or {}).get("name") or sys_id
+        known = self.mapping.group(sys_id)
+        if known is not None and known.name:
+            return known.name
+        if sys_id not in self._group_names:  # kept until the next reload
+            row = await self.api.sn_get("sys_user_group", sys_id, ["name"])
+            self._group_names[sys_id] = (row or {}).get("name") or sys_id
+        return self._group_names[sys_id]
 
-    async def _sn_notes_to_pd(self, link: Link, st: dict) -> None:
-        journal = await self.api.sn_journal(link.sn_id)
-        seen = set(st.get("sn_notes", []))
-        fresh = [j for j in journal if j["sys_id"] not in seen]
-        if not fresh:
-            return
+    async def _sn_notes_to_pd(self, link: Link, st: dict, *, synced: int | None = None) -> None:
+        """Copy new work notes to PagerDuty notes (when notes sync), then save ``st``;
+        ``synced``: the record's version read before, now synced whole (``SN_SEEN``)."""
+        fresh: list[dict] = []
+        seen: set[str] = set()
+        if self.conf.sync_work_notes:
+            journal = await self.api.sn_journal(link.sn_id)
+            seen = set(st.get("sn_notes", []))
+            fresh = [j for j in journal if j["sys_id"] not in seen]
         integration = self.ctx.config.servicenow.username
         pd_notes: list[dict] | None = None
         for entry in fresh:
@@ -896,5 +1127,7 @@ class Engine:
             st["pd_notes"] = sorted(pd_seen)
             st["sn_notes"] = sorted(seen)
             link = await self._save(link, st)
+        if synced is not None and synced > st.get(SN_SEEN, -1):
+            st[SN_SEEN] = synced
         if st != link.state:
             await self._save(link, st)
