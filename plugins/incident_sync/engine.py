@@ -388,12 +388,16 @@ class Engine:
             if inc is None:
                 return False
             if link is None:
-                return await self._pd_unlinked(inc, force=force)
+                return await self._pd_unlinked(inc, force=force, notes=notes and not trigger)
             if link.status != "linked":
                 log.info("incident_sync: link is unlinked; PagerDuty change not synced", pd_incident=pd_id)
                 return True
             await self._pd_to_sn(link, inc, notes=notes)
             return True
+
+        # A note event carrying the incident is the trigger itself (an annotation carries
+        # the note): no note comes before it, and each one after has an event of its own.
+        trigger = data is not None and notes and not force
 
         return await self._under_link_lock(keys, get_link, run, mark, link)
 
@@ -491,7 +495,7 @@ class Engine:
                     opened = min(pick, key=lambda r: str(r.get("sys_created_on") or "")) if pick else None
         return ("opened", pd_table, opened) if opened is not None else None
 
-    async def _pd_unlinked(self, inc: dict, *, force: bool) -> bool:
+    async def _pd_unlinked(self, inc: dict, *, force: bool, notes: bool = True) -> bool:
         conf = self.conf
         service = (inc.get("service") or {}).get("id")
         ep = (inc.get("escalation_policy") or {}).get("id")
@@ -537,7 +541,10 @@ class Engine:
         link = await self._new_link(inc, table, rec, origin="pd", sn_seen=seen)
         log.info("incident_sync: ServiceNow incident opened", pd_incident=inc["id"], sn_table=table,
                  sn_number=rec.get("number"), sn_sys_id=rec.get("sys_id"))
-        if conf.sync_work_notes:
+        # Notes made before we got to it. Each note has an event of its own (the annotation
+        # webhook, the poll's annotate log entry) that reads them once the link exists; so
+        # while the poll is on, opening on the trigger's own event leaves them to that.
+        if conf.sync_work_notes and (notes or conf.poll_interval_seconds <= 0):
             st = copy.deepcopy(link.state)
             await self._pd_notes_to_sn(link, table, st)
         return True

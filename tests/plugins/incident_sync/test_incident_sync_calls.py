@@ -103,7 +103,7 @@ async def test_a_pagerduty_born_sync_reads_once_each_side_and_its_echo_reads_not
         ("pagerduty", "GET /incidents/{id}"),            # the incident, with its first trigger (the body)
         ("servicenow", "GET /api/now/table/incident"),   # born there (sys_id) or opened already (correlation_id)?
         ("servicenow", "POST /api/now/table/incident"),  # open it
-        ("pagerduty", "GET /incidents/{id}/notes"),      # notes made before we got to it
+        # Its notes: none can come before the trigger; each later one has its own event.
     ]
     only(world.sn_for(inc["id"]))
     # The doorbell of our own insert came and was handled without a call.
@@ -599,3 +599,30 @@ async def test_a_reload_forgets_what_was_looked_up(world):
     with structlog.testing.capture_logs():
         await engine.refresh()
     assert not engine.users._missing and engine._caller is None and not engine._group_names
+
+
+@pytest.mark.parametrize("annotations", [True, False])
+async def test_a_note_made_before_the_incident_is_opened_reaches_servicenow(make_world, annotations):
+    # Opening on the trigger's own webhook leaves notes to their own events: the
+    # annotation webhook when subscribed, else the poll's annotate log entry.
+    events = None if annotations else ["incident.triggered", "incident.acknowledged", "incident.resolved"]
+    world = await make_world(events=events, poll_interval_seconds=3600.0)
+    await world.poll()  # the first pass sets the watermarks
+    inc = world.pd.create_incident(title="Cache stampede", service_id="PSVCDB1", from_user="PALICE1")
+    world.pd.add_note(inc["id"], "PALICE1", "warming the cache")  # before the daemon sees the trigger
+    await world.settle()
+    sys_id = only(world.sn_for(inc["id"]))["sys_id"]
+    if not annotations:
+        await world.poll()
+        await world.settle()
+    notes = world.work_notes(sys_id)
+    assert len(notes) == 1 and notes[0].startswith("warming the cache (PagerDuty: Alice Nguyen on ")
+
+
+async def test_with_the_poll_off_opening_reads_the_notes(make_world):
+    world = await make_world(events=["incident.triggered"])  # poll off, no annotation webhooks
+    inc = world.pd.create_incident(title="Cache stampede", service_id="PSVCDB1", from_user="PALICE1")
+    world.pd.add_note(inc["id"], "PALICE1", "warming the cache")
+    await world.settle()
+    sys_id = only(world.sn_for(inc["id"]))["sys_id"]
+    assert [n.split(" (PagerDuty:")[0] for n in world.work_notes(sys_id)] == ["warming the cache"]
