@@ -7,6 +7,7 @@ apps in one process never collide on the global registry.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,32 +50,42 @@ class Metrics:
         self._outbound = Counter("outbound_requests", "Outbound API requests by service, host and HTTP status ('error' when no response).", ("service", "host", "status"), namespace=ns, registry=r)
         self._outbound_seconds = Histogram("outbound_request_seconds", "Outbound API request latency.", ("service", "host"), namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
         self._handle_seconds = Histogram("handle_seconds", "Time to handle one event (all plugin hooks).", ev, namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        # (metric, *label values) -> child. labels() converts, validates and takes a lock
+        # on every call (a few us on each webhook); a child, once made, never changes.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- events ------------------------------------------------------------------
     def event_received(self, source: str, type: str) -> None:
-        self._received.labels(source, type).inc()
+        self._child(self._received, source, type).inc()
 
     def event_duplicate(self, source: str, type: str) -> None:
-        self._duplicate.labels(source, type).inc()
+        self._child(self._duplicate, source, type).inc()
 
     def event_processed(self, source: str, type: str) -> None:
-        self._processed.labels(source, type).inc()
+        self._child(self._processed, source, type).inc()
 
     def event_failed(self, source: str, type: str) -> None:
-        self._failed.labels(source, type).inc()
+        self._child(self._failed, source, type).inc()
 
     def event_dead(self, source: str, type: str) -> None:
-        self._dead.labels(source, type).inc()
+        self._child(self._dead, source, type).inc()
 
     def event_ignored(self, source: str, type: str) -> None:
-        self._ignored.labels(source, type).inc()
+        self._child(self._ignored, source, type).inc()
 
     def handle_seconds(self, source: str, type: str, seconds: float) -> None:
-        self._handle_seconds.labels(source, type).observe(seconds)
+        self._child(self._handle_seconds, source, type).observe(seconds)
 
     # -- webhooks ----------------------------------------------------------------
     def webhook_rejected(self, route: str, reason: str) -> None:
-        self._rejected.labels(route, reason).inc()
+        self._child(self._rejected, route, reason).inc()
 
     # -- inbox -------------------------------------------------------------------
     def set_inbox(self, counts: Mapping[str, int] | None) -> None:
@@ -89,8 +100,8 @@ class Metrics:
     # -- outbound ----------------------------------------------------------------
     def outbound(self, service: str, host: str, status: int | str | None, seconds: float) -> None:
         """One outbound request; ``status`` None (or "error") when no response came back."""
-        self._outbound.labels(service, host, "error" if status is None else str(status)).inc()
-        self._outbound_seconds.labels(service, host).observe(seconds)
+        self._child(self._outbound, service, host, "error" if status is None else str(status)).inc()
+        self._child(self._outbound_seconds, service, host).observe(seconds)
 
     # -- exposition --------------------------------------------------------------
     def render(self) -> bytes:
