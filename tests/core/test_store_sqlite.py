@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 from contextlib import closing
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from dutybridge.events import Event
 from dutybridge.store import open_store
 from dutybridge.store.base import Link
 from dutybridge.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-from dutybridge.store.sqlite import SQLiteStore
+from dutybridge.store.sqlite import SQLiteStore, from_text, to_text
 
 
 def ev(n: int, resource: str = "r:A") -> Event:
@@ -165,3 +166,17 @@ def test_open_store_rejects_what_it_cannot_open(tmp_path, url, message):
     with pytest.raises(ValueError, match=message) as info:
         open_store(url, tmp_path)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("dt", [
+    datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
+    datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(2026, 6, 1, 0, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+])
+def test_time_text_is_fixed_width_utc_and_reads_back(dt):
+    text = to_text(dt)
+    assert text == dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert from_text(text) == dt
+    with pytest.raises(ValueError, match="naive"):
+        to_text(dt.replace(tzinfo=None))
+
