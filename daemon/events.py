@@ -35,6 +35,31 @@ class Event:
         return json.dumps(self.payload, separators=(",", ":"), sort_keys=True)
 
 
+class EncodedEvent(Event):
+    """An ``Event`` that comes with its payload's JSON text, as a receiver parsed it.
+
+    The store writes ``payload_text`` instead of encoding the payload again, and the
+    ``StoredEvent`` it returns holds this very ``payload`` instead of a copy decoded
+    from what it wrote. So ``payload`` must be what ``json.loads(payload_text)``
+    returns, and its producer hands it over: nobody changes it afterwards.
+
+    ``payload_text`` is no dataclass field: an event derived with
+    ``dataclasses.replace`` has none, and its payload is encoded anew.
+    """
+
+    def __init__(self, *, payload_text: str | None = None, **fields: Any) -> None:
+        super().__init__(**fields)
+        object.__setattr__(self, "_payload_text", payload_text)
+
+    @property
+    def payload_text(self) -> str | None:
+        return self.__dict__.get("_payload_text")
+
+    def payload_json(self) -> str:
+        text = self.payload_text
+        return text if text is not None else super().payload_json()
+
+
 @dataclass(frozen=True)
 class StoredEvent(Event):
     """An event as the store holds it: its row id, status and delivery history."""

@@ -26,7 +26,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .context import Ctx
-from .events import Event
+from .events import EncodedEvent, Event
 
 log = structlog.get_logger("dutybridge.server")
 
@@ -120,6 +120,13 @@ def error_response(status: int, reason: str, headers: Any = None, **extra: Any) 
     return web.json_response({"error": reason, **extra}, status=status, headers=headers)
 
 
+def _accepted(row_id: int) -> web.Response:
+    # What json_response({"status": "accepted", "id": row_id}, status=202) sends, byte for
+    # byte, without a json.dumps per webhook.
+    return web.Response(text=f'{{"status": "accepted", "id": {int(row_id)}}}', status=202,
+                        content_type="application/json")
+
+
 # -- middleware ----------------------------------------------------------------------
 def _request_id(value: str | None) -> str:
     if value:
@@ -203,6 +210,36 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Reject(400, "bad_json", "body: expected a JSON object")
     return data
+
+
+def parse_json_object_text(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """``parse_json_object``, and the body as text when it is plain UTF-8 (else None:
+    UTF-16 or UTF-32, a byte order mark, lone surrogates), so it can be stored as sent."""
+    try:
+        text = body.decode("utf-8")
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        # json.loads(bytes) takes what the text path refuses (other encodings, a BOM).
+        return parse_json_object(body), None
+    if not isinstance(data, dict):
+        raise Reject(400, "bad_json", "body: expected a JSON object")
+    return data, text
+
+
+def _with_key(text: str | None, doc: dict[str, Any], key: str, value: Any) -> str | None:
+    """JSON text that ``json.loads`` reads as ``{**doc, key: value}`` (same keys, same
+    order), made from ``text``, the JSON ``doc`` was read from, without encoding ``doc``
+    again. None when ``text`` is None.
+
+    The key goes in last; if the sender already used it, JSON's last-one-wins keeps its
+    place and takes the new value, as a dict does.
+    """
+    if text is None:
+        return None
+    head = text.rstrip()
+    if not head.endswith("}"):
+        return None
+    return f'{head[:-1]}{"," if doc else ""}{json.dumps(key)}:{json.dumps(value)}}}'
 
 
 def verify_pagerduty_signature(body: bytes, header: str, secrets: list[str]) -> bool:
@@ -398,7 +435,7 @@ class Receivers:
         if not verify_pagerduty_signature(body, signature, secrets):
             raise Reject(401, "bad_signature", "X-PagerDuty-Signature does not match the body under any configured secret")
 
-        doc = parse_json_object(body)
+        doc, text = parse_json_object_text(body)
         event = _object(doc, "event", "event")
         event_type = _string(event, "event_type", "event.event_type")
         webhook_id = request.headers.get("X-Webhook-Id", "")[:_MAX_WEBHOOK_ID] or None
@@ -418,13 +455,15 @@ class Receivers:
 
         payload = dict(doc)
         payload["webhook_id"] = webhook_id
-        row_id = await self.store(ctx, "pagerduty", Event(
+        # The body's own text, not the payload encoded again: the JSON is already there.
+        row_id = await self.store(ctx, "pagerduty", EncodedEvent(
             source="pagerduty", type=event_type, event_id=event_id,
             resource=f"pagerduty:{resource_type}:{subject}", payload=payload,
+            payload_text=_with_key(text, doc, "webhook_id", webhook_id),
         ))
         if row_id is None:
             return web.json_response({"status": "duplicate"}, status=202)
-        return web.json_response({"status": "accepted", "id": row_id}, status=202)
+        return _accepted(row_id)
 
     # -- POST /webhooks/pagerduty/v2 ----------------------------------------------------
     async def pagerduty_v2(self, request: web.Request) -> web.StreamResponse:

@@ -25,7 +25,7 @@ from typing import Any, get_args
 import aiosqlite
 import structlog
 
-from ..events import Event, EventStatus, StoredEvent, utcnow
+from ..events import EncodedEvent, Event, EventStatus, StoredEvent, utcnow
 from .base import Link, LinkConflictError, Store
 from .migrations import SCHEMA_MIGRATIONS_SQLITE, SQLITE_MIGRATIONS, Migration
 
@@ -129,9 +129,16 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_Row]) -> list[int | Non
 
 def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
     """The event as ``_insert_events`` stored it: what ``get_event`` would read back."""
+    if isinstance(event, EncodedEvent) and row[4] is event.payload_text:
+        # Its producer decoded ``payload`` from the text just written and handed it over:
+        # decoding that text again would only make an equal copy.
+        payload = event.payload
+    else:
+        # A copy: the caller's dict may change later, and JSON normalises (tuples, keys).
+        payload = json.loads(row[4])
     return StoredEvent(
         source=event.source, type=event.type, event_id=event.event_id, resource=event.resource,
-        payload=json.loads(row[4]), received_at=from_text(row[5]), id=row_id, status="pending",
+        payload=payload, received_at=from_text(row[5]), id=row_id, status="pending",
         attempts=0, updated_at=from_text(row[6]),
     )
 

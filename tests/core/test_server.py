@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -18,7 +19,13 @@ from structlog.testing import capture_logs
 from dutybridge.config import validate
 from dutybridge.context import Ctx
 from dutybridge.metrics import Metrics
-from dutybridge.server import CTX_KEY, PAGERDUTY_V3_EVENT_TYPES, WAKE_WORKER, add_routes
+from dutybridge.server import (
+    CTX_KEY,
+    PAGERDUTY_V3_EVENT_TYPES,
+    WAKE_WORKER,
+    _with_key,
+    add_routes,
+)
 from dutybridge.store.sqlite import SQLiteStore
 
 SECRET = "whsec-first-0123456789abcdef"
@@ -184,6 +191,51 @@ async def test_v3_signed_event_is_stored(client, store, wakes):
     assert event.payload["event"]["data"]["title"].endswith("ünïcode")
     assert event.payload["webhook_id"] == "wh-1"
     assert wakes == [1]
+
+
+def stored_payload_text(store, row_id) -> str:
+    with closing(sqlite3.connect(store.path)) as db:
+        return db.execute("SELECT payload FROM events WHERE id = ?", (row_id,)).fetchone()[0]
+
+
+async def test_v3_payload_is_stored_as_the_body_was_sent_plus_the_webhook_id(client, store):
+    doc = v3()
+    doc["webhook_id"] = "from-the-body"  # a key the body already has: the header's wins, in its place
+    body = raw(doc)
+    resp = await post_v3(client, body)
+    assert resp.status == 202
+    [event] = await store.inbox()
+    expected = json.loads(body)
+    expected["webhook_id"] = "wh-1"
+    assert event.payload == expected and list(event.payload) == list(expected)
+    text = stored_payload_text(store, event.id)
+    assert text.startswith(body.decode("utf-8").rstrip()[:-1])  # the sender's text, untouched
+    assert json.loads(text) == expected
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+async def test_v3_body_in_another_json_encoding_is_still_accepted(client, store, encoding):
+    doc = v3()
+    resp = await post_v3(client, json.dumps(doc, ensure_ascii=False).encode(encoding))
+    assert resp.status == 202
+    [event] = await store.inbox()
+    assert event.payload == {**doc, "webhook_id": "wh-1"}
+    # Not stored as sent: encoded from the parsed payload.
+    assert stored_payload_text(store, event.id) == event.payload_json()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"a": 1}', '{"a": 1,"k":"v"}'),
+    ('  {"a": {"b": []}}\r\n\t ', '  {"a": {"b": []},"k":"v"}'),
+    ("{ }", '{ "k":"v"}'),
+    ('{"k": 0, "a": 1}', '{"k": 0, "a": 1,"k":"v"}'),
+])
+def test_with_key_appends_a_key_as_json_loads_reads_it(text, expected):
+    doc = json.loads(text)
+    out = _with_key(text, doc, "k", "v")
+    assert out == expected
+    assert json.loads(out) == {**doc, "k": "v"} and list(json.loads(out)) == list({**doc, "k": "v"})
+    assert _with_key(None, doc, "k", "v") is None
 
 
 async def test_v3_rotation_second_secret_matches(make_client, store):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import stat
 from contextlib import closing
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dutybridge.events import Event
+from dutybridge.events import EncodedEvent, Event
 from dutybridge.store import open_store
 from dutybridge.store.base import Link
 from dutybridge.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
@@ -180,3 +182,34 @@ def test_time_text_is_fixed_width_utc_and_reads_back(dt):
     with pytest.raises(ValueError, match="naive"):
         to_text(dt.replace(tzinfo=None))
 
+
+def encoded(n: int, text: str, payload: dict) -> EncodedEvent:
+    return EncodedEvent(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource="r:A",
+                        payload=payload, payload_text=text)
+
+
+async def test_an_encoded_event_is_stored_as_its_text_and_returned_with_its_payload(tmp_path):
+    text = '{"event": {"id": "e1", "n": [1, 2.5]}, "z": null, "a": "\u2603"}'
+    payload = json.loads(text)
+    async with SQLiteStore(tmp_path / "d.db") as store:
+        stored = await store.add_event(encoded(1, text, payload))
+        # The producer handed the payload over: no decoded copy.
+        assert stored.payload is payload
+        got = await store.get_event(stored.id)
+        assert got == stored and got.payload == payload
+        with closing(sqlite3.connect(tmp_path / "d.db")) as db:
+            assert db.execute("SELECT payload FROM events WHERE id = ?", (stored.id,)).fetchone()[0] == text
+
+
+async def test_a_plain_or_derived_event_gets_a_decoded_copy(tmp_path):
+    payload = {"b": (1, 2), "a": {"x": 1}}
+    async with SQLiteStore(tmp_path / "d.db") as store:
+        plain = await store.add_event(Event(source="pagerduty", type="t", event_id="p", resource="r:A", payload=payload))
+        # A copy, as get_event would read it: the caller's dict may still change.
+        assert plain.payload == {"a": {"x": 1}, "b": [1, 2]} and plain.payload["a"] is not payload["a"]
+        # dataclasses.replace drops the text: the new payload is encoded, not the old text.
+        derived = dataclasses.replace(encoded(2, '{"old": 1}', {"old": 1}), payload={"new": 2})
+        assert derived.payload_text is None and derived.payload_json() == '{"new":2}'
+        stored = await store.add_event(derived)
+        assert stored.payload == {"new": 2}
+        assert (await store.get_event(stored.id)).payload == {"new": 2}
