@@ -14,9 +14,10 @@ import binascii
 import hashlib
 import hmac
 import inspect
+import itertools
 import json
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -128,13 +129,20 @@ def _accepted(row_id: int) -> web.Response:
 
 
 # -- middleware ----------------------------------------------------------------------
+# A generated request id: this process's random prefix and a counter, 32 hex digits
+# like a uuid4's. Unique (the prefix is fresh per process) and much cheaper than
+# reading the OS's random source on every request; it needs to correlate, not be secret.
+_REQUEST_ID_PREFIX = os.urandom(8).hex()
+_request_counter = itertools.count(1)
+
+
 def _request_id(value: str | None) -> str:
     if value:
         # Echoed in a header and written to every log line: keep it short and inert.
         clean = _REQUEST_ID_BAD.sub("", value)[:128]
         if clean:
             return clean
-    return uuid.uuid4().hex
+    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
 
 
 @web.middleware
@@ -147,7 +155,10 @@ async def request_middleware(
     traceback, answered without it).
     """
     request_id = _request_id(request.headers.get("X-Request-Id"))
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    # Tokens rather than bound_contextvars(): the same, at a third of the cost. The reset
+    # matters: a keep-alive connection serves its requests one after another in one task.
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -174,6 +185,8 @@ async def request_middleware(
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
         return response
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 # -- reading and checking requests -----------------------------------------------------

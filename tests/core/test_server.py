@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from structlog.testing import capture_logs
 
 from dutybridge.config import validate
@@ -25,6 +26,7 @@ from dutybridge.server import (
     WAKE_WORKER,
     _with_key,
     add_routes,
+    request_middleware,
 )
 from dutybridge.store.sqlite import SQLiteStore
 
@@ -729,6 +731,27 @@ async def test_request_id_bound_for_the_request(client):
     resp = await client.get("/contextvars", headers={"X-Request-Id": "req-42"})
     assert (await resp.json())["request_id"] == "req-42"
     assert "request_id" not in structlog.contextvars.get_contextvars()
+
+
+async def test_generated_request_ids_differ_and_each_is_unbound_after_its_request():
+    seen = []
+
+    async def handler(request):
+        seen.append(structlog.contextvars.get_contextvars()["request_id"])
+        if len(seen) == 2:
+            raise RuntimeError("boom")
+        return web.json_response({})
+
+    structlog.contextvars.bind_contextvars(request_id="outer")
+    try:
+        for status in (200, 500):
+            resp = await request_middleware(make_mocked_request("GET", "/x"), handler)
+            assert resp.status == status and resp.headers["X-Request-Id"] == seen[-1]
+            # Restored, on success and on a crash: the connection's next request starts clean.
+            assert structlog.contextvars.get_contextvars()["request_id"] == "outer"
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    assert len(set(seen)) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in seen)
 
 
 async def test_no_secret_or_signature_in_logs(client, store):
