@@ -1025,11 +1025,23 @@ class Engine:
             log.info("incident_sync: ServiceNow change applied to PagerDuty", pd_incident=pd_id, sn_sys_id=link.sn_id,
                      action=what)
 
+        def agree(*keys: str) -> None:
+            # ServiceNow asks for what PagerDuty has already (a person did the same there,
+            # its event maybe still on the way): that is synced. Recorded, so that event
+            # compares with it, not with an older value (which a later change back in
+            # PagerDuty would equal, leaving ServiceNow behind for good).
+            snap = st.get("pd") or {}
+            for k in keys:
+                snap[k] = pdv[k]
+            st["pd"] = snap
+
         if "state" in changed and is_done and not was_done:
             if pdv["status"] != "resolved":
                 resolution = rec.get("close_notes") or f"Resolved in ServiceNow ({rec.get('number') or link.sn_id})."
                 await put({"status": "resolved", "resolution": resolution}, actor, ("status", "ack_by", "assignees"),
                           "resolve")
+            else:
+                agree("status")
             return False
         if is_done:
             return False
@@ -1049,6 +1061,8 @@ class Engine:
                 if ep and ep != pdv["ep"] and pdv["status"] != "resolved" and self._move_allowed(st, pd_id):
                     await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
                               ("ep", "status", "ack_by"), "reassign to escalation policy")
+                elif ep and ep == pdv["ep"]:
+                    agree("ep")
             elif conf.resolve_if_unmapped_group and new["assignment_group"]:
                 if pdv["status"] != "resolved":
                     name = (await self._group_name(new["assignment_group"])) or "no group"
@@ -1067,11 +1081,15 @@ class Engine:
                     and self._move_allowed(st, pd_id)):
                 await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
                           ("ep", "status", "ack_by"), "reassign to the priority's escalation policy")
+            elif ep and ep != before and ep == pdv["ep"]:
+                agree("ep")
         if "assigned_to" in changed and new["assigned_to"] and pdv["status"] != "resolved":
             uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
             if uid and pdv["assignees"] != [uid]:
                 await put({"assignments": [{"assignee": {"id": uid, "type": "user_reference"}}]}, actor,
                           ("status", "ack_by", "assignees"), "reassign to user")
+            elif uid:
+                agree("assignees")
         if (new["state"] == states["in_progress"] and new["assigned_to"] and ({"state", "assigned_to"} & changed)
                 and pdv["status"] == "triggered"):
             sender = await self.users.from_for_sys_id(new["assigned_to"], create=conf.create_missing_users) or actor
@@ -1081,9 +1099,13 @@ class Engine:
             prio_id = await self._pd_priority_id(self._pd_priority_name(new["priority"]))
             if prio_id and pdv["priority"] != self._pd_priority_name(new["priority"]):
                 changes["priority"] = {"id": prio_id, "type": "priority_reference"}
+            elif prio_id:
+                agree("priority")
             urgency = self._pd_urgency(new["priority"])
             if urgency and urgency != pdv["urgency"] and pdv["status"] != "resolved":
                 changes["urgency"] = urgency
+            elif urgency and urgency == pdv["urgency"]:
+                agree("urgency")
             if changes:
                 await put(changes, actor, ("priority", "urgency"), "priority")
         return False

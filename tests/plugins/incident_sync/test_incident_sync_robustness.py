@@ -267,3 +267,22 @@ async def test_a_resolution_in_servicenow_is_not_undone_by_a_later_acknowledgeme
     await world.settle()
     assert world.pd.incidents[inc["id"]]["status"] == "resolved"
     assert world.sn.get("incident", rec["sys_id"])["state"] == "6"
+
+
+async def test_a_group_change_meeting_a_delegation_and_its_undoing_converges(make_world):
+    # Handled in this order: ServiceNow's move to Network finds PagerDuty delegated there
+    # already (its webhook not handled yet), then PagerDuty is delegated back. That first
+    # webhook, handled last, must not take "back on Database" for "nothing changed".
+    world = await make_world(webhooks=False, doorbell=False)
+    engine = world.engine
+    inc = world.pd.create_incident(title="Crossing", service_id="PSVCDB1", from_user="PALICE1")
+    assert await engine.pagerduty_changed(inc["id"])
+    rec = only(world.sn_for(inc["id"]))
+    world.pd.delegate(inc["id"], "PEPNET1", "PALICE1")
+    rec = world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    assert await engine.servicenow_changed("incident", rec["sys_id"], mod_count=rec["sys_mod_count"])
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"  # nothing to write
+    world.pd.delegate(inc["id"], "PEPDB01", "PALICE1")
+    assert await engine.pagerduty_changed(inc["id"])  # the first delegation's webhook
+    assert await engine.pagerduty_changed(inc["id"])  # the second's
+    assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == DB_GROUP
