@@ -9,6 +9,7 @@ read at each call, so ``set_level`` (SIGHUP) applies to both at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -91,6 +92,23 @@ def _scrub_rendered(_logger: Any, _name: str, event_dict: Any) -> Any:
     if isinstance(event_dict, str):
         return scrub(event_dict)
     return event_dict
+
+
+def _json_default(value: Any) -> Any:
+    # What structlog's JSONRenderer falls back to: __structlog__(), else the repr.
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+_json_encoder = json.JSONEncoder(default=_json_default)
+
+
+def render_json(_logger: Any, _name: str, event_dict: dict[str, Any]) -> str:
+    """structlog's JSONRenderer with one encoder made once: ``json.dumps(..., default=...)``
+    builds a new encoder per line."""
+    return _json_encoder.encode(event_dict)
 
 
 def filter_by_level(_logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +214,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        renderer: Any = structlog.processors.JSONRenderer()
+        renderer: Any = render_json
         # Never render a traceback's local variables: they hold API keys and passwords.
         final = [structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]

@@ -133,3 +133,17 @@ def test_a_line_that_cannot_be_written_never_raises_into_the_caller(capsys):
         configure("info", "json", stream=io.StringIO())
     err = capsys.readouterr().err
     assert "Logging error" in err and "OSError: disk full" in err and "'lost'" in err
+
+
+def test_values_json_cannot_encode_are_rendered_by_structlog_or_repr(json_logs):
+    class Custom:
+        def __structlog__(self):
+            return {"custom": True}
+
+    class Plain:
+        def __repr__(self):
+            return "<plain>"
+
+    structlog.get_logger("t").info("objects", a=Custom(), b=Plain(), c=(1, 2))
+    line = lines(json_logs)[0]
+    assert (line["a"], line["b"], line["c"]) == ({"custom": True}, "<plain>", [1, 2])
