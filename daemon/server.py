@@ -190,6 +190,10 @@ async def request_middleware(
 
 
 # -- reading and checking requests -----------------------------------------------------
+def _too_large(limit: int) -> Reject:
+    return Reject(413, "too_large", f"body larger than {limit} bytes", headers={"Connection": "close"})
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, or Reject(413) having read at most ``limit`` + 1 bytes.
 
@@ -197,20 +201,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     client still sends after a 413 is discarded by aiohttp (bounded lingering), never
     buffered, and the connection is closed.
     """
-    too_large = Reject(413, "too_large", f"body larger than {limit} bytes",
-                       headers={"Connection": "close"})
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    while True:
+    # With a Content-Length the parser passes exactly that many bytes: once they are
+    # here, no read for the end of the stream is needed. Chunked: read to the end.
+    while size != length:
         chunk = await request.content.read(limit + 1 - size)
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
     return b"".join(chunks)
 
 

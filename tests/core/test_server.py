@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -320,6 +321,26 @@ async def test_v3_chunked_body_over_limit_413(client, store):
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     await assert_error(resp, 413)
     assert (await store.inbox()) == []
+
+
+async def test_v3_body_with_content_length_arriving_in_pieces_is_read_whole(client, store):
+    body = raw(v3())
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    head = (f"POST /webhooks/pagerduty HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-PagerDuty-Signature: {sign(body, SECRET)}\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    try:
+        writer.write(head + body[:300])
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the handler is already reading
+        writer.write(body[300:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 202"), answer
+    [event] = await store.inbox()
+    assert event.payload == {**json.loads(body), "webhook_id": None}
 
 
 async def test_v3_chunked_body_under_limit_accepted(client, store):
