@@ -976,19 +976,20 @@ class Engine:
         new = sn_view(rec)
         changed = {k for k in TRACK_SN if old.get(k) != new[k]}
         states = conf.states(table)
+        applied: list[str] = []  # what was written to PagerDuty
         if changed:
             inc = fresh_pd or await self.api.pd_incident(link.pd_id)
             if inc is None:
                 log.warning("incident_sync: PagerDuty incident gone; link marked unlinked", pd_incident=link.pd_id)
                 await self._save(link, st, status="unlinked")
                 return
-            unlinked = await self._apply_sn_changes(link, table, rec, inc, old, new, changed, st, states)
+            unlinked = await self._apply_sn_changes(link, table, rec, inc, old, new, changed, st, states, applied)
             if unlinked:
                 st["sn"] = new
                 await self._save(link, st, status="unlinked")
                 return
         st["sn"] = new
-        if changed and st != link.state and conf.sync_work_notes:
+        if applied and conf.sync_work_notes:
             # What went to PagerDuty is recorded before the notes go (a failed note must
             # not make a retry apply the changes twice).
             link = await self._save(link, st)
@@ -999,8 +1000,9 @@ class Engine:
         await self._sn_notes_to_pd(link, st, synced=mod_count_of(rec))
 
     async def _apply_sn_changes(self, link: Link, table: str, rec: dict, inc: dict, old: dict, new: dict,
-                                changed: set[str], st: dict, states: dict) -> bool:
-        """Write ServiceNow's changes to PagerDuty; True when the link is to be unlinked."""
+                                changed: set[str], st: dict, states: dict, applied: list[str]) -> bool:
+        """Write ServiceNow's changes to PagerDuty (each named in ``applied``); True when
+        the link is to be unlinked."""
         conf = self.conf
         pd_id = link.pd_id
         pdv = pd_view(inc)
@@ -1018,6 +1020,7 @@ class Engine:
                 else:
                     raise
             pdv = pd_view(inc)
+            applied.append(what)
             snap = st.get("pd") or {}
             for k in touched:
                 snap[k] = pdv[k]
