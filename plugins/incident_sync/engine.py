@@ -686,11 +686,22 @@ class Engine:
                             pd_incident=link.pd_id)
                 await self._save(link, st, status="unlinked")
                 return
-            updates = await self._desired_sn(table, inc, old, new, changed, rec, st)
-            updates = {k: v for k, v in updates.items() if str(rec.get(k) or "") != str(v)}
+            agreed: set[str] = set()
+            desired = await self._desired_sn(table, inc, old, new, changed, rec, st, agreed)
+            updates = {k: v for k, v in desired.items() if str(rec.get(k) or "") != str(v)}
+            # What ServiceNow has already (a person did the same there, its doorbell maybe
+            # still on the way) is synced: recorded, so that doorbell compares with it, not
+            # with an older value (which a later change back would equal, leaving
+            # PagerDuty behind for good).
+            snap, have = st.get("sn") or {}, sn_view(rec)
+            for k in TRACK_SN:
+                if k in agreed or (k in desired and k not in updates):
+                    snap[k] = have[k]
+            if {"impact", "urgency"} & set(desired) and not {"impact", "urgency"} & set(updates):
+                snap["priority"] = have["priority"]
+            st["sn"] = snap
             if updates:
                 written = await self.api.sn_update(table, link.sn_id, updates)
-                snap = st.get("sn") or {}
                 view = sn_view(written)
                 for k in TRACK_SN:
                     if k in updates or (k == "priority" and ({"impact", "urgency"} & set(updates))):
@@ -706,7 +717,9 @@ class Engine:
             await self._pd_notes_to_sn(link, table, copy.deepcopy(link.state))
 
     async def _desired_sn(self, table: str, inc: dict, old: dict, new: dict, changed: set[str], rec: dict,
-                          st: dict) -> dict:
+                          st: dict, agreed: set[str]) -> dict:
+        """The ServiceNow fields PagerDuty's changes ask for; ``agreed`` gets the tracked
+        fields whose wanted value the record has already."""
         conf = self.conf
         states = conf.states(table)
         up: dict[str, str] = {}
@@ -714,6 +727,8 @@ class Engine:
         status = new["status"]
         reopened = old.get("status") == "resolved"
         if "status" in changed:
+            if status == "resolved" and done:
+                agreed.add("state")
             if status == "resolved" and not done:
                 who, note = await self._resolution(inc)
                 up.update(state=states["resolved"], close_code=conf.close_code,
@@ -732,7 +747,9 @@ class Engine:
         if "ep" in changed:
             service = (inc.get("service") or {}).get("id")
             group = self.mapping.group_for_pagerduty(service, new["ep"], str(rec.get("assignment_group") or ""))
-            if group is not None and group.sys_id != rec.get("assignment_group") and self._move_allowed(st, inc["id"]):
+            if group is not None and group.sys_id == rec.get("assignment_group"):
+                agreed.add("assignment_group")
+            elif group is not None and self._move_allowed(st, inc["id"]):
                 up["assignment_group"] = group.sys_id
         if not conf.assign_on_ack_only and "assignees" in changed and new["assignees"] and "assigned_to" not in up:
             who = await self.users.sn_for_pd(new["assignees"][0])
@@ -742,6 +759,8 @@ class Engine:
             wanted = self._sn_priority_for(new)
             if wanted and wanted != str(rec.get("priority") or ""):
                 up.update(self._impact_urgency(wanted))
+            elif wanted:
+                agreed.add("priority")
         return up
 
     def _move_allowed(self, st: dict, pd_id: str) -> bool:

@@ -286,3 +286,21 @@ async def test_a_group_change_meeting_a_delegation_and_its_undoing_converges(mak
     assert await engine.pagerduty_changed(inc["id"])  # the first delegation's webhook
     assert await engine.pagerduty_changed(inc["id"])  # the second's
     assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == DB_GROUP
+
+
+async def test_a_delegation_meeting_a_group_change_and_its_undoing_converges(make_world):
+    # The mirror image: PagerDuty's delegation to Network finds ServiceNow moved there
+    # already (its doorbell not handled yet), then ServiceNow is moved back. That first
+    # doorbell, handled after, must not take "back on Database" for "nothing changed".
+    world = await make_world(webhooks=False, doorbell=False)
+    engine = world.engine
+    inc = world.pd.create_incident(title="Crossing", service_id="PSVCDB1", from_user="PALICE1")
+    assert await engine.pagerduty_changed(inc["id"])
+    rec = only(world.sn_for(inc["id"]))
+    first = world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    world.pd.delegate(inc["id"], "PEPNET1", "PALICE1")
+    assert await engine.pagerduty_changed(inc["id"])  # the group is there already: not written
+    back = world.sn.update("incident", rec["sys_id"], {"assignment_group": DB_GROUP}, user="alice.nguyen")
+    assert await engine.servicenow_changed("incident", rec["sys_id"], mod_count=first["sys_mod_count"])
+    assert await engine.servicenow_changed("incident", rec["sys_id"], mod_count=back["sys_mod_count"])
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPDB01"
