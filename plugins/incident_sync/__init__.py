@@ -18,7 +18,7 @@ from aiohttp import hdrs, web
 from dutybridge import hookimpl
 from dutybridge.checks import Check, CheckResult
 from dutybridge.events import Event
-from dutybridge.server import CTX_KEY, WAKE_WORKER, check_credentials, error_response
+from dutybridge.server import check_credentials, error_response
 
 from .config import IncidentSyncConfig
 from .engine import PLUGIN, SYNC_REQUESTED, Engine
@@ -85,11 +85,6 @@ async def request_sync(ctx: Any, pd_id: str, *, requested_by: str, event_id: str
     stored = await ctx.enqueue(Event(
         source=PLUGIN, type=SYNC_REQUESTED, event_id=event_id or f"sync:{pd_id}:{uuid.uuid4().hex}",
         resource=f"pagerduty:incident:{pd_id}", payload={"incident_id": pd_id, "requested_by": requested_by}))
-    wake = ctx.extras.get(WAKE_WORKER)
-    if stored is not None and wake is not None:
-        result = wake()
-        if hasattr(result, "__await__"):
-            await result
     return stored is not None
 
 
@@ -118,7 +113,7 @@ def register_routes(app, ctx):
         Authenticated like the doorbell: the action's custom header carries the bearer
         token, or its URL the basic credentials.
         """
-        ctx = request.config_dict[CTX_KEY]
+        # ctx is the running daemon's; a reload replaces ctx.config, read here per request.
         sn = ctx.config.servicenow
         token = sn.doorbell_token.get_secret_value() if sn.doorbell_token else ""
         password = sn.doorbell_password.get_secret_value() if sn.doorbell_password else ""

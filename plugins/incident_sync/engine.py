@@ -31,7 +31,6 @@ import structlog
 
 from dutybridge.events import Event
 from dutybridge.plugins import call_first
-from dutybridge.server import WAKE_WORKER
 from dutybridge.store.base import Link, LinkConflictError
 
 from .api import ALREADY, Api, Q, pd_code, status_of
@@ -238,15 +237,10 @@ class Engine:
 
     async def _enqueue_recheck(self, key: str, table: str, sys_id: str, stamp: str) -> None:
         try:
-            stored = await self.ctx.enqueue(Event(
+            await self.ctx.enqueue(Event(  # enqueue wakes the worker
                 source="servicenow", type=f"{table}.update", event_id=key, resource=f"servicenow:{table}:{sys_id}",
                 payload={"table": table, "sys_id": sys_id, "operation": "update", "sys_updated_on": stamp,
                          "recheck": True}))
-            wake = self.ctx.extras.get(WAKE_WORKER)
-            if stored is not None and wake is not None:
-                result = wake()
-                if asyncio.iscoroutine(result):
-                    await result
         except Exception as exc:  # noqa: BLE001 - the poll reads it instead
             log.warning("incident_sync: recheck not queued", sn_sys_id=sys_id, error=f"{type(exc).__name__}: {exc}")
 

@@ -20,7 +20,6 @@ from typing import Any
 import structlog
 
 from dutybridge.events import Event
-from dutybridge.server import WAKE_WORKER
 
 from .api import Q
 from .engine import KIND, POLLED, pd_view
@@ -46,14 +45,6 @@ def _parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-async def _wake(ctx: Any) -> None:
-    wake = ctx.extras.get(WAKE_WORKER)
-    if wake is not None:
-        result = wake()
-        if hasattr(result, "__await__"):
-            await result
-
-
 async def poll(ctx: Any, engine: Any) -> dict[str, int]:
     """One reconciliation pass; the number of events enqueued per side."""
     conf = engine.conf
@@ -66,7 +57,6 @@ async def poll(ctx: Any, engine: Any) -> dict[str, int]:
         counts["servicenow"] += await poll_servicenow(ctx, engine, table)
     counts["pagerduty"] = await poll_pagerduty(ctx, engine)
     if any(counts.values()):
-        await _wake(ctx)
         log.info("incident_sync: poll enqueued changes", **counts)
     return counts
 
