@@ -75,6 +75,15 @@ def _summary_of(kind: str, obj: dict) -> str:
     return obj.get("name") or obj.get("summary") or obj.get("id", "")
 
 
+
+def _name_errors(name: Any, existing: dict, own_id: str | None) -> list[str]:
+    """PagerDuty's answers for a name that is blank or taken by another object of the kind."""
+    if not isinstance(name, str) or not name.strip():
+        return ["Name can't be blank"]
+    if any(o["name"].lower() == name.lower() and o["id"] != own_id for o in existing.values()):
+        return ["Name has already been taken"]
+    return []
+
 class PagerDutyState(IncidentOps):
     """An in-memory PagerDuty account. Build it with :meth:`from_seed`."""
 
@@ -586,11 +595,7 @@ class PagerDutyState(IncidentOps):
         errors = []
         if data.get("type") != "team":
             errors.append("Team type must be 'team'")
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            errors.append("Name can't be blank")
-        elif any(t["name"].lower() == name.lower() and t["id"] != tid for t in self.teams.values()):
-            errors.append("Name has already been taken")
+        errors += _name_errors(data.get("name"), self.teams, tid)
         if data.get("default_role", "manager") not in ("manager", "none"):
             errors.append("Default role must be 'manager' or 'none'")
         if errors:
@@ -854,10 +859,7 @@ class PagerDutyState(IncidentOps):
         if data.get("type") != "escalation_policy":
             errors.append("Escalation policy type must be 'escalation_policy'")
         name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            errors.append("Name can't be blank")
-        elif any(ep["name"].lower() == name.lower() and ep["id"] != epid for ep in self.escalation_policies.values()):
-            errors.append("Name has already been taken")
+        errors += _name_errors(name, self.escalation_policies, epid)
         if not isinstance(data.get("escalation_rules"), list) or not data.get("escalation_rules"):
             errors.append("Escalation rules can't be empty")
         handoff = data.get("on_call_handoff_notifications", "if_has_services")
@@ -972,11 +974,7 @@ class PagerDutyState(IncidentOps):
         errors = []
         if data.get("type") != "service":
             errors.append("Service type must be 'service'")
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            errors.append("Name can't be blank")
-        elif any(s["name"].lower() == name.lower() and s["id"] != sid for s in self.services.values()):
-            errors.append("Name has already been taken")
+        errors += _name_errors(data.get("name"), self.services, sid)
         ep = data.get("escalation_policy")
         if not isinstance(ep, dict) or ep.get("id") not in self.escalation_policies:
             errors.append("Escalation policy not found")
@@ -1074,11 +1072,7 @@ class PagerDutyState(IncidentOps):
 
     def _validate_business_service(self, data: dict, bid: str | None = None) -> None:
         errors = []
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            errors.append("Name can't be blank")
-        elif any(b["name"].lower() == name.lower() and b["id"] != bid for b in self.business_services.values()):
-            errors.append("Name has already been taken")
+        errors += _name_errors(data.get("name"), self.business_services, bid)
         team = data.get("team")
         if isinstance(team, dict) and team.get("id") and team["id"] not in self.teams:
             errors.append("Team not found")
