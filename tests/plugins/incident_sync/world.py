@@ -36,14 +36,10 @@ PD_TO_SN = {"PALICE1": ALICE_SN, "PBOBSM1": BOB_SN, "PCAROL1": CAROL_SN, "PDAVEP
 PAYMENTS_API_CI = "720b630f97bc169b69b1cfcb70dbd140"
 PORTAL_WEB_CI = "1721ae5a0ea68e0a533573f9cc49850d"
 
-DEFAULT_LINKS = [
-    {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
-    {"group": "Network", "service": "PSVCNET", "escalation_policy": "PEPNET1"},
-]
+# The demo's wiring: the seeded Database and Network groups, and the events subscribed to.
+from dutybridge.demo import LINKS as DEFAULT_LINKS  # noqa: E402
 
-V3_EVENTS = ["incident.triggered", "incident.acknowledged", "incident.unacknowledged", "incident.resolved",
-             "incident.reopened", "incident.reassigned", "incident.delegated", "incident.escalated",
-             "incident.annotated", "incident.priority_updated"]
+from dutybridge.demo import V3_EVENTS  # noqa: E402
 
 
 @dataclass
