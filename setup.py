@@ -1,12 +1,14 @@
 """Map the repository's directories to namespaced import names.
 
 daemon/ -> dutybridge, plugins/ -> dutybridge_plugins, sandbox/ -> dutybridge_sandbox,
-so installing dutybridge never shadows python-daemon's `daemon` or another `plugins`.
+demo/ -> dutybridge_demo, so installing dutybridge never shadows python-daemon's
+`daemon` or another `plugins`.
 """
 
 from setuptools import find_packages, setup
 
-ROOTS = {"dutybridge": "daemon", "dutybridge_plugins": "plugins", "dutybridge_sandbox": "sandbox"}
+ROOTS = {"dutybridge": "daemon", "dutybridge_plugins": "plugins", "dutybridge_sandbox": "sandbox",
+         "dutybridge_demo": "demo"}
 
 packages, package_dir = [], {}
 for name, directory in ROOTS.items():

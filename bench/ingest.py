@@ -95,7 +95,8 @@ def _real_app(db_path: str, store_class: str) -> web.Application:
     from dutybridge.context import Ctx
     from dutybridge.logging import configure
     from dutybridge.metrics import Metrics
-    from dutybridge.server import CTX_KEY, add_routes
+    from dutybridge.server import add_routes
+    from dutybridge.web import CTX_KEY
 
     module, _, name = store_class.partition(":")
     store_type = getattr(importlib.import_module(module), name)

@@ -5,10 +5,14 @@ scheduler and worker, each one ``cleanup_ctx``; signals, systemd notify, reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import IO, Any
 
 import pluggy
 import structlog
@@ -17,18 +21,31 @@ from aiohttp import web
 from . import systemd
 from .config import Config, ConfigError, read_toml, validate
 from .context import Ctx
-from .logging import configure as configure_logging
+from .events import utcnow
+from .hooks import hooks_of
+from .http import OutboundPipeline
 from .logging import adjust_level, set_level, set_secrets
-from .server import CTX_KEY, WAKE_WORKER, add_routes
+from .logging import configure as configure_logging
+from .metrics import Metrics
+from .pagerduty import PagerDutyClient
 from .plugins import (
     PluginError,
     build_plugin_manager,
-    call_hook,
     known_plugins,
     register_hook_files,
 )
+from .scheduler import Scheduler
+from .server import add_routes
+from .servicenow import ServiceNowClient
+from .store import open_store
+from .store.base import Store
+from .web import CTX_KEY
+from .worker import Worker
 
 log = structlog.get_logger("dutybridge")
+
+#: The running worker, for tests and probes that look at it.
+WORKER_KEY: web.AppKey[Worker] = web.AppKey("dutybridge.worker", Worker)
 
 
 #: Keys read once at start; a reload that changes them says a restart is needed.
@@ -38,8 +55,8 @@ RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
 
 def plugin_schemas(pm: pluggy.PluginManager) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for result in pm.hook.register_config_sections():
-        for section, model in (result or {}).items():
+    for _, result in hooks_of(pm).register_config_sections():
+        for section, model in result.items():
             if section in schemas and schemas[section] is not model:
                 raise PluginError(f"two plugins declare the configuration section plugins.{section}")
             schemas[section] = model
@@ -81,16 +98,17 @@ def load(path: str | os.PathLike, *, extra_plugins: list[object] = (),
 
 
 def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
-    from .metrics import Metrics
-    from .scheduler import Scheduler
-
     return Ctx(config=config, pm=pm, scheduler=Scheduler(), metrics=Metrics())
 
 
-def build_clients(ctx: Ctx) -> None:
-    from .pagerduty import PagerDutyClient
-    from .servicenow import ServiceNowClient
+def open_configured_store(config: Config) -> Store:
+    """The store ``daemon.store_url`` names (not yet opened): the one place it is made."""
+    return open_store(config.daemon.store_url, config.resolve_path(".", state=True))
 
+
+def build_clients(ctx: Ctx) -> None:
+    if ctx.http is None:
+        raise RuntimeError("the outbound pipeline is not started")
     old = ctx.pagerduty
     # The rate budget belongs to the API key: a reload with the same key keeps it.
     same_key = old is not None and old.config.api_key == ctx.config.pagerduty.api_key
@@ -100,11 +118,9 @@ def build_clients(ctx: Ctx) -> None:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    from .store import open_store
-
     ctx = app[CTX_KEY]
     if ctx.store is None:
-        ctx.store = open_store(ctx.config.daemon.store_url, ctx.config.resolve_path(".", state=True))
+        ctx.store = open_configured_store(ctx.config)
     await ctx.store.open()
     log.info("store open", store=_safe_url(ctx.config.daemon.store_url),
              schema_version=await ctx.store.schema_version())
@@ -124,10 +140,8 @@ def _safe_url(url: str) -> str:
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
-    from .http import OutboundPipeline
-
     ctx = app[CTX_KEY]
-    ctx.http = OutboundPipeline(ctx.pm, ctx, metrics=ctx.metrics)
+    ctx.http = OutboundPipeline(ctx.hooks, ctx, metrics=ctx.metrics)
     await ctx.http.start()
     build_clients(ctx)
     yield
@@ -137,30 +151,27 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CTX_KEY]
-    await call_hook(ctx.pm, "on_startup", ctx=ctx)
+    await ctx.hooks.on_startup(ctx=ctx)
     yield
     try:
-        await call_hook(ctx.pm, "on_shutdown", ctx=ctx)
+        await ctx.hooks.on_shutdown(ctx=ctx)
     except Exception:  # noqa: BLE001 - shutdown goes on
         log.exception("shutdown: a plugin's on_shutdown failed")
     log.info("shutdown: plugins stopped")
 
 
-def register_jobs(ctx: Ctx) -> None:
-    assert ctx.scheduler is not None
-    ctx.scheduler.remove_all_jobs()
+def register_jobs(ctx: Ctx, scheduler: Scheduler) -> None:
+    """(Re)schedule the core's housekeeping and every plugin's jobs."""
+    scheduler.remove_all_jobs()
     retention = ctx.config.daemon.event_retention_days
     if retention:
-        ctx.scheduler.add_job(_purge_old_events, "interval", id="dutybridge.purge_old_events",
-                              hours=1, args=(ctx,))
-    ctx.pm.hook.register_jobs(scheduler=ctx.scheduler, ctx=ctx)
+        scheduler.add_job(_purge_old_events, "interval", id="dutybridge.purge_old_events",
+                          hours=1, args=(ctx,))
+    for job in ctx.hooks.register_jobs(ctx=ctx):
+        scheduler.add(job)
 
 
 async def _purge_old_events(ctx: Ctx) -> None:
-    from datetime import timedelta
-
-    from .events import utcnow
-
     days = ctx.config.daemon.event_retention_days
     if days and ctx.store is not None:
         removed = await ctx.store.purge_done(utcnow() - timedelta(days=days))
@@ -170,29 +181,50 @@ async def _purge_old_events(ctx: Ctx) -> None:
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CTX_KEY]
-    register_jobs(ctx)
-    ctx.scheduler.start()
-    log.info("scheduler started", jobs=ctx.scheduler.job_ids())
+    scheduler = ctx.scheduler = ctx.scheduler or Scheduler()
+    register_jobs(ctx, scheduler)
+    scheduler.start()
+    log.info("scheduler started", jobs=scheduler.job_ids())
     yield
-    ctx.scheduler.shutdown()
+    scheduler.shutdown()
     log.info("shutdown: scheduler stopped")
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    from .worker import Worker
-
     ctx = app[CTX_KEY]
+    if ctx.store is None:
+        raise RuntimeError("the store is not open")
     d = ctx.config.daemon
-    worker = Worker(ctx.store, ctx.pm, ctx, concurrency=d.worker_concurrency, max_attempts=d.max_attempts,
+    worker = Worker(ctx.store, ctx.hooks, ctx, concurrency=d.worker_concurrency, max_attempts=d.max_attempts,
                     retry_base=d.retry_base_seconds, retry_max=d.retry_max_seconds,
                     lease_seconds=d.lease_seconds, metrics=ctx.metrics)
-    ctx.extras["worker"] = worker
-    ctx.extras[WAKE_WORKER] = worker.wake
+    app[WORKER_KEY] = worker
+    ctx.waker = worker.wake
     await worker.start()
     yield
     log.info("shutdown: draining the worker", timeout=d.shutdown_timeout)
+    ctx.waker = None
     await worker.stop(d.shutdown_timeout)
     log.info("shutdown: worker stopped")
+
+
+@contextlib.asynccontextmanager
+async def command_context(config: Config, pm: pluggy.PluginManager, *, store: bool = True,
+                          clients: bool = True) -> AsyncIterator[Ctx]:
+    """``ctx`` for a one-off command (the CLI's and plugins' commands, ``dutybridge
+    check``): store open, clients ready, nothing listening, no worker."""
+    ctx = make_ctx(config, pm)
+    async with contextlib.AsyncExitStack() as stack:
+        if store:
+            ctx.store = open_configured_store(config)
+            await ctx.store.open()
+            stack.push_async_callback(ctx.store.close)
+        if clients:
+            ctx.http = OutboundPipeline(ctx.hooks, ctx, metrics=ctx.metrics)
+            await ctx.http.start()
+            stack.push_async_callback(ctx.http.close)
+            build_clients(ctx)
+        yield ctx
 
 
 def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = None,
@@ -201,8 +233,8 @@ def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = No
     ctx = ctx or make_ctx(config, pm)
     app = web.Application(client_max_size=config.daemon.max_body_bytes)
     app[CTX_KEY] = ctx
-    add_routes(app, ctx_key=CTX_KEY)
-    pm.hook.register_routes(app=app, ctx=ctx)
+    add_routes(app)
+    app.router.add_routes(ctx.hooks.register_routes(ctx=ctx))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_plugins_ctx)
@@ -239,7 +271,7 @@ async def reload(ctx: Ctx, path: Path) -> bool:
     if ctx.http is not None:
         build_clients(ctx)
     if ctx.scheduler is not None and ctx.scheduler.running:
-        register_jobs(ctx)
+        register_jobs(ctx, ctx.scheduler)
     if need_restart:
         log.warning("reloaded; these changes take effect after a restart", keys=need_restart)
     else:
@@ -322,10 +354,8 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
     return 0
 
 
-def run(path: str | os.PathLike, *, verbose: int = 0, quiet: int = 0, stderr=None) -> int:
+def run(path: str | os.PathLike[str], *, verbose: int = 0, quiet: int = 0, stderr: IO[str] | None = None) -> int:
     """``dutybridge run``: load, configure logging, serve. The exit code."""
-    import sys
-
     stderr = stderr or sys.stderr
     try:
         config, pm = load(path)

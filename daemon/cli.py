@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import IO
+
+import pluggy
 
 from . import __version__
+from .app import command_context, load, plugin_schemas, run
+from .checks import BUILTIN_CHECKS, CheckResult
+from .commands import Command
+from .config import Config, ConfigError, render_example
+from .logging import adjust_level, configure, set_secrets
+from .plugins import PluginError, build_plugin_manager, describe_plugins, known_plugins
 
 CONFIG_HELP = ("configuration file (default: $DUTYBRIDGE_CONFIG, else "
                "$CONFIGURATION_DIRECTORY/config.toml under systemd, else ./config.toml)")
@@ -28,6 +36,23 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="PATH", default=None, help=CONFIG_HELP)
 
 
+def _add_verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="less log output (repeatable)")
+
+
+def _global_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``--config``, ``-v`` and ``-q`` wherever they stand (before or after a command
+    and its sub-commands), and the arguments left for the command's own parser."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", "-c", default=None)
+    _add_verbosity(pre)
+    # Only up to "--": what follows belongs to the command, whatever it looks like.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    options, rest = pre.parse_known_args(argv[:cut])
+    return options, rest + argv[cut:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dutybridge",
@@ -35,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 failure, 2 invalid configuration or usage.",
     )
     parser.add_argument("--version", action="version", version=f"dutybridge {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output (repeatable)")
+    _add_config(parser)
+    _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the daemon (webhook server, worker, scheduler)")
@@ -81,18 +106,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sandbox", help="run the local PagerDuty and ServiceNow sandbox", add_help=False)
     p.add_argument("sandbox_args", nargs=argparse.REMAINDER)
+    for plugin, command in plugin_commands():
+        p = sub.add_parser(command.name, help=f"{command.help} [plugin {plugin}]")
+        _add_config(p)
+        if command.add_arguments is not None:
+            command.add_arguments(p)
+        p.set_defaults(plugin_command=command, plugin=plugin)
     return parser
+
+
+BUILTIN_COMMANDS = frozenset({"run", "check", "config", "plugins", "events", "sandbox", "demo"})
+
+
+def plugin_commands() -> list[tuple[str, Command]]:
+    """(plugin, command) for every installed plugin's commands, enabled or not, so that
+    ``--help`` lists them all; running one needs its plugin enabled."""
+    try:
+        pm = build_plugin_manager(list(known_plugins()), None, trace=False)
+    except PluginError as exc:
+        print(f"plugin commands unavailable: {exc}", file=sys.stderr)
+        return []
+    return [(plugin, command) for plugin, command in pm.hooks.register_cli_commands()
+            if command.name not in BUILTIN_COMMANDS]
 
 
 def _config_path(args: argparse.Namespace) -> str:
     return getattr(args, "config", None) or default_config_path()
 
 
-def _load(args: argparse.Namespace):
-    from .app import load
-    from .config import ConfigError
-    from .plugins import PluginError
-
+def _load(args: argparse.Namespace) -> tuple[Config, pluggy.PluginManager]:
     try:
         return load(_config_path(args))
     except (ConfigError, PluginError) as exc:
@@ -101,46 +143,17 @@ def _load(args: argparse.Namespace):
 
 
 def _configure_cli_logging(args: argparse.Namespace, level: str = "warning") -> None:
-    from .logging import adjust_level, configure
-
     configure(adjust_level(level, args.verbose, args.quiet), "console", stream=sys.stderr)
 
 
-@contextlib.asynccontextmanager
-async def cli_context(config, pm, *, store: bool = True, clients: bool = True) -> AsyncIterator:
-    """``ctx`` for a one-off command: store open, clients ready, nothing listening."""
-    from .app import build_clients, make_ctx
-    from .http import OutboundPipeline
-    from .store import open_store
-
-    ctx = make_ctx(config, pm)
-    async with contextlib.AsyncExitStack() as stack:
-        if store:
-            ctx.store = open_store(config.daemon.store_url, config.resolve_path(".", state=True))
-            await ctx.store.open()
-            stack.push_async_callback(ctx.store.close)
-        if clients:
-            ctx.http = OutboundPipeline(pm, ctx, metrics=ctx.metrics)
-            await ctx.http.start()
-            stack.push_async_callback(ctx.http.close)
-            build_clients(ctx)
-        yield ctx
-
-
-async def _check(config, pm, out) -> int:
-    from .checks import BUILTIN_CHECKS
-
-    async with cli_context(config, pm, store=False) as ctx:
-        checks = list(BUILTIN_CHECKS)
-        for extra in pm.hook.register_checks(ctx=ctx):
-            checks.extend(extra or [])
+async def _check(config: Config, pm: pluggy.PluginManager, out: IO[str]) -> int:
+    async with command_context(config, pm) as ctx:
+        checks = [*BUILTIN_CHECKS, *ctx.hooks.register_checks(ctx=ctx)]
         failed = 0
         for check in checks:
             try:
                 result = await check.func(ctx)
             except Exception as exc:  # noqa: BLE001 - a broken check is a failed check
-                from .checks import CheckResult
-
                 result = CheckResult(False, f"{type(exc).__name__}: {exc}")
             mark = "success" if result.ok else "FAILED "
             failed += not result.ok
@@ -150,10 +163,6 @@ async def _check(config, pm, out) -> int:
 
 
 def _config_init(args: argparse.Namespace) -> int:
-    from .config import render_example
-    from .plugins import PluginError, build_plugin_manager, known_plugins
-    from .app import plugin_schemas
-
     known = known_plugins()
     unknown = [n for n in args.enable if n not in known]
     if unknown:
@@ -181,9 +190,7 @@ def _config_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plugins(config, pm, out) -> int:
-    from .plugins import describe_plugins
-
+def _plugins(config: Config, pm: pluggy.PluginManager, out: IO[str]) -> int:
     rows = describe_plugins(pm)
     if not rows:
         print("no plugins loaded (enable some in plugins.enabled)", file=out)
@@ -192,11 +199,14 @@ def _plugins(config, pm, out) -> int:
     return 0
 
 
-async def _events(args, config, pm, out) -> int:
+async def _events(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager, out: IO[str]) -> int:
+    # events_cli formats rows for people; only these commands need it.
     from . import events_cli
 
-    async with cli_context(config, pm, clients=False) as ctx:
+    async with command_context(config, pm, clients=False) as ctx:
         store = ctx.store
+        if store is None:
+            return 1
         action = args.events_command
         if action == "list":
             return await events_cli.list_events(store, out, status=args.status, limit=args.limit, as_json=args.json)
@@ -211,10 +221,16 @@ async def _events(args, config, pm, out) -> int:
     return 2
 
 
-def _plugin_command(args, config, pm) -> int:
+def _plugin_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
+    command: Command = args.plugin_command
+    if args.plugin not in config.plugins_enabled:
+        print(f"dutybridge {command.name}: the {args.plugin} plugin is not enabled in {_config_path(args)} "
+              f"(add it to plugins.enabled)", file=sys.stderr)
+        return 2
+
     async def go() -> int:
-        async with cli_context(config, pm) as ctx:
-            return int(await args.handler(args, ctx) or 0)
+        async with command_context(config, pm) as ctx:
+            return int(await command.handler(args, ctx) or 0)
 
     return asyncio.run(go())
 
@@ -224,28 +240,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first == "sandbox":
         # The sandbox has its own options (and --help); hand it everything after its name.
+        # It is a separate package the core does not import otherwise.
         from dutybridge_sandbox.runner import main as sandbox_main
 
         return sandbox_main(argv[argv.index("sandbox") + 1:])
+    options, rest = _global_options(argv)
     parser = build_parser()
-    # Plugins add subcommands, and which plugins run depends on the configuration:
-    # find --config first, then let the enabled plugins extend the parser.
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", "-c", default=None)
-    known_args, _ = pre.parse_known_args(argv)
-    builtin = {"run", "check", "config", "plugins", "events", "sandbox", "demo"}
-    first = next((a for a in argv if not a.startswith("-")), None)
-    if first is not None and first not in builtin:
-        cfg_args = argparse.Namespace(config=known_args.config)
-        config, pm = _load(cfg_args)
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        pm.hook.register_cli_commands(subparsers=sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rest)
+    args.config, args.verbose, args.quiet = options.config, options.verbose, options.quiet
     if args.command is None:
         parser.print_help()
         return 2
     if args.command == "demo":
-        from .demo import run_demo
+        # The demo composes the core, a plugin and the sandbox: a package of its own.
+        from dutybridge_demo.story import run_demo
 
         try:
             return asyncio.run(run_demo(keep_running=args.keep_running))
@@ -254,8 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config" and args.config_command == "init":
         return _config_init(args)
     if args.command == "run":
-        from .app import run
-
         return run(_config_path(args), verbose=args.verbose, quiet=args.quiet)
 
     config, pm = _load(args)
@@ -264,8 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(config.plugins_enabled) or 'none'})")
         return 0
     _configure_cli_logging(args)
-    from .logging import set_secrets
-
     set_secrets(config.secrets())
     if args.command == "check":
         return asyncio.run(_check(config, pm, sys.stdout))
@@ -273,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plugins(config, pm, sys.stdout)
     if args.command == "events":
         return asyncio.run(_events(args, config, pm, sys.stdout))
-    if hasattr(args, "handler"):
+    if getattr(args, "plugin_command", None) is not None:
         return _plugin_command(args, config, pm)
     parser.print_help()
     return 2

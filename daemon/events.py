@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, Literal
 
 EventStatus = Literal["pending", "claimed", "done", "dead", "ignored"]
@@ -33,6 +34,16 @@ class Event:
 
     def payload_json(self) -> str:
         return json.dumps(self.payload, separators=(",", ":"), sort_keys=True)
+
+    @cached_property
+    def pagerduty(self) -> PagerDutyChange | None:
+        """What a PagerDuty webhook says, the same for V3 and V2; None for other sources."""
+        return pagerduty_change(self)
+
+    @cached_property
+    def servicenow(self) -> ServiceNowChange | None:
+        """Which ServiceNow record a doorbell (or a poll) says changed; None for other events."""
+        return servicenow_change(self)
 
 
 class EncodedEvent(Event):
@@ -72,3 +83,87 @@ class StoredEvent(Event):
     updated_at: datetime | None = None
     owner: str | None = None  # the worker holding the claim, while claimed
     lease_expires_at: datetime | None = None  # when another worker may take it over
+
+
+# -- one normalised view per source ----------------------------------------------------
+
+#: V2 extension webhook types (webhooks/09-V2-Overview.md) and the V3 type each became.
+PAGERDUTY_V2_TO_V3: dict[str, str] = {
+    "incident.trigger": "incident.triggered",
+    "incident.acknowledge": "incident.acknowledged",
+    "incident.unacknowledge": "incident.unacknowledged",
+    "incident.resolve": "incident.resolved",
+    "incident.assign": "incident.reassigned",
+    "incident.escalate": "incident.escalated",
+    "incident.delegate": "incident.delegated",
+    "incident.annotate": "incident.annotated",
+}
+
+
+def normalise_pagerduty_type(event_type: str) -> str:
+    """The V3 name of a PagerDuty event type (V2 names are mapped, V3 names kept)."""
+    return PAGERDUTY_V2_TO_V3.get(event_type, event_type)
+
+
+@dataclass(frozen=True)
+class PagerDutyChange:
+    """A PagerDuty webhook's meaning, whichever webhook version carried it.
+
+    ``type`` is the V3 event type (``incident.triggered``...), ``resource_type``
+    ``incident`` or ``service``, ``id`` the incident's (or service's) id, ``data`` the
+    V3 ``event.data`` (for a V2 message: its ``incident`` object), ``agent`` who did
+    it when PagerDuty said, ``occurred_at`` when (may be None).
+    """
+
+    type: str
+    resource_type: str
+    id: str
+    data: dict[str, Any]
+    agent: dict[str, Any] | None
+    occurred_at: str | None
+    webhook_version: int
+
+
+def pagerduty_change(event: Event) -> PagerDutyChange | None:
+    if event.source != "pagerduty":
+        return None
+    _, _, rest = event.resource.partition(":")
+    resource_type, _, subject = rest.partition(":")
+    payload = event.payload
+    message = payload.get("message")
+    if isinstance(message, dict):  # a V2 extension webhook
+        entries = message.get("log_entries") or []
+        first = entries[0] if entries and isinstance(entries[0], dict) else {}
+        agent = first.get("agent") if isinstance(first.get("agent"), dict) else None
+        data = message.get("incident") if isinstance(message.get("incident"), dict) else {}
+        return PagerDutyChange(type=normalise_pagerduty_type(event.type), resource_type=resource_type or "incident",
+                               id=subject, data=data, agent=agent, occurred_at=message.get("created_on"),
+                               webhook_version=2)
+    envelope = payload.get("event") if isinstance(payload.get("event"), dict) else {}
+    data = envelope.get("data") if isinstance(envelope.get("data"), dict) else {}
+    agent = envelope.get("agent") if isinstance(envelope.get("agent"), dict) else None
+    return PagerDutyChange(type=normalise_pagerduty_type(event.type), resource_type=resource_type, id=subject,
+                           data=data, agent=agent, occurred_at=envelope.get("occurred_at"), webhook_version=3)
+
+
+@dataclass(frozen=True)
+class ServiceNowChange:
+    """A ServiceNow record that changed: ``table``, ``sys_id``, ``operation`` and, when
+    the doorbell sent them, ``sys_updated_on`` and ``sys_mod_count``."""
+
+    table: str
+    sys_id: str
+    operation: str
+    sys_updated_on: str | None
+    sys_mod_count: str | None
+
+
+def servicenow_change(event: Event) -> ServiceNowChange | None:
+    if not event.resource.startswith("servicenow:"):
+        return None
+    _, table, sys_id = (event.resource.split(":", 2) + ["", ""])[:3]
+    payload = event.payload
+    return ServiceNowChange(table=str(payload.get("table") or table), sys_id=str(payload.get("sys_id") or sys_id),
+                            operation=str(payload.get("operation") or "update"),
+                            sys_updated_on=payload.get("sys_updated_on"),
+                            sys_mod_count=payload.get("sys_mod_count"))

@@ -2,8 +2,12 @@
 
 Implementations are marked with ``dutybridge.hookimpl``. Hooks documented as *may
 be async* accept ``async def`` implementations; the core awaits each result. The
-core always calls hooks with keyword arguments, so an implementation may accept
-any subset of the parameters, by name.
+core calls each hook through ``dutybridge.hooks.Hooks`` (``ctx.hooks``), one
+implementation at a time, so an implementation may accept any subset of the
+parameters, by name. ``register_*`` hooks return what the core should add;
+``outbound_*`` hooks change what they are given; ``on_*``/``handle_*`` react.
+pluggy's ``hookwrapper``/``wrapper`` implementations are refused at registration:
+the core awaits implementations one by one, which a wrapper could not surround.
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ import pluggy
 from . import PROJECT
 
 if TYPE_CHECKING:  # pragma: no cover
-    import argparse
-
     from aiohttp import web
     from pydantic import BaseModel
 
     from .checks import Check
+    from .commands import Command
     from .context import Ctx
     from .events import StoredEvent
     from .http import OutboundRequest, OutboundResponse
-    from .scheduler import Scheduler
+    from .scheduler import Job
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -45,23 +48,28 @@ def register_config_sections() -> "dict[str, type[BaseModel]]":
 
 
 @hookspec
-def register_routes(app: "web.Application", ctx: "Ctx") -> None:
-    """Add HTTP routes to the daemon's aiohttp application.
+def register_routes(ctx: "Ctx") -> "list[web.AbstractRouteDef]":
+    """Return HTTP routes to add to the daemon's aiohttp application.
 
-    Called once at start-up, before the server listens. Add routes with
-    ``app.router.add_route``; a handler is responsible for its own authentication.
-    Must not be async.
+    Return a list of ``aiohttp.web`` route definitions (``web.post(path, handler)``,
+    ``web.get(...)``), as datasette's ``register_routes`` does. A handler is
+    responsible for its own authentication (``dutybridge.web.check_credentials``)
+    and answers errors with ``dutybridge.web.error_response``. The core's request
+    middleware gives every route a request id and JSON errors.
+    Called once at start-up, before the server listens. Must not be async.
     """
 
 
 @hookspec
-def register_jobs(scheduler: "Scheduler", ctx: "Ctx") -> None:
-    """Add scheduled jobs (polling, reconciliation, housekeeping).
+def register_jobs(ctx: "Ctx") -> "list[Job]":
+    """Return scheduled jobs (polling, reconciliation, housekeeping).
 
-    Call ``scheduler.add_job(func, trigger, id=..., **trigger_args)`` with an explicit,
-    unique ``id``; ``func`` may be a coroutine function. Each run gets a fresh log
-    context; a failing run is logged and the job keeps its schedule.
-    Called once at start-up and again after each reload. Must not be async.
+    Return a list of ``dutybridge.scheduler.Job(id, func, trigger, trigger_args)``,
+    each with an explicit, unique ``id``; ``func`` takes no argument and may be a
+    coroutine function. Each run gets a fresh log context; a failing run is logged
+    and the job keeps its schedule.
+    Called at start-up and again after each reload (jobs are replaced by id). Must
+    not be async.
     """
 
 
@@ -87,7 +95,8 @@ def escalation_policy_for(group: "dict[str, Any]", priority: "str | None", ctx: 
     None. Return an escalation policy id, or None to have no opinion.
 
     Stops at the first non-None result (implementations registered later are
-    asked first).
+    asked first; the ones after the first answer are not called). A plugin asks
+    with ``await ctx.hooks.escalation_policy_for(group=..., priority=..., ctx=ctx)``.
     """
 
 
@@ -132,14 +141,17 @@ def register_checks(ctx: "Ctx") -> "list[Check]":
 
 
 @hookspec
-def register_cli_commands(subparsers: "argparse._SubParsersAction") -> None:
-    """Add ``dutybridge`` subcommands.
+def register_cli_commands() -> "list[Command]":
+    """Return ``dutybridge`` subcommands.
 
-    Call ``subparsers.add_parser(name, help=...)``, add arguments, and set
-    ``parser.set_defaults(handler=func)`` where ``func(args, ctx)`` is a coroutine
-    function returning the exit code. The command runs with the configuration loaded
-    and ``ctx`` built (store open, clients ready, server and worker not started).
-    Called when the CLI starts with a configuration. Must not be async.
+    Return a list of ``dutybridge.commands.Command(name, help, handler,
+    add_arguments)``. ``add_arguments(parser)`` adds arguments to the command's own
+    ``argparse.ArgumentParser`` (``--config`` is added by the core); ``handler(args,
+    ctx)`` is a coroutine function returning the exit code. The command runs with
+    the configuration loaded and ``ctx`` ready (store open, clients built, server
+    and worker not started). ``dutybridge --help`` lists it with the plugin's name.
+    Called when the CLI starts, with the configuration's enabled plugins. Must not
+    be async.
     """
 
 
@@ -157,3 +169,10 @@ def on_shutdown(ctx: "Ctx") -> None:
 
     May be async. Exceptions are logged and do not stop the shutdown.
     """
+
+
+#: Hooks whose implementations may be ``async def``; the others must return at once.
+ASYNC_HOOKS = frozenset({
+    "handle_event", "escalation_policy_for", "outbound_request", "send_request",
+    "outbound_response", "on_startup", "on_shutdown",
+})

@@ -15,14 +15,19 @@ import json as _json
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import aiohttp
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .plugins import call_first, call_hook
+from .hooks import Hooks, hooks_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pluggy
+
+    from .context import Ctx
 
 #: Methods whose repetition leaves the server as one execution would (RFC 9110 9.2.2).
 #: POST and PATCH are not: a caller that knows better passes ``idempotent=True``.
@@ -107,6 +112,39 @@ class OutboundError(Exception):
 
     transient: bool = False
     status: int | None = None
+
+
+class ApiError(OutboundError):
+    """The API answered with an error status: ``status``, its ``message``, the
+    ``operation`` and how many ``attempts`` were made. ``transient`` for 429 and 5xx.
+
+    The clients raise subclasses (``PagerDutyError``, ``ServiceNowError``) that are
+    also ``NotFound``, ``AuthError`` or ``RateLimited`` where the status says so, so a
+    plugin can catch ``NotFound`` whichever API it called.
+    """
+
+    def __init__(self, text: str, *, status: int, message: str, operation: str = "", attempts: int = 1):
+        super().__init__(text)
+        self.status = status
+        self.message = message
+        self.operation = operation
+        self.attempts = attempts
+        self.transient = status == 429 or status >= 500
+
+
+class NotFound(ApiError):
+    """404: the object does not exist (or the credentials may not see it)."""
+
+
+class AuthError(ApiError):
+    """401 or 403: the credentials are wrong, or lack access to this object."""
+
+
+class RateLimited(ApiError):
+    """429, still, after the retries the policy allowed; ``retry_after`` is the wait
+    the API asked for, in seconds, when it said."""
+
+    retry_after: float | None = None
 
 
 class TransportError(OutboundError):
@@ -348,7 +386,8 @@ class OutboundPipeline:
     ``sleep``, ``rng`` and ``wallclock`` are injectable for tests.
     """
 
-    def __init__(self, pm: Any, ctx: Any = None, *, metrics: Any = None, logger: Any = None,
+    def __init__(self, hooks: Hooks | pluggy.PluginManager, ctx: Ctx | None = None, *,
+                 metrics: Any = None, logger: Any = None,
                  default_retry: RetryPolicy | None = None, user_agent: str | None = None,
                  trust_env: bool = False,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -356,7 +395,7 @@ class OutboundPipeline:
                  wallclock: Callable[[], float] = time.time):
         from . import __version__
 
-        self.pm = pm
+        self.hooks = hooks_of(hooks)
         self.ctx = ctx
         self.metrics = metrics
         self.log = logger if logger is not None else structlog.get_logger("dutybridge.http")
@@ -417,7 +456,7 @@ class OutboundPipeline:
                 await limiter.acquire()
             req = _copy_request(request)
             req.extra["attempt"] = attempt
-            await call_hook(self.pm, "outbound_request", request=req, ctx=self.ctx)
+            await self.hooks.outbound_request(request=req, ctx=self.ctx)
             if req.json is not None and req.data is None and "Content-Type" not in req.headers:
                 req.headers["Content-Type"] = "application/json"
             started = time.monotonic()
@@ -453,7 +492,7 @@ class OutboundPipeline:
             self._record(req, str(response.status), response.elapsed, attempt, response=response)
             if limiter is not None:
                 limiter.observe(response)
-            await call_hook(self.pm, "outbound_response", request=req, response=response, ctx=self.ctx)
+            await self.hooks.outbound_response(request=req, response=response, ctx=self.ctx)
 
             if response.ok or not policy.retries_status(response.status, idempotent):
                 return response
@@ -473,7 +512,7 @@ class OutboundPipeline:
     async def _transport(self, req: OutboundRequest) -> OutboundResponse:
         # One deadline covers a relay/proxy hook as well as the direct transport.
         async with asyncio.timeout(req.timeout):
-            response = await call_first(self.pm, "send_request", request=req, ctx=self.ctx)
+            response = await self.hooks.send_request(request=req, ctx=self.ctx)
             if response is None:
                 response = await self._direct(req)
         return response

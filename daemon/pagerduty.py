@@ -17,7 +17,10 @@ from multidict import CIMultiDict
 
 from .config import PagerDutyConfig
 from .http import (
-    OutboundError,
+    ApiError,
+    AuthError,
+    NotFound,
+    RateLimited,
     OutboundPipeline,
     OutboundRequest,
     OutboundResponse,
@@ -43,7 +46,7 @@ RATE_LIMIT_EXCEEDED = 2020
 # -- errors -----------------------------------------------------------------------
 
 
-class PagerDutyError(OutboundError):
+class PagerDutyError(ApiError):
     """PagerDuty answered with an error: HTTP ``status``, PagerDuty's ``code``,
     ``message`` and ``errors`` (details) from ``{"error": {...}}``.
 
@@ -54,13 +57,8 @@ class PagerDutyError(OutboundError):
 
     def __init__(self, status: int, code: int | None, message: str, errors: list[str] | None = None,
                  *, operation: str = "", attempts: int = 1):
-        self.status = status
         self.code = code
-        self.message = message
         self.errors = list(errors or [])
-        self.operation = operation
-        self.attempts = attempts
-        self.transient = status == 429 or status >= 500
         where = f" to {operation}" if operation else ""
         text = f"PagerDuty answered {status}{where}: {message}"
         if code is not None:
@@ -69,22 +67,20 @@ class PagerDutyError(OutboundError):
             text += ": " + "; ".join(self.errors)
         if attempts > 1:
             text += f" after {attempts} attempts"
-        super().__init__(text)
+        super().__init__(text, status=status, message=message, operation=operation, attempts=attempts)
 
 
-class PagerDutyNotFound(PagerDutyError):
+class PagerDutyNotFound(PagerDutyError, NotFound):
     """404: the object does not exist (or the key may not see it)."""
 
 
-class PagerDutyAuthError(PagerDutyError):
+class PagerDutyAuthError(PagerDutyError, AuthError):
     """401 or 403: the API key is wrong, or lacks access to this object."""
 
 
-class PagerDutyRateLimited(PagerDutyError):
+class PagerDutyRateLimited(PagerDutyError, RateLimited):
     """429, still, after the retries the policy allowed; ``retry_after`` is the
     wait PagerDuty asked for (``ratelimit-reset``), in seconds, when it said."""
-
-    retry_after: float | None = None
 
 
 def error_from_response(response: OutboundResponse, operation: str = "") -> PagerDutyError:

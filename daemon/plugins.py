@@ -1,8 +1,6 @@
 """The plugin manager: built-in plugins, entry-point plugins, user hook files.
 
-Also the two ways the core calls a hook, both awaiting async implementations:
-``call_hook`` (every implementation, results in a list) and ``call_first`` (stops
-at the first non-None result, for ``escalation_policy_for`` and ``send_request``).
+It registers and validates implementations; ``dutybridge.hooks.Hooks`` calls them.
 """
 
 from __future__ import annotations
@@ -17,80 +15,21 @@ import stat
 import traceback
 import types
 from pathlib import Path
-from typing import Any
 
 import pluggy
 import structlog
 
 from . import PROJECT, hookspecs
-
-
-async def await_me_maybe(value: Any) -> Any:
-    """Await ``value`` if it is awaitable (an async hook implementation's result)."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
-async def call_hook(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Any]:
-    """Call every implementation of hook ``name``; await each result in turn.
-
-    If one raises, the coroutines of the implementations not yet awaited are closed
-    (never left pending), and the exception propagates.
-    """
-    results = getattr(pm.hook, name)(**kwargs)
-    out = []
-    for index, result in enumerate(results):
-        try:
-            out.append(await await_me_maybe(result))
-        except BaseException:
-            for pending in results[index + 1:]:
-                if inspect.iscoroutine(pending):
-                    pending.close()
-            raise
-    return out
-
-
-async def call_first(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> Any:
-    """Call implementations one at a time, in pluggy's order, until one returns non-None.
-
-    Implementations after the first answer are not called at all (unlike a plain
-    hook call, which would start every async implementation).
-    """
-    caller = getattr(pm.hook, name)
-    for impl in reversed(caller.get_hookimpls()):
-        args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
-        result = await await_me_maybe(impl.function(**args))
-        if result is not None:
-            return result
-    return None
-
-
-def make_test_pm(*plugins: object) -> pluggy.PluginManager:
-    """A plugin manager with the hookspecs and the given plugins (for tests)."""
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(hookspecs)
-    for plugin in plugins:
-        pm.register(plugin)
-    pm.check_pending()
-    return pm
-
-
-__all__ = ["await_me_maybe", "call_hook", "call_first", "make_test_pm"]
-
-
-# --------------------------------------------------------------------------------------
-# Building the plugin manager
-# --------------------------------------------------------------------------------------
-
-
+from .hooks import Hooks
 
 
 #: Built-in feature plugins: name in ``plugins.enabled`` -> module. One place, like
 #: datasette's DEFAULT_PLUGINS; a plugin listed here is registered only when enabled.
+#: A value is ``module`` (the module is the plugin) or ``module:Class`` (an instance,
+#: made with no argument, is the plugin and keeps the plugin's state, as pytest's do).
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
-    "incident_sync": "dutybridge_plugins.incident_sync",
+    "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"
@@ -112,7 +51,23 @@ class DutybridgePluginManager(pluggy.PluginManager):
 
     As pytest does for ``pytest_*`` functions in conftest.py, no decorator or import
     is needed in a hook file; hook files' implementations run after the plugins'.
+    ``hooks`` is the typed caller the core uses. Registration refuses what ``Hooks``
+    cannot call as declared: pluggy wrappers, and ``async def`` implementations of
+    hooks that must return at once.
     """
+
+    def __init__(self, project_name: str = PROJECT) -> None:
+        super().__init__(project_name)
+        self.add_hookspecs(hookspecs)
+        self.hooks = Hooks(self)
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        problem = _impl_problem(self, plugin)
+        if problem is not None:
+            self.unregister(plugin)
+            raise PluginError(problem)
+        return registered
 
     def parse_hookimpl_opts(self, plugin: object, name: str):  # type: ignore[override]
         opts = super().parse_hookimpl_opts(plugin, name)
@@ -126,6 +81,23 @@ class DutybridgePluginManager(pluggy.PluginManager):
         return opts
 
 
+def _impl_problem(pm: pluggy.PluginManager, plugin: object) -> str | None:
+    where = getattr(plugin, "__file__", None) or pm.get_name(plugin) or repr(plugin)
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            what = f"{where}: {impl.function.__name__}"
+            if impl.hookwrapper or impl.wrapper:
+                kind = "hookwrapper" if impl.hookwrapper else "wrapper"
+                return (f"{what}: {kind}=True is not supported: dutybridge calls and awaits each "
+                        f"implementation in turn, so a wrapper cannot surround them; implement "
+                        f"the hook plainly (tryfirst/trylast set the order)")
+            if caller.name not in hookspecs.ASYNC_HOOKS and inspect.iscoroutinefunction(impl.function):
+                return f"{what}: {caller.name} must not be async (it returns what the core adds at once)"
+    return None
+
+
 def known_plugins() -> dict[str, str]:
     """Every plugin that can be enabled: built-ins and installed entry points."""
     known = dict(BUILTIN_PLUGINS)
@@ -134,12 +106,19 @@ def known_plugins() -> dict[str, str]:
     return known
 
 
+def _instantiate(loaded: object) -> object:
+    # A class is a plugin with state of its own: one instance per plugin manager.
+    return loaded() if inspect.isclass(loaded) else loaded
+
+
 def _load_named_plugin(name: str) -> object:
     if name in BUILTIN_PLUGINS:
-        return importlib.import_module(BUILTIN_PLUGINS[name])
+        module_name, _, attr = BUILTIN_PLUGINS[name].partition(":")
+        module = importlib.import_module(module_name)
+        return _instantiate(getattr(module, attr) if attr else module)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
-            return ep.load()
+            return _instantiate(ep.load())
     raise PluginError(f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins())) or 'none'})")
 
 
@@ -227,27 +206,11 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
         raise PluginError(f"{where}: {exc}") from None
 
 
-def _trace(pm: pluggy.PluginManager) -> None:
-    trace_log = structlog.get_logger("dutybridge.hooks")
-
-    def before(hook_name, hook_impls, kwargs):
-        trace_log.debug("hook call", hook=hook_name,
-                        plugins=[pm.get_name(i.plugin) for i in hook_impls])
-
-    def after(outcome, hook_name, hook_impls, kwargs):
-        exc = outcome.exception
-        trace_log.debug("hook return", hook=hook_name,
-                        error=repr(exc) if exc else None)
-
-    pm.add_hookcall_monitoring(before, after)
-
-
 def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
                          extra_plugins: list[object] = (), trace: bool | None = None
-                         ) -> pluggy.PluginManager:
+                         ) -> DutybridgePluginManager:
     """The plugin manager for a configuration: enabled plugins, then hook files."""
-    pm = DutybridgePluginManager(PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = DutybridgePluginManager()
     for name in enabled:
         try:
             plugin = _load_named_plugin(name)
@@ -262,8 +225,16 @@ def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
     register_hook_files(pm, hooks_dir)
     if trace is None:
         trace = os.environ.get("DUTYBRIDGE_TRACE_HOOKS", "") not in ("", "0", "false", "no")
-    if trace:
-        _trace(pm)
+    pm.hooks.trace = trace
+    return pm
+
+
+def make_test_pm(*plugins: object) -> DutybridgePluginManager:
+    """A plugin manager with the hookspecs and the given plugins (for tests)."""
+    pm = DutybridgePluginManager()
+    for plugin in plugins:
+        pm.register(plugin)
+    _check_pending(pm)
     return pm
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 from apscheduler.jobstores.base import JobLookupError
@@ -20,8 +22,23 @@ log = structlog.get_logger("dutybridge.scheduler")
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
 
 
+@dataclass(frozen=True)
+class Job:
+    """A scheduled job, as ``register_jobs`` returns it.
+
+    ``func`` takes no argument and may be a coroutine function; ``trigger`` and
+    ``trigger_args`` are APScheduler's (``"interval", {"seconds": 60}``, ``"cron",
+    {"minute": "*/5"}``). ``id`` is explicit and unique: a reload replaces by id.
+    """
+
+    id: str
+    func: Callable[[], Any]
+    trigger: str = "interval"
+    trigger_args: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Scheduler:
-    """What plugins get in ``register_jobs``: ``add_job`` with an explicit id."""
+    """The daemon's scheduler: ``add(job)`` (or ``add_job``) with an explicit id."""
 
     def __init__(self, **job_defaults: Any) -> None:
         self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=timezone.utc)
@@ -64,6 +81,9 @@ class Scheduler:
             except JobLookupError:
                 pass
         self._scheduler.add_job(run, trigger, id=id, name=name or id, replace_existing=True, **trigger_args)
+
+    def add(self, job: Job) -> None:
+        self.add_job(job.func, job.trigger, id=job.id, **job.trigger_args)
 
     def remove_all_jobs(self) -> None:
         self._scheduler.remove_all_jobs()

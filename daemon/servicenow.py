@@ -15,7 +15,7 @@ from urllib.parse import quote
 from multidict import CIMultiDict
 
 from .config import ServiceNowConfig
-from .http import OutboundError, OutboundPipeline, OutboundRequest, OutboundResponse, RetryPolicy, retry_after_seconds
+from .http import ApiError, AuthError, NotFound, OutboundPipeline, RateLimited, OutboundRequest, OutboundResponse, RetryPolicy, retry_after_seconds
 
 TABLE_API = "/api/now/table"
 PAGE_SIZE = 100
@@ -29,42 +29,35 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # -- errors -----------------------------------------------------------------------
 
 
-class ServiceNowError(OutboundError):
+class ServiceNowError(ApiError):
     """ServiceNow answered with an error: HTTP ``status`` and the ``message`` and
     ``detail`` of ``{"error": {...}, "status": "failure"}``. Never holds the password."""
 
     def __init__(self, status: int, message: str, detail: str = "", *, operation: str = "", attempts: int = 1):
-        self.status = status
-        self.message = message
         self.detail = detail
-        self.operation = operation
-        self.attempts = attempts
-        self.transient = status == 429 or status >= 500
         where = f" to {operation}" if operation else ""
         text = f"ServiceNow answered {status}{where}: {message}"
         if detail:
             text += f" ({detail})"
         if attempts > 1:
             text += f" after {attempts} attempts"
-        super().__init__(text)
+        super().__init__(text, status=status, message=message, operation=operation, attempts=attempts)
 
 
-class ServiceNowNotFound(ServiceNowError):
+class ServiceNowNotFound(ServiceNowError, NotFound):
     """404: no such record, or an ACL hides it."""
 
 
-class ServiceNowAuthError(ServiceNowError):
+class ServiceNowAuthError(ServiceNowError, AuthError):
     """401 (bad credentials) or 403 (an ACL, business rule or data policy refused)."""
 
 
-class ServiceNowRateLimited(ServiceNowError):
+class ServiceNowRateLimited(ServiceNowError, RateLimited):
     """429, still, after the retries the policy allowed (a rate limit rule of the instance).
 
     ``retry_after`` is the wait the instance asked for in seconds, when it said
     (hourly rules can ask for longer than the pipeline waits in one call).
     """
-
-    retry_after: float | None = None
 
 
 def error_from_response(response: OutboundResponse, operation: str = "") -> ServiceNowError:

@@ -23,7 +23,7 @@ import structlog
 
 from .context import Ctx
 from .events import StoredEvent, utcnow
-from .plugins import call_hook
+from .hooks import hooks_of
 from .store.base import Store
 
 log = structlog.get_logger("dutybridge.worker")
@@ -77,7 +77,7 @@ class Worker:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.store = store
-        self.pm = pm
+        self.hooks = hooks_of(pm)
         self.ctx = ctx
         self.concurrency = concurrency
         self.max_attempts = max_attempts
@@ -246,7 +246,7 @@ class Worker:
             deadline = asyncio.timeout(self.lease_seconds)
             try:
                 async with deadline:
-                    results = await call_hook(self.pm, "handle_event", event=ev, ctx=self.ctx)
+                    results = await self.hooks.handle_event(event=ev, ctx=self.ctx)
             except Exception as exc:
                 note = None
                 if deadline.expired():

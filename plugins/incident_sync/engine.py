@@ -30,7 +30,6 @@ from typing import Any
 import structlog
 
 from dutybridge.events import Event
-from dutybridge.plugins import call_first
 from dutybridge.store.base import Link, LinkConflictError
 
 from .api import ALREADY, Api, Q, pd_code, status_of
@@ -901,8 +900,9 @@ class Engine:
         group = self.mapping.group(rec.get("assignment_group"))
         if group is None:
             return ""
-        chosen = await call_first(self.ctx.pm, "escalation_policy_for", group={"sys_id": group.sys_id, "name": group.name},
-                                  priority=str(rec.get("priority") or "") or None, ctx=self.ctx)
+        chosen = await self.ctx.hooks.escalation_policy_for(group={"sys_id": group.sys_id, "name": group.name},
+                                                            priority=str(rec.get("priority") or "") or None,
+                                                            ctx=self.ctx)
         return chosen or group.escalation_policy
 
     async def _pd_priority_id(self, name: str | None) -> str | None:

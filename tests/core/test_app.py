@@ -16,10 +16,11 @@ from pydantic import Field
 from dutybridge import hookimpl
 from dutybridge.app import create_app, load
 from dutybridge.checks import Check, CheckResult
+from dutybridge.commands import Command
 from dutybridge.config import Section
 from dutybridge.http import OutboundRequest
 from dutybridge.logging import configure, set_secrets
-from dutybridge.plugins import call_first
+from dutybridge.scheduler import Job
 
 
 
@@ -56,16 +57,16 @@ class Probe:
         return {"probe": ProbeConfig}
 
     @hookimpl
-    def register_routes(self, app, ctx):
+    def register_routes(self, ctx):
         async def hello(request):
             return web.json_response({"greeting": ctx.plugin_config("probe").greeting})
 
-        app.router.add_get("/probe/hello", hello)
+        return [web.get("/probe/hello", hello)]
 
     @hookimpl
-    def register_jobs(self, scheduler, ctx):
+    def register_jobs(self, ctx):
         self.calls.append("register_jobs")
-        scheduler.add_job(lambda: None, "interval", id="probe.tick", hours=1)
+        return [Job(id="probe.tick", func=lambda: None, trigger="interval", trigger_args={"hours": 1})]
 
     @hookimpl
     async def on_startup(self, ctx):
@@ -95,8 +96,11 @@ class Probe:
         return [Check("Probe", ok)]
 
     @hookimpl
-    def register_cli_commands(self, subparsers):
-        subparsers.add_parser("probe", help="probe command")
+    def register_cli_commands(self):
+        async def probe(args, ctx):
+            return 0
+
+        return [Command("probe", "probe command", probe)]
 
 
 @pytest.fixture
@@ -151,12 +155,12 @@ async def test_core_calls_lifecycle_job_and_policy_hooks(aiohttp_client, daemon_
     app = create_app(config, pm)
     client = await aiohttp_client(app)
     assert probe.calls[:2] == ["on_startup", "register_jobs"]
-    from dutybridge.server import CTX_KEY
+    from dutybridge.web import CTX_KEY
 
     ctx = app[CTX_KEY]
     assert "probe.tick" in ctx.scheduler.job_ids()
-    assert await call_first(pm, "escalation_policy_for", group={"name": "Database"}, priority="1", ctx=ctx) == "PEPPROBE"
-    assert await call_first(pm, "escalation_policy_for", group={"name": "Database"}, priority="3", ctx=ctx) is None
+    assert await ctx.hooks.escalation_policy_for(group={"name": "Database"}, priority="1", ctx=ctx) == "PEPPROBE"
+    assert await ctx.hooks.escalation_policy_for(group={"name": "Database"}, priority="3", ctx=ctx) is None
     await client.close()
     assert probe.calls[-1] == "on_shutdown"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import textwrap
 from pathlib import Path
@@ -14,8 +15,6 @@ from dutybridge.http import OutboundRequest
 from dutybridge.plugins import (
     PluginError,
     build_plugin_manager,
-    call_first,
-    call_hook,
     describe_plugins,
     register_hook_files,
 )
@@ -44,7 +43,7 @@ async def test_hook_file_function_needs_no_import_and_runs_after_plugins(tmp_pat
     """)
     pm = build_plugin_manager([], tmp_path / "hooks", extra_plugins=[Plugin()])
     req = OutboundRequest("GET", "https://x.example/", service="pagerduty")
-    await call_hook(pm, "outbound_request", request=req, ctx=None)
+    await pm.hooks.outbound_request(request=req, ctx=None)
     assert req.headers["X-Layer"] == "plugin+hookfile"
     assert ("hookfile:stamp.py", ["outbound_request"]) in describe_plugins(pm)
 
@@ -56,7 +55,7 @@ async def test_async_hook_file_implementation_is_awaited(tmp_path):
     """)
     pm = build_plugin_manager([], tmp_path / "hooks")
     req = OutboundRequest("GET", "https://x.example/", service="servicenow")
-    await call_hook(pm, "outbound_request", request=req, ctx=None)
+    await pm.hooks.outbound_request(request=req, ctx=None)
     assert req.headers["X-Async"] == "yes"
 
 
@@ -185,7 +184,7 @@ async def test_call_first_skips_none_from_async_impls_and_stops_at_first_answer(
             return "PEP9999"
 
     pm = build_plugin_manager([], None, extra_plugins=[NeverAsked(), Answers(), Declines()])
-    result = await call_first(pm, "escalation_policy_for", group={"name": "DB"}, priority="1", ctx=None)
+    result = await pm.hooks.escalation_policy_for(group={"name": "DB"}, priority="1", ctx=None)
     assert result == "PEP0001"
     assert calls == ["declines", "answers"]
 
@@ -197,13 +196,16 @@ def test_trace_env_logs_hook_calls(monkeypatch, tmp_path):
     hook_file(tmp_path / "hooks", "t.py", "def outbound_response(request, response, ctx):\n    pass\n")
     pm = build_plugin_manager([], tmp_path / "hooks")
     with capture_logs() as logs:
-        pm.hook.outbound_response(request=None, response=None, ctx=None)
-    calls = [e for e in logs if e["event"] == "hook call"]
+        asyncio.run(pm.hooks.outbound_response(request=None, response=None, ctx=None))
+        asyncio.run(pm.hooks.send_request(request=None, ctx=None))
+    calls = [e for e in logs if e["event"] == "hook_call"]
+    # A first-result hook is traced too, though no implementation answers it.
+    assert [c["hook"] for c in calls] == ["outbound_response", "send_request"]
     assert calls and calls[0]["hook"] == "outbound_response" and calls[0]["plugins"] == ["hookfile:t.py"]
     assert calls[0]["log_level"] == "debug"
 
 
-async def test_call_hook_closes_pending_coroutines_when_one_implementation_raises():
+async def test_an_implementation_that_raises_stops_the_call_and_starts_no_other():
     started = []
 
     class First:
@@ -217,10 +219,10 @@ async def test_call_hook_closes_pending_coroutines_when_one_implementation_raise
         async def handle_event(self, event, ctx):
             raise RuntimeError("plugin failed")
 
-    # pluggy calls later registrations first: Raises runs, First's coroutine is pending.
+    # Later registrations run first: Raises fails, and First is never called.
     pm = build_plugin_manager([], None, extra_plugins=[First(), Raises()])
     with pytest.raises(RuntimeError, match="plugin failed"):
-        await call_hook(pm, "handle_event", event=None, ctx=None)
+        await pm.hooks.handle_event(event=None, ctx=None)
     assert started == []  # and no "coroutine was never awaited" warning (filterwarnings=error)
 
 
@@ -246,3 +248,47 @@ def test_entry_point_plugins_load_only_when_enabled(monkeypatch, write_config):
     assert not pm.has_plugin("acme")  # installed, not enabled: not loaded
     _, pm = load(write_config({"plugins": {"enabled": ["acme"]}}))
     assert ("acme", ["outbound_request"]) in describe_plugins(pm)
+
+
+@pytest.mark.parametrize("kind", ["hookwrapper", "wrapper"])
+def test_wrappers_are_refused_at_registration_with_the_reason(kind):
+    class Wraps:
+        @hookimpl(**{kind: True})
+        def handle_event(self, event, ctx):
+            yield
+
+    with pytest.raises(PluginError) as info:
+        build_plugin_manager([], None, extra_plugins=[Wraps()])
+    assert f"handle_event: {kind}=True is not supported" in str(info.value)
+
+
+def test_async_implementation_of_a_hook_that_must_return_at_once_is_refused():
+    class AsyncRoutes:
+        @hookimpl
+        async def register_routes(self, ctx):
+            return []
+
+    with pytest.raises(PluginError, match="register_routes must not be async"):
+        build_plugin_manager([], None, extra_plugins=[AsyncRoutes()])
+
+
+def test_register_hooks_return_what_the_core_adds_with_the_plugin_name():
+    from dutybridge.commands import Command
+    from dutybridge.scheduler import Job
+
+    async def handler(args, ctx):
+        return 0
+
+    class Adds:
+        @hookimpl
+        def register_jobs(self, ctx):
+            return [Job(id="adds.tick", func=lambda: None, trigger_args={"hours": 1})]
+
+        @hookimpl
+        def register_cli_commands(self):
+            return [Command("adds", "adds things", handler)]
+
+    pm = build_plugin_manager([], None, extra_plugins=[Adds()])
+    assert [job.id for job in pm.hooks.register_jobs(ctx=None)] == ["adds.tick"]
+    [(plugin, command)] = pm.hooks.register_cli_commands()
+    assert command.name == "adds" and plugin == pm.get_name(pm.get_plugins().pop())

@@ -21,14 +21,11 @@ from structlog.testing import capture_logs
 from dutybridge.config import validate
 from dutybridge.context import Ctx
 from dutybridge.metrics import Metrics
-from dutybridge.server import (
-    CTX_KEY,
-    PAGERDUTY_V3_EVENT_TYPES,
-    WAKE_WORKER,
-    _with_key,
-    add_routes,
-    request_middleware,
-)
+from dutybridge.plugins import make_test_pm
+from dutybridge.receivers.pagerduty import PAGERDUTY_V3_EVENT_TYPES
+from dutybridge.server import add_routes
+from dutybridge.web import CTX_KEY, request_middleware
+from dutybridge.web import with_key as _with_key
 from dutybridge.store.sqlite import SQLiteStore
 
 SECRET = "whsec-first-0123456789abcdef"
@@ -103,9 +100,8 @@ def wakes():
 @pytest.fixture
 def make_client(aiohttp_client, store, wakes):
     async def make(**config_kw):
-        ctx = Ctx(config=make_config(**config_kw), pm=None, store=store, metrics=Metrics(),
-                  scheduler=FakeScheduler())
-        ctx.extras[WAKE_WORKER] = lambda: wakes.append(1)
+        ctx = Ctx(config=make_config(**config_kw), pm=make_test_pm(), store=store, metrics=Metrics(),
+                  scheduler=FakeScheduler(), waker=lambda: wakes.append(1))
         app = web.Application()
         app[CTX_KEY] = ctx
 
@@ -528,12 +524,17 @@ async def test_v2_messages_stored_one_event_each(client, store, wakes):
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert resp.status == 202
     assert await resp.json() == {"status": "accepted", "ids": [1, 2, 3], "duplicates": 0, "ignored": 0}
+    # Stored under the V3 names, so a plugin never knows which version carried them.
     assert [(e.type, e.event_id, e.resource) for e in (await store.inbox())] == [
-        ("incident.trigger", "8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e", "pagerduty:incident:PRORDTY"),
-        ("incident.acknowledge", "m-2", "pagerduty:incident:PRORDTY"),
-        ("incident.resolve", "m-3", "pagerduty:incident:PXYZ"),
+        ("incident.triggered", "8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e", "pagerduty:incident:PRORDTY"),
+        ("incident.acknowledged", "m-2", "pagerduty:incident:PRORDTY"),
+        ("incident.resolved", "m-3", "pagerduty:incident:PXYZ"),
     ]
-    assert (await store.inbox())[0].payload["message"]["incident"]["incident_number"] == 33
+    first = (await store.inbox())[0]
+    assert first.payload["message"]["incident"]["incident_number"] == 33
+    change = first.pagerduty
+    assert (change.type, change.id, change.data["incident_number"], change.webhook_version) == (
+        "incident.triggered", "PRORDTY", 33, 2)
     assert wakes == [1, 1, 1]  # one per stored message: ctx.enqueue wakes the worker
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert (await resp.json())["duplicates"] == 3
@@ -793,3 +794,20 @@ async def test_no_secret_or_signature_in_logs(client, store):
     text = repr(logs)
     for needle in (SECRET, TOKEN, DB_PASS, signature.split("=", 1)[1], base64.b64encode(f"{DB_USER}:{DB_PASS}".encode()).decode()):
         assert needle not in text, needle
+
+
+async def test_v3_and_v2_webhooks_of_one_change_read_alike(client, store):
+    """The normalised view a plugin reads: the same type, incident and data either way."""
+    body = json.dumps({"event": {"id": "01V3EVT", "event_type": "incident.acknowledged", "resource_type": "incident",
+                                 "occurred_at": "2026-11-28T10:00:00Z", "agent": {"id": "PBOB", "type": "user_reference"},
+                                 "data": {"id": "PRORDTY", "type": "incident", "status": "acknowledged"}}}).encode()
+    assert (await post_v3(client, body)).status == 202
+    message = v2_message("incident.acknowledge", "m-v2")
+    message["log_entries"] = [{"agent": {"id": "PBOB", "type": "user_reference"}}]
+    resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [message]}, headers={"Authorization": basic()})
+    assert resp.status == 202
+    v3_change, v2_change = [e.pagerduty for e in await store.inbox()]
+    for change in (v3_change, v2_change):
+        assert (change.type, change.resource_type, change.id, change.agent["id"]) == (
+            "incident.acknowledged", "incident", "PRORDTY", "PBOB")
+    assert (v3_change.webhook_version, v2_change.webhook_version) == (3, 2)

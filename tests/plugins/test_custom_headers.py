@@ -6,7 +6,6 @@ import pytest
 
 from dutybridge.context import Ctx
 from dutybridge.http import OutboundRequest
-from dutybridge.plugins import call_hook
 from dutybridge_plugins.custom_headers import parse_headers
 
 
@@ -18,7 +17,7 @@ async def test_headers_added_per_service(make_config):
     sn = OutboundRequest("GET", "https://x.service-now.com/api/now/table/incident", service="servicenow")
     other = OutboundRequest("GET", "https://elsewhere.example/", service="slack")
     for req in (pd, sn, other):
-        await call_hook(pm, "outbound_request", request=req, ctx=ctx)
+        await pm.hooks.outbound_request(request=req, ctx=ctx)
     assert pd.headers["X-Team"] == "sre" and pd.headers["X-Env"] == "prod" and "X-Source" not in pd.headers
     assert sn.headers["X-Source"] == "dutybridge" and "X-Team" not in sn.headers
     assert "X-Team" not in other.headers and "X-Source" not in other.headers

@@ -247,7 +247,7 @@ async def test_replayed_and_duplicated_events_write_nothing_and_skip_the_echoes(
     recorder.on = True
     for event in await world.store.list_events(limit=1000):
         await world.store.replay(event.id)
-    world.ctx.extras["wake_worker"]()
+    world.ctx.wake_worker()
     await world.settle()
     recorder.on = False
     assert recorder.writes() == []
@@ -398,7 +398,7 @@ async def test_unrelated_incidents_on_one_service_sync_side_by_side(rec_world):
 # ---------------------------------------------------------------------------------------
 
 def bare_engine() -> Engine:
-    return Engine(SimpleNamespace(extras={}, store=None))
+    return Engine(SimpleNamespace(store=None))
 
 
 async def test_a_read_before_the_lock_is_kept_only_while_nobody_held_it():

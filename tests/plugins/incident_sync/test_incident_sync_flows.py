@@ -3,7 +3,6 @@ in the two sandboxes and waiting for the daemon to carry the change across."""
 
 from __future__ import annotations
 
-import argparse
 
 import aiohttp
 import pytest
@@ -179,19 +178,19 @@ async def test_manual_sync_by_custom_incident_action(make_world):
 
 
 async def test_manual_sync_by_cli_command(make_world):
-    import dutybridge_plugins.incident_sync as plugin
+    from dutybridge.cli import build_parser
 
     world = await make_world(sync_option="manual")
     inc = world.pd.create_incident(title="Cert expiring", service_id="PSVCNET", from_user="PBOBSM1")
     await world.settle()
     assert world.sn_incidents() == []
 
-    parser = argparse.ArgumentParser(prog="dutybridge")
-    plugin.register_cli_commands(subparsers=parser.add_subparsers(dest="command"))
+    parser = build_parser()  # the CLI's own parser, with every plugin's commands
     args = parser.parse_args(["incident", "sync", inc["id"]])
-    assert await args.handler(args, world.ctx) == 0
+    assert args.plugin == "incident_sync"
+    assert await args.plugin_command.handler(args, world.ctx) == 0
     args = parser.parse_args(["incident", "sync", "PNOSUCH"])
-    assert await args.handler(args, world.ctx) == 1
+    assert await args.plugin_command.handler(args, world.ctx) == 1
     await world.settle()
     rec = only(world.sn_for(inc["id"]))
     assert rec["assignment_group"] == NET_GROUP
@@ -438,14 +437,12 @@ async def test_incident_opened_by_the_v7_app_is_adopted_not_duplicated(make_worl
 
 
 async def test_check_reports_links_to_missing_pagerduty_objects(make_world):
-    from dutybridge_plugins.incident_sync import register_checks
-
     world = await make_world(links=[
         {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
         {"group": "Network", "service": "PNOSUCH", "escalation_policy": "PEPNET1"},
         {"group": "No Such Group", "service": "PSVCDB1"},
     ])
-    [check] = register_checks(ctx=world.ctx)
+    [check] = world.plugin.register_checks(ctx=world.ctx)
     result = await check.func(world.ctx)
     assert not result.ok
     assert "group Network (config): PagerDuty service PNOSUCH does not exist" in result.detail
@@ -453,14 +450,13 @@ async def test_check_reports_links_to_missing_pagerduty_objects(make_world):
     assert "Database" not in result.detail
 
 
-async def test_check_passes_and_works_without_an_open_store(world):
-    from dataclasses import replace
+async def test_check_passes_in_a_command_context(world):
+    from dutybridge.app import command_context
 
-    from dutybridge_plugins.incident_sync import register_checks
-
-    [check] = register_checks(ctx=world.ctx)
-    cli_ctx = replace(world.ctx, store=None, extras={})  # as `dutybridge check` builds it
-    result = await check.func(cli_ctx)
+    # As `dutybridge check` runs it: its own ctx, store open, no worker.
+    async with command_context(world.ctx.config, world.ctx.pm) as cli_ctx:
+        [check] = world.plugin.register_checks(ctx=cli_ctx)
+        result = await check.func(cli_ctx)
     assert result.ok, result.detail
     assert result.detail.startswith("2 group(s)")
 

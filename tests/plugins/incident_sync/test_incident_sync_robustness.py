@@ -80,7 +80,7 @@ async def test_every_event_twice_and_out_of_order_gives_one_incident_in_its_fina
     # Replaying every handled event (as `dutybridge events replay` would) changes nothing.
     for event in await world.store.list_events(limit=1000):
         await world.store.replay(event.id)
-    world.ctx.extras["wake_worker"]()
+    world.ctx.wake_worker()
     await world.settle()
     assert world.sn.get("incident", rec["sys_id"])["sys_mod_count"] == mods
     assert len(world.work_notes(rec["sys_id"])) == 2 and len(world.pd_notes(inc["id"])) == 2

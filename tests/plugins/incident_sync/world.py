@@ -37,9 +37,9 @@ PAYMENTS_API_CI = "720b630f97bc169b69b1cfcb70dbd140"
 PORTAL_WEB_CI = "1721ae5a0ea68e0a533573f9cc49850d"
 
 # The demo's wiring: the seeded Database and Network groups, and the events subscribed to.
-from dutybridge.demo import LINKS as DEFAULT_LINKS  # noqa: E402
+from dutybridge_demo.story import LINKS as DEFAULT_LINKS  # noqa: E402
 
-from dutybridge.demo import V3_EVENTS  # noqa: E402
+from dutybridge_demo.story import V3_EVENTS  # noqa: E402
 
 
 @dataclass
@@ -66,10 +66,13 @@ class World:
         return self.ctx.store
 
     @property
-    def engine(self) -> Any:
-        from dutybridge_plugins.incident_sync import engine_of
+    def plugin(self) -> Any:
+        """The incident_sync plugin object the daemon registered."""
+        return self.ctx.pm.get_plugin("incident_sync")
 
-        return engine_of(self.ctx)
+    @property
+    def engine(self) -> Any:
+        return self.plugin.engine(self.ctx)
 
     # -- waiting -------------------------------------------------------------------
     async def quiet(self) -> bool:
@@ -176,7 +179,7 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
     leave that push channel off. ``sn_clock``: "advancing" (see ``advancing_clock``),
     "real", or "frozen" (every change in one second)."""
     from dutybridge.app import create_app, load
-    from dutybridge.server import CTX_KEY
+    from dutybridge.web import CTX_KEY
     from dutybridge_sandbox.runner import Sandbox
 
     tmp.mkdir(parents=True, exist_ok=True)

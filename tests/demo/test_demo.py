@@ -7,7 +7,7 @@ import io
 import pytest
 
 from dutybridge.cli import main
-from dutybridge.demo import run_demo
+from dutybridge_demo.story import run_demo
 
 pytestmark = pytest.mark.slow
 

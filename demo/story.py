@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
 
 import tomli_w
-from aiohttp import web
+
+from dutybridge.app import load
+from dutybridge.logging import configure as configure_logging
+from dutybridge.logging import set_secrets
+from dutybridge_sandbox.runner import Sandbox
+
+from .harness import RunningDaemon, start_daemon
 
 #: Seeded ServiceNow groups (sandbox/seed.toml) and the PagerDuty objects they map to.
 LINKS = [
@@ -90,33 +98,21 @@ def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token:
     return path
 
 
-async def run_demo(*, keep_running: bool = False, out=None) -> int:
-    from dutybridge_sandbox.runner import Sandbox
-
-    from .app import create_app, load
-    from .logging import configure as configure_logging
-    from .logging import set_secrets
-    from .server import CTX_KEY
-
+async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) -> int:
     demo = Demo(out=out or sys.stdout)
     webhook_secret, doorbell_token = secrets.token_hex(16), secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="dutybridge-demo-") as tmp:
         folder = Path(tmp)
         sandbox = Sandbox()
         await sandbox.start()
-        runner = None
+        daemon: RunningDaemon | None = None
         try:
             creds = sandbox.credentials()
             config, pm = load(write_config(folder, creds, webhook_secret, doorbell_token))
             configure_logging("warning", "console", stream=sys.stderr)
             set_secrets(config.secrets())
-            app = create_app(config, pm)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            ctx = app[CTX_KEY]
+            daemon = await start_daemon(config, pm)
+            url, ctx = daemon.url, daemon.ctx
             pd, sn = sandbox.pagerduty, sandbox.servicenow
             pd.create_webhook_subscription({
                 "type": "webhook_subscription",
@@ -132,6 +128,8 @@ async def run_demo(*, keep_running: bool = False, out=None) -> int:
             demo.say("  wiring: a signed V3 webhook subscription PagerDuty -> dutybridge, and ServiceNow's")
             demo.say("          business rule doorbell ServiceNow -> dutybridge; groups Database and Network mapped")
             ok = await story(demo, pd, sn)
+            if ctx.store is None:
+                raise RuntimeError("the daemon's store is not open")
             counts = await settle(ctx.store)
             summary(demo, counts)
             if keep_running:
@@ -142,9 +140,9 @@ async def run_demo(*, keep_running: bool = False, out=None) -> int:
                 await wait_for_interrupt()
             return 0 if ok else 1
         finally:
-            sn.configure_doorbell(None) if "sn" in locals() else None
-            if runner is not None:
-                await runner.cleanup()
+            sandbox.servicenow.configure_doorbell(None)
+            if daemon is not None:
+                await daemon.stop()
             await sandbox.stop()
 
 
@@ -159,8 +157,6 @@ async def settle(store: Any, timeout: float = 10.0) -> dict[str, int]:
 
 
 async def wait_for_interrupt() -> None:
-    import signal
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,57 @@
+"""Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (the store and
+scheduler work), ``/metrics`` (Prometheus text, with the inbox's counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import hdrs, web
+
+from .web import ctx_of, error_response
+
+log = structlog.get_logger("dutybridge.server")
+
+_PROBE_TIMEOUT = 3.0
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    checks: dict[str, str] = {}
+    if ctx.store is None:
+        checks["store"] = "not open"
+    else:
+        try:
+            up = await asyncio.wait_for(ctx.store.ping(), _PROBE_TIMEOUT)
+            checks["store"] = "ok" if up else "ping failed"
+        except asyncio.TimeoutError:
+            checks["store"] = f"no answer within {_PROBE_TIMEOUT:g} s"
+        except Exception as exc:
+            checks["store"] = f"error: {type(exc).__name__}"
+    scheduler = ctx.scheduler
+    if scheduler is not None and hasattr(scheduler, "running"):
+        running = scheduler.running
+        running = running() if callable(running) else running
+        checks["scheduler"] = "ok" if running else "not running"
+    failed = [name for name, state in checks.items() if state != "ok"]
+    if failed:
+        log.warning("not ready", checks=checks)
+        return error_response(503, f"not ready: {', '.join(failed)}", checks=checks)
+    return web.json_response({"status": "ready", "checks": checks})
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    if ctx.metrics is None:
+        raise web.HTTPNotFound()
+    counts = None
+    if ctx.store is not None:
+        try:
+            counts = await asyncio.wait_for(ctx.store.counts(), _PROBE_TIMEOUT)
+        except Exception:
+            log.warning("inbox counts unavailable for /metrics", exc_info=True)
+    ctx.metrics.set_inbox(counts)
+    return web.Response(body=ctx.metrics.render(), headers={hdrs.CONTENT_TYPE: ctx.metrics.content_type})
