@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Vendor the part of PagerDuty's OpenAPI description (and the webhook examples) the tests read.
 
-    .venv/bin/python scripts/vendor_openapi.py [--shared DIR] [--check]
+    .venv/bin/python scripts/vendor_openapi.py [--shared DIR] [--source FILE] [--check]
 
 Reads ``DIR/reference/pagerduty-openapi/REST/openapiv3.json`` (``DIR`` defaults to
 ``../shared`` beside the repository) and writes ``tests/support/reference/``:
@@ -181,14 +181,20 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared",
                         help="the project's shared/ folder (default: ../shared beside the repository)")
+    parser.add_argument("--source", type=Path,
+                        help=f"PagerDuty's full OpenAPI file, if not at DIR/{SOURCE_REL} "
+                             f"(in a PagerDuty/api-schema checkout: {UPSTREAM_PATH})")
     parser.add_argument("--source-commit", help="upstream commit of a source file not in KNOWN_SOURCES")
     parser.add_argument("--source-date", help="date (YYYY-MM-DD) of --source-commit")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the vendored files are stale")
     args = parser.parse_args(argv)
 
-    source = args.shared / SOURCE_REL
+    source = args.source or args.shared / SOURCE_REL
     if not source.is_file():
-        parser.error(f"{source} not found: give --shared DIR, the folder holding {SOURCE_REL}")
+        parser.error(f"{source} not found: give --shared DIR (the folder holding {SOURCE_REL}) or --source FILE")
+    examples = args.shared / EXAMPLES_REL
+    if not all((examples / name).is_file() for name in WEBHOOK_EXAMPLES):
+        parser.error(f"{examples} lacks some of {', '.join(WEBHOOK_EXAMPLES)}: give --shared DIR")
     raw = source.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     commit, date = KNOWN_SOURCES.get(sha, (args.source_commit, args.source_date))
@@ -201,7 +207,7 @@ def main(argv: list[str]) -> int:
     spec_bytes = dump(doc)
     outputs: dict[Path, bytes] = {OPENAPI_PATH: spec_bytes}
     for name in WEBHOOK_EXAMPLES:
-        outputs[WEBHOOK_EXAMPLES_DIR / name] = (args.shared / EXAMPLES_REL / name).read_bytes()
+        outputs[WEBHOOK_EXAMPLES_DIR / name] = (examples / name).read_bytes()
     outputs[REFERENCE_DIR / "README.md"] = readme(spec, doc, sha, len(raw), commit, date,
                                                   _latest_changelog_entry(args.shared), spec_bytes)
 

@@ -19,7 +19,7 @@ def pytest_configure(config):
     missing = missing_files()
     if missing:
         names = ", ".join(str(path.relative_to(REPO)) for path in missing)
-        raise pytest.UsageError(f"vendored test file(s) missing: {names}; regenerate with {REGENERATE}")
+        raise pytest.UsageError(f"vendored test file(s) missing: {names}; {REGENERATE}")
 
 
 BASE_CONFIG: dict[str, Any] = {

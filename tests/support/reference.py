@@ -26,7 +26,9 @@ WEBHOOK_EXAMPLES = {
     "pd-v3-incident.priority_updated.json": "Webhooks > Overview (V3), event payload",
 }
 
-REGENERATE = ".venv/bin/python scripts/vendor_openapi.py --shared DIR  (DIR: a checkout of the project's shared/ folder)"
+REGENERATE = ("restore them with `git checkout -- tests/support/reference` or regenerate them with "
+              "`.venv/bin/python scripts/vendor_openapi.py --shared DIR` (DIR: the project's shared/ folder, "
+              "with PagerDuty's full file in reference/pagerduty-openapi/REST/)")
 
 
 def missing_files() -> list[Path]:
