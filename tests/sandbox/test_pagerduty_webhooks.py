@@ -12,8 +12,9 @@ from collections import deque
 import pytest
 from aiohttp import web
 
+from tests.support.reference import webhook_example
+
 FROM = {"From": "integration@acme.example"}
-EXAMPLES = None  # loaded lazily from shared/
 
 
 class Receiver:
@@ -125,7 +126,7 @@ async def test_v3_webhook_is_signed_over_the_raw_body_with_the_subscription_secr
 
 
 async def test_v3_envelope_and_incident_data_have_the_documented_fields(pd_client, pd_state, receiver):
-    example = json.loads((_examples() / "pd-v3-incident.priority_updated.json").read_text())
+    example = webhook_example("pd-v3-incident.priority_updated.json")
     await subscribe(pd_client, receiver.url("/hook"), events=["incident.priority_updated"])
     inc = await create_incident(pd_client)
     resp = await pd_client.put(f"/incidents/{inc['id']}", headers=FROM,
@@ -367,7 +368,7 @@ async def create_extension(client, url, schema="PJFWPEP", config=None, services=
 
 
 async def test_generic_v2_extension_gets_one_message_per_post_with_its_headers(pd_client, pd_state, receiver):
-    example = json.loads((_examples() / "pd-v2-webhook-incident.trigger.json").read_text())
+    example = webhook_example("pd-v2-webhook-incident.trigger.json")
     ext = await create_extension(pd_client, receiver.url("/v2"),
                                  config={"headers": [{"name": "X-Api-Token", "value": "tok"}]})
     inc = await create_incident(pd_client)
@@ -426,12 +427,6 @@ async def test_extension_is_disabled_after_three_drops_and_enabled_again(pd_clie
     await create_incident(pd_client, title="again")
     await pd_state.drain_webhooks()
     assert json.loads(receiver.on("/v2")[-1]["raw"])["messages"][0]["incident"]["title"] == "again"
-
-
-def _examples():
-    from tests.support.openapi import shared_dir
-
-    return shared_dir() / "reference/pagerduty-webhook-examples"
 
 
 async def test_disabling_drops_the_rest_of_the_queue(pd_client, fast_retries, receiver):

@@ -6,8 +6,9 @@
     validate_response("GET", "/incidents", {"statuses[]": ["triggered"]}, 200, headers, body)
 
 Both raise ``AssertionError`` listing every problem (a JSON path and the reason) and
-return ``None`` when the message matches the operation in
-``shared/reference/pagerduty-openapi/REST/openapiv3.json``. Arguments:
+return ``None`` when the message matches the operation in the vendored subset of
+PagerDuty's file, ``tests/support/reference/pagerduty-openapi/openapiv3.json`` (made by
+``scripts/vendor_openapi.py``; source and version in the README beside it). Arguments:
 
 * ``method``: HTTP method, any case.
 * ``path``: the API path, e.g. ``/incidents/PABC123`` (a full ``https://api.pagerduty.com/...``
@@ -42,37 +43,23 @@ contradicts itself, the validator applies these allowances, and nothing else:
    ``null``: the file's own Incident examples answer ``"resolved_at": null`` and
    ``"resolve_reason": null``, ``resolved_at`` is documented as "`null` if the incident is
    not resolved", and an incident without a priority has ``"priority": null``.
-
-Location of ``shared/``: ``$DUTYBRIDGE_SHARED`` if set, else ``<repo>/../shared``
-(``/work/shared`` beside ``/work/main``; in CI the copy of shared/ beside the clone).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["SPEC_PATH", "load_spec", "openapi", "shared_dir", "validate_request", "validate_response"]
+from tests.support.reference import OPENAPI_PATH
 
-_SPEC_REL = Path("reference/pagerduty-openapi/REST/openapiv3.json")
+__all__ = ["SPEC_PATH", "load_spec", "openapi", "validate_request", "validate_response"]
+
+SPEC_PATH = OPENAPI_PATH
 _HOST = "https://api.pagerduty.com"
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("DUTYBRIDGE_SHARED")
-    if env:
-        return Path(env)
-    # <repo>/tests/support/openapi.py -> <repo>/../shared: /work/shared beside /work/main,
-    # and in CI the copy of shared/ beside the fresh clone.
-    return Path(__file__).resolve().parents[3] / "shared"
-
-
-SPEC_PATH = shared_dir() / _SPEC_REL
 
 
 def _strip_read_only(node: Any) -> None:
