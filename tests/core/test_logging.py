@@ -9,6 +9,7 @@ import logging
 import pytest
 import structlog
 
+from dutybridge.config import ConfigError, validate
 from dutybridge.logging import adjust_level, configure, set_level, set_secrets
 
 
@@ -78,7 +79,6 @@ def test_level_set_at_run_time_applies_to_cached_structlog_loggers(json_logs):
     log.info("dropped")
     log.warning("kept")
     logging.getLogger("aiohttp.server").info("dropped too")
-    assert not log.is_enabled_for(logging.INFO) and log.is_enabled_for(logging.ERROR)
     set_level("debug")
     log.debug("back")
     assert [e["event"] for e in lines(json_logs)] == ["first", "kept", "back"]
@@ -132,7 +132,8 @@ def test_a_line_that_cannot_be_written_never_raises_into_the_caller(capsys):
     finally:
         configure("info", "json", stream=io.StringIO())
     err = capsys.readouterr().err
-    assert "Logging error" in err and "OSError: disk full" in err and "'lost'" in err
+    assert "Logging error" in err and "OSError: disk full" in err and '"event": "lost"' in err
+    assert "t0k3n-value" not in err
 
 
 def test_values_json_cannot_encode_are_rendered_by_structlog_or_repr(json_logs):
@@ -147,3 +148,58 @@ def test_values_json_cannot_encode_are_rendered_by_structlog_or_repr(json_logs):
     structlog.get_logger("t").info("objects", a=Custom(), b=Plain(), c=(1, 2))
     line = lines(json_logs)[0]
     assert (line["a"], line["b"], line["c"]) == ({"custom": True}, "<plain>", [1, 2])
+
+
+def test_library_loggers_stay_at_warning_when_the_daemon_logs_at_debug(json_logs):
+    for name in ("aiosqlite", "asyncio", "apscheduler.scheduler", "aiohttp.access"):
+        logging.getLogger(name).debug("executing SELECT * FROM events WHERE body = ?")
+        logging.getLogger(name).info("chatter")
+    logging.getLogger("aiosqlite").warning("slow commit")
+    structlog.get_logger("dutybridge.worker").debug("ours")
+    assert [(e["logger"], e["event"]) for e in lines(json_logs)] == [
+        ("aiosqlite", "slow commit"), ("dutybridge.worker", "ours")]
+
+
+def test_a_daemon_level_above_warning_holds_the_libraries_too(json_logs):
+    set_level("error")
+    logging.getLogger("aiosqlite").warning("dropped")
+    logging.getLogger("aiosqlite").error("kept")
+    assert [e["event"] for e in lines(json_logs)] == ["kept"]
+
+
+def test_log_levels_and_the_sql_switch_let_a_library_speak(json_logs, monkeypatch):
+    configure("info", "json", stream=json_logs, log_levels={"apscheduler": "debug", "dutybridge.hooks": "warning"})
+    logging.getLogger("apscheduler.scheduler").debug("job added")
+    logging.getLogger("aiosqlite").debug("hidden sql")
+    structlog.get_logger("dutybridge.hooks").info("hidden hook line")
+    set_level("info")  # a reload that passes no table keeps the one configured
+    logging.getLogger("apscheduler.scheduler").debug("still there")
+    monkeypatch.setenv("DUTYBRIDGE_DEBUG_SQL", "1")
+    configure("info", "json", stream=json_logs, log_levels={})
+    logging.getLogger("aiosqlite").debug("shown sql")
+    logging.getLogger("apscheduler.scheduler").debug("quiet again")
+    structlog.get_logger("dutybridge.hooks").info("hook line back")
+    assert [e["event"] for e in lines(json_logs)] == ["job added", "still there", "shown sql", "hook line back"]
+
+
+def test_a_logger_used_before_a_reconfiguration_takes_the_new_format():
+    log = structlog.get_logger("dutybridge.test.format")
+    console, json_out = io.StringIO(), io.StringIO()
+    configure("info", "console", stream=console)
+    log.info("first")
+    configure("info", "json", stream=json_out)
+    log.info("second")
+    configure("info", "json", stream=io.StringIO())
+    assert "first" in console.getvalue() and not console.getvalue().startswith("{")
+    assert [e["event"] for e in lines(json_out)] == ["second"]
+
+
+def test_a_bad_level_in_log_levels_is_a_config_error_naming_the_key():
+    base = {"pagerduty": {"api_key": "k"},
+            "servicenow": {"instance_url": "https://x.service-now.com", "username": "u", "password": "p"}}
+    assert validate({**base, "daemon": {"log_levels": {"aiosqlite": "debug"}}}, {}).daemon.log_levels == {
+        "aiosqlite": "debug"}
+    with pytest.raises(ConfigError) as err:
+        validate({**base, "daemon": {"log_levels": {"aiosqlite": "verbose"}}}, {})
+    assert "daemon.log_levels.aiosqlite" in str(err.value) and "verbose" in str(err.value)
+
