@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 import structlog
@@ -203,3 +208,33 @@ def test_a_bad_level_in_log_levels_is_a_config_error_naming_the_key():
         validate({**base, "daemon": {"log_levels": {"aiosqlite": "verbose"}}}, {})
     assert "daemon.log_levels.aiosqlite" in str(err.value) and "verbose" in str(err.value)
 
+
+@pytest.mark.slow
+def test_daemon_stdout_is_json_from_its_first_line_with_hook_tracing_at_debug(write_config):
+    config = write_config()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "DUTYBRIDGE_DEBUG_SQL")}
+    env["DUTYBRIDGE_TRACE_HOOKS"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "-v", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    out: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            out.append(line)
+            if '"listening"' in line:
+                listening.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(30), "".join(out)[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        reader.join(10)
+        proc.stdout.close()
+    records = [json.loads(line) for line in out]  # a console line here fails to parse
+    assert records[0]["logger"] == "dutybridge.hooks" and records[0]["event"] == "hook call"
+    assert any(r["level"] == "debug" and r["logger"].startswith("dutybridge.") for r in records[1:])
+    assert not [r for r in records if r["logger"].startswith(("aiosqlite", "asyncio"))]
