@@ -199,6 +199,21 @@ def test_a_logger_used_before_a_reconfiguration_takes_the_new_format():
     assert [e["event"] for e in lines(json_out)] == ["second"]
 
 
+def test_auto_format_is_the_console_on_a_terminal_and_json_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        configure("info", "auto", stream=stream)
+        structlog.get_logger("dutybridge.test.auto").info("ours", incident="P1")
+        logging.getLogger("aiohttp.server").error("theirs")
+    configure("info", "json", stream=io.StringIO())
+    assert all(not line.startswith("{") for line in tty.getvalue().splitlines())
+    assert "ours" in tty.getvalue() and "incident" in tty.getvalue() and "theirs" in tty.getvalue()
+    assert [e["event"] for e in lines(pipe)] == ["ours", "theirs"]
+
 def test_a_bad_level_in_log_levels_is_a_config_error_naming_the_key():
     base = {"pagerduty": {"api_key": "k"},
             "servicenow": {"instance_url": "https://x.service-now.com", "username": "u", "password": "p"}}
