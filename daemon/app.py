@@ -267,7 +267,7 @@ async def reload(ctx: Ctx, path: Path) -> bool:
         need_restart.append("plugins.enabled")
     ctx.config = new
     set_secrets(new.secrets())
-    set_level(new.daemon.log_level)
+    set_level(new.daemon.log_level, new.daemon.log_levels)
     if ctx.http is not None:
         build_clients(ctx)
     if ctx.scheduler is not None and ctx.scheduler.running:
@@ -357,11 +357,15 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
 def run(path: str | os.PathLike[str], *, verbose: int = 0, quiet: int = 0, stderr: IO[str] | None = None) -> int:
     """``dutybridge run``: load, configure logging, serve. The exit code."""
     stderr = stderr or sys.stderr
+    # The plugin manager logs while the configuration loads: configure at the defaults
+    # first, so that those lines have the format of all the others.
+    configure_logging(adjust_level("info", verbose, quiet))
     try:
         config, pm = load(path)
     except (ConfigError, PluginError) as exc:
         print(str(exc), file=stderr)
         return 2
-    configure_logging(adjust_level(config.daemon.log_level, verbose, quiet), config.daemon.log_format)
+    configure_logging(adjust_level(config.daemon.log_level, verbose, quiet), config.daemon.log_format,
+                      log_levels=config.daemon.log_levels)
     set_secrets(config.secrets())
     return asyncio.run(serve(config, pm, Path(path)))

@@ -85,6 +85,7 @@ class DaemonConfig(Section):
     hooks_dir: str = Field("", description="Folder of user hook files (*.py) customising outbound requests; empty for none. Relative to the config file.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity: debug, info, warning or error.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: coloured console on a terminal, JSON lines otherwise (journald).")
+    log_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict, description="Levels of single loggers, by name, e.g. {aiosqlite = \"debug\"}. Libraries (aiosqlite, asyncio, apscheduler, aiohttp, urllib3) stay at warning unless named here; their debug lines carry SQL and payloads.")
     store_url: str = Field("sqlite:///dutybridge.db", description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413.")
     worker_concurrency: int = Field(8, ge=1, le=256, description="Events handled at once (never two of one resource).")
@@ -382,6 +383,11 @@ def _render_section(header: str, model: type[BaseModel], comment: str, commented
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if isinstance(value, dict):
+            # tomli_w writes a table as a [header], which would take in the keys after it.
+            items = ", ".join(tomli_w.dumps({k: v}).rstrip("\n") for k, v in value.items())
+            lines.append(f"{name} = {{{items}}}")
+            continue
         lines.append(tomli_w.dumps({name: value}).rstrip("\n"))
     if commented:
         lines = [lines[0]] + [line if (not line or line.startswith("#")) else "# " + line for line in lines[1:]]

@@ -1,19 +1,14 @@
-"""structlog, configured once: JSON lines for journald, colour on a terminal, secrets redacted.
-
-structlog loggers render natively (no stdlib LogRecord, no formatter) and write to the
-stream of the one stdlib handler, under its lock; standard-library loggers (aiohttp,
-APScheduler) go through that handler's ProcessorFormatter with the same processors, so
-every line has the same shape and the same redaction. The level is the root logger's,
-read at each call, so ``set_level`` (SIGHUP) applies to both at once.
+"""Logging for the daemon: structlog and stdlib lines in one format (JSON lines for journald,
+console on a terminal), one level per logger name, configured secrets redacted from every line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sys
 import traceback
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import structlog
 
@@ -24,20 +19,24 @@ SENSITIVE_KEYS = frozenset({
     "apikey", "x-pagerduty-signature", "webhook_secret", "doorbell_token", "cookie",
     "set-cookie", "proxy-authorization",
 })
-
-_secrets: tuple[str, ...] = ()
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-#: A structlog method name's level (``exception`` logs at error, as in the stdlib).
-_METHOD_LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "msg": logging.INFO,
-    "warning": logging.WARNING, "warn": logging.WARNING,
-    "error": logging.ERROR, "exception": logging.ERROR,
-    "critical": logging.CRITICAL, "fatal": logging.CRITICAL,
-}
+#: Libraries held at warning (or the daemon's level, if higher) unless ``daemon.log_levels``
+#: names them: at debug aiosqlite alone writes a dozen lines a second, each with its SQL
+#: and parameters (webhook payloads among them).
+QUIET_LIBRARIES = ("aiosqlite", "asyncio", "apscheduler", "aiohttp", "urllib3")
+#: ``DUTYBRIDGE_DEBUG_SQL=1`` is ``log_levels = {aiosqlite = "debug"}`` without a config
+#: edit (and wins over the table's entry, being the narrower ask).
+DEBUG_SQL_ENV = "DUTYBRIDGE_DEBUG_SQL"
+
 _HANDLER_NAME = "dutybridge"
 _root = logging.getLogger()
-#: The handler structlog's lines go to (the stdlib's own, so both share stream and lock).
+#: The handler every line goes to (the stdlib's own, so both kinds share stream and lock).
 _handler: logging.Handler | None = None
+_secrets: tuple[str, ...] = ()
+#: The per-logger levels last configured; a reload that passes none keeps them.
+_log_levels: dict[str, str] = {}
+#: Loggers given a level of their own by us, so that a new configuration can undo it.
+_leveled: set[str] = set()
 
 
 def set_secrets(values: Iterable[str]) -> None:
@@ -87,97 +86,54 @@ def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, An
     return event_dict
 
 
-def _scrub_rendered(_logger: Any, _name: str, event_dict: Any) -> Any:
+def _scrub_rendered(_logger: Any, _name: str, line: Any) -> Any:
     # Last line of defence: a secret inside a formatted traceback or a repr.
-    if isinstance(event_dict, str):
-        return scrub(event_dict)
-    return event_dict
+    return scrub(line) if isinstance(line, str) else line
 
 
-def _json_default(value: Any) -> Any:
-    # What structlog's JSONRenderer falls back to: __structlog__(), else the repr.
-    try:
-        return value.__structlog__()
-    except AttributeError:
-        return repr(value)
-
-
-_json_encoder = json.JSONEncoder(default=_json_default)
-
-
-def render_json(_logger: Any, _name: str, event_dict: dict[str, Any]) -> str:
-    """structlog's JSONRenderer with one encoder made once: ``json.dumps(..., default=...)``
-    builds a new encoder per line."""
-    return _json_encoder.encode(event_dict)
-
-
-def filter_by_level(_logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: drop a line below the root logger's level (or ``logging.disable``).
-
-    Read at each call, so a level changed at run time applies to loggers already
-    built and cached.
-    """
-    level = _METHOD_LEVELS.get(method_name, logging.NOTSET)
-    if level < _root.level or level <= _root.manager.disable:
-        raise structlog.DropEvent
-    return event_dict
-
-
-class BoundLogger(structlog.make_filtering_bound_logger(logging.NOTSET)):  # type: ignore[misc]
-    """structlog's native logger; ``filter_by_level`` (a processor, so that
-    ``structlog.testing.capture_logs`` still sees every level) does the filtering.
-
-    A line that cannot be rendered or written is reported on stderr, as the standard
-    library's handlers do, never raised into the code that logged it.
-    """
-
-    def is_enabled_for(self, level: int) -> bool:
-        return level >= _root.level and level > _root.manager.disable
-
-    def get_effective_level(self) -> int:
-        return _root.level
-
-    def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
-        try:
-            return super()._proxy_to_logger(method_name, event, **event_kw)
-        except Exception:
-            _report_failure(getattr(self._logger, "name", "?"), method_name, event)
-            return None
-
-
-def _report_failure(name: str, method_name: str, event: Any) -> None:
-    if not logging.raiseExceptions:
-        return
-    try:
-        sys.stderr.write(f"--- Logging error ---\n{traceback.format_exc()}"
-                         f"Logger {name!r}, method {method_name!r}, event {scrub(str(event))[:200]!r}\n")
-    except Exception:  # noqa: BLE001 - stderr is gone too; nothing left to tell
-        pass
+def _is_tty(stream: Any) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 class LineWriter:
-    """structlog's wrapped logger: writes a rendered line to the handler's stream.
+    """structlog's wrapped logger: writes a rendered line to the stdlib handler's stream,
+    under its lock, and reports a failed write on stderr as the stdlib's handlers do.
 
-    One per logger name (``add_logger_name`` reads ``name``). The handler is looked up
-    at each line, so loggers cached before a reconfiguration write to the new stream.
+    Kept for speed: handing the event to the stdlib logger instead (a LogRecord, made
+    twice by ProcessorFormatter) costs a webhook's line 24.5 us instead of 10.7, and
+    bench/ingest.py shows it: 245 vs 222 us of server CPU a request (medians of 6
+    alternating rounds). It stands for the stdlib logger of its name (``name``,
+    ``disabled``, ``getEffectiveLevel``), so structlog's ``filter_by_level`` and
+    ``add_logger_name`` read that logger's level and name.
     """
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "_logger")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, logger: logging.Logger) -> None:
+        self.name = logger.name
+        self._logger = logger
+
+    @property
+    def disabled(self) -> bool:
+        return self._logger.disabled
+
+    def getEffectiveLevel(self) -> int:  # noqa: N802 - the stdlib's name, read by filter_by_level
+        return self._logger.getEffectiveLevel()
 
     def msg(self, line: str) -> None:
         handler = _handler
         if handler is None:
             return
-        handler.acquire()
         try:
-            stream = handler.stream  # type: ignore[attr-defined]
-            stream.write(line + "\n")
-            stream.flush()
-        finally:
-            handler.release()
+            handler.acquire()
+            try:
+                stream = handler.stream  # type: ignore[attr-defined]
+                stream.write(line + "\n")
+                stream.flush()
+            finally:
+                handler.release()
+        except Exception:  # noqa: BLE001 - as the stdlib's handlers do: report, never raise into the caller
+            _report_failure(self.name, line)
 
     debug = info = warning = warn = error = exception = critical = fatal = msg
 
@@ -185,57 +141,74 @@ class LineWriter:
         return f"<LineWriter {self.name!r}>"
 
 
+def _report_failure(name: str, line: str) -> None:
+    if not logging.raiseExceptions:
+        return
+    try:
+        sys.stderr.write(f"--- Logging error ---\n{traceback.format_exc()}Logger {name!r}, line {line[:200]!r}\n")
+    except Exception:  # noqa: BLE001 - stderr is gone too; nothing left to tell
+        pass
+
+
 _writers: dict[str, LineWriter] = {}
+#: For an unnamed get_logger(): named after the calling module, past this one's frames.
+_caller_logger = structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])
 
 
 def _writer_factory(*args: Any) -> LineWriter:
-    if args and isinstance(args[0], str):
-        name = args[0]
-    else:
-        # An unnamed get_logger(): name it after the calling module, as the stdlib
-        # integration did.
-        name = structlog.stdlib.LoggerFactory()(*args).name
-    writer = _writers.get(name)
+    name = args[0] if args and isinstance(args[0], str) else None
+    writer = _writers.get(name) if name is not None else None
     if writer is None:
-        writer = _writers[name] = LineWriter(name)
+        logger = logging.getLogger(name) if name is not None else _caller_logger()
+        writer = _writers.setdefault(logger.name, LineWriter(logger))
     return writer
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
-    """Configure structlog and the standard library's root logger (idempotent)."""
+def configure(level: str = "info", fmt: str = "auto", stream=None, *,
+              log_levels: Mapping[str, str] | None = None) -> None:
+    """Configure structlog and the standard library's root logger (idempotent).
+
+    ``log_levels`` (logger name -> level name) overrides the level of single loggers,
+    the quieted libraries' included; None keeps the ones configured before.
+    """
     global _handler
     stream = stream or sys.stdout
     if fmt == "auto":
-        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
-    common: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        fmt = "console" if _is_tty(stream) else "json"
+    shared: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        renderer: Any = render_json
+        renderer: Any = structlog.processors.JSONRenderer()
         # Never render a traceback's local variables: they hold API keys and passwords.
-        final = [structlog.processors.ExceptionRenderer(
+        final: list[Any] = [structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
     else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=getattr(stream, "isatty", lambda: False)(),
-            exception_formatter=structlog.dev.plain_traceback)
+        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream),
+                                                 exception_formatter=structlog.dev.plain_traceback)
         final = []
-    # Loggers cached on first use keep the processor list they were built with:
-    # change that list in place, so that a reconfiguration reaches them.
-    processors = structlog.get_config()["processors"]
-    processors[:] = [filter_by_level, *common, structlog.processors.StackInfoRenderer(),
-                     *final, redact, renderer, _scrub_rendered]
+    # structlog's loggers are made afresh at each line (no cache), so a reconfiguration
+    # reaches the ones modules made at import; their level is the stdlib logger's of the
+    # same name, read by filter_by_level (a processor: capture_logs in tests sees every
+    # level). Measured against a level baked into make_filtering_bound_logger and
+    # against caching with the processor list changed in place: within 1.5 us a line,
+    # and bench/ingest.py shows none of it (224-228 us server CPU a request for all).
     structlog.configure(
-        processors=processors,
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            *final, redact, renderer, _scrub_rendered,
+        ],
         logger_factory=_writer_factory,
-        wrapper_class=BoundLogger,
-        cache_logger_on_first_use=True,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+        cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*common, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     *final, redact, renderer, _scrub_rendered],
     )
@@ -248,16 +221,29 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
             _root.removeHandler(old)
     _root.addHandler(handler)
     _handler = handler
-    set_level(level)
-    # aiohttp's access log repeats what our request logging says, at info; keep it quieter.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
+    set_level(level, log_levels)
     logging.captureWarnings(True)
 
 
-def set_level(level: str) -> None:
-    """The level of every logger, structlog's and the stdlib's; takes effect at the next line."""
-    _root.setLevel(LEVELS[level])
+def set_level(level: str, log_levels: Mapping[str, str] | None = None) -> None:
+    """The daemon's level and the per-logger ones; takes effect at the next line, for
+    loggers already made too. ``log_levels`` None keeps the ones set before."""
+    global _log_levels
+    if log_levels is not None:
+        _log_levels = dict(log_levels)
+    overrides = dict(_log_levels)
+    if os.environ.get(DEBUG_SQL_ENV, "") not in ("", "0", "false", "no"):
+        overrides["aiosqlite"] = "debug"
+    root_level = LEVELS[level]
+    _root.setLevel(root_level)
+    for name in _leveled - overrides.keys() - set(QUIET_LIBRARIES):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root_level))
+    for name, value in overrides.items():
+        logging.getLogger(name).setLevel(LEVELS[value])
+    _leveled.clear()
+    _leveled.update(overrides.keys(), QUIET_LIBRARIES)
 
 
 def adjust_level(level: str, verbose: int = 0, quiet: int = 0) -> str:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 import structlog
 
+from dutybridge.config import ConfigError, validate
 from dutybridge.logging import adjust_level, configure, set_level, set_secrets
 
 
@@ -78,7 +84,6 @@ def test_level_set_at_run_time_applies_to_cached_structlog_loggers(json_logs):
     log.info("dropped")
     log.warning("kept")
     logging.getLogger("aiohttp.server").info("dropped too")
-    assert not log.is_enabled_for(logging.INFO) and log.is_enabled_for(logging.ERROR)
     set_level("debug")
     log.debug("back")
     assert [e["event"] for e in lines(json_logs)] == ["first", "kept", "back"]
@@ -132,7 +137,8 @@ def test_a_line_that_cannot_be_written_never_raises_into_the_caller(capsys):
     finally:
         configure("info", "json", stream=io.StringIO())
     err = capsys.readouterr().err
-    assert "Logging error" in err and "OSError: disk full" in err and "'lost'" in err
+    assert "Logging error" in err and "OSError: disk full" in err and '"event": "lost"' in err
+    assert "t0k3n-value" not in err
 
 
 def test_values_json_cannot_encode_are_rendered_by_structlog_or_repr(json_logs):
@@ -147,3 +153,103 @@ def test_values_json_cannot_encode_are_rendered_by_structlog_or_repr(json_logs):
     structlog.get_logger("t").info("objects", a=Custom(), b=Plain(), c=(1, 2))
     line = lines(json_logs)[0]
     assert (line["a"], line["b"], line["c"]) == ({"custom": True}, "<plain>", [1, 2])
+
+
+def test_library_loggers_stay_at_warning_when_the_daemon_logs_at_debug(json_logs):
+    for name in ("aiosqlite", "asyncio", "apscheduler.scheduler", "aiohttp.access"):
+        logging.getLogger(name).debug("executing SELECT * FROM events WHERE body = ?")
+        logging.getLogger(name).info("chatter")
+    logging.getLogger("aiosqlite").warning("slow commit")
+    structlog.get_logger("dutybridge.worker").debug("ours")
+    assert [(e["logger"], e["event"]) for e in lines(json_logs)] == [
+        ("aiosqlite", "slow commit"), ("dutybridge.worker", "ours")]
+
+
+def test_a_daemon_level_above_warning_holds_the_libraries_too(json_logs):
+    set_level("error")
+    logging.getLogger("aiosqlite").warning("dropped")
+    logging.getLogger("aiosqlite").error("kept")
+    assert [e["event"] for e in lines(json_logs)] == ["kept"]
+
+
+def test_log_levels_and_the_sql_switch_let_a_library_speak(json_logs, monkeypatch):
+    configure("info", "json", stream=json_logs, log_levels={"apscheduler": "debug", "dutybridge.hooks": "warning"})
+    logging.getLogger("apscheduler.scheduler").debug("job added")
+    logging.getLogger("aiosqlite").debug("hidden sql")
+    structlog.get_logger("dutybridge.hooks").info("hidden hook line")
+    set_level("info")  # a reload that passes no table keeps the one configured
+    logging.getLogger("apscheduler.scheduler").debug("still there")
+    monkeypatch.setenv("DUTYBRIDGE_DEBUG_SQL", "1")
+    configure("info", "json", stream=json_logs, log_levels={})
+    logging.getLogger("aiosqlite").debug("shown sql")
+    logging.getLogger("apscheduler.scheduler").debug("quiet again")
+    structlog.get_logger("dutybridge.hooks").info("hook line back")
+    assert [e["event"] for e in lines(json_logs)] == ["job added", "still there", "shown sql", "hook line back"]
+
+
+def test_a_logger_used_before_a_reconfiguration_takes_the_new_format():
+    log = structlog.get_logger("dutybridge.test.format")
+    console, json_out = io.StringIO(), io.StringIO()
+    configure("info", "console", stream=console)
+    log.info("first")
+    configure("info", "json", stream=json_out)
+    log.info("second")
+    configure("info", "json", stream=io.StringIO())
+    assert "first" in console.getvalue() and not console.getvalue().startswith("{")
+    assert [e["event"] for e in lines(json_out)] == ["second"]
+
+
+def test_auto_format_is_the_console_on_a_terminal_and_json_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        configure("info", "auto", stream=stream)
+        structlog.get_logger("dutybridge.test.auto").info("ours", incident="P1")
+        logging.getLogger("aiohttp.server").error("theirs")
+    configure("info", "json", stream=io.StringIO())
+    assert all(not line.startswith("{") for line in tty.getvalue().splitlines())
+    assert "ours" in tty.getvalue() and "incident" in tty.getvalue() and "theirs" in tty.getvalue()
+    assert [e["event"] for e in lines(pipe)] == ["ours", "theirs"]
+
+def test_a_bad_level_in_log_levels_is_a_config_error_naming_the_key():
+    base = {"pagerduty": {"api_key": "k"},
+            "servicenow": {"instance_url": "https://x.service-now.com", "username": "u", "password": "p"}}
+    assert validate({**base, "daemon": {"log_levels": {"aiosqlite": "debug"}}}, {}).daemon.log_levels == {
+        "aiosqlite": "debug"}
+    with pytest.raises(ConfigError) as err:
+        validate({**base, "daemon": {"log_levels": {"aiosqlite": "verbose"}}}, {})
+    assert "daemon.log_levels.aiosqlite" in str(err.value) and "verbose" in str(err.value)
+
+
+@pytest.mark.slow
+def test_daemon_stdout_is_json_from_its_first_line_with_hook_tracing_at_debug(write_config):
+    config = write_config()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "DUTYBRIDGE_DEBUG_SQL")}
+    env["DUTYBRIDGE_TRACE_HOOKS"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "-v", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    out: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            out.append(line)
+            if '"listening"' in line:
+                listening.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(30), "".join(out)[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        reader.join(10)
+        proc.stdout.close()
+    records = [json.loads(line) for line in out]  # a console line here fails to parse
+    assert records[0]["logger"] == "dutybridge.hooks" and records[0]["event"] == "hook call"
+    assert any(r["level"] == "debug" and r["logger"].startswith("dutybridge.") for r in records[1:])
+    assert not [r for r in records if r["logger"].startswith(("aiosqlite", "asyncio"))]
