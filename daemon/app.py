@@ -334,4 +334,6 @@ def run(path: str | os.PathLike, *, verbose: int = 0, quiet: int = 0, stderr=Non
         return 2
     configure_logging(adjust_level(config.daemon.log_level, verbose, quiet), config.daemon.log_format)
     set_secrets(config.secrets())
+    for warning in config.warnings:
+        log.warning("configuration warning", problem=warning)
     return asyncio.run(serve(config, pm, Path(path)))
