@@ -155,6 +155,44 @@ def test_events_commands_operate_on_the_store(write_config, capsys):
     assert capsys.readouterr().out.strip() == ""
 
 
+def test_an_event_done_after_a_retry_and_a_replay_shows_no_stale_error(write_config, capsys):
+    path = write_config()
+    from dutybridge.app import load
+    from dutybridge.store import open_store
+
+    config, _ = load(path)
+
+    async def attempt(outcome):
+        store = open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+        await store.open()
+        try:
+            if outcome == "add":
+                return (await store.add_event(Event("pagerduty", "incident.triggered", "E1",
+                                                    "pagerduty:incident:P1", {"n": 1}))).id
+            [claimed] = await store.claim("test", 1, 60)
+            if outcome == "done":
+                await store.complete(claimed.id)
+            else:
+                await store.fail(claimed.id, outcome, None)  # dead
+        finally:
+            await store.close()
+
+    def shown(event_id):
+        assert main(["events", "show", str(event_id), "--config", str(path)]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    event_id = asyncio.run(attempt("add"))
+    asyncio.run(attempt("ServiceNow answered 503"))
+    assert shown(event_id)["last_error"] == "ServiceNow answered 503"
+    assert main(["events", "replay", str(event_id), "--config", str(path)]) == 0
+    assert "pending again" in capsys.readouterr().out
+    asyncio.run(attempt("done"))
+    event = shown(event_id)
+    assert (event["status"], event["last_error"]) == ("done", None)
+    assert main(["events", "list", "--json", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["last_error"] is None
+
+
 def test_version_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
