@@ -368,4 +368,6 @@ def run(path: str | os.PathLike[str], *, verbose: int = 0, quiet: int = 0, stder
     configure_logging(adjust_level(config.daemon.log_level, verbose, quiet), config.daemon.log_format,
                       log_levels=config.daemon.log_levels)
     set_secrets(config.secrets())
+    for warning in config.warnings:
+        log.warning("configuration warning", problem=warning)
     return asyncio.run(serve(config, pm, Path(path)))

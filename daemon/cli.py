@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--output", "-o", metavar="PATH", default="config.toml", help="where to write it (default: ./config.toml; - for stdout)")
     pi.add_argument("--force", action="store_true", help="overwrite an existing file")
     pi.add_argument("--enable", metavar="PLUGIN", action="append", default=[], help="enable a plugin in the written file (repeatable)")
+    pi.add_argument("--systemd", action="store_true",
+                    help="for contrib/systemd/dutybridge.service: secrets as file:NAME, the unit's "
+                         "LoadCredential= names (read from $CREDENTIALS_DIRECTORY), not env:NAME")
     pc = csub.add_parser("check", help="validate a configuration file and its hook files")
     _add_config(pc)
 
@@ -173,7 +176,7 @@ def _config_init(args: argparse.Namespace) -> int:
     except PluginError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    text = render_example(plugin_schemas(pm), enabled=args.enable)
+    text = render_example(plugin_schemas(pm), enabled=args.enable, systemd=args.systemd)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -266,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config, pm = _load(args)
     if args.command == "config":
+        for warning in config.warnings:
+            print(f"{_config_path(args)}: warning: {warning}", file=sys.stderr)
         print(f"{_config_path(args)}: valid ({len(config.plugins_enabled)} plugin(s) enabled: "
               f"{', '.join(config.plugins_enabled) or 'none'})")
         return 0

@@ -4,11 +4,13 @@ The core owns ``[daemon]``, ``[pagerduty]``, ``[servicenow]`` and ``[plugins]``;
 each enabled plugin declares the schema of its own ``[plugins.<name>]`` section
 through the ``register_config_sections`` hook. Secret values may be references:
 ``env:NAME`` reads an environment variable, ``file:PATH`` reads a file (a relative
-path is looked up in ``$CREDENTIALS_DIRECTORY`` first, for systemd credentials).
+path is looked up in ``$CREDENTIALS_DIRECTORY`` first, for systemd credentials, then
+in the config file's folder, like ``hooks_dir`` and ``store_url``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -21,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -37,8 +40,15 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{where}{p}" for p in problems))
 
 
-def resolve_secret(value: Any) -> Any:
-    """Turn ``env:NAME`` / ``file:PATH`` references into their value."""
+SECRET_PREFIXES = ("env:", "file:")
+
+
+def resolve_secret(value: Any, info: ValidationInfo) -> Any:
+    """Turn ``env:NAME`` / ``file:PATH`` references into their value.
+
+    A relative ``file:`` path is looked up in ``$CREDENTIALS_DIRECTORY``, then in the
+    validation context's ``base_dir`` (the config file's folder; else the working folder).
+    """
     if not isinstance(value, str):
         return value
     if value.startswith("env:"):
@@ -53,18 +63,24 @@ def resolve_secret(value: Any) -> Any:
         if not raw:
             raise ValueError("'file:' needs a path, as in file:/etc/dutybridge/pd-key")
         path = Path(raw)
-        candidates = []
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not path.is_absolute() and creds:
-            candidates.append(Path(creds) / path)
-        candidates.append(path)
+        candidates = [path]
+        if not path.is_absolute():
+            context = info.context if isinstance(info.context, dict) else {}
+            base = Path(context.get("base_dir") or Path.cwd())
+            candidates = [base / path]
+            creds = os.environ.get("CREDENTIALS_DIRECTORY")
+            if creds:
+                candidates.insert(0, Path(creds) / path)
         for candidate in candidates:
             if candidate.is_file():
                 try:
-                    return candidate.read_text().strip()
+                    text = candidate.read_text().strip()
                 except OSError as exc:
                     raise ValueError(f"cannot read secret file {candidate}: {exc.strerror}") from None
-        raise ValueError(f"secret file {raw} not found" + (f" (also looked in $CREDENTIALS_DIRECTORY={creds})" if creds and not path.is_absolute() else ""))
+                if not text:
+                    raise ValueError(f"secret file {candidate} is empty")
+                return text
+        raise ValueError(f"secret file {raw} not found (looked at {', '.join(map(str, candidates))})")
     return value
 
 
@@ -133,6 +149,9 @@ class ServiceNowConfig(Section):
     @field_validator("instance_url")
     @classmethod
     def _url(cls, v: str) -> str:
+        if PLACEHOLDERS["servicenow.instance_url"].split("//", 1)[1].lower() in v.lower():
+            raise ValueError("still the placeholder written by `config init`: "
+                             "put your instance's URL here, as in https://acme.service-now.com")
         return _check_url(v)
 
 
@@ -158,6 +177,8 @@ class Config(BaseModel):
     plugin_sections: dict[str, Any] = Field(default_factory=dict)
     path: str | None = None
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+    #: Problems that do not stop start-up (``config check`` prints them, ``run`` logs them).
+    warnings: list[str] = Field(default_factory=list)
 
     @property
     def base_dir(self) -> Path:
@@ -218,8 +239,26 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset()) -> list[str]:
-    """One line per error: ``dotted.path: expected ..., found ...``."""
+def _known_keys(model: type[BaseModel] | None, loc: list[str]) -> list[str]:
+    """The keys the (sub)model at ``loc`` accepts, following nested sections."""
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _did_you_mean(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset(),
+                            model: type[BaseModel] | None = None) -> list[str]:
+    """One line per error: ``dotted.path: expected ..., found ...``.
+
+    With ``model`` (the schema validated), an unknown key names the closest known one.
+    """
     lines = []
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
@@ -229,7 +268,7 @@ def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set
         kind = err["type"]
         msg = err["msg"]
         if kind == "extra_forbidden":
-            lines.append(f"{path}: unknown key")
+            lines.append(f"{path}: unknown key{_did_you_mean(loc[-1], _known_keys(model, loc[:-1]))}")
             continue
         if kind == "missing":
             lines.append(f"{path}: required key is missing")
@@ -248,6 +287,18 @@ def _secret_paths(prefix: str, model: type[BaseModel]) -> set[str]:
         text = repr(field.annotation)
         if "SecretStr" in text:
             out.add(f"{prefix}.{name}")
+    return out
+
+
+def _literal_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """A warning for each secret written into the file itself rather than referenced."""
+    out = []
+    for dotted in sorted(_secret_paths(prefix, model)):
+        value = data.get(dotted.rsplit(".", 1)[1])
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and v and not v.startswith(SECRET_PREFIXES) for v in values):
+            out.append(f"{dotted}: the secret is written in the file itself; "
+                       "refer to it as env:NAME or file:PATH instead")
     return out
 
 
@@ -270,6 +321,9 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
              known_plugins: list[str] | None = None, path: str | os.PathLike | None = None) -> Config:
     """Validate a parsed TOML document; raise ConfigError with every problem found."""
     problems: list[str] = []
+    warnings: list[str] = []
+    # Relative file: secrets resolve against the config file's folder, as hooks_dir does.
+    context = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
     sections: dict[str, Any] = {}
     allowed_top = set(CORE_SECTIONS) | {"plugins"}
     for key in raw:
@@ -281,9 +335,10 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             problems.append(f"{name}: expected a table, found {_describe(data)}")
             continue
         try:
-            sections[name] = model.model_validate(data)
+            sections[name] = model.model_validate(data, context=context)
         except ValidationError as exc:
-            problems += format_validation_error(name, exc, _secret_paths(name, model))
+            problems += format_validation_error(name, exc, _secret_paths(name, model), model)
+        warnings += _literal_secrets(name, model, data)
 
     plugins_raw = raw.get("plugins", {})
     enabled: list[str] = []
@@ -318,15 +373,16 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             if not isinstance(data, dict):
                 continue
             try:
-                plugin_sections[name] = model.model_validate(data)
+                plugin_sections[name] = model.model_validate(data, context=context)
             except ValidationError as exc:
-                problems += format_validation_error(f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model))
+                problems += format_validation_error(f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model), model)
+            warnings += _literal_secrets(f"plugins.{name}", model, data)
     if problems:
         raise ConfigError(problems, path)
     return Config(
         daemon=sections["daemon"], pagerduty=sections["pagerduty"], servicenow=sections["servicenow"],
         plugins_enabled=enabled, plugin_sections=plugin_sections,
-        path=str(path) if path else None, raw=raw,
+        path=str(path) if path else None, raw=raw, warnings=warnings,
     )
 
 
@@ -344,6 +400,17 @@ PLACEHOLDERS: dict[str, Any] = {
     "servicenow.doorbell_password": "env:DUTYBRIDGE_DOORBELL_PASSWORD",
 }
 
+#: ``config init --systemd``: the unit hands no environment, only the credentials of
+#: contrib/systemd/dutybridge.service (``LoadCredential=``), found in $CREDENTIALS_DIRECTORY.
+SYSTEMD_PLACEHOLDERS: dict[str, Any] = {
+    **PLACEHOLDERS,
+    "pagerduty.api_key": "file:pagerduty-api-key",
+    "pagerduty.webhook_secrets": ["file:pagerduty-webhook-secret"],
+    "servicenow.password": "file:servicenow-password",
+    "servicenow.doorbell_token": "file:doorbell-token",
+    "servicenow.doorbell_password": "file:doorbell-password",
+}
+
 SECTION_COMMENTS = {
     "daemon": "The daemon itself: listening, logging, the durable store, the worker.",
     "pagerduty": "PagerDuty REST API v2 and V3 webhooks.",
@@ -351,34 +418,35 @@ SECTION_COMMENTS = {
 }
 
 
-def _example_value(path: str, field: Any) -> tuple[Any, bool]:
+def _example_value(path: str, field: Any, placeholders: dict[str, Any]) -> tuple[Any, bool]:
     """(value to write, whether the key is required)."""
     from pydantic_core import PydanticUndefined
 
-    if path in PLACEHOLDERS and field.is_required():
-        return PLACEHOLDERS[path], True
     if field.is_required():
-        return "", True
+        return placeholders.get(path, ""), True
     default = field.get_default(call_default_factory=True)
     if default is PydanticUndefined:
         return "", True
+    if default is not None and path in placeholders:
+        return placeholders[path], False
     return default, False
 
 
-def _render_section(header: str, model: type[BaseModel], comment: str, commented: bool) -> list[str]:
+def _render_section(header: str, model: type[BaseModel], comment: str, commented: bool,
+                    placeholders: dict[str, Any] = PLACEHOLDERS) -> list[str]:
     import tomli_w
 
     lines = [f"# {comment}" if comment else "", f"[{header}]"]
     for name, field in model.model_fields.items():
         path = f"{header}.{name}"
-        value, required = _example_value(path, field)
+        value, required = _example_value(path, field, placeholders)
         desc = field.description or ""
         note = " (required)" if required else ""
         if desc or note:
             lines.append(f"# {desc}{note}".rstrip())
         if value is None:
             # Unset by default: shown commented out, with the form a value takes.
-            hint = tomli_w.dumps({name: PLACEHOLDERS.get(path, "")}).rstrip("\n")
+            hint = tomli_w.dumps({name: placeholders.get(path, "")}).rstrip("\n")
             lines.append(f"# {hint}")
             continue
         if isinstance(value, SecretStr):
@@ -394,24 +462,34 @@ def _render_section(header: str, model: type[BaseModel], comment: str, commented
     return lines
 
 
-def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str] | None = None) -> str:
+def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str] | None = None,
+                   *, systemd: bool = False) -> str:
     """A complete, commented configuration file: every key with its default.
 
     Sections of plugins that are not in ``enabled`` are written commented out, so the
     file validates as it is and enabling a plugin means uncommenting its section.
+    ``systemd``: secrets are ``file:`` references named for the unit's credentials.
     """
     enabled = list(enabled or [])
     import tomli_w
 
+    placeholders = SYSTEMD_PLACEHOLDERS if systemd else PLACEHOLDERS
+    secrets_note = [
+        "# Secrets: file:NAME reads the credential NAME that contrib/systemd/dutybridge.service",
+        "# loads with LoadCredential= from /etc/dutybridge/credentials/NAME ($CREDENTIALS_DIRECTORY).",
+    ] if systemd else [
+        "# Secrets: write env:NAME to read an environment variable, or file:PATH to read a file",
+        "# (relative paths: $CREDENTIALS_DIRECTORY first, for systemd, then this file's folder).",
+    ]
     out = [
         "# dutybridge configuration. Every key is shown with its default.",
-        "# Secrets: write env:NAME to read an environment variable, or file:PATH to read a file",
-        "# (relative paths are looked up in $CREDENTIALS_DIRECTORY first, for systemd credentials).",
+        *secrets_note,
         "# Validate with: dutybridge config check --config PATH",
         "",
     ]
     for name, model in CORE_SECTIONS.items():
-        out += _render_section(name, model, SECTION_COMMENTS[name], commented=False)
+        out += _render_section(name, model, SECTION_COMMENTS[name], commented=False,
+                               placeholders=placeholders)
         out.append("")
     out += ["# Features, each a plugin, enabled by name. Known built-in plugins: "
             + (", ".join(sorted(plugin_schemas)) or "none"), "[plugins]",

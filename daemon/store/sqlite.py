@@ -425,7 +425,7 @@ class SQLiteStore(Store):
         await self._write_count(
             """
             UPDATE events SET status = ?, owner = NULL, lease_expires_at = NULL,
-                              next_attempt_at = NULL, updated_at = ?
+                              next_attempt_at = NULL, last_error = NULL, updated_at = ?
             WHERE id = ? AND status = 'claimed'
             """,
             (status, self._now(), event_id),

@@ -30,8 +30,69 @@ def test_config_init_writes_a_valid_commented_file_and_refuses_to_overwrite(tmp_
     monkeypatch.setenv("PAGERDUTY_API_KEY", "k" * 20)
     monkeypatch.setenv("SERVICENOW_PASSWORD", "p" * 20)
     capsys.readouterr()
+    # Left as written, the instance URL is a placeholder that would never answer.
+    with pytest.raises(SystemExit) as info:
+        main(["config", "check", "--config", str(target)])
+    assert info.value.code == 2
+    assert "servicenow.instance_url: still the placeholder written by `config init`" in capsys.readouterr().err
+    target.write_text(target.read_text().replace("YOUR-INSTANCE", "acme"))
     assert main(["config", "check", "--config", str(target)]) == 0
-    assert "valid (1 plugin(s) enabled: custom_headers)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "valid (1 plugin(s) enabled: custom_headers)" in captured.out
+    assert "warning" not in captured.err
+
+
+def test_config_init_systemd_refers_to_the_units_credentials(tmp_path, capsys, monkeypatch):
+    target = tmp_path / "config.toml"
+    assert main(["config", "init", "--systemd", "--output", str(target)]) == 0
+    text = target.read_text()
+    data = tomllib.loads(text)
+    assert data["pagerduty"]["api_key"] == "file:pagerduty-api-key"
+    assert data["pagerduty"]["webhook_secrets"] == ["file:pagerduty-webhook-secret"]
+    assert data["servicenow"]["password"] == "file:servicenow-password"
+    assert '"env:' not in text
+    # The optional doorbell credentials are offered commented out.
+    assert '# doorbell_token = "file:doorbell-token"' in text
+    assert '# doorbell_password = "file:doorbell-password"' in text
+
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name, value in [("pagerduty-api-key", "k" * 20), ("pagerduty-webhook-secret", "w" * 20),
+                        ("servicenow-password", "p" * 20)]:
+        (creds / name).write_text(value + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    target.write_text(text.replace("YOUR-INSTANCE", "acme"))
+    capsys.readouterr()
+    assert main(["config", "check", "--config", str(target)]) == 0
+    captured = capsys.readouterr()
+    assert "valid" in captured.out and captured.err == ""
+
+
+def test_config_check_warns_of_literal_secrets_without_showing_them(write_config, capsys, config_secrets):
+    path = write_config()
+    assert main(["config", "check", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "valid" in captured.out
+    warned = [line for line in captured.err.splitlines() if line.startswith(f"{path}: warning: ")]
+    assert any("pagerduty.api_key: the secret is written in the file itself" in line for line in warned)
+    assert len(warned) == 4
+    assert not any(secret in captured.err + captured.out for secret in config_secrets)
+
+
+def test_run_logs_literal_secret_warnings_at_start(write_config, capsys, monkeypatch, config_secrets):
+    import dutybridge.app
+
+    async def serve(config, pm, path):
+        return 0
+
+    monkeypatch.setattr(dutybridge.app, "serve", serve)
+    path = write_config({"daemon": {"log_format": "json"}})
+    assert main(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    problems = [r["problem"] for r in records if r.get("event") == "configuration warning"]
+    assert any(p.startswith("servicenow.password: the secret is written in the file itself") for p in problems)
+    assert not any(secret in out for secret in config_secrets)
 
 
 def test_config_init_rejects_an_unknown_plugin(capsys):
@@ -92,6 +153,44 @@ def test_events_commands_operate_on_the_store(write_config, capsys):
     capsys.readouterr()
     assert main(["events", "list", "--status", "dead", "--json", "--config", str(path)]) == 0
     assert capsys.readouterr().out.strip() == ""
+
+
+def test_an_event_done_after_a_retry_and_a_replay_shows_no_stale_error(write_config, capsys):
+    path = write_config()
+    from dutybridge.app import load
+    from dutybridge.store import open_store
+
+    config, _ = load(path)
+
+    async def attempt(outcome):
+        store = open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+        await store.open()
+        try:
+            if outcome == "add":
+                return (await store.add_event(Event("pagerduty", "incident.triggered", "E1",
+                                                    "pagerduty:incident:P1", {"n": 1}))).id
+            [claimed] = await store.claim("test", 1, 60)
+            if outcome == "done":
+                await store.complete(claimed.id)
+            else:
+                await store.fail(claimed.id, outcome, None)  # dead
+        finally:
+            await store.close()
+
+    def shown(event_id):
+        assert main(["events", "show", str(event_id), "--config", str(path)]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    event_id = asyncio.run(attempt("add"))
+    asyncio.run(attempt("ServiceNow answered 503"))
+    assert shown(event_id)["last_error"] == "ServiceNow answered 503"
+    assert main(["events", "replay", str(event_id), "--config", str(path)]) == 0
+    assert "pending again" in capsys.readouterr().out
+    asyncio.run(attempt("done"))
+    event = shown(event_id)
+    assert (event["status"], event["last_error"]) == ("done", None)
+    assert main(["events", "list", "--json", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["last_error"] is None
 
 
 def test_version_and_usage_errors(capsys):

@@ -122,3 +122,80 @@ def test_relative_store_path_resolves_under_state_directory(make_config, tmp_pat
     assert config.resolve_path("x.db", state=True) == tmp_path / "x.db"
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     assert config.resolve_path("x.db", state=True) == tmp_path / "state" / "x.db"
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+def test_an_empty_secret_file_is_an_error_naming_the_file(write_config, tmp_path, content):
+    (tmp_path / "sn-password").write_text(content)
+    path = write_config({"servicenow": {"password": f"file:{tmp_path / 'sn-password'}"}})
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [f"servicenow.password: secret file {tmp_path / 'sn-password'} is empty"]
+
+
+def test_the_instance_url_placeholder_of_config_init_is_rejected(write_config):
+    path = write_config({"servicenow": {"instance_url": "https://YOUR-INSTANCE.service-now.com"}})
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    [line] = info.value.problems
+    assert line.startswith("servicenow.instance_url: still the placeholder written by `config init`")
+
+
+def test_a_literal_secret_is_a_warning_naming_the_key_never_the_value(write_config, tmp_path, monkeypatch,
+                                                                      config_secrets):
+    config, _ = load(write_config())
+    assert sorted(w.split(":", 1)[0] for w in config.warnings) == [
+        "pagerduty.api_key", "pagerduty.webhook_secrets", "servicenow.doorbell_token", "servicenow.password"]
+    assert all("env:NAME or file:PATH" in w for w in config.warnings)
+    assert not any(s in w for s in config_secrets for w in config.warnings)
+
+    monkeypatch.setenv("PD_KEY_FOR_TEST", "from-the-environment")
+    (tmp_path / "pw").write_text("from-a-file")
+    config, _ = load(write_config({"pagerduty": {"api_key": "env:PD_KEY_FOR_TEST", "webhook_secrets": []},
+                                   "servicenow": {"password": "file:pw", "doorbell_token": "env:PD_KEY_FOR_TEST"}}))
+    assert config.warnings == []
+
+
+def test_a_relative_secret_file_is_relative_to_the_config_file_not_the_working_folder(
+        write_config, tmp_path, monkeypatch):
+    (tmp_path / "sn-password").write_text("beside-the-config")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "sn-password").write_text("in-the-working-folder")
+    monkeypatch.chdir(elsewhere)
+    path = write_config({"servicenow": {"password": "file:sn-password"}})
+    config, _ = load(path)
+    assert config.servicenow.password.get_secret_value() == "beside-the-config"
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "sn-password").write_text("from-systemd-credentials")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    config, _ = load(path)
+    assert config.servicenow.password.get_secret_value() == "from-systemd-credentials"
+
+
+def test_a_missing_relative_secret_file_names_every_path_looked_at(write_config, tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = write_config({"servicenow": {"password": "file:servicenow-password"}})
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [
+        f"servicenow.password: secret file servicenow-password not found "
+        f"(looked at {creds / 'servicenow-password'}, {tmp_path / 'servicenow-password'})"]
+
+
+def test_an_unknown_key_suggests_the_closest_known_one(write_config):
+    path = write_config({"daemon": {"listen_prot": 8080, "zzz": 1},
+                         "servicenow": {"doorbel_token": "env:X"},
+                         "plugins": {"enabled": ["custom_headers"], "custom_headers": {"pagerdty": "X-A: 1"}}})
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert sorted(info.value.problems) == [
+        "daemon.listen_prot: unknown key (did you mean listen_port?)",
+        "daemon.zzz: unknown key",
+        "plugins.custom_headers.pagerdty: unknown key (did you mean pagerduty?)",
+        "servicenow.doorbel_token: unknown key (did you mean doorbell_token?)",
+    ]
