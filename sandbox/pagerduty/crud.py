@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the state's modules import this one for their routes
 
     State = PagerDutyState
 
-Render = Callable[["State", dict, "list[str] | tuple[()]"], dict]
+Render = Callable[["State", dict, Iterable[str]], dict]
 Select = Callable[[web.Request, "State", "list[dict]"], "list[dict]"]
 Hook = Callable[[web.Request], object]
 
@@ -68,7 +68,7 @@ def crud_routes(routes: web.RouteTableDef, res: Resource) -> None:
     def ids(request: web.Request, n: int) -> list[str]:
         return [request.match_info[name] for name in names[:n]]
 
-    def show(st: "State", obj: dict, include: list[str] | tuple[()] = ()) -> dict:
+    def show(st: "State", obj: dict, include: Iterable[str] = ()) -> dict:
         return res.render(st, obj, include) if res.render is not None else obj
 
     async def list_all(request: web.Request) -> web.StreamResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .api import includes, page, read_body, state_of, no_content
+from .api import includes, no_content, page, read_body, state_of
 from .crud import Resource, crud_routes
 from .errors import invalid, not_found
 from .util import name_errors
