@@ -6,8 +6,10 @@
     state.create_incident(title="Disk full", service_id="PSVCDB1", from_user="PALICE1")
     await state.drain_webhooks()                 # wait for queued webhooks
 
-See ``state.py`` for the model, ``incidents.py`` for the incident status machine,
-``webhooks.py`` for delivery behaviour and ``app.py`` for the HTTP rules.
+``state.py`` composes the model from one module per resource family (``users.py``,
+``teams.py``, ``services.py``...), each holding that family's operations and routes;
+``incident_changes.py`` has the incident status machine, ``webhooks.py`` the delivery
+behaviour, ``app.py`` the rules all routes share and ``crud.py`` the route shape most reuse.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""PagerDuty's error bodies and the exception the sandbox raises to produce them.
-
-Shape (14-Errors.md): ``{"error": {"message": str, "code": int, "errors": [str, ...]}}``.
-Messages and codes below are the ones PagerDuty answers (the error-code table, plus
-the messages clients see in practice, e.g. the ``From`` header one with code 2016).
-"""
+"""PagerDuty's error bodies and the exception the sandbox raises to produce them, with the
+codes and messages PagerDuty answers (its error-code table, plus ones seen in practice)."""
 
 from __future__ import annotations
 
@@ -11,7 +7,11 @@ from typing import Iterable
 
 
 class PDError(Exception):
-    """An API error: HTTP status, PagerDuty code, message and detail list."""
+    """An API error: HTTP status, PagerDuty code, message and detail list.
+
+    Shape (14-Errors.md): ``{"error": {"message": str, "code": int, "errors": [str, ...]}}``;
+    e.g. the ``From`` header message clients see in practice has code 2016.
+    """
 
     def __init__(self, status: int, code: int, message: str, errors: Iterable[str] | None = None):
         super().__init__(f"{status} {code} {message}")

@@ -1,12 +1,11 @@
-"""Extension schemas the sandbox offers (``GET /extension_schemas``).
-
-Ids are PagerDuty's: ``PJFWPEP`` is the Generic V2 Webhook schema (the id in the
-webhook docs and the OpenAPI examples), ``PAKM60Z`` is "ServiceNow (v7)" (the id the
-Terraform provider's acceptance tests read back from PagerDuty).
-"""
+"""Extension schemas the sandbox offers (``GET /extension_schemas``): the Generic V2
+Webhook and ServiceNow (v7), under PagerDuty's own ids."""
 
 from __future__ import annotations
 
+# Ids are PagerDuty's: ``PJFWPEP`` is the Generic V2 Webhook schema (the id in the webhook
+# docs and the OpenAPI examples), ``PAKM60Z`` is "ServiceNow (v7)" (the id the Terraform
+# provider's acceptance tests read back from PagerDuty).
 GENERIC_V2_WEBHOOK = "PJFWPEP"
 SERVICENOW_V7 = "PAKM60Z"
 

@@ -1,12 +1,15 @@
-"""Small helpers: PagerDuty-looking ids, timestamps, query parsing."""
+"""Small helpers: PagerDuty-looking ids, timestamps, query parsing, and the account's shared
+vocabulary (email shape, user roles, the blank/taken name answers)."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Any
 
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -70,3 +73,30 @@ def parse_time(value: str) -> float:
 
 def truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("true", "1", "yes")
+
+
+# --------------------------------------------------------- account vocabulary
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+USER_ROLES = (
+    "admin",
+    "limited_user",
+    "observer",
+    "owner",
+    "read_only_user",
+    "restricted_access",
+    "read_only_limited_user",
+    "user",
+)
+# Base roles that may look but not act on incidents (Observer and the stakeholder roles).
+READ_ONLY_ROLES = frozenset({"observer", "read_only_user", "read_only_limited_user"})
+
+
+def name_errors(name: Any, existing: dict, own_id: str | None) -> list[str]:
+    """PagerDuty's answers for a name that is blank or taken by another object of the kind."""
+    if not isinstance(name, str) or not name.strip():
+        return ["Name can't be blank"]
+    if any(o["name"].lower() == name.lower() and o["id"] != own_id for o in existing.values()):
+        return ["Name has already been taken"]
+    return []

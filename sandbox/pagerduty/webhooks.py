@@ -1,23 +1,5 @@
-"""Outbound webhooks: V3 (webhook subscriptions) and legacy V2 (extensions).
-
-Behaviour follows webhooks/02-Behavior.md, with retry delays compressed:
-
-* one event per POST; V3 envelope ``{"event": {id, event_type, resource_type,
-  occurred_at, agent, client, data}}``, V2 body ``{"messages": [message]}``;
-* V3 is signed ``X-PagerDuty-Signature: v1=<hex HMAC-SHA256(raw body, secret)>``;
-  ``X-Webhook-Id`` identifies a webhook and repeats on every retry of it;
-* ordered per (subscription or extension, resource): one queue each, worked by one task;
-  a webhook being retried holds back the later ones of its queue;
-* retried on timeout, 5xx, 429 and connection errors (``webhook_retry_base`` * 2^n,
-  capped at ``webhook_retry_max_delay``, ``webhook_max_attempts`` in all), dropped on
-  any other non-2xx answer;
-* after ``webhook_disable_after`` (3) consecutive dropped webhooks the subscription
-  (``delivery_method.temporarily_disabled``) or extension (``temporarily_disabled``) is
-  disabled, its queue dropped, and new webhooks for it dropped until it is enabled again.
-
-Every attempt is recorded in ``state.webhook_deliveries``; webhooks dropped without an
-attempt (target disabled, queue flushed) in ``state.webhook_drops``.
-"""
+"""Outbound webhooks: V3 (webhook subscriptions) and legacy V2 (extensions), queued per
+target and resource, signed, retried and disabled as PagerDuty does it."""
 
 from __future__ import annotations
 
@@ -66,6 +48,27 @@ class Delivery:
 
 
 class WebhookDispatcher:
+    """Builds and delivers every webhook the account sends.
+
+    Behaviour follows webhooks/02-Behavior.md, with retry delays compressed:
+
+    * one event per POST; V3 envelope ``{"event": {id, event_type, resource_type,
+      occurred_at, agent, client, data}}``, V2 body ``{"messages": [message]}``;
+    * V3 is signed ``X-PagerDuty-Signature: v1=<hex HMAC-SHA256(raw body, secret)>``;
+      ``X-Webhook-Id`` identifies a webhook and repeats on every retry of it;
+    * ordered per (subscription or extension, resource): one queue each, worked by one task;
+      a webhook being retried holds back the later ones of its queue;
+    * retried on timeout, 5xx, 429 and connection errors (``webhook_retry_base`` * 2^n,
+      capped at ``webhook_retry_max_delay``, ``webhook_max_attempts`` in all), dropped on
+      any other non-2xx answer;
+    * after ``webhook_disable_after`` (3) consecutive dropped webhooks the subscription
+      (``delivery_method.temporarily_disabled``) or extension (``temporarily_disabled``) is
+      disabled, its queue dropped, and new webhooks for it dropped until it is enabled again.
+
+    Every attempt is recorded in ``state.webhook_deliveries``; webhooks dropped without an
+    attempt (target disabled, queue flushed) in ``state.webhook_drops``.
+    """
+
     def __init__(self, state: "PagerDutyState"):
         self.state = state
         self._queues: dict[tuple[str, str], deque[Delivery]] = {}
