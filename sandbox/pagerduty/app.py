@@ -25,6 +25,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAMILIES = (account, users, teams, schedules, escalation_policies, services, extensions, webhook_subscriptions,
             incident_routes, workflows)
 
+#: Every route the sandbox serves, in registration order (the OpenAPI vendoring script
+#: and the contract tests read it).
+routes: list[web.AbstractRouteDef] = [route for family in FAMILIES for route in family.routes]
+
 
 def _authenticate(state: PagerDutyState, request: web.Request) -> tuple[str, dict]:
     header = request.headers.get("Authorization", "")

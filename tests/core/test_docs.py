@@ -124,7 +124,7 @@ def test_readme_error_examples_are_what_config_check_prints(write_config):
 
 
 def test_the_servicenow_readme_names_the_fields_the_doorbell_script_sends():
-    from dutybridge.server import DOORBELL_FIELDS
+    from dutybridge.receivers.servicenow import DOORBELL_FIELDS
 
     readme = (REPO / "contrib/servicenow/README.md").read_text()
     [sent] = re.findall(r"It sends only\s+`\{(.*?)\}`", readme, re.S)

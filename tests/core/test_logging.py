@@ -250,6 +250,6 @@ def test_daemon_stdout_is_json_from_its_first_line_with_hook_tracing_at_debug(wr
         reader.join(10)
         proc.stdout.close()
     records = [json.loads(line) for line in out]  # a console line here fails to parse
-    assert records[0]["logger"] == "dutybridge.hooks" and records[0]["event"] == "hook call"
+    assert records[0]["logger"] == "dutybridge.hooks" and records[0]["event"] == "hook_call"
     assert any(r["level"] == "debug" and r["logger"].startswith("dutybridge.") for r in records[1:])
     assert not [r for r in records if r["logger"].startswith(("aiosqlite", "asyncio"))]
