@@ -21,9 +21,13 @@ from dutybridge_plugins.incident_sync.engine import SN_SEEN, Engine, own_write, 
 from dutybridge_plugins.incident_sync.mapping import Mapping
 from dutybridge_plugins.incident_sync.users import LINK_TTL, MISSING_TTL, Users
 
-from tests.plugins.incident_sync.world import ALICE_SN, BOB_SN, CAROL_SN, DB_GROUP
+from tests.plugins.incident_sync.world import ALICE_SN, BOB_SN, CAROL_SN, DAVE_SN, DB_GROUP
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def assignees(world, pd_id: str) -> list[str]:
+    return [a["assignee"]["id"] for a in world.pd.incidents[pd_id]["assignments"]]
 
 
 def only(rows):
@@ -136,6 +140,8 @@ async def test_an_acknowledgement_each_way_costs_no_read_of_its_echo(rec_world):
     await world.settle()
     sys_id = only(world.sn_for(inc["id"]))["sys_id"]
     pd_of_sn = only(world.pd_for(sn_born["sys_id"]))["id"]
+    # Opened to the Database policy's on-call (Alice: the world starts her turn).
+    assert assignees(world, pd_of_sn) == ["PALICE1"]
 
     recorder.on = True
     world.pd.acknowledge(inc["id"], "PALICE1")  # Alice: linked by the warm-up
@@ -147,21 +153,53 @@ async def test_an_acknowledgement_each_way_costs_no_read_of_its_echo(rec_world):
     ]
     assert world.sn.get("incident", sys_id)["state"] == "2"
 
+    # Alice hands hers to Dave, in progress. Two writes, as PagerDuty records them: the
+    # reassignment by Alice, then the acknowledgement by Dave (one From header a request).
     recorder.calls.clear()
-    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": ALICE_SN, "state": "2"}, user="alice.nguyen")
+    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": DAVE_SN, "state": "2"}, user="alice.nguyen")
     await world.settle()
     recorder.on = False
     assert recorder.ops() == [
         ("servicenow", "GET /api/now/table/incident/{sys_id}"),
         ("pagerduty", "GET /incidents/{id}"),
-        ("pagerduty", "PUT /incidents/{id}"),  # to Alice
-        ("pagerduty", "PUT /incidents/{id}"),  # acknowledged by her
+        # Dave is new to this process: his PagerDuty user is found (by email) once.
+        ("servicenow", "GET /api/now/table/sys_user/{sys_id}"),
+        ("pagerduty", "GET /users"),
+        ("pagerduty", "PUT /incidents/{id}"),  # to Dave
+        ("pagerduty", "PUT /incidents/{id}"),  # acknowledged by him
         ("servicenow", "GET /api/now/table/sys_journal_field"),
         # The reassignment's webhook carries the incident as it was in between
         # (triggered): read, found synced. The acknowledgement's webhook: no read.
         ("pagerduty", "GET /incidents/{id}"),
     ]
-    assert world.pd.incidents[pd_of_sn]["status"] == "acknowledged"
+    pd_inc = world.pd.incidents[pd_of_sn]
+    assert pd_inc["status"] == "acknowledged"
+    assert assignees(world, pd_of_sn) == ["PDAVEP1"]
+    assert [a["acknowledger"]["id"] for a in pd_inc["acknowledgements"]] == ["PDAVEP1"]
+
+
+async def test_taking_an_incident_already_assigned_in_pagerduty_only_acknowledges_it(rec_world):
+    world, recorder = rec_world
+    sn_born = open_sn(world, "Checkout errors")
+    await world.settle()
+    pd_of_sn = only(world.pd_for(sn_born["sys_id"]))["id"]
+    assert assignees(world, pd_of_sn) == ["PALICE1"]  # the on-call
+
+    recorder.on = True
+    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": ALICE_SN, "state": "2"}, user="alice.nguyen")
+    await world.settle()
+    recorder.on = False
+    # She has it in PagerDuty already: no reassignment (it would page her again).
+    assert recorder.ops() == [
+        ("servicenow", "GET /api/now/table/incident/{sys_id}"),
+        ("pagerduty", "GET /incidents/{id}"),
+        ("pagerduty", "PUT /incidents/{id}"),  # acknowledged by her
+        ("servicenow", "GET /api/now/table/sys_journal_field"),
+    ]
+    pd_inc = world.pd.incidents[pd_of_sn]
+    assert pd_inc["status"] == "acknowledged"
+    assert [a["acknowledger"]["id"] for a in pd_inc["acknowledgements"]] == ["PALICE1"]
+    assert assignees(world, pd_of_sn) == ["PALICE1"]
 
 
 # ---------------------------------------------------------------------------------------
