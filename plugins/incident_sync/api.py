@@ -1,27 +1,12 @@
-"""The calls incident sync makes, in one place, over the core's clients on ``ctx``.
-
-Everything here goes through ``ctx.pagerduty`` and ``ctx.servicenow`` (and so through
-the outbound pipeline and its hooks); nothing opens an HTTP connection of its own.
-Answers are normalised: reference fields as plain sys_ids, "not found" as None.
-"""
+"""The calls incident sync makes, over the core's clients on ``ctx`` (so through the
+outbound pipeline and its hooks), with answers normalised: sys_ids, "not found" as None."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dutybridge.servicenow import Query
-
-#: PagerDuty error codes that mean "already in the state you asked for".
-ALREADY = {1001, 1002}
-
-
-def status_of(exc: BaseException) -> int | None:
-    return getattr(exc, "status", None)
-
-
-def pd_code(exc: BaseException) -> int | None:
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, int) else None
+from dutybridge.pagerduty import PagerDutyNotFound
+from dutybridge.servicenow import Query, ServiceNowNotFound
 
 
 def plain(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -52,10 +37,8 @@ class Api:
     async def pd_incident(self, iid: str, include: list[str] | None = None) -> dict | None:
         try:
             return await self.pd.get_incident(iid, include=include)
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return None
-            raise
+        except PagerDutyNotFound:
+            return None
 
     async def pd_notes(self, iid: str) -> list[dict]:
         return await self.pd.list_notes(iid)
@@ -82,10 +65,8 @@ class Api:
     async def pd_user(self, uid: str) -> dict | None:
         try:
             return await self.pd.get_user(uid)
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return None
-            raise
+        except PagerDutyNotFound:
+            return None
 
     async def pd_user_by_email(self, email: str) -> dict | None:
         return await self.pd.find_user_by_email(email)
@@ -108,20 +89,16 @@ class Api:
                "user": self.pd.get_user}[kind]
         try:
             await get(pd_id)
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return False
-            raise
+        except PagerDutyNotFound:
+            return False
         return True
 
     # -- ServiceNow --------------------------------------------------------------
     async def sn_get(self, table: str, sys_id: str, fields: list[str] | None = None) -> dict | None:
         try:
             return plain(await self.sn.get(table, sys_id, fields=fields))
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return None
-            raise
+        except ServiceNowNotFound:
+            return None
 
     async def sn_query(self, table: str, query: Any, fields: list[str] | None = None, *,
                        limit: int | None = None, order_by: str | list[str] | None = None) -> list[dict]:

@@ -1,14 +1,5 @@
 """Reconciliation: poll both sides for what changed since a watermark and feed it
-through the inbox, so a lost webhook or doorbell still syncs within one interval.
-
-ServiceNow: records of the incident tables by ``sys_updated_on`` (ordered, re-reading
-``poll_overlap_seconds`` before the watermark), each enqueued with the very event id the
-doorbell for that change would have had, so the inbox drops whichever comes second.
-PagerDuty: log entries since the watermark, one event per entry, and a sweep of the open
-incidents for state that differs from the last synced (priority changes log nothing).
-Handlers re-read the incident anyway, so a poll event for a change already synced
-finds nothing to do.
-"""
+through the inbox, so a lost webhook or doorbell still syncs within one interval."""
 
 from __future__ import annotations
 
@@ -22,9 +13,19 @@ import structlog
 from dutybridge.events import Event
 
 from .api import Q
-from .engine import KIND, POLLED, pd_view
+from .engine import POLLED
+from .links import pd_id_of
+from .views import KIND, pd_view
 
 log = structlog.get_logger("dutybridge.incident_sync")
+
+# ServiceNow: records of the incident tables by ``sys_updated_on`` (ordered, re-reading
+# ``poll_overlap_seconds`` before the watermark), each enqueued with the very event id the
+# doorbell for that change would have had, so the inbox drops whichever comes second.
+# PagerDuty: log entries since the watermark, one event per entry, and a sweep of the open
+# incidents for state that differs from the last synced (priority changes log nothing).
+# Handlers re-read the incident anyway, so a poll event for a change already synced
+# finds nothing to do.
 
 SN_TIME = "%Y-%m-%d %H:%M:%S"
 WM_PD = "incident_sync.pagerduty.log_entries"
@@ -85,7 +86,7 @@ async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
         stamp = str(row.get("sys_updated_on") or "")
         newest = max(newest, stamp)
         link = await store.get_link(KIND, sn_id=row["sys_id"])
-        if link is None and not (engine._pd_id_of(table, row) or engine._eligible(table, row)):
+        if link is None and not (pd_id_of(engine.conf, table, row) or engine.eligible(table, row)):
             continue  # nothing incident sync would do with it
         mod_count = str(row.get("sys_mod_count") or "0")
         operation = "insert" if mod_count == "0" else "update"

@@ -16,14 +16,20 @@ import pytest
 import structlog
 
 from dutybridge import hookimpl
+from dutybridge_plugins.incident_sync import core as core_mod
 from dutybridge_plugins.incident_sync import engine as engine_mod
 from dutybridge_plugins.incident_sync.engine import SN_SEEN, Engine, own_write, sn_view
+from dutybridge_plugins.incident_sync.locks import Locks
 from dutybridge_plugins.incident_sync.mapping import Mapping
 from dutybridge_plugins.incident_sync.users import LINK_TTL, MISSING_TTL, Users
 
-from tests.plugins.incident_sync.world import ALICE_SN, BOB_SN, CAROL_SN, DB_GROUP
+from tests.plugins.incident_sync.world import ALICE_SN, BOB_SN, CAROL_SN, DAVE_SN, DB_GROUP
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def assignees(world, pd_id: str) -> list[str]:
+    return [a["assignee"]["id"] for a in world.pd.incidents[pd_id]["assignments"]]
 
 
 def only(rows):
@@ -136,6 +142,8 @@ async def test_an_acknowledgement_each_way_costs_no_read_of_its_echo(rec_world):
     await world.settle()
     sys_id = only(world.sn_for(inc["id"]))["sys_id"]
     pd_of_sn = only(world.pd_for(sn_born["sys_id"]))["id"]
+    # Opened to the Database policy's on-call (Alice: the world starts her turn).
+    assert assignees(world, pd_of_sn) == ["PALICE1"]
 
     recorder.on = True
     world.pd.acknowledge(inc["id"], "PALICE1")  # Alice: linked by the warm-up
@@ -147,21 +155,87 @@ async def test_an_acknowledgement_each_way_costs_no_read_of_its_echo(rec_world):
     ]
     assert world.sn.get("incident", sys_id)["state"] == "2"
 
+    # Alice hands hers to Dave, in progress. Two writes, as PagerDuty records them: the
+    # reassignment by Alice, then the acknowledgement by Dave (one From header a request).
     recorder.calls.clear()
-    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": ALICE_SN, "state": "2"}, user="alice.nguyen")
+    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": DAVE_SN, "state": "2"}, user="alice.nguyen")
     await world.settle()
     recorder.on = False
     assert recorder.ops() == [
         ("servicenow", "GET /api/now/table/incident/{sys_id}"),
         ("pagerduty", "GET /incidents/{id}"),
-        ("pagerduty", "PUT /incidents/{id}"),  # to Alice
-        ("pagerduty", "PUT /incidents/{id}"),  # acknowledged by her
+        # Dave is new to this process: his PagerDuty user is found (by email) once.
+        ("servicenow", "GET /api/now/table/sys_user/{sys_id}"),
+        ("pagerduty", "GET /users"),
+        ("pagerduty", "PUT /incidents/{id}"),  # to Dave
+        ("pagerduty", "PUT /incidents/{id}"),  # acknowledged by him
         ("servicenow", "GET /api/now/table/sys_journal_field"),
         # The reassignment's webhook carries the incident as it was in between
         # (triggered): read, found synced. The acknowledgement's webhook: no read.
         ("pagerduty", "GET /incidents/{id}"),
     ]
-    assert world.pd.incidents[pd_of_sn]["status"] == "acknowledged"
+    pd_inc = world.pd.incidents[pd_of_sn]
+    assert pd_inc["status"] == "acknowledged"
+    assert assignees(world, pd_of_sn) == ["PDAVEP1"]
+    assert [a["acknowledger"]["id"] for a in pd_inc["acknowledgements"]] == ["PDAVEP1"]
+
+
+async def test_taking_an_incident_already_assigned_in_pagerduty_only_acknowledges_it(rec_world):
+    world, recorder = rec_world
+    sn_born = open_sn(world, "Checkout errors")
+    await world.settle()
+    pd_of_sn = only(world.pd_for(sn_born["sys_id"]))["id"]
+    assert assignees(world, pd_of_sn) == ["PALICE1"]  # the on-call
+
+    recorder.on = True
+    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": ALICE_SN, "state": "2"}, user="alice.nguyen")
+    await world.settle()
+    recorder.on = False
+    # She has it in PagerDuty already: no reassignment (it would page her again).
+    assert recorder.ops() == [
+        ("servicenow", "GET /api/now/table/incident/{sys_id}"),
+        ("pagerduty", "GET /incidents/{id}"),
+        ("pagerduty", "PUT /incidents/{id}"),  # acknowledged by her
+        ("servicenow", "GET /api/now/table/sys_journal_field"),
+    ]
+    pd_inc = world.pd.incidents[pd_of_sn]
+    assert pd_inc["status"] == "acknowledged"
+    assert [a["acknowledger"]["id"] for a in pd_inc["acknowledgements"]] == ["PALICE1"]
+    assert assignees(world, pd_of_sn) == ["PALICE1"]
+
+
+async def test_an_acknowledgement_pagerduty_has_made_meanwhile_is_taken_as_done(rec_world):
+    world, recorder = rec_world
+    sn_born = open_sn(world, "Checkout errors")
+    await world.settle()
+    pd_id = only(world.pd_for(sn_born["sys_id"]))["id"]
+
+    def alice_acknowledges_first(request) -> bool:
+        # Just before our acknowledgement lands, Alice acknowledges in PagerDuty herself:
+        # ours is answered 400 "Incident Already Acknowledged" (code 1002).
+        if request.service != "pagerduty" or request.method != "PUT":
+            return False
+        world.pd.acknowledge(pd_id, "PALICE1")
+        return True
+
+    recorder.before.append(alice_acknowledges_first)
+    recorder.on = True
+    world.sn.update("incident", sn_born["sys_id"], {"assigned_to": ALICE_SN, "state": "2"}, user="alice.nguyen")
+    await world.settle()
+    recorder.on = False
+    assert not recorder.before, "the write to PagerDuty did not happen"
+    assert recorder.ops() == [
+        ("servicenow", "GET /api/now/table/incident/{sys_id}"),
+        ("pagerduty", "GET /incidents/{id}"),
+        ("pagerduty", "PUT /incidents/{id}"),  # answered: acknowledged already
+        ("pagerduty", "GET /incidents/{id}"),  # read as it is, and the sync goes on
+        ("servicenow", "GET /api/now/table/sys_journal_field"),
+        # Alice's acknowledgement webhook: what was just recorded, so no read.
+    ]
+    # Handled at the first attempt: the answer is not an error to retry.
+    assert [e.attempts for e in await world.store.list_events(limit=1000) if e.source == "servicenow"][-1] == 1
+    assert world.pd.incidents[pd_id]["status"] == "acknowledged"
+    assert world.sn.get("incident", sn_born["sys_id"])["state"] == "2"
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,15 +476,15 @@ def bare_engine() -> Engine:
 
 
 async def test_a_read_before_the_lock_is_kept_only_while_nobody_held_it():
-    engine = bare_engine()
-    mark = engine._seq
-    assert engine._untouched_since(("pd:PA",), mark)
-    async with engine.locked("pd:PA", "sn:" + "a" * 32):
+    locks = Locks()
+    mark = locks.seq
+    assert locks.untouched_since(("pd:PA",), mark)
+    async with locks.locked("pd:PA", "sn:" + "a" * 32):
         pass
-    assert not engine._untouched_since(("pd:PA",), mark)
-    assert not engine._untouched_since(("sn:" + "a" * 32,), mark)
-    assert engine._untouched_since(("pd:PB",), mark)
-    assert engine._untouched_since(("pd:PA",), engine._seq)
+    assert not locks.untouched_since(("pd:PA",), mark)
+    assert not locks.untouched_since(("sn:" + "a" * 32,), mark)
+    assert locks.untouched_since(("pd:PB",), mark)
+    assert locks.untouched_since(("pd:PA",), locks.seq)
 
     # A reader that waited behind a holder reads again; one that did not, does not.
     reads: list[str] = []
@@ -422,55 +496,55 @@ async def test_a_read_before_the_lock_is_kept_only_while_nobody_held_it():
     async def run(link, fresh):
         return fresh
 
-    mark = engine._seq
-    assert await engine._under_link_lock(("pd:PC",), get_link, run, mark, None) is True
+    mark = locks.seq
+    assert await locks.under_link_lock(("pd:PC",), get_link, run, mark, None) is True
     assert reads == []
     holding = asyncio.Event()
     go = asyncio.Event()
 
     async def holder():
-        async with engine.locked("pd:PC"):
+        async with locks.locked("pd:PC"):
             holding.set()
             await go.wait()
 
     task = asyncio.create_task(holder())
     await holding.wait()
-    mark = engine._seq
-    waiter = asyncio.create_task(engine._under_link_lock(("pd:PC",), get_link, run, mark, None))
+    mark = locks.seq
+    waiter = asyncio.create_task(locks.under_link_lock(("pd:PC",), get_link, run, mark, None))
     await asyncio.sleep(0)
     go.set()
     assert await waiter is False
     assert reads == ["read"]
     await task
-    assert not engine._locks  # nothing left behind
+    assert not locks._locks  # nothing left behind
 
 
 async def test_a_key_forgotten_from_the_release_memory_counts_as_held():
-    engine = bare_engine()
-    mark = engine._seq
-    async with engine.locked("pd:OLD"):
+    locks = Locks()
+    mark = locks.seq
+    async with locks.locked("pd:OLD"):
         pass
     for i in range(10_001):
-        engine._released_now(f"pd:K{i}")
-    assert "pd:OLD" not in engine._released
-    assert not engine._untouched_since(("pd:OLD",), mark)
-    assert not engine._untouched_since(("pd:NEVER",), mark)  # unknown since then: not trusted
-    assert engine._untouched_since(("pd:NEVER",), engine._seq)
+        locks.released_now(f"pd:K{i}")
+    assert "pd:OLD" not in locks._released
+    assert not locks.untouched_since(("pd:OLD",), mark)
+    assert not locks.untouched_since(("pd:NEVER",), mark)  # unknown since then: not trusted
+    assert locks.untouched_since(("pd:NEVER",), locks.seq)
 
 
 async def test_locks_of_several_keys_never_deadlock():
-    engine = bare_engine()
+    locks = Locks()
     order: list[str] = []
 
     async def take(keys, name):
-        async with engine.locked(*keys):
+        async with locks.locked(*keys):
             order.append(name)
             await asyncio.sleep(0)
 
     takers = [take(keys, name) for _ in range(5)
               for keys, name in ((("pd:A", "sn:B"), "ab"), (("sn:B", "pd:A"), "ba"), (("pd:A",), "a"), (("sn:B",), "b"))]
     await asyncio.wait_for(asyncio.gather(*takers), timeout=5)
-    assert len(order) == 20 and not engine._locks
+    assert len(order) == 20 and not locks._locks
 
 
 async def test_events_arriving_together_load_the_links_once(monkeypatch):
@@ -482,7 +556,7 @@ async def test_events_arriving_together_load_the_links_once(monkeypatch):
         await gate.wait()
         return Mapping()
 
-    monkeypatch.setattr(engine_mod, "load_mapping", fake_load)
+    monkeypatch.setattr(core_mod, "load_mapping", fake_load)
     monkeypatch.setattr(Engine, "conf", property(lambda self: SimpleNamespace()))
     engine = bare_engine()
     waiting = [asyncio.create_task(engine.ensure_loaded()) for _ in range(8)]

@@ -170,6 +170,19 @@ def advancing_clock(sn: Any) -> None:
     sn.now = lambda: start + timedelta(seconds=next(ticks))
 
 
+def on_call_from_now(seed: dict) -> dict:
+    """Each seeded schedule's rotation starts now, so its first user is the one on call.
+
+    The seed's rotations start on a fixed Monday and turn weekly, so who is on call (and
+    so who a new incident goes to) changed with the week a test ran in: a test that
+    assigned an incident "to someone else" passed one week and failed the next.
+    """
+    start = datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for schedule in seed.get("pagerduty", {}).get("schedules", []):
+        schedule["rotation_start"] = start
+    return seed
+
+
 async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True, seed: dict | None = None,
                       extra_plugins: list[object] = (), doorbell_exclude: tuple[str, ...] = (),
                       events: list[str] | None = None, sn_clock: str = "advancing", **settings: Any) -> World:
@@ -183,7 +196,7 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
     from dutybridge_sandbox.runner import Sandbox
 
     tmp.mkdir(parents=True, exist_ok=True)
-    sandbox = Sandbox(copy.deepcopy(seed or SEED))
+    sandbox = Sandbox(on_call_from_now(copy.deepcopy(seed or SEED)))
     if sn_clock == "advancing":
         advancing_clock(sandbox.servicenow)
     elif sn_clock == "frozen":
