@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "config" and args.config_command == "init":
         return _config_init(args)
+    command = getattr(args, "plugin_command", None)
+    if command is not None and command.standalone:
+        return int(asyncio.run(command.handler(args, None)) or 0)
     if args.command == "run":
         return run(_config_path(args), verbose=args.verbose, quiet=args.quiet)
 

@@ -23,9 +23,14 @@ class Command:
     CLI adds ``--config`` itself. ``handler(args, ctx)`` runs the command with the
     configuration loaded and ``ctx`` ready (store open, clients built, nothing
     listening) and returns the exit code.
+
+    ``standalone`` commands run without the daemon's configuration: the plugin need not
+    be enabled, nothing is opened, and ``ctx`` is None (an agent with a config file of
+    its own, such as a relay).
     """
 
     name: str
     help: str
-    handler: Callable[[argparse.Namespace, "Ctx"], Awaitable[int | None]]
+    handler: Callable[[argparse.Namespace, "Ctx | None"], Awaitable[int | None]]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    standalone: bool = False

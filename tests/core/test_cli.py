@@ -201,3 +201,27 @@ def test_version_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", "--bogus"])
     assert info.value.code == 2
+
+
+def test_a_standalone_plugin_command_runs_without_a_configuration(monkeypatch, tmp_path, capsys):
+    from dutybridge import cli, hookimpl
+    from dutybridge.commands import Command
+    from dutybridge.plugins import build_plugin_manager
+
+    seen = []
+
+    async def agent(args, ctx):
+        seen.append((args.port, ctx))
+        return 0
+
+    class Agent:
+        @hookimpl
+        def register_cli_commands(self):
+            return [Command("agent", "an agent", agent, lambda p: p.add_argument("--port", type=int),
+                            standalone=True)]
+
+    monkeypatch.setattr(cli, "build_plugin_manager",
+                        lambda *a, **kw: build_plugin_manager([], None, extra_plugins=[Agent()]))
+    monkeypatch.chdir(tmp_path)  # no config.toml here
+    assert cli.main(["agent", "--port", "9"]) == 0
+    assert seen == [(9, None)]
