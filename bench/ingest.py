@@ -109,7 +109,7 @@ def _real_app(db_path: str, store_class: str) -> web.Application:
     ctx = Ctx(config=config, pm=None, store=store_type(db_path), metrics=Metrics())
     app = web.Application(client_max_size=config.daemon.max_body_bytes)
     app[CTX_KEY] = ctx
-    add_routes(app, ctx_key=CTX_KEY)
+    add_routes(app)
 
     async def store_ctx(app: web.Application):
         await ctx.store.open()
