@@ -497,12 +497,12 @@ class OutboundPipeline:
             if response.ok or not policy.retries_status(response.status, idempotent):
                 return response
             if attempt > policy.max_retries:
-                self.log.warning("outbound retries exhausted", service=req.service, operation=req.operation,
+                self.log.warning("outbound_retries_exhausted", service=req.service, operation=req.operation,
                                  method=req.method, url=safe_url(req.url), status=response.status, attempts=attempt)
                 return response
             asked = retry_after_seconds(response.headers, self._wallclock) if response.status in (429, 503) else None
             if asked is not None and asked > policy.max_wait:
-                self.log.warning("outbound retry-after too long; giving up", service=req.service,
+                self.log.warning("outbound_retry_after_too_long", detail="giving up", service=req.service,
                                  operation=req.operation, status=response.status, retry_after=asked,
                                  max_wait=policy.max_wait)
                 return response
@@ -534,7 +534,7 @@ class OutboundPipeline:
                                     elapsed=time.monotonic() - started, url=safe_url(str(resp.url)))
 
     async def _wait(self, req: OutboundRequest, attempt: int, seconds: float, reason: str) -> None:
-        self.log.info("outbound retry", service=req.service, operation=req.operation, method=req.method,
+        self.log.info("outbound_retry", service=req.service, operation=req.operation, method=req.method,
                       url=safe_url(req.url), attempt=attempt, reason=reason, wait_seconds=round(seconds, 3))
         await self._sleep(seconds)
 
@@ -552,7 +552,7 @@ class OutboundPipeline:
                 value = response.headers.get(name)
                 if value is not None:
                     fields[name.replace("-", "_")] = value
-        self.log.debug("outbound attempt", **fields)
+        self.log.debug("outbound_attempt", **fields)
         metrics = self.metrics if self.metrics is not None else getattr(self.ctx, "metrics", None)
         if metrics is not None:
             try:

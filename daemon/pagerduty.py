@@ -158,7 +158,7 @@ class Paginator:
             limit = min(self.limit, PAGINATION_CEILING - offset)
             if limit <= 0:
                 self.truncated = True
-                log.warning("pagerduty pagination truncated at the API's ceiling", path=self.path,
+                log.warning("pagination_truncated", reason="the API's ceiling", path=self.path,
                             fetched=self.fetched, ceiling=PAGINATION_CEILING,
                             hint="narrow the query (since/until, service_ids, statuses) to read the rest")
                 return
@@ -446,7 +446,7 @@ class PagerDutyClient:
             existing = await self.find_open_incident_by_key(incident_key, service_id)
             if existing is None:
                 raise
-            log.info("pagerduty incident_key already open; using the existing incident",
+            log.info("incident_key_already_open", detail="using the existing incident",
                      incident=existing.get("id"), service=service_id)
             return existing
         return body["incident"]

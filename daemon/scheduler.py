@@ -67,9 +67,9 @@ class Scheduler:
                     await result
             except Exception:  # noqa: BLE001 - a job's failure must not end its schedule
                 self.failures[id] = self.failures.get(id, 0) + 1
-                log.exception("scheduled job failed", seconds=round(time.monotonic() - started, 3))
+                log.exception("scheduled_job_failed", seconds=round(time.monotonic() - started, 3))
             else:
-                log.debug("scheduled job done", seconds=round(time.monotonic() - started, 3))
+                log.debug("scheduled_job_done", seconds=round(time.monotonic() - started, 3))
             finally:
                 structlog.contextvars.clear_contextvars()
 

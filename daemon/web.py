@@ -113,7 +113,7 @@ async def request_middleware(
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("request failed", method=request.method, path=request.path)
+            log.exception("request_failed", method=request.method, path=request.path)
             response = error_response(500, "internal error")
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id

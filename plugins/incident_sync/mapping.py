@@ -115,7 +115,7 @@ async def _resolve(ctx: Any, api: Any, table: str, ref: str) -> tuple[str, str] 
         return (row["sys_id"], row.get("name", "")) if row else None
     rows = await api.sn_query(table, Q().eq("name", ref), ["sys_id", "name"], limit=2, order_by="sys_id")
     if len(rows) > 1:
-        log.warning("incident_sync: several records have this name; using the first", table=table, name=ref)
+        log.warning("ambiguous_name", reason="several records have this name; using the first", table=table, name=ref)
     return (rows[0]["sys_id"], rows[0].get("name", "")) if rows else None
 
 
@@ -222,7 +222,7 @@ async def _write_back(store: Any, m: Mapping) -> None:
         if holder is not None and holder.sn_id != t.sys_id:
             # The store keeps one group per PagerDuty id (put_link replaces by pd_id);
             # a second group on the same id still routes from memory, unstored.
-            log.info("incident_sync: link kept in memory only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id,
+            log.info("link_kept_in_memory_only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id,
                      reason=f"{holder.sn_id} already holds {pd_id} in the store")
             continue
         try:
@@ -230,7 +230,7 @@ async def _write_back(store: Any, m: Mapping) -> None:
                 await store.delete_link(t.kind, old.pd_id)
             await store.put_link(Link(kind=t.kind, pd_id=pd_id, sn_id=t.sys_id, state=state))
         except LinkConflictError as exc:
-            log.info("incident_sync: link kept in memory only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id, reason=str(exc))
+            log.info("link_kept_in_memory_only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id, reason=str(exc))
 
 
 def _ref(value: Any) -> str:

@@ -146,7 +146,8 @@ class Users:
             await self.store.put_link(Link(kind="user", pd_id=pd_id, sn_id=sn_id, state={"email": email.lower()}))
             self._remember_link(pd_id, sn_id)
         except LinkConflictError:
-            log.info("incident_sync: user link not stored; the ServiceNow user is linked to another PagerDuty user",
+            log.info("user_link_not_stored",
+                     reason="the ServiceNow user is linked to another PagerDuty user",
                      pd_id=pd_id, sn_id=sn_id)
 
     async def sn_for_pd(self, uid: str | None) -> str | None:
@@ -199,7 +200,7 @@ class Users:
         if user is None and create:
             name = row.get("name") or " ".join(p for p in (row.get("first_name"), row.get("last_name")) if p) or email
             user = await self.api.pd_create_user(name, email, conf.new_user_role)
-            log.info("incident_sync: created PagerDuty user", pd_user=user.get("id"), email=email)
+            log.info("pd_user_created", pd_user=user.get("id"), email=email)
         if user is None:
             self._found_nobody("pd_email", email.lower())
             return None

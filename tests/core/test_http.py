@@ -429,7 +429,7 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
         resp = await pipeline.request(request)
     assert resp.status == 200
     assert SECRET not in repr(logs) and SECRET not in repr(request)
-    attempts = [e for e in logs if e["event"] == "outbound attempt"]
+    attempts = [e for e in logs if e["event"] == "outbound_attempt"]
     assert [e["status"] for e in attempts] == ["503", "200"]
     assert attempts[0]["url"] == str(server.make_url("/thing"))
     assert attempts[0]["ratelimit_remaining"] == "5"

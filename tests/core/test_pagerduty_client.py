@@ -281,7 +281,7 @@ async def test_paginate_stops_cleanly_at_the_10000_ceiling(fake, pipeline):
     assert all(int(dict(s["query"])["offset"]) + int(dict(s["query"])["limit"]) <= PAGINATION_CEILING for s in fake.seen)
     assert ("statuses[]", "triggered") in fake.seen[0]["query"]
     warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert warnings and "truncated" in warnings[0]["event"]
+    assert warnings and warnings[0]["event"] == "pagination_truncated"
 
 
 async def test_list_results_say_when_truncated(fake, pipeline):
