@@ -34,6 +34,7 @@ from .plugins import (
     known_plugins,
     register_hook_files,
 )
+from .redact import hide_credentials
 from .scheduler import Scheduler
 from .server import add_routes
 from .servicenow import ServiceNowClient
@@ -122,21 +123,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if ctx.store is None:
         ctx.store = open_configured_store(ctx.config)
     await ctx.store.open()
-    log.info("store_open", store=_safe_url(ctx.config.daemon.store_url),
+    log.info("store_open", store=hide_credentials(ctx.config.daemon.store_url),
              schema_version=await ctx.store.schema_version())
     yield
     await ctx.store.close()
     log.info("store_closed", phase="shutdown")
 
-
-def _safe_url(url: str) -> str:
-    # postgresql://user:password@host/db -> postgresql://user:***@host/db
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:

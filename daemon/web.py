@@ -225,6 +225,23 @@ def secret_value(value: Any) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
+def doorbell_auth(request: web.Request, sn_config: Any) -> None:
+    """Authenticate a request with the doorbell credentials of ``[servicenow]`` (``sn_config``).
+
+    Raises ``Reject`` 503 when no doorbell credential is configured, 401 with a
+    challenge naming the configured schemes when the ``Authorization`` header is wrong.
+    """
+    token = secret_value(sn_config.doorbell_token)
+    username, password = sn_config.doorbell_username, secret_value(sn_config.doorbell_password)
+    basic = bool(username and password)
+    if not (token or basic):
+        raise Reject(503, "not_configured",
+                     "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)")
+    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
+                             username=username if basic else "", password=password if basic else ""):
+        raise Reject(401, "unauthorized", "missing or wrong credentials", headers=challenge(bool(token), basic))
+
+
 def require_string(obj: dict[str, Any], key: str, path: str, pattern: re.Pattern[str] | None = None,
             what: str = "a non-empty string") -> str:
     value = obj.get(key)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import socket
 import time
 import uuid
@@ -24,14 +23,13 @@ import structlog
 from .context import Ctx
 from .events import StoredEvent, utcnow
 from .hooks import hooks_of
+from .redact import hide_credentials
 from .store.base import Store
 
 log = structlog.get_logger("dutybridge.worker")
 
 MAX_ERROR_CHARS = 2000
 CANCEL_GRACE_SECONDS = 5.0
-# The lookbehind anchors the scheme at a word start, keeping the match linear.
-_URL_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
 def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
@@ -40,7 +38,7 @@ def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
     # Longest first, so a secret containing another is masked whole.
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "**********")
-    text = _URL_USERINFO.sub(r"\g<scheme>***@", text[: MAX_ERROR_CHARS * 2])
+    text = hide_credentials(text[: MAX_ERROR_CHARS * 2])
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 3] + "..."
     return text

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from dutybridge import hookimpl
 from dutybridge.checks import Check, CheckResult
@@ -22,7 +22,7 @@ from dutybridge.commands import Command
 from dutybridge.context import Ctx
 from dutybridge.events import Event
 from dutybridge.scheduler import Job
-from dutybridge.web import check_credentials, ctx_of, error_response, parse_json_object, read_body, Reject
+from dutybridge.web import Reject, ctx_of, doorbell_auth, error_response, parse_json_object, read_body
 
 from .config import IncidentSyncConfig
 from .engine import PLUGIN, SYNC_REQUESTED, Engine
@@ -150,16 +150,8 @@ async def sync_action(request: web.Request) -> web.StreamResponse:
     """
     # The running daemon's ctx; a reload replaces ctx.config, read here per request.
     ctx = ctx_of(request)
-    sn = ctx.config.servicenow
-    token = sn.doorbell_token.get_secret_value() if sn.doorbell_token else ""
-    password = sn.doorbell_password.get_secret_value() if sn.doorbell_password else ""
-    if not (token or (sn.doorbell_username and password)):
-        return error_response(503, "no doorbell credential is configured for the sync action")
-    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
-                             username=sn.doorbell_username if password else "", password=password):
-        return error_response(401, "missing or wrong credentials",
-                              headers={"WWW-Authenticate": 'Bearer realm="dutybridge"'})
     try:
+        doorbell_auth(request, ctx.config.servicenow)
         doc = parse_json_object(await read_body(request, ctx.config.daemon.max_body_bytes))
     except Reject as rej:
         return error_response(rej.status, rej.reason, headers=rej.headers)
