@@ -9,8 +9,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -163,12 +163,20 @@ def register_jobs(ctx: Ctx, scheduler: Scheduler) -> None:
         scheduler.add(job)
 
 
+async def purge_old_events(store: Store, retention_days: int, clock: Callable[[], datetime] = utcnow) -> int:
+    """Delete events handled more than ``retention_days`` ago (0 keeps them); the count removed."""
+    if retention_days <= 0:
+        return 0
+    removed = await store.purge_done(clock() - timedelta(days=retention_days))
+    if removed:
+        log.info("handled_events_purged", count=removed, older_than_days=retention_days)
+    return removed
+
+
 async def _purge_old_events(ctx: Ctx) -> None:
-    days = ctx.config.daemon.event_retention_days
-    if days and ctx.store is not None:
-        removed = await ctx.store.purge_done(utcnow() - timedelta(days=days))
-        if removed:
-            log.info("handled_events_purged", count=removed, older_than_days=days)
+    # Read per run: a reload may change the retention.
+    if ctx.store is not None:
+        await purge_old_events(ctx.store, ctx.config.daemon.event_retention_days)
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:

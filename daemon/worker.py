@@ -321,14 +321,3 @@ class Worker:
             fn(*args)
         except Exception as exc:  # metrics must never stop dispatch
             log.debug("metrics_failed", metric=name, error=describe_error(exc))
-
-    # -- housekeeping ------------------------------------------------------------
-    async def purge_old(self, retention_days: int) -> int:
-        """Delete events handled more than ``retention_days`` ago (0 keeps them)."""
-        if retention_days <= 0:
-            return 0
-        cutoff = self.clock() - timedelta(days=retention_days)
-        count = await self.store.purge_done(cutoff)
-        if count:
-            log.info("events_purged", count=count, retention_days=retention_days)
-        return count
