@@ -29,30 +29,10 @@ from dutybridge.pagerduty import (
     PagerDutyRateLimited,
 )
 from dutybridge.plugins import make_test_pm
+from tests.support.clocks import FakeClock, FakeSleep
 
 KEY = "pd-secret-key-7c1e"
 SANDBOX_KEY = "sandbox-pd-full-key"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    """Returns at once; advances the fake clock the rate limiter reads, as time would."""
-
-    def __init__(self, clock: FakeClock | None = None):
-        self.calls: list[float] = []
-        self.clock = clock or FakeClock()
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.clock.now += seconds
-        await asyncio.sleep(0)
 
 
 def pd_config(url: str, **kw: Any) -> PagerDutyConfig:
@@ -101,7 +81,7 @@ def pd_error(status: int, message: str, code: int, errors: list[str] | None = No
 
 @pytest.fixture
 def sleep():
-    return FakeSleep()
+    return FakeSleep(FakeClock(0.0))
 
 
 @pytest.fixture

@@ -23,18 +23,10 @@ from dutybridge.servicenow import (
     ServiceNowNotFound,
     ServiceNowRateLimited,
 )
+from tests.support.clocks import FakeSleep
 
 PASSWORD = "sn-pa55word-e4d1"
 SANDBOX_PASSWORD = "sandbox-sn-password"
-
-
-class FakeSleep:
-    def __init__(self):
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        await asyncio.sleep(0)
 
 
 def sn_config(url: str, **kw: Any) -> ServiceNowConfig:

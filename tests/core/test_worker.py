@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 import structlog
@@ -18,19 +18,9 @@ from dutybridge.events import Event
 from dutybridge.plugins import make_test_pm
 from dutybridge.store.sqlite import SQLiteStore
 from dutybridge.worker import Worker, describe_error
+from tests.support.clocks import FakeClock
 
 _ids = itertools.count(1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class FixedRng:
