@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomli_w
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,6 +27,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticUndefined
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -420,8 +422,6 @@ SECTION_COMMENTS = {
 
 def _example_value(path: str, field: Any, placeholders: dict[str, Any]) -> tuple[Any, bool]:
     """(value to write, whether the key is required)."""
-    from pydantic_core import PydanticUndefined
-
     if field.is_required():
         return placeholders.get(path, ""), True
     default = field.get_default(call_default_factory=True)
@@ -434,8 +434,6 @@ def _example_value(path: str, field: Any, placeholders: dict[str, Any]) -> tuple
 
 def _render_section(header: str, model: type[BaseModel], comment: str, commented: bool,
                     placeholders: dict[str, Any] = PLACEHOLDERS) -> list[str]:
-    import tomli_w
-
     lines = [f"# {comment}" if comment else "", f"[{header}]"]
     for name, field in model.model_fields.items():
         path = f"{header}.{name}"
@@ -471,8 +469,6 @@ def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str
     ``systemd``: secrets are ``file:`` references named for the unit's credentials.
     """
     enabled = list(enabled or [])
-    import tomli_w
-
     placeholders = SYSTEMD_PLACEHOLDERS if systemd else PLACEHOLDERS
     secrets_note = [
         "# Secrets: file:NAME reads the credential NAME that contrib/systemd/dutybridge.service",

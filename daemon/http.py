@@ -22,6 +22,7 @@ import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import __version__
 from .hooks import Hooks, hooks_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -393,8 +394,6 @@ class OutboundPipeline:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rng: Callable[[], float] = random.random,
                  wallclock: Callable[[], float] = time.time):
-        from . import __version__
-
         self.hooks = hooks_of(hooks)
         self.ctx = ctx
         self.metrics = metrics
