@@ -1,11 +1,5 @@
 """Load and validate ``config.toml``; every error names the dotted key path.
-
-The core owns ``[daemon]``, ``[pagerduty]``, ``[servicenow]`` and ``[plugins]``;
-each enabled plugin declares the schema of its own ``[plugins.<name>]`` section
-through the ``register_config_sections`` hook. Secret values may be references:
-``env:NAME`` reads an environment variable, ``file:PATH`` reads a file (a relative
-path is looked up in ``$CREDENTIALS_DIRECTORY`` first, for systemd credentials, then
-in the config file's folder, like ``hooks_dir`` and ``store_url``).
+Secret values may be ``env:NAME`` or ``file:PATH`` references (see ``resolve_secret``).
 """
 
 from __future__ import annotations
@@ -48,8 +42,10 @@ SECRET_PREFIXES = ("env:", "file:")
 def resolve_secret(value: Any, info: ValidationInfo) -> Any:
     """Turn ``env:NAME`` / ``file:PATH`` references into their value.
 
-    A relative ``file:`` path is looked up in ``$CREDENTIALS_DIRECTORY``, then in the
-    validation context's ``base_dir`` (the config file's folder; else the working folder).
+    ``env:NAME`` reads an environment variable, ``file:PATH`` reads a file. A relative
+    ``file:`` path is looked up in ``$CREDENTIALS_DIRECTORY`` first (systemd credentials),
+    then in the validation context's ``base_dir`` (the config file's folder, as for
+    ``hooks_dir`` and ``store_url``; else the working folder).
     """
     if not isinstance(value, str):
         return value
@@ -169,7 +165,12 @@ class PluginsConfig(BaseModel):
 
 
 class Config(BaseModel):
-    """The whole validated configuration."""
+    """The whole validated configuration.
+
+    The core owns ``[daemon]``, ``[pagerduty]``, ``[servicenow]`` and ``[plugins]``; each
+    enabled plugin declares the schema of its own ``[plugins.<name>]`` section through the
+    ``register_config_sections`` hook.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
     daemon: DaemonConfig

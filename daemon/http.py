@@ -1,9 +1,5 @@
-"""The outbound pipeline: every call to PagerDuty, ServiceNow or another API passes here.
-
-Every outbound call is an ``OutboundRequest`` that passes the ``outbound_request``
-hooks, is sent by a ``send_request`` hook or the default transport, and whose
-``OutboundResponse`` passes the ``outbound_response`` hooks. Retries (429, 5xx,
-timeouts), ``Retry-After`` and proactive rate limiting live here, once.
+"""The outbound pipeline: every call to PagerDuty, ServiceNow or another API passes here, through
+the outbound hooks, with retries, ``Retry-After`` and proactive rate limiting done once.
 """
 
 from __future__ import annotations
@@ -385,6 +381,11 @@ class OutboundPipeline:
     holds the pipeline. ``metrics`` is any object with ``outbound(service, host,
     status, seconds)``; when None, ``ctx.metrics`` is used if there is one.
     ``sleep``, ``rng`` and ``wallclock`` are injectable for tests.
+
+    Every outbound call is an ``OutboundRequest`` that passes the ``outbound_request``
+    hooks, is sent by a ``send_request`` hook or the default transport, and whose
+    ``OutboundResponse`` passes the ``outbound_response`` hooks. Retries (429, 5xx,
+    timeouts), ``Retry-After`` and proactive rate limiting live here, once.
     """
 
     def __init__(self, hooks: Hooks | pluggy.PluginManager, ctx: Ctx | None = None, *,

@@ -1,7 +1,5 @@
-"""A thin async client for PagerDuty's REST API v2, on the outbound pipeline.
-
-Headers, the ``From`` user, classic pagination (with its 10,000-record ceiling), a
-per-key rate limiter and typed errors live here; features call the typed methods.
+"""A thin async client for PagerDuty's REST API v2, on the outbound pipeline: headers, the ``From``
+user, classic pagination (10,000-record ceiling), a per-key rate limiter, typed errors.
 """
 
 from __future__ import annotations
@@ -257,6 +255,9 @@ class PagerDutyClient:
     Generic calls (``get``/``post``/``put``/``delete``) return the decoded JSON
     body; typed methods unwrap it (``create_incident`` returns the incident).
     Errors: ``PagerDutyError`` and subclasses; ``TransportError`` when no answer.
+
+    Features call the typed methods; headers, pagination, the rate limiter and the typed
+    errors live here.
     """
 
     def __init__(self, pipeline: OutboundPipeline, config: PagerDutyConfig, *,

@@ -1,9 +1,4 @@
-"""The worker: claims events from the inbox and hands each to the ``handle_event`` hooks.
-
-Events of one resource run one at a time and in order; different resources run
-concurrently, up to ``concurrency``. A failure is retried with exponential backoff
-and jitter; after ``max_attempts`` the event is a dead letter.
-"""
+"""The worker: claims events from the inbox and hands each to the ``handle_event`` hooks."""
 
 from __future__ import annotations
 
@@ -51,6 +46,10 @@ class Worker:
     ``metrics`` is any object with some of ``event_processed``, ``event_failed``,
     ``event_dead``, ``handle_seconds`` (each ``(source, type[, seconds])``).
     ``rng`` (``uniform(a, b)``) and ``clock`` (aware ``datetime``) are for tests.
+
+    Events of one resource run one at a time and in order; different resources run
+    concurrently, up to ``concurrency``. A failure is retried with exponential backoff
+    and jitter; after ``max_attempts`` the event is a dead letter.
     """
 
     def __init__(

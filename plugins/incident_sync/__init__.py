@@ -1,11 +1,4 @@
-"""incident_sync: PagerDuty <-> ServiceNow incidents, the whole lifecycle, both ways.
-
-What PagerDuty's ServiceNow app does (trigger, acknowledge, reassign, resolve, reopen,
-notes, priority), without its duplicates, feedback loops and lost updates: events are
-doorbells, the handler re-reads the incident and syncs only what differs from the state
-last synced across the link (see ``engine``); a scheduled poll of both sides catches
-whatever a lost webhook would have carried (``poll``).
-"""
+"""incident_sync: PagerDuty <-> ServiceNow incidents, the whole lifecycle, both ways."""
 
 from __future__ import annotations
 
@@ -35,7 +28,14 @@ SYNC_ROUTE = "/webhooks/pagerduty/sync"
 
 class IncidentSync:
     """The plugin: one instance per plugin manager, holding the engine (locks, the
-    mapping, caches) for the daemon's ``ctx``."""
+    mapping, caches) for the daemon's ``ctx``.
+
+    What PagerDuty's ServiceNow app does (trigger, acknowledge, reassign, resolve, reopen,
+    notes, priority), without its duplicates, feedback loops and lost updates: events are
+    doorbells, the handler re-reads the incident and syncs only what differs from the state
+    last synced across the link (see ``engine``); a scheduled poll of both sides catches
+    whatever a lost webhook would have carried (``poll``).
+    """
 
     def __init__(self) -> None:
         self._engine: Engine | None = None

@@ -1,17 +1,5 @@
-"""Which ServiceNow group or CI goes with which PagerDuty service and escalation policy.
-
-Incident sync reads these links, it does not invent them. Three sources, in order of
-precedence: static ``links`` in the config, the v7 app's ``x_pd_integration_*`` fields
-(when ``v7_fields`` is on), and the store's ``group``/``ci`` links that provisioning
-writes. The merged view lives in memory (it is small and read on every event) and what
-config and v7 fields say is written to the store too, so other plugins and
-``dutybridge check`` see one picture.
-
-Store format (shared with provisioning): kind ``group``, ``sn_id`` the group's sys_id,
-``pd_id`` its PagerDuty service id (or its escalation policy id when it has no service),
-``state = {"service", "escalation_policy", "name", "source"}``; kind ``ci`` likewise with
-``pd_id`` the service id; kind ``user``, ``pd_id`` the PagerDuty user id and ``sn_id`` the
-sys_user sys_id, ``state = {"email"}``.
+"""Which ServiceNow group or CI goes with which PagerDuty service and escalation policy,
+merged from the config, the v7 app's fields and the store's links (see ``Mapping``).
 """
 
 from __future__ import annotations
@@ -46,6 +34,22 @@ class Target:
 
 @dataclass
 class Mapping:
+    """The merged view of which ServiceNow group or CI goes with which PagerDuty objects.
+
+    Incident sync reads these links, it does not invent them. Three sources, in order of
+    precedence: static ``links`` in the config, the v7 app's ``x_pd_integration_*`` fields
+    (when ``v7_fields`` is on), and the store's ``group``/``ci`` links that provisioning
+    writes. The merged view lives in memory (it is small and read on every event) and what
+    config and v7 fields say is written to the store too, so other plugins and
+    ``dutybridge check`` see one picture.
+
+    Store format (shared with provisioning): kind ``group``, ``sn_id`` the group's sys_id,
+    ``pd_id`` its PagerDuty service id (or its escalation policy id when it has no service),
+    ``state = {"service", "escalation_policy", "name", "source"}``; kind ``ci`` likewise with
+    ``pd_id`` the service id; kind ``user``, ``pd_id`` the PagerDuty user id and ``sn_id`` the
+    sys_user sys_id, ``state = {"email"}``.
+    """
+
     groups: list[Target] = field(default_factory=list)
     cis: list[Target] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)

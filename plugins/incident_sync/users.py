@@ -1,13 +1,4 @@
-"""Acting users across the two systems, matched by email and remembered as ``user`` links.
-
-A ServiceNow user and a PagerDuty user are the same person when their emails match
-(case-insensitively), or when the v7 app's ``x_pd_integration_pagerduty_id`` says so.
-Found pairs are kept in the store (kind ``user``) so the next lookup costs nothing.
-Users read are kept in memory until the configuration is reloaded; a stored pair is
-believed for ``LINK_TTL`` seconds (provisioning may change it in the store) and a lookup
-that found nobody for ``MISSING_TTL`` (the person may get an account), so neither costs a
-call on every sync.
-"""
+"""Acting users across the two systems, matched by email and remembered as ``user`` links."""
 
 from __future__ import annotations
 
@@ -30,6 +21,17 @@ LINK_TTL = 300.0
 
 
 class Users:
+    """Acting users across the two systems, matched by email.
+
+    A ServiceNow user and a PagerDuty user are the same person when their emails match
+    (case-insensitively), or when the v7 app's ``x_pd_integration_pagerduty_id`` says so.
+    Found pairs are kept in the store (kind ``user``) so the next lookup costs nothing.
+    Users read are kept in memory until the configuration is reloaded; a stored pair is
+    believed for ``LINK_TTL`` seconds (provisioning may change it in the store) and a lookup
+    that found nobody for ``MISSING_TTL`` (the person may get an account), so neither costs a
+    call on every sync.
+    """
+
     def __init__(self, engine: Any, clock=time.monotonic) -> None:
         self.engine = engine
         self._sn: dict[str, dict] = {}  # sys_id -> sys_user
