@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -30,6 +30,7 @@ from dutybridge.pagerduty import (
 )
 from dutybridge.plugins import make_test_pm
 from tests.support.clocks import FakeClock, FakeSleep
+from tests.support.scripted_api import ScriptedApi
 
 KEY = "pd-secret-key-7c1e"
 SANDBOX_KEY = "sandbox-pd-full-key"
@@ -40,34 +41,11 @@ def pd_config(url: str, **kw: Any) -> PagerDutyConfig:
     return PagerDutyConfig.model_validate({"api_url": url, **kw})
 
 
-class FakePD:
-    """A scripted PagerDuty: ``routes[(method, path)]`` is a handler ``(request, body) -> response``."""
+class FakePD(ScriptedApi):
+    """A scripted PagerDuty: ``on(method, path, handler)``; an unrouted path is PagerDuty's 404."""
 
-    def __init__(self):
-        self.routes: dict[tuple[str, str], Callable[..., Any]] = {}
-        self.seen: list[dict[str, Any]] = []
-
-    def on(self, method: str, path: str, handler: Callable[..., Any]) -> None:
-        self.routes[(method, path)] = handler
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.seen.append({"method": request.method, "path": request.path, "raw_path": request.raw_path,
-                          "headers": request.headers.copy(),
-                          "query": list(request.query.items()), "body": body})
-        handler = self.routes.get((request.method, request.path))
-        if handler is None:
-            return web.json_response({"error": {"message": "Not Found", "code": 2100}}, status=404)
-        result = handler(request, body)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    def __init__(self) -> None:
+        super().__init__(ok({"error": {"message": "Not Found", "code": 2100}}, status=404), query_pairs=True)
 
 
 def ok(payload: Any, status: int = 200, headers: dict | None = None):
