@@ -20,6 +20,7 @@ from yarl import URL
 
 from . import __version__
 from .hooks import Hooks, hooks_of
+from .redact import safe_url
 
 if TYPE_CHECKING:  # pragma: no cover
     import pluggy
@@ -350,15 +351,6 @@ def _number(value: str | None, kind: type) -> Any:
 
 
 # -- the pipeline --------------------------------------------------------------------
-
-
-def safe_url(url: str) -> str:
-    """``url`` without credentials, query string or fragment: safe to log."""
-    try:
-        u = URL(url)
-        return str(u.with_user(None).with_password(None).with_query(None).with_fragment(None))
-    except (ValueError, TypeError):
-        return "<unparseable url>"
 
 
 def _copy_request(req: OutboundRequest) -> OutboundRequest:
