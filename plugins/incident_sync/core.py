@@ -161,7 +161,8 @@ class Core:
         if len(moves) >= conf.max_reassignments:
             if not st.get("loop_logged"):
                 log.warning("reassignment_loop_bound_reached",
-                            reason="assignment no longer synced for this incident (automation on both sides keeps moving it)", pd_incident=pd_id,
+                            reason="assignment no longer synced for this incident (automation on both sides keeps moving it)",
+                            pd_incident=pd_id,
                             moves=len(moves), window_seconds=conf.reassignment_window_seconds)
                 st["loop_logged"] = True
             st["moves"] = moves

@@ -112,6 +112,7 @@ class Links:
         except LinkConflictError:
             existing = await self.store.get_link(KIND, sn_id=rec["sys_id"])
             log.warning("sn_incident_already_linked",
-                        reason="linked to another PagerDuty incident; not linking a second", sn_sys_id=rec["sys_id"], pd_incident=inc["id"],
+                        reason="linked to another PagerDuty incident; not linking a second",
+                        sn_sys_id=rec["sys_id"], pd_incident=inc["id"],
                         linked_to=existing.pd_id if existing else None)
             raise

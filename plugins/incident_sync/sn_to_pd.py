@@ -161,7 +161,8 @@ class SnToPd(Direction):
         sn_snap["assignment_group"] = rec.get("assignment_group") or ""
         link = await self.links.new_link(inc, table, rec, origin="sn", sn_snapshot=sn_snap, sn_notes=[])
         log.info("pd_incident_triggered" if created else "pd_incident_linked",
-                 detail=None if created else "the PagerDuty incident already open for this ServiceNow incident", pd_incident=inc["id"], sn_sys_id=sys_id,
+                 detail=None if created else "the PagerDuty incident already open for this ServiceNow incident",
+                 pd_incident=inc["id"], sn_sys_id=sys_id,
                  sn_number=rec.get("number"), service=service, escalation_policy=(inc.get("escalation_policy") or {}).get("id"))
         written = await self.api.sn_update(table, sys_id, writes)
         await self._sync_linked(link, table, written or rec, fresh_pd=inc)
