@@ -9,8 +9,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +34,7 @@ from .plugins import (
     known_plugins,
     register_hook_files,
 )
+from .redact import hide_credentials
 from .scheduler import Scheduler
 from .server import add_routes
 from .servicenow import ServiceNowClient
@@ -122,21 +123,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if ctx.store is None:
         ctx.store = open_configured_store(ctx.config)
     await ctx.store.open()
-    log.info("store open", store=_safe_url(ctx.config.daemon.store_url),
+    log.info("store_open", store=hide_credentials(ctx.config.daemon.store_url),
              schema_version=await ctx.store.schema_version())
     yield
     await ctx.store.close()
-    log.info("shutdown: store closed")
+    log.info("store_closed", phase="shutdown")
 
-
-def _safe_url(url: str) -> str:
-    # postgresql://user:password@host/db -> postgresql://user:***@host/db
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -146,7 +138,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     build_clients(ctx)
     yield
     await ctx.http.close()
-    log.info("shutdown: outbound HTTP session closed")
+    log.info("http_session_closed", phase="shutdown")
 
 
 async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -156,8 +148,8 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await ctx.hooks.on_shutdown(ctx=ctx)
     except Exception:  # noqa: BLE001 - shutdown goes on
-        log.exception("shutdown: a plugin's on_shutdown failed")
-    log.info("shutdown: plugins stopped")
+        log.exception("plugin_shutdown_failed", phase="shutdown")
+    log.info("plugins_stopped", phase="shutdown")
 
 
 def register_jobs(ctx: Ctx, scheduler: Scheduler) -> None:
@@ -171,12 +163,20 @@ def register_jobs(ctx: Ctx, scheduler: Scheduler) -> None:
         scheduler.add(job)
 
 
+async def purge_old_events(store: Store, retention_days: int, clock: Callable[[], datetime] = utcnow) -> int:
+    """Delete events handled more than ``retention_days`` ago (0 keeps them); the count removed."""
+    if retention_days <= 0:
+        return 0
+    removed = await store.purge_done(clock() - timedelta(days=retention_days))
+    if removed:
+        log.info("handled_events_purged", count=removed, older_than_days=retention_days)
+    return removed
+
+
 async def _purge_old_events(ctx: Ctx) -> None:
-    days = ctx.config.daemon.event_retention_days
-    if days and ctx.store is not None:
-        removed = await ctx.store.purge_done(utcnow() - timedelta(days=days))
-        if removed:
-            log.info("purged handled events", count=removed, older_than_days=days)
+    # Read per run: a reload may change the retention.
+    if ctx.store is not None:
+        await purge_old_events(ctx.store, ctx.config.daemon.event_retention_days)
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -184,10 +184,10 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = ctx.scheduler = ctx.scheduler or Scheduler()
     register_jobs(ctx, scheduler)
     scheduler.start()
-    log.info("scheduler started", jobs=scheduler.job_ids())
+    log.info("scheduler_started", jobs=scheduler.job_ids())
     yield
     scheduler.shutdown()
-    log.info("shutdown: scheduler stopped")
+    log.info("scheduler_stopped", phase="shutdown")
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -202,10 +202,10 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx.waker = worker.wake
     await worker.start()
     yield
-    log.info("shutdown: draining the worker", timeout=d.shutdown_timeout)
+    log.info("worker_draining", phase="shutdown", timeout=d.shutdown_timeout)
     ctx.waker = None
     await worker.stop(d.shutdown_timeout)
-    log.info("shutdown: worker stopped")
+    log.info("worker_stopped", phase="shutdown")
 
 
 @contextlib.asynccontextmanager
@@ -257,7 +257,7 @@ async def reload(ctx: Ctx, path: Path) -> bool:
         new, _ = load(path, pm=ctx.pm)
         register_hook_files(ctx.pm, hooks_dir_of(new.raw, path))
     except (ConfigError, PluginError) as exc:
-        log.error("reload rejected: the running configuration stays in force",
+        log.error("reload_rejected", reason="the running configuration stays in force",
                   problems=str(exc).splitlines())
         systemd.ready("serving (last reload rejected)")
         return False
@@ -273,9 +273,9 @@ async def reload(ctx: Ctx, path: Path) -> bool:
     if ctx.scheduler is not None and ctx.scheduler.running:
         register_jobs(ctx, ctx.scheduler)
     if need_restart:
-        log.warning("reloaded; these changes take effect after a restart", keys=need_restart)
+        log.warning("reloaded_restart_needed", reason="these changes take effect after a restart", keys=need_restart)
     else:
-        log.info("reloaded configuration and hook files")
+        log.info("reloaded", detail="configuration and hook files")
     systemd.ready()
     return True
 
@@ -291,7 +291,7 @@ async def _watchdog(ctx: Ctx, interval: float) -> None:
         if healthy:
             systemd.watchdog()
         else:
-            log.warning("watchdog: store not answering; not pinging systemd")
+            log.warning("watchdog_store_not_answering", detail="not pinging systemd")
 
 
 async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> int:
@@ -303,14 +303,14 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
     try:
         await runner.setup()
     except Exception as exc:  # noqa: BLE001 - start-up failures end with a clear line, not a traceback
-        log.error("start-up failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
         await runner.cleanup()
         return 1
     site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port)
     try:
         await site.start()
     except OSError as exc:
-        log.error("cannot listen", host=config.daemon.listen_host, port=config.daemon.listen_port,
+        log.error("cannot_listen", host=config.daemon.listen_host, port=config.daemon.listen_port,
                   error=exc.strerror or str(exc))
         await runner.cleanup()
         return 1
@@ -319,12 +319,12 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
     reloads: set[asyncio.Task] = set()
 
     def on_stop(signame: str) -> None:
-        log.info("signal received; stopping", signal=signame)
+        log.info("signal_received", detail="stopping", signal=signame)
         stop.set()
 
     def on_hup() -> None:
         if path is None:
-            log.warning("SIGHUP ignored: no configuration file to reload")
+            log.warning("sighup_ignored", reason="no configuration file to reload")
             return
         task = loop.create_task(reload(ctx, path))
         reloads.add(task)
@@ -347,10 +347,10 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
             loop.remove_signal_handler(sig)
         if watchdog:
             watchdog.cancel()
-        log.info("shutdown: no longer accepting webhooks; finishing in-flight requests",
+        log.info("webhooks_stopped", phase="shutdown", detail="finishing in-flight requests",
                  timeout=config.daemon.shutdown_timeout)
         await runner.cleanup()
-        log.info("shutdown complete")
+        log.info("shutdown_complete", phase="shutdown")
     return 0
 
 
@@ -369,5 +369,5 @@ def run(path: str | os.PathLike[str], *, verbose: int = 0, quiet: int = 0, stder
                       log_levels=config.daemon.log_levels)
     set_secrets(config.secrets())
     for warning in config.warnings:
-        log.warning("configuration warning", problem=warning)
+        log.warning("configuration_warning", problem=warning)
     return asyncio.run(serve(config, pm, Path(path)))

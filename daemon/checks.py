@@ -1,8 +1,4 @@
-"""``dutybridge check``: the guide's three connection tests, plus checks from plugins.
-
-"Test REST API Connection", "Test ServiceNow User Authentication" and "Test Default
-User Settings", each answered as success with the HTTP status or the reason it failed.
-"""
+"""``dutybridge check``: the guide's three connection tests, plus checks from plugins."""
 
 from __future__ import annotations
 
@@ -79,6 +75,8 @@ async def default_user_settings(ctx: "Ctx") -> CheckResult:
     return CheckResult(True, f"default user {user.get('name', user_id)} ({email}) has role {role} and matches the ServiceNow integration user (HTTP 200)")
 
 
+# The guide's "Test REST API Connection", "Test ServiceNow User Authentication" and "Test
+# Default User Settings", each answered as success with the HTTP status or the reason it failed.
 BUILTIN_CHECKS = (
     Check("Test REST API Connection", pagerduty_connection),
     Check("Test ServiceNow User Authentication", servicenow_authentication),

@@ -12,7 +12,7 @@ from typing import IO
 
 import pluggy
 
-from . import __version__
+from . import __version__, events_cli
 from .app import command_context, load, plugin_schemas, run
 from .checks import BUILTIN_CHECKS, CheckResult
 from .commands import Command
@@ -203,9 +203,6 @@ def _plugins(config: Config, pm: pluggy.PluginManager, out: IO[str]) -> int:
 
 
 async def _events(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager, out: IO[str]) -> int:
-    # events_cli formats rows for people; only these commands need it.
-    from . import events_cli
-
     async with command_context(config, pm, clients=False) as ctx:
         store = ctx.store
         if store is None:

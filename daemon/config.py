@@ -1,11 +1,5 @@
 """Load and validate ``config.toml``; every error names the dotted key path.
-
-The core owns ``[daemon]``, ``[pagerduty]``, ``[servicenow]`` and ``[plugins]``;
-each enabled plugin declares the schema of its own ``[plugins.<name>]`` section
-through the ``register_config_sections`` hook. Secret values may be references:
-``env:NAME`` reads an environment variable, ``file:PATH`` reads a file (a relative
-path is looked up in ``$CREDENTIALS_DIRECTORY`` first, for systemd credentials, then
-in the config file's folder, like ``hooks_dir`` and ``store_url``).
+Secret values may be ``env:NAME`` or ``file:PATH`` references (see ``resolve_secret``).
 """
 
 from __future__ import annotations
@@ -16,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomli_w
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,6 +21,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticUndefined
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -46,8 +42,10 @@ SECRET_PREFIXES = ("env:", "file:")
 def resolve_secret(value: Any, info: ValidationInfo) -> Any:
     """Turn ``env:NAME`` / ``file:PATH`` references into their value.
 
-    A relative ``file:`` path is looked up in ``$CREDENTIALS_DIRECTORY``, then in the
-    validation context's ``base_dir`` (the config file's folder; else the working folder).
+    ``env:NAME`` reads an environment variable, ``file:PATH`` reads a file. A relative
+    ``file:`` path is looked up in ``$CREDENTIALS_DIRECTORY`` first (systemd credentials),
+    then in the validation context's ``base_dir`` (the config file's folder, as for
+    ``hooks_dir`` and ``store_url``; else the working folder).
     """
     if not isinstance(value, str):
         return value
@@ -167,7 +165,12 @@ class PluginsConfig(BaseModel):
 
 
 class Config(BaseModel):
-    """The whole validated configuration."""
+    """The whole validated configuration.
+
+    The core owns ``[daemon]``, ``[pagerduty]``, ``[servicenow]`` and ``[plugins]``; each
+    enabled plugin declares the schema of its own ``[plugins.<name>]`` section through the
+    ``register_config_sections`` hook.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
     daemon: DaemonConfig
@@ -420,8 +423,6 @@ SECTION_COMMENTS = {
 
 def _example_value(path: str, field: Any, placeholders: dict[str, Any]) -> tuple[Any, bool]:
     """(value to write, whether the key is required)."""
-    from pydantic_core import PydanticUndefined
-
     if field.is_required():
         return placeholders.get(path, ""), True
     default = field.get_default(call_default_factory=True)
@@ -434,8 +435,6 @@ def _example_value(path: str, field: Any, placeholders: dict[str, Any]) -> tuple
 
 def _render_section(header: str, model: type[BaseModel], comment: str, commented: bool,
                     placeholders: dict[str, Any] = PLACEHOLDERS) -> list[str]:
-    import tomli_w
-
     lines = [f"# {comment}" if comment else "", f"[{header}]"]
     for name, field in model.model_fields.items():
         path = f"{header}.{name}"
@@ -471,8 +470,6 @@ def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str
     ``systemd``: secrets are ``file:`` references named for the unit's credentials.
     """
     enabled = list(enabled or [])
-    import tomli_w
-
     placeholders = SYSTEMD_PLACEHOLDERS if systemd else PLACEHOLDERS
     secrets_note = [
         "# Secrets: file:NAME reads the credential NAME that contrib/systemd/dutybridge.service",

@@ -1,7 +1,5 @@
-"""What ``dutybridge events list|show|replay|purge`` does, as functions of a Store.
-
-Each writes to ``out`` (errors to ``err``, stderr by default) and returns the exit
-code; argument parsing lives with the rest of the CLI.
+"""What ``dutybridge events list|show|replay|purge`` does, as functions of a Store. Each writes
+to ``out`` (errors to ``err``, stderr by default), returns the exit code; parsing is in the CLI.
 """
 
 from __future__ import annotations

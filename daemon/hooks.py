@@ -1,8 +1,4 @@
-"""How the core calls hooks: one typed method per hook on ``Hooks``, every call traced.
-
-pluggy registers, orders and validates implementations; ``Hooks`` calls them one at a
-time in pluggy's order, awaiting async ones, so no coroutine is left pending.
-"""
+"""How the core calls hooks: one typed method per hook on ``Hooks``, every call traced."""
 
 from __future__ import annotations
 
@@ -48,6 +44,9 @@ class Hooks:
     Implementations run in pluggy's order (registered later first; ``tryfirst`` and
     ``trylast`` apply), one at a time. With ``trace`` on (``DUTYBRIDGE_TRACE_HOOKS=1``)
     each call and its outcome is logged at debug level with the plugins it reached.
+
+    pluggy registers, orders and validates implementations; ``Hooks`` calls them one at a
+    time in pluggy's order, awaiting async ones, so no coroutine is left pending.
     """
 
     def __init__(self, pm: pluggy.PluginManager, *, trace: bool = False) -> None:

@@ -1,13 +1,5 @@
 """The plugin contract: every hook the core calls, with its exact signature.
-
-Implementations are marked with ``dutybridge.hookimpl``. Hooks documented as *may
-be async* accept ``async def`` implementations; the core awaits each result. The
-core calls each hook through ``dutybridge.hooks.Hooks`` (``ctx.hooks``), one
-implementation at a time, so an implementation may accept any subset of the
-parameters, by name. ``register_*`` hooks return what the core should add;
-``outbound_*`` hooks change what they are given; ``on_*``/``handle_*`` react.
-pluggy's ``hookwrapper``/``wrapper`` implementations are refused at registration:
-the core awaits implementations one by one, which a wrapper could not surround.
+Implementations are marked with ``dutybridge.hookimpl``.
 """
 
 from __future__ import annotations
@@ -29,6 +21,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .http import OutboundRequest, OutboundResponse
     from .scheduler import Job
 
+# Hooks documented as *may be async* accept ``async def`` implementations; the core awaits
+# each result. The core calls each hook through ``dutybridge.hooks.Hooks`` (``ctx.hooks``),
+# one implementation at a time, so an implementation may accept any subset of the
+# parameters, by name. ``register_*`` hooks return what the core should add;
+# ``outbound_*`` hooks change what they are given; ``on_*``/``handle_*`` react.
+# pluggy's ``hookwrapper``/``wrapper`` implementations are refused at registration:
+# the core awaits implementations one by one, which a wrapper could not surround.
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 

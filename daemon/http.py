@@ -1,9 +1,5 @@
-"""The outbound pipeline: every call to PagerDuty, ServiceNow or another API passes here.
-
-Every outbound call is an ``OutboundRequest`` that passes the ``outbound_request``
-hooks, is sent by a ``send_request`` hook or the default transport, and whose
-``OutboundResponse`` passes the ``outbound_response`` hooks. Retries (429, 5xx,
-timeouts), ``Retry-After`` and proactive rate limiting live here, once.
+"""The outbound pipeline: every call to PagerDuty, ServiceNow or another API passes here, through
+the outbound hooks, with retries, ``Retry-After`` and proactive rate limiting done once.
 """
 
 from __future__ import annotations
@@ -22,7 +18,9 @@ import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import __version__
 from .hooks import Hooks, hooks_of
+from .redact import safe_url
 
 if TYPE_CHECKING:  # pragma: no cover
     import pluggy
@@ -355,15 +353,6 @@ def _number(value: str | None, kind: type) -> Any:
 # -- the pipeline --------------------------------------------------------------------
 
 
-def safe_url(url: str) -> str:
-    """``url`` without credentials, query string or fragment: safe to log."""
-    try:
-        u = URL(url)
-        return str(u.with_user(None).with_password(None).with_query(None).with_fragment(None))
-    except (ValueError, TypeError):
-        return "<unparseable url>"
-
-
 def _copy_request(req: OutboundRequest) -> OutboundRequest:
     # Each attempt runs the hooks on a fresh copy, so a hook that appends a header
     # or a parameter does it once per attempt, never twice on one request.
@@ -384,6 +373,11 @@ class OutboundPipeline:
     holds the pipeline. ``metrics`` is any object with ``outbound(service, host,
     status, seconds)``; when None, ``ctx.metrics`` is used if there is one.
     ``sleep``, ``rng`` and ``wallclock`` are injectable for tests.
+
+    Every outbound call is an ``OutboundRequest`` that passes the ``outbound_request``
+    hooks, is sent by a ``send_request`` hook or the default transport, and whose
+    ``OutboundResponse`` passes the ``outbound_response`` hooks. Retries (429, 5xx,
+    timeouts), ``Retry-After`` and proactive rate limiting live here, once.
     """
 
     def __init__(self, hooks: Hooks | pluggy.PluginManager, ctx: Ctx | None = None, *,
@@ -393,8 +387,6 @@ class OutboundPipeline:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rng: Callable[[], float] = random.random,
                  wallclock: Callable[[], float] = time.time):
-        from . import __version__
-
         self.hooks = hooks_of(hooks)
         self.ctx = ctx
         self.metrics = metrics
@@ -497,12 +489,12 @@ class OutboundPipeline:
             if response.ok or not policy.retries_status(response.status, idempotent):
                 return response
             if attempt > policy.max_retries:
-                self.log.warning("outbound retries exhausted", service=req.service, operation=req.operation,
+                self.log.warning("outbound_retries_exhausted", service=req.service, operation=req.operation,
                                  method=req.method, url=safe_url(req.url), status=response.status, attempts=attempt)
                 return response
             asked = retry_after_seconds(response.headers, self._wallclock) if response.status in (429, 503) else None
             if asked is not None and asked > policy.max_wait:
-                self.log.warning("outbound retry-after too long; giving up", service=req.service,
+                self.log.warning("outbound_retry_after_too_long", detail="giving up", service=req.service,
                                  operation=req.operation, status=response.status, retry_after=asked,
                                  max_wait=policy.max_wait)
                 return response
@@ -534,7 +526,7 @@ class OutboundPipeline:
                                     elapsed=time.monotonic() - started, url=safe_url(str(resp.url)))
 
     async def _wait(self, req: OutboundRequest, attempt: int, seconds: float, reason: str) -> None:
-        self.log.info("outbound retry", service=req.service, operation=req.operation, method=req.method,
+        self.log.info("outbound_retry", service=req.service, operation=req.operation, method=req.method,
                       url=safe_url(req.url), attempt=attempt, reason=reason, wait_seconds=round(seconds, 3))
         await self._sleep(seconds)
 
@@ -552,7 +544,7 @@ class OutboundPipeline:
                 value = response.headers.get(name)
                 if value is not None:
                     fields[name.replace("-", "_")] = value
-        self.log.debug("outbound attempt", **fields)
+        self.log.debug("outbound_attempt", **fields)
         metrics = self.metrics if self.metrics is not None else getattr(self.ctx, "metrics", None)
         if metrics is not None:
             try:

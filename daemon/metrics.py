@@ -1,8 +1,4 @@
-"""Prometheus metrics of one daemon: events through the inbox, webhook rejects, outbound calls.
-
-Each ``Metrics`` owns its own ``CollectorRegistry``, so tests, reloads and several
-apps in one process never collide on the global registry.
-"""
+"""Prometheus metrics of one daemon: events through the inbox, webhook rejects, outbound calls."""
 
 from __future__ import annotations
 
@@ -30,6 +26,9 @@ class Metrics:
 
     Label values must stay few: ``type`` is an event type (the receiver only stores
     known ones), ``reason`` a short fixed code, ``host`` an API host, never a URL.
+
+    Each ``Metrics`` owns its own ``CollectorRegistry``, so tests, reloads and several
+    apps in one process never collide on the global registry.
     """
 
     content_type = CONTENT_TYPE_LATEST

@@ -1,7 +1,5 @@
-"""A thin async client for PagerDuty's REST API v2, on the outbound pipeline.
-
-Headers, the ``From`` user, classic pagination (with its 10,000-record ceiling), a
-per-key rate limiter and typed errors live here; features call the typed methods.
+"""A thin async client for PagerDuty's REST API v2, on the outbound pipeline: headers, the ``From``
+user, classic pagination (10,000-record ceiling), a per-key rate limiter, typed errors.
 """
 
 from __future__ import annotations
@@ -158,7 +156,7 @@ class Paginator:
             limit = min(self.limit, PAGINATION_CEILING - offset)
             if limit <= 0:
                 self.truncated = True
-                log.warning("pagerduty pagination truncated at the API's ceiling", path=self.path,
+                log.warning("pagination_truncated", reason="the API's ceiling", path=self.path,
                             fetched=self.fetched, ceiling=PAGINATION_CEILING,
                             hint="narrow the query (since/until, service_ids, statuses) to read the rest")
                 return
@@ -257,6 +255,9 @@ class PagerDutyClient:
     Generic calls (``get``/``post``/``put``/``delete``) return the decoded JSON
     body; typed methods unwrap it (``create_incident`` returns the incident).
     Errors: ``PagerDutyError`` and subclasses; ``TransportError`` when no answer.
+
+    Features call the typed methods; headers, pagination, the rate limiter and the typed
+    errors live here.
     """
 
     def __init__(self, pipeline: OutboundPipeline, config: PagerDutyConfig, *,
@@ -446,7 +447,7 @@ class PagerDutyClient:
             existing = await self.find_open_incident_by_key(incident_key, service_id)
             if existing is None:
                 raise
-            log.info("pagerduty incident_key already open; using the existing incident",
+            log.info("incident_key_already_open", detail="using the existing incident",
                      incident=existing.get("id"), service=service_id)
             return existing
         return body["incident"]

@@ -39,7 +39,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         checks["scheduler"] = "ok" if running else "not running"
     failed = [name for name, state in checks.items() if state != "ok"]
     if failed:
-        log.warning("not ready", checks=checks)
+        log.warning("not_ready", checks=checks)
         return error_response(503, f"not ready: {', '.join(failed)}", checks=checks)
     return web.json_response({"status": "ready", "checks": checks})
 
@@ -52,6 +52,6 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         try:
             counts = await asyncio.wait_for(ctx.store.counts(), _PROBE_TIMEOUT)
         except Exception:
-            log.warning("inbox counts unavailable for /metrics", exc_info=True)
+            log.warning("inbox_counts_unavailable", endpoint="/metrics", exc_info=True)
     ctx.metrics.set_inbox(counts)
     return web.Response(body=ctx.metrics.render(), headers={hdrs.CONTENT_TYPE: ctx.metrics.content_type})

@@ -1,8 +1,4 @@
-"""A small adapter over APScheduler 3.11's AsyncIOScheduler with the daemon's defaults.
-
-Jobs coalesce missed runs, never overlap themselves, get a misfire grace time, run
-with a fresh log context, and a failing run is logged without losing its schedule.
-"""
+"""A small adapter over APScheduler 3.11's AsyncIOScheduler with the daemon's defaults."""
 
 from __future__ import annotations
 
@@ -38,7 +34,11 @@ class Job:
 
 
 class Scheduler:
-    """The daemon's scheduler: ``add(job)`` (or ``add_job``) with an explicit id."""
+    """The daemon's scheduler: ``add(job)`` (or ``add_job``) with an explicit id.
+
+    Jobs coalesce missed runs, never overlap themselves, get a misfire grace time, run
+    with a fresh log context, and a failing run is logged without losing its schedule.
+    """
 
     def __init__(self, **job_defaults: Any) -> None:
         self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=timezone.utc)
@@ -67,9 +67,9 @@ class Scheduler:
                     await result
             except Exception:  # noqa: BLE001 - a job's failure must not end its schedule
                 self.failures[id] = self.failures.get(id, 0) + 1
-                log.exception("scheduled job failed", seconds=round(time.monotonic() - started, 3))
+                log.exception("scheduled_job_failed", seconds=round(time.monotonic() - started, 3))
             else:
-                log.debug("scheduled job done", seconds=round(time.monotonic() - started, 3))
+                log.debug("scheduled_job_done", seconds=round(time.monotonic() - started, 3))
             finally:
                 structlog.contextvars.clear_contextvars()
 

@@ -1,7 +1,5 @@
-"""A thin async client for ServiceNow's Table API, on the outbound pipeline.
-
-CRUD on ``/api/now/table/{table}``, offset pagination, typed errors, and ``Query``:
-a builder of encoded queries (``sysparm_query``) that cannot be injected into.
+"""A thin async client for ServiceNow's Table API, on the outbound pipeline: CRUD on
+``/api/now/table/{table}``, offset pagination, typed errors, and ``Query`` (encoded queries).
 """
 
 from __future__ import annotations
@@ -137,6 +135,8 @@ class Query:
     and values the instance would run as script (``javascript:...``) are refused, as
     are commas inside ``in_``/``not_in`` items (no escape exists for them). Field names
     must be plain names or dot-walks. ``str(query)`` is the encoded query.
+
+    ``sysparm_query`` is built only from these parts, so outside data cannot be injected into it.
     """
 
     def __init__(self) -> None:

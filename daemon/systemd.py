@@ -27,7 +27,7 @@ def notify(message: str) -> bool:
             sock.sendall(message.encode())
         return True
     except OSError as exc:
-        log.warning("systemd notification failed", message=message.split("\n")[0], error=str(exc))
+        log.warning("systemd_notification_failed", message=message.split("\n")[0], error=str(exc))
         return False
 
 

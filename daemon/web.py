@@ -113,7 +113,7 @@ async def request_middleware(
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("request failed", method=request.method, path=request.path)
+            log.exception("request_failed", method=request.method, path=request.path)
             response = error_response(500, "internal error")
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
@@ -223,6 +223,23 @@ def challenge(token: bool, basic: bool) -> dict[str, str]:
 
 def secret_value(value: Any) -> str:
     return value.get_secret_value() if value is not None else ""
+
+
+def doorbell_auth(request: web.Request, sn_config: Any) -> None:
+    """Authenticate a request with the doorbell credentials of ``[servicenow]`` (``sn_config``).
+
+    Raises ``Reject`` 503 when no doorbell credential is configured, 401 with a
+    challenge naming the configured schemes when the ``Authorization`` header is wrong.
+    """
+    token = secret_value(sn_config.doorbell_token)
+    username, password = sn_config.doorbell_username, secret_value(sn_config.doorbell_password)
+    basic = bool(username and password)
+    if not (token or basic):
+        raise Reject(503, "not_configured",
+                     "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)")
+    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
+                             username=username if basic else "", password=password if basic else ""):
+        raise Reject(401, "unauthorized", "missing or wrong credentials", headers=challenge(bool(token), basic))
 
 
 def require_string(obj: dict[str, Any], key: str, path: str, pattern: re.Pattern[str] | None = None,

@@ -1,16 +1,10 @@
-"""The worker: claims events from the inbox and hands each to the ``handle_event`` hooks.
-
-Events of one resource run one at a time and in order; different resources run
-concurrently, up to ``concurrency``. A failure is retried with exponential backoff
-and jitter; after ``max_attempts`` the event is a dead letter.
-"""
+"""The worker: claims events from the inbox and hands each to the ``handle_event`` hooks."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
-import re
 import socket
 import time
 import uuid
@@ -24,14 +18,13 @@ import structlog
 from .context import Ctx
 from .events import StoredEvent, utcnow
 from .hooks import hooks_of
+from .redact import hide_credentials
 from .store.base import Store
 
 log = structlog.get_logger("dutybridge.worker")
 
 MAX_ERROR_CHARS = 2000
 CANCEL_GRACE_SECONDS = 5.0
-# The lookbehind anchors the scheme at a word start, keeping the match linear.
-_URL_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
 def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
@@ -40,7 +33,7 @@ def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
     # Longest first, so a secret containing another is masked whole.
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "**********")
-    text = _URL_USERINFO.sub(r"\g<scheme>***@", text[: MAX_ERROR_CHARS * 2])
+    text = hide_credentials(text[: MAX_ERROR_CHARS * 2])
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 3] + "..."
     return text
@@ -53,6 +46,10 @@ class Worker:
     ``metrics`` is any object with some of ``event_processed``, ``event_failed``,
     ``event_dead``, ``handle_seconds`` (each ``(source, type[, seconds])``).
     ``rng`` (``uniform(a, b)``) and ``clock`` (aware ``datetime``) are for tests.
+
+    Events of one resource run one at a time and in order; different resources run
+    concurrently, up to ``concurrency``. A failure is retried with exponential backoff
+    and jitter; after ``max_attempts`` the event is a dead letter.
     """
 
     def __init__(
@@ -323,14 +320,3 @@ class Worker:
             fn(*args)
         except Exception as exc:  # metrics must never stop dispatch
             log.debug("metrics_failed", metric=name, error=describe_error(exc))
-
-    # -- housekeeping ------------------------------------------------------------
-    async def purge_old(self, retention_days: int) -> int:
-        """Delete events handled more than ``retention_days`` ago (0 keeps them)."""
-        if retention_days <= 0:
-            return 0
-        cutoff = self.clock() - timedelta(days=retention_days)
-        count = await self.store.purge_done(cutoff)
-        if count:
-            log.info("events_purged", count=count, retention_days=retention_days)
-        return count

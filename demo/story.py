@@ -1,10 +1,5 @@
 """``dutybridge demo``: the sandbox and the daemon wired together, and a scripted story.
-
-A newcomer's first run: both sandboxes (the seeded organisation) and the daemon
-(SQLite in a temporary folder, incident sync enabled) start on loopback, wired with a
-signed V3 webhook subscription and ServiceNow's doorbell. The story acts as people in
-each system and waits until the change shows on the other side, printing each hop and
-its latency. Exit 0 only when every step was observed in both systems.
+Exit 0 only when every step was observed in both systems.
 """
 
 from __future__ import annotations
@@ -99,6 +94,12 @@ def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token:
 
 
 async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) -> int:
+    """A newcomer's first run: both sandboxes (the seeded organisation) and the daemon
+    (SQLite in a temporary folder, incident sync enabled) start on loopback, wired with a
+    signed V3 webhook subscription and ServiceNow's doorbell. The story acts as people in
+    each system and waits until the change shows on the other side, printing each hop and
+    its latency. Exit 0 only when every step was observed in both systems.
+    """
     demo = Demo(out=out or sys.stdout)
     webhook_secret, doorbell_token = secrets.token_hex(16), secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="dutybridge-demo-") as tmp:

@@ -1,0 +1,3 @@
+"""The built-in plugins (``dutybridge_plugins``), each registered by name in
+``dutybridge.plugins.BUILTIN_PLUGINS``.
+"""

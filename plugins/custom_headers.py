@@ -1,7 +1,5 @@
-"""custom_headers: extra headers on outbound API requests, one ``name: value`` a line.
-
-The v7 app's "PagerDuty API requests customization" field, extended to ServiceNow
-calls: ``pagerduty`` applies to PagerDuty requests, ``servicenow`` to ServiceNow's.
+"""custom_headers: extra headers on outbound API requests, one ``name: value`` a line, for
+PagerDuty (``pagerduty``) and ServiceNow (``servicenow``) requests.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ def parse_headers(text: str) -> list[tuple[str, str]]:
     return out
 
 
+# The v7 app's "PagerDuty API requests customization" field, extended to ServiceNow calls.
 class CustomHeadersConfig(Section):
     """Custom headers on outbound API requests, one 'Name: value' a line."""
 

@@ -24,15 +24,15 @@ async def store_event(ctx: Ctx, route: str, event: Event) -> int | None:
     try:
         stored = await ctx.enqueue(event)
     except Exception:
-        log.exception("inbox write failed", route=route, event_id=event.event_id)
+        log.exception("inbox_write_failed", route=route, event_id=event.event_id)
         raise Reject(503, "store_unavailable", "the inbox is unavailable; retry later") from None
     if stored is None:
         if ctx.metrics is not None:
             ctx.metrics.event_duplicate(event.source, event.type)
-        log.info("webhook duplicate", route=route, event_type=event.type, event_id=event.event_id,
+        log.info("webhook_duplicate", route=route, event_type=event.type, event_id=event.event_id,
                  resource=event.resource)
         return None
-    log.info("webhook accepted", route=route, event_type=event.type, event_id=event.event_id,
+    log.info("webhook_accepted", route=route, event_type=event.type, event_id=event.event_id,
              resource=event.resource, id=stored.id)
     return stored.id
 
@@ -40,5 +40,5 @@ async def store_event(ctx: Ctx, route: str, event: Event) -> int | None:
 def ignored(ctx: Ctx, route: str, source: str, label: str, reason: str, **kw: Any) -> web.Response:
     if ctx.metrics is not None:
         ctx.metrics.event_ignored(source, label)
-    log.info("webhook ignored", route=route, reason=reason, **kw)
+    log.info("webhook_ignored", route=route, reason=reason, **kw)
     return web.json_response({"status": "ignored", "reason": reason}, status=202)

@@ -224,7 +224,7 @@ async def pagerduty_v2(request: web.Request) -> web.StreamResponse:
             ignored += 1
             if ctx.metrics is not None:
                 ctx.metrics.event_ignored("pagerduty", "unknown")
-            log.info("webhook ignored", route="pagerduty_v2", reason="unknown event type",
+            log.info("webhook_ignored", route="pagerduty_v2", reason="unknown event type",
                      event_type=event_type[:100], event_id=message_id)
             continue
         incident = require_object(message, "incident", f"{where}.incident")

@@ -8,18 +8,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from ..events import Event
 from ..web import (
     Reject,
-    challenge,
-    check_credentials,
     ctx_of,
+    doorbell_auth,
     parse_json_object,
     read_body,
     require_string,
-    secret_value,
 )
 from .common import store_event
 
@@ -48,16 +46,7 @@ async def servicenow(request: web.Request) -> web.StreamResponse:
     Table API, so a forged doorbell can make the daemon look, never inject data.
     """
     ctx = ctx_of(request)
-    sn = ctx.config.servicenow
-    token = secret_value(sn.doorbell_token)
-    username, password = sn.doorbell_username, secret_value(sn.doorbell_password)
-    basic = bool(username and password)
-    if not (token or basic):
-        raise Reject(503, "not_configured",
-                     "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)")
-    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
-                             username=username if basic else "", password=password if basic else ""):
-        raise Reject(401, "unauthorized", "missing or wrong credentials", headers=challenge(bool(token), basic))
+    doorbell_auth(request, ctx.config.servicenow)
     body = await read_body(request, ctx.config.daemon.max_body_bytes)
     doc = parse_json_object(body)
     for key in doc:

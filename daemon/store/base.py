@@ -1,7 +1,4 @@
 """The store's contract: inbox, dead letters, links and watermarks.
-
-SQLite implements it now; a PostgreSQL implementation will satisfy the same
-interface (claims by ``FOR UPDATE SKIP LOCKED``), and the same tests run on both.
 Every method is a coroutine and each is one transaction.
 """
 
@@ -43,6 +40,9 @@ class Store(abc.ABC):
 
     Usable as ``async with store:`` (open, then close). Timestamps passed in must be
     timezone-aware.
+
+    SQLite implements it now; a PostgreSQL implementation will satisfy the same
+    interface (claims by ``FOR UPDATE SKIP LOCKED``), and the same tests run on both.
     """
 
     #: True when several daemon instances may use the store at once (PostgreSQL): a

@@ -1,11 +1,10 @@
-"""Numbered schema migrations, SQLite and PostgreSQL kept in step.
-
-A migration is applied once, in order, and never edited after release: change the
-schema by appending a step. Each list holds ``(version, description, statements)``.
+"""Numbered schema migrations, SQLite and PostgreSQL kept in step. A migration is applied once,
+in order, and never edited after release: change the schema by appending a step.
 """
 
 from __future__ import annotations
 
+# Each list holds ``(version, description, statements)``.
 Migration = tuple[int, str, tuple[str, ...]]
 
 # Timestamps are TEXT in UTC ISO-8601 with a fixed width (2026-01-02T03:04:05.000000Z),

@@ -1,13 +1,5 @@
-"""The SQLite store: inbox, dead letters, links and watermarks in one WAL-mode file.
-
-One connection serves the whole daemon; an asyncio lock makes each method one
-transaction on it. Other processes (the ``dutybridge events`` CLI) may open the same
-file at the same time: WAL lets them read while the daemon writes.
-
-``add_event`` commits in groups: the events that arrive while one commit is in flight
-are written together by the next one, in one transaction and one fsync, on the
-connection's thread in one call. A lone event is committed at once; each caller still
-returns only once its own row is committed.
+"""The SQLite store: inbox, dead letters, links and watermarks in one WAL-mode file, which
+other processes (the ``dutybridge events`` CLI) may read while the daemon writes.
 """
 
 from __future__ import annotations
@@ -149,6 +141,10 @@ class SQLiteStore(Store):
     ``clock`` returns the current time (timezone-aware) for leases, due times and
     ``updated_at``; tests pass a fake one. ``migrations`` defaults to every known
     step; tests pass a prefix to build an older schema.
+
+    One connection serves the whole daemon; an asyncio lock makes each method one
+    transaction on it. Other processes (the ``dutybridge events`` CLI) may open the same
+    file at the same time: WAL lets them read while the daemon writes.
     """
 
     def __init__(
@@ -303,6 +299,11 @@ class SQLiteStore(Store):
 
     # -- inbox -------------------------------------------------------------------
     async def add_event(self, event: Event) -> StoredEvent | None:
+        """Store ``event``, committing in groups: the events that arrive while one commit is in
+        flight are written together by the next one, in one transaction and one fsync, on the
+        connection's thread in one call. A lone event is committed at once; each caller still
+        returns only once its own row is committed.
+        """
         # Everything that can fail for this event alone (a naive datetime, a payload
         # that is not JSON) fails here, in its caller, before it can spoil a batch.
         received = to_text(event.received_at)

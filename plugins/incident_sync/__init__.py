@@ -1,11 +1,4 @@
-"""incident_sync: PagerDuty <-> ServiceNow incidents, the whole lifecycle, both ways.
-
-What PagerDuty's ServiceNow app does (trigger, acknowledge, reassign, resolve, reopen,
-notes, priority), without its duplicates, feedback loops and lost updates: events are
-doorbells, the handler re-reads the incident and syncs only what differs from the state
-last synced across the link (see ``engine``); a scheduled poll of both sides catches
-whatever a lost webhook would have carried (``poll``).
-"""
+"""incident_sync: PagerDuty <-> ServiceNow incidents, the whole lifecycle, both ways."""
 
 from __future__ import annotations
 
@@ -14,7 +7,7 @@ import uuid
 from typing import Any
 
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from dutybridge import hookimpl
 from dutybridge.checks import Check, CheckResult
@@ -22,7 +15,7 @@ from dutybridge.commands import Command
 from dutybridge.context import Ctx
 from dutybridge.events import Event
 from dutybridge.scheduler import Job
-from dutybridge.web import check_credentials, ctx_of, error_response, parse_json_object, read_body, Reject
+from dutybridge.web import Reject, ctx_of, doorbell_auth, error_response, parse_json_object, read_body
 
 from .config import IncidentSyncConfig
 from .engine import PLUGIN, SYNC_REQUESTED, Engine
@@ -35,7 +28,14 @@ SYNC_ROUTE = "/webhooks/pagerduty/sync"
 
 class IncidentSync:
     """The plugin: one instance per plugin manager, holding the engine (locks, the
-    mapping, caches) for the daemon's ``ctx``."""
+    mapping, caches) for the daemon's ``ctx``.
+
+    What PagerDuty's ServiceNow app does (trigger, acknowledge, reassign, resolve, reopen,
+    notes, priority), without its duplicates, feedback loops and lost updates: events are
+    doorbells, the handler re-reads the incident and syncs only what differs from the state
+    last synced across the link (see ``engine``); a scheduled poll of both sides catches
+    whatever a lost webhook would have carried (``poll``).
+    """
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
@@ -150,16 +150,8 @@ async def sync_action(request: web.Request) -> web.StreamResponse:
     """
     # The running daemon's ctx; a reload replaces ctx.config, read here per request.
     ctx = ctx_of(request)
-    sn = ctx.config.servicenow
-    token = sn.doorbell_token.get_secret_value() if sn.doorbell_token else ""
-    password = sn.doorbell_password.get_secret_value() if sn.doorbell_password else ""
-    if not (token or (sn.doorbell_username and password)):
-        return error_response(503, "no doorbell credential is configured for the sync action")
-    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
-                             username=sn.doorbell_username if password else "", password=password):
-        return error_response(401, "missing or wrong credentials",
-                              headers={"WWW-Authenticate": 'Bearer realm="dutybridge"'})
     try:
+        doorbell_auth(request, ctx.config.servicenow)
         doc = parse_json_object(await read_body(request, ctx.config.daemon.max_body_bytes))
     except Reject as rej:
         return error_response(rej.status, rej.reason, headers=rej.headers)

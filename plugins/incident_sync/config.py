@@ -1,6 +1,6 @@
-"""The ``[plugins.incident_sync]`` section: the v7 app's "Integration Behavior" settings
-that concern incidents, with the app's defaults, plus what dutybridge adds (polling,
-loop bound, static links)."""
+"""The ``[plugins.incident_sync]`` section: the v7 app's "Integration Behavior" incident settings,
+with the app's defaults, plus what dutybridge adds (polling, loop bound, static links).
+"""
 
 from __future__ import annotations
 

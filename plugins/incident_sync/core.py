@@ -62,8 +62,8 @@ class Core:
         self._caller = None
         self._group_names.clear()
         for problem in self.mapping.problems:
-            log.warning("incident_sync: link problem", problem=problem)
-        log.info("incident_sync: links loaded", groups=len(self.mapping.groups), cis=len(self.mapping.cis))
+            log.warning("link_problem", problem=problem)
+        log.info("links_loaded", groups=len(self.mapping.groups), cis=len(self.mapping.cis))
         return self.mapping
 
     async def ensure_loaded(self) -> None:
@@ -136,7 +136,7 @@ class Core:
             try:
                 self._priorities = {p.get("name") or p.get("summary"): p["id"] for p in await self.api.pd_priorities()}
             except Exception as exc:  # noqa: BLE001 - accounts without priorities answer 4xx
-                log.info("incident_sync: PagerDuty priorities unavailable", error=str(exc))
+                log.info("pd_priorities_unavailable", error=str(exc))
                 self._priorities = {}
         return self._priorities.get(name)
 
@@ -160,8 +160,9 @@ class Core:
         moves = [t for t in st.get("moves", []) if now - t < conf.reassignment_window_seconds]
         if len(moves) >= conf.max_reassignments:
             if not st.get("loop_logged"):
-                log.warning("incident_sync: reassignment loop bound reached; assignment no longer synced for this "
-                            "incident (automation on both sides keeps moving it)", pd_incident=pd_id,
+                log.warning("reassignment_loop_bound_reached",
+                            reason="assignment no longer synced for this incident (automation on both sides keeps moving it)",
+                            pd_incident=pd_id,
                             moves=len(moves), window_seconds=conf.reassignment_window_seconds)
                 st["loop_logged"] = True
             st["moves"] = moves

@@ -111,7 +111,8 @@ class Links:
             return link
         except LinkConflictError:
             existing = await self.store.get_link(KIND, sn_id=rec["sys_id"])
-            log.warning("incident_sync: ServiceNow incident already linked to another PagerDuty incident; "
-                        "not linking a second", sn_sys_id=rec["sys_id"], pd_incident=inc["id"],
+            log.warning("sn_incident_already_linked",
+                        reason="linked to another PagerDuty incident; not linking a second",
+                        sn_sys_id=rec["sys_id"], pd_incident=inc["id"],
                         linked_to=existing.pd_id if existing else None)
             raise

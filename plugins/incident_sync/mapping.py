@@ -1,17 +1,5 @@
-"""Which ServiceNow group or CI goes with which PagerDuty service and escalation policy.
-
-Incident sync reads these links, it does not invent them. Three sources, in order of
-precedence: static ``links`` in the config, the v7 app's ``x_pd_integration_*`` fields
-(when ``v7_fields`` is on), and the store's ``group``/``ci`` links that provisioning
-writes. The merged view lives in memory (it is small and read on every event) and what
-config and v7 fields say is written to the store too, so other plugins and
-``dutybridge check`` see one picture.
-
-Store format (shared with provisioning): kind ``group``, ``sn_id`` the group's sys_id,
-``pd_id`` its PagerDuty service id (or its escalation policy id when it has no service),
-``state = {"service", "escalation_policy", "name", "source"}``; kind ``ci`` likewise with
-``pd_id`` the service id; kind ``user``, ``pd_id`` the PagerDuty user id and ``sn_id`` the
-sys_user sys_id, ``state = {"email"}``.
+"""Which ServiceNow group or CI goes with which PagerDuty service and escalation policy,
+merged from the config, the v7 app's fields and the store's links (see ``Mapping``).
 """
 
 from __future__ import annotations
@@ -46,6 +34,22 @@ class Target:
 
 @dataclass
 class Mapping:
+    """The merged view of which ServiceNow group or CI goes with which PagerDuty objects.
+
+    Incident sync reads these links, it does not invent them. Three sources, in order of
+    precedence: static ``links`` in the config, the v7 app's ``x_pd_integration_*`` fields
+    (when ``v7_fields`` is on), and the store's ``group``/``ci`` links that provisioning
+    writes. The merged view lives in memory (it is small and read on every event) and what
+    config and v7 fields say is written to the store too, so other plugins and
+    ``dutybridge check`` see one picture.
+
+    Store format (shared with provisioning): kind ``group``, ``sn_id`` the group's sys_id,
+    ``pd_id`` its PagerDuty service id (or its escalation policy id when it has no service),
+    ``state = {"service", "escalation_policy", "name", "source"}``; kind ``ci`` likewise with
+    ``pd_id`` the service id; kind ``user``, ``pd_id`` the PagerDuty user id and ``sn_id`` the
+    sys_user sys_id, ``state = {"email"}``.
+    """
+
     groups: list[Target] = field(default_factory=list)
     cis: list[Target] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -115,7 +119,7 @@ async def _resolve(ctx: Any, api: Any, table: str, ref: str) -> tuple[str, str] 
         return (row["sys_id"], row.get("name", "")) if row else None
     rows = await api.sn_query(table, Q().eq("name", ref), ["sys_id", "name"], limit=2, order_by="sys_id")
     if len(rows) > 1:
-        log.warning("incident_sync: several records have this name; using the first", table=table, name=ref)
+        log.warning("ambiguous_name", reason="several records have this name; using the first", table=table, name=ref)
     return (rows[0]["sys_id"], rows[0].get("name", "")) if rows else None
 
 
@@ -222,7 +226,7 @@ async def _write_back(store: Any, m: Mapping) -> None:
         if holder is not None and holder.sn_id != t.sys_id:
             # The store keeps one group per PagerDuty id (put_link replaces by pd_id);
             # a second group on the same id still routes from memory, unstored.
-            log.info("incident_sync: link kept in memory only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id,
+            log.info("link_kept_in_memory_only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id,
                      reason=f"{holder.sn_id} already holds {pd_id} in the store")
             continue
         try:
@@ -230,7 +234,7 @@ async def _write_back(store: Any, m: Mapping) -> None:
                 await store.delete_link(t.kind, old.pd_id)
             await store.put_link(Link(kind=t.kind, pd_id=pd_id, sn_id=t.sys_id, state=state))
         except LinkConflictError as exc:
-            log.info("incident_sync: link kept in memory only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id, reason=str(exc))
+            log.info("link_kept_in_memory_only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id, reason=str(exc))
 
 
 def _ref(value: Any) -> str:

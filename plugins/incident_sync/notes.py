@@ -38,7 +38,7 @@ async def pd_notes_to_sn(core: Core, link: Link, table: str, st: dict) -> None:
             journal = await core.api.sn_journal(link.sn_id)
         if not any(j.get("value") == text for j in journal):
             own_write(st, await core.api.sn_update(table, link.sn_id, {"work_notes": text}))
-            log.info("incident_sync: PagerDuty note copied to a work note", pd_incident=link.pd_id, note=note["id"])
+            log.info("pd_note_copied_to_work_note", pd_incident=link.pd_id, note=note["id"])
         st["pd_notes"] = sorted(seen)
         link = await core.links.save(link, st)
     if st != link.state:
@@ -70,7 +70,7 @@ async def sn_notes_to_pd(core: Core, link: Link, st: dict, *, synced: int | None
         if existing is None:
             sender = await core.users.from_for_user_name(entry.get("sys_created_by"))
             note = await core.api.pd_add_note(link.pd_id, content, sender)
-            log.info("incident_sync: work note copied to a PagerDuty note", pd_incident=link.pd_id,
+            log.info("work_note_copied_to_pd_note", pd_incident=link.pd_id,
                      note=note.get("id"))
         else:
             note = existing

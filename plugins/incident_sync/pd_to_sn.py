@@ -48,7 +48,7 @@ class PdToSn(Direction):
                 # Read before the lock, to know which one; kept when nobody held it meanwhile.
                 pre = await self.api.pd_incident(pd_id, include=FIRST_TRIGGER)
                 if pre is None:
-                    log.info("incident_sync: PagerDuty incident not found", pd_incident=pd_id)
+                    log.info("pd_incident_not_found", pd_incident=pd_id)
                     return False
                 about = pre
             keys = self._lock_keys(pd_id, about)
@@ -69,7 +69,7 @@ class PdToSn(Direction):
             if link is None:
                 return await self._sync_unlinked(inc, force=force, notes=notes and not trigger)
             if link.status != "linked":
-                log.info("incident_sync: link is unlinked; PagerDuty change not synced", pd_incident=pd_id)
+                log.info("pd_change_not_synced", reason="link is unlinked", pd_incident=pd_id)
                 return True
             await self._sync_linked(link, inc, notes=notes)
             return True
@@ -172,10 +172,10 @@ class PdToSn(Direction):
             return True
         if not syncs:
             if manual:
-                log.info("incident_sync: manual sync service; waiting for a sync request", pd_incident=inc["id"],
+                log.info("manual_sync_service", detail="waiting for a sync request", pd_incident=inc["id"],
                          service=service)
             else:
-                log.info("incident_sync: PagerDuty incident on an unmapped service and policy; not synced",
+                log.info("pd_incident_not_synced", reason="unmapped service and policy",
                          pd_incident=inc["id"], service=service, escalation_policy=ep)
             return False
         if found is not None:
@@ -194,7 +194,7 @@ class PdToSn(Direction):
         if seen is not None:
             self.links.remember_seen(rec["sys_id"], {SN_SEEN: seen})
         link = await self.links.new_link(inc, table, rec, origin="pd", sn_seen=seen)
-        log.info("incident_sync: ServiceNow incident opened", pd_incident=inc["id"], sn_table=table,
+        log.info("sn_incident_opened", pd_incident=inc["id"], sn_table=table,
                  sn_number=rec.get("number"), sn_sys_id=rec.get("sys_id"))
         # Notes made before we got to it. Each note has an event of its own (the annotation
         # webhook, the poll's annotate log entry) that reads them once the link exists; so
@@ -235,7 +235,7 @@ class PdToSn(Direction):
                     who = (entry.get("agent") or {}).get("summary") or who
                     break
         except Exception as exc:  # noqa: BLE001 - the note is a nicety, the state is not
-            log.warning("incident_sync: resolution note unavailable", pd_incident=inc["id"], error=str(exc))
+            log.warning("resolution_note_unavailable", pd_incident=inc["id"], error=str(exc))
         return who, note
 
     def _details(self, inc: dict) -> str:
@@ -301,7 +301,7 @@ class PdToSn(Direction):
         if changed:
             rec = await self.api.sn_get(table, link.sn_id, self.core.sn_fields(table, linked=True))
             if rec is None:
-                log.warning("incident_sync: ServiceNow incident gone; link marked unlinked", sn_sys_id=link.sn_id,
+                log.warning("sn_incident_gone", detail="link marked unlinked", sn_sys_id=link.sn_id,
                             pd_incident=link.pd_id)
                 await self.links.save(link, st, status="unlinked")
                 return
@@ -327,7 +327,7 @@ class PdToSn(Direction):
                         snap[k] = view[k]
                 st["sn"] = snap
                 own_write(st, written)
-                log.info("incident_sync: PagerDuty change applied to ServiceNow", pd_incident=link.pd_id,
+                log.info("pd_change_applied_to_sn", pd_incident=link.pd_id,
                          sn_sys_id=link.sn_id, fields=sorted(updates), changed=sorted(changed))
         st["pd"] = new
         if st != link.state:

@@ -58,7 +58,7 @@ async def poll(ctx: Any, engine: Any) -> dict[str, int]:
         counts["servicenow"] += await poll_servicenow(ctx, engine, table)
     counts["pagerduty"] = await poll_pagerduty(ctx, engine)
     if any(counts.values()):
-        log.info("incident_sync: poll enqueued changes", **counts)
+        log.info("poll_enqueued_changes", **counts)
     return counts
 
 

@@ -59,4 +59,4 @@ class Rechecks:
                 payload={"table": table, "sys_id": sys_id, "operation": "update", "sys_updated_on": stamp,
                          "recheck": True}))
         except Exception as exc:  # noqa: BLE001 - the poll reads it instead
-            log.warning("incident_sync: recheck not queued", sn_sys_id=sys_id, error=f"{type(exc).__name__}: {exc}")
+            log.warning("recheck_not_queued", sn_sys_id=sys_id, error=f"{type(exc).__name__}: {exc}")

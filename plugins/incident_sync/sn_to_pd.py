@@ -83,7 +83,7 @@ class SnToPd(Direction):
                     await self.links.new_link(inc, table, rec, origin="pd")
                 except LinkConflictError:
                     return True
-                log.info("incident_sync: linked an existing pair", pd_incident=pd_id, sn_sys_id=rec["sys_id"])
+                log.info("existing_pair_linked", pd_incident=pd_id, sn_sys_id=rec["sys_id"])
                 return True
         service = self.core.eligible(table, rec)
         if not service:
@@ -160,8 +160,9 @@ class SnToPd(Direction):
         sn_snap["state"] = ""
         sn_snap["assignment_group"] = rec.get("assignment_group") or ""
         link = await self.links.new_link(inc, table, rec, origin="sn", sn_snapshot=sn_snap, sn_notes=[])
-        log.info("incident_sync: PagerDuty incident triggered" if created else "incident_sync: linked the PagerDuty "
-                 "incident already open for this ServiceNow incident", pd_incident=inc["id"], sn_sys_id=sys_id,
+        log.info("pd_incident_triggered" if created else "pd_incident_linked",
+                 detail=None if created else "the PagerDuty incident already open for this ServiceNow incident",
+                 pd_incident=inc["id"], sn_sys_id=sys_id,
                  sn_number=rec.get("number"), service=service, escalation_policy=(inc.get("escalation_policy") or {}).get("id"))
         written = await self.api.sn_update(table, sys_id, writes)
         await self._sync_linked(link, table, written or rec, fresh_pd=inc)
@@ -177,7 +178,7 @@ class SnToPd(Direction):
         if changed:
             inc = fresh_pd or await self.api.pd_incident(link.pd_id)
             if inc is None:
-                log.warning("incident_sync: PagerDuty incident gone; link marked unlinked", pd_incident=link.pd_id)
+                log.warning("pd_incident_gone", detail="link marked unlinked", pd_incident=link.pd_id)
                 await self.links.save(link, st, status="unlinked")
                 return
             unlinked = await self._write_changes(link, table, rec, inc, old, new, changed, st, states, applied)
@@ -222,7 +223,7 @@ class SnToPd(Direction):
             for k in touched:
                 snap[k] = pdv[k]
             st["pd"] = snap
-            log.info("incident_sync: ServiceNow change applied to PagerDuty", pd_incident=pd_id, sn_sys_id=link.sn_id,
+            log.info("sn_change_applied_to_pd", pd_incident=pd_id, sn_sys_id=link.sn_id,
                      action=what)
 
         def agree(*keys: str) -> None:
@@ -269,7 +270,8 @@ class SnToPd(Direction):
                     await put({"status": "resolved",
                                "resolution": f"Reassigned in ServiceNow to {name}, which is not in PagerDuty."},
                               actor, ("status", "ack_by", "assignees"), "resolve (unmapped group)")
-                log.info("incident_sync: reassigned to an unmapped group; PagerDuty incident resolved and unlinked",
+                log.info("reassigned_to_unmapped_group",
+                         detail="PagerDuty incident resolved and unlinked",
                          pd_incident=pd_id, sn_sys_id=link.sn_id, group=new["assignment_group"])
                 return True
         elif "priority" in changed and self.mapping.group(new["assignment_group"]) is not None:

@@ -1,13 +1,4 @@
-"""Acting users across the two systems, matched by email and remembered as ``user`` links.
-
-A ServiceNow user and a PagerDuty user are the same person when their emails match
-(case-insensitively), or when the v7 app's ``x_pd_integration_pagerduty_id`` says so.
-Found pairs are kept in the store (kind ``user``) so the next lookup costs nothing.
-Users read are kept in memory until the configuration is reloaded; a stored pair is
-believed for ``LINK_TTL`` seconds (provisioning may change it in the store) and a lookup
-that found nobody for ``MISSING_TTL`` (the person may get an account), so neither costs a
-call on every sync.
-"""
+"""Acting users across the two systems, matched by email and remembered as ``user`` links."""
 
 from __future__ import annotations
 
@@ -30,6 +21,17 @@ LINK_TTL = 300.0
 
 
 class Users:
+    """Acting users across the two systems, matched by email.
+
+    A ServiceNow user and a PagerDuty user are the same person when their emails match
+    (case-insensitively), or when the v7 app's ``x_pd_integration_pagerduty_id`` says so.
+    Found pairs are kept in the store (kind ``user``) so the next lookup costs nothing.
+    Users read are kept in memory until the configuration is reloaded; a stored pair is
+    believed for ``LINK_TTL`` seconds (provisioning may change it in the store) and a lookup
+    that found nobody for ``MISSING_TTL`` (the person may get an account), so neither costs a
+    call on every sync.
+    """
+
     def __init__(self, engine: Any, clock=time.monotonic) -> None:
         self.engine = engine
         self._sn: dict[str, dict] = {}  # sys_id -> sys_user
@@ -146,7 +148,8 @@ class Users:
             await self.store.put_link(Link(kind="user", pd_id=pd_id, sn_id=sn_id, state={"email": email.lower()}))
             self._remember_link(pd_id, sn_id)
         except LinkConflictError:
-            log.info("incident_sync: user link not stored; the ServiceNow user is linked to another PagerDuty user",
+            log.info("user_link_not_stored",
+                     reason="the ServiceNow user is linked to another PagerDuty user",
                      pd_id=pd_id, sn_id=sn_id)
 
     async def sn_for_pd(self, uid: str | None) -> str | None:
@@ -199,7 +202,7 @@ class Users:
         if user is None and create:
             name = row.get("name") or " ".join(p for p in (row.get("first_name"), row.get("last_name")) if p) or email
             user = await self.api.pd_create_user(name, email, conf.new_user_role)
-            log.info("incident_sync: created PagerDuty user", pd_user=user.get("id"), email=email)
+            log.info("pd_user_created", pd_user=user.get("id"), email=email)
         if user is None:
             self._found_nobody("pd_email", email.lower())
             return None

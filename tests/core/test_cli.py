@@ -90,7 +90,7 @@ def test_run_logs_literal_secret_warnings_at_start(write_config, capsys, monkeyp
     assert main(["run", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    problems = [r["problem"] for r in records if r.get("event") == "configuration warning"]
+    problems = [r["problem"] for r in records if r.get("event") == "configuration_warning"]
     assert any(p.startswith("servicenow.password: the secret is written in the file itself") for p in problems)
     assert not any(secret in out for secret in config_secrets)
 

@@ -27,30 +27,9 @@ from dutybridge.http import (
     safe_url,
 )
 from dutybridge.plugins import make_test_pm
+from tests.support.clocks import FakeClock, FakeSleep
 
 SECRET = "s3cr3t-token-value"
-
-
-class FakeSleep:
-    """Records the waits asked for and returns at once (no real waiting in tests)."""
-
-    def __init__(self, clock: "FakeClock | None" = None):
-        self.calls: list[float] = []
-        self.clock = clock
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        if self.clock is not None:
-            self.clock.now += seconds
-        await asyncio.sleep(0)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Metrics:
@@ -429,7 +408,7 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
         resp = await pipeline.request(request)
     assert resp.status == 200
     assert SECRET not in repr(logs) and SECRET not in repr(request)
-    attempts = [e for e in logs if e["event"] == "outbound attempt"]
+    attempts = [e for e in logs if e["event"] == "outbound_attempt"]
     assert [e["status"] for e in attempts] == ["503", "200"]
     assert attempts[0]["url"] == str(server.make_url("/thing"))
     assert attempts[0]["ratelimit_remaining"] == "5"
@@ -475,7 +454,7 @@ def _headers_response(**headers: str) -> OutboundResponse:
 
 
 async def test_rate_limiter_bursts_then_paces():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sleep = FakeSleep(clock)
     limiter = RateLimiter(120, burst=10, clock=clock, sleep=sleep)  # refills (120-10)/60 per second
     for _ in range(10):
@@ -486,7 +465,7 @@ async def test_rate_limiter_bursts_then_paces():
 
 
 async def test_rate_limiter_never_exceeds_the_minute_budget():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sleep = FakeSleep(clock)
     limiter = RateLimiter(960, clock=clock, sleep=sleep)
     start = clock.now
@@ -503,7 +482,7 @@ async def test_rate_limiter_never_exceeds_the_minute_budget():
 
 
 async def test_rate_limiter_tightened_by_server_headers():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sleep = FakeSleep(clock)
     limiter = RateLimiter(960, clock=clock, sleep=sleep)
     limiter.observe(_headers_response(ratelimit_remaining="2", ratelimit_reset="30"))
@@ -514,7 +493,7 @@ async def test_rate_limiter_tightened_by_server_headers():
 
 
 async def test_rate_limiter_keeps_the_lowest_count_within_a_window_and_resets_on_a_new_one():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = RateLimiter(960, clock=clock, sleep=FakeSleep(clock))
     limiter.observe(_headers_response(ratelimit_remaining="5", ratelimit_reset="30"))
     limiter.observe(_headers_response(ratelimit_remaining="50", ratelimit_reset="29"))  # a late answer
@@ -525,7 +504,7 @@ async def test_rate_limiter_keeps_the_lowest_count_within_a_window_and_resets_on
 
 
 async def test_rate_limiter_serves_concurrent_waiters():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     sleep = FakeSleep(clock)
     limiter = RateLimiter(60, burst=1, clock=clock, sleep=sleep)  # one token per 60/59 s after the first
     results = await asyncio.gather(*(limiter.acquire() for _ in range(5)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -29,30 +29,11 @@ from dutybridge.pagerduty import (
     PagerDutyRateLimited,
 )
 from dutybridge.plugins import make_test_pm
+from tests.support.clocks import FakeClock, FakeSleep
+from tests.support.scripted_api import ScriptedApi
 
 KEY = "pd-secret-key-7c1e"
 SANDBOX_KEY = "sandbox-pd-full-key"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    """Returns at once; advances the fake clock the rate limiter reads, as time would."""
-
-    def __init__(self, clock: FakeClock | None = None):
-        self.calls: list[float] = []
-        self.clock = clock or FakeClock()
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.clock.now += seconds
-        await asyncio.sleep(0)
 
 
 def pd_config(url: str, **kw: Any) -> PagerDutyConfig:
@@ -60,34 +41,11 @@ def pd_config(url: str, **kw: Any) -> PagerDutyConfig:
     return PagerDutyConfig.model_validate({"api_url": url, **kw})
 
 
-class FakePD:
-    """A scripted PagerDuty: ``routes[(method, path)]`` is a handler ``(request, body) -> response``."""
+class FakePD(ScriptedApi):
+    """A scripted PagerDuty: ``on(method, path, handler)``; an unrouted path is PagerDuty's 404."""
 
-    def __init__(self):
-        self.routes: dict[tuple[str, str], Callable[..., Any]] = {}
-        self.seen: list[dict[str, Any]] = []
-
-    def on(self, method: str, path: str, handler: Callable[..., Any]) -> None:
-        self.routes[(method, path)] = handler
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.seen.append({"method": request.method, "path": request.path, "raw_path": request.raw_path,
-                          "headers": request.headers.copy(),
-                          "query": list(request.query.items()), "body": body})
-        handler = self.routes.get((request.method, request.path))
-        if handler is None:
-            return web.json_response({"error": {"message": "Not Found", "code": 2100}}, status=404)
-        result = handler(request, body)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    def __init__(self) -> None:
+        super().__init__(ok({"error": {"message": "Not Found", "code": 2100}}, status=404), query_pairs=True)
 
 
 def ok(payload: Any, status: int = 200, headers: dict | None = None):
@@ -101,7 +59,7 @@ def pd_error(status: int, message: str, code: int, errors: list[str] | None = No
 
 @pytest.fixture
 def sleep():
-    return FakeSleep()
+    return FakeSleep(FakeClock(0.0))
 
 
 @pytest.fixture
@@ -281,7 +239,7 @@ async def test_paginate_stops_cleanly_at_the_10000_ceiling(fake, pipeline):
     assert all(int(dict(s["query"])["offset"]) + int(dict(s["query"])["limit"]) <= PAGINATION_CEILING for s in fake.seen)
     assert ("statuses[]", "triggered") in fake.seen[0]["query"]
     warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert warnings and "truncated" in warnings[0]["event"]
+    assert warnings and warnings[0]["event"] == "pagination_truncated"
 
 
 async def test_list_results_say_when_truncated(fake, pipeline):

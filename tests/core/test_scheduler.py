@@ -37,7 +37,7 @@ async def test_job_runs_with_fresh_context_and_failure_keeps_schedule():
     assert runs["n"] >= 2
     assert all(c == {"job": "test.flaky"} for c in contexts)
     assert scheduler.failures["test.flaky"] == 1
-    assert any(e["event"] == "scheduled job failed" and e["log_level"] == "error" for e in logs)
+    assert any(e["event"] == "scheduled_job_failed" and e["log_level"] == "error" for e in logs)
 
 
 async def test_job_needs_an_explicit_id_and_defaults_are_set():

@@ -411,7 +411,7 @@ async def test_v3_unknown_event_type_202_not_stored(client, store, wakes):
     assert resp.status == 202
     assert (await resp.json())["status"] == "ignored"
     assert (await store.inbox()) == [] and wakes == []
-    assert any(e["event"] == "webhook ignored" and e.get("event_type") == "incident.teleported" for e in logs)
+    assert any(e["event"] == "webhook_ignored" and e.get("event_type") == "incident.teleported" for e in logs)
 
 
 async def test_v3_ping_202_not_stored(client, store):
@@ -423,7 +423,7 @@ async def test_v3_ping_202_not_stored(client, store):
     assert resp.status == 202
     assert await resp.json() == {"status": "ignored", "reason": "ping"}
     assert (await store.inbox()) == []
-    assert any(e["event"] == "webhook ignored" and e["reason"] == "ping" for e in logs)
+    assert any(e["event"] == "webhook_ignored" and e["reason"] == "ping" for e in logs)
 
 
 async def test_v3_ping_still_needs_a_signature(client, store):
@@ -735,7 +735,7 @@ async def test_handler_crash_is_json_500_without_details(client):
     with capture_logs() as logs:
         resp = await client.get("/crash")
     assert await assert_error(resp, 500) == {"error": "internal error"}
-    assert any(e["event"] == "request failed" for e in logs)
+    assert any(e["event"] == "request_failed" for e in logs)
 
 
 async def test_request_id_echoed_sanitised_or_generated(client):

@@ -23,18 +23,11 @@ from dutybridge.servicenow import (
     ServiceNowNotFound,
     ServiceNowRateLimited,
 )
+from tests.support.clocks import FakeSleep
+from tests.support.scripted_api import ScriptedApi
 
 PASSWORD = "sn-pa55word-e4d1"
 SANDBOX_PASSWORD = "sandbox-sn-password"
-
-
-class FakeSleep:
-    def __init__(self):
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        await asyncio.sleep(0)
 
 
 def sn_config(url: str, **kw: Any) -> ServiceNowConfig:
@@ -43,33 +36,11 @@ def sn_config(url: str, **kw: Any) -> ServiceNowConfig:
     return ServiceNowConfig.model_validate({"instance_url": url, **kw})
 
 
-class FakeSN:
-    """A scripted ServiceNow: ``routes[(method, path)]`` is ``handler(request, body)``."""
+class FakeSN(ScriptedApi):
+    """A scripted ServiceNow: ``on(method, path, handler)``; an unrouted path is the Table API's 404."""
 
-    def __init__(self):
-        self.routes: dict[tuple[str, str], Callable[..., Any]] = {}
-        self.seen: list[dict[str, Any]] = []
-
-    def on(self, method: str, path: str, handler: Callable[..., Any]) -> None:
-        self.routes[(method, path)] = handler
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.seen.append({"method": request.method, "path": request.path, "raw_path": request.raw_path,
-                          "headers": request.headers.copy(), "query": dict(request.query), "body": body})
-        handler = self.routes.get((request.method, request.path))
-        if handler is None:
-            return sn_error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")(request, body)
-        result = handler(request, body)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    def __init__(self) -> None:
+        super().__init__(sn_error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"))
 
 
 def sn_error(status: int, message: str, detail: str = "", headers: dict | None = None):

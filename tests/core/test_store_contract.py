@@ -11,20 +11,10 @@ import pytest
 from dutybridge.events import Event
 from dutybridge.store.base import Link, LinkConflictError, Store
 from dutybridge.store.sqlite import SQLiteStore
+from tests.support.clocks import FakeClock
 
 STORES = ["sqlite"]
 _ids = itertools.count(1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -5,31 +5,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
 from dutybridge import hookimpl
+from dutybridge.app import purge_old_events
 from dutybridge.context import Ctx
 from dutybridge.events import Event
 from dutybridge.plugins import make_test_pm
 from dutybridge.store.sqlite import SQLiteStore
 from dutybridge.worker import Worker, describe_error
+from tests.support.clocks import FakeClock
 
 _ids = itertools.count(1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class FixedRng:
@@ -545,8 +536,8 @@ async def test_purge_old(store, make_worker, clock):
     worker = make_worker(Recorder())
     await worker.start()
     await until(status_is(store, stored.id, "done"))
-    assert await worker.purge_old(14) == 0
+    assert await purge_old_events(store, 14, clock) == 0
     clock.advance(86400 * 15)
-    assert await worker.purge_old(0) == 0  # 0 keeps everything
-    assert await worker.purge_old(14) == 1
+    assert await purge_old_events(store, 0, clock) == 0  # 0 keeps everything
+    assert await purge_old_events(store, 14, clock) == 1
     assert await store.get_event(stored.id) is None

@@ -9,6 +9,8 @@ from importlib import resources
 
 import pytest
 
+from tests.support.clocks import FakeClock
+
 _SEED = tomllib.loads((resources.files("dutybridge_sandbox") / "seed.toml").read_text())
 
 
@@ -61,23 +63,10 @@ def sn_itil() -> dict[str, str]:
 # --------------------------------------------------------------- PagerDuty side (pd_)
 
 
-class PDClock:
-    """A settable clock for ``PagerDutyState.now``: ``pd_clock.advance(61)``."""
-
-    def __init__(self, start: float):
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 @pytest.fixture
-def pd_clock() -> PDClock:
+def pd_clock() -> FakeClock:
     """The PagerDuty sandbox's clock, frozen at 2025-03-01 12:00:00 UTC until advanced."""
-    return PDClock(1740830400.0)
+    return FakeClock(1740830400.0)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ in the two sandboxes and waiting for the daemon to carry the change across."""
 
 from __future__ import annotations
 
+import base64
 
 import aiohttp
 import pytest
@@ -145,6 +146,10 @@ async def test_incident_type_security_globally(make_world):
     only(world.sn_for(inc["id"], "sn_si_incident"))
 
 
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 async def test_manual_sync_by_custom_incident_action(make_world):
     world = await make_world(service_options=[{"service": "PSVCDB1", "sync_option": "manual"}])
     await world.poll()  # the first pass only sets the watermarks
@@ -162,11 +167,19 @@ async def test_manual_sync_by_custom_incident_action(make_world):
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{world.url}/webhooks/pagerduty/sync", json=body) as resp:
             assert resp.status == 401
+            # The challenge names both schemes the doorbell credentials allow.
+            assert "Bearer" in resp.headers["WWW-Authenticate"] and "Basic" in resp.headers["WWW-Authenticate"]
+        wrong = {"Authorization": basic_auth(V2_USER, "not-the-password")}
+        async with http.post(f"{world.url}/webhooks/pagerduty/sync", json=body, headers=wrong) as resp:
+            assert resp.status == 401 and (await resp.json()) == {"error": "missing or wrong credentials"}
         headers = {"Authorization": f"Bearer {DOORBELL_TOKEN}"}
         async with http.post(f"{world.url}/webhooks/pagerduty/sync", json=body, headers=headers) as resp:
             assert resp.status == 202
         async with http.post(f"{world.url}/webhooks/pagerduty/sync", json=body, headers=headers) as resp:
             assert resp.status == 202  # a retried delivery: same message id, deduplicated
+        basic = {"Authorization": basic_auth(V2_USER, V2_PASSWORD)}  # the action's URL may carry them
+        async with http.post(f"{world.url}/webhooks/pagerduty/sync", json=body, headers=basic) as resp:
+            assert resp.status == 202
         async with http.post(f"{world.url}/webhooks/pagerduty/sync", json={"nothing": 1}, headers=headers) as resp:
             assert resp.status == 400
     await world.settle()

@@ -245,7 +245,7 @@ async def test_automation_fighting_across_systems_is_bounded_and_logged(make_wor
     ours = [e for e in world.pd.incident_log_entries(inc["id"])
             if e["type"] == "delegate_log_entry" and e["agent"]["id"] != "PBOBSM1"]
     assert 1 <= len(ours) <= 4
-    warnings = [e for e in logs if "loop bound" in e["event"]]
+    warnings = [e for e in logs if e["event"] == "reassignment_loop_bound_reached"]
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
     assert warnings[0]["pd_incident"] == inc["id"]
     assert len(world.sn_incidents()) == 1 and len(world.pd.incidents) == 1
