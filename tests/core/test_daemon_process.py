@@ -246,3 +246,21 @@ def test_invalid_config_exits_2_with_one_line_per_problem(write_config):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{config}: daemon.") for line in lines)
     assert "Traceback" not in out.stderr
+
+
+def test_a_taken_port_fails_start_up_before_the_worker_starts(write_config):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config({"daemon": {"listen_port": port}})
+        out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
+    assert events.count("cannot listen") == 1 and events[-1] == "shutdown complete"
+    # Nothing started that could have claimed an event or run a job.
+    assert not {"worker_started", "scheduler started", "store open", "listening"} & set(events)
+    line = next(json.loads(line) for line in out.stdout.splitlines() if json.loads(line)["event"] == "cannot listen")
+    assert line["port"] == port and "in use" in line["error"]
+    assert "Traceback" not in out.stderr + out.stdout
