@@ -304,8 +304,9 @@ async def reload(ctx: Ctx, path: Path, running: Running | None = None) -> bool:
             if getattr(worker, attribute) != value:
                 setattr(worker, attribute, value)
                 applied[f"daemon.{key}"] = value
-        # A shorter retry delay or lease may make something due sooner than the worker's wait.
-        worker.wake()
+        if applied:
+            # A shorter retry delay or lease may make something due before the worker's wait ends.
+            worker.wake()
     if ctx.http is not None:
         build_clients(ctx)
     if ctx.scheduler is not None and ctx.scheduler.running:
