@@ -84,6 +84,21 @@ def lint() -> int:
     return rc
 
 
+def call(cmd: list[str]) -> int:
+    """Run ``cmd`` to its end; its exit status, 128 + N for a child ended by signal N.
+
+    Ctrl-C reaches the child too (one process group): the child decides how to stop,
+    and this process waits for it instead of dying with a KeyboardInterrupt traceback.
+    """
+    child = subprocess.Popen(cmd, cwd=ROOT)
+    while True:
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            continue
+        return 128 - code if code < 0 else code
+
+
 def main(argv: list[str]) -> int:
     commands = {"demo", "test", "lint", "run", "sandbox", "bootstrap"}
     if not argv or argv[0] not in commands:
@@ -98,15 +113,18 @@ def main(argv: list[str]) -> int:
         return lint()
     if command == "test":
         # pytest exits 5 when it collects no test: that is a failure here, not a pass.
-        rc = subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
+        rc = call([str(BIN / "python"), "-m", "pytest", *rest])
         if rc == 5:
             print("pytest collected no tests: treating as failure", file=sys.stderr)
             return 1
         return rc
     if command == "run":
-        return subprocess.call([str(BIN / "dutybridge"), *rest], cwd=ROOT)
-    return subprocess.call([str(BIN / "dutybridge"), command, *rest], cwd=ROOT)
+        return call([str(BIN / "dutybridge"), *rest])
+    return call([str(BIN / "dutybridge"), command, *rest])
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # during bootstrap (venv creation, pip): stop quietly
+        sys.exit(130)

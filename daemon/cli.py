@@ -235,7 +235,29 @@ def _plugin_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginM
     return asyncio.run(go())
 
 
+#: A command whose reader went away (``dutybridge events list | head -1``): the shell's
+#: status for a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        # Output still buffered would fail at exit, outside this handler.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # As the Python docs' "Note on SIGPIPE" does: the interpreter's own flush at exit
+        # would otherwise report the broken pipe again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured in tests)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     if first == "sandbox":

@@ -232,10 +232,7 @@ class Worker:
             event_id=ev.event_id, inbox_id=ev.id, source=ev.source, type=ev.type, resource=ev.resource,
         ):
             if ev.attempts > self.max_attempts:
-                # Claimed more often than allowed without a recorded result: the
-                # process stopped (or died) while handling it each time.
-                await self._dead(ev, f"gave up after {ev.attempts - 1} attempts without a result "
-                                     f"(the daemon stopped while handling it)", None)
+                await self._dead(ev, self._over_limit(ev), None)
                 return
             started = time.perf_counter()
             # A handler never outlives its lease, so no other instance takes the event
@@ -259,6 +256,27 @@ class Worker:
                 log.info("event_done", attempt=ev.attempts, seconds=round(elapsed, 3))
             else:
                 log.info("event_ignored", attempt=ev.attempts, reason="no plugin acted on it")
+
+    def _over_limit(self, ev: StoredEvent) -> str:
+        """Why an event claimed past ``max_attempts`` is dead, keeping its last real error.
+
+        A failure at the last allowed attempt makes the event dead, so the earlier claims
+        got this far only by ending without a result (the process stopped or died) or
+        under a higher ``max_attempts``. The store keeps the last error, not a count of
+        failures, so each claim is made only where the counts prove it.
+        """
+        tried, limit = ev.attempts - 1, self.max_attempts
+        if not ev.last_error:
+            # No failure ever recorded: every attempt was interrupted.
+            return (f"gave up after {tried} attempts without a result "
+                    f"(the daemon stopped while handling it)")
+        if tried > limit:
+            # Attempts beyond the limit went on without this check ending them.
+            return (f"attempts ({tried}) exceed max_attempts ({limit}) after a configuration "
+                    f"change; last error: {ev.last_error}")
+        return (f"gave up after {tried} attempts; the last one recorded no result (the daemon "
+                f"stopped while handling it, or max_attempts was lowered to {limit}); "
+                f"last error: {ev.last_error}")
 
     async def _failed(self, ev: StoredEvent, exc: BaseException, started: float, note: str | None = None) -> None:
         elapsed = time.perf_counter() - started

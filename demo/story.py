@@ -134,11 +134,13 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
             counts = await settle(ctx.store)
             summary(demo, counts)
             if keep_running:
+                # Caught from before the first line that invites a Ctrl-C.
+                interrupted = interrupt_signal()
                 demo.say("\nStill running (Ctrl-C to stop). Credentials:")
                 for key, value in creds.items():
                     demo.say(f"  {key:32} {value}")
                 demo.say(f"  {'dutybridge':32} {url}")
-                await wait_for_interrupt()
+                return 128 + await interrupted  # as a shell reports a process stopped by that signal
             return 0 if ok else 1
         finally:
             sandbox.servicenow.configure_doorbell(None)
@@ -157,12 +159,18 @@ async def settle(store: Any, timeout: float = 10.0) -> dict[str, int]:
         await asyncio.sleep(0.02)
 
 
-async def wait_for_interrupt() -> None:
+def interrupt_signal() -> asyncio.Future[int]:
+    """The number of the first Ctrl-C (SIGINT) or SIGTERM from now on."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    received: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not received.done():
+            received.set_result(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, on_signal, int(sig))
+    return received
 
 
 async def story(demo: Demo, pd: Any, sn: Any) -> bool:

@@ -82,7 +82,7 @@ def test_config_check_warns_of_literal_secrets_without_showing_them(write_config
 def test_run_logs_literal_secret_warnings_at_start(write_config, capsys, monkeypatch, config_secrets):
     import dutybridge.app
 
-    async def serve(config, pm, path):
+    async def serve(config, pm, path, **verbosity):
         return 0
 
     monkeypatch.setattr(dutybridge.app, "serve", serve)
@@ -225,3 +225,55 @@ def test_a_standalone_plugin_command_runs_without_a_configuration(monkeypatch, t
     monkeypatch.chdir(tmp_path)  # no config.toml here
     assert cli.main(["agent", "--port", "9"]) == 0
     assert seen == [(9, None)]
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(write_config):
+    # `dutybridge events list | head -1`: here the reader is gone before the first write,
+    # so the broken pipe is certain rather than a race with the pipe's buffer.
+    import os
+    import subprocess
+    import sys
+
+    path = write_config()
+    from dutybridge.app import load
+    from dutybridge.store import open_store
+
+    config, _ = load(path)
+
+    async def seed():
+        store = open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+        await store.open()
+        await store.add_event(Event("pagerduty", "incident.triggered", "E1", "pagerduty:incident:P1", {}))
+        await store.close()
+
+    asyncio.run(seed())
+    for extra in ([], ["--json"]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "events", "list", *extra,
+                                  "--config", str(path)], stdout=write, stderr=subprocess.PIPE, text=True,
+                                 timeout=30)
+        finally:
+            os.close(write)
+        assert out.returncode == 141, out.stderr
+        assert out.stderr == ""
+
+
+def test_a_plugin_command_without_a_configuration_file_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    def exit_code(argv):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        return info.value.code
+
+    monkeypatch.chdir(tmp_path)  # no ./config.toml, no --config, no $DUTYBRIDGE_CONFIG
+    assert exit_code(["incident", "sync", "PABC123"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["config.toml: file not found (create one with: dutybridge config init --output config.toml)"]
+    missing = tmp_path / "elsewhere.toml"
+    for argv in (["incident", "sync", "PABC123", "--config", str(missing)],
+                 ["--config", str(missing), "incident", "sync", "PABC123"],
+                 ["incident", "-c", str(missing), "sync", "PABC123"]):
+        assert exit_code(argv) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"{missing}: file not found (create one with: dutybridge config init --output {missing})"]

@@ -50,12 +50,12 @@ def post_webhook(port: int, event_id: str, incident: str = "PINC001", secret: st
 class Daemon:
     """``dutybridge run`` in a subprocess, its JSON log lines collected as they come."""
 
-    def __init__(self, config: Path, notify: Path | None = None, env: dict | None = None):
+    def __init__(self, config: Path, notify: Path | None = None, env: dict | None = None, args: tuple = ()):
         environ = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         environ.update(env or {})
         if notify:
             environ["NOTIFY_SOCKET"] = str(notify)
-        self.proc = subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, text=True)
         self.lines: list[dict] = []
         self.raw: list[str] = []
@@ -245,3 +245,51 @@ def test_invalid_config_exits_2_with_one_line_per_problem(write_config):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{config}: daemon.") for line in lines)
     assert "Traceback" not in out.stderr
+
+
+def test_a_taken_port_fails_start_up_before_the_worker_starts(write_config):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config({"daemon": {"listen_port": port}})
+        out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
+    assert events.count("cannot_listen") == 1 and events[-1] == "shutdown_complete"
+    # Nothing started that could have claimed an event or run a job.
+    assert not {"worker_started", "scheduler started", "store open", "listening"} & set(events)
+    line = next(json.loads(line) for line in out.stdout.splitlines() if json.loads(line)["event"] == "cannot_listen")
+    assert line["port"] == port and "in use" in line["error"]
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_sighup_applies_worker_settings_keeps_minus_v_and_warns_against_what_runs(write_config, notify_socket, daemons):
+    port = free_port()
+    config = write_config({"daemon": {"listen_port": port, "log_level": "warning", "log_format": "json"}})
+    path, sock = notify_socket
+    d = daemons(config, notify=path, args=("-v",))  # warning, one step more verbose: info
+    recv_until(sock, "READY=1")
+    good = config.read_text()
+    warning = "reloaded_restart_needed"
+
+    config.write_text(good.replace(f"listen_port = {port}", f"listen_port = {port + 1}\nmax_attempts = 2"))
+    for reloads in (1, 2):
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while d.count(warning) < reloads:
+            assert time.monotonic() < deadline, "".join(d.raw)[-3000:]
+            time.sleep(0.05)
+    first = d.wait_for(warning)
+    assert first["keys"] == ["daemon.listen_port"] and first["running"] == {"daemon.listen_port": port}
+    assert first["worker_applied"] == {"daemon.max_attempts": 2}
+
+    config.write_text(good)  # the running port again; max_attempts back to 8
+    d.proc.send_signal(signal.SIGHUP)
+    # An info line: shown only if -v still holds after three reloads of log_level warning.
+    line = d.wait_for("reloaded")
+    assert line["worker_applied"] == {"daemon.max_attempts": 8}
+    assert d.count(warning) == 2
+    assert post_webhook(port, "01AFTERRELOADS") == 202
+    assert d.stop() == 0

@@ -541,3 +541,37 @@ async def test_purge_old(store, make_worker, clock):
     assert await purge_old_events(store, 0, clock) == 0  # 0 keeps everything
     assert await purge_old_events(store, 14, clock) == 1
     assert await store.get_event(stored.id) is None
+
+
+async def fail_times(store, clock, id, times: int, error: str) -> None:
+    """What a previous process left: ``times`` attempts, each failed with ``error``."""
+    for _ in range(times):
+        [claimed] = await store.claim("previous-process", 1, 30)
+        assert claimed.id == id
+        await store.fail(id, error, clock.now)
+
+
+async def test_lowering_max_attempts_keeps_the_last_real_error(store, clock, make_worker):
+    stored = await store.add_event(ev())
+    await fail_times(store, clock, stored.id, 6, "ApiError: PagerDuty answered 503")
+    plugin = Recorder()
+    await make_worker(plugin, max_attempts=2).start()
+    await until(status_is(store, stored.id, "dead"))
+    assert not plugin.seen
+    error = (await store.get_event(stored.id)).last_error
+    assert error == ("attempts (6) exceed max_attempts (2) after a configuration change; "
+                     "last error: ApiError: PagerDuty answered 503")
+
+
+async def test_an_interrupted_last_attempt_after_failures_names_both_causes(store, clock, make_worker):
+    stored = await store.add_event(ev())
+    await fail_times(store, clock, stored.id, 2, "ApiError: ServiceNow answered 500")
+    await store.claim("previous-process", 1, 30)  # the third attempt: stopped mid-way
+    await store.release_claims()
+    plugin = Recorder()
+    await make_worker(plugin, max_attempts=3).start()
+    await until(status_is(store, stored.id, "dead"))
+    error = (await store.get_event(stored.id)).last_error
+    assert error.startswith("gave up after 3 attempts; the last one recorded no result")
+    assert error.endswith("last error: ApiError: ServiceNow answered 500")
+    assert not plugin.seen  # the handler does not run a fourth time
