@@ -68,24 +68,61 @@ SQLITE_MIGRATIONS: list[Migration] = [
         )
         """,
     )),
+    (3, "inbox heads", (
+        # One row per resource with active events: its head (the lowest active id, the
+        # only one that may be claimed) and when that head is due. NULL means due now;
+        # else the head's retry time or lease expiry, or a later lease of another
+        # claimed event of the resource (a replayed older event waits for it). A claim
+        # reads the NULL prefix of (due_at, event_id) in id order and first turns the
+        # rows whose time has come to NULL: both are range scans of one index, so a
+        # claim costs the same at any backlog and needs no statistics to be planned.
+        """
+        CREATE TABLE inbox_heads (
+            resource TEXT PRIMARY KEY,
+            event_id INTEGER NOT NULL,
+            due_at   TEXT
+        )
+        """,
+        "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+        # The claimed events of a resource (a handful at most): when its head may run.
+        """
+        CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
+            WHERE status = 'claimed'
+        """,
+        """
+        INSERT INTO inbox_heads (resource, event_id, due_at)
+        SELECT resource, id, CASE WHEN blocker IS NULL THEN own
+                                  WHEN own IS NULL OR blocker > own THEN blocker ELSE own END
+        FROM (
+            SELECT h.resource, h.id,
+                   CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END AS own,
+                   (SELECT MAX(c.lease_expires_at) FROM events AS c
+                    WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id) AS blocker
+            FROM events AS h
+            WHERE h.id IN (SELECT MIN(a.id) FROM events AS a
+                           WHERE a.status IN ('pending', 'claimed') GROUP BY a.resource)
+        )
+        """,
+    )),
 ]
 
 # For the PostgreSQL store (not implemented yet): the same tables, native types. It
 # satisfies the same contract with these statements:
-#   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING *
-#   claim:      WITH heads AS (
-#                   SELECT DISTINCT ON (resource) id FROM events
-#                   WHERE status IN ('pending', 'claimed') ORDER BY resource, id),
-#               due AS (
-#                   SELECT e.id FROM events e JOIN heads USING (id)
-#                   WHERE ((e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= now()))
-#                       OR (e.status = 'claimed' AND e.lease_expires_at <= now()))
-#                     AND NOT EXISTS (SELECT 1 FROM events c WHERE c.resource = e.resource
-#                         AND c.status = 'claimed' AND c.id <> e.id AND c.lease_expires_at > now())
-#                   ORDER BY e.id LIMIT $limit
-#                   FOR UPDATE OF e SKIP LOCKED)
+#   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING id, resource;
+#               INSERT INTO inbox_heads VALUES ($resource, $id, NULL) ON CONFLICT (resource) DO NOTHING
+#   claim:      UPDATE inbox_heads SET due_at = NULL WHERE resource IN (
+#                   SELECT resource FROM inbox_heads WHERE due_at <= now() FOR UPDATE SKIP LOCKED);
+#               WITH due AS (
+#                   SELECT resource, event_id FROM inbox_heads WHERE due_at IS NULL
+#                   ORDER BY event_id LIMIT $limit FOR UPDATE SKIP LOCKED),
+#               heads AS (UPDATE inbox_heads h SET due_at = $lease FROM due WHERE h.resource = due.resource)
 #               UPDATE events SET status = 'claimed', owner = $owner, attempts = attempts + 1, ...
-#               FROM due WHERE events.id = due.id RETURNING events.*
+#               FROM due WHERE events.id = due.event_id RETURNING events.*
+#               (GREATEST ignores NULLs, so the head's due time is GREATEST(own, blocker) as in
+#               migration 3; SKIP LOCKED lets instances claim different heads at once)
+#   complete, fail, release, replay: the UPDATE ... RETURNING resource, then per resource
+#               the head recomputed as in migration 3 (SELECT ... FOR UPDATE of its
+#               inbox_heads row first, so that two instances do not race on one resource)
 #   put_link:   INSERT ... ON CONFLICT (kind, pd_id) DO UPDATE ..., a unique violation on
 #               links_linked_sn becoming LinkConflictError
 # and one advisory lock (pg_advisory_xact_lock) around applying migrations, so that
@@ -141,6 +178,29 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             value      TEXT NOT NULL,
             updated_at TIMESTAMPTZ NOT NULL
         )
+        """,
+    )),
+    (3, "inbox heads", (
+        """
+        CREATE TABLE inbox_heads (
+            resource TEXT PRIMARY KEY,
+            event_id BIGINT NOT NULL,
+            due_at   TIMESTAMPTZ
+        )
+        """,
+        "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+        """
+        CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
+            WHERE status = 'claimed'
+        """,
+        """
+        INSERT INTO inbox_heads (resource, event_id, due_at)
+        SELECT DISTINCT ON (h.resource) h.resource, h.id,
+               GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
+                        (SELECT MAX(c.lease_expires_at) FROM events AS c
+                         WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
+        FROM events AS h WHERE h.status IN ('pending', 'claimed')
+        ORDER BY h.resource, h.id
         """,
     )),
 ]
