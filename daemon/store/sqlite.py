@@ -398,7 +398,7 @@ class SQLiteStore(Store):
         await self._run(
             inbox.update_events,
             """
-            UPDATE events SET status = ?, next_attempt_at = ?, last_error = ?, owner = NULL,
+            UPDATE events NOT INDEXED SET status = ?, next_attempt_at = ?, last_error = ?, owner = NULL,
                               lease_expires_at = NULL, updated_at = ?
             WHERE id = ? AND status = 'claimed'
             RETURNING resource
@@ -436,7 +436,7 @@ class SQLiteStore(Store):
         changed = await self._run(
             inbox.update_events,
             """
-            UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+            UPDATE events NOT INDEXED SET status = 'pending', attempts = 0, next_attempt_at = NULL,
                               owner = NULL, lease_expires_at = NULL, updated_at = ?
             WHERE id = ? AND status IN ('dead', 'done', 'ignored')
             RETURNING resource

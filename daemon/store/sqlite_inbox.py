@@ -51,8 +51,10 @@ _PUT_HEAD = """
 # Heads whose retry time, lease or blocker's lease has passed are due now.
 _PROMOTE = "UPDATE inbox_heads INDEXED BY inbox_heads_due SET due_at = NULL WHERE due_at <= :now"
 
+# NOT INDEXED: by rowid only. Without statistics the planner would rather read every
+# pending event through events_status (the status term) than look up a few ids.
 CLAIM = """
-    UPDATE events
+    UPDATE events NOT INDEXED
     SET status = 'claimed', owner = :owner, lease_expires_at = :lease,
         attempts = attempts + 1, next_attempt_at = NULL, updated_at = :now
     WHERE id IN (SELECT event_id FROM inbox_heads INDEXED BY inbox_heads_due
@@ -64,7 +66,7 @@ CLAIM = """
 _LEASE_HEAD = "UPDATE inbox_heads SET due_at = ? WHERE resource = ?"
 
 COMPLETE = """
-    UPDATE events SET status = ?, owner = NULL, lease_expires_at = NULL,
+    UPDATE events NOT INDEXED SET status = ?, owner = NULL, lease_expires_at = NULL,
                       next_attempt_at = NULL, updated_at = ?
     WHERE id = ? AND status = 'claimed'
     RETURNING resource
