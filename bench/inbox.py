@@ -34,6 +34,7 @@ from pathlib import Path
 from dutybridge import hookimpl
 from dutybridge import logging as dlogging
 from dutybridge.context import Ctx
+from dutybridge.events import Event
 from dutybridge.plugins import make_test_pm
 from dutybridge.store.migrations import SQLITE_MIGRATIONS
 from dutybridge.store.sqlite import SQLiteStore, to_text
@@ -193,6 +194,74 @@ def run_case(path: Path, size: int, shape: str, args: argparse.Namespace) -> dic
     return row
 
 
+async def _ingest_while_draining(path: Path, two: bool, producers: int, seconds: float, rate: float) -> dict:
+    """Events stored while a worker drains the backlog: ``rate`` a second, each by a caller
+    of its own (webhooks), or when ``rate`` is 0, ``producers`` callers back to back."""
+    async with SQLiteStore(path, ingest_connection=two) as store:
+        plugin = NoOp(10**12)
+        pm = make_test_pm(plugin)
+        worker = Worker(store, pm, Ctx(config=None, pm=pm, store=store), concurrency=8, max_attempts=5,
+                        retry_base=1.0, retry_max=60.0, lease_seconds=300.0)
+        latencies: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def produce(k: int) -> None:
+            i = 0
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"in-{k}-{i}",
+                                            resource=f"pagerduty:incident:N{k}-{i}", payload={"i": i}))
+                latencies.append((time.perf_counter() - start) * 1000)
+                i += 1
+
+        async def one(i: int) -> None:
+            start = time.perf_counter()
+            await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"in-{i}",
+                                        resource=f"pagerduty:incident:N{i}", payload={"i": i}))
+            latencies.append((time.perf_counter() - start) * 1000)
+
+        async def paced() -> None:
+            tasks, i, begin = [], 0, time.perf_counter()
+            while time.perf_counter() < stop_at:
+                tasks.append(asyncio.create_task(one(i)))
+                i += 1
+                await asyncio.sleep(max(0.0, begin + i / rate - time.perf_counter()))
+            await asyncio.gather(*tasks)
+
+        await worker.start()
+        start = time.perf_counter()
+        if rate > 0:
+            await paced()
+        else:
+            await asyncio.gather(*(produce(k) for k in range(producers)))
+        elapsed = time.perf_counter() - start
+        drained = plugin.count
+        await worker.stop(timeout=5)
+    return {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "max": max(latencies),
+            "ingest": len(latencies) / elapsed, "drain": drained / elapsed}
+
+
+def ingest_comparison(tmp: Path, args: argparse.Namespace) -> str:
+    load = (f"{args.ingest_rate:g} events/s, each stored by a caller of its own" if args.ingest_rate > 0
+            else f"{args.producers} callers storing events back to back")
+    lines = [f"Ingest while the worker drains a backlog of {args.ingest_backlog:,} distinct events "
+             f"({load}, {args.ingest_seconds:g} s each):", "",
+             "| arrangement | add_event p50 ms | p99 ms | max ms | stored events/s | drained events/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for two in (False, True):
+        path = tmp / "ingest.db"
+        build(path, args.ingest_backlog, "distinct")
+        restart_with_statistics(path)
+        r = asyncio.run(_ingest_while_draining(path, two, args.producers, args.ingest_seconds,
+                                                  args.ingest_rate))
+        remove(path)
+        name = "inserts on a connection of their own" if two else "one connection, one queue"
+        lines.append(f"| {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | {r['ingest']:,.0f} | "
+                     f"{r['drain']:,.0f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def fmt_lat(result: tuple[float, float, int], claims: int) -> str:
     p50, p99, n = result
     note = "" if n >= claims else f" (n={n})"
@@ -236,6 +305,13 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=200, help="claims timed per measurement")
     parser.add_argument("--drain", type=int, default=20_000, help="events the worker drains per case")
     parser.add_argument("--case-seconds", type=float, default=20.0, help="time cap per measurement")
+    parser.add_argument("--ingest", action="store_true",
+                        help="instead: compare ingest latency while draining, one connection or two")
+    parser.add_argument("--ingest-backlog", type=parse_size, default=100_000)
+    parser.add_argument("--ingest-seconds", type=float, default=10.0)
+    parser.add_argument("--producers", type=int, default=32)
+    parser.add_argument("--ingest-rate", type=float, default=1000.0,
+                        help="events/s stored during --ingest (0: --producers callers back to back)")
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--label", default="", help="a heading for the table in --results")
@@ -246,6 +322,16 @@ def main() -> None:
 
     with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         dlogging.configure(level="info", fmt="json", stream=devnull)
+        if args.ingest:
+            text = ingest_comparison(Path(tmp), args)
+            print()
+            print(machine())
+            print(text)
+            if args.results:
+                with args.results.open("a") as out:
+                    out.write(f"\n### {args.label or 'bench/inbox.py --ingest'}\n\n{machine()}\n\n"
+                              f"`{' '.join(['bench/inbox.py', *sys.argv[1:]])}`\n\n{text}\n")
+            return
         rows = []
         for size in args.sizes:
             for shape in args.shapes:
