@@ -137,12 +137,8 @@ class SQLiteStore(Store):
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 10.0,
         migrations: Sequence[Migration] | None = None,
-        ingest_connection: bool = False,
     ) -> None:
         self.path = str(path)
-        self._ingest_wanted = ingest_connection and self.path != MEMORY
-        self._ingest: aiosqlite.Connection | None = None
-        self._ingest_lock = asyncio.Lock()
         self._clock = clock or utcnow
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._migrations = list(SQLITE_MIGRATIONS if migrations is None else migrations)
@@ -150,6 +146,11 @@ class SQLiteStore(Store):
         if versions != sorted(set(versions)) or (versions and versions[0] < 1):
             raise ValueError(f"migration versions must be positive and strictly increasing: {versions}")
         self._db: aiosqlite.Connection | None = None
+        # One connection and one queue for inserts, claims and the rest. A connection of
+        # its own for inserts was measured and lost: WAL lets one connection write at a
+        # time, the other sleeps in SQLite's busy handler (1, 2, 5 ms...), and insert p99
+        # and the worker's drain rate got worse (bench/RESULTS.md). A claim is a few
+        # index lookups now, so an insert queued behind one waits well under a millisecond.
         self._lock = asyncio.Lock()
         # Group commit: add_event() queues (row, event, future); one writer task at a
         # time drains the queue a batch per transaction.
@@ -169,11 +170,6 @@ class SQLiteStore(Store):
         try:
             db.row_factory = sqlite3.Row
             await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            if self._ingest_wanted:
-                ingest = await aiosqlite.connect(self.path, isolation_level=None)
-                await ingest.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-                await ingest.execute("PRAGMA synchronous = NORMAL")
-                self._ingest = ingest
             rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
             mode = rows[0][0] if rows else "?"
             if mode != "wal" and self.path != MEMORY:
@@ -191,9 +187,6 @@ class SQLiteStore(Store):
         except BaseException:
             self._db = None
             await db.close()
-            if self._ingest is not None:
-                await self._ingest.close()
-                self._ingest = None
             raise
 
     @staticmethod
@@ -221,9 +214,6 @@ class SQLiteStore(Store):
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("PRAGMA optimize")
             await db.close()
-        if self._ingest is not None:
-            ingest, self._ingest = self._ingest, None
-            await ingest.close()
 
     async def ping(self) -> bool:
         if self._db is None:
@@ -326,10 +316,9 @@ class SQLiteStore(Store):
                 if not batch:
                     continue
                 try:
-                    ingest = self._ingest is not None
-                    async with self._ingest_lock if ingest else self._lock:
-                        db = self._ingest if ingest else self._db
-                        if db is None or self._db is None:
+                    async with self._lock:
+                        db = self._db
+                        if db is None:
                             raise RuntimeError("the store is not open (await store.open() first)")
                         ids = await self._in_thread(db, _insert_events, [item[0] for item in batch])
                 except Exception as exc:
