@@ -94,7 +94,7 @@ class Worker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}  # by event row id
-        self._busy: set[str] = set()  # resources with a handler running
+        self._busy: set[str] = set()  # resources with a handler running or a result unrecorded
         self._queued: dict[str, list[StoredEvent]] = {}  # claimed while their resource was busy
         # Results of handled events not yet recorded, by row id: the next claim records
         # them in its transaction, first. Their resources stay busy until then.

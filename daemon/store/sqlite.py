@@ -150,7 +150,7 @@ class SQLiteStore(Store):
         # its own for inserts was measured and lost: WAL lets one connection write at a
         # time, the other sleeps in SQLite's busy handler (1, 2, 5 ms...), and insert p99
         # and the worker's drain rate got worse (bench/RESULTS.md). A claim is a few
-        # index lookups now, so an insert queued behind one waits well under a millisecond.
+        # index lookups, so an insert queued behind one waits well under a millisecond.
         self._lock = asyncio.Lock()
         # Group commit: add_event() queues (row, event, future); one writer task at a
         # time drains the queue a batch per transaction.
