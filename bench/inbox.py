@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -295,6 +296,14 @@ def machine() -> str:
             f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, commit {commit or '?'}")
 
 
+def append_results(args: argparse.Namespace, text: str) -> None:
+    if not args.results:
+        return
+    command = shlex.join(["bench/inbox.py", *sys.argv[1:]])
+    with args.results.open("a") as out:
+        out.write(f"\n### {args.label or command}\n\n{machine()}\n\n`{command}`\n\n{text}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1k,10k,100k,1m",
@@ -326,10 +335,7 @@ def main() -> None:
             print()
             print(machine())
             print(text)
-            if args.results:
-                with args.results.open("a") as out:
-                    out.write(f"\n### {args.label or 'bench/inbox.py --ingest'}\n\n{machine()}\n\n"
-                              f"`{' '.join(['bench/inbox.py', *sys.argv[1:]])}`\n\n{text}\n")
+            append_results(args, text)
             return
         rows = []
         for size in args.sizes:
@@ -345,10 +351,7 @@ def main() -> None:
         print()
         print(machine())
         print(text)
-        if args.results:
-            with args.results.open("a") as out:
-                out.write(f"\n### {args.label or 'bench/inbox.py'}\n\n{machine()}\n\n"
-                          f"`{' '.join(['bench/inbox.py', *sys.argv[1:]])}`\n\n{text}\n")
+        append_results(args, text)
 
 
 if __name__ == "__main__":
