@@ -393,20 +393,18 @@ class SQLiteStore(Store):
         if owner is not None:
             sql += " AND owner = ?"
             params += (owner,)
-        return await self._run(inbox.update_events, sql + " RETURNING resource", params)
+        return await self._write_count(sql, params)
 
     async def complete(self, event_id: int, status: EventStatus = "done") -> None:
         await self.complete_and_claim([(event_id, status)], "", 0, 0)
 
     async def fail(self, event_id: int, error: str, retry_at: datetime | None) -> None:
         status = "dead" if retry_at is None else "pending"
-        await self._run(
-            inbox.update_events,
+        await self._write_count(
             """
             UPDATE events NOT INDEXED SET status = ?, next_attempt_at = ?, last_error = ?, owner = NULL,
                               lease_expires_at = NULL, updated_at = ?
             WHERE id = ? AND status = 'claimed'
-            RETURNING resource
             """,
             (status, None if retry_at is None else to_text(retry_at), error, self._now(), event_id),
         )
@@ -438,31 +436,26 @@ class SQLiteStore(Store):
         return [_event(r) for r in rows]
 
     async def replay(self, event_id: int) -> bool:
-        changed = await self._run(
-            inbox.update_events,
+        changed = await self._write_count(
             """
             UPDATE events NOT INDEXED SET status = 'pending', attempts = 0, next_attempt_at = NULL,
                               owner = NULL, lease_expires_at = NULL, updated_at = ?
             WHERE id = ? AND status IN ('dead', 'done', 'ignored')
-            RETURNING resource
             """,
             (self._now(), event_id),
         )
         return changed > 0
 
     async def replay_dead(self) -> int:
-        return await self._run(
-            inbox.update_events,
+        return await self._write_count(
             """
             UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL,
                               owner = NULL, lease_expires_at = NULL, updated_at = ?
             WHERE status = 'dead'
-            RETURNING resource
             """,
             (self._now(),),
         )
 
-    # Dead and handled events are never heads: deleting them leaves inbox_heads as it is.
     async def purge_dead(self) -> int:
         return await self._write_count("DELETE FROM events WHERE status = 'dead'", ())
 
