@@ -16,7 +16,7 @@ import pluggy
 import structlog
 
 from .context import Ctx
-from .events import StoredEvent, utcnow
+from .events import EventStatus, StoredEvent, utcnow
 from .hooks import hooks_of
 from .redact import hide_credentials
 from .store.base import Store
@@ -91,8 +91,11 @@ class Worker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}  # by event row id
-        self._busy: set[str] = set()  # resources with a handler running
+        self._busy: set[str] = set()  # resources with a handler running or a result unrecorded
         self._queued: dict[str, list[StoredEvent]] = {}  # claimed while their resource was busy
+        # Results of handled events not yet recorded, by row id: the next claim records
+        # them in its transaction, first. Their resources stay busy until then.
+        self._results: dict[int, tuple[StoredEvent, EventStatus]] = {}
         self._next_retry: datetime | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -149,6 +152,12 @@ class Worker:
                 log.error("worker_handlers_ignore_cancel", count=len(stuck))
         # Also covers events claimed but queued behind a busy resource.
         self._queued.clear()
+        # Handled events must not be released and run again: record their results first.
+        try:
+            await self._record_results(limit=0)
+        except Exception as exc:
+            log.error("event_result_not_recorded", count=len(self._results), error=describe_error(exc),
+                      exc_info=exc)
         try:
             released = await self.store.release_claims(self.owner)
         except Exception as exc:
@@ -189,10 +198,11 @@ class Worker:
         return max(wait, 0.01)
 
     async def _fill(self) -> None:
+        """Record the results waiting, and claim as many events as there are free slots."""
         free = self.concurrency - len(self._inflight)
-        if free <= 0:
+        if free <= 0 and not self._results:
             return
-        events = await self.store.claim(self.owner, free, self.lease_seconds)
+        events = await self._record_results(limit=max(free, 0))
         for ev in events:
             if self._stopping:
                 break  # released by stop()
@@ -206,6 +216,19 @@ class Worker:
                 continue
             self._spawn(ev)
 
+    async def _record_results(self, limit: int) -> list[StoredEvent]:
+        """One store transaction: the waiting results recorded, then up to ``limit`` claimed.
+
+        On an error the results stay waiting, for the next claim (or stop) to record.
+        """
+        results = list(self._results.values())
+        events = await self.store.complete_and_claim(
+            [(ev.id, status) for ev, status in results], self.owner, limit, self.lease_seconds)
+        for ev, _ in results:
+            del self._results[ev.id]
+            self._free_resource(ev.resource)
+        return events
+
     def _spawn(self, ev: StoredEvent) -> None:
         self._busy.add(ev.resource)
         task = asyncio.create_task(self._dispatch(ev), name=f"event {ev.id}")
@@ -217,14 +240,19 @@ class Worker:
             exc = task.exception()
             log.error("worker_dispatch_crashed", inbox_id=ev.id, error=describe_error(exc), exc_info=exc)
         self._inflight.pop(ev.id, None)
-        self._busy.discard(ev.resource)
-        queue = self._queued.get(ev.resource)
+        if ev.id not in self._results:
+            self._free_resource(ev.resource)
+        # A slot is free, and a result may wait to be recorded (its successor to be claimed).
+        self._wakeup.set()
+
+    def _free_resource(self, resource: str) -> None:
+        self._busy.discard(resource)
+        queue = self._queued.get(resource)
         if queue and not self._stopping:
             nxt = queue.pop(0)
             if not queue:
-                del self._queued[ev.resource]
+                del self._queued[resource]
             self._spawn(nxt)
-        self._wakeup.set()
 
     # -- one event ---------------------------------------------------------------
     async def _dispatch(self, ev: StoredEvent) -> None:
@@ -248,8 +276,10 @@ class Worker:
                 await self._failed(ev, exc, started, note=note)
                 return
             elapsed = time.perf_counter() - started
-            status = "done" if any(results) else "ignored"
-            await self._record(self.store.complete(ev.id, status))
+            status: EventStatus = "done" if any(results) else "ignored"
+            # Recorded by the worker's next claim, with the other results of the moment,
+            # before that claim: so before this resource's next event can be claimed.
+            self._results[ev.id] = (ev, status)
             self._metric("event_processed", ev.source, ev.type)
             self._metric("handle_seconds", ev.source, ev.type, elapsed)
             if status == "done":

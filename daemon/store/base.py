@@ -5,6 +5,7 @@ Every method is a coroutine and each is one transaction.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -93,8 +94,21 @@ class Store(abc.ABC):
         while another event of its resource is claimed with a live lease (a replayed
         older event waits for the one in flight), and at most one event per resource is
         returned. Claimed events get status ``claimed``, ``owner``, ``lease_expires_at``
-        and ``attempts`` incremented; oldest first.
+        and ``attempts`` incremented; oldest first. Its cost does not grow with the
+        number of events stored, pending or handled.
         """
+
+    async def complete_and_claim(
+        self, completions: Sequence[tuple[int, EventStatus]], owner: str, limit: int, lease_seconds: float,
+    ) -> list[StoredEvent]:
+        """``complete()`` each ``(event_id, status)``, then ``claim()``: what a busy worker does.
+
+        A store does both in one transaction (a round trip, and a commit, for a batch);
+        an event's successor is never claimed before that event's completion is committed.
+        """
+        for event_id, status in completions:
+            await self.complete(event_id, status)
+        return await self.claim(owner, limit, lease_seconds) if limit > 0 else []
 
     @abc.abstractmethod
     async def release_claims(self, owner: str | None = None) -> int:

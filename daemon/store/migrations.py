@@ -10,6 +10,29 @@ Migration = tuple[int, str, tuple[str, ...]]
 # Timestamps are TEXT in UTC ISO-8601 with a fixed width (2026-01-02T03:04:05.000000Z),
 # so that comparing strings compares instants. Ids are AUTOINCREMENT so that a purged
 # event's id is never handed out again (operators refer to events by id).
+# The head of one resource recomputed from its events, as the last statement of
+# migration 3 computes every head; the body of its triggers. Part of migration 3: never
+# edit it (a later change of the triggers is a new migration with its own text).
+# INDEXED BY pins both lookups to the partial indexes of active and of claimed events:
+# planned by statistics, a lookup by resource of a hot resource became a walk over the
+# whole table's rowids.
+SQLITE_HEAD_OF = """
+    DELETE FROM inbox_heads WHERE resource = {resource};
+    INSERT INTO inbox_heads (resource, event_id, due_at)
+    SELECT resource, id, CASE WHEN blocker IS NULL THEN own
+                              WHEN own IS NULL OR blocker > own THEN blocker ELSE own END
+    FROM (
+        SELECT h.resource, h.id,
+               CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END AS own,
+               (SELECT MAX(c.lease_expires_at) FROM events AS c INDEXED BY events_claimed_resource
+                WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id) AS blocker
+        FROM events AS h
+        WHERE h.id = (SELECT a.id FROM events AS a INDEXED BY events_active_resource
+                      WHERE a.resource = {resource} AND a.status IN ('pending', 'claimed')
+                      ORDER BY a.id LIMIT 1)
+    );
+"""
+
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "inbox", (
         """
@@ -67,24 +90,84 @@ SQLITE_MIGRATIONS: list[Migration] = [
         )
         """,
     )),
+    (3, "inbox heads", (
+        # One row per resource with active events: its head (the lowest active id, the
+        # only one that may be claimed) and when that head is due. NULL means due now;
+        # else the head's retry time or lease expiry, or a later lease of another
+        # claimed event of the resource (a replayed older event waits for it). A claim
+        # reads the NULL prefix of (due_at, event_id) in id order and first turns the
+        # rows whose time has come to NULL: both are range scans of one index, so a
+        # claim costs the same at any backlog and needs no statistics to be planned.
+        """
+        CREATE TABLE inbox_heads (
+            resource TEXT PRIMARY KEY,
+            event_id INTEGER NOT NULL,
+            due_at   TEXT
+        )
+        """,
+        "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+        # The claimed events of a resource (a handful at most): when its head may run.
+        """
+        CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
+            WHERE status = 'claimed'
+        """,
+        # Triggers keep the heads in step with every write to events, whoever makes
+        # it: this release, a daemon of the previous one still running while the CLI
+        # migrated the file, or an operator's sqlite3 session.
+        f"""
+        CREATE TRIGGER inbox_heads_insert AFTER INSERT ON events
+        WHEN NEW.status IN ('pending', 'claimed')
+        BEGIN {SQLITE_HEAD_OF.format(resource="NEW.resource")} END
+        """,
+        f"""
+        CREATE TRIGGER inbox_heads_update
+        AFTER UPDATE OF status, next_attempt_at, lease_expires_at, resource ON events
+        WHEN OLD.status IN ('pending', 'claimed') OR NEW.status IN ('pending', 'claimed')
+        BEGIN {SQLITE_HEAD_OF.format(resource="NEW.resource")} END
+        """,
+        f"""
+        CREATE TRIGGER inbox_heads_move AFTER UPDATE OF resource ON events
+        WHEN OLD.resource <> NEW.resource AND OLD.status IN ('pending', 'claimed')
+        BEGIN {SQLITE_HEAD_OF.format(resource="OLD.resource")} END
+        """,
+        f"""
+        CREATE TRIGGER inbox_heads_delete AFTER DELETE ON events
+        WHEN OLD.status IN ('pending', 'claimed')
+        BEGIN {SQLITE_HEAD_OF.format(resource="OLD.resource")} END
+        """,
+        """
+        INSERT INTO inbox_heads (resource, event_id, due_at)
+        SELECT resource, id, CASE WHEN blocker IS NULL THEN own
+                                  WHEN own IS NULL OR blocker > own THEN blocker ELSE own END
+        FROM (
+            SELECT h.resource, h.id,
+                   CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END AS own,
+                   (SELECT MAX(c.lease_expires_at) FROM events AS c
+                    WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id) AS blocker
+            FROM events AS h
+            WHERE h.id IN (SELECT MIN(a.id) FROM events AS a
+                           WHERE a.status IN ('pending', 'claimed') GROUP BY a.resource)
+        )
+        """,
+    )),
 ]
 
 # For the PostgreSQL store (not implemented yet): the same tables, native types. It
 # satisfies the same contract with these statements:
+#   heads:      the same four triggers, each an AFTER ... FOR EACH ROW trigger calling one
+#               PL/pgSQL function that runs SQLITE_HEAD_OF's two statements (INDEXED BY
+#               dropped; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
 #   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING *
-#   claim:      WITH heads AS (
-#                   SELECT DISTINCT ON (resource) id FROM events
-#                   WHERE status IN ('pending', 'claimed') ORDER BY resource, id),
-#               due AS (
-#                   SELECT e.id FROM events e JOIN heads USING (id)
-#                   WHERE ((e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= now()))
-#                       OR (e.status = 'claimed' AND e.lease_expires_at <= now()))
-#                     AND NOT EXISTS (SELECT 1 FROM events c WHERE c.resource = e.resource
-#                         AND c.status = 'claimed' AND c.id <> e.id AND c.lease_expires_at > now())
-#                   ORDER BY e.id LIMIT $limit
-#                   FOR UPDATE OF e SKIP LOCKED)
+#   claim:      UPDATE inbox_heads SET due_at = NULL WHERE resource IN (
+#                   SELECT resource FROM inbox_heads WHERE due_at <= now() FOR UPDATE SKIP LOCKED);
+#               WITH due AS (
+#                   SELECT resource, event_id FROM inbox_heads WHERE due_at IS NULL
+#                   ORDER BY event_id LIMIT $limit FOR UPDATE SKIP LOCKED),
 #               UPDATE events SET status = 'claimed', owner = $owner, attempts = attempts + 1, ...
-#               FROM due WHERE events.id = due.id RETURNING events.*
+#               FROM due WHERE events.id = due.event_id RETURNING events.*
+#               (SKIP LOCKED lets instances claim different heads at once; the trigger then
+#               sets each claimed head's due_at to its lease)
+#   complete, fail, release, replay: the same UPDATEs as SQLite's (the triggers follow)
 #   put_link:   INSERT ... ON CONFLICT (kind, pd_id) DO UPDATE ..., a unique violation on
 #               links_linked_sn becoming LinkConflictError
 # and one advisory lock (pg_advisory_xact_lock) around applying migrations, so that
@@ -140,6 +223,64 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             value      TEXT NOT NULL,
             updated_at TIMESTAMPTZ NOT NULL
         )
+        """,
+    )),
+    (3, "inbox heads", (
+        """
+        CREATE TABLE inbox_heads (
+            resource TEXT PRIMARY KEY,
+            event_id BIGINT NOT NULL,
+            due_at   TIMESTAMPTZ
+        )
+        """,
+        "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+        """
+        CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
+            WHERE status = 'claimed'
+        """,
+        # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs).
+        """
+        CREATE FUNCTION inbox_head_of(r TEXT) RETURNS void LANGUAGE sql AS $$
+            DELETE FROM inbox_heads WHERE resource = r;
+            INSERT INTO inbox_heads (resource, event_id, due_at)
+            SELECT h.resource, h.id,
+                   GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
+                            (SELECT MAX(c.lease_expires_at) FROM events AS c
+                             WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
+            FROM events AS h
+            WHERE h.id = (SELECT a.id FROM events AS a
+                          WHERE a.resource = r AND a.status IN ('pending', 'claimed')
+                          ORDER BY a.id LIMIT 1);
+        $$
+        """,
+        """
+        CREATE FUNCTION inbox_heads_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP <> 'INSERT' AND OLD.status IN ('pending', 'claimed') THEN
+                PERFORM inbox_head_of(OLD.resource);
+            END IF;
+            IF TG_OP <> 'DELETE' AND NEW.status IN ('pending', 'claimed')
+               AND (TG_OP = 'INSERT' OR OLD.status NOT IN ('pending', 'claimed')
+                    OR NEW.resource <> OLD.resource) THEN
+                PERFORM inbox_head_of(NEW.resource);
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER inbox_heads_follow
+        AFTER INSERT OR UPDATE OF status, next_attempt_at, lease_expires_at, resource OR DELETE ON events
+        FOR EACH ROW EXECUTE FUNCTION inbox_heads_follow()
+        """,
+        """
+        INSERT INTO inbox_heads (resource, event_id, due_at)
+        SELECT DISTINCT ON (h.resource) h.resource, h.id,
+               GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
+                        (SELECT MAX(c.lease_expires_at) FROM events AS c
+                         WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
+        FROM events AS h WHERE h.status IN ('pending', 'claimed')
+        ORDER BY h.resource, h.id
         """,
     )),
 ]

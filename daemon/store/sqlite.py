@@ -19,6 +19,7 @@ import structlog
 
 from ..events import EncodedEvent, Event, EventStatus, StoredEvent, utcnow
 from .base import Link, LinkConflictError, Store
+from . import sqlite_inbox as inbox
 from .migrations import SCHEMA_MIGRATIONS_SQLITE, SQLITE_MIGRATIONS, Migration
 
 log = structlog.get_logger("dutybridge.store")
@@ -30,15 +31,7 @@ MEMORY = ":memory:"
 #: time the write lock is held (and a claim waits) under a burst.
 MAX_BATCH = 256
 
-_INSERT_EVENT = """
-    INSERT INTO events (source, event_id, type, resource, payload, status,
-                        attempts, received_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)
-    ON CONFLICT (source, event_id) DO NOTHING
-"""
-
-# (source, event_id, type, resource, payload JSON, received_at, updated_at): one row.
-_Row = tuple[str, str, str, str, str, str, str]
+_Row = inbox.Row
 
 
 def to_text(dt: datetime) -> str:
@@ -99,24 +92,10 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_Row]) -> list[int | Non
     transaction is rolled back and the error raised.
     """
     conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        # AUTOINCREMENT ids only grow, and BEGIN IMMEDIATE holds the write lock: the
-        # rows above the current maximum are exactly the ones inserted here.
-        (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
-        conn.executemany(_INSERT_EVENT, rows)
-        inserted = {(source, event_id): row_id for row_id, source, event_id in conn.execute(
-            "SELECT id, source, event_id FROM events WHERE id > ?", (last,))}
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
+        return inbox.insert_events(conn, rows)
     finally:
         conn.execute("PRAGMA synchronous = NORMAL")
-    # The first of several rows with one key is the one stored (executemany goes in order).
-    return [inserted.pop((row[0], row[1]), None) for row in rows]
 
 
 def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
@@ -163,6 +142,11 @@ class SQLiteStore(Store):
         if versions != sorted(set(versions)) or (versions and versions[0] < 1):
             raise ValueError(f"migration versions must be positive and strictly increasing: {versions}")
         self._db: aiosqlite.Connection | None = None
+        # One connection and one queue for inserts, claims and the rest. A connection of
+        # its own for inserts was measured and lost: WAL lets one connection write at a
+        # time, the other sleeps in SQLite's busy handler (1, 2, 5 ms...), and insert p99
+        # and the worker's drain rate got worse (bench/RESULTS.md). A claim is a few
+        # index lookups, so an insert queued behind one waits well under a millisecond.
         self._lock = asyncio.Lock()
         # Group commit: add_event() queues (row, event, future); one writer task at a
         # time drains the queue a batch per transaction.
@@ -373,38 +357,30 @@ class SQLiteStore(Store):
         """
         return await db._execute(lambda: fn(db._conn, *args))
 
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(sqlite3_connection, *args)`` on the connection's thread, under the lock."""
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise RuntimeError("the store is not open (await store.open() first)")
+            return await self._in_thread(db, fn, *args)
+
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredEvent]:
-        if limit <= 0:
+        return await self.complete_and_claim((), owner, limit, lease_seconds)
+
+    async def complete_and_claim(
+        self, completions: Sequence[tuple[int, EventStatus]], owner: str, limit: int, lease_seconds: float,
+    ) -> list[StoredEvent]:
+        completions = list(completions)
+        for _, status in completions:
+            if status not in ("done", "ignored"):
+                raise ValueError(f"complete() takes status 'done' or 'ignored', not {status!r}")
+        if not completions and limit <= 0:
             return []
         now_dt = self._clock()
         now = to_text(now_dt)
         lease = to_text(now_dt + timedelta(seconds=lease_seconds))
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(
-                """
-                UPDATE events
-                SET status = 'claimed', owner = :owner, lease_expires_at = :lease,
-                    attempts = attempts + 1, next_attempt_at = NULL, updated_at = :now
-                WHERE id IN (
-                    SELECT e.id FROM events AS e
-                    WHERE e.status IN ('pending', 'claimed')
-                      AND ((e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= :now))
-                           OR (e.status = 'claimed' AND e.lease_expires_at <= :now))
-                      AND NOT EXISTS (
-                          SELECT 1 FROM events AS p
-                          WHERE p.resource = e.resource AND p.id < e.id
-                            AND p.status IN ('pending', 'claimed'))
-                      AND NOT EXISTS (
-                          SELECT 1 FROM events AS c
-                          WHERE c.resource = e.resource AND c.id > e.id
-                            AND c.status IN ('pending', 'claimed')  -- lets SQLite use the partial index
-                            AND c.status = 'claimed' AND c.lease_expires_at > :now)
-                    ORDER BY e.id
-                    LIMIT :limit)
-                RETURNING *
-                """,
-                {"owner": owner, "lease": lease, "now": now, "limit": limit},
-            )
+        rows = await self._run(inbox.complete_and_claim, completions, owner, max(limit, 0), now, lease)
         # RETURNING gives no order guarantee.
         return sorted((_event(r) for r in rows), key=lambda e: e.id)
 
@@ -421,22 +397,13 @@ class SQLiteStore(Store):
         return await self._write_count(sql, params)
 
     async def complete(self, event_id: int, status: EventStatus = "done") -> None:
-        if status not in ("done", "ignored"):
-            raise ValueError(f"complete() takes status 'done' or 'ignored', not {status!r}")
-        await self._write_count(
-            """
-            UPDATE events SET status = ?, owner = NULL, lease_expires_at = NULL,
-                              next_attempt_at = NULL, last_error = NULL, updated_at = ?
-            WHERE id = ? AND status = 'claimed'
-            """,
-            (status, self._now(), event_id),
-        )
+        await self.complete_and_claim([(event_id, status)], "", 0, 0)
 
     async def fail(self, event_id: int, error: str, retry_at: datetime | None) -> None:
         status = "dead" if retry_at is None else "pending"
         await self._write_count(
             """
-            UPDATE events SET status = ?, next_attempt_at = ?, last_error = ?, owner = NULL,
+            UPDATE events NOT INDEXED SET status = ?, next_attempt_at = ?, last_error = ?, owner = NULL,
                               lease_expires_at = NULL, updated_at = ?
             WHERE id = ? AND status = 'claimed'
             """,
@@ -472,7 +439,7 @@ class SQLiteStore(Store):
     async def replay(self, event_id: int) -> bool:
         changed = await self._write_count(
             """
-            UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+            UPDATE events NOT INDEXED SET status = 'pending', attempts = 0, next_attempt_at = NULL,
                               owner = NULL, lease_expires_at = NULL, updated_at = ?
             WHERE id = ? AND status IN ('dead', 'done', 'ignored')
             """,

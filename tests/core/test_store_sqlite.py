@@ -23,6 +23,19 @@ def ev(n: int, resource: str = "r:A") -> Event:
     return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource, payload={"n": n})
 
 
+def insert_old(path: Path, *rows: tuple) -> None:
+    """Events written straight into a database of an older schema (the inbox exists from
+    version 1): ``(event_id, resource, status, extra columns...)``."""
+    now = to_text(datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc))
+    with closing(sqlite3.connect(path)) as db, db:
+        for event_id, resource, status, *extra in rows:
+            columns = dict(extra[0]) if extra else {}
+            columns.update(source="pagerduty", event_id=event_id, type="incident.triggered", resource=resource,
+                           payload=json.dumps({"n": event_id}), status=status, received_at=now, updated_at=now)
+            db.execute(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                       tuple(columns.values()))
+
+
 def tables(path: Path) -> set[str]:
     with closing(sqlite3.connect(path)) as db:
         return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -93,25 +106,26 @@ async def test_upgrade_from_each_version_keeps_rows(tmp_path, n):
     path = tmp_path / "d.db"
     async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:n]) as old:
         assert await old.schema_version() == n
-        for i in range(3):
-            await old.add_event(ev(i))  # the inbox exists from version 1
-        await old.claim("w", 1, 30)
+    lease = {"owner": "w", "attempts": 1, "lease_expires_at": "2026-01-01T12:00:30.000000Z"}
+    insert_old(path, ("e0", "r:A", "claimed", lease), ("e1", "r:A", "pending"), ("e2", "r:B", "pending"))
     before = tables(path)
 
     async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[: n + 1]) as new:
         assert await new.schema_version() == n + 1
         assert await new.counts() == {"pending": 2, "claimed": 1, "done": 0, "dead": 0, "ignored": 0}
-        assert (await new.list_events())[-1].payload == {"n": 0}
+        assert (await new.list_events())[-1].payload == {"n": "e0"}
     assert before < tables(path)
 
 
 async def test_upgrade_from_version_1_to_latest(tmp_path):
     path = tmp_path / "d.db"
-    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]) as old:
-        stored = await old.add_event(ev(1))
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]):
+        pass
+    insert_old(path, ("e1", "r:A", "pending"))
     async with SQLiteStore(path) as new:
         assert await new.schema_version() == SQLITE_MIGRATIONS[-1][0]
-        assert (await new.get_event(stored.id)).event_id == "e1"
+        [claimed] = await new.claim("w", 5, 30)
+        assert claimed.event_id == "e1"
         await new.put_link(Link("incident", "PD1", "SN1"))
         await new.set_watermark("w", "v")
     with closing(sqlite3.connect(path)) as db:
@@ -121,8 +135,9 @@ async def test_upgrade_from_version_1_to_latest(tmp_path):
 
 async def test_a_failing_migration_changes_nothing(tmp_path):
     path = tmp_path / "d.db"
-    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]) as old:
-        await old.add_event(ev(1))
+    async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[:1]):
+        pass
+    insert_old(path, ("e1", "r:A", "pending"))
     broken = [*SQLITE_MIGRATIONS[:1], (2, "half", ("CREATE TABLE half_done (x)", "CREATE TABLE oops ("))]
     with pytest.raises(sqlite3.OperationalError):
         await SQLiteStore(path, migrations=broken).open()

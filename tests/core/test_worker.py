@@ -412,21 +412,73 @@ async def test_an_event_that_never_gets_a_result_ends_dead(store, make_worker):
 
 async def test_store_errors_do_not_stop_the_worker(store, make_worker):
     calls = 0
-    real_claim = store.claim
+    real = store.complete_and_claim
 
-    async def claim(*args, **kwargs):
+    async def complete_and_claim(*args, **kwargs):
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OSError("disk I/O error")
-        return await real_claim(*args, **kwargs)
+        return await real(*args, **kwargs)
 
-    store.claim = claim
+    store.complete_and_claim = complete_and_claim
     stored = await store.add_event(ev(n=1))
     with capture_logs() as logs:
         await make_worker(Recorder()).start()
         await until(status_is(store, stored.id, "done"))
     assert any(e["event"] == "worker_claim_failed" for e in logs)
+
+
+async def test_results_that_failed_to_be_recorded_are_recorded_later_and_nothing_runs_twice(store, make_worker):
+    plugin = Recorder()
+    real = store.complete_and_claim
+    failures = 0
+
+    async def complete_and_claim(completions, *args, **kwargs):
+        nonlocal failures
+        if completions and failures < 2:
+            failures += 1
+            raise OSError("disk I/O error")
+        return await real(completions, *args, **kwargs)
+
+    store.complete_and_claim = complete_and_claim
+    for n in range(4):
+        await store.add_event(ev("r:A", n=n))
+        await store.add_event(ev("r:B", n=n))
+    await make_worker(plugin).start()
+    await until(counts_are(store, done=8))
+    assert failures == 2
+    assert dict(plugin.seen) == {"r:A": [0, 1, 2, 3], "r:B": [0, 1, 2, 3]}
+
+
+async def test_a_backlog_is_recorded_in_batches_and_stop_loses_no_result(store, make_worker):
+    plugin = Recorder()
+    calls: list[int] = []
+    real = store.complete_and_claim
+
+    async def complete_and_claim(completions, *args, **kwargs):
+        calls.append(len(completions))
+        return await real(completions, *args, **kwargs)
+
+    store.complete_and_claim = complete_and_claim
+    for n in range(40):
+        await store.add_event(ev(f"r:{n}", n=n))
+    worker = make_worker(plugin, concurrency=8)
+    await worker.start()
+    await until(lambda: _true(sum(len(v) for v in plugin.seen.values()) >= 20))
+    await worker.stop(timeout=5)
+    handled = sum(len(v) for v in plugin.seen.values())
+    # Every handled event is recorded, even those handled as the worker stopped; the
+    # others are pending again, and none was handled twice.
+    assert await store.counts() == {"pending": 40 - handled, "claimed": 0, "done": handled, "dead": 0, "ignored": 0}
+    assert all(len(v) == 1 for v in plugin.seen.values())
+    # Several results per transaction: fewer store calls than events.
+    assert max(calls) > 1 and len(calls) < handled
+
+    again = Recorder()
+    await make_worker(again).start()
+    await until(counts_are(store, done=40))
+    assert not set(again.seen) & set(plugin.seen)
 
 
 def test_describe_error_masks_secrets_and_credentials():
