@@ -30,6 +30,7 @@ from .hooks import Hooks
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
+    "priority_mapping": "dutybridge_plugins.priority_mapping:PriorityMapping",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"
