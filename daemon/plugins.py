@@ -31,6 +31,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
     "priority_mapping": "dutybridge_plugins.priority_mapping:PriorityMapping",
+    "response_mobilizer": "dutybridge_plugins.response_mobilizer:ResponseMobilizer",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"
