@@ -2,16 +2,17 @@
 guide's "Use PagerDuty Actions in ServiceNow"): add responders, conference bridges,
 incident workflows / response plays, status updates.
 
-Each action is in one registry, ``ResponseMobilizer.actions`` (name -> ``Action``), served
-three ways: ``/api/v1/incidents/{ref}/{action}`` (bearer token; ServiceNow UI actions
-call it, contrib/servicenow/), ``dutybridge mobilize ...``, and other plugins, which may
-add an ``Action`` to the registry (see README.md).
+Each action is an ``Action`` in one registry (``ResponseMobilizer.registry``), served two
+ways: ``/api/v1/incidents/{ref}/{action}`` (bearer token; ServiceNow UI actions call it,
+contrib/servicenow/) and ``dutybridge mobilize ...``. Another plugin adds actions with a
+``mobilizer_actions`` list on its plugin object (see README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 import structlog
@@ -30,23 +31,27 @@ from .config import PLUGIN, MobilizerConfig
 log = structlog.get_logger("dutybridge.response_mobilizer")
 
 API_ROUTE = "/api/v1/incidents/{ref}/{action}"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")  # an action's URL segment and CLI name
 
 __all__ = ["Action", "ActionError", "ResponseMobilizer"]
 
 
 class ResponseMobilizer:
-    """The plugin. ``actions`` is the registry the API and the CLI dispatch on, at call
-    time: an ``Action`` another plugin adds (``pm.get_plugin("response_mobilizer")
-    .actions[name] = Action(...)``) is served at once."""
+    """The plugin. ``actions`` holds the built-in actions; ``registry(ctx)`` adds those of
+    every registered plugin object with a ``mobilizer_actions`` list, read at call time,
+    so the daemon and one-off CLI commands (which run no on_startup) see the same ones."""
 
     def __init__(self) -> None:
         self.actions: dict[str, Action] = {a.name: a for a in BUILTIN_ACTIONS}
 
-    def add_action(self, action: Action) -> None:
-        """Add (or replace) an action; its ``name`` is its URL segment and CLI name."""
-        if not action.name or not all(c.isalnum() or c == "-" for c in action.name):
-            raise ValueError(f"action name {action.name!r}: use letters, digits and '-'")
-        self.actions[action.name] = action
+    def registry(self, ctx: Ctx) -> dict[str, Action]:
+        """Every action, by name: the built-in ones win over a plugin's of the same name."""
+        found = dict(self.actions)
+        for plugin in ctx.pm.get_plugins():
+            for action in getattr(plugin, "mobilizer_actions", None) or ():
+                if isinstance(action, Action) and _NAME.match(action.name):
+                    found.setdefault(action.name, action)
+        return found
 
     @hookimpl
     def register_config_sections(self) -> dict[str, Any]:
@@ -71,9 +76,10 @@ class ResponseMobilizer:
         if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token):
             return error_response(401, "missing or wrong bearer token", headers=challenge(True, False))
         name = request.match_info["action"]
-        action = self.actions.get(name)
+        actions = self.registry(ctx)
+        action = actions.get(name)
         if action is None:
-            return error_response(404, f"no action {name!r} (known: {', '.join(sorted(self.actions))})")
+            return error_response(404, f"no action {name!r} (known: {', '.join(sorted(actions))})")
         body: dict[str, Any] = {}
         if request.method == "POST":
             try:
@@ -97,9 +103,10 @@ class ResponseMobilizer:
         except ValueError as exc:
             print(f"dutybridge mobilize: {exc}")
             return 2
-        action = self.actions.get(name)
+        actions = self.registry(ctx)
+        action = actions.get(name)
         if action is None:
-            print(f"dutybridge mobilize: no action {name!r} (known: {', '.join(sorted(self.actions))})")
+            print(f"dutybridge mobilize: no action {name!r} (known: {', '.join(sorted(actions))})")
             return 2
         try:
             result = await perform(ctx, action, method, args.incident, body)
@@ -165,10 +172,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
             return {"name": getattr(args, "name", None) or args.bridge}
         return {k: v for k, v in (("dial_in_number", args.dial_in), ("url", args.url)) if v}
 
-    def post(name: str, **fields: Any) -> tuple[str, str, dict[str, Any]]:
+    def post(action_name: str, /, **fields: Any) -> tuple[str, str, dict[str, Any]]:
         if not user:
             raise ValueError(f"{what}: --as USER (the acting ServiceNow user) is required")
-        return name, "POST", {**body, **{k: v for k, v in fields.items() if v not in (None, [], {})}}
+        return action_name, "POST", {**body, **{k: v for k, v in fields.items() if v not in (None, [], {})}}
 
     if what == "responders":
         return post("responders", users=args.user, groups=args.group, pagerduty_user_ids=args.pd_user,

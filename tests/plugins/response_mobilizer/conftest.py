@@ -19,7 +19,7 @@ BRIDGES = [{"name": "Major incident bridge", "dial_in_number": "+1 415-555-0100,
 
 
 def mobilizer(**settings: Any) -> dict:
-    section = {"api_token": TOKEN, "bridges": BRIDGES, **ALL_ON, **settings}
+    section = {k: v for k, v in {"api_token": TOKEN, "bridges": BRIDGES, **ALL_ON, **settings}.items() if v is not None}
     return {"plugins": {"enabled": ["incident_sync", "response_mobilizer"], "response_mobilizer": section}}
 
 
