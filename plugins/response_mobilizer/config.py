@@ -29,8 +29,7 @@ class Bridge(Section):
 
 
 class MobilizerConfig(Section):
-    """PagerDuty actions from the ServiceNow side: responders, conference bridges,
-    incident workflows / response plays, status updates."""
+    """PagerDuty's incident-response actions, taken from the ServiceNow side."""
 
     responders: bool = Field(False, description="'Enable Response Mobilizer': add users and escalation policies as responders.")
     conference_bridges: bool = Field(False, description="'Enable Conference Bridges': set an incident's conference bridge.")
