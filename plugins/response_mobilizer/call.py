@@ -126,8 +126,10 @@ async def find_incident(ctx: Ctx, ref: str) -> Incident:
         for table in INCIDENT_TABLES:
             try:
                 rec = await ctx.servicenow.first(table, Query().eq("number", ref), fields=["sys_id", "number"])
-            except NotFound:
-                continue  # a table the instance does not have (no Security Incident Response)
+            except ApiError:
+                if table == "incident":
+                    raise
+                continue  # an instance without Security Incident Response has no sn_si_incident
             if rec:
                 link = await store.get_link(INCIDENT_KIND, sn_id=rec["sys_id"])
                 if link is None:
