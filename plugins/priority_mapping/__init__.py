@@ -21,7 +21,7 @@ from dutybridge.checks import Check, CheckResult
 from dutybridge.commands import Command
 from dutybridge.config import Section
 from dutybridge.context import Ctx
-from dutybridge.http import NotFound
+from dutybridge.http import ApiError, NotFound
 from dutybridge.scheduler import Job
 from dutybridge.servicenow import Query
 
@@ -155,6 +155,9 @@ async def priority_map_command(args: argparse.Namespace, ctx: Ctx) -> int:
     except CommandError as exc:
         print(f"dutybridge priority-map {args.priority_map_command}: {exc}")
         return 2
+    except ApiError as exc:
+        print(f"dutybridge priority-map {args.priority_map_command}: {exc}")
+        return 1
 
 
 async def _run(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -164,7 +167,7 @@ async def _run(args: argparse.Namespace, ctx: Ctx) -> int:
         group = (await _group(ctx, args.group))[0] if args.group else None
         table = await rows.all(group)
         for row in table:
-            print(json.dumps(row.as_dict(), sort_keys=True) if args.json else _describe(row))
+            print(json.dumps(row.state(), sort_keys=True) if args.json else _describe(row))
         if not table and not args.json:
             print("no rows" + (" for that group" if group else ""))
         return 0

@@ -43,9 +43,6 @@ class Row:
                 "escalation_policy": self.escalation_policy, "active": self.active, "source": self.source,
                 "sn_sys_id": self.sn_sys_id}
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.state()
-
 
 def row_key(group: str, priority: str | None) -> str:
     return f"{group}|{priority or ''}"

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 
+import aiohttp
+
 from dutybridge.cli import build_parser
 from dutybridge_plugins.response_mobilizer import Action, ActionError
 
-from tests.plugins.response_mobilizer.conftest import seed_with
+from tests.plugins.response_mobilizer.conftest import Api, linked_incident, mobilizer, seed_with
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
@@ -82,10 +84,6 @@ class PageNote:
 
 
 async def test_a_plugin_adds_an_action_served_by_api_and_cli(make_world, capsys):
-    import aiohttp
-
-    from tests.plugins.response_mobilizer.conftest import Api, linked_incident, mobilizer
-
     world = await make_world(extra=mobilizer(), extra_plugins=[PageNote()])
     rec, pd_id = await linked_incident(world)
     async with aiohttp.ClientSession() as session:
