@@ -9,6 +9,7 @@ import re
 import pytest
 
 from dutybridge.cli import build_parser
+from dutybridge_plugins.priority_mapping import check_policies
 from tests.plugins.incident_sync.world import DB_GROUP, NET_GROUP
 
 MIRROR_TABLE = "x_pd_integration_ep_priority_map"
@@ -145,3 +146,12 @@ async def test_mirrored_from_the_servicenow_table(make_world, capsys):
 async def test_sync_without_a_table_says_so(world, capsys):
     code, out = await cli(world, capsys, "sync")
     assert code == 2 and "plugins.priority_mapping.servicenow_table is not set" in out
+
+
+async def test_check_names_rows_whose_policy_is_gone(world, capsys):
+    await cli(world, capsys, "add", "Database", "PEPDBP1", "--priority", "1")
+    result = await check_policies(world.ctx)
+    assert result.ok and result.detail == "1 row(s), every escalation policy exists"
+    world.pd.delete_escalation_policy("PEPDBP1")
+    result = await check_policies(world.ctx)
+    assert not result.ok and result.detail.endswith("PagerDuty does not have: PEPDBP1")
