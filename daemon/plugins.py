@@ -30,6 +30,8 @@ from .hooks import Hooks
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
+    "priority_mapping": "dutybridge_plugins.priority_mapping:PriorityMapping",
+    "response_mobilizer": "dutybridge_plugins.response_mobilizer:ResponseMobilizer",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"

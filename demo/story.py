@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import tomli_w
 
 from dutybridge.app import load
@@ -34,6 +35,10 @@ V3_EVENTS = ["incident.triggered", "incident.acknowledged", "incident.unacknowle
              "incident.reopened", "incident.reassigned", "incident.delegated", "incident.escalated",
              "incident.annotated", "incident.priority_updated"]
 STEP_TIMEOUT = 20.0
+#: The response mobilizer's settings in the demo (its API token is made per run).
+MOBILIZER = {"responders": True, "conference_bridges": True, "response_plays": True, "status_updates": True,
+             "bridges": [{"name": "Major incident bridge", "dial_in_number": "+1 415-555-0100,,123456#",
+                          "url": "https://meet.example.com/major"}]}
 
 
 @dataclass
@@ -76,7 +81,8 @@ class Demo:
             await asyncio.sleep(0.005)
 
 
-def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token: str) -> Path:
+def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token: str,
+                 mobilizer_token: str = "") -> Path:
     doc = {
         "daemon": {"listen_port": 0, "store_url": f"sqlite:///{folder / 'dutybridge.db'}", "log_level": "warning",
                    "log_format": "console"},
@@ -87,6 +93,9 @@ def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token:
         "plugins": {"enabled": ["incident_sync"],
                     "incident_sync": {"links": LINKS, "poll_interval_seconds": 30.0, "recheck_seconds": 1.0}},
     }
+    if mobilizer_token:
+        doc["plugins"]["enabled"].append("response_mobilizer")
+        doc["plugins"]["response_mobilizer"] = MOBILIZER | {"api_token": mobilizer_token}
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(doc))
     path.chmod(0o600)
@@ -102,6 +111,7 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
     """
     demo = Demo(out=out or sys.stdout)
     webhook_secret, doorbell_token = secrets.token_hex(16), secrets.token_hex(16)
+    mobilizer_token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="dutybridge-demo-") as tmp:
         folder = Path(tmp)
         sandbox = Sandbox()
@@ -109,7 +119,7 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
         daemon: RunningDaemon | None = None
         try:
             creds = sandbox.credentials()
-            config, pm = load(write_config(folder, creds, webhook_secret, doorbell_token))
+            config, pm = load(write_config(folder, creds, webhook_secret, doorbell_token, mobilizer_token))
             configure_logging("warning", "console", stream=sys.stderr)
             set_secrets(config.secrets())
             daemon = await start_daemon(config, pm)
@@ -128,7 +138,7 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
             demo.say(f"  dutybridge          {url}  (SQLite inbox in {folder})")
             demo.say("  wiring: a signed V3 webhook subscription PagerDuty -> dutybridge, and ServiceNow's")
             demo.say("          business rule doorbell ServiceNow -> dutybridge; groups Database and Network mapped")
-            ok = await story(demo, pd, sn)
+            ok = await story(demo, pd, sn, mobilizer=(url, mobilizer_token))
             if ctx.store is None:
                 raise RuntimeError("the daemon's store is not open")
             counts = await settle(ctx.store)
@@ -140,6 +150,7 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
                 for key, value in creds.items():
                     demo.say(f"  {key:32} {value}")
                 demo.say(f"  {'dutybridge':32} {url}")
+                demo.say(f"  {'response_mobilizer api_token':32} {mobilizer_token}")
                 return 128 + await interrupted  # as a shell reports a process stopped by that signal
             return 0 if ok else 1
         finally:
@@ -173,7 +184,7 @@ def interrupt_signal() -> asyncio.Future[int]:
     return received
 
 
-async def story(demo: Demo, pd: Any, sn: Any) -> bool:
+async def story(demo: Demo, pd: Any, sn: Any, mobilizer: tuple[str, str] | None = None) -> bool:
     groups = {g["name"]: sid for sid, g in sn.tables["sys_user_group"].items()}
     users = {u["user_name"]: sid for sid, u in sn.tables["sys_user"].items()}
 
@@ -243,7 +254,56 @@ async def story(demo: Demo, pd: Any, sn: Any) -> bool:
     echoed = [e for e in sn.journal("incident", sys_id, "work_notes") if "(PagerDuty:" in e["value"]]
     demo.say(f"\nNo echo: {len(sn.journal('incident', sys_id, 'work_notes'))} work note(s) on {rec['number']}, "
              f"{len(echoed)} mirrored back from PagerDuty; {len(pd.list_notes(pd_id))} PagerDuty note(s).")
+    if mobilizer is not None:
+        await mobilizer_step(demo, pd, sn, *mobilizer)
     return all(step.ok for step in demo.steps) and not echoed
+
+
+async def mobilizer_step(demo: Demo, pd: Any, sn: Any, url: str, token: str) -> None:
+    """The response mobilizer: from a ServiceNow incident, Alice adds Bob as a responder
+    and sends a status update, through the API a ServiceNow UI action calls."""
+    groups = {g["name"]: sid for sid, g in sn.tables["sys_user_group"].items()}
+    demo.say("\nResponse mobilizer: Alice asks for help and posts a status update from a ServiceNow incident.")
+    rec = sn.insert("incident", {"short_description": "Checkout latency above 5 s", "impact": "1", "urgency": "1",
+                                 "assignment_group": groups["Database"]}, user="alice.nguyen")
+
+    def linked() -> dict | None:
+        found = [i for i in pd.incidents.values() if i.get("incident_key") == rec["sys_id"]]
+        return found[0] if found and sn.get("incident", rec["sys_id"]).get("correlation_id") else None
+
+    deadline = time.perf_counter() + STEP_TIMEOUT
+    while not linked() and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    inc = linked()
+    if inc is None:
+        demo.steps.append(Step("ServiceNow: incident for the mobilizer", "PagerDuty incident triggered"))
+        demo.say("  !! the incident did not reach PagerDuty")
+        return
+    answers: list[Any] = []
+
+    async def act_from_servicenow() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"{url}/api/v1/incidents/{rec['number']}"
+        async with aiohttp.ClientSession(headers=headers) as session:
+            for action, body in (("responders", {"requested_by": "alice.nguyen", "users": ["bob.smith"],
+                                                 "message": "Checkout is slow, please join"}),
+                                 ("status-updates", {"requested_by": "alice.nguyen",
+                                                     "message": "Checkout latency: failover to db-02 under way"})):
+                async with session.post(f"{base}/{action}", json=body) as resp:
+                    answers.append((action, resp.status, await resp.json()))
+
+    task: list[asyncio.Task] = []
+    await demo.observe(
+        f"ServiceNow {rec['number']}: Alice adds Bob as a responder and sends a status update",
+        "PagerDuty: Bob requested as responder, status update posted",
+        lambda: task.append(asyncio.ensure_future(act_from_servicenow())),
+        lambda: any(r["user"]["id"] == "PBOBSM1" for r in pd.incidents[inc["id"]]["incidents_responders"])
+        and bool(pd.status_updates.get(inc["id"])))
+    if task:
+        await task[0]
+    for action, status, answer in answers:
+        demo.say(f"     POST /api/v1/incidents/{rec['number']}/{action} -> {status}"
+                 + (f" ({answer['error']})" if status != 200 else f", as PagerDuty user {answer['acted_as']['pagerduty_user']}"))
 
 
 def summary(demo: Demo, counts: dict[str, int]) -> None:

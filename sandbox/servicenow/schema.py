@@ -221,6 +221,28 @@ _table(Table("sys_journal_field", display=None, label="Journal Entry", fields=[
     _f("value"),
 ]))
 
+# Roles as records, so an integration can ask whether a user holds one (``user.name``
+# dot-walks): one sys_user_has_role row per role a seeded user is given.
+_table(Table("sys_user_role", display="name", label="Role", fields=_SYS + [
+    _f("name"),
+    _f("description"),
+]))
+_table(Table("sys_user_has_role", display=None, label="User Role", fields=_SYS + [
+    _f("user", REFERENCE, ref="sys_user"),
+    _f("role", REFERENCE, ref="sys_user_role"),
+    _f("state", default="active"),
+    _f("inherited", BOOLEAN, default="false"),
+]))
+# The v7 app's "Map Priority to Escalation Policy" table (also each group's "PagerDuty
+# Escalation Policies" tab): priority_mapping mirrors it when configured.
+PRIORITY_MAP_TABLE = "x_pd_integration_ep_priority_map"
+_table(Table(PRIORITY_MAP_TABLE, display=None, label="Map Priority to Escalation Policy", fields=_SYS + [
+    _f("assignment_group", REFERENCE, ref="sys_user_group"),
+    _f("priority", INTEGER, choices=PRIORITY),
+    _f("escalation_policy"),
+    _f("active", BOOLEAN, default="true"),
+]))
+
 
 def ancestors(table: str) -> list[str]:
     """``table`` and its parents, nearest first."""
@@ -262,6 +284,10 @@ DEFAULT_ACL: dict[str, dict[str, frozenset[str]]] = {
     "cmdb_rel_type": {"read": frozenset({"itil"}), "write": frozenset()},
     "cmdb_rel_ci": {"read": frozenset({"itil"}), "write": frozenset({"itil_admin", "asset"})},
     "sys_journal_field": {"read": frozenset({"itil"}), "write": frozenset()},
+    "sys_user_role": {"read": frozenset({"user_admin"}), "write": frozenset({"user_admin"})},
+    "sys_user_has_role": {"read": frozenset({"user_admin"}), "write": frozenset({"user_admin"})},
+    PRIORITY_MAP_TABLE: {"read": frozenset({"x_pd_integration.admin", "x_pd_integration.user"}),
+                         "write": frozenset({"x_pd_integration.admin"})},
 }
 
 # The v7 PagerDuty app's columns, for seeds and tests that want them.

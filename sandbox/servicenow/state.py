@@ -214,6 +214,7 @@ class ServiceNowState:
             if user.get("password") is not None:
                 self._passwords[user["user_name"]] = str(user["password"])
             self._roles[user["user_name"]] = frozenset(user.get("roles", ()))
+            self._role_records(user["user_name"], stamp)
         for i, group in enumerate(seed.get("groups", [])):
             where = f"groups[{i}]"
             group_id = sys_id_of(where, group)
@@ -310,7 +311,31 @@ class ServiceNowState:
         """Let ``user_name`` (a sys_user record) call the API; optionally set roles."""
         self._passwords[user_name] = password
         if roles is not None:
-            self._roles[user_name] = frozenset(roles)
+            self.set_roles(user_name, roles)
+
+    def set_roles(self, user_name: str, roles: Iterable[str]) -> None:
+        """Give ``user_name`` exactly ``roles``: what the ACLs check and what
+        ``sys_user_has_role`` (with ``sys_user_role``) shows over the Table API."""
+        self._roles[user_name] = frozenset(roles)
+        self._role_records(user_name)
+
+    def _role_records(self, user_name: str, stamp: str | None = None) -> None:
+        user_id = self._user_ids.get(user_name)
+        if not user_id:
+            return
+        roles = self._roles.get(user_name, frozenset())
+        by_name = {r["name"]: sid for sid, r in self.tables["sys_user_role"].items()}
+        for role in sorted(roles - set(by_name)):
+            rec = self._insert("sys_user_role", {"sys_id": _stable_id("role", role), "name": role}, "admin",
+                               stamp=stamp, fire=False)
+            by_name[role] = rec["sys_id"]
+        held = {r["role"]: sid for sid, r in self.tables["sys_user_has_role"].items() if r["user"] == user_id}
+        wanted = {by_name[role] for role in roles}
+        for role_id in sorted(wanted - set(held)):
+            self._insert("sys_user_has_role", {"sys_id": _stable_id("has_role", user_id, role_id), "user": user_id,
+                                               "role": role_id}, "admin", stamp=stamp, fire=False)
+        for role_id in set(held) - wanted:
+            del self.tables["sys_user_has_role"][held[role_id]]
 
     def roles_of(self, user_name: str) -> frozenset[str]:
         return self._roles.get(user_name, frozenset())

@@ -16,10 +16,11 @@ async def test_demo_observes_every_step_in_both_systems():
     out = io.StringIO()
     assert await run_demo(out=out) == 0, out.getvalue()
     text = out.getvalue()
-    assert "steps observed in both systems: 7 of 7" in text
+    assert "steps observed in both systems: 8 of 8" in text
     assert "ServiceNow INC0010001" in text and "MISSED" not in text
     assert "(from ServiceNow: Dave Patel)" in text
     assert "0 mirrored back from PagerDuty; 1 PagerDuty note(s)" in text
+    assert "/responders -> 200, as PagerDuty user PALICE1" in text and "/status-updates -> 200" in text
     assert "inbox: done" in text and "dead" not in text.split("Summary", 1)[1]
 
 

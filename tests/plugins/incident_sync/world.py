@@ -185,12 +185,14 @@ def on_call_from_now(seed: dict) -> dict:
 
 async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True, seed: dict | None = None,
                       extra_plugins: list[object] = (), doorbell_exclude: tuple[str, ...] = (),
-                      events: list[str] | None = None, sn_clock: str = "advancing", **settings: Any) -> World:
+                      events: list[str] | None = None, sn_clock: str = "advancing", extra: dict | None = None,
+                      **settings: Any) -> World:
     """Start sandbox + daemon in ``tmp``; ``settings`` are ``[plugins.incident_sync]`` keys
     (``links`` defaults to Database and Network, ``poll_interval_seconds`` to 0: tests poll
     with ``world.poll()``; ``recheck_seconds`` to 0). ``webhooks=False`` / ``doorbell=False``
     leave that push channel off. ``sn_clock``: "advancing" (see ``advancing_clock``),
-    "real", or "frozen" (every change in one second)."""
+    "real", or "frozen" (every change in one second). ``extra``: more config sections
+    (see ``build_config``), e.g. other plugins enabled with their sections."""
     from dutybridge.app import create_app, load
     from dutybridge.web import CTX_KEY
     from dutybridge_sandbox.runner import Sandbox
@@ -205,7 +207,7 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
     runner: web.AppRunner | None = None
     try:
         plugin = {"links": DEFAULT_LINKS, "poll_interval_seconds": 0.0, "recheck_seconds": 0.0, **settings}
-        config, pm = load(build_config(sandbox, tmp, plugin), extra_plugins=list(extra_plugins))
+        config, pm = load(build_config(sandbox, tmp, plugin, extra=extra), extra_plugins=list(extra_plugins))
         app = create_app(config, pm)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
