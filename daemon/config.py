@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -256,7 +257,7 @@ def _did_you_mean(word: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset(),
+def format_validation_error(prefix: str, exc: ValidationError, secret_paths: AbstractSet[str] = frozenset(),
                             model: type[BaseModel] | None = None) -> list[str]:
     """One line per error: ``dotted.path: expected ..., found ...``.
 

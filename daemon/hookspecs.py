@@ -2,6 +2,9 @@
 Implementations are marked with ``dutybridge.hookimpl``.
 """
 
+# A hookspec is a signature pluggy reads and nobody calls: its body is only the docstring.
+# mypy: disable-error-code="empty-body"
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Iterable, Mapping
+from typing import IO, Any, Iterable, Mapping, MutableMapping
 
 import structlog
 
@@ -72,7 +72,7 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
 _PLAIN = frozenset({int, float, bool, type(None)})
 
 
-def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: drop sensitive keys and scrub secret values everywhere."""
     for key, value in event_dict.items():
         # Replacing values (never adding or removing keys) is safe while iterating.
@@ -164,7 +164,7 @@ def _writer_factory(*args: Any) -> LineWriter:
     return writer
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None, *,
+def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = None, *,
               log_levels: Mapping[str, str] | None = None) -> None:
     """Configure structlog and the standard library's root logger (idempotent).
 

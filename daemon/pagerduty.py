@@ -109,7 +109,7 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
     else:
         cls = PagerDutyError
     err = cls(response.status, code, message, errors, operation=operation, attempts=response.attempts)
-    if response.status == 429:
+    if isinstance(err, PagerDutyRateLimited):  # the 429 case above
         err.retry_after = retry_after_seconds(response.headers)
     return err
 

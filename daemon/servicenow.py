@@ -82,7 +82,7 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Serv
     else:
         cls = ServiceNowError
     err = cls(response.status, message, detail, operation=operation, attempts=response.attempts)
-    if response.status == 429:
+    if isinstance(err, ServiceNowRateLimited):  # the 429 case above
         err.retry_after = retry_after_seconds(response.headers)
     return err
 
