@@ -28,13 +28,13 @@ class Check:
     func: Callable[["Ctx"], Awaitable[CheckResult]]
 
 
-def _pagerduty(ctx: "Ctx") -> "PagerDutyClient":
+def _pagerduty(ctx: Ctx) -> PagerDutyClient:
     if ctx.pagerduty is None:
         raise NotReady("the PagerDuty client is not built")
     return ctx.pagerduty
 
 
-def _servicenow(ctx: "Ctx") -> "ServiceNowClient":
+def _servicenow(ctx: Ctx) -> ServiceNowClient:
     if ctx.servicenow is None:
         raise NotReady("the ServiceNow client is not built")
     return ctx.servicenow

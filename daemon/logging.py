@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import IO, Any, Iterable, Mapping, MutableMapping
+from collections.abc import MutableMapping
+from typing import IO, Any, Iterable, Mapping
 
 import structlog
 
