@@ -76,7 +76,7 @@ def register_jobs(ctx: "Ctx") -> "list[Job]":
 
 
 @hookspec
-def handle_event(event: "StoredEvent", ctx: "Ctx") -> Any:
+def handle_event(event: "StoredEvent", ctx: "Ctx") -> object:
     """Act on one inbound event from the inbox. May be async.
 
     Every implementation is called, in turn. Return a truthy value when this plugin
