@@ -134,7 +134,7 @@ class Paginator:
     after the loop (``await paginator.collect()`` returns a ``ResultList`` carrying it).
     """
 
-    def __init__(self, client: "PagerDutyClient", path: str, key: str, params: Any = None, *,
+    def __init__(self, client: "PagerDutyClient", path: str, key: str, params: Params = None, *,
                  limit: int = PAGE_LIMIT, operation: str | None = None):
         self.client = client
         self.path = path
@@ -202,6 +202,11 @@ def _seg(value: str) -> str:
     return quote(str(value), safe="")
 
 
+#: Query parameters as the client methods take them: a dict or (name, value) pairs; a
+#: None value is left out, a list value repeats its key.
+Params = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+
+
 def _qs(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -210,7 +215,7 @@ def _qs(value: Any) -> str:
     return str(value)
 
 
-def _encode_params(params: Any) -> list[tuple[str, str]]:
+def _encode_params(params: Params) -> list[tuple[str, str]]:
     """A dict or pairs -> query pairs; a list value repeats the key (``statuses[]``)."""
     if not params:
         return []
@@ -288,7 +293,7 @@ class PagerDutyClient:
                 self._default_email = str(user.get("email") or "")
         return self._default_email or None
 
-    async def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
+    async def request(self, method: str, path: str, *, params: Params = None, json: Any = None,
                       acting_email: str | None = None, operation: str | None = None,
                       idempotent: bool | None = None) -> OutboundResponse:
         """Send one API call; returns the 2xx response or raises the typed error."""
@@ -321,23 +326,23 @@ class PagerDutyClient:
             raise PagerDutyError(response.status, None, "the response is not JSON",
                                  operation=kwargs.get("operation") or f"{method} {_template(path)}") from None
 
-    async def get(self, path: str, *, params: Any = None, operation: str | None = None) -> Any:
+    async def get(self, path: str, *, params: Params = None, operation: str | None = None) -> Any:
         return await self._call("GET", path, params=params, operation=operation)
 
-    async def post(self, path: str, *, params: Any = None, json: Any = None, acting_email: str | None = None,
+    async def post(self, path: str, *, params: Params = None, json: Any = None, acting_email: str | None = None,
                    operation: str | None = None, idempotent: bool = False) -> Any:
         return await self._call("POST", path, params=params, json=json, acting_email=acting_email,
                                 operation=operation, idempotent=idempotent)
 
-    async def put(self, path: str, *, params: Any = None, json: Any = None, acting_email: str | None = None,
+    async def put(self, path: str, *, params: Params = None, json: Any = None, acting_email: str | None = None,
                   operation: str | None = None) -> Any:
         return await self._call("PUT", path, params=params, json=json, acting_email=acting_email, operation=operation)
 
-    async def delete(self, path: str, *, params: Any = None, acting_email: str | None = None,
+    async def delete(self, path: str, *, params: Params = None, acting_email: str | None = None,
                      operation: str | None = None) -> Any:
         return await self._call("DELETE", path, params=params, acting_email=acting_email, operation=operation)
 
-    def paginate(self, path: str, key: str, params: Any = None, *, limit: int = PAGE_LIMIT,
+    def paginate(self, path: str, key: str, params: Params = None, *, limit: int = PAGE_LIMIT,
                  operation: str | None = None) -> Paginator:
         """Iterate a classic-paginated collection; see ``Paginator`` for the 10,000 ceiling."""
         return Paginator(self, path, key, params, limit=limit, operation=operation)
