@@ -9,9 +9,12 @@ import os
 import sys
 import traceback
 from collections.abc import MutableMapping
-from typing import IO, Any, Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping
 
 import structlog
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structlog.typing import Processor
 
 REDACTED = "[REDACTED]"
 #: Keys whose values are never rendered, whatever they hold.
@@ -176,15 +179,15 @@ def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = N
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if _is_tty(stream) else "json"
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        renderer: Any = structlog.processors.JSONRenderer()
+        renderer: Processor = structlog.processors.JSONRenderer()
         # Never render a traceback's local variables: they hold API keys and passwords.
-        final: list[Any] = [structlog.processors.ExceptionRenderer(
+        final: list[Processor] = [structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream),
