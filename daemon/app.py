@@ -73,7 +73,7 @@ def hooks_dir_of(raw: dict[str, Any], config_path: Path) -> Path | None:
     return p if p.is_absolute() else config_path.resolve().parent / p
 
 
-def load(path: str | os.PathLike, *, extra_plugins: Sequence[object] = (),
+def load(path: str | os.PathLike[str], *, extra_plugins: Sequence[object] = (),
          pm: pluggy.PluginManager | None = None) -> tuple[Config, pluggy.PluginManager]:
     """Read, validate and build: the configuration and its plugin manager.
 
@@ -316,7 +316,7 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    reloads: set[asyncio.Task] = set()
+    reloads: set[asyncio.Task[bool]] = set()
 
     def on_stop(signame: str) -> None:
         log.info("signal_received", detail="stopping", signal=signame)

@@ -30,7 +30,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class ConfigError(Exception):
     """The configuration is invalid; ``problems`` holds one line per problem."""
 
-    def __init__(self, problems: list[str], path: str | os.PathLike | None = None):
+    def __init__(self, problems: list[str], path: str | os.PathLike[str] | None = None):
         self.problems = problems
         self.path = str(path) if path else None
         where = f"{self.path}: " if self.path else ""
@@ -306,7 +306,7 @@ def _literal_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) 
     return out
 
 
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -322,7 +322,7 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
-             known_plugins: list[str] | None = None, path: str | os.PathLike | None = None) -> Config:
+             known_plugins: list[str] | None = None, path: str | os.PathLike[str] | None = None) -> Config:
     """Validate a parsed TOML document; raise ConfigError with every problem found."""
     problems: list[str] = []
     warnings: list[str] = []

@@ -117,7 +117,7 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
 # -- pagination ---------------------------------------------------------------------
 
 
-class ResultList(list):
+class ResultList(list[dict[str, Any]]):
     """A list of collected results; ``truncated`` is true when PagerDuty had more than
     its pagination ceiling lets a client read (narrow the query to get the rest)."""
 

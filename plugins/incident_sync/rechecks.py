@@ -24,7 +24,7 @@ class Rechecks:
         self.engine = engine
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self._rechecked: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         """Stop pending rechecks (the next poll covers what they would have read)."""

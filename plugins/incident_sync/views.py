@@ -61,7 +61,7 @@ def sn_view(rec: dict[str, Any]) -> dict[str, str]:
     return view
 
 
-class _Fmt(dict):
+class _Fmt(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return ""
 
