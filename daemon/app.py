@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -95,7 +95,7 @@ def hooks_dir_of(raw: dict[str, Any], config_path: Path) -> Path | None:
     return p if p.is_absolute() else config_path.resolve().parent / p
 
 
-def load(path: str | os.PathLike, *, extra_plugins: list[object] = (),
+def load(path: str | os.PathLike[str], *, extra_plugins: Sequence[object] = (),
          pm: pluggy.PluginManager | None = None) -> tuple[Config, pluggy.PluginManager]:
     """Read, validate and build: the configuration and its plugin manager.
 
@@ -136,7 +136,7 @@ def build_clients(ctx: Ctx) -> None:
     # The rate budget belongs to the API key: a reload with the same key keeps it.
     same_key = old is not None and old.config.api_key == ctx.config.pagerduty.api_key
     ctx.pagerduty = PagerDutyClient(ctx.http, ctx.config.pagerduty,
-                                    limiter=old.limiter if same_key else None)
+                                    limiter=old.limiter if old is not None and same_key else None)
     ctx.servicenow = ServiceNowClient(ctx.http, ctx.config.servicenow)
 
 
@@ -409,7 +409,7 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None, *,
         return await _abandon_start(runner, sockets)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    reloads: set[asyncio.Task] = set()
+    reloads: set[asyncio.Task[bool]] = set()
 
     def on_stop(signame: str) -> None:
         log.info("signal_received", detail="stopping", signal=signame)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from .context import NotReady
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import Ctx
+    from .pagerduty import PagerDutyClient
+    from .servicenow import ServiceNowClient
 
 #: PagerDuty base roles at or above Manager (``user`` is shown as "Manager" in the UI).
 MANAGER_OR_HIGHER = ("owner", "admin", "user")
@@ -24,6 +28,18 @@ class Check:
     func: Callable[["Ctx"], Awaitable[CheckResult]]
 
 
+def _pagerduty(ctx: Ctx) -> PagerDutyClient:
+    if ctx.pagerduty is None:
+        raise NotReady("the PagerDuty client is not built")
+    return ctx.pagerduty
+
+
+def _servicenow(ctx: Ctx) -> ServiceNowClient:
+    if ctx.servicenow is None:
+        raise NotReady("the ServiceNow client is not built")
+    return ctx.servicenow
+
+
 def _status(exc: Exception) -> str:
     status = getattr(exc, "status", None)
     return f"HTTP {status}: {exc}" if status else f"{type(exc).__name__}: {exc}"
@@ -31,15 +47,15 @@ def _status(exc: Exception) -> str:
 
 async def pagerduty_connection(ctx: "Ctx") -> CheckResult:
     try:
-        await ctx.pagerduty.get("/abilities")
+        await _pagerduty(ctx).get("/abilities")
     except Exception as exc:  # noqa: BLE001 - any failure is the check's answer
         return CheckResult(False, _status(exc))
     return CheckResult(True, "the PagerDuty API key works (HTTP 200)")
 
 
-async def _servicenow_user(ctx: "Ctx") -> dict:
+async def _servicenow_user(ctx: "Ctx") -> dict[str, Any]:
     username = ctx.config.servicenow.username
-    rows = await ctx.servicenow.list("sys_user", f"user_name={username}", fields=["sys_id", "user_name", "email"], limit=1)
+    rows = await _servicenow(ctx).list("sys_user", f"user_name={username}", fields=["sys_id", "user_name", "email"], limit=1)
     if not rows:
         raise LookupError(f"the Table API answered, but sys_user has no user_name={username!r} visible to it")
     return rows[0]
@@ -58,7 +74,7 @@ async def default_user_settings(ctx: "Ctx") -> CheckResult:
     if not user_id:
         return CheckResult(False, "pagerduty.default_user_id is not set")
     try:
-        body = await ctx.pagerduty.get(f"/users/{user_id}")
+        body = await _pagerduty(ctx).get(f"/users/{user_id}")
     except Exception as exc:  # noqa: BLE001
         return CheckResult(False, f"default user {user_id}: {_status(exc)}")
     user = body.get("user", body)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class ConfigError(Exception):
     """The configuration is invalid; ``problems`` holds one line per problem."""
 
-    def __init__(self, problems: list[str], path: str | os.PathLike | None = None):
+    def __init__(self, problems: list[str], path: str | os.PathLike[str] | None = None):
         self.problems = problems
         self.path = str(path) if path else None
         where = f"{self.path}: " if self.path else ""
@@ -256,7 +257,7 @@ def _did_you_mean(word: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset(),
+def format_validation_error(prefix: str, exc: ValidationError, secret_paths: AbstractSet[str] = frozenset(),
                             model: type[BaseModel] | None = None) -> list[str]:
     """One line per error: ``dotted.path: expected ..., found ...``.
 
@@ -305,7 +306,7 @@ def _literal_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) 
     return out
 
 
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -321,7 +322,7 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
-             known_plugins: list[str] | None = None, path: str | os.PathLike | None = None) -> Config:
+             known_plugins: list[str] | None = None, path: str | os.PathLike[str] | None = None) -> Config:
     """Validate a parsed TOML document; raise ConfigError with every problem found."""
     problems: list[str] = []
     warnings: list[str] = []

@@ -135,12 +135,12 @@ def pagerduty_change(event: Event) -> PagerDutyChange | None:
         entries = message.get("log_entries") or []
         first = entries[0] if entries and isinstance(entries[0], dict) else {}
         agent = first.get("agent") if isinstance(first.get("agent"), dict) else None
-        data = message.get("incident") if isinstance(message.get("incident"), dict) else {}
+        data = message["incident"] if isinstance(message.get("incident"), dict) else {}
         return PagerDutyChange(type=normalise_pagerduty_type(event.type), resource_type=resource_type or "incident",
                                id=subject, data=data, agent=agent, occurred_at=message.get("created_on"),
                                webhook_version=2)
-    envelope = payload.get("event") if isinstance(payload.get("event"), dict) else {}
-    data = envelope.get("data") if isinstance(envelope.get("data"), dict) else {}
+    envelope = payload["event"] if isinstance(payload.get("event"), dict) else {}
+    data = envelope["data"] if isinstance(envelope.get("data"), dict) else {}
     agent = envelope.get("agent") if isinstance(envelope.get("agent"), dict) else None
     return PagerDutyChange(type=normalise_pagerduty_type(event.type), resource_type=resource_type, id=subject,
                            data=data, agent=agent, occurred_at=envelope.get("occurred_at"), webhook_version=3)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import Any, TextIO, get_args
+from typing import IO, Any, get_args
 
 from .events import EventStatus, StoredEvent
 from .store.base import Store
@@ -53,15 +53,15 @@ def event_dict(ev: StoredEvent, *, payload: bool = True) -> dict[str, Any]:
     return out
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
+def _table(rows: list[list[str]], out: IO[str]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths))
         print(line.rstrip(), file=out)
 
 
-async def list_events(store: Store, out: TextIO, status: str | None = None, limit: int = 50,
-                      as_json: bool = False, *, err: TextIO | None = None) -> int:
+async def list_events(store: Store, out: IO[str], status: str | None = None, limit: int = 50,
+                      as_json: bool = False, *, err: IO[str] | None = None) -> int:
     """The newest ``limit`` events (of ``status``): a table, or one JSON object per line
     (for ``jq`` and ``grep``; payloads are left to ``show``)."""
     err = err or sys.stderr
@@ -91,7 +91,7 @@ async def list_events(store: Store, out: TextIO, status: str | None = None, limi
     return 0
 
 
-async def show_event(store: Store, out: TextIO, id: int, *, err: TextIO | None = None) -> int:
+async def show_event(store: Store, out: IO[str], id: int, *, err: IO[str] | None = None) -> int:
     """One event in full, payload included, as JSON."""
     ev = await store.get_event(id)
     if ev is None:
@@ -102,7 +102,7 @@ async def show_event(store: Store, out: TextIO, id: int, *, err: TextIO | None =
     return 0
 
 
-async def replay_event(store: Store, out: TextIO, id: int, *, err: TextIO | None = None) -> int:
+async def replay_event(store: Store, out: IO[str], id: int, *, err: IO[str] | None = None) -> int:
     """Make one dead, done or ignored event pending again."""
     if await store.replay(id):
         print(f"event {id} is pending again; the worker handles it next", file=out)
@@ -116,7 +116,7 @@ async def replay_event(store: Store, out: TextIO, id: int, *, err: TextIO | None
     return 1
 
 
-async def replay_dead(store: Store, out: TextIO) -> int:
+async def replay_dead(store: Store, out: IO[str]) -> int:
     """Make every dead event pending again."""
     count = await store.replay_dead()
     if count:
@@ -126,7 +126,7 @@ async def replay_dead(store: Store, out: TextIO) -> int:
     return 0
 
 
-async def purge_dead(store: Store, out: TextIO) -> int:
+async def purge_dead(store: Store, out: IO[str]) -> int:
     """Delete every dead event."""
     count = await store.purge_dead()
     print(f"deleted {count} dead event{'s' if count != 1 else ''}", file=out)

@@ -130,7 +130,7 @@ class Hooks:
         return [(plugin, command) for plugin, commands in self._sync("register_cli_commands")
                 for command in commands or ()]
 
-    async def handle_event(self, event: StoredEvent, ctx: Ctx) -> list[Any]:
+    async def handle_event(self, event: StoredEvent, ctx: Ctx) -> list[object]:
         return await self._all("handle_event", event=event, ctx=ctx)
 
     async def escalation_policy_for(self, group: dict[str, Any], priority: str | None, ctx: Ctx) -> str | None:

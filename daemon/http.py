@@ -11,7 +11,7 @@ import json as _json
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
 import aiohttp
 import structlog
@@ -215,7 +215,7 @@ class RetryPolicy:
         return rng() * ceiling
 
 
-def retry_after_seconds(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
     """Seconds the server asks us to wait, from the headers of a 429/503; None if unsaid."""
     value = headers.get("Retry-After")
     if value:

@@ -8,9 +8,13 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Iterable, Mapping
+from collections.abc import MutableMapping
+from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping
 
 import structlog
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structlog.typing import Processor
 
 REDACTED = "[REDACTED]"
 #: Keys whose values are never rendered, whatever they hold.
@@ -72,7 +76,7 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
 _PLAIN = frozenset({int, float, bool, type(None)})
 
 
-def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: drop sensitive keys and scrub secret values everywhere."""
     for key, value in event_dict.items():
         # Replacing values (never adding or removing keys) is safe while iterating.
@@ -164,7 +168,7 @@ def _writer_factory(*args: Any) -> LineWriter:
     return writer
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None, *,
+def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = None, *,
               log_levels: Mapping[str, str] | None = None) -> None:
     """Configure structlog and the standard library's root logger (idempotent).
 
@@ -175,15 +179,15 @@ def configure(level: str = "info", fmt: str = "auto", stream=None, *,
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if _is_tty(stream) else "json"
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        renderer: Any = structlog.processors.JSONRenderer()
+        renderer: Processor = structlog.processors.JSONRenderer()
         # Never render a traceback's local variables: they hold API keys and passwords.
-        final: list[Any] = [structlog.processors.ExceptionRenderer(
+        final: list[Processor] = [structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream),

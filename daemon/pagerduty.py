@@ -109,7 +109,7 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
     else:
         cls = PagerDutyError
     err = cls(response.status, code, message, errors, operation=operation, attempts=response.attempts)
-    if response.status == 429:
+    if isinstance(err, PagerDutyRateLimited):  # the 429 case above
         err.retry_after = retry_after_seconds(response.headers)
     return err
 
@@ -117,7 +117,7 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
 # -- pagination ---------------------------------------------------------------------
 
 
-class ResultList(list):
+class ResultList(list[dict[str, Any]]):
     """A list of collected results; ``truncated`` is true when PagerDuty had more than
     its pagination ceiling lets a client read (narrow the query to get the rest)."""
 
@@ -134,7 +134,7 @@ class Paginator:
     after the loop (``await paginator.collect()`` returns a ``ResultList`` carrying it).
     """
 
-    def __init__(self, client: "PagerDutyClient", path: str, key: str, params: Any = None, *,
+    def __init__(self, client: "PagerDutyClient", path: str, key: str, params: Params = None, *,
                  limit: int = PAGE_LIMIT, operation: str | None = None):
         self.client = client
         self.path = path
@@ -202,6 +202,11 @@ def _seg(value: str) -> str:
     return quote(str(value), safe="")
 
 
+#: Query parameters as the client methods take them: a dict or (name, value) pairs; a
+#: None value is left out, a list value repeats its key.
+Params = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+
+
 def _qs(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -210,7 +215,7 @@ def _qs(value: Any) -> str:
     return str(value)
 
 
-def _encode_params(params: Any) -> list[tuple[str, str]]:
+def _encode_params(params: Params) -> list[tuple[str, str]]:
     """A dict or pairs -> query pairs; a list value repeats the key (``statuses[]``)."""
     if not params:
         return []
@@ -288,7 +293,7 @@ class PagerDutyClient:
                 self._default_email = str(user.get("email") or "")
         return self._default_email or None
 
-    async def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
+    async def request(self, method: str, path: str, *, params: Params = None, json: Any = None,
                       acting_email: str | None = None, operation: str | None = None,
                       idempotent: bool | None = None) -> OutboundResponse:
         """Send one API call; returns the 2xx response or raises the typed error."""
@@ -321,29 +326,29 @@ class PagerDutyClient:
             raise PagerDutyError(response.status, None, "the response is not JSON",
                                  operation=kwargs.get("operation") or f"{method} {_template(path)}") from None
 
-    async def get(self, path: str, *, params: Any = None, operation: str | None = None) -> Any:
+    async def get(self, path: str, *, params: Params = None, operation: str | None = None) -> Any:
         return await self._call("GET", path, params=params, operation=operation)
 
-    async def post(self, path: str, *, params: Any = None, json: Any = None, acting_email: str | None = None,
+    async def post(self, path: str, *, params: Params = None, json: Any = None, acting_email: str | None = None,
                    operation: str | None = None, idempotent: bool = False) -> Any:
         return await self._call("POST", path, params=params, json=json, acting_email=acting_email,
                                 operation=operation, idempotent=idempotent)
 
-    async def put(self, path: str, *, params: Any = None, json: Any = None, acting_email: str | None = None,
+    async def put(self, path: str, *, params: Params = None, json: Any = None, acting_email: str | None = None,
                   operation: str | None = None) -> Any:
         return await self._call("PUT", path, params=params, json=json, acting_email=acting_email, operation=operation)
 
-    async def delete(self, path: str, *, params: Any = None, acting_email: str | None = None,
+    async def delete(self, path: str, *, params: Params = None, acting_email: str | None = None,
                      operation: str | None = None) -> Any:
         return await self._call("DELETE", path, params=params, acting_email=acting_email, operation=operation)
 
-    def paginate(self, path: str, key: str, params: Any = None, *, limit: int = PAGE_LIMIT,
+    def paginate(self, path: str, key: str, params: Params = None, *, limit: int = PAGE_LIMIT,
                  operation: str | None = None) -> Paginator:
         """Iterate a classic-paginated collection; see ``Paginator`` for the 10,000 ceiling."""
         return Paginator(self, path, key, params, limit=limit, operation=operation)
 
     # -- users -----------------------------------------------------------------------
-    async def get_user(self, user_id: str, *, include: Iterable[str] | None = None) -> dict:
+    async def get_user(self, user_id: str, *, include: Iterable[str] | None = None) -> dict[str, Any]:
         body = await self.get(f"/users/{_seg(user_id)}", params={"include[]": list(include or [])},
                               operation="GET /users/{id}")
         return body["user"]
@@ -352,7 +357,7 @@ class PagerDutyClient:
         params = {"query": query, "team_ids[]": list(team_ids) if team_ids else None}
         return await self.paginate("/users", "users", params, operation="GET /users").collect()
 
-    async def find_user_by_email(self, email: str) -> dict | None:
+    async def find_user_by_email(self, email: str) -> dict[str, Any] | None:
         """The user whose email is ``email`` (case-insensitive), or None."""
         wanted = email.strip().casefold()
         async for user in self.paginate("/users", "users", {"query": email.strip()}, operation="GET /users"):
@@ -362,7 +367,7 @@ class PagerDutyClient:
 
     async def create_user(self, name: str, email: str, *, role: str | None = None, time_zone: str | None = None,
                           job_title: str | None = None, description: str | None = None,
-                          acting_email: str | None = None) -> dict:
+                          acting_email: str | None = None) -> dict[str, Any]:
         user: dict[str, Any] = {"type": "user", "name": name, "email": email}
         for field_name, value in (("role", role), ("time_zone", time_zone), ("job_title", job_title),
                                   ("description", description)):
@@ -372,7 +377,7 @@ class PagerDutyClient:
         return body["user"]
 
     # -- incidents ---------------------------------------------------------------------
-    async def get_incident(self, incident_id: str, *, include: Iterable[str] | None = None) -> dict:
+    async def get_incident(self, incident_id: str, *, include: Iterable[str] | None = None) -> dict[str, Any]:
         body = await self.get(f"/incidents/{_seg(incident_id)}", params={"include[]": list(include or [])},
                               operation="GET /incidents/{id}")
         return body["incident"]
@@ -398,7 +403,7 @@ class PagerDutyClient:
         }
         return await self.paginate("/incidents", "incidents", params, operation="GET /incidents").collect()
 
-    async def find_open_incident_by_key(self, incident_key: str, service_id: str | None = None) -> dict | None:
+    async def find_open_incident_by_key(self, incident_key: str, service_id: str | None = None) -> dict[str, Any] | None:
         """The open (triggered or acknowledged) incident with ``incident_key``, if any."""
         found = await self.list_incidents(statuses=["triggered", "acknowledged"],
                                           service_ids=[service_id] if service_id else None,
@@ -410,7 +415,7 @@ class PagerDutyClient:
                               body_details: Any = None, incident_key: str | None = None,
                               escalation_policy_id: str | None = None, assignee_ids: Iterable[str] | None = None,
                               priority_id: str | None = None, conference_bridge: Mapping[str, str] | None = None,
-                              acting_email: str | None = None) -> dict:
+                              acting_email: str | None = None) -> dict[str, Any]:
         """Create an incident; returns it.
 
         With an ``incident_key``, PagerDuty rejects a second open incident with the
@@ -453,19 +458,19 @@ class PagerDutyClient:
         return body["incident"]
 
     async def update_incident(self, incident_id: str, fields: Mapping[str, Any], *,
-                              acting_email: str | None = None) -> dict:
+                              acting_email: str | None = None) -> dict[str, Any]:
         """``PUT /incidents/{id}`` with ``fields`` (status, priority, title, ...)."""
         incident = {"type": "incident_reference", **fields}
         body = await self.put(f"/incidents/{_seg(incident_id)}", json={"incident": incident},
                               acting_email=acting_email, operation="PUT /incidents/{id}")
         return body["incident"]
 
-    async def acknowledge(self, incident_id: str, *, acting_email: str | None = None) -> dict:
+    async def acknowledge(self, incident_id: str, *, acting_email: str | None = None) -> dict[str, Any]:
         """Acknowledge; a PagerDutyError with code 1001/1002 means already resolved/acknowledged."""
         return await self.update_incident(incident_id, {"status": "acknowledged"}, acting_email=acting_email)
 
     async def resolve(self, incident_id: str, resolution: str | None = None, *,
-                      acting_email: str | None = None) -> dict:
+                      acting_email: str | None = None) -> dict[str, Any]:
         """Resolve; a PagerDutyError with code 1001 means it was already resolved."""
         fields: dict[str, Any] = {"status": "resolved"}
         if resolution:
@@ -473,7 +478,7 @@ class PagerDutyClient:
         return await self.update_incident(incident_id, fields, acting_email=acting_email)
 
     async def reassign(self, incident_id: str, escalation_policy_id: str | None = None,
-                       user_ids: Iterable[str] | None = None, *, acting_email: str | None = None) -> dict:
+                       user_ids: Iterable[str] | None = None, *, acting_email: str | None = None) -> dict[str, Any]:
         """Reassign to an escalation policy or to users (one of the two)."""
         user_ids = list(user_ids or [])
         if bool(escalation_policy_id) == bool(user_ids):
@@ -484,13 +489,13 @@ class PagerDutyClient:
             fields = {"assignments": [{"assignee": _ref("user", uid)} for uid in user_ids]}
         return await self.update_incident(incident_id, fields, acting_email=acting_email)
 
-    async def add_note(self, incident_id: str, content: str, *, acting_email: str | None = None) -> dict:
+    async def add_note(self, incident_id: str, content: str, *, acting_email: str | None = None) -> dict[str, Any]:
         """Add a note (not retried after a lost answer: a repeat would add it twice)."""
         body = await self.post(f"/incidents/{_seg(incident_id)}/notes", json={"note": {"content": content}},
                                acting_email=acting_email, operation="POST /incidents/{id}/notes")
         return body["note"]
 
-    async def list_notes(self, incident_id: str) -> list[dict]:
+    async def list_notes(self, incident_id: str) -> list[dict[str, Any]]:
         body = await self.get(f"/incidents/{_seg(incident_id)}/notes", operation="GET /incidents/{id}/notes")
         return list(body.get("notes") or [])
 
@@ -504,7 +509,7 @@ class PagerDutyClient:
                                    operation="GET /incidents/{id}/log_entries").collect()
 
     async def create_responder_request(self, incident_id: str, requester_id: str, message: str, *,
-                                       user_ids: Iterable[str] = (), escalation_policy_ids: Iterable[str] = ()) -> dict:
+                                       user_ids: Iterable[str] = (), escalation_policy_ids: Iterable[str] = ()) -> dict[str, Any]:
         """Ask users and/or escalation policies to join (needs the coordinated_responding ability)."""
         targets = [{"responder_request_target": _ref("user", uid)} for uid in user_ids]
         targets += [{"responder_request_target": _ref("escalation_policy", ep)} for ep in escalation_policy_ids]
@@ -517,7 +522,7 @@ class PagerDutyClient:
         return body["responder_request"]
 
     async def create_status_update(self, incident_id: str, message: str, *, subject: str | None = None,
-                                   html_message: str | None = None, acting_email: str | None = None) -> dict:
+                                   html_message: str | None = None, acting_email: str | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {"message": message}
         if subject is not None:
             payload["subject"] = subject
@@ -531,12 +536,12 @@ class PagerDutyClient:
     async def list_priorities(self) -> ResultList:
         return await self.paginate("/priorities", "priorities", operation="GET /priorities").collect()
 
-    async def get_service(self, service_id: str, *, include: Iterable[str] | None = None) -> dict:
+    async def get_service(self, service_id: str, *, include: Iterable[str] | None = None) -> dict[str, Any]:
         body = await self.get(f"/services/{_seg(service_id)}", params={"include[]": list(include or [])},
                               operation="GET /services/{id}")
         return body["service"]
 
-    async def get_escalation_policy(self, policy_id: str, *, include: Iterable[str] | None = None) -> dict:
+    async def get_escalation_policy(self, policy_id: str, *, include: Iterable[str] | None = None) -> dict[str, Any]:
         body = await self.get(f"/escalation_policies/{_seg(policy_id)}", params={"include[]": list(include or [])},
                               operation="GET /escalation_policies/{id}")
         return body["escalation_policy"]

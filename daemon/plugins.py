@@ -14,7 +14,9 @@ import os
 import stat
 import traceback
 import types
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pluggy
 import structlog
@@ -71,14 +73,16 @@ class DutybridgePluginManager(pluggy.PluginManager):
             raise PluginError(problem)
         return registered
 
-    def parse_hookimpl_opts(self, plugin: object, name: str):  # type: ignore[override]
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
         opts = super().parse_hookimpl_opts(plugin, name)
         if opts is None and getattr(plugin, "__dutybridge_hook_file__", False) and name in HOOK_NAMES:
             fn = getattr(plugin, name, None)
-            if inspect.isfunction(fn) and fn.__module__ == plugin.__name__:
-                return {"trylast": True}
+            if inspect.isfunction(fn) and fn.__module__ == getattr(plugin, "__name__", None):
+                # pluggy fills in the options left out (normalize_hookimpl_opts), but its
+                # TypedDict declares every key required.
+                return cast("pluggy.HookimplOpts", {"trylast": True})
         if opts is not None and getattr(plugin, "__dutybridge_hook_file__", False):
-            opts = dict(opts)
+            opts = opts.copy()
             opts.setdefault("trylast", True)
         return opts
 
@@ -161,7 +165,7 @@ def load_hook_file(path: Path) -> types.ModuleType:
             continue
         guess = difflib.get_close_matches(attr, sorted(HOOK_NAMES), n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        line = value.__code__.co_firstlineno
+        line = str(value.__code__.co_firstlineno)
         raise PluginError(
             f"{path}:{line}: function {attr!r} is not a dutybridge hook{hint}; "
             f"name helpers with a leading underscore. Hooks: {', '.join(sorted(HOOK_NAMES))}")
@@ -209,7 +213,7 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
 
 
 def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
-                         extra_plugins: list[object] = (), trace: bool | None = None
+                         extra_plugins: Sequence[object] = (), trace: bool | None = None
                          ) -> DutybridgePluginManager:
     """The plugin manager for a configuration: enabled plugins, then hook files."""
     pm = DutybridgePluginManager()

@@ -10,8 +10,11 @@ from datetime import timezone
 from typing import Any
 
 import structlog
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+# APScheduler 3 ships neither type hints nor a py.typed marker; this adapter is the
+# one place it is used, so its Any-typed surface stops here.
+from apscheduler.jobstores.base import JobLookupError  # type: ignore[import-untyped]
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
 log = structlog.get_logger("dutybridge.scheduler")
 
@@ -45,7 +48,7 @@ class Scheduler:
         self.failures: dict[str, int] = {}
 
     def add_job(self, func: Callable[..., Any], trigger: str = "interval", *, id: str,
-                name: str | None = None, args: tuple = (), kwargs: dict | None = None,
+                name: str | None = None, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
                 **trigger_args: Any) -> None:
         """Schedule ``func`` (a function or coroutine function) under the unique ``id``.
 

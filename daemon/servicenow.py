@@ -82,7 +82,7 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Serv
     else:
         cls = ServiceNowError
     err = cls(response.status, message, detail, operation=operation, attempts=response.attempts)
-    if response.status == 429:
+    if isinstance(err, ServiceNowRateLimited):  # the 429 case above
         err.retry_after = retry_after_seconds(response.headers)
     return err
 
@@ -274,10 +274,10 @@ class QueryResult:
         self.total: int | None = None
         self.pages = 0
 
-    def __aiter__(self) -> AsyncIterator[dict]:
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[dict]:
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
         offset = 0
         yielded = 0
         while True:
@@ -398,7 +398,7 @@ class ServiceNowClient:
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, table: str, sys_id: str, *, fields: Iterable[str] | None = None,
-                  display_value: bool | str | None = None) -> dict:
+                  display_value: bool | str | None = None) -> dict[str, Any]:
         """One record; ``ServiceNowNotFound`` when there is none (or an ACL hides it)."""
         op = f"GET {TABLE_API}/{table}/{{sys_id}}"
         response = await self._send("GET", table, sys_id, params=self._read_params(fields, display_value), operation=op)
@@ -426,19 +426,19 @@ class ServiceNowClient:
 
     async def list(self, table: str, query: "str | Query | None" = None, *, fields: Iterable[str] | None = None,
                    limit: int | None = None, order_by: str | Iterable[str] | None = None,
-                   display_value: bool | str | None = None, page_size: int | None = None) -> list[dict]:
+                   display_value: bool | str | None = None, page_size: int | None = None) -> list[dict[str, Any]]:
         """``query(...)`` collected into a list."""
         return [r async for r in self.query(table, query, fields=fields, limit=limit, order_by=order_by,
                                             display_value=display_value, page_size=page_size)]
 
     async def first(self, table: str, query: "str | Query | None" = None, *, fields: Iterable[str] | None = None,
-                    order_by: str | Iterable[str] | None = None, display_value: bool | str | None = None) -> dict | None:
+                    order_by: str | Iterable[str] | None = None, display_value: bool | str | None = None) -> dict[str, Any] | None:
         """The first matching record, or None."""
         rows = await self.list(table, query, fields=fields, limit=1, order_by=order_by, display_value=display_value)
         return rows[0] if rows else None
 
     # -- writes ------------------------------------------------------------------------------
-    async def insert(self, table: str, fields: Mapping[str, Any], *, display_value: bool | str | None = None) -> dict:
+    async def insert(self, table: str, fields: Mapping[str, Any], *, display_value: bool | str | None = None) -> dict[str, Any]:
         """Create a record; returns it. Not retried after a lost answer (a repeat would duplicate)."""
         op = f"POST {TABLE_API}/{table}"
         response = await self._send("POST", table, None, params=self._read_params(None, display_value),
@@ -446,7 +446,7 @@ class ServiceNowClient:
         return (self._decode(response, op) or {}).get("result") or {}
 
     async def update(self, table: str, sys_id: str, fields: Mapping[str, Any], *,
-                     display_value: bool | str | None = None, idempotent: bool | None = None) -> dict:
+                     display_value: bool | str | None = None, idempotent: bool | None = None) -> dict[str, Any]:
         """PATCH the given fields; returns the record.
 
         Retried after a lost answer unless it writes a journal field (or the caller

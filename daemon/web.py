@@ -12,14 +12,19 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .context import Ctx
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import SecretStr
+
+    from .config import ServiceNowConfig
 
 log = structlog.get_logger("dutybridge.server")
 
@@ -49,7 +54,7 @@ class Reject(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, reason: str, headers: Any = None, **extra: Any) -> web.Response:
+def error_response(status: int, reason: str, headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
     """The one shape of every error answer: ``{"error": reason}``."""
     return web.json_response({"error": reason, **extra}, status=status, headers=headers)
 
@@ -221,11 +226,11 @@ def challenge(token: bool, basic: bool) -> dict[str, str]:
     return {"WWW-Authenticate": ", ".join(schemes)}
 
 
-def secret_value(value: Any) -> str:
+def secret_value(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
-def doorbell_auth(request: web.Request, sn_config: Any) -> None:
+def doorbell_auth(request: web.Request, sn_config: ServiceNowConfig) -> None:
     """Authenticate a request with the doorbell credentials of ``[servicenow]`` (``sn_config``).
 
     Raises ``Reject`` 503 when no doorbell credential is configured, 401 with a

@@ -5,11 +5,18 @@ PagerDuty (``pagerduty``) and ServiceNow (``servicenow``) requests.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from dutybridge import hookimpl
 from dutybridge.config import Section
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
+
+    from dutybridge.context import Ctx
+    from dutybridge.http import OutboundRequest
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 #: Headers the pipeline and the clients own: overriding them would break auth or framing.
@@ -51,12 +58,12 @@ class CustomHeadersConfig(Section):
 
 
 @hookimpl
-def register_config_sections():
+def register_config_sections() -> dict[str, type[BaseModel]]:
     return {"custom_headers": CustomHeadersConfig}
 
 
 @hookimpl
-def outbound_request(request, ctx):
+def outbound_request(request: OutboundRequest, ctx: Ctx) -> None:
     conf = ctx.plugin_config("custom_headers")
     text = getattr(conf, request.service, None) if request.service in ("pagerduty", "servicenow") else None
     for name, value in parse_headers(text or ""):

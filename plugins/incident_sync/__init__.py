@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -12,7 +12,7 @@ from aiohttp import web
 from dutybridge import hookimpl
 from dutybridge.checks import Check, CheckResult
 from dutybridge.commands import Command
-from dutybridge.context import Ctx
+from dutybridge.context import Ctx, NotReady
 from dutybridge.events import Event
 from dutybridge.scheduler import Job
 from dutybridge.web import Reject, ctx_of, doorbell_auth, error_response, parse_json_object, read_body
@@ -20,6 +20,9 @@ from dutybridge.web import Reject, ctx_of, doorbell_auth, error_response, parse_
 from .config import IncidentSyncConfig
 from .engine import PLUGIN, SYNC_REQUESTED, Engine
 from .poll import poll
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
@@ -47,7 +50,7 @@ class IncidentSync:
         return self._engine
 
     @hookimpl
-    def register_config_sections(self) -> dict[str, Any]:
+    def register_config_sections(self) -> dict[str, type[BaseModel]]:
         return {PLUGIN: IncidentSyncConfig}
 
     @hookimpl
@@ -66,7 +69,7 @@ class IncidentSync:
     def register_jobs(self, ctx: Ctx) -> list[Job]:
         # Called again after each reload: static links may have changed with the config.
         self.engine(ctx).stale()
-        seconds = ctx.plugin_config(PLUGIN).poll_interval_seconds
+        seconds = self.engine(ctx).conf.poll_interval_seconds
         if seconds <= 0:
             return []
 
@@ -88,7 +91,9 @@ class IncidentSync:
         return [Command("incident", "incident sync: ask for a PagerDuty incident to be synced", self._incident_command,
                         add_arguments=_incident_arguments)]
 
-    async def _incident_command(self, args: argparse.Namespace, ctx: Ctx) -> int:
+    async def _incident_command(self, args: argparse.Namespace, ctx: Ctx | None) -> int:
+        if ctx is None:  # only a standalone command runs without one, and this one is not
+            raise NotReady("incident sync needs the daemon's configuration")
         if ctx.pagerduty is not None:
             inc = await self.engine(ctx).api.pd_incident(args.incident_id)
             if inc is None:

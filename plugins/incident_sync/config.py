@@ -305,7 +305,7 @@ class IncidentSyncConfig(Section):
         return {}
 
 
-class _Any(dict):
+class _Any(dict[str, str]):
     """format_map target accepting any key, to check a template's syntax only."""
 
     def __missing__(self, key: str) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
+
+from dutybridge.context import NotReady
 
 from .api import Api
 from .links import Links
@@ -17,13 +19,19 @@ from .rechecks import Rechecks
 from .users import Users
 from .views import PLUGIN, TABLES
 
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
+    from dutybridge.store.base import Store
+
+    from .config import IncidentSyncConfig
+
 log = structlog.get_logger("dutybridge.incident_sync")
 
 
 class Core:
     """One per daemon (held by the ``IncidentSync`` plugin object, as the ``Engine`` built on it)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         self.api = Api(ctx)
         self.users = Users(self)
@@ -34,17 +42,20 @@ class Core:
         self._loaded = False
         self._generation = 0  # of the configuration: stale() counts reloads
         self._load_lock = asyncio.Lock()
-        self._priorities: dict[str, str] | None = None  # PD priority name -> id
+        self._priorities: dict[str | None, str] | None = None  # PD priority name -> id
         self._caller: str | None = None
         self._group_names: dict[str, str] = {}
 
     @property
-    def conf(self) -> Any:
-        # Read on every use, so a SIGHUP reload applies to the next event.
-        return self.ctx.plugin_config(PLUGIN)
+    def conf(self) -> IncidentSyncConfig:
+        # Read on every use, so a SIGHUP reload applies to the next event. The section
+        # under PLUGIN is the model this plugin registered for it; ctx cannot say so.
+        return cast("IncidentSyncConfig", self.ctx.plugin_config(PLUGIN))
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
+        if self.ctx.store is None:
+            raise NotReady("the store is not open")
         return self.ctx.store
 
     # -- set-up ------------------------------------------------------------------
@@ -106,7 +117,7 @@ class Core:
             fields.append(conf.v7_incident_field)
         return fields
 
-    def eligible(self, table: str, rec: dict) -> str:
+    def eligible(self, table: str, rec: dict[str, Any]) -> str:
         """The service a not-yet-linked ServiceNow incident triggers on, or '' when it does not."""
         conf = self.conf
         if str(rec.get("state") or "") in conf.states(table)["done"]:
@@ -153,7 +164,7 @@ class Core:
         return self._group_names[sys_id]
 
     # -- the loop bound ------------------------------------------------------------
-    def move_allowed(self, st: dict, pd_id: str) -> bool:
+    def move_allowed(self, st: dict[str, Any], pd_id: str) -> bool:
         """Count one group/policy change for this incident; False past the loop bound."""
         conf = self.conf
         now = time.time()
@@ -180,11 +191,11 @@ class Direction:
         self.core = core
 
     @property
-    def ctx(self) -> Any:
+    def ctx(self) -> Ctx:
         return self.core.ctx
 
     @property
-    def conf(self) -> Any:
+    def conf(self) -> IncidentSyncConfig:
         return self.core.conf
 
     @property
@@ -200,7 +211,7 @@ class Direction:
         return self.core.mapping
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.core.store
 
     @property

@@ -3,7 +3,7 @@ ServiceNow, ServiceNow -> PagerDuty), and the names the rest of the plugin uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dutybridge.events import Event
 
@@ -12,6 +12,9 @@ from .links import own_write
 from .pd_to_sn import FIRST_TRIGGER, LOOKUP_LIMIT, PdToSn
 from .sn_to_pd import SnToPd
 from .views import KIND, PLUGIN, SN_SEEN, TABLES, TRACK_SN, incident_data, pd_view, sn_view
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
 
 __all__ = ["Engine", "FIRST_TRIGGER", "KIND", "LOOKUP_LIMIT", "NOTE_TYPES", "PD_TYPES", "PLUGIN", "POLLED",
            "SN_SEEN", "SYNC_REQUESTED", "TABLES", "TRACK_SN", "own_write", "pd_view", "sn_view"]
@@ -41,7 +44,7 @@ class Engine(Core):
     ``locks``; the two directions share only the ``Core`` they are given.
     """
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Ctx) -> None:
         super().__init__(ctx)
         self.pd_to_sn = PdToSn(self)
         self.sn_to_pd = SnToPd(self)
@@ -72,7 +75,7 @@ class Engine(Core):
         return await self.pagerduty_changed(pd.id, notes=pd.type in NOTE_TYPES, data=data)
 
     async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False,
-                                data: dict | None = None) -> bool:
+                                data: dict[str, Any] | None = None) -> bool:
         """Sync PagerDuty incident ``pd_id`` to ServiceNow (see ``PdToSn.pagerduty_changed``)."""
         return await self.pd_to_sn.pagerduty_changed(pd_id, notes=notes, force=force, data=data)
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import collections
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from dutybridge.context import NotReady
 from dutybridge.store.base import Link, LinkConflictError
 
 from .views import KIND, SN_SEEN, TRACK_SN, mod_count_of, pd_view, sn_view
 
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
+    from dutybridge.store.base import Store
+
+    from .config import IncidentSyncConfig
+
 log = structlog.get_logger("dutybridge.incident_sync")
 
 
-def own_write(st: dict, written: dict | None) -> None:
+def own_write(st: dict[str, Any], written: dict[str, Any] | None) -> None:
     """After our own write to the ServiceNow record: when it made the version right after
     the last one fully synced (``SN_SEEN``), and the record as written agrees with the
     snapshot in every tracked field, that version holds nothing but our write, so its
@@ -47,7 +54,7 @@ def sn_change_synced(link: Link, mod_count: str | None) -> bool:
     return isinstance(seen, int) and int(mod_count) <= seen
 
 
-def pd_id_of(conf: Any, table: str, rec: dict) -> str | None:
+def pd_id_of(conf: IncidentSyncConfig, table: str, rec: dict[str, Any]) -> str | None:
     """The PagerDuty incident a ServiceNow record names (correlation_id, or the v7 field)."""
     if rec.get("correlation_display") == "PagerDuty" and rec.get("correlation_id"):
         return str(rec["correlation_id"])
@@ -59,21 +66,23 @@ def pd_id_of(conf: Any, table: str, rec: dict) -> str | None:
 class Links:
     """The store's links of this plugin, and what is remembered of them between events."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         # sys_id -> SN_SEEN as last saved: "changes up to this version are synced" stays
         # true, so a doorbell at or below it needs not even the link (bounded, oldest out).
         self._sn_seen: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
+        if self.ctx.store is None:
+            raise NotReady("the store is not open")
         return self.ctx.store
 
     def known_synced(self, sys_id: str, mod_count: str | None) -> bool:
         """Whether the version ``mod_count`` of record ``sys_id`` is synced, by memory alone."""
         return mod_count is not None and str(mod_count).isdigit() and int(mod_count) <= self._sn_seen.get(sys_id, -1)
 
-    def remember_seen(self, sn_id: str, state: dict) -> None:
+    def remember_seen(self, sn_id: str, state: dict[str, Any]) -> None:
         seen = state.get(SN_SEEN)
         if isinstance(seen, int) and seen > self._sn_seen.get(sn_id, -1):
             self._sn_seen[sn_id] = seen
@@ -81,7 +90,7 @@ class Links:
             while len(self._sn_seen) > 50_000:
                 self._sn_seen.popitem(last=False)
 
-    async def save(self, link: Link, state: dict, status: str | None = None) -> Link:
+    async def save(self, link: Link, state: dict[str, Any], status: str | None = None) -> Link:
         """Store ``state`` (and ``status``) as the link's; the link as saved."""
         await self.store.update_link_state(KIND, link.pd_id, state, status=status)
         self.remember_seen(link.sn_id, state)
@@ -89,8 +98,8 @@ class Links:
         return Link(kind=KIND, pd_id=link.pd_id, sn_id=link.sn_id, state=copy.deepcopy(state),
                     status=status or link.status, created_at=link.created_at)
 
-    async def new_link(self, inc: dict, table: str, rec: dict, *, origin: str, pd_snapshot: dict | None = None,
-                       sn_snapshot: dict | None = None, sn_notes: list[str] | None = None,
+    async def new_link(self, inc: dict[str, Any], table: str, rec: dict[str, Any], *, origin: str, pd_snapshot: dict[str, Any] | None = None,
+                       sn_snapshot: dict[str, Any] | None = None, sn_notes: list[str] | None = None,
                        sn_seen: int | None = None) -> Link:
         """Link ``inc`` to ``rec``, each side's snapshot as read unless given;
         ``LinkConflictError`` when the record is linked to another incident already."""

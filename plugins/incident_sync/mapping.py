@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from dutybridge.store.base import Link, LinkConflictError
 
 from .api import Q
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
+    from dutybridge.store.base import Store
+
+    from .api import Api
+    from .config import IncidentSyncConfig
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
@@ -112,7 +119,7 @@ class Mapping:
         return g.service if g is not None else ""
 
 
-async def _resolve(ctx: Any, api: Any, table: str, ref: str) -> tuple[str, str] | None:
+async def _resolve(ctx: Ctx, api: Api, table: str, ref: str) -> tuple[str, str] | None:
     """(sys_id, name) of a group or CI given by sys_id or name."""
     if SYS_ID.match(ref):
         row = await api.sn_get(table, ref, ["sys_id", "name"])
@@ -123,7 +130,7 @@ async def _resolve(ctx: Any, api: Any, table: str, ref: str) -> tuple[str, str] 
     return (rows[0]["sys_id"], rows[0].get("name", "")) if rows else None
 
 
-async def load_mapping(ctx: Any, api: Any, conf: Any, *, write: bool = True) -> Mapping:
+async def load_mapping(ctx: Ctx, api: Api, conf: IncidentSyncConfig, *, write: bool = True) -> Mapping:
     """Build the merged view from config, v7 fields and the store; write back what is new
     (unless ``write`` is false, as for ``dutybridge check``)."""
     m = Mapping()
@@ -180,7 +187,7 @@ async def load_mapping(ctx: Any, api: Any, conf: Any, *, write: bool = True) -> 
     return m
 
 
-async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_cis: set[str]) -> None:
+async def _load_v7(api: Api, conf: IncidentSyncConfig, m: Mapping, seen_groups: set[str], seen_cis: set[str]) -> None:
     svc, esc = conf.v7_group_service_field, conf.v7_group_escalation_field
     try:
         rows = await api.sn_query("sys_user_group", Q().is_not_empty(svc).or_().is_not_empty(esc),
@@ -209,7 +216,7 @@ async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_
         m.cis.append(Target("ci", row["sys_id"], row.get("name", ""), service, "", "v7", _ref(row.get("assignment_group"))))
 
 
-async def _write_back(store: Any, m: Mapping) -> None:
+async def _write_back(store: Store, m: Mapping) -> None:
     existing = {(lk.kind, lk.sn_id): lk for lk in [*await store.list_links("group"), *await store.list_links("ci")]}
     for t in [*m.groups, *m.cis]:
         if t.source not in ("config", "v7"):
@@ -237,7 +244,7 @@ async def _write_back(store: Any, m: Mapping) -> None:
             log.info("link_kept_in_memory_only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id, reason=str(exc))
 
 
-def _ref(value: Any) -> str:
+def _ref(value: object) -> str:
     """A reference field's sys_id, whether the API gave a string or {"value", "link"}."""
     if isinstance(value, dict):
         return str(value.get("value") or "")

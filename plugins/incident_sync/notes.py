@@ -4,6 +4,8 @@ marked so that a copy is never copied back."""
 from __future__ import annotations
 
 import re
+from typing import Any
+
 import structlog
 
 from dutybridge.store.base import Link
@@ -18,14 +20,14 @@ FROM_SN_PREFIX = "(from ServiceNow:"
 PD_SUFFIX = re.compile(r"\(PagerDuty: .+ on .+\)\s*$", re.S)
 
 
-async def pd_notes_to_sn(core: Core, link: Link, table: str, st: dict) -> None:
+async def pd_notes_to_sn(core: Core, link: Link, table: str, st: dict[str, Any]) -> None:
     """Copy PagerDuty notes not seen yet to work notes, saving ``st`` after each."""
     notes = await core.api.pd_notes(link.pd_id)
     seen = set(st.get("pd_notes", []))
     fresh = sorted((n for n in notes if n.get("id") not in seen), key=lambda n: (n.get("created_at") or "", n["id"]))
     if not fresh:
         return
-    journal: list[dict] | None = None
+    journal: list[dict[str, Any]] | None = None
     for note in fresh:
         seen.add(note["id"])
         content = note.get("content") or ""
@@ -45,17 +47,17 @@ async def pd_notes_to_sn(core: Core, link: Link, table: str, st: dict) -> None:
         await core.links.save(link, st)
 
 
-async def sn_notes_to_pd(core: Core, link: Link, st: dict, *, synced: int | None = None) -> None:
+async def sn_notes_to_pd(core: Core, link: Link, st: dict[str, Any], *, synced: int | None = None) -> None:
     """Copy new work notes to PagerDuty notes (when notes sync), then save ``st``;
     ``synced``: the record's version read before, now synced whole (``SN_SEEN``)."""
-    fresh: list[dict] = []
+    fresh: list[dict[str, Any]] = []
     seen: set[str] = set()
     if core.conf.sync_work_notes:
         journal = await core.api.sn_journal(link.sn_id)
         seen = set(st.get("sn_notes", []))
         fresh = [j for j in journal if j["sys_id"] not in seen]
     integration = core.ctx.config.servicenow.username
-    pd_notes: list[dict] | None = None
+    pd_notes: list[dict[str, Any]] | None = None
     for entry in fresh:
         seen.add(entry["sys_id"])
         value = entry.get("value") or ""

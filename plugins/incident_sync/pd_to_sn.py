@@ -32,14 +32,14 @@ class PdToSn(Direction):
     """The PagerDuty -> ServiceNow direction (one per ``Engine``)."""
 
     async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False,
-                                data: dict | None = None) -> bool:
+                                data: dict[str, Any] | None = None) -> bool:
         """Sync PagerDuty incident ``pd_id``. ``data``: the incident as a V3 webhook carried
         it (the state when its event happened), which may spare reading it."""
         mark = self.locks.seq  # reads from here on are good under the lock while nobody held it
         link = await self.store.get_link(KIND, pd_id=pd_id, include_unlinked=True)
         if not force and self._event_synced(link, data):
             return True
-        pre: dict | None = None
+        pre: dict[str, Any] | None = None
         if link is not None:
             keys: tuple[str, ...] = (link_key(link),)
         else:
@@ -60,7 +60,7 @@ class PdToSn(Direction):
             if not force and self._event_synced(link, data):
                 return True
             if pre is not None and fresh:
-                inc: dict | None = pre
+                inc: dict[str, Any] | None = pre
             else:
                 # Not linked yet: what opening the ServiceNow incident needs (the body) in the same read.
                 inc = await self.api.pd_incident(pd_id, include=FIRST_TRIGGER if link is None else None)
@@ -80,7 +80,7 @@ class PdToSn(Direction):
 
         return await self.locks.under_link_lock(keys, get_link, run, mark, link)
 
-    def _event_synced(self, link: Link | None, data: dict | None) -> bool:
+    def _event_synced(self, link: Link | None, data: dict[str, Any] | None) -> bool:
         """Whether the event's own view of the incident is what was last synced: then it
         brings nothing (the echo of our own write, a duplicate, a replay) and needs no read.
 
@@ -98,7 +98,7 @@ class PdToSn(Direction):
         view = data_view(data)
         return all(k in snap and snap[k] == v for k, v in view.items())
 
-    def _lock_keys(self, pd_id: str, inc: dict) -> tuple[str, ...]:
+    def _lock_keys(self, pd_id: str, inc: dict[str, Any]) -> tuple[str, ...]:
         """The lock keys of a PagerDuty incident not linked yet: ``pd:<id>``, and
         ``sn:<incident_key>`` when that could be a ServiceNow sys_id (an incident born
         there, whose handler locks by sys_id). Holding both costs nothing and spares
@@ -106,14 +106,14 @@ class PdToSn(Direction):
         key = inc.get("incident_key") or ""
         return (f"pd:{pd_id}", f"sn:{key}") if SYS_ID.match(key) else (f"pd:{pd_id}",)
 
-    async def _sn_lookup(self, sys_id: str | None, pd_id: str | None, pd_table: str) -> tuple[str, str, dict] | None:
+    async def _sn_lookup(self, sys_id: str | None, pd_id: str | None, pd_table: str) -> tuple[str, str, dict[str, Any]] | None:
         """Before linking a PagerDuty incident: the ServiceNow incident it was born from
         (``sys_id``, its incident_key), else the one opened for it already (``pd_id`` in
         correlation_id, or the v7 field, in ``pd_table``; the oldest). Both questions go
         in one query per table (``^NQ``). Returns ("born", table, rec), ("opened", table,
         rec) or None."""
         conf = self.conf
-        opened: dict | None = None
+        opened: dict[str, Any] | None = None
         for table in self.core.tables():
             by_pd = bool(pd_id) and table == pd_table
             if not sys_id and not by_pd:
@@ -138,7 +138,7 @@ class PdToSn(Direction):
                 born = await self.api.sn_get(table, sys_id, self.core.sn_fields(table))  # crowded out: ask directly
             if born is not None:
                 return "born", table, born
-            if by_pd:
+            if by_pd and pd_id:  # by_pd: pd_id is set
                 if len(rows) >= LOOKUP_LIMIT:
                     opened = await self._sn_find_by_pd_id(table, pd_id)  # too many to pick the oldest from
                 else:
@@ -150,7 +150,7 @@ class PdToSn(Direction):
                     opened = min(pick, key=lambda r: str(r.get("sys_created_on") or "")) if pick else None
         return ("opened", pd_table, opened) if opened is not None else None
 
-    async def _sync_unlinked(self, inc: dict, *, force: bool, notes: bool = True) -> bool:
+    async def _sync_unlinked(self, inc: dict[str, Any], *, force: bool, notes: bool = True) -> bool:
         conf = self.conf
         service = (inc.get("service") or {}).get("id")
         ep = (inc.get("escalation_policy") or {}).get("id")
@@ -204,7 +204,7 @@ class PdToSn(Direction):
             await pd_notes_to_sn(self.core, link, table, st)
         return True
 
-    async def _sn_find_by_pd_id(self, table: str, pd_id: str) -> dict | None:
+    async def _sn_find_by_pd_id(self, table: str, pd_id: str) -> dict[str, Any] | None:
         conf = self.conf
         rows = await self.api.sn_query(table, Q().eq("correlation_id", pd_id).eq("correlation_display", "PagerDuty"),
                                        self.core.sn_fields(table), limit=1, order_by="sys_created_on")
@@ -213,7 +213,7 @@ class PdToSn(Direction):
                                            limit=1, order_by="sys_created_on")
         return rows[0] if rows else None
 
-    def _sn_priority_for(self, view: dict) -> str | None:
+    def _sn_priority_for(self, view: dict[str, Any]) -> str | None:
         conf = self.conf
         if view.get("priority"):
             mapped = conf.pd_priority_to_sn().get(view["priority"])
@@ -221,10 +221,10 @@ class PdToSn(Direction):
                 return mapped
         return conf.pd_urgency_to_sn().get(view.get("urgency") or "")
 
-    def _impact_urgency(self, priority: str | None) -> dict:
+    def _impact_urgency(self, priority: str | None) -> dict[str, str]:
         return self.conf.impact_urgency_for(priority)
 
-    async def _resolution(self, inc: dict) -> tuple[str, str]:
+    async def _resolution(self, inc: dict[str, Any]) -> tuple[str, str]:
         """(who resolved, their resolution note) of a resolved PagerDuty incident."""
         who = (inc.get("last_status_change_by") or {}).get("summary") or "PagerDuty"
         note = ""
@@ -238,7 +238,7 @@ class PdToSn(Direction):
             log.warning("resolution_note_unavailable", pd_incident=inc["id"], error=str(exc))
         return who, note
 
-    def _details(self, inc: dict) -> str:
+    def _details(self, inc: dict[str, Any]) -> str:
         # PagerDuty keeps an incident's body in its first trigger log entry (channel.details).
         details = (inc.get("body") or {}).get("details")
         if details is None:
@@ -252,7 +252,7 @@ class PdToSn(Direction):
             return details["description"]
         return json.dumps(details, indent=2, sort_keys=True)
 
-    async def _create_sn(self, table: str, inc: dict) -> dict:
+    async def _create_sn(self, table: str, inc: dict[str, Any]) -> dict[str, Any]:
         conf = self.conf
         view = pd_view(inc)
         states = conf.states(table)
@@ -291,7 +291,7 @@ class PdToSn(Direction):
                 fields["assigned_to"] = who
         return await self.api.sn_insert(table, fields)
 
-    async def _sync_linked(self, link: Link, inc: dict, *, notes: bool) -> None:
+    async def _sync_linked(self, link: Link, inc: dict[str, Any], *, notes: bool) -> None:
         conf = self.conf
         st = copy.deepcopy(link.state or {})
         table = st.get("table", "incident")
@@ -335,13 +335,14 @@ class PdToSn(Direction):
         if notes and conf.sync_work_notes:
             await pd_notes_to_sn(self.core, link, table, copy.deepcopy(link.state))
 
-    async def _desired_sn(self, table: str, inc: dict, old: dict, new: dict, changed: set[str], rec: dict,
-                          st: dict, agreed: set[str]) -> dict:
+    async def _desired_sn(self, table: str, inc: dict[str, Any], old: dict[str, Any], new: dict[str, Any], changed: set[str], rec: dict[str, Any],
+                          st: dict[str, Any], agreed: set[str]) -> dict[str, Any]:
         """The ServiceNow fields PagerDuty's changes ask for; ``agreed`` gets the tracked
         fields whose wanted value the record has already."""
         conf = self.conf
         states = conf.states(table)
         up: dict[str, str] = {}
+        who: str | None  # a name for the resolution note, a sys_id for assigned_to
         done = str(rec.get("state") or "") in states["done"]
         status = new["status"]
         reopened = old.get("status") == "resolved"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -16,6 +16,11 @@ from .api import Q
 from .engine import POLLED
 from .links import pd_id_of
 from .views import KIND, pd_view
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
+
+    from .engine import Engine
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
@@ -46,7 +51,7 @@ def _parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-async def poll(ctx: Any, engine: Any) -> dict[str, int]:
+async def poll(ctx: Ctx, engine: Engine) -> dict[str, int]:
     """One reconciliation pass; the number of events enqueued per side."""
     conf = engine.conf
     if conf.v7_fields:
@@ -62,9 +67,9 @@ async def poll(ctx: Any, engine: Any) -> dict[str, int]:
     return counts
 
 
-async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
+async def poll_servicenow(ctx: Ctx, engine: Engine, table: str) -> int:
     conf = engine.conf
-    store = ctx.store
+    store = engine.store
     name = WM_SN.format(table=table)
     mark = await store.get_watermark(name)
     fields = ["sys_id", "sys_updated_on", "sys_mod_count", "state", "priority", "assignment_group", "cmdb_ci",
@@ -104,12 +109,12 @@ async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
     return enqueued
 
 
-async def poll_pagerduty(ctx: Any, engine: Any) -> int:
+async def poll_pagerduty(ctx: Ctx, engine: Engine) -> int:
     """Log entries since the watermark (one event per entry, so a change is never hidden
     behind an older entry of the same second), and the open incidents whose state differs
     from what was last synced (priority changes leave no log entry)."""
     conf = engine.conf
-    store = ctx.store
+    store = engine.store
     now = datetime.now(timezone.utc)
     mark = await store.get_watermark(WM_PD)
     if mark is None:

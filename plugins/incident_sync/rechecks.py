@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from dutybridge.events import Event
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Core
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
@@ -17,11 +20,11 @@ log = structlog.get_logger("dutybridge.incident_sync")
 class Rechecks:
     """The timers of pending rechecks (``engine``: anything with ``conf`` and ``ctx``)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Core) -> None:
         self.engine = engine
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self._rechecked: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         """Stop pending rechecks (the next poll covers what they would have read)."""

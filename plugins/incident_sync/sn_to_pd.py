@@ -31,7 +31,7 @@ class SnToPd(Direction):
             return True  # synced, or our own write: see links.sn_change_synced
         mark = self.locks.seq  # reads from here on are good under the lock while nobody held it
         link = await self.store.get_link(KIND, sn_id=sys_id, include_unlinked=True)
-        pre: dict | None = None
+        pre: dict[str, Any] | None = None
         if link is not None and link.status == "linked":
             if sn_change_synced(link, mod_count):
                 return True
@@ -52,15 +52,15 @@ class SnToPd(Direction):
 
         async def run(link: Link | None, fresh: bool) -> bool:
             linked = link is not None and link.status == "linked"
-            if linked and sn_change_synced(link, mod_count):
+            if linked and link is not None and sn_change_synced(link, mod_count):
                 return True
             if pre is not None and fresh:
-                rec = pre
+                rec: dict[str, Any] | None = pre
             else:
                 rec = await self.api.sn_get(table, sys_id, self.core.sn_fields(table, linked=linked))
             if rec is None:
                 return False
-            if not linked:
+            if not linked or link is None:  # linked: link is not None
                 acted = await self._sync_unlinked(table, rec, link)
             else:
                 await self._sync_linked(link, table, rec)
@@ -73,7 +73,7 @@ class SnToPd(Direction):
 
         return await self.locks.under_link_lock(keys, get_link, run, mark, link)
 
-    async def _sync_unlinked(self, table: str, rec: dict, old: Link | None) -> bool:
+    async def _sync_unlinked(self, table: str, rec: dict[str, Any], old: Link | None) -> bool:
         pd_id = pd_id_of(self.conf, table, rec)
         if pd_id and (old is None or old.pd_id != pd_id):
             inc = await self.api.pd_incident(pd_id)
@@ -91,7 +91,7 @@ class SnToPd(Direction):
         await self._create_pd(table, rec, service)
         return True
 
-    async def _escalation_policy(self, rec: dict) -> str:
+    async def _escalation_policy(self, rec: dict[str, Any]) -> str:
         group = self.mapping.group(rec.get("assignment_group"))
         if group is None:
             return ""
@@ -106,7 +106,7 @@ class SnToPd(Direction):
     def _pd_urgency(self, sn_priority: str) -> str | None:
         return self.conf.sn_priority_to_urgency().get(sn_priority)
 
-    async def _create_pd(self, table: str, rec: dict, service: str) -> None:
+    async def _create_pd(self, table: str, rec: dict[str, Any], service: str) -> None:
         conf = self.conf
         sys_id = rec["sys_id"]
         priority = str(rec.get("priority") or "")
@@ -147,9 +147,10 @@ class SnToPd(Direction):
                 raise
             # incident_key is the sys_id: an open incident with it exists already (a race,
             # or an attempt whose answer was lost). Link that one instead of a second.
-            inc = await self.api.pd_find_incident_by_key(sys_id, service)
-            if inc is None:
+            found = await self.api.pd_find_incident_by_key(sys_id, service)
+            if found is None:
                 raise
+            inc = found
             created = False
         writes: dict[str, Any] = {"correlation_id": inc["id"], "correlation_display": "PagerDuty"}
         if conf.v7_fields and table == "incident":
@@ -167,7 +168,7 @@ class SnToPd(Direction):
         written = await self.api.sn_update(table, sys_id, writes)
         await self._sync_linked(link, table, written or rec, fresh_pd=inc)
 
-    async def _sync_linked(self, link: Link, table: str, rec: dict, *, fresh_pd: dict | None = None) -> None:
+    async def _sync_linked(self, link: Link, table: str, rec: dict[str, Any], *, fresh_pd: dict[str, Any] | None = None) -> None:
         conf = self.conf
         st = copy.deepcopy(link.state or {})
         old = st.get("sn") or {}
@@ -197,8 +198,8 @@ class SnToPd(Direction):
         # retry after a failed note still reads.
         await sn_notes_to_pd(self.core, link, st, synced=mod_count_of(rec))
 
-    async def _write_changes(self, link: Link, table: str, rec: dict, inc: dict, old: dict, new: dict,
-                                changed: set[str], st: dict, states: dict, applied: list[str]) -> bool:
+    async def _write_changes(self, link: Link, table: str, rec: dict[str, Any], inc: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
+                                changed: set[str], st: dict[str, Any], states: dict[str, Any], applied: list[str]) -> bool:
         """Write ServiceNow's changes to PagerDuty (each named in ``applied``); True when
         the link is to be unlinked."""
         conf = self.conf
@@ -208,7 +209,7 @@ class SnToPd(Direction):
         was_done = old.get("state") in states["done"]
         is_done = new["state"] in states["done"]
 
-        async def put(changes: dict, sender: str | None, touched: tuple[str, ...], what: str) -> None:
+        async def put(changes: dict[str, Any], sender: str | None, touched: tuple[str, ...], what: str) -> None:
             nonlocal inc, pdv
             try:
                 inc = await self.api.pd_update_incident(pd_id, changes, sender)

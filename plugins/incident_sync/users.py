@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from dutybridge.store.base import Link, LinkConflictError
 
 from .api import Q
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.store.base import Store
+
+    from .api import Api
+    from .core import Core
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
@@ -32,11 +39,11 @@ class Users:
     call on every sync.
     """
 
-    def __init__(self, engine: Any, clock=time.monotonic) -> None:
+    def __init__(self, engine: Core, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
-        self._sn: dict[str, dict] = {}  # sys_id -> sys_user
-        self._sn_by_name: dict[str, dict] = {}
-        self._pd: dict[str, dict] = {}
+        self._sn: dict[str, dict[str, Any]] = {}  # sys_id -> sys_user
+        self._sn_by_name: dict[str, dict[str, Any]] = {}
+        self._pd: dict[str, dict[str, Any]] = {}
         self._missing: dict[tuple[str, str], float] = {}  # (lookup, key) -> when to ask again
         self._links: dict[tuple[str, str], tuple[str, float]] = {}  # ("pd"|"sn", id) -> (other id, until)
         self._clock = clock
@@ -80,11 +87,11 @@ class Users:
         self._missing[(lookup, key)] = self._clock() + MISSING_TTL
 
     @property
-    def api(self) -> Any:
+    def api(self) -> Api:
         return self.engine.api
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store | None:
         return self.engine.ctx.store
 
     # -- ServiceNow users --------------------------------------------------------
@@ -92,14 +99,14 @@ class Users:
         conf = self.engine.conf
         return SN_USER_FIELDS + ([conf.v7_user_field] if conf.v7_fields else [])
 
-    def _remember(self, row: dict | None) -> dict | None:
+    def _remember(self, row: dict[str, Any] | None) -> dict[str, Any] | None:
         if row:
             self._sn[row["sys_id"]] = row
             if row.get("user_name"):
                 self._sn_by_name[row["user_name"]] = row
         return row
 
-    async def sn_user(self, sys_id: str | None) -> dict | None:
+    async def sn_user(self, sys_id: str | None) -> dict[str, Any] | None:
         if not sys_id:
             return None
         if sys_id not in self._sn and not self._known_missing("sn", sys_id):
@@ -107,7 +114,7 @@ class Users:
                 self._found_nobody("sn", sys_id)
         return self._sn.get(sys_id)
 
-    async def sn_user_by_name(self, user_name: str | None) -> dict | None:
+    async def sn_user_by_name(self, user_name: str | None) -> dict[str, Any] | None:
         if not user_name:
             return None
         if user_name not in self._sn_by_name and not self._known_missing("sn_name", user_name):
@@ -116,7 +123,7 @@ class Users:
                 self._found_nobody("sn_name", user_name)
         return self._sn_by_name.get(user_name)
 
-    async def sn_user_by_email(self, email: str) -> dict | None:
+    async def sn_user_by_email(self, email: str) -> dict[str, Any] | None:
         if self._known_missing("sn_email", email.lower()):
             return None
         rows = await self.api.sn_query("sys_user", Q().eq("email", email).eq("active", True), self._fields(),
@@ -130,7 +137,7 @@ class Users:
         return (user or {}).get("name") or user_name or "ServiceNow"
 
     # -- PagerDuty users ---------------------------------------------------------
-    async def pd_user(self, uid: str | None) -> dict | None:
+    async def pd_user(self, uid: str | None) -> dict[str, Any] | None:
         if not uid:
             return None
         if uid not in self._pd and not self._known_missing("pd", uid):

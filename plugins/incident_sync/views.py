@@ -15,7 +15,7 @@ TRACK_SN = ("state", "assignment_group", "assigned_to", "priority")
 SN_SEEN = "sn_seen"
 
 
-def pd_view(inc: dict) -> dict:
+def pd_view(inc: dict[str, Any]) -> dict[str, Any]:
     """The PagerDuty fields incident sync mirrors, as compared across events."""
     acks = [a.get("acknowledger") or {} for a in inc.get("acknowledgements") or []]
     users = [a.get("id") for a in acks if a.get("type") in ("user_reference", "user")]
@@ -30,12 +30,12 @@ def pd_view(inc: dict) -> dict:
     }
 
 
-def incident_data(data: Any, pd_id: str) -> bool:
+def incident_data(data: object, pd_id: str) -> bool:
     """Whether a V3 webhook's ``event.data`` is the incident ``pd_id`` itself (not a note)."""
     return isinstance(data, dict) and data.get("type") == "incident" and data.get("id") == pd_id
 
 
-def data_view(data: dict) -> dict:
+def data_view(data: dict[str, Any]) -> dict[str, Any]:
     """``pd_view``'s fields that a V3 webhook's incident data carries (not who acknowledged)."""
     prio = data.get("priority") or {}
     return {
@@ -47,13 +47,13 @@ def data_view(data: dict) -> dict:
     }
 
 
-def mod_count_of(rec: dict | None) -> int | None:
+def mod_count_of(rec: dict[str, Any] | None) -> int | None:
     """A record's sys_mod_count as a number (None when it has none)."""
     value = str((rec or {}).get("sys_mod_count") or "")
     return int(value) if value.isdigit() else None
 
 
-def sn_view(rec: dict) -> dict:
+def sn_view(rec: dict[str, Any]) -> dict[str, str]:
     """The ServiceNow fields incident sync mirrors (as strings), and the record's version."""
     view = {k: str(rec.get(k) or "") for k in TRACK_SN}
     view["sys_updated_on"] = str(rec.get("sys_updated_on") or "")
@@ -61,10 +61,10 @@ def sn_view(rec: dict) -> dict:
     return view
 
 
-class _Fmt(dict):
+class _Fmt(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return ""
 
 
-def render(template: str, values: dict) -> str:
+def render(template: str, values: dict[str, Any]) -> str:
     return template.format_map(_Fmt({k: ("" if v is None else v) for k, v in values.items()}))
