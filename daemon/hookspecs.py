@@ -79,7 +79,7 @@ def handle_event(event: "StoredEvent", ctx: "Ctx") -> Any:
 
     Every implementation is called, in turn. Return a truthy value when this plugin
     acted on the event; when no implementation does, the event is marked
-    ``ignored``.     Raise to fail the attempt: the whole event is retried later with
+    ``ignored``. Raise to fail the attempt: the whole event is retried later with
     backoff (so implementations must be idempotent), then kept as a dead letter.
     Events of one ``event.resource`` are never handled concurrently and arrive in
     the order they were received.
@@ -119,7 +119,7 @@ def send_request(request: "OutboundRequest", ctx: "Ctx") -> "OutboundResponse | 
 
     Return an ``OutboundResponse`` to answer the request, or None to leave it to the
     next implementation and finally the default direct transport. Stops at the first
-    non-None result.     Raise ``asyncio.TimeoutError`` or ``aiohttp.ClientError`` for a
+    non-None result. Raise ``asyncio.TimeoutError`` or ``aiohttp.ClientError`` for a
     transport failure, so that the pipeline's retry policy applies.
     """
 
@@ -162,7 +162,7 @@ def register_cli_commands() -> "list[Command]":
 def on_startup(ctx: "Ctx") -> None:
     """The daemon is starting: store open, clients ready, server not yet listening.
 
-    May be async.     Raise to abort start-up with the exception's message.
+    May be async. Raise to abort start-up with the exception's message.
     """
 
 
