@@ -120,7 +120,9 @@ def send_request(request: "OutboundRequest", ctx: "Ctx") -> "OutboundResponse | 
     Return an ``OutboundResponse`` to answer the request, or None to leave it to the
     next implementation and finally the default direct transport. Stops at the first
     non-None result. Raise ``asyncio.TimeoutError`` or ``aiohttp.ClientError`` for a
-    transport failure, so that the pipeline's retry policy applies.
+    transport failure, so that the pipeline's retry policy applies, or an
+    ``OutboundError`` for a refusal that is not the API's answer. To send through the
+    pipeline's session with other options (``proxy=``), call ``ctx.http.send_direct``.
     """
 
 
