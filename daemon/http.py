@@ -502,11 +502,7 @@ class OutboundPipeline:
             attempt += 1
             if limiter is not None:
                 await limiter.acquire()
-            req = _copy_request(request)
-            req.extra["attempt"] = attempt
-            await self._guarded("outbound_request", req, self.hooks.outbound_request(request=req, ctx=self.ctx))
-            if req.json is not None and req.data is None and "Content-Type" not in req.headers:
-                req.headers["Content-Type"] = "application/json"
+            req = await self.prepare(request, attempt)
             started = time.monotonic()
             try:
                 response = await self._transport(req)
@@ -557,6 +553,16 @@ class OutboundPipeline:
                 return response
             wait = asked if asked is not None else policy.backoff(attempt, self._rng)
             await self._wait(req, attempt, wait, f"HTTP {response.status}")
+
+    async def prepare(self, request: OutboundRequest, attempt: int = 1) -> OutboundRequest:
+        """What attempt ``attempt`` of ``request`` sends: a copy, changed by the
+        ``outbound_request`` hooks (``dutybridge hooks test`` shows it, sending nothing)."""
+        req = _copy_request(request)
+        req.extra["attempt"] = attempt
+        await self._guarded("outbound_request", req, self.hooks.outbound_request(request=req, ctx=self.ctx))
+        if req.json is not None and req.data is None and "Content-Type" not in req.headers:
+            req.headers["Content-Type"] = "application/json"
+        return req
 
     async def _transport(self, req: OutboundRequest) -> OutboundResponse:
         # One deadline covers a relay/proxy hook as well as the direct transport.
