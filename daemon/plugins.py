@@ -30,6 +30,7 @@ from .hooks import Hooks
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
+    "mid_proxy": "dutybridge_plugins.mid_proxy:MidProxy",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"
