@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -22,6 +22,9 @@ class RelayProcess:
     process: asyncio.subprocess.Process
     url: str
     config: Path
+    #: What it printed (its log), as it comes.
+    lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task | None = None
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -31,6 +34,8 @@ class RelayProcess:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        if self.reader is not None:
+            await self.reader
 
 
 async def start_relay(folder: Path, secret: str, allowed_hosts: list[str], *, name: str = "relay",
@@ -60,11 +65,12 @@ async def start_relay(folder: Path, secret: str, allowed_hosts: list[str], *, na
         process.kill()
         await process.wait()
         raise
+    relay = RelayProcess(process, url, config, lines)
     # Keep reading its log so a full pipe never blocks it.
-    asyncio.get_running_loop().create_task(_drain(process))
-    return RelayProcess(process, url, config)
+    relay.reader = asyncio.get_running_loop().create_task(_drain(relay))
+    return relay
 
 
-async def _drain(process: asyncio.subprocess.Process) -> None:
-    while await process.stdout.readline():
-        pass
+async def _drain(relay: RelayProcess) -> None:
+    while raw := await relay.process.stdout.readline():
+        relay.lines.append(raw.decode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 
 import pytest
@@ -62,8 +63,6 @@ def certificate(tmp_path):
 
 async def test_https_targets_are_tunnelled_with_connect(recorder, proxy, make_config, monkeypatch, certificate,
                                                         aiohttp_server):
-    import ssl
-
     cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
