@@ -3,6 +3,7 @@ a raising hook, the order of files, and ``dutybridge hooks test``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -16,8 +17,12 @@ from structlog.testing import capture_logs
 
 from dutybridge import hookimpl
 from dutybridge.cli import main
+from dutybridge.context import Ctx
+from dutybridge.events import Event
 from dutybridge.http import HookFailed, OutboundPipeline, OutboundRequest, RequestVetoed, RetryPolicy
 from dutybridge.plugins import PluginError, build_plugin_manager
+from dutybridge.store.sqlite import SQLiteStore
+from dutybridge.worker import Worker
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = REPO / "hooks"
@@ -216,3 +221,66 @@ def test_hooks_test_shows_a_veto_and_a_bad_sample(capsys, tmp_path):
     assert "--request.url: required" in capsys.readouterr().err
     assert main(["hooks", "test", str(tmp_path / "nope.py"), "--request", "{}"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# -- a raising hook inside the running worker: the event fails, is retried, and heals ------
+
+FLAKY = '''
+import os
+from pathlib import Path
+
+
+def outbound_request(request, ctx):
+    if Path(os.environ["HOOK_BROKEN_FLAG"]).exists():
+        raise RuntimeError("the gateway table is missing")
+'''
+
+
+class Caller:
+    """A plugin whose events each make one outbound call."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @hookimpl
+    async def handle_event(self, event, ctx):
+        await ctx.http.request(OutboundRequest("POST", f"{self.url}/calls", service="webhook", json={"n": 1}))
+        return True
+
+
+class NoSecrets:
+    def secrets(self) -> list[str]:
+        return []
+
+
+async def test_a_raising_hook_fails_the_event_which_is_retried_and_heals(server, tmp_path, monkeypatch):
+    flag = tmp_path / "broken"
+    flag.touch()
+    monkeypatch.setenv("HOOK_BROKEN_FLAG", str(flag))
+    folder = hooks_dir(tmp_path, extra={"flaky.py": FLAKY})
+    pm = build_plugin_manager([], folder, extra_plugins=[Caller(server.url)])
+    store = SQLiteStore(":memory:")
+    await store.open()
+    ctx = Ctx(config=NoSecrets(), pm=pm, store=store)
+    ctx.http = OutboundPipeline(pm, ctx)
+    await ctx.http.start()
+    worker = Worker(store, pm, ctx, concurrency=1, max_attempts=10, retry_base=0.02, retry_max=0.05,
+                    lease_seconds=30, poll_interval=0.02)
+    stored = await store.add_event(Event(source="pagerduty", type="incident.triggered", event_id="e1",
+                                         resource="incident:P1", payload={}))
+    try:
+        await worker.start()
+        async with asyncio.timeout(10):
+            while (got := await store.get_event(stored.id)).last_error is None:
+                await asyncio.sleep(0.01)
+        assert got.status == "pending" and f"{folder / 'flaky.py'}:8" in got.last_error
+        assert "RuntimeError: the gateway table is missing" in got.last_error
+        flag.unlink()  # the operator fixes the cause; the next retry goes through
+        async with asyncio.timeout(10):
+            while (got := await store.get_event(stored.id)).status != "done":
+                await asyncio.sleep(0.01)
+    finally:
+        await worker.stop(timeout=1)
+        await ctx.http.close()
+        await store.close()
+    assert got.attempts >= 2 and [s["path"] for s in server.seen] == ["/calls"]
