@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "hooks":
         # Hook files are tried without a configuration: the file alone, as the daemon loads it.
+        _configure_cli_logging(args)
         return asyncio.run(hooks_cli.run_hook_test(args.file, args.request, sys.stdout, sys.stderr))
     if args.command == "config" and args.config_command == "init":
         return _config_init(args)

@@ -33,10 +33,15 @@ class MidProxy:
     def __init__(self) -> None:
         self._conf: MidProxyConfig | None = None
         self._transport: Any = None
+        # Transports of earlier configurations: requests may still be in flight on them,
+        # so they are closed at shutdown, not at the reload.
+        self._retired: list[Any] = []
 
     def transport(self, ctx) -> Any:
         conf = ctx.plugin_config("mid_proxy")
         if conf is not self._conf:
+            if self._transport is not None:
+                self._retired.append(self._transport)
             self._conf, self._transport = conf, make_transport(conf)
         return self._transport
 
@@ -90,5 +95,7 @@ class MidProxy:
 
     @hookimpl
     async def on_shutdown(self, ctx) -> None:
-        if self._transport is not None:
-            await self._transport.close()
+        for transport in [*self._retired, self._transport]:
+            if transport is not None:
+                await transport.close()
+        self._retired.clear()

@@ -72,7 +72,7 @@ class RelayAgent:
         self._clock = clock
         self.session: aiohttp.ClientSession | None = None
 
-    async def start(self, app: web.Application) -> Any:
+    async def _session_ctx(self, app: web.Application) -> Any:
         connector = aiohttp.TCPConnector(limit=self.config.connection_limit,
                                          ssl=_ssl_context(self.config.upstream_ca_file))
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
@@ -83,7 +83,7 @@ class RelayAgent:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_post(env.EXECUTE_PATH, self.execute)
         app.router.add_get(env.HEALTH_PATH, self.health)
-        app.cleanup_ctx.append(self.start)
+        app.cleanup_ctx.append(self._session_ctx)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -154,6 +154,18 @@ def _safe(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+def configure_logging() -> None:
+    """JSON lines on stdout at info, as the daemon writes under systemd (the relay is its
+    own process; it has no daemon configuration to take a format from)."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(20),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
 async def serve(config: RelayConfig, *, announce=print) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     agent = RelayAgent(config)
@@ -192,5 +204,6 @@ async def relay_command(args: argparse.Namespace, ctx: Any) -> int:
     if config.tls_cert_file and not config.tls_key_file:
         print(f"{args.config}: relay.tls_key_file: required with tls_cert_file", file=sys.stderr)
         return 2
+    configure_logging()
     await serve(config)
     return 0

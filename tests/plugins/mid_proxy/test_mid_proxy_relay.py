@@ -169,3 +169,17 @@ def test_the_relay_command_refuses_a_bad_config(tmp_path, capsys):
     assert f"{path}: relay.secret: the relay secret is too short" in err
     assert f"{path}: relay.allowed_hosts: list at least one host" in err
     assert f"{path}: relay.listen_prot: unknown key (did you mean listen_port?)" in err
+
+
+async def test_dutybridge_check_says_which_relays_answer(recorder, relays, make_config, monkeypatch):
+    relay = await relays()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("RELAY_SECRET", SECRET)
+    config, pm = make_config(mid_proxy_config(recorder.url, relay_section(dead, relay.url)))
+    async with command_context(config, pm, store=False) as ctx:
+        [check] = pm.hooks.register_checks(ctx=ctx)
+        result = await check.func(ctx)
+        assert result.ok and result.detail.startswith(f"up: {relay.url}; down: {dead} (")
+        await relay.stop()
+        result = await check.func(ctx)
+        assert not result.ok and result.detail.startswith("no relay answers:")
