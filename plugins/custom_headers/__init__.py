@@ -25,6 +25,11 @@ Headers = str | dict[str, str]
 
 def parse_headers(text: str) -> list[tuple[str, str]]:
     """``"X-A: 1\\nX-B: 2"`` -> ``[("X-A", "1"), ("X-B", "2")]``; ValueError names the line."""
+    return [(name, value) for _, name, value in _lines(text)]
+
+
+def _lines(text: str) -> list[tuple[str, str, str]]:
+    """(where, name, value) per header line; ``where`` is ``"line N: "`` for messages."""
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -37,7 +42,7 @@ def parse_headers(text: str) -> list[tuple[str, str]]:
             _check(name, value)
         except ValueError as exc:
             raise ValueError(f"line {number}: {exc}") from None
-        out.append((name, value))
+        out.append((f"line {number}: ", name, value))
     return out
 
 
@@ -48,30 +53,30 @@ def _check(name: str, value: str) -> None:
         raise ValueError(f"header {name}: a value cannot contain a line break or NUL")
 
 
-def _pairs(value: Headers) -> list[tuple[str, str]]:
+def _pairs(value: Headers) -> list[tuple[str, str, str]]:
     if isinstance(value, str):
-        return parse_headers(value)
+        return _lines(value)
     for name, item in value.items():
         _check(name, item)
-    return list(value.items())
+    return [("", name, item) for name, item in value.items()]
 
 
 def _resolve(value: Headers, info: ValidationInfo, allowed: set[str]) -> list[tuple[str, SecretStr]]:
     """Checked (name, value) pairs with secret references read; ValueError says why not."""
     out: list[tuple[str, SecretStr]] = []
     seen: set[str] = set()
-    for name, raw in _pairs(value):
+    for where, name, raw in _pairs(value):
         low = name.lower()
         if low in RESERVED and low not in allowed:
-            raise ValueError(f"header {name} is reserved (dutybridge sets it); to override it anyway, "
+            raise ValueError(f"{where}header {name} is reserved (dutybridge sets it); to override it anyway, "
                              f"add {RESERVED[low]!r} to allow_reserved")
         if low in seen:
-            raise ValueError(f"header {name} is given twice")
+            raise ValueError(f"{where}header {name} is given twice")
         seen.add(low)
         try:
             resolved = resolve_secret(raw, info)
         except ValueError as exc:
-            raise ValueError(f"header {name}: {exc}") from None
+            raise ValueError(f"{where}header {name}: {exc}") from None
         _check(name, resolved)
         out.append((name, SecretStr(resolved)))
     return out

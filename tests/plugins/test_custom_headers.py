@@ -76,7 +76,7 @@ def test_a_reserved_header_is_refused_naming_the_key(make_config):
     with pytest.raises(ConfigError) as info:
         make_config(_config("http://127.0.0.1:9", {"servicenow": "X-A: 1\nAuthorization: Basic Zm9vOmJhcg=="}))
     text = str(info.value)
-    assert "plugins.custom_headers.servicenow: header Authorization is reserved" in text
+    assert "plugins.custom_headers.servicenow: line 2: header Authorization is reserved" in text
     assert "allow_reserved" in text and "Zm9vOmJhcg" not in text
 
 
@@ -95,6 +95,7 @@ async def test_an_allowed_reserved_header_replaces_the_clients(recorder, make_co
     ({"servicenow": {"X-Key": "env:NOT_SET_ANYWHERE"}}, "plugins.custom_headers.servicenow: header X-Key: environment variable NOT_SET_ANYWHERE is not set"),
     ({"urls": {"ftp://x/": "X-A: 1"}}, "plugins.custom_headers.urls: 'ftp://x/': a prefix is an http:// or https:// URL"),
     ({"urls": {"https://x/": {"Host": "y"}}}, "plugins.custom_headers.urls: 'https://x/': header Host is reserved"),
+    ({"pagerduty": "X-A: 1\nx-a: 2"}, "plugins.custom_headers.pagerduty: line 2: header x-a is given twice"),
     ({"allow_reserved": ["X-Mine"]}, "plugins.custom_headers.allow_reserved: 'X-Mine' is not a reserved header"),
 ])
 def test_bad_headers_are_config_errors_naming_the_key(make_config, section, message):
