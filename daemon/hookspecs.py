@@ -122,7 +122,8 @@ def send_request(request: "OutboundRequest", ctx: "Ctx") -> "OutboundResponse | 
     non-None result. Raise ``asyncio.TimeoutError`` or ``aiohttp.ClientError`` for a
     transport failure, so that the pipeline's retry policy applies, or an
     ``OutboundError`` for a refusal that is not the API's answer. To send through the
-    pipeline's session with other options (``proxy=``), call ``ctx.http.send_direct``.
+    pipeline's session with other options (``proxy=``), call ``ctx.http.send_direct``;
+    a connection of your own closes with the pipeline through ``ctx.http.add_closer``.
     """
 
 

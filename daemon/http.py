@@ -455,6 +455,7 @@ class OutboundPipeline:
         self._rng = rng
         self._wallclock = wallclock
         self._session: aiohttp.ClientSession | None = None
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
 
     # lifecycle
     async def start(self) -> None:
@@ -466,9 +467,21 @@ class OutboundPipeline:
             )
 
     async def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - the session below still closes
+                self.log.exception("outbound_closer_failed")
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+    def add_closer(self, closer: Callable[[], Awaitable[Any]]) -> None:
+        """Have ``close()`` await ``closer()`` first: for what a ``send_request`` plugin
+        opens beside the pipeline's session (a SOCKS connector's session), so that it
+        lives exactly as long as the pipeline, in the daemon and in a one-off command."""
+        self._closers.append(closer)
 
     async def __aenter__(self) -> "OutboundPipeline":
         await self.start()

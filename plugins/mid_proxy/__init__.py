@@ -15,9 +15,9 @@ from dutybridge.scheduler import Job
 
 from .config import MidProxyConfig, RelayConfig
 from .relay import relay_command
-from .transport import RelayRefused, RelayTransport, make_transport
+from .transport import ProxyRefused, RelayRefused, RelayTransport, make_transport
 
-__all__ = ["MidProxy", "MidProxyConfig", "RelayConfig", "RelayRefused"]
+__all__ = ["MidProxy", "MidProxyConfig", "ProxyRefused", "RelayConfig", "RelayRefused"]
 
 
 def wanted(conf: MidProxyConfig, service: str, url: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import structlog
 from multidict import CIMultiDict
+from yarl import URL
 
 from dutybridge.http import OutboundError, OutboundPipeline, OutboundRequest, OutboundResponse, safe_url
 
@@ -34,6 +35,14 @@ class RelayRefused(OutboundError):
         self.status = status
         self.reason = reason
         self.transient = status in (429, 503)
+
+
+class ProxyRefused(OutboundError):
+    """The SOCKS proxy refused: wrong credentials, or it would not open the tunnel."""
+
+    def __init__(self, proxy: str, reason: str):
+        super().__init__(f"SOCKS proxy {proxy} refused the request: {reason}")
+        self.reason = reason
 
 
 def ssl_context(cafile: str) -> ssl.SSLContext | bool:
@@ -80,26 +89,42 @@ class SocksTransport:
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
-        # aiohttp-socks is an optional extra; the configuration refused socks:// without it.
-        from aiohttp_socks import ProxyConnector  # noqa: PLC0415
+        # aiohttp-socks is an optional extra, imported only here; the configuration
+        # refused a socks:// URL when it is not installed.
+        from aiohttp_socks import ProxyConnector, ProxyType  # noqa: PLC0415
 
+        url = URL(self.conf.proxy_url)
         password = self.conf.proxy_password.get_secret_value() if self.conf.proxy_password else None
-        connector = ProxyConnector.from_url(self.conf.proxy_url, username=self.conf.proxy_username or None,
-                                            password=password, rdns=True, ssl=ssl_context(self.conf.proxy_ca_file))
+        connector = ProxyConnector(
+            proxy_type=ProxyType.SOCKS4 if url.scheme == "socks4" else ProxyType.SOCKS5,
+            host=url.host, port=url.port or 1080, username=self.conf.proxy_username or None, password=password,
+            # socks5h://, as curl has it: the proxy resolves the names (it may see DNS we cannot).
+            rdns=url.scheme == "socks5h", ssl=ssl_context(self.conf.proxy_ca_file), limit=100)
         return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     async def send(self, req: OutboundRequest, pipeline: OutboundPipeline) -> OutboundResponse:
+        from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError  # noqa: PLC0415 - as in _open
+
         if self._session is None or self._session.closed:
             self._session = self._open()
+            pipeline.add_closer(self._session.close)
         started = time.monotonic()
-        async with self._session.request(
-            req.method, req.url, headers=req.headers, params=req.params or None, data=req.body_bytes(),
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=req.timeout, sock_connect=self.conf.proxy_connect_timeout),
-        ) as resp:
-            body = await resp.read()
-            return OutboundResponse(resp.status, resp.headers, body, elapsed=time.monotonic() - started,
-                                    url=safe_url(str(resp.url)))
+        try:
+            async with self._session.request(
+                req.method, req.url, headers=req.headers, params=req.params or None, data=req.body_bytes(),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=req.timeout, sock_connect=self.conf.proxy_connect_timeout),
+            ) as resp:
+                body = await resp.read()
+                return OutboundResponse(resp.status, resp.headers, body, elapsed=time.monotonic() - started,
+                                        url=safe_url(str(resp.url)))
+        # The SOCKS library's own errors, as the pipeline's retry policy knows them.
+        except ProxyTimeoutError as exc:
+            raise TimeoutError(f"SOCKS proxy {self.conf.proxy_url}: {exc}") from exc
+        except ProxyConnectionError as exc:
+            raise aiohttp.ClientOSError(0, f"SOCKS proxy {self.conf.proxy_url}: {exc}") from exc
+        except ProxyError as exc:
+            raise ProxyRefused(self.conf.proxy_url, str(exc)) from exc
 
     async def close(self) -> None:
         if self._session is not None:

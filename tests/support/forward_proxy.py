@@ -55,7 +55,7 @@ class ForwardProxy:
                 up_reader, up_writer = await asyncio.open_connection(host, int(port))
                 writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                 await writer.drain()
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
                 return
             url = urlsplit(target)
             up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port or 80)
@@ -71,7 +71,7 @@ class ForwardProxy:
                 up_writer.write(await reader.readexactly(length))
             await up_writer.drain()
             # The upstream closes after its answer (Connection: close): pass it all back.
-            await _pipe(up_reader, writer)
+            await pipe(up_reader, writer)
             up_writer.close()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
@@ -80,7 +80,7 @@ class ForwardProxy:
                 writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
             writer.write(data)

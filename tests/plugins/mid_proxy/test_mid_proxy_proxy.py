@@ -1,7 +1,8 @@
-"""mid_proxy in proxy mode: chosen targets through a real local forward proxy (plain and CONNECT)."""
+"""mid_proxy in proxy mode: chosen targets through real local proxies (plain, CONNECT, SOCKS5)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 import subprocess
 
@@ -11,9 +12,10 @@ from aiohttp import web
 from dutybridge.app import command_context
 from dutybridge.config import ConfigError
 from dutybridge.http import ApiError, OutboundRequest
-from dutybridge_plugins.mid_proxy.config import socks_available
+from dutybridge_plugins.mid_proxy import ProxyRefused
 from tests.plugins.mid_proxy.conftest import mid_proxy_config
 from tests.support.forward_proxy import ForwardProxy
+from tests.support.socks_proxy import Socks5Proxy
 
 PROXY_PASSWORD = "proxy-pass-5b8e1d"
 
@@ -80,8 +82,35 @@ async def test_https_targets_are_tunnelled_with_connect(recorder, proxy, make_co
     assert recorder.seen[0]["path"] == "/hooks/alert" and recorder.seen[0]["body"] == b'{"text": "disk full"}'
 
 
-@pytest.mark.skipif(socks_available(), reason="aiohttp-socks is installed here")
-def test_socks_without_aiohttp_socks_is_a_config_error(make_config):
+async def test_socks5_targets_go_through_the_socks_proxy(recorder, make_config, monkeypatch):
+    socks = await Socks5Proxy(credentials=("bridge", PROXY_PASSWORD)).start()
+    monkeypatch.setenv("PROXY_PASSWORD", PROXY_PASSWORD)
+    try:
+        config, pm = make_config(mid_proxy_config(recorder.url, {
+            "targets": ["servicenow"], "proxy_url": socks.url, "proxy_username": "bridge",
+            "proxy_password": "env:PROXY_PASSWORD"}))
+        async with command_context(config, pm, store=False) as ctx:
+            assert (await ctx.servicenow.get("incident", "abc"))["sys_id"] == "abc"
+            assert (await ctx.servicenow.get("incident", "abc"))["sys_id"] == "abc"
+            await ctx.pagerduty.get_user("P1")
+        monkeypatch.setenv("PROXY_PASSWORD", "not-it")
+        config, pm = make_config(mid_proxy_config(recorder.url, {
+            "proxy_url": socks.url, "proxy_username": "bridge", "proxy_password": "env:PROXY_PASSWORD"}))
+        async with command_context(config, pm, store=False) as ctx:
+            with pytest.raises(ProxyRefused, match="refused the request: Username and password authentication"):
+                await ctx.servicenow.get("incident", "abc")
+    finally:
+        await socks.stop()
+    port = int(recorder.url.rsplit(":", 1)[1])
+    # One tunnel, pooled for both ServiceNow calls; PagerDuty's went directly.
+    assert socks.tunnels == [("127.0.0.1", port)]
+    assert [s["path"] for s in recorder.seen] == ["/api/now/table/incident/abc"] * 2 + ["/users/P1"]
+
+
+def test_socks_without_aiohttp_socks_is_a_config_error(make_config, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "aiohttp_socks" else real(name, *a))
     with pytest.raises(ConfigError, match=r"plugins\.mid_proxy\.proxy_url: a socks5:// proxy needs aiohttp-socks, "
                                           r"which is not installed: pip install 'dutybridge\[socks\]'"):
         make_config(mid_proxy_config("http://127.0.0.1:9", {"proxy_url": "socks5://127.0.0.1:1080"}))
