@@ -615,7 +615,7 @@ class OutboundPipeline:
         """Send ``req`` as it is through the pipeline's session (no hooks, no retry).
 
         For ``send_request`` plugins that change only how the bytes travel: ``options``
-        go to ``aiohttp.ClientSession.request`` (``proxy=``, ``proxy_auth=``, ``ssl=``,
+        go to ``aiohttp.ClientSession.request`` (``proxy=``, ``proxy_headers=``, ``ssl=``,
         ``timeout=``), so such a request shares the pipeline's connection pool.
         """
         if self._session is None or self._session.closed:
