@@ -12,7 +12,7 @@ from typing import IO
 
 import pluggy
 
-from . import __version__, events_cli
+from . import __version__, events_cli, hooks_cli
 from .app import command_context, load, plugin_schemas, run
 from .checks import BUILTIN_CHECKS, CheckResult
 from .commands import Command
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(pp)
     pp.add_argument("--dead", action="store_true", required=True, help="delete every dead letter")
 
+    p = sub.add_parser("hooks", help="try a user hook file before deploying it")
+    hooks_cli.add_arguments(p)
+
     p = sub.add_parser("demo", help="the sandbox and the daemon wired together, with a scripted story")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards, for playing")
 
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BUILTIN_COMMANDS = frozenset({"run", "check", "config", "plugins", "events", "sandbox", "demo"})
+BUILTIN_COMMANDS = frozenset({"run", "check", "config", "plugins", "events", "sandbox", "demo", "hooks"})
 
 
 def plugin_commands() -> list[tuple[str, Command]]:
@@ -281,6 +284,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return asyncio.run(run_demo(keep_running=args.keep_running))
         except KeyboardInterrupt:
             return 130
+    if args.command == "hooks":
+        # Hook files are tried without a configuration: the file alone, as the daemon loads it.
+        _configure_cli_logging(args)
+        return asyncio.run(hooks_cli.run_hook_test(args.file, args.request, sys.stdout, sys.stderr))
     if args.command == "config" and args.config_command == "init":
         return _config_init(args)
     command = getattr(args, "plugin_command", None)

@@ -210,6 +210,8 @@ class Config(BaseModel):
             elif isinstance(obj, BaseModel):
                 for name in type(obj).model_fields:
                     walk(getattr(obj, name))
+                # Values a section resolves and keeps privately (a plugin's header values).
+                walk(list((obj.__pydantic_private__ or {}).values()))
             elif isinstance(obj, (list, tuple)):
                 for item in obj:
                     walk(item)

@@ -109,6 +109,9 @@ def outbound_request(request: "OutboundRequest", ctx: "Ctx") -> None:
     Mutate ``request`` in place: headers, params, JSON body, URL, timeout. Called for
     every attempt of every outbound call (PagerDuty, ServiceNow, or another service a
     plugin calls through ``ctx.http``), plugins first, user hook files last.
+    Raise ``dutybridge.http.RequestVetoed(reason)`` to stop the request: the call fails
+    with that reason and the hook's file and line. Any other exception fails the request
+    too (``dutybridge.http.HookFailed``, logged with the file and line), never the daemon.
     """
 
 
@@ -119,7 +122,10 @@ def send_request(request: "OutboundRequest", ctx: "Ctx") -> "OutboundResponse | 
     Return an ``OutboundResponse`` to answer the request, or None to leave it to the
     next implementation and finally the default direct transport. Stops at the first
     non-None result. Raise ``asyncio.TimeoutError`` or ``aiohttp.ClientError`` for a
-    transport failure, so that the pipeline's retry policy applies.
+    transport failure, so that the pipeline's retry policy applies, or an
+    ``OutboundError`` for a refusal that is not the API's answer. To send through the
+    pipeline's session with other options (``proxy=``), call ``ctx.http.send_direct``;
+    a connection of your own closes with the pipeline through ``ctx.http.add_closer``.
     """
 
 

@@ -10,6 +10,7 @@ import email.utils
 import json as _json
 import random
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
@@ -19,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import __version__
+from . import hooks as _hooks_module
 from .hooks import Hooks, hooks_of
 from .redact import safe_url
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pluggy
 
     from .context import Ctx
+
+_HOOKS_FILE = _hooks_module.__file__
 
 #: Methods whose repetition leaves the server as one execution would (RFC 9110 9.2.2).
 #: POST and PATCH are not: a caller that knows better passes ``idempotent=True``.
@@ -163,6 +167,49 @@ class OutboundTimeout(TransportError):
 
 class OutboundConnectionError(TransportError):
     """The connection failed or was reset (on every attempt allowed)."""
+
+
+class RequestVetoed(OutboundError):
+    """Raised by a hook (``outbound_request`` or ``send_request``) to stop a request.
+
+    ``raise RequestVetoed("notes matching 'password' are not sent")``: the request is
+    not sent, and the call fails with the hook's message (and where the hook is), not
+    retried by the pipeline. ``hook`` is ``FILE:LINE`` of the raise, set by the pipeline.
+    """
+
+    transient = False
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.hook = ""
+
+
+class HookFailed(OutboundError):
+    """A hook raised an unexpected exception: the request fails (the exception is the
+    ``__cause__``), and is logged with the hook's file and line. ``transient``: the
+    caller's own retry (the worker's event backoff) tries again, since an operator can
+    fix the hook file and reload in the meantime."""
+
+    transient = True
+
+    def __init__(self, message: str, *, hook: str, hook_name: str):
+        super().__init__(message)
+        self.hook = hook
+        self.hook_name = hook_name
+
+
+def hook_origin(exc: BaseException) -> str:
+    """``FILE:LINE`` in the hook implementation where ``exc`` was raised (or that made
+    the call which raised it): the innermost frame in the implementation's own file."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The first frame after the core's hook caller is the implementation itself.
+    last_core = max((i for i, f in enumerate(frames) if f.filename == _HOOKS_FILE), default=-1)
+    inside = frames[last_core + 1:] or frames
+    if not inside:
+        return "<unknown>"
+    own = [f for f in inside if f.filename == inside[0].filename]
+    return f"{own[-1].filename}:{own[-1].lineno}"
 
 
 # -- retry policy -----------------------------------------------------------------
@@ -400,6 +447,7 @@ class OutboundPipeline:
         self._rng = rng
         self._wallclock = wallclock
         self._session: aiohttp.ClientSession | None = None
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
 
     # lifecycle
     async def start(self) -> None:
@@ -411,9 +459,21 @@ class OutboundPipeline:
             )
 
     async def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - the session below still closes
+                self.log.exception("outbound_closer_failed")
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+    def add_closer(self, closer: Callable[[], Awaitable[Any]]) -> None:
+        """Have ``close()`` await ``closer()`` first: for what a ``send_request`` plugin
+        opens beside the pipeline's session (a SOCKS connector's session), so that it
+        lives exactly as long as the pipeline, in the daemon and in a one-off command."""
+        self._closers.append(closer)
 
     async def __aenter__(self) -> "OutboundPipeline":
         await self.start()
@@ -435,8 +495,9 @@ class OutboundPipeline:
         out); raises ``OutboundTimeout`` / ``OutboundConnectionError`` when no
         response came back. ``idempotent`` defaults from the method (see
         ``RetryPolicy``). ``limiter`` (``acquire()`` / ``observe(response)``) is
-        consulted before and after every attempt. Exceptions raised by hooks
-        propagate unretried: a broken hook is a bug, not a transient failure.
+        consulted before and after every attempt. A hook that raises fails the
+        call unretried: ``RequestVetoed`` as it is, with the hook's place added;
+        any other exception as ``HookFailed``, logged with the hook's file and line.
         """
         policy = retry or self.default_retry
         if idempotent is None:
@@ -446,11 +507,7 @@ class OutboundPipeline:
             attempt += 1
             if limiter is not None:
                 await limiter.acquire()
-            req = _copy_request(request)
-            req.extra["attempt"] = attempt
-            await self.hooks.outbound_request(request=req, ctx=self.ctx)
-            if req.json is not None and req.data is None and "Content-Type" not in req.headers:
-                req.headers["Content-Type"] = "application/json"
+            req = await self.prepare(request, attempt)
             started = time.monotonic()
             try:
                 response = await self._transport(req)
@@ -484,7 +541,8 @@ class OutboundPipeline:
             self._record(req, str(response.status), response.elapsed, attempt, response=response)
             if limiter is not None:
                 limiter.observe(response)
-            await self.hooks.outbound_response(request=req, response=response, ctx=self.ctx)
+            await self._guarded("outbound_response", req,
+                                self.hooks.outbound_response(request=req, response=response, ctx=self.ctx))
 
             if response.ok or not policy.retries_status(response.status, idempotent):
                 return response
@@ -501,25 +559,68 @@ class OutboundPipeline:
             wait = asked if asked is not None else policy.backoff(attempt, self._rng)
             await self._wait(req, attempt, wait, f"HTTP {response.status}")
 
+    async def prepare(self, request: OutboundRequest, attempt: int = 1) -> OutboundRequest:
+        """What attempt ``attempt`` of ``request`` sends: a copy, changed by the
+        ``outbound_request`` hooks (``dutybridge hooks test`` shows it, sending nothing)."""
+        req = _copy_request(request)
+        req.extra["attempt"] = attempt
+        await self._guarded("outbound_request", req, self.hooks.outbound_request(request=req, ctx=self.ctx))
+        if req.json is not None and req.data is None and "Content-Type" not in req.headers:
+            req.headers["Content-Type"] = "application/json"
+        return req
+
     async def _transport(self, req: OutboundRequest) -> OutboundResponse:
         # One deadline covers a relay/proxy hook as well as the direct transport.
         async with asyncio.timeout(req.timeout):
-            response = await self.hooks.send_request(request=req, ctx=self.ctx)
+            response = await self._guarded("send_request", req, self.hooks.send_request(request=req, ctx=self.ctx))
             if response is None:
-                response = await self._direct(req)
+                response = await self.send_direct(req)
         return response
 
-    async def _direct(self, req: OutboundRequest) -> OutboundResponse:
+    async def _guarded(self, hook_name: str, req: OutboundRequest, call: Awaitable[Any]) -> Any:
+        """Await a hook call; a hook's exception becomes the request's failure, never the
+        caller's crash. Transport failures (timeouts, aiohttp errors) and the API errors
+        a transport hook raises pass through as they are, for the retry policy."""
+        try:
+            return await call
+        except RequestVetoed as exc:
+            exc.hook = hook_origin(exc)
+            exc.args = (f"{req.service} {req.operation or req.method}: vetoed by hook {exc.hook}: {exc.reason}",)
+            self.log.warning("outbound_vetoed", service=req.service, operation=req.operation,
+                             hook=exc.hook, hook_name=hook_name, reason=exc.reason)
+            raise
+        except (TimeoutError, aiohttp.ClientError, OutboundError) as exc:
+            if hook_name == "send_request":
+                raise
+            raise self._hook_failed(hook_name, req, exc) from exc
+        except Exception as exc:  # noqa: BLE001 - any bug in a hook fails this request only
+            raise self._hook_failed(hook_name, req, exc) from exc
+
+    def _hook_failed(self, hook_name: str, req: OutboundRequest, exc: BaseException) -> HookFailed:
+        where = hook_origin(exc)
+        self.log.error("outbound_hook_failed", service=req.service, operation=req.operation,
+                       hook=where, hook_name=hook_name, error=f"{type(exc).__name__}: {_exc_text(exc)}")
+        return HookFailed(f"{req.service} {req.operation or req.method}: hook {hook_name} at {where} "
+                          f"raised {type(exc).__name__}: {_exc_text(exc)}", hook=where, hook_name=hook_name)
+
+    async def send_direct(self, req: OutboundRequest, **options: Any) -> OutboundResponse:
+        """Send ``req`` as it is through the pipeline's session (no hooks, no retry).
+
+        For ``send_request`` plugins that change only how the bytes travel: ``options``
+        go to ``aiohttp.ClientSession.request`` (``proxy=``, ``proxy_headers=``, ``ssl=``,
+        ``timeout=``), so such a request shares the pipeline's connection pool.
+        """
         if self._session is None or self._session.closed:
             raise RuntimeError("the outbound pipeline is not started: await pipeline.start() "
                                "(or use it as an async context manager) before sending")
         started = time.monotonic()
+        options.setdefault("timeout", aiohttp.ClientTimeout(total=req.timeout))
         async with self._session.request(
             req.method, req.url, headers=req.headers, params=req.params or None,
-            data=req.body_bytes(), timeout=aiohttp.ClientTimeout(total=req.timeout),
+            data=req.body_bytes(),
             # Redirects are not followed: an API answering 3xx is misconfigured, and
             # following it could change the method or send credentials elsewhere.
-            allow_redirects=False,
+            allow_redirects=False, **options,
         ) as resp:
             body = await resp.read()
             return OutboundResponse(status=resp.status, headers=resp.headers, body=body,
@@ -563,5 +664,5 @@ def _exc_text(exc: BaseException) -> str:
 __all__ = [
     "IDEMPOTENT_METHODS", "OutboundRequest", "OutboundResponse", "OutboundPipeline",
     "RetryPolicy", "RateLimiter", "OutboundError", "TransportError", "OutboundTimeout",
-    "OutboundConnectionError", "retry_after_seconds", "safe_url",
+    "OutboundConnectionError", "RequestVetoed", "HookFailed", "hook_origin", "retry_after_seconds", "safe_url",
 ]

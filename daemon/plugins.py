@@ -32,6 +32,7 @@ from .hooks import Hooks
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
+    "mid_proxy": "dutybridge_plugins.mid_proxy:MidProxy",
     "priority_mapping": "dutybridge_plugins.priority_mapping:PriorityMapping",
     "response_mobilizer": "dutybridge_plugins.response_mobilizer:ResponseMobilizer",
 }
@@ -83,7 +84,9 @@ class DutybridgePluginManager(pluggy.PluginManager):
                 return cast("pluggy.HookimplOpts", {"trylast": True})
         if opts is not None and getattr(plugin, "__dutybridge_hook_file__", False):
             opts = opts.copy()
-            opts.setdefault("trylast", True)
+            # After the plugins, unless the function asks to run before them.
+            if not opts.get("tryfirst"):
+                opts["trylast"] = True
         return opts
 
 
@@ -178,6 +181,17 @@ def hook_files(hooks_dir: Path) -> list[Path]:
     if not hooks_dir.is_dir():
         raise PluginError(f"daemon.hooks_dir: {hooks_dir} is not a folder")
     return sorted(p for p in hooks_dir.glob("*.py") if p.is_file() and not p.name.startswith("_"))
+
+
+def hook_file_manager(path: Path) -> DutybridgePluginManager:
+    """A plugin manager holding the one hook file ``path``, loaded and checked as the
+    daemon loads each file of its hooks_dir (for ``dutybridge hooks test``)."""
+    if not path.is_file():
+        raise PluginError(f"{path}: no such file")
+    pm = DutybridgePluginManager()
+    pm.register(load_hook_file(path), name=f"hookfile:{path.name}")
+    _check_pending(pm)
+    return pm
 
 
 def register_hook_files(pm: pluggy.PluginManager, hooks_dir: Path | None) -> list[str]:

@@ -16,12 +16,14 @@ from structlog.testing import capture_logs
 
 from dutybridge import hookimpl
 from dutybridge.http import (
+    HookFailed,
     OutboundConnectionError,
     OutboundPipeline,
     OutboundRequest,
     OutboundResponse,
     OutboundTimeout,
     RateLimiter,
+    RequestVetoed,
     RetryPolicy,
     retry_after_seconds,
     safe_url,
@@ -343,8 +345,8 @@ async def test_transport_hook_timeout_error_is_retried(pipeline_factory):
     assert resp.status == 200 and calls == [1, 2]
 
 
-async def test_hook_exceptions_propagate_unretried(serve, pipeline_factory):
-    _, server = await serve((200, {}, {}))
+async def test_a_hook_exception_fails_the_request_unretried_naming_the_line(serve, pipeline_factory):
+    script, server = await serve((200, {}, {}))
 
     class Broken:
         @hookimpl
@@ -352,8 +354,28 @@ async def test_hook_exceptions_propagate_unretried(serve, pipeline_factory):
             raise KeyError("bug")
 
     pipeline = await pipeline_factory(Broken())
-    with pytest.raises(KeyError):
+    with capture_logs() as logs, pytest.raises(HookFailed) as info:
         await pipeline.request(req(server))
+    line = Broken.outbound_request.__code__.co_firstlineno + 2
+    assert isinstance(info.value.__cause__, KeyError) and info.value.transient
+    assert info.value.hook == f"{__file__}:{line}" and f"{__file__}:{line}" in str(info.value)
+    assert script.seen == []
+    failed = [e for e in logs if e["event"] == "outbound_hook_failed"]
+    assert failed and failed[0]["hook"] == f"{__file__}:{line}" and "KeyError" in failed[0]["error"]
+
+
+async def test_a_veto_stops_the_request_with_the_hooks_message(serve, pipeline_factory):
+    script, server = await serve((200, {}, {}))
+
+    class Gate:
+        @hookimpl
+        async def outbound_request(self, request, ctx):
+            raise RequestVetoed("no writes on Sundays")
+
+    pipeline = await pipeline_factory(Gate())
+    with pytest.raises(RequestVetoed, match="vetoed by hook .*test_http.py:[0-9]+: no writes on Sundays") as info:
+        await pipeline.request(req(server))
+    assert not info.value.transient and script.seen == []
 
 
 async def test_direct_transport_needs_start(serve):

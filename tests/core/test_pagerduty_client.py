@@ -17,7 +17,7 @@ from yarl import URL
 
 from dutybridge import hookimpl
 from dutybridge.config import PagerDutyConfig
-from dutybridge.http import OutboundPipeline, OutboundTimeout, RateLimiter
+from dutybridge.http import HookFailed, OutboundPipeline, OutboundTimeout, RateLimiter
 from dutybridge.pagerduty import (
     ALREADY_ACKNOWLEDGED,
     ALREADY_RESOLVED,
@@ -442,5 +442,7 @@ async def test_the_openapi_check_is_live(sandbox):
     # recorder must catch it before the request leaves.
     client, _ = sandbox
     no_from = PagerDutyClient(client.pipeline, pd_config(client.base_url, api_key=SANDBOX_KEY))
-    with pytest.raises(AssertionError, match="From"):
+    # A hook's exception fails the request as HookFailed, the assertion its cause.
+    with pytest.raises(HookFailed, match="From") as info:
         await no_from.add_note("PANYID1", "hello")
+    assert isinstance(info.value.__cause__, AssertionError)
