@@ -115,9 +115,24 @@ SQLITE_MIGRATIONS: list[Migration] = [
         # Triggers keep the heads in step with every write to events, whoever makes
         # it: this release, a daemon of the previous one still running while the CLI
         # migrated the file, or an operator's sqlite3 session.
-        f"""
+        # An event stored by add_event has the highest id: it is its resource's head
+        # only when the resource has none (and, being pending, blocked by nothing).
+        # That costs a lookup, not a recompute; any other insert gets the recompute.
+        """
         CREATE TRIGGER inbox_heads_insert AFTER INSERT ON events
-        WHEN NEW.status IN ('pending', 'claimed')
+        WHEN NEW.status = 'pending'
+         AND NOT EXISTS (SELECT 1 FROM inbox_heads WHERE resource = NEW.resource AND event_id > NEW.id)
+        BEGIN
+            INSERT INTO inbox_heads (resource, event_id, due_at)
+            VALUES (NEW.resource, NEW.id, NEW.next_attempt_at)
+            ON CONFLICT (resource) DO NOTHING;
+        END
+        """,
+        f"""
+        CREATE TRIGGER inbox_heads_insert_other AFTER INSERT ON events
+        WHEN NEW.status = 'claimed'
+          OR (NEW.status = 'pending'
+              AND EXISTS (SELECT 1 FROM inbox_heads WHERE resource = NEW.resource AND event_id > NEW.id))
         BEGIN {SQLITE_HEAD_OF.format(resource="NEW.resource")} END
         """,
         f"""

@@ -137,7 +137,7 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
 
     async with SQLiteStore(path, clock=clock) as store:
         claimed: list[int] = []
-        for step in range(400):
+        for step in range(600):
             op = rng.choice(["add", "add", "claim", "complete", "retry", "dead", "replay", "release",
                              "replay_dead", "purge", "tick", "batch", "by hand"])
             if op == "add":
@@ -169,13 +169,21 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
                 # Another writer (an operator's sqlite3 session, a daemon of the last
                 # release while the CLI migrated the file): the triggers follow it too.
                 row_id = rng.randint(1, max(n, 1))
+                lease = to_text(clock.now + timedelta(seconds=rng.choice([-5, 15])))
                 with closing(sqlite3.connect(path)) as db, db:
                     db.execute(rng.choice([
-                        "UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                        "UPDATE events SET status = 'dead', owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                        "UPDATE events SET resource = 'r:moved' WHERE id = ?",
-                        "DELETE FROM events WHERE id = ?",
-                    ]), (row_id,))
+                        "UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL WHERE id = :id",
+                        "UPDATE events SET status = 'dead', owner = NULL, lease_expires_at = NULL WHERE id = :id",
+                        "UPDATE events SET resource = 'r:moved' WHERE id = :id",
+                        "DELETE FROM events WHERE id = :id",
+                        # Back under an id deleted before (older than the resource's head), or claimed.
+                        "INSERT OR IGNORE INTO events (id, source, event_id, type, resource, payload, received_at, updated_at)"
+                        " SELECT :id, 'hand', :id, 't', :r, '{}', :lease, :lease"
+                        " WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = :id)",
+                        "INSERT OR IGNORE INTO events (source, event_id, type, resource, payload, status, owner,"
+                        " lease_expires_at, received_at, updated_at)"
+                        " VALUES ('hand', 'c' || :id || :lease, 't', :r, '{}', 'claimed', 'hand', :lease, :lease, :lease)",
+                    ]), {"id": row_id, "r": rng.choice(resources), "lease": lease})
             now = to_text(clock.now)
             assert normal(stored_heads(path), now) == normal(recomputed_heads(path), now), (step, op)
 
