@@ -8,9 +8,6 @@ from __future__ import annotations
 
 Migration = tuple[int, str, tuple[str, ...]]
 
-# Timestamps are TEXT in UTC ISO-8601 with a fixed width (2026-01-02T03:04:05.000000Z),
-# so that comparing strings compares instants. Ids are AUTOINCREMENT so that a purged
-# event's id is never handed out again (operators refer to events by id).
 # The head of one resource recomputed from its events, as the last statement of
 # migration 3 computes every head; the body of its triggers. Part of migration 3: never
 # edit it (a later change of the triggers is a new migration with its own text).
@@ -34,6 +31,9 @@ SQLITE_HEAD_OF = """
     );
 """
 
+# Timestamps are TEXT in UTC ISO-8601 with a fixed width (2026-01-02T03:04:05.000000Z),
+# so that comparing strings compares instants. Ids are AUTOINCREMENT so that a purged
+# event's id is never handed out again (operators refer to events by id).
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "inbox", (
         """
@@ -170,9 +170,9 @@ SQLITE_MIGRATIONS: list[Migration] = [
 
 # For the PostgreSQL store (not implemented yet): the same tables, native types. It
 # satisfies the same contract with these statements:
-#   heads:      the same four triggers, each an AFTER ... FOR EACH ROW trigger calling one
-#               PL/pgSQL function that runs SQLITE_HEAD_OF's two statements (INDEXED BY
-#               dropped; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
+#   heads:      one AFTER ... FOR EACH ROW trigger (migration 3 below) does what SQLite's
+#               four do, through a function of SQLITE_HEAD_OF's two statements (no
+#               INDEXED BY; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
 #   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING *
 #   claim:      UPDATE inbox_heads SET due_at = NULL WHERE resource IN (
 #                   SELECT resource FROM inbox_heads WHERE due_at <= now() FOR UPDATE SKIP LOCKED);
