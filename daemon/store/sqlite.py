@@ -1,7 +1,7 @@
 """The SQLite store: inbox, dead letters, links and watermarks in one WAL-mode file.
 
-One connection serves the whole daemon; an asyncio lock makes each method one
-transaction on it. Other processes (the ``dutybridge events`` CLI) may open the same
+One connection serves the whole daemon's writes; an asyncio lock makes each method
+one transaction on it. Counts and listings read on a second, query-only connection. Other processes (the ``dutybridge events`` CLI) may open the same
 file at the same time: WAL lets them read while the daemon writes.
 
 ``add_event`` commits in groups: the events that arrive while one commit is in flight
@@ -146,7 +146,7 @@ class SQLiteStore(Store):
         if versions != sorted(set(versions)) or (versions and versions[0] < 1):
             raise ValueError(f"migration versions must be positive and strictly increasing: {versions}")
         self._db: aiosqlite.Connection | None = None
-        # One connection and one queue for inserts, claims and the rest. A connection of
+        # One connection and one queue for inserts, claims and every write. A connection of
         # its own for inserts was measured and lost: WAL lets one connection write at a
         # time, the other sleeps in SQLite's busy handler (1, 2, 5 ms...), and insert p99
         # and the worker's drain rate got worse (bench/RESULTS.md). A claim is a few
