@@ -1,8 +1,9 @@
 """The SQLite store: inbox, dead letters, links and watermarks in one WAL-mode file.
 
 One connection serves the whole daemon's writes; an asyncio lock makes each method
-one transaction on it. Counts and listings read on a second, query-only connection. Other processes (the ``dutybridge events`` CLI) may open the same
-file at the same time: WAL lets them read while the daemon writes.
+one transaction on it. Counts and listings read on a second, query-only connection.
+Other processes (the ``dutybridge events`` CLI) may open the same file at the same
+time: WAL lets them read while the daemon writes.
 
 ``add_event`` commits in groups: the events that arrive while one commit is in flight
 are written together by the next one, in one transaction and one fsync, on the
