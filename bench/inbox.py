@@ -15,7 +15,8 @@ would): events per second. Each run stops after ``--case-seconds`` and says how 
 samples it took when it took fewer than asked.
 
 ``--ingest`` measures instead how long ``add_event`` takes while a worker drains a
-backlog: ``--ingest-rate`` events a second, or ``--producers`` callers back to back.
+backlog: ``--ingest-rate`` events a second, or ``--producers`` callers back to back;
+``--scrape`` adds a ``counts()`` every so many seconds, as a Prometheus scrape does.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def run_case(path: Path, size: int, shape: str, args: argparse.Namespace) -> dic
     return row
 
 
-async def _ingest_while_draining(path: Path, producers: int, seconds: float, rate: float) -> dict:
+async def _ingest_while_draining(path: Path, producers: int, seconds: float, rate: float,
+                                 scrape: float) -> dict:
     """Events stored while a worker drains the backlog: ``rate`` a second, each by a caller
     of its own (webhooks), or when ``rate`` is 0, ``producers`` callers back to back."""
     async with SQLiteStore(path) as store:
@@ -232,22 +234,33 @@ async def _ingest_while_draining(path: Path, producers: int, seconds: float, rat
                 await asyncio.sleep(max(0.0, begin + i / rate - time.perf_counter()))
             await asyncio.gather(*tasks)
 
+        counts_ms: list[float] = []
+
+        async def scraper() -> None:
+            # /metrics as Prometheus scrapes it: counts() of every status.
+            while scrape > 0 and time.perf_counter() < stop_at:
+                begin = time.perf_counter()
+                await store.counts()
+                counts_ms.append((time.perf_counter() - begin) * 1000)
+                await asyncio.sleep(scrape)
+
         await worker.start()
         start = time.perf_counter()
-        if rate > 0:
-            await paced()
-        else:
-            await asyncio.gather(*(produce(k) for k in range(producers)))
+        load = paced() if rate > 0 else asyncio.gather(*(produce(k) for k in range(producers)))
+        await asyncio.gather(load, scraper())
         elapsed = time.perf_counter() - start
         drained = plugin.count
         await worker.stop(timeout=5)
     return {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "max": max(latencies),
-            "ingest": len(latencies) / elapsed, "drain": drained / elapsed}
+            "ingest": len(latencies) / elapsed, "drain": drained / elapsed,
+            "counts": statistics.median(counts_ms) if counts_ms else None}
 
 
 def ingest_while_draining(tmp: Path, args: argparse.Namespace) -> str:
     load = (f"{args.ingest_rate:g} events/s, each stored by a caller of its own" if args.ingest_rate > 0
             else f"{args.producers} callers storing events back to back")
+    if args.scrape > 0:
+        load += f", counts() every {args.scrape:g} s as /metrics does"
     lines = [f"Ingest while the worker drains a backlog of {args.ingest_backlog:,} distinct events "
              f"({load}, {args.ingest_seconds:g} s each):", "",
              "| arrangement | add_event p50 ms | p99 ms | max ms | stored events/s | drained events/s |",
@@ -255,10 +268,13 @@ def ingest_while_draining(tmp: Path, args: argparse.Namespace) -> str:
     path = tmp / "ingest.db"
     build(path, args.ingest_backlog, "distinct")
     restart_with_statistics(path)
-    r = asyncio.run(_ingest_while_draining(path, args.producers, args.ingest_seconds, args.ingest_rate))
+    r = asyncio.run(_ingest_while_draining(path, args.producers, args.ingest_seconds, args.ingest_rate,
+                                           args.scrape))
     remove(path)
-    lines.append(f"| one connection, one queue | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | "
+    lines.append(f"| one writer connection, one queue | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | "
                  f"{r['ingest']:,.0f} | {r['drain']:,.0f} |")
+    if r["counts"] is not None:
+        lines.append(f"\ncounts() took {r['counts']:.0f} ms (median).")
     return "\n".join(lines)
 
 
@@ -320,6 +336,8 @@ def main() -> None:
     parser.add_argument("--producers", type=int, default=32)
     parser.add_argument("--ingest-rate", type=float, default=1000.0,
                         help="events/s stored during --ingest (0: --producers callers back to back)")
+    parser.add_argument("--scrape", type=float, default=0.0,
+                        help="during --ingest, call counts() every SCRAPE seconds (as /metrics does)")
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--label", default="", help="a heading for the table in --results")

@@ -7,9 +7,6 @@ from __future__ import annotations
 # Each list holds ``(version, description, statements)``.
 Migration = tuple[int, str, tuple[str, ...]]
 
-# Timestamps are TEXT in UTC ISO-8601 with a fixed width (2026-01-02T03:04:05.000000Z),
-# so that comparing strings compares instants. Ids are AUTOINCREMENT so that a purged
-# event's id is never handed out again (operators refer to events by id).
 # The head of one resource recomputed from its events, as the last statement of
 # migration 3 computes every head; the body of its triggers. Part of migration 3: never
 # edit it (a later change of the triggers is a new migration with its own text).
@@ -33,6 +30,9 @@ SQLITE_HEAD_OF = """
     );
 """
 
+# Timestamps are TEXT in UTC ISO-8601 with a fixed width (2026-01-02T03:04:05.000000Z),
+# so that comparing strings compares instants. Ids are AUTOINCREMENT so that a purged
+# event's id is never handed out again (operators refer to events by id).
 SQLITE_MIGRATIONS: list[Migration] = [
     (1, "inbox", (
         """
@@ -114,9 +114,24 @@ SQLITE_MIGRATIONS: list[Migration] = [
         # Triggers keep the heads in step with every write to events, whoever makes
         # it: this release, a daemon of the previous one still running while the CLI
         # migrated the file, or an operator's sqlite3 session.
-        f"""
+        # An event stored by add_event has the highest id: it is its resource's head
+        # only when the resource has none (and, being pending, blocked by nothing).
+        # That costs a lookup, not a recompute; any other insert gets the recompute.
+        """
         CREATE TRIGGER inbox_heads_insert AFTER INSERT ON events
-        WHEN NEW.status IN ('pending', 'claimed')
+        WHEN NEW.status = 'pending'
+         AND NOT EXISTS (SELECT 1 FROM inbox_heads WHERE resource = NEW.resource AND event_id > NEW.id)
+        BEGIN
+            INSERT INTO inbox_heads (resource, event_id, due_at)
+            VALUES (NEW.resource, NEW.id, NEW.next_attempt_at)
+            ON CONFLICT (resource) DO NOTHING;
+        END
+        """,
+        f"""
+        CREATE TRIGGER inbox_heads_insert_other AFTER INSERT ON events
+        WHEN NEW.status = 'claimed'
+          OR (NEW.status = 'pending'
+              AND EXISTS (SELECT 1 FROM inbox_heads WHERE resource = NEW.resource AND event_id > NEW.id))
         BEGIN {SQLITE_HEAD_OF.format(resource="NEW.resource")} END
         """,
         f"""
@@ -154,9 +169,9 @@ SQLITE_MIGRATIONS: list[Migration] = [
 
 # For the PostgreSQL store (not implemented yet): the same tables, native types. It
 # satisfies the same contract with these statements:
-#   heads:      the same four triggers, each an AFTER ... FOR EACH ROW trigger calling one
-#               PL/pgSQL function that runs SQLITE_HEAD_OF's two statements (INDEXED BY
-#               dropped; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
+#   heads:      one AFTER ... FOR EACH ROW trigger (migration 3 below) does what SQLite's
+#               four do, through a function of SQLITE_HEAD_OF's two statements (no
+#               INDEXED BY; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
 #   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING *
 #   claim:      UPDATE inbox_heads SET due_at = NULL WHERE resource IN (
 #                   SELECT resource FROM inbox_heads WHERE due_at <= now() FOR UPDATE SKIP LOCKED);

@@ -121,9 +121,15 @@ class SQLiteStore(Store):
     ``updated_at``; tests pass a fake one. ``migrations`` defaults to every known
     step; tests pass a prefix to build an older schema.
 
-    One connection serves the whole daemon; an asyncio lock makes each method one
-    transaction on it. Other processes (the ``dutybridge events`` CLI) may open the same
-    file at the same time: WAL lets them read while the daemon writes.
+    One connection serves the whole daemon's writes; an asyncio lock makes each method
+    one transaction on it. Counts and listings read on a second, query-only connection.
+    Other processes (the ``dutybridge events`` CLI) may open the same file at the same
+    time: WAL lets them read while the daemon writes.
+
+    ``add_event`` commits in groups: the events that arrive while one commit is in flight
+    are written together by the next one, in one transaction and one fsync, on the
+    connection's thread in one call. A lone event is committed at once; each caller still
+    returns only once its own row is committed.
     """
 
     def __init__(
@@ -142,12 +148,17 @@ class SQLiteStore(Store):
         if versions != sorted(set(versions)) or (versions and versions[0] < 1):
             raise ValueError(f"migration versions must be positive and strictly increasing: {versions}")
         self._db: aiosqlite.Connection | None = None
-        # One connection and one queue for inserts, claims and the rest. A connection of
+        # One connection and one queue for inserts, claims and every write. A connection of
         # its own for inserts was measured and lost: WAL lets one connection write at a
         # time, the other sleeps in SQLite's busy handler (1, 2, 5 ms...), and insert p99
         # and the worker's drain rate got worse (bench/RESULTS.md). A claim is a few
         # index lookups, so an insert queued behind one waits well under a millisecond.
         self._lock = asyncio.Lock()
+        # Reads that grow with the table (counts for /metrics, listings for the CLI) run
+        # on a connection of their own: WAL lets it read while the other writes, so an
+        # insert never queues behind a count of a million rows (0.1-0.2 s).
+        self._reader: aiosqlite.Connection | None = None
+        self._reader_lock = asyncio.Lock()
         # Group commit: add_event() queues (row, event, future); one writer task at a
         # time drains the queue a batch per transaction.
         self._pending: list[tuple[_Row, Event, asyncio.Future[StoredEvent | None]]] = []
@@ -180,6 +191,12 @@ class SQLiteStore(Store):
             await db.execute("PRAGMA synchronous = NORMAL")
             self._db = db
             await self._migrate()
+            if self.path != MEMORY:  # a second connection to :memory: is another database
+                reader = await aiosqlite.connect(self.path, isolation_level=None)
+                reader.row_factory = sqlite3.Row
+                await reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                await reader.execute("PRAGMA query_only = ON")
+                self._reader = reader
         except BaseException:
             self._db = None
             await db.close()
@@ -206,6 +223,10 @@ class SQLiteStore(Store):
         db, self._db = self._db, None
         if db is None:
             return
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            async with self._reader_lock:
+                await reader.close()
         async with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("PRAGMA optimize")
@@ -277,6 +298,19 @@ class SQLiteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
                 raise
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The reader connection (the shared one for ``:memory:``), for one read."""
+        if self._reader is None:
+            async with self._transaction(write=False) as db:
+                yield db
+            return
+        async with self._reader_lock:
+            reader = self._reader
+            if reader is None:
+                raise RuntimeError("the store is not open (await store.open() first)")
+            yield reader
 
     def _now(self) -> str:
         return to_text(self._clock())
@@ -432,7 +466,7 @@ class SQLiteStore(Store):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(max(0, limit))
-        async with self._transaction(write=False) as db:
+        async with self._read() as db:
             rows = await db.execute_fetchall(sql, params)
         return [_event(r) for r in rows]
 
@@ -461,7 +495,7 @@ class SQLiteStore(Store):
         return await self._write_count("DELETE FROM events WHERE status = 'dead'", ())
 
     async def counts(self) -> dict[str, int]:
-        async with self._transaction(write=False) as db:
+        async with self._read() as db:
             rows = await db.execute_fetchall("SELECT status, COUNT(*) FROM events GROUP BY status")
         out = dict.fromkeys(STATUSES, 0)
         out.update({r[0]: r[1] for r in rows})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sqlite3
 import stat
+import threading
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -88,6 +90,33 @@ async def test_a_second_process_sees_committed_events(tmp_path):
         await daemon.fail(stored.id, "boom", None)
         assert await cli.replay_dead() == 1
         assert (await daemon.get_event(stored.id)).status == "pending"
+
+
+async def test_inserts_and_claims_do_not_wait_for_a_long_read(tmp_path):
+    # /metrics counts every event, a CLI lists them: at a large table that takes a
+    # while, and it must not hold up the receiver or the worker.
+    async with SQLiteStore(tmp_path / "d.db") as store:
+        await store.add_event(ev(1))
+        gate, entered = threading.Event(), threading.Event()
+
+        def long_read():
+            entered.set()
+            gate.wait(10)
+
+        reader = store._reader
+        held = asyncio.ensure_future(reader._execute(long_read))
+        await asyncio.to_thread(entered.wait, 10)
+        counting = asyncio.ensure_future(store.counts())  # queued behind the long read
+        try:
+            async with asyncio.timeout(5):
+                stored = await store.add_event(ev(2, "r:B"))
+                claimed = await store.claim("w", 5, 30)
+            assert {e.id for e in claimed} == {stored.id, 1}
+            assert not counting.done()
+        finally:
+            gate.set()
+            await held
+        assert (await counting)["claimed"] == 2
 
 
 def test_migration_versions_increase_and_both_dialects_stay_in_step():
