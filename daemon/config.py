@@ -323,7 +323,7 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
     problems: list[str] = []
     warnings: list[str] = []
     # Relative file: secrets resolve against the config file's folder, as hooks_dir does.
-    context = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
+    context: dict[str, Any] = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
     sections: dict[str, Any] = {}
     allowed_top = set(CORE_SECTIONS) | {"plugins"}
     for key in raw:
@@ -340,6 +340,8 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             problems += format_validation_error(name, exc, _secret_paths(name, model), model)
         warnings += _literal_secrets(name, model, data)
 
+    # Plugin sections may check what they depend on in the core's (e.g. daemon.public_url).
+    context["daemon"] = sections.get("daemon")
     plugins_raw = raw.get("plugins", {})
     enabled: list[str] = []
     plugin_sections: dict[str, Any] = {}

@@ -30,6 +30,7 @@ from .hooks import Hooks
 BUILTIN_PLUGINS: dict[str, str] = {
     "custom_headers": "dutybridge_plugins.custom_headers",
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
+    "provisioning": "dutybridge_plugins.provisioning:Provisioning",
 }
 
 ENTRY_POINT_GROUP = "dutybridge"
