@@ -14,7 +14,7 @@ from aiohttp import hdrs, web
 from dutybridge import hookimpl
 from dutybridge.commands import Command
 from dutybridge.context import Ctx
-from dutybridge.web import Reject, check_credentials, ctx_of, parse_json_object, read_body, secret_value
+from dutybridge.web import Reject, check_credentials, ctx_of, error_response, parse_json_object, read_body, secret_value
 
 from . import actions
 from .config import PLUGIN, ProvisioningConfig
@@ -120,6 +120,14 @@ def _confirm(args: argparse.Namespace, run: Run):
 
 
 async def provision_route(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _provision_route(request)
+    except Reject as rej:
+        log.warning("provision_request_refused", status=rej.status, reason=rej.code, detail=rej.reason)
+        return error_response(rej.status, rej.reason, headers=rej.headers)
+
+
+async def _provision_route(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/provision/{groups|users|cis|webhook}``, for the ServiceNow UI action:
     ``{"refs": [sys_id, ...], "requested_by": user_name, "as": ..., "dry_run": ...}``;
     answers the outcomes and the summary (200, ``failed`` counted in it)."""

@@ -93,7 +93,8 @@ def summary(lines: list[dict]) -> dict:
 
 
 async def start_world(tmp: Path, *, seed: dict | None = None, daemon: bool = True, configured_secret: bool = False,
-                      faults: Any = None, rate_limit: int | None = None, **settings: Any) -> World:
+                      faults: Any = None, rate_limit: int | None = None, pagerduty: dict | None = None,
+                      **settings: Any) -> World:
     """Sandbox (+ daemon unless ``daemon=False``); ``settings`` are ``[plugins.provisioning]``
     keys. No static links and, unless ``configured_secret``, no configured webhook secret:
     whatever syncs, syncs through what provisioning stored."""
@@ -108,6 +109,7 @@ async def start_world(tmp: Path, *, seed: dict | None = None, daemon: bool = Tru
     path = build_config(sandbox, tmp, {"poll_interval_seconds": 0.0, "recheck_seconds": 0.0})
     doc = tomllib.loads(path.read_text())
     doc["daemon"].update(listen_port=port, public_url=f"http://127.0.0.1:{port}")
+    doc["pagerduty"].update(pagerduty or {})
     if not configured_secret:
         doc["pagerduty"]["webhook_secrets"] = []
     doc["plugins"]["enabled"] = ["incident_sync", "provisioning"]
