@@ -458,7 +458,8 @@ def _render_section(header: str, model: type[BaseModel], comment: str, commented
             items = ", ".join(tomli_w.dumps({k: v}).rstrip("\n") for k, v in value.items())
             lines.append(f"{name} = {{{items}}}")
             continue
-        lines.append(tomli_w.dumps({name: value}).rstrip("\n"))
+        # A long array is written over several lines: each is its own line, to be commented out.
+        lines.extend(tomli_w.dumps({name: value}).rstrip("\n").splitlines())
     if commented:
         lines = [lines[0]] + [line if (not line or line.startswith("#")) else "# " + line for line in lines[1:]]
     return lines

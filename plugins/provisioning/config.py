@@ -42,6 +42,8 @@ class CustomService(Section):
 
 
 class ProvisioningConfig(Section):
+    """ServiceNow groups, users and CIs into PagerDuty (dutybridge provision / migrate)."""
+
     api_token: Secret | None = Field(None, description="Bearer token the ServiceNow UI action sends to POST /api/v1/provision/...; unset: the endpoint answers 503.")
     mapping_mode: Literal["assignment_groups", "cis_and_assignment_groups"] = Field("assignment_groups", description="assignment_groups: a group gets an escalation policy, a service and a webhook; cis_and_assignment_groups: a group gets only the escalation policy, CIs get the services.")
     provision_members: bool = Field(False, description="Provision a group's current members into PagerDuty as users.")
