@@ -3,6 +3,7 @@ records, confirm licences, provision them concurrently, tell the daemon, summari
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,16 @@ async def run_command(run: Run, what: str, args: dict[str, Any], *, confirm: Cal
     code = await handler(run, args, confirm)
     await links_changed(run)
     return run.finish() if code is None else code
+
+
+async def provision(ctx: Any, what: str, refs: list[str], **options: Any) -> Run:
+    """Run one provisioning action in-process (as the endpoint does) and return the run:
+    its ``outcomes`` and ``counts()``. ``options`` are the endpoint's body fields."""
+    args = http_args(what, {"refs": refs, **options})
+    run = Run(ctx, ctx.plugin_config("provisioning"), dry_run=args["dry_run"], link_existing=args["link_existing"],
+              out=io.StringIO(), err=io.StringIO(), interactive=False)
+    await run_command(run, what, args, confirm=lambda count: True)
+    return run
 
 
 def _not_found(run: Run, kind: str, refs: list[str]) -> None:
