@@ -61,7 +61,7 @@ async def pd_user_for(run: Run, user: dict, tally: Tally, notes: list[str]) -> s
     if known:
         return known
     email = str(user.get("email") or "").strip()
-    found = await run.pagerduty.find_user_by_email(email) if email else None
+    found = await run.user_by_email(email) if email else None
     if found is None:
         return None
     if not run.dry_run:

@@ -4,8 +4,6 @@ the marker in its description; a name taken by someone else's object is refused 
 
 from __future__ import annotations
 
-from typing import Any
-
 from dutybridge.store.base import Link
 
 from .run import Refused, Run

@@ -77,6 +77,7 @@ class Run:
         self._bar: Any = None
         #: Set when group/CI links changed: the running daemon is told once, at the end.
         self.links_dirty = False
+        self._by_email: dict[str, dict | None] = {}
 
     @property
     def pagerduty(self) -> Any:
@@ -96,6 +97,17 @@ class Run:
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         return lock
+
+    async def user_by_email(self, email: str) -> dict | None:
+        """The PagerDuty user with this email, looked up once per run (the licence count
+        and the provisioning that follows it ask the same question)."""
+        key = email.strip().casefold()
+        if key not in self._by_email:
+            self._by_email[key] = await self.pagerduty.find_user_by_email(email)
+        return self._by_email[key]
+
+    def user_created(self, email: str, user: dict) -> None:
+        self._by_email[email.strip().casefold()] = user
 
     # -- output --------------------------------------------------------------------
     def record(self, outcome: Outcome) -> Outcome:

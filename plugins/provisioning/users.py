@@ -71,7 +71,7 @@ async def needs_licence(run: Run, user: dict) -> bool:
     if await linked_user(run, user["sys_id"]):
         return False
     email = str(user.get("email") or "").strip()
-    return bool(email) and await run.pagerduty.find_user_by_email(email) is None
+    return bool(email) and await run.user_by_email(email) is None
 
 
 async def provision_user(run: Run, user: dict) -> tuple[str, str, list[str]]:
@@ -88,7 +88,7 @@ async def _provision_user(run: Run, user: dict) -> tuple[str, str, list[str]]:
     email = str(user.get("email") or "").strip()
     if not email:
         raise Refused("the ServiceNow user has no email: PagerDuty users are matched and created by email")
-    existing = await run.pagerduty.find_user_by_email(email)
+    existing = await run.user_by_email(email)
     if existing is not None:
         if run.dry_run:
             return existing["id"], "linked", []
@@ -109,17 +109,20 @@ async def _provision_user(run: Run, user: dict) -> tuple[str, str, list[str]]:
         body["job_title"] = str(user["title"])[:100]
     created = (await run.pagerduty.post("/users", json={"user": body}, acting_email=run.acting_email,
                                         operation="POST /users"))["user"]
-    problems = await _contact_methods(run, created["id"], user)
+    run.user_created(email, created)
+    problems = await _contact_methods(run, created["id"], user, fresh=True)
     await _link(run, created["id"], user)
     return created["id"], "created", problems
 
 
-async def _contact_methods(run: Run, pd_id: str, user: dict) -> list[str]:
+async def _contact_methods(run: Run, pd_id: str, user: dict, *, fresh: bool = False) -> list[str]:
     """Phone and SMS contact methods from ``phone``/``mobile_phone``, each with an immediate
-    high-urgency notification rule; the numbers that cannot be parsed, as problems."""
+    high-urgency notification rule; the numbers that cannot be parsed, as problems.
+    ``fresh``: the user was just created, so has none of them yet (no need to read)."""
     problems: list[str] = []
-    have = {(cm.get("type"), str(cm.get("address"))) async for cm in run.pagerduty.paginate(
-        f"/users/{pd_id}/contact_methods", "contact_methods", operation="GET /users/{id}/contact_methods")}
+    have: set[tuple[Any, str]] = set() if fresh else {
+        (cm.get("type"), str(cm.get("address"))) async for cm in run.pagerduty.paginate(
+            f"/users/{pd_id}/contact_methods", "contact_methods", operation="GET /users/{id}/contact_methods")}
     for field_name, ctype, label in PHONES:
         raw = str(user.get(field_name) or "").strip()
         if not raw:
