@@ -119,7 +119,7 @@ async def wait_up(url: str) -> None:
     raise RuntimeError(f"the sandbox did not come up at {url}")
 
 
-async def bench(budget: int, scale: float, concurrency: int) -> None:
+async def bench(budget: int, scale: float, concurrency: int, client_budget: int) -> None:
     users, groups, cis = int(5000 * scale), int(500 * scale), int(2000 * scale) // 10 * 10
     with tempfile.TemporaryDirectory(prefix="dutybridge-bench-") as tmp:
         folder = Path(tmp)
@@ -134,7 +134,7 @@ async def bench(budget: int, scale: float, concurrency: int) -> None:
                 "daemon": {"listen_port": port, "public_url": f"http://127.0.0.1:{port}", "log_level": "error",
                            "store_url": f"sqlite:///{folder / 'bench.db'}"},
                 "pagerduty": {"api_url": f"http://127.0.0.1:{pd_port}", "api_key": API_KEY,
-                              "default_user_id": "PBENCH1", "rate_limit_per_minute": budget},
+                              "default_user_id": "PBENCH1", "rate_limit_per_minute": client_budget or budget},
                 "servicenow": {"instance_url": f"http://127.0.0.1:{sn_port}", "username": SN_USER,
                                "password": SN_PASSWORD},
                 "plugins": {"enabled": ["provisioning"], "provisioning": {"concurrency": concurrency,
@@ -144,8 +144,8 @@ async def bench(budget: int, scale: float, concurrency: int) -> None:
             counter = Counter()
             config, pm = load(folder / "config.toml", extra_plugins=[counter])
             configure_logging("error", "console", stream=sys.stderr)
-            print(f"budget {budget} PagerDuty requests/min; {users} users, {groups} groups, {cis} CIs; "
-                  f"concurrency {concurrency}")
+            print(f"budget {budget} PagerDuty requests/min (client rate_limit_per_minute "
+                  f"{client_budget or budget}); {users} users, {groups} groups, {cis} CIs; concurrency {concurrency}")
             started = time.monotonic()
             async with command_context(config, pm) as ctx:
                 roots = [f"ci-{c:05d}" for c in range(0, cis, 10)]
@@ -177,8 +177,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=12000, help="PagerDuty requests per minute (sandbox and client)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of 5,000 users / 500 groups / 2,000 CIs")
     parser.add_argument("--concurrency", type=int, default=64, help="objects provisioned at once")
+    parser.add_argument("--client-budget", type=int, default=0,
+                        help="[pagerduty] rate_limit_per_minute of the client (default: the budget)")
     args = parser.parse_args()
-    asyncio.run(bench(args.budget, args.scale, args.concurrency))
+    asyncio.run(bench(args.budget, args.scale, args.concurrency, args.client_budget))
 
 
 if __name__ == "__main__":

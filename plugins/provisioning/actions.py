@@ -3,10 +3,12 @@ records, confirm licences, provision them concurrently, tell the daemon, summari
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Callable
 from typing import Any
 
+from dutybridge.http import ApiError, TransportError
 from dutybridge.servicenow import Query
 from dutybridge.web import Reject
 
@@ -71,7 +73,13 @@ async def run_command(run: Run, what: str, args: dict[str, Any], *, confirm: Cal
     if note:
         print(note, file=run.err, flush=True)
     handler = COMMANDS[what]
-    code = await handler(run, args, confirm)
+    try:
+        code = await handler(run, args, confirm)
+    except (ApiError, TransportError) as exc:
+        # A read the whole command needs (the selection, a dependency walk) failed:
+        # what was done stays done and recorded; the next run continues from there.
+        run.record(Outcome(what, "(command)", status="failed", detail=[f"{type(exc).__name__}: {exc}"]))
+        code = None
     await links_changed(run)
     return run.finish() if code is None else code
 
@@ -92,10 +100,15 @@ def _not_found(run: Run, kind: str, refs: list[str]) -> None:
 
 
 async def _licences(run: Run, users: list[dict], confirm: Callable[[int], bool]) -> bool:
-    count = 0
-    for user in users:
-        if await needs_licence(run, user):
-            count += 1
+    """Count the users that would be created (asked concurrently, as provisioning is) and
+    ask; the lookups are remembered for the provisioning that follows."""
+    gate = asyncio.Semaphore(run.conf.concurrency)
+
+    async def one(user: dict) -> bool:
+        async with gate:
+            return await needs_licence(run, user)
+
+    count = sum(await asyncio.gather(*(one(u) for u in users)))
     return count == 0 or confirm(count)
 
 

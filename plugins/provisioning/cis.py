@@ -292,7 +292,9 @@ async def _table_cis(run: Run, table: str, column: str) -> list[dict]:
     return await run.servicenow.list(table, None, fields=fields, order_by="sys_id")
 
 
-def _chunks(ids: list[str], size: int = 100) -> list[list[str]]:
+def _chunks(ids: list[str], size: int = 30) -> list[list[str]]:
+    # ServiceNow echoes the query in its Link header (next, prev, first, last): 30
+    # sys_ids keep that header under the 8 KiB a client reads of one header line.
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from dutybridge_sandbox.faults import FaultInjector
 from tests.plugins.provisioning.world import outcomes, summary
 
 pytestmark = pytest.mark.slow
@@ -111,3 +112,15 @@ async def test_custom_services_plan_lists_children_without_parent_as_errors(make
     assert dependencies(world) == [("Customer Portal", "portal-web"), ("Payments", "payments-api")]
     assert not [s for s in world.pd.services.values() if s["name"] == "orphan-app"]
     assert orphan["sys_id"] not in {o["sn_id"] for o in outcomes(lines) if o["status"] != "failed"}
+
+
+async def test_a_failed_dependency_walk_fails_the_command_cleanly(make_world):
+    world = await make_world(**CI_MODE)
+    world.sn.faults = FaultInjector.parse("GET /api/now/table/cmdb_rel_ci: error_rate=1")
+    code, lines, err = await world.cli("provision", "cis", "Customer Portal", "--as", "business",
+                                       "--with-dependencies")
+    assert code == 1
+    [failed] = [o for o in outcomes(lines) if o["status"] == "failed"]
+    assert failed["kind"] == "cis" and "cmdb_rel_ci" in failed["detail"]
+    assert "Traceback" not in err
+    assert not world.pd.business_services.keys() - {"PBSPAY1"}

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 import tomli_w
 
+from dutybridge.app import load
 from dutybridge.config import ConfigError
 from tests.plugins.provisioning.world import API_TOKEN, DESK_GROUP
 
@@ -60,8 +61,6 @@ async def test_an_unknown_action_is_404(make_world):
 
 
 async def test_config_check_requires_public_url(make_world, tmp_path):
-    from dutybridge.app import load
-
     world = await make_world(daemon=False)
     doc = tomllib.loads(world.config_path.read_text())
     doc["daemon"]["public_url"] = ""

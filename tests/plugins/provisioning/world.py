@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from dutybridge.cli import main
 from dutybridge_demo.harness import RunningDaemon, start_daemon
 from dutybridge_sandbox.runner import Sandbox
 from tests.plugins.incident_sync.world import (DOORBELL_TOKEN, SEED, advancing_clock, build_config,
@@ -58,8 +59,6 @@ class World:
     async def cli(self, *argv: str) -> tuple[int, list[dict], str]:
         """``dutybridge ARGV --config ...`` in a thread (it runs its own loop): exit code,
         the JSON lines it printed (stdout is no terminal here) and its stderr."""
-        from dutybridge.cli import main
-
         out, err = io.StringIO(), io.StringIO()
 
         def call() -> int:
