@@ -92,7 +92,11 @@ async def _provision_group(run: Run, group: dict) -> Outcome:
     members: list[str] = []
     if conf.provision_members:
         for user in await group_members(run, sys_id):
-            pd_id = await pd_user_for(run, user, tally, out.detail)
+            try:
+                pd_id = await pd_user_for(run, user, tally, out.detail)
+            except Refused as exc:  # one member without an email does not stop the group
+                out.detail.append(f"member {user.get('name')}: {exc}")
+                continue
             if pd_id and pd_id not in members and pd_id != manager_pd:
                 members.append(pd_id)
 
