@@ -329,7 +329,7 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
     problems: list[str] = []
     warnings: list[str] = []
     # Relative file: secrets resolve against the config file's folder, as hooks_dir does.
-    context = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
+    context: dict[str, Any] = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
     sections: dict[str, Any] = {}
     allowed_top = set(CORE_SECTIONS) | {"plugins"}
     for key in raw:
@@ -346,6 +346,8 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             problems += format_validation_error(name, exc, _secret_paths(name, model), model)
         warnings += _literal_secrets(name, model, data)
 
+    # Plugin sections may check what they depend on in the core's (e.g. daemon.public_url).
+    context["daemon"] = sections.get("daemon")
     plugins_raw = raw.get("plugins", {})
     enabled: list[str] = []
     plugin_sections: dict[str, Any] = {}
@@ -458,7 +460,8 @@ def _render_section(header: str, model: type[BaseModel], comment: str, commented
             items = ", ".join(tomli_w.dumps({k: v}).rstrip("\n") for k, v in value.items())
             lines.append(f"{name} = {{{items}}}")
             continue
-        lines.append(tomli_w.dumps({name: value}).rstrip("\n"))
+        # A long array is written over several lines: each is its own line, to be commented out.
+        lines.extend(tomli_w.dumps({name: value}).rstrip("\n").splitlines())
     if commented:
         lines = [lines[0]] + [line if (not line or line.startswith("#")) else "# " + line for line in lines[1:]]
     return lines

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "incident_sync": "dutybridge_plugins.incident_sync:IncidentSync",
     "mid_proxy": "dutybridge_plugins.mid_proxy:MidProxy",
     "priority_mapping": "dutybridge_plugins.priority_mapping:PriorityMapping",
+    "provisioning": "dutybridge_plugins.provisioning:Provisioning",
     "response_mobilizer": "dutybridge_plugins.response_mobilizer:ResponseMobilizer",
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -22,11 +23,13 @@ import tomli_w
 from dutybridge.app import load
 from dutybridge.logging import configure as configure_logging
 from dutybridge.logging import set_secrets
+from dutybridge_plugins.provisioning.actions import provision
 from dutybridge_sandbox.runner import Sandbox
 
 from .harness import RunningDaemon, start_daemon
 
-#: Seeded ServiceNow groups (sandbox/seed.toml) and the PagerDuty objects they map to.
+#: Seeded ServiceNow groups (sandbox/seed.toml) and the PagerDuty objects they map to:
+#: the demo provisions the groups, which links them to these (the seed has the names).
 LINKS = [
     {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
     {"group": "Network", "service": "PSVCNET", "escalation_policy": "PEPNET1"},
@@ -81,17 +84,20 @@ class Demo:
             await asyncio.sleep(0.005)
 
 
-def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token: str,
-                 mobilizer_token: str = "") -> Path:
+def write_config(folder: Path, creds: dict, port: int, doorbell_token: str, mobilizer_token: str = "") -> Path:
+    # No static links and no webhook secret: provisioning makes both (see run_demo).
     doc = {
-        "daemon": {"listen_port": 0, "store_url": f"sqlite:///{folder / 'dutybridge.db'}", "log_level": "warning",
+        "daemon": {"listen_port": port, "public_url": f"http://127.0.0.1:{port}",
+                   "store_url": f"sqlite:///{folder / 'dutybridge.db'}", "log_level": "warning",
                    "log_format": "console"},
         "pagerduty": {"api_url": creds["pagerduty_url"], "api_key": creds["pagerduty_api_key"],
-                      "default_user_id": creds["pagerduty_user_id"], "webhook_secrets": [webhook_secret]},
+                      "default_user_id": creds["pagerduty_user_id"]},
         "servicenow": {"instance_url": creds["servicenow_url"], "username": creds["servicenow_username"],
                        "password": creds["servicenow_password"], "doorbell_token": doorbell_token},
-        "plugins": {"enabled": ["incident_sync"],
-                    "incident_sync": {"links": LINKS, "poll_interval_seconds": 30.0, "recheck_seconds": 1.0}},
+        "plugins": {"enabled": ["incident_sync", "provisioning"],
+                    "incident_sync": {"poll_interval_seconds": 30.0, "recheck_seconds": 1.0},
+                    # The seed's PagerDuty already has services named after the groups: link them.
+                    "provisioning": {"link_existing": True}},
     }
     if mobilizer_token:
         doc["plugins"]["enabled"].append("response_mobilizer")
@@ -110,7 +116,7 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
     its latency. Exit 0 only when every step was observed in both systems.
     """
     demo = Demo(out=out or sys.stdout)
-    webhook_secret, doorbell_token = secrets.token_hex(16), secrets.token_hex(16)
+    doorbell_token = secrets.token_hex(16)
     mobilizer_token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="dutybridge-demo-") as tmp:
         folder = Path(tmp)
@@ -119,25 +125,23 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
         daemon: RunningDaemon | None = None
         try:
             creds = sandbox.credentials()
-            config, pm = load(write_config(folder, creds, webhook_secret, doorbell_token, mobilizer_token))
+            port = free_port()
+            config, pm = load(write_config(folder, creds, port, doorbell_token, mobilizer_token))
             configure_logging("warning", "console", stream=sys.stderr)
             set_secrets(config.secrets())
-            daemon = await start_daemon(config, pm)
+            daemon = await start_daemon(config, pm, port=port)
             url, ctx = daemon.url, daemon.ctx
             pd, sn = sandbox.pagerduty, sandbox.servicenow
-            pd.create_webhook_subscription({
-                "type": "webhook_subscription",
-                "delivery_method": {"type": "http_delivery_method", "url": f"{url}/webhooks/pagerduty"},
-                "events": V3_EVENTS, "filter": {"type": "account_reference"},
-                "description": "dutybridge demo"}, secret=webhook_secret)
             sn.configure_doorbell(f"{url}/webhooks/servicenow", token=doorbell_token, tables=("incident",))
 
             demo.say("dutybridge demo: a local PagerDuty and ServiceNow (the sandbox), and the daemon between them")
             demo.say(f"  PagerDuty sandbox   {creds['pagerduty_url']}")
             demo.say(f"  ServiceNow sandbox  {creds['servicenow_url']}")
             demo.say(f"  dutybridge          {url}  (SQLite inbox in {folder})")
-            demo.say("  wiring: a signed V3 webhook subscription PagerDuty -> dutybridge, and ServiceNow's")
-            demo.say("          business rule doorbell ServiceNow -> dutybridge; groups Database and Network mapped")
+            demo.say("  wiring: signed V3 webhook subscriptions PagerDuty -> dutybridge (one per provisioned")
+            demo.say("          service), and ServiceNow's business rule doorbell ServiceNow -> dutybridge")
+            if not await provision_groups(demo, ctx, [link["group"] for link in LINKS]):
+                return 1
             ok = await story(demo, pd, sn, mobilizer=(url, mobilizer_token))
             if ctx.store is None:
                 raise RuntimeError("the daemon's store is not open")
@@ -158,6 +162,24 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
             if daemon is not None:
                 await daemon.stop()
             await sandbox.stop()
+
+
+def free_port() -> int:
+    """A free loopback port: ``daemon.public_url`` must name it before the daemon starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def provision_groups(demo: Demo, ctx: Any, groups: list[str]) -> bool:
+    """``dutybridge provision groups`` for the story's groups, through the provisioning plugin."""
+    demo.say(f"\nProvisioning: dutybridge provision groups {' '.join(groups)}")
+    run = await provision(ctx, "groups", groups, link_existing=True)
+    for o in run.outcomes:
+        made = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in o.pd.items() if v)
+        notes = f" - {'; '.join(o.detail)}" if o.detail else ""
+        demo.say(f"  group {o.name}: {o.status}{f' ({made})' if made else ''}{notes}")
+    return not run.failed
 
 
 async def settle(store: Any, timeout: float = 10.0) -> dict[str, int]:

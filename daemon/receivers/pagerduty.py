@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from typing import Any
 
 import structlog
@@ -129,6 +130,39 @@ def _nested_ref(resource_type: str, data: dict[str, Any]) -> tuple[str, Any] | N
     return None
 
 
+#: Link kind under which provisioning keeps the secret of each webhook subscription it
+#: made (``pd_id`` the subscription id, ``state["secret"]``).
+STORED_SECRET_KIND = "pd_webhook_secret"
+#: Seconds the stored secrets are believed; a signature none of them matches reads them
+#: again at once (at most once a second), so a new subscription's first webhook passes.
+STORED_SECRETS_TTL = 30.0
+_REREAD_GAP = 1.0
+
+
+class StoredSecrets:
+    """The webhook secrets the store holds, read with a short cache (per store)."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._store: Any = None
+        self._secrets: list[str] = []
+        self._read_at = float("-inf")
+
+    async def get(self, store: Any, *, fresh: bool = False) -> list[str]:
+        if store is None:
+            return []
+        now = self._clock()
+        age = now - self._read_at
+        if store is not self._store or age > STORED_SECRETS_TTL or (fresh and age > _REREAD_GAP):
+            links = await store.list_links(STORED_SECRET_KIND)
+            self._secrets = [str(lk.state["secret"]) for lk in links if isinstance((lk.state or {}).get("secret"), str)]
+            self._store, self._read_at = store, now
+        return self._secrets
+
+
+stored_secrets = StoredSecrets()
+
+
 async def pagerduty_v3(request: web.Request) -> web.StreamResponse:
     """PagerDuty V3 webhook subscriptions, signed in ``X-PagerDuty-Signature``.
 
@@ -139,17 +173,22 @@ async def pagerduty_v3(request: web.Request) -> web.StreamResponse:
     event (which must be acted on once), and it is not covered by the signature.
     """
     ctx = ctx_of(request)
-    secrets = [s for s in (secret_value(v) for v in ctx.config.pagerduty.webhook_secrets) if s]
+    configured = [s for s in (secret_value(v) for v in ctx.config.pagerduty.webhook_secrets) if s]
+    secrets = configured + await stored_secrets.get(ctx.store)
+    if not secrets:
+        secrets = await stored_secrets.get(ctx.store, fresh=True)
     if not secrets:
         # 503, not 2xx: an unsigned webhook could come from anyone. PagerDuty retries
         # a 5xx for 48 h, so nothing is lost while the operator adds the secret.
         raise Reject(503, "not_configured",
-                     "no PagerDuty webhook secret is configured ([pagerduty] webhook_secrets); unsigned webhooks are refused")
+                     "no PagerDuty webhook secret is configured ([pagerduty] webhook_secrets) or provisioned; "
+                     "unsigned webhooks are refused")
     signature = request.headers.get("X-PagerDuty-Signature")
     if not signature:
         raise Reject(401, "no_signature", "missing X-PagerDuty-Signature header")
     body = await read_body(request, ctx.config.daemon.max_body_bytes)
-    if not verify_pagerduty_signature(body, signature, secrets):
+    if not verify_pagerduty_signature(body, signature, secrets) and not verify_pagerduty_signature(
+            body, signature, await stored_secrets.get(ctx.store, fresh=True)):
         raise Reject(401, "bad_signature", "X-PagerDuty-Signature does not match the body under any configured secret")
 
     doc, text = parse_json_object_text(body)

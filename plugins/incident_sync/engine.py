@@ -27,6 +27,8 @@ PD_TYPES = frozenset({
     "incident.priority_updated", "incident.service_updated",
 })
 POLLED = "incident.polled"
+#: Another plugin changed the group/CI links in the store (provisioning sends it).
+LINKS_CHANGED = "links.changed"
 SYNC_REQUESTED = "incident.sync_requested"
 NOTE_TYPES = frozenset({"incident.annotated", "incident.triggered", SYNC_REQUESTED})
 
@@ -51,6 +53,10 @@ class Engine(Core):
 
     async def handle(self, event: Event) -> bool:
         await self.ensure_loaded()
+        if event.type == LINKS_CHANGED:
+            # Provisioning (or an operator's tool) changed the store's group/CI links.
+            await self.refresh()
+            return True
         sn = event.servicenow
         if sn is not None:
             if sn.table in TABLES:

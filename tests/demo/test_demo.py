@@ -17,6 +17,8 @@ async def test_demo_observes_every_step_in_both_systems():
     assert await run_demo(out=out) == 0, out.getvalue()
     text = out.getvalue()
     assert "steps observed in both systems: 8 of 8" in text
+    # The groups were provisioned through the provisioning plugin, not linked in the config.
+    assert "group Database: created (escalation policy PEPDB01, service PSVCDB1, webhook P" in text
     assert "ServiceNow INC0010001" in text and "MISSED" not in text
     assert "(from ServiceNow: Dave Patel)" in text
     assert "0 mirrored back from PagerDuty; 1 PagerDuty note(s)" in text
