@@ -36,7 +36,7 @@ from .plugins import (
     known_plugins,
     register_hook_files,
 )
-from .redact import hide_credentials
+from .redact import hide_credentials, safe_url
 from .scheduler import Scheduler
 from .server import add_routes
 from .servicenow import ServiceNowClient
@@ -325,7 +325,7 @@ def _running_value(config: Config, dotted: str) -> Any:
         return list(config.plugins_enabled)
     section, key = dotted.split(".")
     value = getattr(getattr(config, section), key)
-    return _safe_url(value) if key == "store_url" else value
+    return safe_url(value) if key == "store_url" else value
 
 
 async def _watchdog(ctx: Ctx, interval: float) -> None:

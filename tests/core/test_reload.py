@@ -128,3 +128,16 @@ async def test_live_keys_apply_at_the_next_request(aiohttp_client, write_config)
     assert await reload(app[CTX_KEY], path, Running(config, app))
     resp = await client.post("/webhooks/pagerduty", data=body, headers=headers)
     assert resp.status == 413
+
+
+async def test_a_changed_store_url_is_warned_about_with_the_running_one(aiohttp_client, write_config, tmp_path):
+    path = write_config({"daemon": {"store_url": f"sqlite:///{tmp_path / 'a.db'}"}})
+    config, pm = load(path)
+    app = create_app(config, pm, worker=False, scheduler=False)
+    await aiohttp_client(app)
+    rewrite(path, {"daemon": {"store_url": f"sqlite:///{tmp_path / 'b.db'}"}})
+    with capture_logs() as logs:
+        assert await reload(app[CTX_KEY], path, Running(config, app))
+    [warning] = [entry for entry in logs if entry["event"] == RESTART_WARNING]
+    assert "daemon.store_url" in warning["keys"]
+    assert warning["running"]["daemon.store_url"] == f"sqlite:///{tmp_path / 'a.db'}"
