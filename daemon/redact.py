@@ -20,6 +20,10 @@ def safe_url(url: str) -> str:
     """``url`` without credentials, query string or fragment: safe to log."""
     try:
         u = URL(url)
+        if not u.host:
+            # sqlite:////var/lib/db: no authority to hold credentials; yarl cannot
+            # rebuild a URL without a host, and there is nothing to take out but the query.
+            return hide_credentials(url.split("?", 1)[0].split("#", 1)[0])
         return str(u.with_user(None).with_password(None).with_query(None).with_fragment(None))
     except (ValueError, TypeError):
         return "<unparseable url>"

@@ -561,3 +561,11 @@ async def test_closing_twice_and_reopening(pipeline_factory):
     await pipeline.close()
     await pipeline.start()
     assert isinstance(pipeline.session, aiohttp.ClientSession)
+
+
+def test_safe_url_keeps_a_hostless_url_and_drops_credentials_and_queries():
+    from dutybridge.redact import safe_url
+
+    assert safe_url("sqlite:////var/lib/dutybridge/inbox.db") == "sqlite:////var/lib/dutybridge/inbox.db"
+    assert safe_url("https://bob:pw@api.example/x?token=1#f") == "https://api.example/x"
+    assert safe_url("sqlite:///rel.db?mode=ro") == "sqlite:///rel.db"
