@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import systemd
 from .config import Config, ConfigError, read_toml, validate
+from .connections import runner_kwargs, start_site
 from .context import Ctx
 from .events import utcnow
 from .hooks import hooks_of
@@ -299,16 +300,15 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
     ctx = make_ctx(config, pm)
     app = create_app(config, pm, ctx=ctx)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.daemon.shutdown_timeout)
+                           shutdown_timeout=config.daemon.shutdown_timeout, **runner_kwargs(config.daemon))
     try:
         await runner.setup()
     except Exception as exc:  # noqa: BLE001 - start-up failures end with a clear line, not a traceback
         log.error("start-up failed", error=f"{type(exc).__name__}: {exc}")
         await runner.cleanup()
         return 1
-    site = web.TCPSite(runner, config.daemon.listen_host, config.daemon.listen_port)
     try:
-        await site.start()
+        await start_site(runner, ctx, config.daemon.listen_host, config.daemon.listen_port)
     except OSError as exc:
         log.error("cannot listen", host=config.daemon.listen_host, port=config.daemon.listen_port,
                   error=exc.strerror or str(exc))

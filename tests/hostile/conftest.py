@@ -4,9 +4,14 @@ upstreams unreachable (nothing here needs them), worker off unless a test asks f
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 
 from dutybridge_demo.harness import start_daemon
+from dutybridge.connections import throttled
+from dutybridge.logging import configure, set_secrets
 from tests.conftest import merge
 
 SN_TOKEN = "doorbell-token-3c2b1a0f"
@@ -49,3 +54,26 @@ async def daemon(hostile_config):
     yield start
     for d in started:
         await d.stop()
+
+
+@pytest.fixture
+def json_logs():
+    """Every line at debug level, the libraries' too, as JSON in a buffer."""
+    buf = io.StringIO()
+    configure("debug", "json", stream=buf, log_levels={"aiohttp": "debug", "asyncio": "debug"})
+    throttled._last.clear()
+    throttled._suppressed.clear()
+    yield buf
+    set_secrets([])
+    configure("info", "json", stream=io.StringIO(), log_levels={})
+
+
+def log_lines(buf) -> list[dict]:
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def assert_no_traceback(buf) -> None:
+    text = buf.getvalue()
+    assert "Traceback" not in text and '"exception"' not in text, text[-3000:]
+    errors = [line for line in log_lines(buf) if line.get("level") in ("error", "critical")]
+    assert errors == [], errors
