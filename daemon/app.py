@@ -41,12 +41,46 @@ from .servicenow import ServiceNowClient
 from .store import open_store
 from .store.base import Store
 from .web import CTX_KEY
-from .worker import Worker
+from .worker import CANCEL_GRACE_SECONDS, Worker
 
 log = structlog.get_logger("dutybridge")
 
 #: The running worker, for tests and probes that look at it.
 WORKER_KEY: web.AppKey[Worker] = web.AppKey("dutybridge.worker", Worker)
+
+
+class ShutdownClock:
+    """One deadline for the whole shutdown, ``daemon.shutdown_timeout`` from SIGTERM:
+    the HTTP drain, the worker's drain and its handlers' cancellation all fit in it."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def start(self, total: float) -> None:
+        if self.deadline is None:
+            self.deadline = asyncio.get_running_loop().time() + total
+
+    def remaining(self, total: float) -> float:
+        """Seconds left (the clock starts now if nothing started it: a test's cleanup)."""
+        self.start(total)
+        return max(0.0, (self.deadline or 0.0) - asyncio.get_running_loop().time())
+
+
+SHUTDOWN_KEY: web.AppKey[ShutdownClock] = web.AppKey("dutybridge.shutdown", ShutdownClock)
+#: The HTTP drain's share of shutdown_timeout: a webhook's handler writes one row, so
+#: in-flight requests need seconds; the rest is the worker's (handlers call APIs).
+HTTP_DRAIN_SHARE = 0.25
+#: Of what is left for the worker: the share its handlers get to end once cancelled
+#: (at most the worker's own grace), and what is kept for releasing claims, plugins'
+#: on_shutdown and closing the store.
+CANCEL_SHARE, CLOSE_SHARE = 0.2, 0.1
+
+
+def worker_budget(remaining: float) -> tuple[float, float]:
+    """(drain, cancel grace) for the worker out of ``remaining`` seconds."""
+    grace = min(CANCEL_GRACE_SECONDS, remaining * CANCEL_SHARE)
+    close = min(1.0, remaining * CLOSE_SHARE)
+    return max(0.0, remaining - grace - close), grace
 
 
 #: Keys read once at start; a reload that changes them says a restart is needed.
@@ -203,9 +237,10 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx.waker = worker.wake
     await worker.start()
     yield
-    log.info("shutdown: draining the worker", timeout=d.shutdown_timeout)
+    drain, grace = worker_budget(app[SHUTDOWN_KEY].remaining(ctx.config.daemon.shutdown_timeout))
+    log.info("shutdown: draining the worker", timeout=round(drain, 2), cancel_grace=round(grace, 2))
     ctx.waker = None
-    await worker.stop(d.shutdown_timeout)
+    await worker.stop(drain, cancel_grace=grace)
     log.info("shutdown: worker stopped")
 
 
@@ -234,6 +269,7 @@ def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = No
     ctx = ctx or make_ctx(config, pm)
     app = web.Application(client_max_size=config.daemon.max_body_bytes)
     app[CTX_KEY] = ctx
+    app[SHUTDOWN_KEY] = ShutdownClock()
     add_routes(app)
     app.router.add_routes(ctx.hooks.register_routes(ctx=ctx))
     app.cleanup_ctx.append(_store_ctx)
@@ -300,7 +336,8 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
     ctx = make_ctx(config, pm)
     app = create_app(config, pm, ctx=ctx)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.daemon.shutdown_timeout, **runner_kwargs(config.daemon))
+                           shutdown_timeout=config.daemon.shutdown_timeout * HTTP_DRAIN_SHARE,
+                           **runner_kwargs(config.daemon))
     try:
         await runner.setup()
     except Exception as exc:  # noqa: BLE001 - start-up failures end with a clear line, not a traceback
@@ -347,8 +384,10 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None) -> 
             loop.remove_signal_handler(sig)
         if watchdog:
             watchdog.cancel()
+        total = ctx.config.daemon.shutdown_timeout
+        app[SHUTDOWN_KEY].start(total)
         log.info("shutdown: no longer accepting webhooks; finishing in-flight requests",
-                 timeout=config.daemon.shutdown_timeout)
+                 timeout=total * HTTP_DRAIN_SHARE, total=total)
         await runner.cleanup()
         log.info("shutdown complete")
     return 0

@@ -121,11 +121,12 @@ class Worker:
         """Look for due events now (the receiver calls this after storing one)."""
         self._wakeup.set()
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float, cancel_grace: float = CANCEL_GRACE_SECONDS) -> None:
         """Stop claiming and give in-flight handlers ``timeout`` seconds to finish.
 
-        Handlers still running then are cancelled and their events released: pending
-        again, to run after the restart (handlers are idempotent by contract).
+        Handlers still running then are cancelled (and given ``cancel_grace`` seconds to
+        end) and their events released: pending again, to run after the restart
+        (handlers are idempotent by contract).
         """
         if self._loop_task is None:
             return
@@ -147,7 +148,7 @@ class Worker:
             for task in pending:
                 task.cancel()
             # Bounded: a handler that swallows the cancellation must not hang shutdown.
-            _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS)
+            _, stuck = await asyncio.wait(pending, timeout=cancel_grace)
             if stuck:
                 log.error("worker_handlers_ignore_cancel", count=len(stuck))
         # Also covers events claimed but queued behind a busy resource.
