@@ -219,6 +219,11 @@ class Config(BaseModel):
                     walk(item)
 
         walk([self.daemon, self.pagerduty, self.servicenow, self.plugin_sections])
+        # Basic auth sends base64("user:password"): the pair is a secret of its own.
+        sn = self.servicenow
+        for user, password in ((sn.username, sn.password), (sn.doorbell_username, sn.doorbell_password)):
+            if user and password is not None and password.get_secret_value():
+                out.append(f"{user}:{password.get_secret_value()}")
         return out
 
 

@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .context import Ctx
+from .logging import scrub
 
 log = structlog.get_logger("dutybridge.server")
 
@@ -50,8 +51,9 @@ class Reject(Exception):
 
 
 def error_response(status: int, reason: str, headers: Any = None, **extra: Any) -> web.Response:
-    """The one shape of every error answer: ``{"error": reason}``."""
-    return web.json_response({"error": reason, **extra}, status=status, headers=headers)
+    """The one shape of every error answer: ``{"error": reason}`` (configured secrets,
+    in any of their forms, scrubbed: a reason may quote what a client sent)."""
+    return web.json_response({"error": scrub(reason), **extra}, status=status, headers=headers)
 
 
 def accepted(row_id: int) -> web.Response:

@@ -24,6 +24,7 @@ import structlog
 from .context import Ctx
 from .events import StoredEvent, utcnow
 from .hooks import hooks_of
+from .logging import scrub, secret_forms
 from .store.base import Store
 
 log = structlog.get_logger("dutybridge.worker")
@@ -37,9 +38,12 @@ _URL_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-
 def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
     """``Type: message``, with known secrets and URL credentials masked, shortened."""
     text = f"{type(exc).__qualname__}: {exc}" if str(exc) else type(exc).__qualname__
-    # Longest first, so a secret containing another is masked whole.
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+    # Longest first, so a secret containing another is masked whole; every form a
+    # secret travels in (base64 in a Basic header, URL-encoded), and any credential
+    # after Basic/Bearer/Token, known or not (scrub: the logs' own redaction).
+    for secret in sorted(secret_forms(s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "**********")
+    text = scrub(text)
     text = _URL_USERINFO.sub(r"\g<scheme>***@", text[: MAX_ERROR_CHARS * 2])
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 3] + "..."

@@ -46,8 +46,8 @@ async def daemon(hostile_config):
     """start(override=None, worker=False) -> a RunningDaemon, stopped at teardown."""
     started = []
 
-    async def start(override: dict | None = None, *, worker: bool = False):
-        d = await start_daemon(hostile_config(override), worker=worker, scheduler=False)
+    async def start(override: dict | None = None, *, worker: bool = False, plugins: tuple = ()):
+        d = await start_daemon(hostile_config(override), worker=worker, scheduler=False, extra_plugins=plugins)
         started.append(d)
         return d
 
