@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,6 +80,12 @@ def resolve_secret(value: Any, info: ValidationInfo) -> Any:
                     raise ValueError(f"cannot read secret file {candidate}: {exc.strerror}") from None
                 if not text:
                     raise ValueError(f"secret file {candidate} is empty")
+                context = info.context if isinstance(info.context, dict) else {}
+                mode = candidate.stat().st_mode
+                if mode & (stat.S_IRGRP | stat.S_IROTH) and isinstance(context.get("warnings"), list):
+                    context["warnings"].append(
+                        f"secret file {candidate} is readable by group or others ({stat.filemode(mode)}). "
+                        f"Fix with: chmod 600 {candidate}")
                 return text
         raise ValueError(f"secret file {raw} not found (looked at {', '.join(map(str, candidates))})")
     return value
@@ -312,6 +319,40 @@ def _literal_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) 
     return out
 
 
+def _held_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """The keys whose secret the file holds itself: what any reader of the file learns.
+    (A ``file:`` secret's own file is checked where it is read, in resolve_secret.)"""
+    out = []
+    for dotted in sorted(_secret_paths(prefix, model)):
+        value = data.get(dotted.rsplit(".", 1)[1])
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and v and not v.startswith(SECRET_PREFIXES) for v in values):
+            out.append(dotted)
+    return out
+
+
+def file_permission_findings(path: str | os.PathLike, holders: list[str]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about the config file's mode: writable by others is refused
+    (whoever writes it picks hooks_dir, and so runs code as the daemon); readable by
+    group or others is a warning when it holds secrets or the paths of their files."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [], []
+    mode = stat.filemode(st.st_mode)
+    if st.st_mode & stat.S_IWOTH:
+        return [f"refused: the file is writable by others ({mode}); whoever can write it chooses the code the "
+                f"daemon runs. Fix with: chmod o-w {path}"], []
+    warnings = []
+    if st.st_mode & stat.S_IWGRP:
+        warnings.append(f"the file is writable by its group ({mode}); every member can change what the daemon "
+                        f"runs. Fix with: chmod g-w {path}")
+    if holders and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.append(f"the file holds secrets ({', '.join(holders)}) and is readable by "
+                        f"group or others ({mode}). Fix with: chmod 600 {path}")
+    return [], warnings
+
+
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     try:
@@ -332,8 +373,9 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
     """Validate a parsed TOML document; raise ConfigError with every problem found."""
     problems: list[str] = []
     warnings: list[str] = []
+    holders: list[str] = []
     # Relative file: secrets resolve against the config file's folder, as hooks_dir does.
-    context = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
+    context: dict[str, Any] = {"base_dir": Path(path).resolve().parent if path else Path.cwd(), "warnings": warnings}
     sections: dict[str, Any] = {}
     allowed_top = set(CORE_SECTIONS) | {"plugins"}
     for key in raw:
@@ -349,6 +391,7 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
         except ValidationError as exc:
             problems += format_validation_error(name, exc, _secret_paths(name, model), model)
         warnings += _literal_secrets(name, model, data)
+        holders += _held_secrets(name, model, data)
 
     plugins_raw = raw.get("plugins", {})
     enabled: list[str] = []
@@ -387,6 +430,11 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             except ValidationError as exc:
                 problems += format_validation_error(f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model), model)
             warnings += _literal_secrets(f"plugins.{name}", model, data)
+            holders += _held_secrets(f"plugins.{name}", model, data)
+    if path:
+        refused, permission_warnings = file_permission_findings(path, holders)
+        problems += refused
+        warnings += permission_warnings
     if problems:
         raise ConfigError(problems, path)
     return Config(
