@@ -40,6 +40,7 @@ from .server import add_routes
 from .servicenow import ServiceNowClient
 from .store import open_store
 from .store.base import Store
+from .store.health import WriteTrackingStore
 from .web import CTX_KEY
 from .worker import CANCEL_GRACE_SECONDS, Worker
 
@@ -137,8 +138,9 @@ def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
 
 
 def open_configured_store(config: Config) -> Store:
-    """The store ``daemon.store_url`` names (not yet opened): the one place it is made."""
-    return open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+    """The store ``daemon.store_url`` names (not yet opened): the one place it is made.
+    Its write health is tracked for /readyz, and results it failed to write are retried."""
+    return WriteTrackingStore(open_store(config.daemon.store_url, config.resolve_path(".", state=True)))  # type: ignore[return-value]
 
 
 def build_clients(ctx: Ctx) -> None:

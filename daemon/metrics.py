@@ -46,7 +46,7 @@ class Metrics:
         self._ignored = Counter("events_ignored", "Events no plugin acted on, or webhooks of an unknown type or pings.", ev, namespace=ns, registry=r)
         self._rejected = Counter("webhook_rejected", "Webhook requests answered with an error, by route and reason.", ("route", "reason"), namespace=ns, registry=r)
         self._inbox = Gauge("inbox_events", "Events in the inbox per status, read from the store at scrape time.", ("status",), namespace=ns, registry=r)
-        self._store_up = Gauge("store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r)
+        self._store_up = Gauge("store_up", "1 when the store answered the last scrape and its last write succeeded, else 0.", namespace=ns, registry=r)
         self._connections = Gauge("connections_open", "Client connections open on the webhook server.", namespace=ns, registry=r)
         self._connections_closed = Counter("connections_closed_by_server", "Client connections the server closed for a limit: header_timeout, evicted (at max_connections), over_cap.", ("reason",), namespace=ns, registry=r)
         self._body_in_flight = Gauge("body_bytes_in_flight", "Request body bytes being read now, over all requests (bounded by daemon.max_body_bytes_in_flight).", namespace=ns, registry=r)
@@ -105,12 +105,13 @@ class Metrics:
         self._body_refused.inc()
 
     # -- inbox -------------------------------------------------------------------
-    def set_inbox(self, counts: Mapping[str, int] | None) -> None:
-        """Set the inbox gauge from ``store.counts()``; None when the store did not answer."""
+    def set_inbox(self, counts: Mapping[str, int] | None, writable: bool = True) -> None:
+        """Set the inbox gauge from ``store.counts()``; None when the store did not answer.
+        ``writable``: the store's last write succeeded (a full disk still reads)."""
         if counts is None:
             self._store_up.set(0)
             return
-        self._store_up.set(1)
+        self._store_up.set(1 if writable else 0)
         for status in {*INBOX_STATUSES, *counts}:
             self._inbox.labels(status).set(counts.get(status, 0))
 

@@ -43,11 +43,12 @@ def hostile_config(write_config):
 
 @pytest.fixture
 async def daemon(hostile_config):
-    """start(override=None, worker=False) -> a RunningDaemon, stopped at teardown."""
+    """start(override=None, worker=False, scheduler=False, plugins=()) -> a RunningDaemon, stopped at teardown."""
     started = []
 
-    async def start(override: dict | None = None, *, worker: bool = False, plugins: tuple = ()):
-        d = await start_daemon(hostile_config(override), worker=worker, scheduler=False, extra_plugins=plugins)
+    async def start(override: dict | None = None, *, worker: bool = False, scheduler: bool = False,
+                    plugins: tuple = ()):
+        d = await start_daemon(hostile_config(override), worker=worker, scheduler=scheduler, extra_plugins=plugins)
         started.append(d)
         return d
 
