@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from .web import error_response
 
 log = structlog.get_logger("dutybridge.server")
 
@@ -53,7 +55,8 @@ throttled = Throttled()
 class ServerLogger:
     """Takes the place of aiohttp's ``aiohttp.server`` logger in the request handler.
 
-    A malformed request (``BadHttpMessage``, ``LineTooLong``) or a client gone mid-answer
+    A malformed request (``BadHttpMessage``, ``LineTooLong``, a body that does not
+    decode) or a client gone mid-answer
     is the client's fault: one warning line, throttled, no traceback. Anything else is
     ours and keeps its traceback.
     """
@@ -66,7 +69,7 @@ class ServerLogger:
 
     def exception(self, msg: str, *args: Any, exc_info: Any = None, **kw: Any) -> None:
         exc = exc_info if isinstance(exc_info, BaseException) else None
-        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError, ConnectionError)):
             throttled("warning", "bad_http_request", error=f"{type(exc).__name__}: {exc}"[:300],
                       remote=str(args[0]) if args else None)
             return
@@ -210,6 +213,12 @@ class ConnectionGuard:
 
         async def request_handler(request: web.BaseRequest) -> web.StreamResponse:
             try:
+                expect = request.headers.get(hdrs.EXPECT)
+                if expect is not None and expect.lower() != "100-continue":
+                    # Answered here: aiohttp's own 417 quotes the header and fails (a 500)
+                    # on bytes that are not UTF-8.
+                    return error_response(417, "unsupported Expect header (only 100-continue is understood)",
+                                          headers={"Connection": "close"})
                 return await handler(request)
             finally:
                 conn = self._conns.get(request.protocol)

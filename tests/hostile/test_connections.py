@@ -224,3 +224,22 @@ def test_a_throttled_event_says_how_many_were_not_logged(json_logs):
     t("warning", "flood")
     lines = [line for line in log_lines(json_logs) if line["event"] == "flood"]
     assert [line.get("suppressed_since_last") for line in lines] == [None, 4]
+
+
+@pytest.mark.parametrize("raw", [
+    # aiohttp's own 417 quotes the header and fails on bytes that are not UTF-8 (a 500).
+    b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nExpect: \x80\r\nContent-Length: 0\r\n\r\n",
+    # A body that does not decode: aiohttp logged it as an unhandled exception.
+    b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x00\x00",
+])
+async def test_requests_the_fuzz_found_are_4xx_without_an_error_line(daemon, json_logs, raw):
+    d = await daemon()
+    reader, writer = await _connect(d)
+    writer.write(raw)
+    await writer.drain()
+    async with asyncio.timeout(5.0):
+        answer = await reader.read(4096)
+    writer.close()
+    assert answer[:10] == b"HTTP/1.1 4", answer[:200]
+    await asyncio.sleep(0.1)
+    assert_no_traceback(json_logs)
