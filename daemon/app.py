@@ -86,7 +86,8 @@ def worker_budget(remaining: float) -> tuple[float, float]:
 
 #: Keys read once at start; a reload that changes them says a restart is needed.
 RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
-                "daemon.worker_concurrency", "daemon.log_format")
+                "daemon.worker_concurrency", "daemon.log_format", "daemon.max_connections",
+                "daemon.keepalive_timeout_seconds")
 
 
 def plugin_schemas(pm: pluggy.PluginManager) -> dict[str, Any]:

@@ -28,6 +28,8 @@ import tomli_w
 
 EXAMPLES = int(os.environ.get("DUTYBRIDGE_FUZZ_EXAMPLES", "150"))
 V2_USER, V2_PASSWORD = "pd-v2-extension", "v2-extension-password"
+# pytest-timeout's per-test limit, scaled for a long run (about 50 ms an example here).
+pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 5))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
