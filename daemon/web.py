@@ -167,7 +167,8 @@ def _too_large(limit: int) -> Reject:
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, or Reject(413) having read at most ``limit`` + 1 bytes.
 
-    Content-Length is checked first; a chunked body is counted as it streams. What the
+    Content-Length is checked first; a chunked body is counted as it streams; a
+    Content-Encoding other than identity is Reject(415). What the
     client still sends after a 413 is discarded by aiohttp (bounded lingering), never
     buffered, and the connection is closed. With the daemon's ``ctx``: Reject(503,
     Retry-After) while the app's body budget is spent, Reject(408) when the client
@@ -176,6 +177,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # PagerDuty and ServiceNow send plain bodies; a compressed one is a decoder to
+        # run for a stranger, and a small body that inflates past every limit.
+        raise Reject(415, "encoded_body", "Content-Encoding: only identity is accepted",
+                     headers={"Connection": "close"})
     ctx = request.config_dict.get(CTX_KEY)
     budget = request.config_dict.get(BUDGET_KEY)
     daemon = ctx.config.daemon if ctx is not None else None
