@@ -69,6 +69,14 @@ class WriteTrackingStore:
     def __repr__(self) -> str:
         return f"WriteTrackingStore({self.inner!r})"
 
+    # Dunder methods are looked up on the class, never through __getattr__.
+    async def __aenter__(self) -> "WriteTrackingStore":
+        await self.inner.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.inner.close()
+
     @property
     def unwritten(self) -> int:
         """Results waiting to be written again."""
