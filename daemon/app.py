@@ -22,6 +22,7 @@ from aiohttp import web
 
 from . import systemd
 from .config import Config, ConfigError, read_toml, validate
+from .connections import runner_kwargs, start_sites
 from .context import Ctx
 from .events import utcnow
 from .hooks import hooks_of
@@ -42,8 +43,9 @@ from .server import add_routes
 from .servicenow import ServiceNowClient
 from .store import open_store
 from .store.base import Store
+from .store.health import WriteTrackingStore
 from .web import CTX_KEY
-from .worker import Worker
+from .worker import CANCEL_GRACE_SECONDS, Worker
 
 log = structlog.get_logger("dutybridge")
 
@@ -51,17 +53,53 @@ log = structlog.get_logger("dutybridge")
 WORKER_KEY: web.AppKey[Worker] = web.AppKey("dutybridge.worker", Worker)
 
 
+class ShutdownClock:
+    """One deadline for the whole shutdown, ``daemon.shutdown_timeout`` from SIGTERM:
+    the HTTP drain, the worker's drain and its handlers' cancellation all fit in it."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def start(self, total: float) -> None:
+        if self.deadline is None:
+            self.deadline = asyncio.get_running_loop().time() + total
+
+    def remaining(self, total: float) -> float:
+        """Seconds left (the clock starts now if nothing started it: a test's cleanup)."""
+        self.start(total)
+        return max(0.0, (self.deadline or 0.0) - asyncio.get_running_loop().time())
+
+
+SHUTDOWN_KEY: web.AppKey[ShutdownClock] = web.AppKey("dutybridge.shutdown", ShutdownClock)
+#: The HTTP drain's share of shutdown_timeout: a webhook's handler writes one row, so
+#: in-flight requests need seconds; the rest is the worker's (handlers call APIs).
+HTTP_DRAIN_SHARE = 0.25
+#: Of what is left for the worker: the share its handlers get to end once cancelled
+#: (at most the worker's own grace), and what is kept for releasing claims, plugins'
+#: on_shutdown and closing the store.
+CANCEL_SHARE, CLOSE_SHARE = 0.2, 0.1
+
+
+def worker_budget(remaining: float) -> tuple[float, float]:
+    """(drain, cancel grace) for the worker out of ``remaining`` seconds."""
+    grace = min(CANCEL_GRACE_SECONDS, remaining * CANCEL_SHARE)
+    close = min(1.0, remaining * CLOSE_SHARE)
+    return max(0.0, remaining - grace - close), grace
+
+
 #: Keys read once at start; a reload that changes them says a restart is needed.
 #: shutdown_timeout is the runner's and the worker's drain, both fixed at start.
 RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
-                "daemon.worker_concurrency", "daemon.log_format", "daemon.shutdown_timeout")
+                "daemon.worker_concurrency", "daemon.log_format", "daemon.shutdown_timeout",
+                "daemon.max_connections", "daemon.keepalive_timeout_seconds")
 #: Worker settings a reload applies to the running worker: ``daemon`` key -> attribute.
 WORKER_SETTINGS = {"max_attempts": "max_attempts", "retry_base_seconds": "retry_base",
                    "retry_max_seconds": "retry_max", "lease_seconds": "lease_seconds"}
 #: Every other ``daemon`` key is read where it is used (hooks_dir by reload itself),
 #: so the next request, job or log line sees the reloaded value.
 LIVE_KEYS = ("daemon.public_url", "daemon.hooks_dir", "daemon.log_level", "daemon.log_levels",
-             "daemon.max_body_bytes", "daemon.event_retention_days")
+             "daemon.max_body_bytes", "daemon.event_retention_days", "daemon.header_timeout_seconds",
+             "daemon.body_timeout_seconds", "daemon.max_body_bytes_in_flight")
 
 
 @dataclass(frozen=True)
@@ -125,8 +163,9 @@ def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
 
 
 def open_configured_store(config: Config) -> Store:
-    """The store ``daemon.store_url`` names (not yet opened): the one place it is made."""
-    return open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+    """The store ``daemon.store_url`` names (not yet opened): the one place it is made.
+    Its write health is tracked for /readyz, and results it failed to write are retried."""
+    return WriteTrackingStore(open_store(config.daemon.store_url, config.resolve_path(".", state=True)))  # type: ignore[return-value]
 
 
 def build_clients(ctx: Ctx) -> None:
@@ -224,9 +263,10 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx.waker = worker.wake
     await worker.start()
     yield
-    log.info("worker_draining", phase="shutdown", timeout=d.shutdown_timeout)
+    drain, grace = worker_budget(app[SHUTDOWN_KEY].remaining(ctx.config.daemon.shutdown_timeout))
+    log.info("worker_draining", phase="shutdown", timeout=round(drain, 2), cancel_grace=round(grace, 2))
     ctx.waker = None
-    await worker.stop(d.shutdown_timeout)
+    await worker.stop(drain, cancel_grace=grace)
     log.info("worker_stopped", phase="shutdown")
 
 
@@ -255,6 +295,7 @@ def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = No
     ctx = ctx or make_ctx(config, pm)
     app = web.Application(client_max_size=config.daemon.max_body_bytes)
     app[CTX_KEY] = ctx
+    app[SHUTDOWN_KEY] = ShutdownClock()
     add_routes(app)
     app.router.add_routes(ctx.hooks.register_routes(ctx=ctx))
     app.cleanup_ctx.append(_store_ctx)
@@ -395,15 +436,15 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None, *,
         log.info("shutdown_complete", phase="shutdown")
         return 1
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.daemon.shutdown_timeout)
+                           shutdown_timeout=config.daemon.shutdown_timeout * HTTP_DRAIN_SHARE,
+                           **runner_kwargs(config.daemon))
     try:
         await runner.setup()
     except Exception as exc:  # noqa: BLE001 - start-up failures end with a clear line, not a traceback
         log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
         return await _abandon_start(runner, sockets)
     try:
-        for sock in sockets:
-            await web.SockSite(runner, sock).start()
+        await start_sites(runner, ctx, sockets)
     except OSError as exc:
         log.error("cannot_listen", host=d.listen_host, port=d.listen_port, error=exc.strerror or str(exc))
         return await _abandon_start(runner, sockets)
@@ -440,8 +481,10 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None, *,
             loop.remove_signal_handler(sig)
         if watchdog:
             watchdog.cancel()
+        total = ctx.config.daemon.shutdown_timeout
+        app[SHUTDOWN_KEY].start(total)
         log.info("webhooks_stopped", phase="shutdown", detail="finishing in-flight requests",
-                 timeout=config.daemon.shutdown_timeout)
+                 timeout=total * HTTP_DRAIN_SHARE, total=total)
         await runner.cleanup()
         log.info("shutdown_complete", phase="shutdown")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import tomllib
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -78,6 +79,12 @@ def resolve_secret(value: Any, info: ValidationInfo) -> Any:
                     raise ValueError(f"cannot read secret file {candidate}: {exc.strerror}") from None
                 if not text:
                     raise ValueError(f"secret file {candidate} is empty")
+                context = info.context if isinstance(info.context, dict) else {}
+                mode = candidate.stat().st_mode
+                if mode & (stat.S_IRGRP | stat.S_IROTH) and isinstance(context.get("warnings"), list):
+                    context["warnings"].append(
+                        f"secret file {candidate} is readable by group or others ({stat.filemode(mode)}). "
+                        f"Fix with: chmod 600 {candidate}")
                 return text
         raise ValueError(f"secret file {raw} not found (looked at {', '.join(map(str, candidates))})")
     return value
@@ -103,12 +110,17 @@ class DaemonConfig(Section):
     log_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict, description="Levels of single loggers, by name, e.g. {aiosqlite = \"debug\"}. Libraries (aiosqlite, asyncio, apscheduler, aiohttp, urllib3) stay at warning unless named here; their debug lines carry SQL and payloads.")
     store_url: str = Field("sqlite:///dutybridge.db", description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413.")
+    max_body_bytes_in_flight: int = Field(33_554_432, ge=1024, description="Body bytes being read at once over all requests (V3 webhooks are read before their signature can be checked); past it new bodies are answered 503 with Retry-After.")
+    header_timeout_seconds: float = Field(60.0, gt=0, description="A client must send a request's line and headers within this many seconds of connecting (or of starting its next request), else the connection is closed (nginx's client_header_timeout).")
+    body_timeout_seconds: float = Field(60.0, gt=0, description="Longest wait between two reads of a request body; past it the request is answered 408 and the connection closed (nginx's client_body_timeout).")
+    keepalive_timeout_seconds: float = Field(75.0, gt=0, description="An idle keep-alive connection is closed after this many seconds (nginx's keepalive_timeout). Read at start.")
+    max_connections: int = Field(512, ge=1, le=1_000_000, description="Client connections open at once; at the cap the longest idle one is closed for a newcomer. Lowered to fit the file limit (LimitNOFILE=) with a warning. Read at start.")
     worker_concurrency: int = Field(8, ge=1, le=256, description="Events handled at once (never two of one resource).")
     max_attempts: int = Field(8, ge=1, le=100, description="Attempts per event before it becomes a dead letter.")
     retry_base_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
     retry_max_seconds: float = Field(600.0, gt=0, description="Longest delay between two attempts of one event.")
     lease_seconds: float = Field(300.0, gt=0, description="How long a claimed event stays claimed before another worker may take it.")
-    shutdown_timeout: float = Field(20.0, gt=0, description="Seconds to finish in-flight work on SIGTERM; keep below systemd's TimeoutStopSec.")
+    shutdown_timeout: float = Field(20.0, gt=0, description="Seconds from SIGTERM to exit, all included: in-flight requests, the worker's handlers, their cancellation; keep below systemd's TimeoutStopSec (30 s in the shipped unit).")
     event_retention_days: int = Field(14, ge=0, description="Handled events are deleted after this many days (0 keeps them).")
 
     @field_validator("store_url")
@@ -220,6 +232,11 @@ class Config(BaseModel):
                     walk(item)
 
         walk([self.daemon, self.pagerduty, self.servicenow, self.plugin_sections])
+        # Basic auth sends base64("user:password"): the pair is a secret of its own.
+        sn = self.servicenow
+        for user, password in ((sn.username, sn.password), (sn.doorbell_username, sn.doorbell_password)):
+            if user and password is not None and password.get_secret_value():
+                out.append(f"{user}:{password.get_secret_value()}")
         return out
 
 
@@ -308,6 +325,40 @@ def _literal_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) 
     return out
 
 
+def _held_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """The keys whose secret the file holds itself: what any reader of the file learns.
+    (A ``file:`` secret's own file is checked where it is read, in resolve_secret.)"""
+    out = []
+    for dotted in sorted(_secret_paths(prefix, model)):
+        value = data.get(dotted.rsplit(".", 1)[1])
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and v and not v.startswith(SECRET_PREFIXES) for v in values):
+            out.append(dotted)
+    return out
+
+
+def file_permission_findings(path: str | os.PathLike, holders: list[str]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about the config file's mode: writable by others is refused
+    (whoever writes it picks hooks_dir, and so runs code as the daemon); readable by
+    group or others is a warning when it holds secrets or the paths of their files."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [], []
+    mode = stat.filemode(st.st_mode)
+    if st.st_mode & stat.S_IWOTH:
+        return [f"refused: the file is writable by others ({mode}); whoever can write it chooses the code the "
+                f"daemon runs. Fix with: chmod o-w {path}"], []
+    warnings = []
+    if st.st_mode & stat.S_IWGRP:
+        warnings.append(f"the file is writable by its group ({mode}); every member can change what the daemon "
+                        f"runs. Fix with: chmod g-w {path}")
+    if holders and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.append(f"the file holds secrets ({', '.join(holders)}) and is readable by "
+                        f"group or others ({mode}). Fix with: chmod 600 {path}")
+    return [], warnings
+
+
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
@@ -328,8 +379,9 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
     """Validate a parsed TOML document; raise ConfigError with every problem found."""
     problems: list[str] = []
     warnings: list[str] = []
+    holders: list[str] = []
     # Relative file: secrets resolve against the config file's folder, as hooks_dir does.
-    context: dict[str, Any] = {"base_dir": Path(path).resolve().parent if path else Path.cwd()}
+    context: dict[str, Any] = {"base_dir": Path(path).resolve().parent if path else Path.cwd(), "warnings": warnings}
     sections: dict[str, Any] = {}
     allowed_top = set(CORE_SECTIONS) | {"plugins"}
     for key in raw:
@@ -345,6 +397,7 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
         except ValidationError as exc:
             problems += format_validation_error(name, exc, _secret_paths(name, model), model)
         warnings += _literal_secrets(name, model, data)
+        holders += _held_secrets(name, model, data)
 
     # Plugin sections may check what they depend on in the core's (e.g. daemon.public_url).
     context["daemon"] = sections.get("daemon")
@@ -385,6 +438,11 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             except ValidationError as exc:
                 problems += format_validation_error(f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model), model)
             warnings += _literal_secrets(f"plugins.{name}", model, data)
+            holders += _held_secrets(f"plugins.{name}", model, data)
+    if path:
+        refused, permission_warnings = file_permission_findings(path, holders)
+        problems += refused
+        warnings += permission_warnings
     if problems:
         raise ConfigError(problems, path)
     return Config(

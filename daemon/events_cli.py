@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import IO, Any, get_args
 
 from .events import EventStatus, StoredEvent
+from .logging import scrub
 from .store.base import Store
 
 STATUSES: tuple[str, ...] = get_args(EventStatus)
@@ -97,7 +98,9 @@ async def show_event(store: Store, out: IO[str], id: int, *, err: IO[str] | None
     if ev is None:
         print(f"no event with id {id} (see: dutybridge events list)", file=err or sys.stderr)
         return 1
-    json.dump(event_dict(ev), out, indent=2, ensure_ascii=False)
+    # A payload can carry a credential its sender put there (a header dump); the
+    # configured secrets in any form never reach the terminal.
+    out.write(scrub(json.dumps(event_dict(ev), indent=2, ensure_ascii=False)))
     print(file=out)
     return 0
 

@@ -122,6 +122,11 @@ class Hooks:
     def register_jobs(self, ctx: Ctx) -> list[Job]:
         return [job for _, jobs in self._sync("register_jobs", ctx=ctx) for job in jobs or ()]
 
+    def register_servicenow_tables(self, ctx: Ctx) -> frozenset[str]:
+        """Every table an enabled plugin handles doorbells of."""
+        return frozenset(str(t) for _, tables in self._sync("register_servicenow_tables", ctx=ctx)
+                         for t in tables or ())
+
     def register_checks(self, ctx: Ctx) -> list[Check]:
         return [check for _, checks in self._sync("register_checks", ctx=ctx) for check in checks or ()]
 

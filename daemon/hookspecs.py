@@ -139,6 +139,18 @@ def outbound_response(request: "OutboundRequest", response: "OutboundResponse", 
 
 
 @hookspec
+def register_servicenow_tables(ctx: "Ctx") -> "list[str]":
+    """Name the ServiceNow tables whose doorbells this plugin handles.
+
+    Return a list of table names (``["incident"]``). ``POST /webhooks/servicenow``
+    answers 400 for a doorbell of a table no enabled plugin names, stores nothing
+    and counts it under no per-table label, so a stranger cannot grow the inbox or
+    the metrics with made-up tables. Called again after each reload (the tables may
+    depend on the configuration). Must not be async.
+    """
+
+
+@hookspec
 def register_checks(ctx: "Ctx") -> "list[Check]":
     """Add named checks to ``dutybridge check``.
 

@@ -4,8 +4,11 @@ console on a terminal), one level per logger name, configured secrets redacted f
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
+import urllib.parse
 import sys
 import traceback
 from collections.abc import MutableMapping
@@ -43,18 +46,56 @@ _log_levels: dict[str, str] = {}
 _leveled: set[str] = set()
 
 
+def secret_forms(values: Iterable[str]) -> set[str]:
+    """Every form in which ``values`` travel: as they are, URL-encoded (a query string, a
+    form body), base64 (a Basic header's ``user:password``, which Config.secrets() lists
+    as a pair, encodes to a string the password's own base64 is no part of)."""
+    out: set[str] = set()
+    for value in values:
+        if not value or len(value) < 4:
+            continue
+        raw = value.encode("utf-8")
+        out.update({value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+                    urllib.parse.quote(value)})
+        for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+            text = encoded.decode("ascii")
+            out.update({text, text.rstrip("=")})
+    return out
+
+
 def set_secrets(values: Iterable[str]) -> None:
-    """Values to scrub from every log line (the configured secrets); replaces the old set."""
+    """Values to scrub from every log line (the configured secrets, in each of their
+    ``secret_forms``); replaces the old set."""
     global _secrets
     # Longest first, so a secret containing another is scrubbed whole. Very short
     # values would redact ordinary words; four characters is the floor.
-    _secrets = tuple(sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True))
+    _secrets = tuple(sorted({v for v in secret_forms(values) if len(v) >= 4}, key=len, reverse=True))
+
+
+# A credential after its scheme, wherever a header's text lands (a repr of a dict, an
+# HTTP dump): known or not, what follows Basic/Bearer/Token token= is never shown.
+_CREDENTIAL = re.compile(
+    r"(?i)\b(?P<head>(?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?|)"
+    r"(?P<scheme>basic|bearer|token\s+token|token)(?P<sep>\s+|=['\"]?)"
+    r"(?P<cred>[A-Za-z0-9._~+/\-]{6,}=*)")
+_CREDENTIAL_HINTS = ("asic", "earer", "oken", "uthorization", "ASIC", "EARER", "OKEN", "UTHORIZATION")
+
+
+def _credential(match: re.Match[str]) -> str:
+    head, scheme, cred = match.group("head"), match.group("scheme").lower(), match.group("cred")
+    # Outside a header, only what looks like a credential: "Token token=...", or a
+    # long word after Basic/Bearer (not "basic income", "token xyz" in prose).
+    if not head and not (scheme.startswith("token ") or (scheme != "token" and len(cred) >= 12)):
+        return match.group(0)
+    return f"{match.group('head')}{match.group('scheme')}{match.group('sep')}{REDACTED}"
 
 
 def scrub(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if any(hint in text for hint in _CREDENTIAL_HINTS):
+        text = _CREDENTIAL.sub(_credential, text)
     return text
 
 

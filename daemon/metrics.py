@@ -45,7 +45,11 @@ class Metrics:
         self._ignored = Counter("events_ignored", "Events no plugin acted on, or webhooks of an unknown type or pings.", ev, namespace=ns, registry=r)
         self._rejected = Counter("webhook_rejected", "Webhook requests answered with an error, by route and reason.", ("route", "reason"), namespace=ns, registry=r)
         self._inbox = Gauge("inbox_events", "Events in the inbox per status, read from the store at scrape time.", ("status",), namespace=ns, registry=r)
-        self._store_up = Gauge("store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r)
+        self._store_up = Gauge("store_up", "1 when the store answered the last scrape and its last write succeeded, else 0.", namespace=ns, registry=r)
+        self._connections = Gauge("connections_open", "Client connections open on the webhook server.", namespace=ns, registry=r)
+        self._connections_closed = Counter("connections_closed_by_server", "Client connections the server closed for a limit: header_timeout, evicted (at max_connections), over_cap.", ("reason",), namespace=ns, registry=r)
+        self._body_in_flight = Gauge("body_bytes_in_flight", "Request body bytes being read now, over all requests (bounded by daemon.max_body_bytes_in_flight).", namespace=ns, registry=r)
+        self._body_refused = Counter("body_budget_refused", "Requests answered 503 because daemon.max_body_bytes_in_flight was reached.", namespace=ns, registry=r)
         self._outbound = Counter("outbound_requests", "Outbound API requests by service, host and HTTP status ('error' when no response).", ("service", "host", "status"), namespace=ns, registry=r)
         self._outbound_seconds = Histogram("outbound_request_seconds", "Outbound API request latency.", ("service", "host"), namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
         self._handle_seconds = Histogram("handle_seconds", "Time to handle one event (all plugin hooks).", ev, namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
@@ -86,13 +90,27 @@ class Metrics:
     def webhook_rejected(self, route: str, reason: str) -> None:
         self._child(self._rejected, route, reason).inc()
 
+    # -- connections and bodies ---------------------------------------------------
+    def set_connections(self, count: int) -> None:
+        self._connections.set(count)
+
+    def connection_closed(self, reason: str) -> None:
+        self._child(self._connections_closed, reason).inc()
+
+    def set_body_in_flight(self, size: int) -> None:
+        self._body_in_flight.set(size)
+
+    def body_refused(self) -> None:
+        self._body_refused.inc()
+
     # -- inbox -------------------------------------------------------------------
-    def set_inbox(self, counts: Mapping[str, int] | None) -> None:
-        """Set the inbox gauge from ``store.counts()``; None when the store did not answer."""
+    def set_inbox(self, counts: Mapping[str, int] | None, writable: bool = True) -> None:
+        """Set the inbox gauge from ``store.counts()``; None when the store did not answer.
+        ``writable``: the store's last write succeeded (a full disk still reads)."""
         if counts is None:
             self._store_up.set(0)
             return
-        self._store_up.set(1)
+        self._store_up.set(1 if writable else 0)
         for status in {*INBOX_STATUSES, *counts}:
             self._inbox.labels(status).set(counts.get(status, 0))
 

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
+import pwd
 import stat
 import traceback
 import types
@@ -132,13 +133,46 @@ def _load_named_plugin(name: str) -> object:
     raise PluginError(f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins())) or 'none'})")
 
 
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """The hooks folder and every folder above it: owned by the daemon's user or root,
+    writable by nobody else unless sticky (as /tmp: others may add, not replace), as
+    OpenSSH's StrictModes checks the folders of ``authorized_keys``."""
+    me = _user(os.geteuid())
+    for current in [folder, *folder.parents]:
+        st = current.stat()
+        if not _trusted_owner(st.st_uid):
+            return (f"{current}: refused: the folder holding hook files belongs to {_user(st.st_uid)}, not to "
+                    f"{me} (the daemon's user) or root; its owner can swap the files. "
+                    f"Fix with: chown {me} {current}")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            return (f"{current}: refused: the folder holding hook files is writable by group or others "
+                    f"({stat.filemode(st.st_mode)}); anyone who can write it can put in or swap a hook file. "
+                    f"Fix with: chmod go-w {current}")
+    return None
+
+
 def _file_problem(path: Path) -> str | None:
     st = path.stat()
+    if not _trusted_owner(st.st_uid):
+        me = _user(os.geteuid())
+        return (f"{path}: refused: the file belongs to {_user(st.st_uid)}, not to {me} (the daemon's user) "
+                f"or root; its owner can run code as the daemon. Fix with: chown {me} {path}")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         mode = stat.filemode(st.st_mode)
         return (f"{path}: refused: the file is writable by group or others ({mode}); "
                 f"anyone who can write it can run code as the daemon. Fix with: chmod go-w {path}")
-    return None
+    return _folder_problem(path.parent)
 
 
 def load_hook_file(path: Path) -> types.ModuleType:

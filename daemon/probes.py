@@ -28,6 +28,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         try:
             up = await asyncio.wait_for(ctx.store.ping(), _PROBE_TIMEOUT)
             checks["store"] = "ok" if up else "ping failed"
+            if up and not await _writable(ctx.store):
+                # A store that reads but cannot write (a full disk) takes no webhook.
+                checks["store"] = f"writes failing: {getattr(ctx.store, 'last_write_error', None) or 'unknown error'}"
         except asyncio.TimeoutError:
             checks["store"] = f"no answer within {_PROBE_TIMEOUT:g} s"
         except Exception as exc:
@@ -43,6 +46,15 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         return error_response(503, f"not ready: {', '.join(failed)}", checks=checks)
     return web.json_response({"status": "ready", "checks": checks})
 
+async def _writable(store: object) -> bool:
+    """The last write's outcome; when it failed, a probe write tells whether writes
+    work again (and writes the results that waited for it)."""
+    if getattr(store, "write_ok", True):
+        return True
+    probe = getattr(store, "probe_write", None)
+    return bool(probe is not None and await asyncio.wait_for(probe(), _PROBE_TIMEOUT))
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     if ctx.metrics is None:
@@ -53,5 +65,5 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             counts = await asyncio.wait_for(ctx.store.counts(), _PROBE_TIMEOUT)
         except Exception:
             log.warning("inbox_counts_unavailable", endpoint="/metrics", exc_info=True)
-    ctx.metrics.set_inbox(counts)
+    ctx.metrics.set_inbox(counts, writable=getattr(ctx.store, "write_ok", True))
     return web.Response(body=ctx.metrics.render(), headers={hdrs.CONTENT_TYPE: ctx.metrics.content_type})

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from . import probes
 from .receivers import pagerduty, servicenow
-from .web import guarded, request_middleware
+from .web import BUDGET_KEY, BodyBudget, guarded, request_middleware
 
 
 def add_routes(app: web.Application, *, prefix: str = "") -> None:
@@ -20,6 +20,7 @@ def add_routes(app: web.Application, *, prefix: str = "") -> None:
     (middlewares freeze then).
     """
     app.middlewares.append(request_middleware)
+    app[BUDGET_KEY] = BodyBudget()
     app.router.add_post(f"{prefix}/webhooks/pagerduty", guarded("pagerduty", pagerduty.pagerduty_v3))
     app.router.add_post(f"{prefix}/webhooks/pagerduty/v2", guarded("pagerduty_v2", pagerduty.pagerduty_v2))
     app.router.add_post(f"{prefix}/webhooks/servicenow", guarded("servicenow", servicenow.servicenow))

@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .context import Ctx
+from .logging import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import SecretStr
@@ -55,8 +56,9 @@ class Reject(Exception):
 
 
 def error_response(status: int, reason: str, headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
-    """The one shape of every error answer: ``{"error": reason}``."""
-    return web.json_response({"error": reason, **extra}, status=status, headers=headers)
+    """The one shape of every error answer: ``{"error": reason}`` (configured secrets,
+    in any of their forms, scrubbed: a reason may quote what a client sent)."""
+    return web.json_response({"error": scrub(reason), **extra}, status=status, headers=headers)
 
 
 def accepted(row_id: int) -> web.Response:
@@ -115,8 +117,20 @@ async def request_middleware(
             elif isinstance(exc, web.HTTPNotFound):
                 reason = f"not found: {request.path}"
             response = error_response(exc.status, reason, headers=headers)
+        except Reject as rej:
+            # A plugin route's read_body() refusal, answered as the core's routes answer it.
+            log.warning("request_rejected", method=request.method, path=request.path, status=rej.status,
+                        reason=rej.code, detail=rej.reason)
+            response = error_response(rej.status, rej.reason, headers=rej.headers)
+            if rej.headers.get("Connection") == "close":
+                response.force_close()
         except asyncio.CancelledError:
             raise
+        except ConnectionError as exc:
+            # The client went away: its doing, not ours. One line, no traceback.
+            log.info("client_disconnected", method=request.method, path=request.path, error=type(exc).__name__)
+            # Nobody reads it: aiohttp drops a response it cannot write, quietly.
+            response = error_response(400, "client disconnected")
         except Exception:
             log.exception("request_failed", method=request.method, path=request.path)
             response = error_response(500, "internal error")
@@ -128,6 +142,29 @@ async def request_middleware(
 
 
 # -- reading and checking requests -----------------------------------------------------
+class BodyBudget:
+    """Request body bytes being read at once over one app's requests: the memory a
+    crowd of slow or unauthenticated senders can pin is bounded by ``[daemon]
+    max_body_bytes_in_flight``, not by their number."""
+
+    def __init__(self) -> None:
+        self.in_use = 0
+
+    def take(self, size: int, total: int) -> bool:
+        if size and self.in_use + size > total:
+            return False
+        self.in_use += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.in_use -= size
+
+
+BUDGET_KEY: web.AppKey[BodyBudget] = web.AppKey("dutybridge.body_budget", BodyBudget)
+#: Said with a 503 for a full body budget: a few seconds frees it (bodies time out).
+RETRY_AFTER_SECONDS = 2
+
+
 def _too_large(limit: int) -> Reject:
     return Reject(413, "too_large", f"body larger than {limit} bytes", headers={"Connection": "close"})
 
@@ -135,25 +172,72 @@ def _too_large(limit: int) -> Reject:
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, or Reject(413) having read at most ``limit`` + 1 bytes.
 
-    Content-Length is checked first; a chunked body is counted as it streams. What the
+    Content-Length is checked first; a chunked body is counted as it streams; a
+    Content-Encoding other than identity is Reject(415). What the
     client still sends after a 413 is discarded by aiohttp (bounded lingering), never
-    buffered, and the connection is closed.
+    buffered, and the connection is closed. With the daemon's ``ctx``: Reject(503,
+    Retry-After) while the app's body budget is spent, Reject(408) when the client
+    pauses longer than ``body_timeout_seconds``, Reject(400) when it goes away.
     """
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # PagerDuty and ServiceNow send plain bodies; a compressed one is a decoder to
+        # run for a stranger, and a small body that inflates past every limit.
+        raise Reject(415, "encoded_body", "Content-Encoding: only identity is accepted",
+                     headers={"Connection": "close"})
+    ctx = request.config_dict.get(CTX_KEY)
+    budget = request.config_dict.get(BUDGET_KEY)
+    daemon = ctx.config.daemon if ctx is not None else None
+    timeout = daemon.body_timeout_seconds if daemon is not None else None
+    total = daemon.max_body_bytes_in_flight if daemon is not None else 0
+    taken = 0
+
+    def take(size: int) -> None:
+        nonlocal taken
+        if budget is None or daemon is None:
+            return
+        if not budget.take(size, total):
+            if ctx.metrics is not None:
+                ctx.metrics.body_refused()
+            raise Reject(503, "busy", "too many request bodies being received at once; retry later",
+                         headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
+        taken += size
+        if ctx.metrics is not None:
+            ctx.metrics.set_body_in_flight(budget.in_use)
+
     chunks: list[bytes] = []
     size = 0
-    # With a Content-Length the parser passes exactly that many bytes: once they are
-    # here, no read for the end of the stream is needed. Chunked: read to the end.
-    while size != length:
-        chunk = await request.content.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
+    try:
+        # Content-Length: its bytes will be buffered, so they are reserved before the first.
+        take(length or 0)
+        # With a Content-Length the parser passes exactly that many bytes: once they are
+        # here, no read for the end of the stream is needed. Chunked: read to the end.
+        while size != length:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await request.content.read(limit + 1 - size)
+            except TimeoutError:
+                raise Reject(408, "body_timeout", f"body: nothing received for {timeout:g} s",
+                             headers={"Connection": "close"}) from None
+            except (ConnectionError, web.RequestPayloadError):
+                raise Reject(400, "body_incomplete", "body: the connection ended before the whole body arrived",
+                             headers={"Connection": "close"}) from None
+            if not chunk:
+                break
+            if length is None:
+                take(len(chunk))
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+    finally:
+        if budget is not None and taken:
+            budget.give(taken)
+            if ctx is not None and ctx.metrics is not None:
+                ctx.metrics.set_body_in_flight(budget.in_use)
     return b"".join(chunks)
 
 
@@ -281,7 +365,7 @@ def guarded(route: str, handler: Handler) -> Handler:
             level = log.error if rej.status >= 500 else log.warning
             level("webhook rejected", route=route, status=rej.status, reason=rej.code, detail=rej.reason)
             response = error_response(rej.status, rej.reason, headers=rej.headers)
-            if rej.status == 413:
+            if rej.status == 413 or rej.headers.get("Connection") == "close":
                 response.force_close()
             return response
 

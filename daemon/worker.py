@@ -18,6 +18,7 @@ import structlog
 from .context import Ctx
 from .events import EventStatus, StoredEvent, utcnow
 from .hooks import hooks_of
+from .logging import scrub, secret_forms
 from .redact import hide_credentials
 from .store.base import Store
 
@@ -30,9 +31,12 @@ CANCEL_GRACE_SECONDS = 5.0
 def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
     """``Type: message``, with known secrets and URL credentials masked, shortened."""
     text = f"{type(exc).__qualname__}: {exc}" if str(exc) else type(exc).__qualname__
-    # Longest first, so a secret containing another is masked whole.
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+    # Longest first, so a secret containing another is masked whole; every form a
+    # secret travels in (base64 in a Basic header, URL-encoded), and any credential
+    # after Basic/Bearer/Token, known or not (scrub: the logs' own redaction).
+    for secret in sorted(secret_forms(s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "**********")
+    text = scrub(text)
     text = hide_credentials(text[: MAX_ERROR_CHARS * 2])
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 3] + "..."
@@ -121,11 +125,12 @@ class Worker:
         """Look for due events now (the receiver calls this after storing one)."""
         self._wakeup.set()
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float, cancel_grace: float = CANCEL_GRACE_SECONDS) -> None:
         """Stop claiming and give in-flight handlers ``timeout`` seconds to finish.
 
-        Handlers still running then are cancelled and their events released: pending
-        again, to run after the restart (handlers are idempotent by contract).
+        Handlers still running then are cancelled (and given ``cancel_grace`` seconds to
+        end) and their events released: pending again, to run after the restart
+        (handlers are idempotent by contract).
         """
         if self._loop_task is None:
             return
@@ -147,7 +152,7 @@ class Worker:
             for task in pending:
                 task.cancel()
             # Bounded: a handler that swallows the cancellation must not hang shutdown.
-            _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS)
+            _, stuck = await asyncio.wait(pending, timeout=cancel_grace)
             if stuck:
                 log.error("worker_handlers_ignore_cancel", count=len(stuck))
         # Also covers events claimed but queued behind a busy resource.

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from dutybridge.app import create_app, load
 from dutybridge.config import Config
+from dutybridge.connections import runner_kwargs, start_site
 from dutybridge.context import Ctx
 from dutybridge.web import CTX_KEY
 
@@ -47,11 +48,12 @@ async def start_daemon(config: Config | str | Path, pm: pluggy.PluginManager | N
     if pm is None:
         raise ValueError("a loaded Config needs its plugin manager")
     app = create_app(config, pm, worker=worker, scheduler=scheduler)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout,
+                           **runner_kwargs(config.daemon))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        # The daemon's own listener: its connection limits apply here too.
+        await start_site(runner, app[CTX_KEY], host, port)
     except BaseException:
         await runner.cleanup()
         raise

@@ -59,6 +59,8 @@ def write_config(tmp_path: Path):
             path.write_text(raw)
         else:
             path.write_text(tomli_w.dumps(merge(BASE_CONFIG, override or {})))
+        # As an operator keeps a file with secrets; a readable one is a warning of its own.
+        path.chmod(0o600)
         (tmp_path / "state").mkdir(exist_ok=True)
         return path
 

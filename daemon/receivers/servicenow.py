@@ -26,8 +26,10 @@ DOORBELL_FIELDS = ("table", "sys_id", "operation", "sys_updated_on", "sys_mod_co
 
 _SN_TABLE = re.compile(r"[a-z0-9_]{1,80}")
 _SN_SYS_ID = re.compile(r"[0-9a-f]{32}")
-_SN_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
-_SN_MOD_COUNT = re.compile(r"\d{1,12}")
+# [0-9], never \d: \d also matches Arabic-Indic, NKo and fullwidth digits, which would
+# make "7" and "٧" two event ids for one change.
+_SN_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+_SN_MOD_COUNT = re.compile(r"[0-9]{1,12}")
 
 
 def valid_datetime(value: str) -> bool:
@@ -53,6 +55,11 @@ async def servicenow(request: web.Request) -> web.StreamResponse:
         if key not in DOORBELL_FIELDS:
             raise Reject(400, "bad_envelope", f"{key[:60]}: unknown field (expected {', '.join(DOORBELL_FIELDS)})")
     table = require_string(doc, "table", "table", _SN_TABLE, "a table name (lowercase letters, digits, _)")
+    known = ctx.hooks.register_servicenow_tables(ctx=ctx)
+    if table not in known:
+        # Refused, not stored as "ignored": each stored table would be a new metrics series.
+        raise Reject(400, "unknown_table",
+                     f"table: no enabled plugin handles {table!r} (handled: {', '.join(sorted(known)) or 'none'})")
     sys_id = require_string(doc, "sys_id", "sys_id", _SN_SYS_ID, "32 lowercase hex characters")
     operation = require_string(doc, "operation", "operation", None, "insert, update or delete")
     if operation not in SERVICENOW_OPERATIONS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from dutybridge.web import Reject, ctx_of, doorbell_auth, error_response, parse_
 from .config import IncidentSyncConfig
 from .engine import PLUGIN, SYNC_REQUESTED, Engine
 from .poll import poll
+from .views import TABLES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
@@ -87,6 +89,15 @@ class IncidentSync:
         return [web.post(SYNC_ROUTE, sync_action)]
 
     @hookimpl
+    def register_servicenow_tables(self, ctx: Ctx) -> list[str]:
+        # What Engine.handle acts on: the incident tables, and with v7_fields the groups
+        # and CIs whose PagerDuty fields feed the mapping.
+        tables = list(TABLES)
+        if ctx.plugin_config(PLUGIN).v7_fields:
+            tables += ["sys_user_group", "cmdb_ci"]
+        return tables
+
+    @hookimpl
     def register_cli_commands(self) -> list[Command]:
         return [Command("incident", "incident sync: ask for a PagerDuty incident to be synced", self._incident_command,
                         add_arguments=_incident_arguments)]
@@ -94,6 +105,9 @@ class IncidentSync:
     async def _incident_command(self, args: argparse.Namespace, ctx: Ctx | None) -> int:
         if ctx is None:  # only a standalone command runs without one, and this one is not
             raise NotReady("incident sync needs the daemon's configuration")
+        if not _PD_ID.fullmatch(args.incident_id):
+            print(f"not a PagerDuty incident id: {args.incident_id[:40]!r} (up to 20 capital letters and digits)")
+            return 2
         if ctx.pagerduty is not None:
             inc = await self.engine(ctx).api.pd_incident(args.incident_id)
             if inc is None:
@@ -130,39 +144,87 @@ async def request_sync(ctx: Ctx, pd_id: str, *, requested_by: str, event_id: str
     return stored is not None
 
 
+# A PagerDuty id: "PT4KHLK", "Q0RIJJZL24RC6W". A message or event id is freer (uuids).
+_PD_ID = re.compile(r"[A-Z0-9]{1,20}")
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+# One custom action is one incident; V2 batches a few. A bound keeps one request from
+# queueing thousands of syncs.
+MAX_INCIDENTS = 100
+
+
+def _pd_id(value: Any, where: str) -> str:
+    if value is None:
+        raise Reject(400, "bad_envelope", f"{where}: required field is missing")
+    if not isinstance(value, str) or not _PD_ID.fullmatch(value):
+        raise Reject(400, "bad_envelope", f"{where}: expected a PagerDuty id (up to 20 capital letters and digits)")
+    return value
+
+
+def _message_id(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _MESSAGE_ID.fullmatch(value):
+        raise Reject(400, "bad_envelope", f"{where}: expected an id (letters, digits, _ . -, up to 128)")
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        raise Reject(400, "bad_envelope", f"{where}: required field is missing")
+    if not isinstance(value, dict):
+        raise Reject(400, "bad_envelope", f"{where}: expected an object")
+    return value
+
+
 def _incident_ids(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(incident id, message id) pairs from a custom incident action's body: the V2 shape
-    (``messages[].incident``), a V3 envelope (``event.data``), or ``{"incident_id"}``."""
+    (``messages[].incident.id``), a V3 envelope (``event.data``), or ``{"incident_id"}``.
+
+    Every id is checked before any is used: Reject(400) naming the first bad field.
+    """
     out: list[tuple[str, str | None]] = []
-    for message in doc.get("messages") or []:
-        if isinstance(message, dict) and isinstance(message.get("incident"), dict):
-            out.append((str(message["incident"].get("id") or ""), message.get("id")))
-    event = doc.get("event")
-    if isinstance(event, dict) and isinstance(event.get("data"), dict):
-        data = event["data"]
-        iid = data.get("id") if data.get("type") == "incident" else (data.get("incident") or {}).get("id")
-        out.append((str(iid or ""), event.get("id")))
-    if isinstance(doc.get("incident_id"), str):
-        out.append((doc["incident_id"], None))
-    return [(iid, mid) for iid, mid in out if iid]
+    if "messages" in doc:
+        messages = doc["messages"]
+        if not isinstance(messages, list):
+            raise Reject(400, "bad_envelope", "messages: expected an array")
+        if len(messages) > MAX_INCIDENTS:
+            raise Reject(400, "bad_envelope", f"messages: at most {MAX_INCIDENTS} per request")
+        for i, message in enumerate(messages):
+            message = _object(message, f"messages[{i}]")
+            incident = _object(message.get("incident"), f"messages[{i}].incident")
+            out.append((_pd_id(incident.get("id"), f"messages[{i}].incident.id"),
+                        _message_id(message.get("id"), f"messages[{i}].id")))
+    if "event" in doc:
+        event = _object(doc["event"], "event")
+        data = _object(event.get("data"), "event.data")
+        if data.get("type") == "incident":
+            iid = _pd_id(data.get("id"), "event.data.id")
+        else:
+            iid = _pd_id(_object(data.get("incident"), "event.data.incident").get("id"), "event.data.incident.id")
+        out.append((iid, _message_id(event.get("id"), "event.id")))
+    if "incident_id" in doc:
+        out.append((_pd_id(doc["incident_id"], "incident_id"), None))
+    if not out:
+        raise Reject(400, "bad_envelope", "no incident id in the body (messages[].incident.id, event.data, or incident_id)")
+    return out
 
 
 async def sync_action(request: web.Request) -> web.StreamResponse:
     """PagerDuty custom incident action "Sync with ServiceNow" (manual sync option).
 
     Authenticated like the doorbell: the action's custom header carries the bearer
-    token, or its URL the basic credentials.
+    token, or its URL the basic credentials. Nothing is stored unless every id in the
+    body is valid.
     """
     # The running daemon's ctx; a reload replaces ctx.config, read here per request.
     ctx = ctx_of(request)
     try:
         doorbell_auth(request, ctx.config.servicenow)
         doc = parse_json_object(await read_body(request, ctx.config.daemon.max_body_bytes))
+        ids = _incident_ids(doc)
     except Reject as rej:
+        log.warning("sync_action_rejected", status=rej.status, reason=rej.code, detail=rej.reason)
         return error_response(rej.status, rej.reason, headers=rej.headers)
-    ids = _incident_ids(doc)
-    if not ids:
-        return error_response(400, "no incident id in the body (messages[].incident.id, event.data, or incident_id)")
     accepted = 0
     for iid, mid in ids:
         accepted += await request_sync(ctx, iid, requested_by="custom incident action",

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from dutybridge.config import Section
 
 _PD_ID = re.compile(r"^[A-Z0-9]{2,20}$")
-_STATE = re.compile(r"^-?\d{1,4}$")
+_STATE = re.compile(r"^-?[0-9]{1,4}$")  # ASCII: \\d takes other scripts' digits too
 SN_PRIORITIES = ("1", "2", "3", "4", "5")
 
 

@@ -42,13 +42,19 @@ def link_key(link: Link) -> str:
     return f"sn:{link.sn_id}" if (link.state or {}).get("origin") == "sn" else f"pd:{link.pd_id}"
 
 
+def _ascii_digits(value: object) -> bool:
+    # str.isdigit() is true for "٧" and "７" too (and int() reads them): ASCII only.
+    text = str(value)
+    return text.isascii() and text.isdigit()
+
+
 def sn_change_synced(link: Link, mod_count: str | None) -> bool:
     """Whether the change a doorbell (or poll event) names is synced already: its
     sys_mod_count is at most ``SN_SEEN``, the version up to which every change was read
     and synced (a record read, then its work notes) or was our own write (``own_write``).
     Each later change rings with its own count, so skipping this one loses nothing,
     and the echo of our own write costs no read. Without a count: read, as before."""
-    if mod_count is None or not str(mod_count).isdigit():
+    if mod_count is None or not _ascii_digits(mod_count):
         return False
     seen = (link.state or {}).get(SN_SEEN)
     return isinstance(seen, int) and int(mod_count) <= seen
@@ -80,7 +86,7 @@ class Links:
 
     def known_synced(self, sys_id: str, mod_count: str | None) -> bool:
         """Whether the version ``mod_count`` of record ``sys_id`` is synced, by memory alone."""
-        return mod_count is not None and str(mod_count).isdigit() and int(mod_count) <= self._sn_seen.get(sys_id, -1)
+        return mod_count is not None and _ascii_digits(mod_count) and int(mod_count) <= self._sn_seen.get(sys_id, -1)
 
     def remember_seen(self, sn_id: str, state: dict[str, Any]) -> None:
         seen = state.get(SN_SEEN)

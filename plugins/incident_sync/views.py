@@ -50,7 +50,8 @@ def data_view(data: dict[str, Any]) -> dict[str, Any]:
 def mod_count_of(rec: dict[str, Any] | None) -> int | None:
     """A record's sys_mod_count as a number (None when it has none)."""
     value = str((rec or {}).get("sys_mod_count") or "")
-    return int(value) if value.isdigit() else None
+    # isascii(): isdigit() alone takes Unicode digits, which int() would read as numbers.
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def sn_view(rec: dict[str, Any]) -> dict[str, str]:

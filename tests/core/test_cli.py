@@ -60,6 +60,7 @@ def test_config_init_systemd_refers_to_the_units_credentials(tmp_path, capsys, m
     for name, value in [("pagerduty-api-key", "k" * 20), ("pagerduty-webhook-secret", "w" * 20),
                         ("servicenow-password", "p" * 20)]:
         (creds / name).write_text(value + "\n")
+        (creds / name).chmod(0o400)  # as systemd's LoadCredential= leaves them
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     target.write_text(text.replace("YOUR-INSTANCE", "acme"))
     capsys.readouterr()

@@ -151,6 +151,7 @@ def test_a_literal_secret_is_a_warning_naming_the_key_never_the_value(write_conf
 
     monkeypatch.setenv("PD_KEY_FOR_TEST", "from-the-environment")
     (tmp_path / "pw").write_text("from-a-file")
+    (tmp_path / "pw").chmod(0o600)
     config, _ = load(write_config({"pagerduty": {"api_key": "env:PD_KEY_FOR_TEST", "webhook_secrets": []},
                                    "servicenow": {"password": "file:pw", "doorbell_token": "env:PD_KEY_FOR_TEST"}}))
     assert config.warnings == []

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from dutybridge.config import validate
 from dutybridge.context import Ctx
 from dutybridge.metrics import Metrics
+from dutybridge import hookimpl
 from dutybridge.plugins import make_test_pm
 from dutybridge.receivers.pagerduty import PAGERDUTY_V3_EVENT_TYPES
 from dutybridge.server import add_routes
@@ -97,10 +98,18 @@ def wakes():
     return []
 
 
+class IncidentTables:
+    """A plugin handling the incident tables' doorbells (the receiver refuses the others)."""
+
+    @hookimpl
+    def register_servicenow_tables(self, ctx):
+        return ["incident", "sn_si_incident"]
+
+
 @pytest.fixture
 def make_client(aiohttp_client, store, wakes):
     async def make(**config_kw):
-        ctx = Ctx(config=make_config(**config_kw), pm=make_test_pm(), store=store, metrics=Metrics(),
+        ctx = Ctx(config=make_config(**config_kw), pm=make_test_pm(IncidentTables()), store=store, metrics=Metrics(),
                   scheduler=FakeScheduler(), waker=lambda: wakes.append(1))
         app = web.Application()
         app[CTX_KEY] = ctx
@@ -661,6 +670,31 @@ async def test_doorbell_invalid_400_names_field(client, store, over, field):
     err = await assert_error(resp, 400)
     assert err["error"].startswith(field + ":"), err
     assert (await store.inbox()) == []
+
+
+async def test_doorbell_of_a_table_no_plugin_handles_is_400_and_no_metric_label(client, store):
+    for i in range(5):
+        resp = await client.post("/webhooks/servicenow", json=doorbell(table=f"made_up_{i}"),
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+        err = await assert_error(resp, 400)
+        assert err["error"].startswith("table:") and "incident" in err["error"]
+    assert await store.inbox() == []
+    text = (await (await client.get("/metrics")).read()).decode()
+    assert "made_up" not in text
+
+
+@pytest.mark.parametrize("digit", ["\u0667", "\u07c7", "\uff17", "\u09ed"])
+async def test_doorbell_mod_count_in_other_scripts_digits_is_400(client, store, digit):
+    ok = await client.post("/webhooks/servicenow", json=doorbell(sys_mod_count="7"),
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status == 202
+    resp = await client.post("/webhooks/servicenow", json=doorbell(sys_mod_count=digit),
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    await assert_error(resp, 400, "sys_mod_count")
+    resp = await client.post("/webhooks/servicenow", json=doorbell(sys_updated_on="2024-03-05 14:07:0" + digit),
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    await assert_error(resp, 400, "sys_updated_on")
+    assert len(await store.inbox()) == 1
 
 
 async def test_doorbell_not_configured_503(make_client, store):
