@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from aiohttp import hdrs, web
+from pydantic import BaseModel
 
 from dutybridge import hookimpl
 from dutybridge.commands import Command
@@ -31,7 +32,7 @@ class Provisioning:
     """The plugin object (stateless between commands: every run keeps its own state)."""
 
     @hookimpl
-    def register_config_sections(self) -> dict[str, Any]:
+    def register_config_sections(self) -> dict[str, type[BaseModel]]:
         return {PLUGIN: ProvisioningConfig}
 
     @hookimpl
