@@ -7,12 +7,14 @@ requests customization"); values may be ``env:``/``file:`` secret references.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import cast
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
 from dutybridge import hookimpl
 from dutybridge.config import Section, resolve_secret
+from dutybridge.context import Ctx, NotReady
+from dutybridge.http import OutboundRequest
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 #: Headers the pipeline and the clients own: overriding them breaks auth or framing,
@@ -144,12 +146,15 @@ class CustomHeadersConfig(Section):
 
 
 @hookimpl
-def register_config_sections() -> dict[str, Any]:
+def register_config_sections() -> dict[str, type[BaseModel]]:
     return {"custom_headers": CustomHeadersConfig}
 
 
 @hookimpl
-def outbound_request(request, ctx):
-    conf: CustomHeadersConfig = ctx.plugin_config("custom_headers")
+def outbound_request(request: OutboundRequest, ctx: Ctx | None) -> None:
+    if ctx is None:  # a pipeline made without the daemon's ctx: there is no configuration to read
+        raise NotReady("custom_headers needs the daemon's configuration")
+    # The section under "custom_headers" is the model this plugin registered for it; ctx cannot say so.
+    conf = cast("CustomHeadersConfig", ctx.plugin_config("custom_headers"))
     for name, value in conf.headers_for(request.service, request.url):
         request.headers[name] = value

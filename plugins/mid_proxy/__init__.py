@@ -6,16 +6,20 @@ inside another network; ``targets`` chooses which requests go that way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
+
+from pydantic import BaseModel
 
 from dutybridge import hookimpl
 from dutybridge.checks import Check, CheckResult
 from dutybridge.commands import Command
+from dutybridge.context import Ctx, NotReady
+from dutybridge.http import OutboundRequest, OutboundResponse
 from dutybridge.scheduler import Job
 
 from .config import MidProxyConfig, RelayConfig
 from .relay import relay_command
-from .transport import ProxyRefused, RelayRefused, RelayTransport, make_transport
+from .transport import ProxyRefused, RelayRefused, RelayTransport, Transport, make_transport
 
 __all__ = ["MidProxy", "MidProxyConfig", "ProxyRefused", "RelayConfig", "RelayRefused"]
 
@@ -27,26 +31,36 @@ def wanted(conf: MidProxyConfig, service: str, url: str) -> bool:
     return any(t == service or ("://" in t and url.startswith(t)) for t in conf.targets)
 
 
+def plugin_conf(ctx: Ctx) -> MidProxyConfig:
+    # The section under "mid_proxy" is the model this plugin registered for it; ctx cannot say so.
+    return cast("MidProxyConfig", ctx.plugin_config("mid_proxy"))
+
+
 class MidProxy:
     """The plugin: one transport per configuration (a reload makes a new one)."""
 
     def __init__(self) -> None:
         self._conf: MidProxyConfig | None = None
-        self._transport: Any = None
+        self._transport: Transport | None = None
         # Transports of earlier configurations: requests may still be in flight on them,
         # so they are closed at shutdown, not at the reload.
-        self._retired: list[Any] = []
+        self._retired: list[Transport] = []
 
-    def transport(self, ctx) -> Any:
-        conf = ctx.plugin_config("mid_proxy")
-        if conf is not self._conf:
+    def transport(self, ctx: Ctx) -> Transport:
+        conf = plugin_conf(ctx)
+        if conf is not self._conf or self._transport is None:
             if self._transport is not None:
                 self._retired.append(self._transport)
             self._conf, self._transport = conf, make_transport(conf)
         return self._transport
 
+    def relay_transport(self, ctx: Ctx) -> RelayTransport | None:
+        """The transport when the configuration is in relay mode (None: it is not, since a reload)."""
+        transport = self.transport(ctx)
+        return transport if isinstance(transport, RelayTransport) else None
+
     @hookimpl
-    def register_config_sections(self) -> dict[str, Any]:
+    def register_config_sections(self) -> dict[str, type[BaseModel]]:
         return {"mid_proxy": MidProxyConfig}
 
     @hookimpl
@@ -56,34 +70,39 @@ class MidProxy:
                         relay_command, standalone=True)]
 
     @hookimpl
-    async def send_request(self, request, ctx):
+    async def send_request(self, request: OutboundRequest, ctx: Ctx | None) -> OutboundResponse | None:
         if ctx is None or ctx.http is None:
             return None
-        conf = ctx.plugin_config("mid_proxy")
+        conf = plugin_conf(ctx)
         if not wanted(conf, request.service, request.url):
             return None
         return await self.transport(ctx).send(request, ctx.http)
 
     @hookimpl
-    def register_jobs(self, ctx) -> list[Job]:
-        conf = ctx.plugin_config("mid_proxy")
+    def register_jobs(self, ctx: Ctx) -> list[Job]:
+        conf = plugin_conf(ctx)
         if conf.mode != "relay":
             return []
 
         async def check_relays() -> None:
-            if ctx.http is not None:
-                await self.transport(ctx).check(ctx.http)
+            transport = self.relay_transport(ctx)
+            if ctx.http is not None and transport is not None:
+                await transport.check(ctx.http)
 
         return [Job(id="mid_proxy.relay_health", func=check_relays, trigger="interval",
                     trigger_args={"seconds": conf.relay_health_seconds})]
 
     @hookimpl
-    def register_checks(self, ctx) -> list[Check]:
-        if ctx.plugin_config("mid_proxy").mode != "relay":
+    def register_checks(self, ctx: Ctx) -> list[Check]:
+        if plugin_conf(ctx).mode != "relay":
             return []
 
-        async def relays(ctx) -> CheckResult:
-            transport: RelayTransport = self.transport(ctx)
+        async def relays(ctx: Ctx) -> CheckResult:
+            transport = self.relay_transport(ctx)
+            if transport is None:
+                return CheckResult(False, "plugins.mid_proxy.mode is no longer relay")
+            if ctx.http is None:
+                raise NotReady("the outbound pipeline is not built")
             checked = await transport.check(ctx.http)
             down = [f"{r.url} ({r.error})" for r in checked if not r.up]
             if len(down) == len(checked):
@@ -94,7 +113,7 @@ class MidProxy:
         return [Check("mid_proxy relays", relays)]
 
     @hookimpl
-    async def on_shutdown(self, ctx) -> None:
+    async def on_shutdown(self, ctx: Ctx) -> None:
         for transport in [*self._retired, self._transport]:
             if transport is not None:
                 await transport.close()

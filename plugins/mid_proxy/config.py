@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
 from dutybridge.config import Secret, Section
@@ -102,7 +102,7 @@ class MidProxyConfig(Section):
 
     @field_validator("relay_secret")
     @classmethod
-    def _secret(cls, v, info: ValidationInfo):
+    def _secret(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if info.data.get("mode") == "relay":
             if v is None:
                 raise ValueError("mode is relay: set the secret shared with the relays (env:NAME or file:PATH)")
@@ -138,7 +138,7 @@ class RelayConfig(Section):
 
     @field_validator("secret")
     @classmethod
-    def _secret(cls, v):
+    def _secret(cls, v: SecretStr) -> SecretStr:
         if len(v.get_secret_value()) < 16:
             raise ValueError("the relay secret is too short: use 16 characters or more")
         return v

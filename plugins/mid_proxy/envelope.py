@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from yarl import URL
@@ -119,7 +120,7 @@ class NonceCache:
     refused as stale anyway), so memory is bounded by the request rate times the window.
     """
 
-    def __init__(self, window: float, clock=time.monotonic) -> None:
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()

@@ -13,8 +13,9 @@ import ssl
 import sys
 import time
 import tomllib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -25,6 +26,9 @@ from dutybridge.config import format_validation_error
 
 from . import envelope as env
 from .config import RelayConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
 
 log = structlog.get_logger("dutybridge.mid_proxy.relay")
 
@@ -65,14 +69,14 @@ def _ssl_context(cafile: str) -> ssl.SSLContext | bool:
 class RelayAgent:
     """The relay's state: its configuration, the nonce cache and the upstream session."""
 
-    def __init__(self, config: RelayConfig, *, clock=time.time) -> None:
+    def __init__(self, config: RelayConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.secret = config.secret.get_secret_value().encode()
         self.nonces = env.NonceCache(window=2 * config.max_skew_seconds)
         self._clock = clock
         self.session: aiohttp.ClientSession | None = None
 
-    async def _session_ctx(self, app: web.Application) -> Any:
+    async def _session_ctx(self, app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=self.config.connection_limit,
                                          ssl=_ssl_context(self.config.upstream_ca_file))
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
@@ -166,7 +170,7 @@ def configure_logging() -> None:
     )
 
 
-async def serve(config: RelayConfig, *, announce=print) -> None:
+async def serve(config: RelayConfig, *, announce: Callable[..., object] = print) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     agent = RelayAgent(config)
     runner = web.AppRunner(agent.app(), access_log=None, handle_signals=False)
@@ -190,7 +194,7 @@ async def serve(config: RelayConfig, *, announce=print) -> None:
         await runner.cleanup()
 
 
-async def relay_command(args: argparse.Namespace, ctx: Any) -> int:
+async def relay_command(args: argparse.Namespace, ctx: Ctx | None) -> int:
     """The standalone ``dutybridge relay`` command (no daemon configuration; ctx is None)."""
     if not getattr(args, "config", None):
         print("dutybridge relay: --config RELAY.toml is required (a [relay] table: listen_port, "

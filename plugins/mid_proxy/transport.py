@@ -11,7 +11,6 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import structlog
@@ -94,6 +93,8 @@ class SocksTransport:
         from aiohttp_socks import ProxyConnector, ProxyType  # noqa: PLC0415
 
         url = URL(self.conf.proxy_url)
+        if not url.host:  # the configuration refuses such a URL; a config made without validating may not
+            raise ProxyRefused(self.conf.proxy_url, "the proxy URL names no host")
         password = self.conf.proxy_password.get_secret_value() if self.conf.proxy_password else None
         connector = ProxyConnector(
             proxy_type=ProxyType.SOCKS4 if url.scheme == "socks4" else ProxyType.SOCKS5,
@@ -242,7 +243,7 @@ def _error_of(data: bytes) -> str:
 Transport = ProxyTransport | SocksTransport | RelayTransport
 
 
-def make_transport(conf: MidProxyConfig) -> Any:
+def make_transport(conf: MidProxyConfig) -> Transport:
     if conf.mode == "relay":
         return RelayTransport(conf)
     if conf.proxy_url.startswith("socks"):

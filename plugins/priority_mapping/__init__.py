@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from dutybridge import hookimpl
 from dutybridge.checks import Check, CheckResult
 from dutybridge.commands import Command
 from dutybridge.config import Section
-from dutybridge.context import Ctx
+from dutybridge.context import Ctx, NotReady
 from dutybridge.http import ApiError, NotFound
 from dutybridge.scheduler import Job
 from dutybridge.servicenow import Query
 
 from .mirror import mirror
 from .rows import EP_ID, GROUP_KIND, SYS_ID, Row, Rows, normalise_priority
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.pagerduty import PagerDutyClient
+    from dutybridge.servicenow import ServiceNowClient
+    from dutybridge.store.base import Store
 
 log = structlog.get_logger("dutybridge.priority_mapping")
 
@@ -53,11 +58,34 @@ class PriorityMappingConfig(Section):
         return v
 
 
+def _conf(ctx: Ctx) -> PriorityMappingConfig:
+    # The section under PLUGIN is the model this plugin registered for it; ctx cannot say so.
+    return cast("PriorityMappingConfig", ctx.plugin_config(PLUGIN))
+
+
+def _store(ctx: Ctx) -> Store:
+    if ctx.store is None:
+        raise NotReady("the store is not open")
+    return ctx.store
+
+
+def _pagerduty(ctx: Ctx) -> PagerDutyClient:
+    if ctx.pagerduty is None:
+        raise NotReady("the PagerDuty client is not built")
+    return ctx.pagerduty
+
+
+def _servicenow(ctx: Ctx) -> ServiceNowClient:
+    if ctx.servicenow is None:
+        raise NotReady("the ServiceNow client is not built")
+    return ctx.servicenow
+
+
 class PriorityMapping:
     """The plugin (one per plugin manager)."""
 
     @hookimpl
-    def register_config_sections(self) -> dict[str, Any]:
+    def register_config_sections(self) -> dict[str, type[BaseModel]]:
         return {PLUGIN: PriorityMappingConfig}
 
     @hookimpl
@@ -71,12 +99,12 @@ class PriorityMapping:
 
     @hookimpl
     def register_jobs(self, ctx: Ctx) -> list[Job]:
-        conf = ctx.plugin_config(PLUGIN)
+        conf = _conf(ctx)
         if not conf.servicenow_table or conf.mirror_interval_seconds <= 0:
             return []
 
         async def run() -> None:
-            await mirror(ctx, ctx.plugin_config(PLUGIN))
+            await mirror(ctx, _conf(ctx))
 
         return [Job(id="priority_mapping.mirror", func=run, trigger="interval",
                     trigger_args={"seconds": conf.mirror_interval_seconds})]
@@ -122,12 +150,12 @@ async def _group(ctx: Ctx, ref: str) -> tuple[str, str]:
     """(sys_id, name) of an assignment group given by sys_id or name."""
     if SYS_ID.match(ref):
         try:
-            rec = await ctx.servicenow.get("sys_user_group", ref, fields=["sys_id", "name"])
+            rec = await _servicenow(ctx).get("sys_user_group", ref, fields=["sys_id", "name"])
         except NotFound:
             raise CommandError(f"no assignment group with sys_id {ref}") from None
         return rec["sys_id"], rec.get("name", "")
-    rows = await ctx.servicenow.list("sys_user_group", Query().eq("name", ref), fields=["sys_id", "name"], limit=2,
-                                     order_by="sys_id")
+    rows = await _servicenow(ctx).list("sys_user_group", Query().eq("name", ref), fields=["sys_id", "name"], limit=2,
+                                       order_by="sys_id")
     if not rows:
         raise CommandError(f"no assignment group named {ref!r}")
     if len(rows) > 1:
@@ -139,7 +167,7 @@ async def _policy(ctx: Ctx, ep: str) -> None:
     if not EP_ID.match(ep):
         raise CommandError(f"{ep!r} is not a PagerDuty escalation policy id")
     try:
-        await ctx.pagerduty.get_escalation_policy(ep)
+        await _pagerduty(ctx).get_escalation_policy(ep)
     except NotFound:
         raise CommandError(f"PagerDuty has no escalation policy {ep}") from None
 
@@ -149,7 +177,9 @@ def _describe(row: Row) -> str:
             f"{row.escalation_policy} ({'active' if row.active else 'inactive'}, {row.source})")
 
 
-async def priority_map_command(args: argparse.Namespace, ctx: Ctx) -> int:
+async def priority_map_command(args: argparse.Namespace, ctx: Ctx | None) -> int:
+    if ctx is None:  # only a standalone command runs without one, and this one is not
+        raise NotReady("priority-map needs the daemon's configuration")
     try:
         return await _run(args, ctx)
     except CommandError as exc:
@@ -161,7 +191,7 @@ async def priority_map_command(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 async def _run(args: argparse.Namespace, ctx: Ctx) -> int:
-    rows = Rows(ctx.store)
+    rows = Rows(_store(ctx))
     what = args.priority_map_command
     if what == "list":
         group = (await _group(ctx, args.group))[0] if args.group else None
@@ -174,7 +204,7 @@ async def _run(args: argparse.Namespace, ctx: Ctx) -> int:
     if what == "migrate":
         return await migrate(ctx, dry_run=args.dry_run)
     if what == "sync":
-        conf = ctx.plugin_config(PLUGIN)
+        conf = _conf(ctx)
         if not conf.servicenow_table:
             raise CommandError(f"plugins.{PLUGIN}.servicenow_table is not set: there is no table to mirror")
         print(f"{conf.servicenow_table}: {await mirror(ctx, conf)}")
@@ -189,9 +219,10 @@ async def _run(args: argparse.Namespace, ctx: Ctx) -> int:
         row = await rows.put(Row(group, priority, args.escalation_policy, active=not args.inactive, group_name=name))
         print(f"added {_describe(row)}")
         return 0
-    row = await rows.get(group, priority)
-    if row is None:
+    found = await rows.get(group, priority)
+    if found is None:
         raise CommandError(f"no row for {name or group} / {('priority ' + priority) if priority else 'default'}")
+    row = found
     if what == "remove":
         await rows.remove(group, priority)
         print(f"removed {_describe(row)}")
@@ -207,9 +238,10 @@ async def _run(args: argparse.Namespace, ctx: Ctx) -> int:
 async def migrate(ctx: Ctx, *, dry_run: bool = False) -> int:
     """Every group -> escalation policy link becomes the group's default row (empty
     priority), unless the group has a default row already."""
-    rows = Rows(ctx.store)
+    store = _store(ctx)
+    rows = Rows(store)
     added = kept = 0
-    for link in await ctx.store.list_links(GROUP_KIND):
+    for link in await store.list_links(GROUP_KIND):
         st = link.state or {}
         ep = str(st.get("escalation_policy") or "")
         name = str(st.get("name") or "")
@@ -237,7 +269,7 @@ async def check_policies(ctx: Ctx) -> CheckResult:
     missing = []
     for ep in sorted({r.escalation_policy for r in table}):
         try:
-            await ctx.pagerduty.get_escalation_policy(ep)
+            await _pagerduty(ctx).get_escalation_policy(ep)
         except NotFound:
             missing.append(ep)
     if missing:

@@ -5,11 +5,16 @@ operators can keep managing it inside ServiceNow."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from dutybridge.context import Ctx, NotReady
+
 from .rows import EP_ID, SYS_ID, Row, Rows, normalise_priority
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import PriorityMappingConfig
 
 log = structlog.get_logger("dutybridge.priority_mapping")
 
@@ -37,12 +42,16 @@ def _truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
 
-async def mirror(ctx: Any, conf: Any) -> MirrorResult:
+async def mirror(ctx: Ctx, conf: PriorityMappingConfig) -> MirrorResult:
     """Make the store's ``servicenow`` rows what ``conf.servicenow_table`` holds now.
 
     Rows added with the CLI or by the migration stay; a ServiceNow row for the same
     (group, priority) takes their place (ServiceNow is where the operator manages it).
     """
+    if ctx.servicenow is None:
+        raise NotReady("the ServiceNow client is not built")
+    if ctx.store is None:
+        raise NotReady("the store is not open")
     result = MirrorResult()
     cols = (conf.group_column, conf.priority_column, conf.escalation_policy_column, conf.active_column)
     records = await ctx.servicenow.list(conf.servicenow_table, fields=["sys_id", *cols], order_by="sys_id")

@@ -6,18 +6,20 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import hdrs, web
+from pydantic import BaseModel
 
 from dutybridge import hookimpl
 from dutybridge.commands import Command
-from dutybridge.context import Ctx
+from dutybridge.context import Ctx, NotReady
 from dutybridge.web import Reject, check_credentials, ctx_of, error_response, parse_json_object, read_body, secret_value
 
 from . import actions
-from .config import PLUGIN, ProvisioningConfig
+from .config import PLUGIN, ProvisioningConfig, plugin_conf
 from .run import Run
 
 log = structlog.get_logger("dutybridge.provisioning")
@@ -30,7 +32,7 @@ class Provisioning:
     """The plugin object (stateless between commands: every run keeps its own state)."""
 
     @hookimpl
-    def register_config_sections(self) -> dict[str, Any]:
+    def register_config_sections(self) -> dict[str, type[BaseModel]]:
         return {PLUGIN: ProvisioningConfig}
 
     @hookimpl
@@ -92,21 +94,23 @@ def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
     _common(v)
 
 
-def _run_for(ctx: Ctx, args: argparse.Namespace, **kw: Any) -> Run:
-    return Run(ctx, ctx.plugin_config(PLUGIN), dry_run=args.dry_run, link_existing=args.link_existing, **kw)
+def _run_for(ctx: Ctx | None, args: argparse.Namespace, **kw: Any) -> Run:
+    if ctx is None:  # only a standalone command runs without one, and these are not
+        raise NotReady("provisioning needs the daemon's configuration")
+    return Run(ctx, plugin_conf(ctx), dry_run=args.dry_run, link_existing=args.link_existing, **kw)
 
 
-async def _provision(args: argparse.Namespace, ctx: Ctx) -> int:
+async def _provision(args: argparse.Namespace, ctx: Ctx | None) -> int:
     run = _run_for(ctx, args)
     return await actions.run_command(run, args.what, vars(args), confirm=_confirm(args, run))
 
 
-async def _migrate(args: argparse.Namespace, ctx: Ctx) -> int:
+async def _migrate(args: argparse.Namespace, ctx: Ctx | None) -> int:
     run = _run_for(ctx, args)
     return await actions.run_command(run, f"migrate-{args.what}", vars(args), confirm=_confirm(args, run))
 
 
-def _confirm(args: argparse.Namespace, run: Run):
+def _confirm(args: argparse.Namespace, run: Run) -> Callable[[int], bool]:
     """Ask before users are created (the guide's licence warning); --yes answers for the operator."""
     def ask(count: int) -> bool:
         print(f"{count} PagerDuty user(s) will be created: {count} licence(s) used.", file=run.err, flush=True)
@@ -132,7 +136,7 @@ async def _provision_route(request: web.Request) -> web.StreamResponse:
     ``{"refs": [sys_id, ...], "requested_by": user_name, "as": ..., "dry_run": ...}``;
     answers the outcomes and the summary (200, ``failed`` counted in it)."""
     ctx = ctx_of(request)
-    conf = ctx.plugin_config(PLUGIN)
+    conf = plugin_conf(ctx)
     token = secret_value(conf.api_token)
     if not token:
         raise Reject(503, "not_configured", "plugins.provisioning.api_token is not set")

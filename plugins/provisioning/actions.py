@@ -8,11 +8,13 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+from dutybridge.context import Ctx
 from dutybridge.http import ApiError, TransportError
 from dutybridge.servicenow import Query
 from dutybridge.web import Reject
 
 from . import cis, migrate
+from .config import plugin_conf
 from .groups import find_groups, group_members, links_changed, provision_group
 from .run import Outcome, Run
 from .users import SN_USER_FIELDS, needs_licence, sn_users, user_outcome
@@ -84,11 +86,11 @@ async def run_command(run: Run, what: str, args: dict[str, Any], *, confirm: Cal
     return run.finish() if code is None else code
 
 
-async def provision(ctx: Any, what: str, refs: list[str], **options: Any) -> Run:
+async def provision(ctx: Ctx, what: str, refs: list[str], **options: Any) -> Run:
     """Run one provisioning action in-process (as the endpoint does) and return the run:
     its ``outcomes`` and ``counts()``. ``options`` are the endpoint's body fields."""
     args = http_args(what, {"refs": refs, **options})
-    run = Run(ctx, ctx.plugin_config("provisioning"), dry_run=args["dry_run"], link_existing=args["link_existing"],
+    run = Run(ctx, plugin_conf(ctx), dry_run=args["dry_run"], link_existing=args["link_existing"],
               out=io.StringIO(), err=io.StringIO(), interactive=False)
     await run_command(run, what, args, confirm=lambda count: True)
     return run

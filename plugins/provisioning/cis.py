@@ -10,6 +10,7 @@ from typing import Any
 from dutybridge.servicenow import Query
 from dutybridge.store.base import Link
 
+from .config import ProvisioningConfig
 from .groups import GROUP_FIELDS, provision_group, service_with_webhook
 from .objects import PLANNED, ensure, marker, ref
 from .run import Outcome, Refused, Run, Tally
@@ -31,7 +32,7 @@ async def find_cis(run: Run, refs: list[str]) -> tuple[list[dict], list[str]]:
     return found, missing
 
 
-def qualifies(conf: Any, ci: dict) -> bool:
+def qualifies(conf: ProvisioningConfig, ci: dict) -> bool:
     """The settings "CI classes" and "CI categories": any class or any category; none set, every CI."""
     if not (conf.ci_classes or conf.ci_categories):
         return True
@@ -214,7 +215,8 @@ async def command(run: Run, args: dict, confirm: Callable[[int], bool]) -> int |
     for r in missing:
         run.record(Outcome("ci", r, status="failed", detail=["not found in ServiceNow"]))
     as_of = {c["sys_id"]: args["as_"] for c in roots}
-    cis, edges = {c["sys_id"]: c for c in roots}, []
+    cis = {c["sys_id"]: c for c in roots}
+    edges: list[tuple[str, str]] = []
     if args.get("with_dependencies"):
         cis, edges, skipped = await walk(run, roots)
         for sid in skipped:

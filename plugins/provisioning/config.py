@@ -4,11 +4,14 @@ schedule, teams, mapping mode, services provisioning) plus what dutybridge adds.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from dutybridge.config import Secret, Section
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
 
 PLUGIN = "provisioning"
 
@@ -96,3 +99,9 @@ class ProvisioningConfig(Section):
             raise ValueError("daemon.public_url is required when provisioning is enabled "
                              "(webhook subscriptions point at public_url + /webhooks/pagerduty)")
         return self
+
+
+def plugin_conf(ctx: Ctx) -> ProvisioningConfig:
+    """The validated ``[plugins.provisioning]`` section."""
+    # The section under PLUGIN is the model this plugin registered for it; ctx cannot say so.
+    return cast("ProvisioningConfig", ctx.plugin_config(PLUGIN))

@@ -153,17 +153,17 @@ async def _team(run: Run, sys_id: str, name: str, mark: str, manager: str | None
                                             acting_email=run.acting_email, operation="PUT /teams/{id}/users/{user_id}")
         out.pd["team"] = team
         return team
-    team = await recorded(run, "team", sys_id)
-    if team is None:
+    linked = await recorded(run, "team", sys_id)
+    if linked is None:
         found = await find_named(run, "team", name)
         if found is None:
             out.detail.append(f"no PagerDuty team named {name!r} (create_team makes one)")
             return ""
-        team = found["id"]
+        linked = found["id"]
         if not run.dry_run:
-            await remember(run, "team", sys_id, team, name, "linked")
-    out.pd["team"] = team
-    return team
+            await remember(run, "team", sys_id, linked, name, "linked")
+    out.pd["team"] = linked
+    return linked
 
 
 def _schedule_body(run: Run, people: list[str]) -> dict:

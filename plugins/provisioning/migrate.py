@@ -52,7 +52,7 @@ def _v2_url(run: Run) -> str:
 
 async def webhook_command(run: Run, args: dict, confirm: Callable[[int], bool]) -> int | None:
     kind = GROUP_KIND if args.get("group") else CI_KIND
-    ref = args.get("group") or args.get("ci")
+    ref: str = args.get("group") or args.get("ci") or ""
     if kind == GROUP_KIND:
         found, _ = await find_groups(run, [ref])
     else:

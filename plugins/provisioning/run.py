@@ -9,14 +9,24 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm is not a dependency)
 
+from dutybridge.context import Ctx, NotReady
 from dutybridge.http import ApiError, TransportError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.pagerduty import PagerDutyClient
+    from dutybridge.servicenow import ServiceNowClient
+    from dutybridge.store.base import Store
+
+    from .config import ProvisioningConfig
+
 log = structlog.get_logger("dutybridge.provisioning")
+
+T = TypeVar("T")
 
 STATUSES = ("created", "linked", "skipped", "planned", "failed")
 
@@ -61,7 +71,7 @@ class Tally:
 class Run:
     """Shared by every object of one command: options, locks, outcomes and output."""
 
-    def __init__(self, ctx: Any, conf: Any, *, dry_run: bool = False, link_existing: bool = False,
+    def __init__(self, ctx: Ctx, conf: ProvisioningConfig, *, dry_run: bool = False, link_existing: bool = False,
                  acting_email: str | None = None, out: IO[str] | None = None, err: IO[str] | None = None,
                  interactive: bool | None = None) -> None:
         self.ctx = ctx
@@ -80,15 +90,21 @@ class Run:
         self._by_email: dict[str, dict | None] = {}
 
     @property
-    def pagerduty(self) -> Any:
+    def pagerduty(self) -> PagerDutyClient:
+        if self.ctx.pagerduty is None:
+            raise NotReady("the PagerDuty client is not built")
         return self.ctx.pagerduty
 
     @property
-    def servicenow(self) -> Any:
+    def servicenow(self) -> ServiceNowClient:
+        if self.ctx.servicenow is None:
+            raise NotReady("the ServiceNow client is not built")
         return self.ctx.servicenow
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
+        if self.ctx.store is None:
+            raise NotReady("the store is not open")
         return self.ctx.store
 
     def lock(self, key: str) -> asyncio.Lock:
@@ -160,8 +176,8 @@ class Run:
         return 1 if self.failed else 0
 
     # -- concurrency -----------------------------------------------------------------
-    async def each(self, items: Iterable[Any], work: Callable[[Any], Awaitable[Outcome]],
-                   describe: Callable[[Any], Outcome], label: str) -> list[Outcome]:
+    async def each(self, items: Iterable[T], work: Callable[[T], Awaitable[Outcome]],
+                   describe: Callable[[T], Outcome], label: str) -> list[Outcome]:
         """``work`` on every item, ``conf.concurrency`` at a time (the rate limiter paces
         the requests); an error becomes that item's failed outcome."""
         items = list(items)
@@ -170,7 +186,7 @@ class Run:
         if self.interactive and items:
             bar = self._bar = tqdm(total=len(items), desc=label, unit="obj", file=self.err, leave=False)
 
-        async def one(item: Any) -> Outcome:
+        async def one(item: T) -> Outcome:
             async with gate:
                 try:
                     return self.record(await work(item))

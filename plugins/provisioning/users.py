@@ -36,7 +36,8 @@ def parse_phone(raw: str, region: str) -> tuple[int, str] | str:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:
         return f"{raw!r} is not a phone number ({exc})"
-    if not phonenumbers.is_valid_number(number):
+    # A number parsed without error has a country code; phonenumbers types it as optional.
+    if number.country_code is None or not phonenumbers.is_valid_number(number):
         return f"{raw!r} is not a valid number (region {region} when written without a country code)"
     return number.country_code, str(number.national_number)
 

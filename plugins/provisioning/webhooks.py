@@ -3,12 +3,15 @@ the PagerDuty receiver reads it (no restart, no config edit)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dutybridge.store.base import Link
 
 from .objects import PLANNED
 from .run import Refused, Run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
 
 #: Read by the core's PagerDuty receiver (daemon/receivers/pagerduty.py, STORED_SECRET_KIND).
 SECRET_KIND = "pd_webhook_secret"
@@ -16,7 +19,7 @@ WEBHOOK_PATH = "/webhooks/pagerduty"
 DESCRIPTION = "dutybridge: incident sync with ServiceNow"
 
 
-def webhook_url(ctx: Any) -> str:
+def webhook_url(ctx: Ctx) -> str:
     base = ctx.config.daemon.public_url.rstrip("/")
     if not base:
         raise Refused("daemon.public_url is not set: the webhook would have nowhere to go")

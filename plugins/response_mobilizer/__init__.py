@@ -17,16 +17,17 @@ from typing import Any
 
 import structlog
 from aiohttp import hdrs, web
+from pydantic import BaseModel
 
 from dutybridge import hookimpl
 from dutybridge.commands import Command
-from dutybridge.context import Ctx
+from dutybridge.context import Ctx, NotReady
 from dutybridge.http import ApiError
 from dutybridge.web import Reject, challenge, check_credentials, ctx_of, error_response, parse_json_object, read_body, secret_value
 
 from .actions import BUILTIN_ACTIONS
 from .call import Action, ActionError, perform
-from .config import PLUGIN, MobilizerConfig
+from .config import PLUGIN, MobilizerConfig, plugin_conf
 
 log = structlog.get_logger("dutybridge.response_mobilizer")
 
@@ -54,7 +55,7 @@ class ResponseMobilizer:
         return found
 
     @hookimpl
-    def register_config_sections(self) -> dict[str, Any]:
+    def register_config_sections(self) -> dict[str, type[BaseModel]]:
         return {PLUGIN: MobilizerConfig}
 
     @hookimpl
@@ -69,7 +70,7 @@ class ResponseMobilizer:
     # -- HTTP ---------------------------------------------------------------------------
     async def serve(self, request: web.Request) -> web.StreamResponse:
         ctx = ctx_of(request)
-        conf: MobilizerConfig = ctx.plugin_config(PLUGIN)
+        conf = plugin_conf(ctx)
         token = secret_value(conf.api_token)
         if not token:
             return error_response(503, f"plugins.{PLUGIN}.api_token is not set: the mobilizer API is off")
@@ -97,7 +98,9 @@ class ResponseMobilizer:
         return web.json_response(result)
 
     # -- CLI ----------------------------------------------------------------------------
-    async def command(self, args: argparse.Namespace, ctx: Ctx) -> int:
+    async def command(self, args: argparse.Namespace, ctx: Ctx | None) -> int:
+        if ctx is None:  # only a standalone command runs without one, and this one is not
+            raise NotReady("mobilize needs the daemon's configuration")
         try:
             name, method, body = _request(args)
         except ValueError as exc:

@@ -4,7 +4,7 @@ JSON answer; ``BUILTIN_ACTIONS`` is the registry the plugin starts from."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from dutybridge.http import ApiError, NotFound
 from dutybridge.pagerduty import PagerDutyError
@@ -30,6 +30,10 @@ def _strings(body: dict, key: str) -> list[str]:
     return [v.strip() for v in value]
 
 
+@overload
+def _text(body: dict, key: str, *, required: Literal[True], limit: int = 4000) -> str: ...
+@overload
+def _text(body: dict, key: str, *, required: bool = False, limit: int = 4000) -> str | None: ...
 def _text(body: dict, key: str, *, required: bool = False, limit: int = 4000) -> str | None:
     value = body.get(key)
     if value is None or value == "":
@@ -49,7 +53,7 @@ def _label(call: Call) -> str:
 
 # -- responders --------------------------------------------------------------------------
 async def _sn_user_to_pd(call: Call, ref: str, where: str) -> str:
-    sn = call.ctx.servicenow
+    sn = call.sn
     fields = ["sys_id", "user_name", "email"]
     try:
         if SYS_ID.match(ref):
@@ -63,13 +67,13 @@ async def _sn_user_to_pd(call: Call, ref: str, where: str) -> str:
         raise ActionError(502, f"{where}: cannot read ServiceNow user {ref}: {exc}") from None
     if not user:
         raise bad(where, f"no ServiceNow user {ref!r}")
-    link = await call.ctx.store.get_link(USER_KIND, sn_id=user["sys_id"])
+    link = await call.store.get_link(USER_KIND, sn_id=user["sys_id"])
     if link is not None:
         return link.pd_id
     found = None
     if user.get("email"):
         try:
-            found = await call.ctx.pagerduty.find_user_by_email(user["email"])
+            found = await call.pd.find_user_by_email(user["email"])
         except PagerDutyError as exc:
             raise pagerduty_failure(exc, f"look up the PagerDuty user of {user['user_name']}") from None
     if not found:
@@ -78,7 +82,7 @@ async def _sn_user_to_pd(call: Call, ref: str, where: str) -> str:
 
 
 async def _group_to_policy(call: Call, ref: str, where: str) -> str:
-    sn = call.ctx.servicenow
+    sn = call.sn
     try:
         if SYS_ID.match(ref):
             try:
@@ -96,7 +100,7 @@ async def _group_to_policy(call: Call, ref: str, where: str) -> str:
                                                         priority=None, ctx=call.ctx)
     if chosen:
         return chosen
-    link = await call.ctx.store.get_link("group", sn_id=group["sys_id"])
+    link = await call.store.get_link("group", sn_id=group["sys_id"])
     ep = (link.state or {}).get("escalation_policy") if link is not None else None
     if not ep:
         raise bad(where, f"assignment group {group.get('name') or ref} has no PagerDuty escalation policy")
@@ -120,12 +124,12 @@ async def add_responders(call: Call) -> dict[str, Any]:
         if not call.conf.conference_bridges:
             raise setting_off("conference_bridges", "adding a conference bridge")
         bridge = _bridge(call, body["conference_bridge"], "conference_bridge.")
-    message = _text(body, "message") or (f"{call.actor.name or call.actor.user_name} asks for your help with "
+    message = _text(body, "message") or (f"{call.acting.name or call.acting.user_name} asks for your help with "
                                           f"{_label(call)}")
     targets = [{"responder_request_target": {"id": u, "type": "user_reference"}} for u in users]
     targets += [{"responder_request_target": {"id": e, "type": "escalation_policy_reference"}} for e in policies]
     answer = await call.pagerduty("POST", f"/incidents/{call.incident.pd_id}/responder_requests", "add responders",
-                                  json={"requester_id": call.actor.pd_user_id, "message": message,
+                                  json={"requester_id": call.acting.pd_user_id, "message": message,
                                         "responder_request_targets": targets},
                                   operation="POST /incidents/{id}/responder_requests")
     req = answer.get("responder_request") or {}
@@ -171,10 +175,10 @@ async def _set_bridge(call: Call, bridge: dict[str, str]) -> dict[str, Any]:
     if call.conf.work_note_bridge and inc.sys_id:
         parts = [f"dial-in {now['conference_number']}" if now.get("conference_number") else "",
                  f"URL {now['conference_url']}" if now.get("conference_url") else ""]
-        text = (f"Conference bridge set on PagerDuty incident {inc.pd_id} by {call.actor.name or call.actor.user_name}: "
+        text = (f"Conference bridge set on PagerDuty incident {inc.pd_id} by {call.acting.name or call.acting.user_name}: "
                 + ", ".join(p for p in parts if p))
         try:
-            await call.ctx.servicenow.update(inc.table, inc.sys_id, {"work_notes": text})
+            await call.sn.update(inc.table, inc.sys_id, {"work_notes": text})
             noted = True
         except ApiError as exc:
             raise ActionError(502, f"the bridge is set in PagerDuty, but the work note failed: {exc}") from None
@@ -207,7 +211,7 @@ async def _plays(call: Call) -> list[dict] | None:
     if not call.conf.legacy_response_plays:
         return None
     try:
-        body = await call.ctx.pagerduty.get("/response_plays", operation="GET /response_plays")
+        body = await call.pd.get("/response_plays", operation="GET /response_plays")
     except NotFound:
         return None
     except PagerDutyError as exc:

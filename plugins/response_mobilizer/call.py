@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import structlog
 
-from dutybridge.context import Ctx
+from dutybridge.context import Ctx, NotReady
 from dutybridge.http import ApiError, NotFound
 from dutybridge.pagerduty import PagerDutyError
 from dutybridge.servicenow import Query
 
-from .config import PLUGIN, MobilizerConfig
+from .config import PLUGIN, MobilizerConfig, plugin_conf
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.pagerduty import PagerDutyClient, Params
+    from dutybridge.servicenow import ServiceNowClient
+    from dutybridge.store.base import Link, Store
 
 log = structlog.get_logger("dutybridge.response_mobilizer")
 
@@ -39,6 +44,24 @@ class ActionError(Exception):
 
 def bad(field_name: str, why: str) -> ActionError:
     return ActionError(400, f"{field_name}: {why}")
+
+
+def _pagerduty(ctx: Ctx) -> PagerDutyClient:
+    if ctx.pagerduty is None:
+        raise NotReady("the PagerDuty client is not built")
+    return ctx.pagerduty
+
+
+def _servicenow(ctx: Ctx) -> ServiceNowClient:
+    if ctx.servicenow is None:
+        raise NotReady("the ServiceNow client is not built")
+    return ctx.servicenow
+
+
+def _store(ctx: Ctx) -> Store:
+    if ctx.store is None:
+        raise NotReady("the store is not open")
+    return ctx.store
 
 
 @dataclass
@@ -72,10 +95,29 @@ class Call:
     actor: Actor | None
     body: dict[str, Any] = field(default_factory=dict)
 
-    async def pagerduty(self, method: str, path: str, what: str, *, params: Any = None, json: Any = None,
+    @property
+    def acting(self) -> Actor:
+        """The acting user, whom every POST has (``perform`` finds them)."""
+        if self.actor is None:
+            raise bad("requested_by", "the acting ServiceNow user (user_name or sys_id) is required")
+        return self.actor
+
+    @property
+    def pd(self) -> PagerDutyClient:
+        return _pagerduty(self.ctx)
+
+    @property
+    def sn(self) -> ServiceNowClient:
+        return _servicenow(self.ctx)
+
+    @property
+    def store(self) -> Store:
+        return _store(self.ctx)
+
+    async def pagerduty(self, method: str, path: str, what: str, *, params: Params = None, json: Any = None,
                         operation: str | None = None) -> Any:
         """A PagerDuty call as the actor; PagerDuty's refusals become ``ActionError``s that say what failed."""
-        pd = self.ctx.pagerduty
+        pd = _pagerduty(self.ctx)
         email = self.actor.pd_email if self.actor else None
         try:
             if method == "GET":
@@ -90,7 +132,7 @@ class Call:
     async def collect(self, path: str, key: str, what: str) -> list[dict]:
         """Every item of a paginated PagerDuty list."""
         try:
-            return list(await self.ctx.pagerduty.paginate(path, key).collect())
+            return list(await _pagerduty(self.ctx).paginate(path, key).collect())
         except PagerDutyError as exc:
             raise pagerduty_failure(exc, what) from None
 
@@ -116,7 +158,7 @@ async def find_incident(ctx: Ctx, ref: str) -> Incident:
     """The incident ``ref`` names: a ServiceNow number (INC0010001), a record's sys_id, or a
     PagerDuty incident id. ``ActionError(404)`` when there is none, or it is not linked."""
     ref = ref.strip()
-    store = ctx.store
+    store = _store(ctx)
     if SYS_ID.match(ref):
         link = await store.get_link(INCIDENT_KIND, sn_id=ref)
         if link is None:
@@ -125,7 +167,7 @@ async def find_incident(ctx: Ctx, ref: str) -> Incident:
     if SN_NUMBER.match(ref):
         for table in INCIDENT_TABLES:
             try:
-                rec = await ctx.servicenow.first(table, Query().eq("number", ref), fields=["sys_id", "number"])
+                rec = await _servicenow(ctx).first(table, Query().eq("number", ref), fields=["sys_id", "number"])
             except ApiError:
                 if table == "incident":
                     raise
@@ -142,7 +184,7 @@ async def find_incident(ctx: Ctx, ref: str) -> Incident:
         if link is not None:
             return await _from_link(ctx, link)
         try:
-            await ctx.pagerduty.get_incident(ref)
+            await _pagerduty(ctx).get_incident(ref)
         except NotFound:
             raise ActionError(404, f"no incident {ref} in ServiceNow or PagerDuty") from None
         except PagerDutyError as exc:
@@ -151,12 +193,12 @@ async def find_incident(ctx: Ctx, ref: str) -> Incident:
     raise ActionError(404, f"{ref!r} is neither a ServiceNow number or sys_id nor a PagerDuty incident id")
 
 
-async def _from_link(ctx: Ctx, link: Any, number: str = "") -> Incident:
+async def _from_link(ctx: Ctx, link: Link, number: str = "") -> Incident:
     st = link.state or {}
     table = str(st.get("table") or "incident")
     if not number:
         try:
-            rec = await ctx.servicenow.get(table, link.sn_id, fields=["number"])
+            rec = await _servicenow(ctx).get(table, link.sn_id, fields=["number"])
         except NotFound:
             rec = {}
         number = str(rec.get("number") or "")
@@ -172,7 +214,7 @@ async def find_actor(ctx: Ctx, conf: MobilizerConfig, ref: Any) -> Actor:
     if not (SYS_ID.match(ref) or USER_NAME.match(ref)):
         raise bad("requested_by", f"{ref!r} is not a ServiceNow user_name or sys_id")
     fields = ["sys_id", "user_name", "name", "email", "active"]
-    sn = ctx.servicenow
+    sn = _servicenow(ctx)
     try:
         if SYS_ID.match(ref):
             try:
@@ -197,7 +239,7 @@ async def find_actor(ctx: Ctx, conf: MobilizerConfig, ref: Any) -> Actor:
 async def holds_role(ctx: Ctx, user_sys_id: str, role: str) -> bool:
     """Whether ``sys_user_has_role`` gives the user ``role`` (directly or inherited)."""
     try:
-        row = await ctx.servicenow.first(
+        row = await _servicenow(ctx).first(
             "sys_user_has_role", Query().eq("user", user_sys_id).eq("role.name", role).eq("state", "active"),
             fields=["sys_id"])
     except ApiError as exc:
@@ -209,14 +251,14 @@ async def holds_role(ctx: Ctx, user_sys_id: str, role: str) -> bool:
 async def pagerduty_user(ctx: Ctx, user: dict) -> tuple[str, str | None, bool]:
     """(PagerDuty user id, From email, linked): the user's own account when a user link or
     their email finds one, else the configured default user."""
-    link = await ctx.store.get_link(USER_KIND, sn_id=user["sys_id"])
+    link = await _store(ctx).get_link(USER_KIND, sn_id=user["sys_id"])
     if link is not None:
         email = (link.state or {}).get("email") or user.get("email")
         return link.pd_id, str(email) if email else None, True
     email = str(user.get("email") or "")
     if email:
         try:
-            found = await ctx.pagerduty.find_user_by_email(email)
+            found = await _pagerduty(ctx).find_user_by_email(email)
         except PagerDutyError as exc:
             raise pagerduty_failure(exc, f"look up the PagerDuty user of {email}") from None
         if found:
@@ -225,7 +267,7 @@ async def pagerduty_user(ctx: Ctx, user: dict) -> tuple[str, str | None, bool]:
     if not default:
         raise ActionError(403, f"ServiceNow user {user.get('user_name')} has no PagerDuty account and "
                                "pagerduty.default_user_id is not set")
-    return default, await ctx.pagerduty.from_email(None), False
+    return default, await _pagerduty(ctx).from_email(None), False
 
 
 #: What an action does with a call: returns the JSON answer.
@@ -248,7 +290,7 @@ class Action:
 
 async def perform(ctx: Ctx, action: Action, method: str, ref: str, body: dict[str, Any]) -> dict[str, Any]:
     """Check the setting, the acting user and the incident, then run ``action``."""
-    conf: MobilizerConfig = ctx.plugin_config(PLUGIN)
+    conf = plugin_conf(ctx)
     handler = action.post if method == "POST" else action.get
     if handler is None:
         raise ActionError(405, f"{action.name} does not answer {method}")

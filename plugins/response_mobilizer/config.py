@@ -3,9 +3,14 @@ role an acting ServiceNow user must hold, the API's token and the configured bri
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from pydantic import Field, model_validator
 
 from dutybridge.config import Secret, Section
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dutybridge.context import Ctx
 
 PLUGIN = "response_mobilizer"
 
@@ -48,3 +53,9 @@ class MobilizerConfig(Section):
         if dup:
             raise ValueError(f"bridges: the name {dup!r} is given twice")
         return self
+
+
+def plugin_conf(ctx: Ctx) -> MobilizerConfig:
+    """The validated ``[plugins.response_mobilizer]`` section."""
+    # The section under PLUGIN is the model this plugin registered for it; ctx cannot say so.
+    return cast("MobilizerConfig", ctx.plugin_config(PLUGIN))
