@@ -43,10 +43,21 @@ def write_config(folder: Path, port: int, daemon: dict) -> Path:
     (folder / "state").mkdir(exist_ok=True)
     config = {
         "daemon": {"listen_port": port, "store_url": "sqlite:///state/dutybridge.db", "log_format": "json", **daemon},
-        "pagerduty": {"api_url": "http://127.0.0.1:9", "api_key": "bench-pd-key", "webhook_secrets": [SECRET],
-                      "max_retries": 0, "timeout_seconds": 1.0},
-        "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "bench", "password": "bench-password",
-                       "doorbell_token": TOKEN, "max_retries": 0, "timeout_seconds": 1.0},
+        "pagerduty": {
+            "api_url": "http://127.0.0.1:9",
+            "api_key": "bench-pd-key",
+            "webhook_secrets": [SECRET],
+            "max_retries": 0,
+            "timeout_seconds": 1.0,
+        },
+        "servicenow": {
+            "instance_url": "http://127.0.0.1:9",
+            "username": "bench",
+            "password": "bench-password",
+            "doorbell_token": TOKEN,
+            "max_retries": 0,
+            "timeout_seconds": 1.0,
+        },
         # Its doorbell tables are the ones a doorbell may name; nothing upstream answers.
         "plugins": {"enabled": ["incident_sync"], "incident_sync": {"poll_interval_seconds": 0}},
     }
@@ -62,8 +73,9 @@ def start(path: Path, log: Path, nofile: int | None) -> subprocess.Popen:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     exe = Path(sys.executable).with_name("dutybridge")
-    return subprocess.Popen([str(exe), "run", "-c", str(path)], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            preexec_fn=limit)
+    return subprocess.Popen(
+        [str(exe), "run", "-c", str(path)], stdout=log.open("w"), stderr=subprocess.STDOUT, preexec_fn=limit
+    )
 
 
 def held_sockets(pid: int) -> int:
@@ -92,7 +104,7 @@ async def healthz(session: ClientSession, url: str) -> float | None:
             await resp.read()
             if resp.status != 200:
                 return None
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     return (time.perf_counter() - started) * 1000
 
@@ -117,14 +129,17 @@ async def open_clients(port: int, count: int, mix: bool) -> list[asyncio.StreamW
         if kind == 1:
             writer.write(b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Le")
         elif kind == 2:
-            writer.write(b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nX-PagerDuty-Signature: v1=" + b"0" * 64
-                         + b"\r\nContent-Length: 1048000\r\n\r\n" + body)
+            writer.write(
+                b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nX-PagerDuty-Signature: v1="
+                + b"0" * 64
+                + b"\r\nContent-Length: 1048000\r\n\r\n"
+                + body
+            )
         writers.append(writer)
     return writers
 
 
-async def scenario(name: str, *, connections: int, seconds: float, mix: bool, nofile: int | None,
-                   daemon: dict) -> None:
+async def scenario(name: str, *, connections: int, seconds: float, mix: bool, nofile: int | None, daemon: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         port = free_port()
@@ -148,11 +163,20 @@ async def scenario(name: str, *, connections: int, seconds: float, mix: bool, no
                     held, rss = held_sockets(proc.pid), rss_mib(proc.pid)
                     peak_rss, peak_held = max(peak_rss, rss), max(peak_held, held)
                     p50 = f"{statistics.median(ok):.1f}/{max(ok):.1f}" if ok else "-"
-                    print(f"   {time.monotonic() - started:4.0f}  {held:12d}  {rss:7.0f}  {p50} ({len(lat) - len(ok)} failed)")
+                    print(
+                        f"   {time.monotonic() - started:4.0f}  {held:12d}  {rss:7.0f}  {p50} ({len(lat) - len(ok)} failed)"
+                    )
                     await asyncio.sleep(1.0)
-                async with session.post(f"{url}/webhooks/servicenow", headers={"Authorization": f"Bearer {TOKEN}"},
-                                        json={"table": "incident", "sys_id": "0" * 32, "operation": "update",
-                                              "sys_updated_on": "2024-03-05 14:07:09"}) as resp:
+                async with session.post(
+                    f"{url}/webhooks/servicenow",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    json={
+                        "table": "incident",
+                        "sys_id": "0" * 32,
+                        "operation": "update",
+                        "sys_updated_on": "2024-03-05 14:07:09",
+                    },
+                ) as resp:
                     doorbell = resp.status
                 for writer in writers:
                     writer.transport.abort()
@@ -162,9 +186,11 @@ async def scenario(name: str, *, connections: int, seconds: float, mix: bool, no
         lines = log.read_text().splitlines()
         tracebacks = sum("Traceback" in line or '"exception"' in line for line in lines)
         accept = sum('"accept_failed"' in line for line in lines)
-        print(f"   peak: {peak_held} sockets, RSS {peak_rss:.0f} MiB (+{peak_rss - base_rss:.0f}); a valid doorbell "
-              f"then: {doorbell}; daemon log: {len(lines)} lines, {tracebacks} with a traceback, "
-              f"{accept} accept_failed")
+        print(
+            f"   peak: {peak_held} sockets, RSS {peak_rss:.0f} MiB (+{peak_rss - base_rss:.0f}); a valid doorbell "
+            f"then: {doorbell}; daemon log: {len(lines)} lines, {tracebacks} with a traceback, "
+            f"{accept} accept_failed"
+        )
 
 
 async def main() -> None:
@@ -175,7 +201,7 @@ async def main() -> None:
     connections = min(args.connections, 1000)
     seconds = min(args.seconds, 60.0)
     # The driver holds its own ends of the sockets.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     fast = {"header_timeout_seconds": 5.0, "body_timeout_seconds": 5.0, "keepalive_timeout_seconds": 5.0}
     await scenario("slow clients", connections=connections, seconds=seconds, mix=True, nofile=None, daemon=fast)

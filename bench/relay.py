@@ -46,8 +46,9 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *a: print
 
 
 async def _spawn(*argv: str, ready: str, env: dict | None = None) -> tuple[asyncio.subprocess.Process, str]:
-    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.STDOUT, env=env)
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
     async with asyncio.timeout(30):
         while True:
             line = (await process.stdout.readline()).decode()
@@ -80,30 +81,56 @@ async def main(requests: int, concurrency: int, body_bytes: int) -> None:
     port = _free_port()
     upstream, _ = await _spawn(sys.executable, "-c", UPSTREAM, str(port), str(body_bytes), ready="ready")
     relay_toml = folder / "relay.toml"
-    relay_toml.write_text(tomli_w.dumps({"relay": {"listen_port": 0, "secret": "env:BENCH_RELAY_SECRET",
-                                                   "allowed_hosts": ["127.0.0.1"]}}))
-    relay, line = await _spawn(sys.executable, "-m", "dutybridge.cli", "relay", "--config", str(relay_toml),
-                               ready="relay listening on", env={**os.environ, "BENCH_RELAY_SECRET": SECRET})
+    relay_toml.write_text(
+        tomli_w.dumps({"relay": {"listen_port": 0, "secret": "env:BENCH_RELAY_SECRET", "allowed_hosts": ["127.0.0.1"]}})
+    )
+    relay, line = await _spawn(
+        sys.executable,
+        "-m",
+        "dutybridge.cli",
+        "relay",
+        "--config",
+        str(relay_toml),
+        ready="relay listening on",
+        env={**os.environ, "BENCH_RELAY_SECRET": SECRET},
+    )
     relay_url = line.split()[-1]
     os.environ["BENCH_RELAY_SECRET"] = SECRET
     config_path = folder / "config.toml"
-    config_path.write_text(tomli_w.dumps({
-        "daemon": {"store_url": "sqlite:///bench.db", "log_level": "warning"},
-        "pagerduty": {"api_key": "env:BENCH_RELAY_SECRET"},
-        "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "env:BENCH_RELAY_SECRET"},
-        "plugins": {"enabled": ["mid_proxy"], "mid_proxy": {
-            "mode": "relay", "targets": ["bench"], "relay_urls": [relay_url],
-            "relay_secret": "env:BENCH_RELAY_SECRET"}}}))
+    config_path.write_text(
+        tomli_w.dumps(
+            {
+                "daemon": {"store_url": "sqlite:///bench.db", "log_level": "warning"},
+                "pagerduty": {"api_key": "env:BENCH_RELAY_SECRET"},
+                "servicenow": {
+                    "instance_url": "http://127.0.0.1:9",
+                    "username": "u",
+                    "password": "env:BENCH_RELAY_SECRET",
+                },
+                "plugins": {
+                    "enabled": ["mid_proxy"],
+                    "mid_proxy": {
+                        "mode": "relay",
+                        "targets": ["bench"],
+                        "relay_urls": [relay_url],
+                        "relay_secret": "env:BENCH_RELAY_SECRET",
+                    },
+                },
+            }
+        )
+    )
     config, pm = load(config_path)
     url = f"http://127.0.0.1:{port}/api/now/table/incident"
     payload = {"short_description": "x" * 200}
     times: dict[str, list[float]] = {"direct": [], "bench": []}
     try:
         async with command_context(config, pm, store=False) as ctx:
+
             async def one(service: str, record: bool) -> None:
                 started = time.perf_counter()
-                resp = await ctx.http.request(OutboundRequest("POST", url, service=service, json=payload),
-                                              idempotent=True)
+                resp = await ctx.http.request(
+                    OutboundRequest("POST", url, service=service, json=payload), idempotent=True
+                )
                 if resp.status != 200:
                     raise SystemExit(f"{service}: HTTP {resp.status}")
                 if record:
@@ -113,7 +140,7 @@ async def main(requests: int, concurrency: int, body_bytes: int) -> None:
                 await one("direct" if i % 2 else "bench", False)
             for start in range(0, requests, concurrency):
                 batch = min(concurrency, requests - start)
-                for service in (("direct", "bench") if start % 2 else ("bench", "direct")):
+                for service in ("direct", "bench") if start % 2 else ("bench", "direct"):
                     await asyncio.gather(*(one(service, True) for _ in range(batch)))
     finally:
         for process in (relay, upstream):

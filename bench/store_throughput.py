@@ -24,18 +24,35 @@ from dutybridge.store.sqlite import SQLiteStore
 async def one_by_one(store: SQLiteStore, cycles: int, resources: int, prefix: str) -> float:
     start = time.perf_counter()
     for i in range(cycles):
-        await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"{prefix}{i}",
-                                    resource=f"r:{i % resources}", payload={"i": i, "title": "x" * 200}))
+        await store.add_event(
+            Event(
+                source="bench",
+                type="incident.triggered",
+                event_id=f"{prefix}{i}",
+                resource=f"r:{i % resources}",
+                payload={"i": i, "title": "x" * 200},
+            )
+        )
         [claimed] = await store.claim("bench", 1, 60)
         await store.complete(claimed.id)
     return cycles / (time.perf_counter() - start)
 
 
 async def add_all(store: SQLiteStore, cycles: int, resources: int, prefix: str) -> None:
-    await asyncio.gather(*(
-        store.add_event(Event(source="bench", type="incident.triggered", event_id=f"{prefix}{i}",
-                              resource=f"r:{i % resources}", payload={"i": i, "title": "x" * 200}))
-        for i in range(cycles)))
+    await asyncio.gather(
+        *(
+            store.add_event(
+                Event(
+                    source="bench",
+                    type="incident.triggered",
+                    event_id=f"{prefix}{i}",
+                    resource=f"r:{i % resources}",
+                    payload={"i": i, "title": "x" * 200},
+                )
+            )
+            for i in range(cycles)
+        )
+    )
 
 
 async def batched(store: SQLiteStore, cycles: int, resources: int, prefix: str) -> float:
@@ -70,8 +87,10 @@ async def main() -> None:
         path = args.path or Path(tmp) / "bench.db"
         async with SQLiteStore(path) as store:
             rate = await one_by_one(store, args.cycles, args.resources, "a")
-            print(f"one at a time: {rate:,.0f} add+claim+complete cycles/s "
-                  f"({args.cycles} cycles, {args.resources} resources, synchronous=FULL, {path})")
+            print(
+                f"one at a time: {rate:,.0f} add+claim+complete cycles/s "
+                f"({args.cycles} cycles, {args.resources} resources, synchronous=FULL, {path})"
+            )
             rate = await batched(store, args.cycles, args.resources, "b")
             print(f"claims of 32:  {rate:,.0f} events/s (claim, then complete each)")
             rate = await results_in_the_claim(store, args.cycles, args.resources, "c")

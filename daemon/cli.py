@@ -20,8 +20,10 @@ from .config import Config, ConfigError, render_example
 from .logging import adjust_level, configure, set_secrets
 from .plugins import PluginError, build_plugin_manager, describe_plugins, known_plugins
 
-CONFIG_HELP = ("configuration file (default: $DUTYBRIDGE_CONFIG, else "
-               "$CONFIGURATION_DIRECTORY/config.toml under systemd, else ./config.toml)")
+CONFIG_HELP = (
+    "configuration file (default: $DUTYBRIDGE_CONFIG, else "
+    "$CONFIGURATION_DIRECTORY/config.toml under systemd, else ./config.toml)"
+)
 
 
 def default_config_path() -> str:
@@ -73,12 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="write or validate a configuration file")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     pi = csub.add_parser("init", help="write a commented starting configuration")
-    pi.add_argument("--output", "-o", metavar="PATH", default="config.toml", help="where to write it (default: ./config.toml; - for stdout)")
+    pi.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        default="config.toml",
+        help="where to write it (default: ./config.toml; - for stdout)",
+    )
     pi.add_argument("--force", action="store_true", help="overwrite an existing file")
-    pi.add_argument("--enable", metavar="PLUGIN", action="append", default=[], help="enable a plugin in the written file (repeatable)")
-    pi.add_argument("--systemd", action="store_true",
-                    help="for contrib/systemd/dutybridge.service: secrets as file:NAME, the unit's "
-                         "LoadCredential= names (read from $CREDENTIALS_DIRECTORY), not env:NAME")
+    pi.add_argument(
+        "--enable",
+        metavar="PLUGIN",
+        action="append",
+        default=[],
+        help="enable a plugin in the written file (repeatable)",
+    )
+    pi.add_argument(
+        "--systemd",
+        action="store_true",
+        help="for contrib/systemd/dutybridge.service: secrets as file:NAME, the unit's "
+        "LoadCredential= names (read from $CREDENTIALS_DIRECTORY), not env:NAME",
+    )
     pc = csub.add_parser("check", help="validate a configuration file and its hook files")
     _add_config(pc)
 
@@ -132,8 +149,11 @@ def plugin_commands() -> list[tuple[str, Command]]:
     except PluginError as exc:
         print(f"plugin commands unavailable: {exc}", file=sys.stderr)
         return []
-    return [(plugin, command) for plugin, command in pm.hooks.register_cli_commands()
-            if command.name not in BUILTIN_COMMANDS]
+    return [
+        (plugin, command)
+        for plugin, command in pm.hooks.register_cli_commands()
+        if command.name not in BUILTIN_COMMANDS
+    ]
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -159,7 +179,7 @@ async def _check(config: Config, pm: pluggy.PluginManager, out: IO[str]) -> int:
         for check in checks:
             try:
                 result = await check.func(ctx)
-            except Exception as exc:  # noqa: BLE001 - a broken check is a failed check
+            except Exception as exc:
                 result = CheckResult(False, f"{type(exc).__name__}: {exc}")
             mark = "success" if result.ok else "FAILED "
             failed += not result.ok
@@ -172,7 +192,10 @@ def _config_init(args: argparse.Namespace) -> int:
     known = known_plugins()
     unknown = [n for n in args.enable if n not in known]
     if unknown:
-        print(f"--enable: unknown plugin(s) {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})", file=sys.stderr)
+        print(
+            f"--enable: unknown plugin(s) {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})",
+            file=sys.stderr,
+        )
         return 2
     try:
         pm = build_plugin_manager(list(known), None)
@@ -227,8 +250,11 @@ async def _events(args: argparse.Namespace, config: Config, pm: pluggy.PluginMan
 def _plugin_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
     command: Command = args.plugin_command
     if args.plugin not in config.plugins_enabled:
-        print(f"dutybridge {command.name}: the {args.plugin} plugin is not enabled in {_config_path(args)} "
-              f"(add it to plugins.enabled)", file=sys.stderr)
+        print(
+            f"dutybridge {command.name}: the {args.plugin} plugin is not enabled in {_config_path(args)} "
+            f"(add it to plugins.enabled)",
+            file=sys.stderr,
+        )
         return 2
 
     async def go() -> int:
@@ -268,7 +294,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # It is a separate package the core does not import otherwise.
         from dutybridge_sandbox.runner import main as sandbox_main
 
-        return sandbox_main(argv[argv.index("sandbox") + 1:])
+        return sandbox_main(argv[argv.index("sandbox") + 1 :])
     options, rest = _global_options(argv)
     parser = build_parser()
     args = parser.parse_args(rest)
@@ -300,8 +326,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "config":
         for warning in config.warnings:
             print(f"{_config_path(args)}: warning: {warning}", file=sys.stderr)
-        print(f"{_config_path(args)}: valid ({len(config.plugins_enabled)} plugin(s) enabled: "
-              f"{', '.join(config.plugins_enabled) or 'none'})")
+        print(
+            f"{_config_path(args)}: valid ({len(config.plugins_enabled)} plugin(s) enabled: "
+            f"{', '.join(config.plugins_enabled) or 'none'})"
+        )
         return 0
     _configure_cli_logging(args)
     set_secrets(config.secrets())

@@ -5,8 +5,8 @@ timeouts, a cap on open connections, quiet logs for client faults and accept err
 from __future__ import annotations
 
 import asyncio
-import socket
 import resource
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,11 +71,16 @@ class ServerLogger:
     def exception(self, msg: str, *args: Any, exc_info: Any = None, **kw: Any) -> None:
         exc = exc_info if isinstance(exc_info, BaseException) else None
         if isinstance(exc, (HttpProcessingError, web.RequestPayloadError, ConnectionError)):
-            throttled("warning", "bad_http_request", error=f"{type(exc).__name__}: {exc}"[:300],
-                      remote=str(args[0]) if args else None)
+            throttled(
+                "warning",
+                "bad_http_request",
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                remote=str(args[0]) if args else None,
+            )
             return
-        log.error("http_server_error", detail=(msg % args if args else msg)[:300],
-                  exc_info=exc if exc is not None else True)
+        log.error(
+            "http_server_error", detail=(msg % args if args else msg)[:300], exc_info=exc if exc is not None else True
+        )
 
     error = exception
 
@@ -88,8 +93,12 @@ def runner_kwargs(daemon: Any) -> dict[str, Any]:
     # auto_decompress off: no sender of ours compresses, and aiohttp's decoder hung now
     # and then on a truncated deflate body (the fuzz found it); read_body refuses an
     # encoded body with 415 instead.
-    return {"keepalive_timeout": daemon.keepalive_timeout_seconds, "logger": ServerLogger(),
-            "lingering_time": min(10.0, daemon.body_timeout_seconds), "auto_decompress": False}
+    return {
+        "keepalive_timeout": daemon.keepalive_timeout_seconds,
+        "logger": ServerLogger(),
+        "lingering_time": min(10.0, daemon.body_timeout_seconds),
+        "auto_decompress": False,
+    }
 
 
 def connection_cap(wanted: int) -> int:
@@ -106,8 +115,13 @@ def connection_cap(wanted: int) -> int:
             pass
     if soft != resource.RLIM_INFINITY and soft < need:
         usable = max(1, soft - FD_RESERVE)
-        log.warning("max_connections_above_file_limit", max_connections=wanted, used=usable, file_limit=soft,
-                    fix="raise LimitNOFILE= in the unit (or ulimit -n), or lower daemon.max_connections")
+        log.warning(
+            "max_connections_above_file_limit",
+            max_connections=wanted,
+            used=usable,
+            file_limit=soft,
+            fix="raise LimitNOFILE= in the unit (or ulimit -n), or lower daemon.max_connections",
+        )
         return usable
     return wanted
 
@@ -169,8 +183,9 @@ class _Conn(asyncio.Protocol):
         self._timer = None
         if self.state == "headers":
             self.guard.count("header_timeout")
-            throttled("info", "client_header_timeout",
-                      timeout=self.guard.limits().header_timeout_seconds, peer=self.peer())
+            throttled(
+                "info", "client_header_timeout", timeout=self.guard.limits().header_timeout_seconds, peer=self.peer()
+            )
             self.close()
 
     def request_started(self) -> None:
@@ -221,8 +236,11 @@ class ConnectionGuard:
                 if expect is not None and expect.lower() != "100-continue":
                     # Answered here: aiohttp's own 417 quotes the header and fails (a 500)
                     # on bytes that are not UTF-8.
-                    return error_response(417, "unsupported Expect header (only 100-continue is understood)",
-                                          headers={"Connection": "close"})
+                    return error_response(
+                        417,
+                        "unsupported Expect header (only 100-continue is understood)",
+                        headers={"Connection": "close"},
+                    )
                 return await handler(request)
             finally:
                 conn = self._conns.get(request.protocol)
@@ -253,15 +271,23 @@ class ConnectionGuard:
             if idle:
                 oldest = min(idle, key=lambda c: c.last_active)
                 self.count("evicted")
-                throttled("warning", "connection_evicted", reason="at max_connections; the longest idle one closed",
-                          max_connections=self.cap)
+                throttled(
+                    "warning",
+                    "connection_evicted",
+                    reason="at max_connections; the longest idle one closed",
+                    max_connections=self.cap,
+                )
                 oldest.close()
                 # Its connection_lost comes later: free its place now.
                 self._conns.pop(oldest.inner, None)
             else:
                 self.count("over_cap")
-                throttled("warning", "connection_refused", reason="max_connections busy with requests",
-                          max_connections=self.cap)
+                throttled(
+                    "warning",
+                    "connection_refused",
+                    reason="max_connections busy with requests",
+                    max_connections=self.cap,
+                )
                 self._refused.add(conn)
                 conn.close()
                 return False
@@ -297,9 +323,14 @@ class GuardedSite(web.TCPSite):
         # As TCPSite.start, with the guard's protocol factory in place of the server.
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self.guard.protocol, self._host, self._port,
-                                                backlog=self._backlog, reuse_address=self._reuse_address,
-                                                reuse_port=self._reuse_port)
+        self._server = await loop.create_server(
+            self.guard.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
@@ -312,8 +343,12 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
         message = str(context.get("message", ""))
         if message.startswith("socket.accept() out of system resource"):
             exc = context.get("exception")
-            throttled("warning", "accept_failed", error=f"{type(exc).__name__}: {exc}" if exc else message,
-                      fix="raise LimitNOFILE= or lower daemon.max_connections")
+            throttled(
+                "warning",
+                "accept_failed",
+                error=f"{type(exc).__name__}: {exc}" if exc else message,
+                fix="raise LimitNOFILE= or lower daemon.max_connections",
+            )
             return
         if previous is not None:
             previous(loop, context)
@@ -364,4 +399,3 @@ async def start_site(runner: web.AppRunner, ctx: Any, host: str, port: int) -> G
     site = GuardedSite(runner, host, port, guard)
     await site.start()
     return site
-

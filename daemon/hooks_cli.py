@@ -17,8 +17,16 @@ from .http import HookFailed, OutboundPipeline, OutboundRequest, RequestVetoed
 from .plugins import PluginError, hook_file_manager
 
 #: Keys of the sample request, and whether each is required.
-REQUEST_KEYS = {"method": True, "url": True, "service": True, "operation": False, "headers": False,
-                "params": False, "json": False, "timeout": False}
+REQUEST_KEYS = {
+    "method": True,
+    "url": True,
+    "service": True,
+    "operation": False,
+    "headers": False,
+    "params": False,
+    "json": False,
+    "timeout": False,
+}
 
 
 class SampleError(ValueError):
@@ -27,13 +35,18 @@ class SampleError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
-    p = sub.add_parser("test", help="run a hook file on a sample request and print what would be sent "
-                                    "(nothing is sent; ctx is None)")
+    p = sub.add_parser(
+        "test", help="run a hook file on a sample request and print what would be sent (nothing is sent; ctx is None)"
+    )
     p.add_argument("file", type=Path, help="the hook file (*.py)")
-    p.add_argument("--request", required=True, metavar="JSON",
-                   help='the sample request as JSON, or @PATH of a JSON file: {"method": "POST", '
-                        '"url": "https://api.pagerduty.com/incidents", "service": "pagerduty", '
-                        '"operation": "POST /incidents", "headers": {}, "params": [], "json": {}, "timeout": 30}')
+    p.add_argument(
+        "--request",
+        required=True,
+        metavar="JSON",
+        help='the sample request as JSON, or @PATH of a JSON file: {"method": "POST", '
+        '"url": "https://api.pagerduty.com/incidents", "service": "pagerduty", '
+        '"operation": "POST /incidents", "headers": {}, "params": [], "json": {}, "timeout": 30}',
+    )
 
 
 def parse_sample(text: str) -> OutboundRequest:
@@ -66,16 +79,29 @@ def parse_sample(text: str) -> OutboundRequest:
     timeout = data.get("timeout", 30.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise SampleError("--request.timeout: expected a positive number of seconds")
-    return OutboundRequest(method=data["method"].upper(), url=data["url"], service=data["service"],
-                           operation=data.get("operation") or "", headers=CIMultiDict(headers),
-                           params=[(str(k), str(v)) for k, v in params], json=data.get("json"),
-                           timeout=float(timeout))
+    return OutboundRequest(
+        method=data["method"].upper(),
+        url=data["url"],
+        service=data["service"],
+        operation=data.get("operation") or "",
+        headers=CIMultiDict(headers),
+        params=[(str(k), str(v)) for k, v in params],
+        json=data.get("json"),
+        timeout=float(timeout),
+    )
 
 
 def describe(req: OutboundRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {"method": req.method, "url": req.url, "service": req.service,
-                           "operation": req.operation, "headers": dict(req.headers.items()),
-                           "params": [list(p) for p in req.params], "json": req.json, "timeout": req.timeout}
+    out: dict[str, Any] = {
+        "method": req.method,
+        "url": req.url,
+        "service": req.service,
+        "operation": req.operation,
+        "headers": dict(req.headers.items()),
+        "params": [list(p) for p in req.params],
+        "json": req.json,
+        "timeout": req.timeout,
+    }
     if req.data is not None:
         out["body"] = req.data.decode("utf-8", "replace")
     return out

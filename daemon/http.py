@@ -10,8 +10,9 @@ import json as _json
 import random
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -21,6 +22,7 @@ from yarl import URL
 from . import __version__
 from . import hooks as _hooks_module
 from .hooks import Hooks, hooks_of
+
 # Retries and rate limits live in ratelimit.py; re-exported here, where callers look.
 from .ratelimit import Limiter, RateLimiter, RetryPolicy, retry_after_seconds
 from .redact import safe_url
@@ -66,9 +68,11 @@ class OutboundRequest:
 
     def __repr__(self) -> str:
         names = sorted({k for k, _ in self.params})
-        return (f"OutboundRequest(method={self.method!r}, url={safe_url(self.url)!r}, "
-                f"service={self.service!r}, operation={self.operation!r}, params={names!r}, "
-                f"timeout={self.timeout!r})")
+        return (
+            f"OutboundRequest(method={self.method!r}, url={safe_url(self.url)!r}, "
+            f"service={self.service!r}, operation={self.operation!r}, params={names!r}, "
+            f"timeout={self.timeout!r})"
+        )
 
     def body_bytes(self) -> bytes | None:
         if self.data is not None:
@@ -206,7 +210,7 @@ def hook_origin(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     # The first frame after the core's hook caller is the implementation itself.
     last_core = max((i for i, f in enumerate(frames) if f.filename == _HOOKS_FILE), default=-1)
-    inside = frames[last_core + 1:] or frames
+    inside = frames[last_core + 1 :] or frames
     if not inside:
         return "<unknown>"
     own = [f for f in inside if f.filename == inside[0].filename]
@@ -243,13 +247,20 @@ class OutboundPipeline:
     timeouts), ``Retry-After`` and proactive rate limiting live here, once.
     """
 
-    def __init__(self, hooks: Hooks | pluggy.PluginManager, ctx: Ctx | None = None, *,
-                 metrics: Any = None, logger: Any = None,
-                 default_retry: RetryPolicy | None = None, user_agent: str | None = None,
-                 trust_env: bool = False,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rng: Callable[[], float] = random.random,
-                 wallclock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        hooks: Hooks | pluggy.PluginManager,
+        ctx: Ctx | None = None,
+        *,
+        metrics: Any = None,
+        logger: Any = None,
+        default_retry: RetryPolicy | None = None,
+        user_agent: str | None = None,
+        trust_env: bool = False,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        wallclock: Callable[[], float] = time.time,
+    ):
         self.hooks = hooks_of(hooks)
         self.ctx = ctx
         self.metrics = metrics
@@ -279,7 +290,7 @@ class OutboundPipeline:
         for closer in closers:
             try:
                 await closer()
-            except Exception:  # noqa: BLE001 - the session below still closes
+            except Exception:
                 self.log.exception("outbound_closer_failed")
         if self._session is not None and not self._session.closed:
             await self._session.close()
@@ -291,7 +302,7 @@ class OutboundPipeline:
         lives exactly as long as the pipeline, in the daemon and in a one-off command."""
         self._closers.append(closer)
 
-    async def __aenter__(self) -> "OutboundPipeline":
+    async def __aenter__(self) -> OutboundPipeline:
         await self.start()
         return self
 
@@ -303,8 +314,14 @@ class OutboundPipeline:
         return self._session
 
     # the call
-    async def request(self, request: OutboundRequest, *, retry: RetryPolicy | None = None,
-                      idempotent: bool | None = None, limiter: Limiter | None = None) -> OutboundResponse:
+    async def request(
+        self,
+        request: OutboundRequest,
+        *,
+        retry: RetryPolicy | None = None,
+        idempotent: bool | None = None,
+        limiter: Limiter | None = None,
+    ) -> OutboundResponse:
         """Send ``request`` through the hooks and a transport, retrying per ``retry``.
 
         Returns the response whatever its status (the last one when retries ran
@@ -337,19 +354,30 @@ class OutboundPipeline:
                 raise OutboundTimeout(
                     f"{req.service} {req.operation or req.method}: no answer within {req.timeout:g}s "
                     f"after {attempt} attempt(s){why}",
-                    service=req.service, operation=req.operation, attempts=attempt) from exc
+                    service=req.service,
+                    operation=req.operation,
+                    attempts=attempt,
+                ) from exc
             except aiohttp.ClientError as exc:
                 elapsed = time.monotonic() - started
                 self._record(req, "error", elapsed, attempt, error=type(exc).__name__)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError)
-                retryable = unsent or (idempotent and isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)))
+                retryable = unsent or (
+                    idempotent
+                    and isinstance(
+                        exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
+                    )
+                )
                 if attempt <= policy.max_retries and retryable:
                     await self._wait(req, attempt, policy.backoff(attempt, self._rng), type(exc).__name__)
                     continue
                 raise OutboundConnectionError(
                     f"{req.service} {req.operation or req.method}: {type(exc).__name__}: {_exc_text(exc)} "
                     f"after {attempt} attempt(s)",
-                    service=req.service, operation=req.operation, attempts=attempt) from exc
+                    service=req.service,
+                    operation=req.operation,
+                    attempts=attempt,
+                ) from exc
 
             response.attempts = attempt
             if not response.elapsed:
@@ -357,20 +385,34 @@ class OutboundPipeline:
             self._record(req, str(response.status), response.elapsed, attempt, response=response)
             if limiter is not None:
                 limiter.observe(response)
-            await self._guarded("outbound_response", req,
-                                self.hooks.outbound_response(request=req, response=response, ctx=self.ctx))
+            await self._guarded(
+                "outbound_response", req, self.hooks.outbound_response(request=req, response=response, ctx=self.ctx)
+            )
 
             if response.ok or not policy.retries_status(response.status, idempotent):
                 return response
             if attempt > policy.max_retries:
-                self.log.warning("outbound_retries_exhausted", service=req.service, operation=req.operation,
-                                 method=req.method, url=safe_url(req.url), status=response.status, attempts=attempt)
+                self.log.warning(
+                    "outbound_retries_exhausted",
+                    service=req.service,
+                    operation=req.operation,
+                    method=req.method,
+                    url=safe_url(req.url),
+                    status=response.status,
+                    attempts=attempt,
+                )
                 return response
             asked = retry_after_seconds(response.headers, self._wallclock) if response.status in (429, 503) else None
             if asked is not None and asked > policy.max_wait:
-                self.log.warning("outbound_retry_after_too_long", detail="giving up", service=req.service,
-                                 operation=req.operation, status=response.status, retry_after=asked,
-                                 max_wait=policy.max_wait)
+                self.log.warning(
+                    "outbound_retry_after_too_long",
+                    detail="giving up",
+                    service=req.service,
+                    operation=req.operation,
+                    status=response.status,
+                    retry_after=asked,
+                    max_wait=policy.max_wait,
+                )
                 return response
             wait = asked if asked is not None else policy.backoff(attempt, self._rng)
             await self._wait(req, attempt, wait, f"HTTP {response.status}")
@@ -402,22 +444,38 @@ class OutboundPipeline:
         except RequestVetoed as exc:
             exc.hook = hook_origin(exc)
             exc.args = (f"{req.service} {req.operation or req.method}: vetoed by hook {exc.hook}: {exc.reason}",)
-            self.log.warning("outbound_vetoed", service=req.service, operation=req.operation,
-                             hook=exc.hook, hook_name=hook_name, reason=exc.reason)
+            self.log.warning(
+                "outbound_vetoed",
+                service=req.service,
+                operation=req.operation,
+                hook=exc.hook,
+                hook_name=hook_name,
+                reason=exc.reason,
+            )
             raise
         except (TimeoutError, aiohttp.ClientError, OutboundError) as exc:
             if hook_name == "send_request":
                 raise
             raise self._hook_failed(hook_name, req, exc) from exc
-        except Exception as exc:  # noqa: BLE001 - any bug in a hook fails this request only
+        except Exception as exc:
             raise self._hook_failed(hook_name, req, exc) from exc
 
     def _hook_failed(self, hook_name: str, req: OutboundRequest, exc: BaseException) -> HookFailed:
         where = hook_origin(exc)
-        self.log.error("outbound_hook_failed", service=req.service, operation=req.operation,
-                       hook=where, hook_name=hook_name, error=f"{type(exc).__name__}: {_exc_text(exc)}")
-        return HookFailed(f"{req.service} {req.operation or req.method}: hook {hook_name} at {where} "
-                          f"raised {type(exc).__name__}: {_exc_text(exc)}", hook=where, hook_name=hook_name)
+        self.log.error(
+            "outbound_hook_failed",
+            service=req.service,
+            operation=req.operation,
+            hook=where,
+            hook_name=hook_name,
+            error=f"{type(exc).__name__}: {_exc_text(exc)}",
+        )
+        return HookFailed(
+            f"{req.service} {req.operation or req.method}: hook {hook_name} at {where} "
+            f"raised {type(exc).__name__}: {_exc_text(exc)}",
+            hook=where,
+            hook_name=hook_name,
+        )
 
     async def send_direct(self, req: OutboundRequest, **options: Any) -> OutboundResponse:
         """Send ``req`` as it is through the pipeline's session (no hooks, no retry).
@@ -427,31 +485,62 @@ class OutboundPipeline:
         ``timeout=``), so such a request shares the pipeline's connection pool.
         """
         if self._session is None or self._session.closed:
-            raise RuntimeError("the outbound pipeline is not started: await pipeline.start() "
-                               "(or use it as an async context manager) before sending")
+            raise RuntimeError(
+                "the outbound pipeline is not started: await pipeline.start() "
+                "(or use it as an async context manager) before sending"
+            )
         started = time.monotonic()
         options.setdefault("timeout", aiohttp.ClientTimeout(total=req.timeout))
         async with self._session.request(
-            req.method, req.url, headers=req.headers, params=req.params or None,
+            req.method,
+            req.url,
+            headers=req.headers,
+            params=req.params or None,
             data=req.body_bytes(),
             # Redirects are not followed: an API answering 3xx is misconfigured, and
             # following it could change the method or send credentials elsewhere.
-            allow_redirects=False, **options,
+            allow_redirects=False,
+            **options,
         ) as resp:
             body = await resp.read()
-            return OutboundResponse(status=resp.status, headers=resp.headers, body=body,
-                                    elapsed=time.monotonic() - started, url=safe_url(str(resp.url)))
+            return OutboundResponse(
+                status=resp.status,
+                headers=resp.headers,
+                body=body,
+                elapsed=time.monotonic() - started,
+                url=safe_url(str(resp.url)),
+            )
 
     async def _wait(self, req: OutboundRequest, attempt: int, seconds: float, reason: str) -> None:
-        self.log.info("outbound_retry", service=req.service, operation=req.operation, method=req.method,
-                      url=safe_url(req.url), attempt=attempt, reason=reason, wait_seconds=round(seconds, 3))
+        self.log.info(
+            "outbound_retry",
+            service=req.service,
+            operation=req.operation,
+            method=req.method,
+            url=safe_url(req.url),
+            attempt=attempt,
+            reason=reason,
+            wait_seconds=round(seconds, 3),
+        )
         await self._sleep(seconds)
 
-    def _record(self, req: OutboundRequest, status: str, elapsed: float, attempt: int, *,
-                response: OutboundResponse | None = None, error: str | None = None) -> None:
+    def _record(
+        self,
+        req: OutboundRequest,
+        status: str,
+        elapsed: float,
+        attempt: int,
+        *,
+        response: OutboundResponse | None = None,
+        error: str | None = None,
+    ) -> None:
         fields: dict[str, Any] = {
-            "service": req.service, "operation": req.operation, "method": req.method,
-            "url": safe_url(req.url), "status": status, "elapsed_ms": round(elapsed * 1000, 1),
+            "service": req.service,
+            "operation": req.operation,
+            "method": req.method,
+            "url": safe_url(req.url),
+            "status": status,
+            "elapsed_ms": round(elapsed * 1000, 1),
             "attempt": attempt,
         }
         if error:
@@ -478,8 +567,24 @@ def _exc_text(exc: BaseException) -> str:
 
 
 __all__ = [
-    "IDEMPOTENT_METHODS", "OutboundRequest", "OutboundResponse", "OutboundPipeline",
-    "RetryPolicy", "RateLimiter", "OutboundError", "TransportError", "OutboundTimeout",
-    "OutboundConnectionError", "RequestVetoed", "HookFailed", "hook_origin", "retry_after_seconds", "safe_url",
-    "ApiError", "NotFound", "AuthError", "RateLimited", "Limiter",
+    "IDEMPOTENT_METHODS",
+    "ApiError",
+    "AuthError",
+    "HookFailed",
+    "Limiter",
+    "NotFound",
+    "OutboundConnectionError",
+    "OutboundError",
+    "OutboundPipeline",
+    "OutboundRequest",
+    "OutboundResponse",
+    "OutboundTimeout",
+    "RateLimited",
+    "RateLimiter",
+    "RequestVetoed",
+    "RetryPolicy",
+    "TransportError",
+    "hook_origin",
+    "retry_after_seconds",
+    "safe_url",
 ]

@@ -8,11 +8,11 @@ import base64
 import logging
 import os
 import re
-import urllib.parse
 import sys
 import traceback
-from collections.abc import MutableMapping
-from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
@@ -21,11 +21,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 REDACTED = "[REDACTED]"
 #: Keys whose values are never rendered, whatever they hold.
-SENSITIVE_KEYS = frozenset({
-    "authorization", "password", "passwd", "secret", "secrets", "token", "api_key",
-    "apikey", "x-pagerduty-signature", "webhook_secret", "doorbell_token", "cookie",
-    "set-cookie", "proxy-authorization",
-})
+SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "password",
+        "passwd",
+        "secret",
+        "secrets",
+        "token",
+        "api_key",
+        "apikey",
+        "x-pagerduty-signature",
+        "webhook_secret",
+        "doorbell_token",
+        "cookie",
+        "set-cookie",
+        "proxy-authorization",
+    }
+)
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 #: Libraries held at warning (or the daemon's level, if higher) unless ``daemon.log_levels``
 #: names them: at debug aiosqlite alone writes a dozen lines a second, each with its SQL
@@ -55,8 +68,9 @@ def secret_forms(values: Iterable[str]) -> set[str]:
         if not value or len(value) < 4:
             continue
         raw = value.encode("utf-8")
-        out.update({value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
-                    urllib.parse.quote(value)})
+        out.update(
+            {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), urllib.parse.quote(value)}
+        )
         for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
             text = encoded.decode("ascii")
             out.update({text, text.rstrip("=")})
@@ -77,7 +91,8 @@ def set_secrets(values: Iterable[str]) -> None:
 _CREDENTIAL = re.compile(
     r"(?i)\b(?P<head>(?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?|)"
     r"(?P<scheme>basic|bearer|token\s+token|token)(?P<sep>\s+|=['\"]?)"
-    r"(?P<cred>[A-Za-z0-9._~+/\-]{6,}=*)")
+    r"(?P<cred>[A-Za-z0-9._~+/\-]{6,}=*)"
+)
 _CREDENTIAL_HINTS = ("asic", "earer", "oken", "uthorization", "ASIC", "EARER", "OKEN", "UTHORIZATION")
 
 
@@ -105,8 +120,10 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
     if depth > 4:
         return value
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and k.lower() in SENSITIVE_KEYS else _scrub_value(v, depth + 1))
-                for k, v in value.items()}
+        return {
+            k: (REDACTED if isinstance(k, str) and k.lower() in SENSITIVE_KEYS else _scrub_value(v, depth + 1))
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(_scrub_value(v, depth + 1) for v in value)
     if isinstance(value, (int, float, bool)) or value is None:
@@ -152,7 +169,7 @@ class LineWriter:
     ``add_logger_name`` read that logger's level and name.
     """
 
-    __slots__ = ("name", "_logger")
+    __slots__ = ("_logger", "name")
 
     def __init__(self, logger: logging.Logger) -> None:
         self.name = logger.name
@@ -162,7 +179,7 @@ class LineWriter:
     def disabled(self) -> bool:
         return self._logger.disabled
 
-    def getEffectiveLevel(self) -> int:  # noqa: N802 - the stdlib's name, read by filter_by_level
+    def getEffectiveLevel(self) -> int:
         return self._logger.getEffectiveLevel()
 
     def msg(self, line: str) -> None:
@@ -177,7 +194,7 @@ class LineWriter:
                 stream.flush()
             finally:
                 handler.release()
-        except Exception:  # noqa: BLE001 - as the stdlib's handlers do: report, never raise into the caller
+        except Exception:
             _report_failure(self.name, line)
 
     debug = info = warning = warn = error = exception = critical = fatal = msg
@@ -191,7 +208,7 @@ def _report_failure(name: str, line: str) -> None:
         return
     try:
         sys.stderr.write(f"--- Logging error ---\n{traceback.format_exc()}Logger {name!r}, line {line[:200]!r}\n")
-    except Exception:  # noqa: BLE001 - stderr is gone too; nothing left to tell
+    except Exception:
         pass
 
 
@@ -209,8 +226,13 @@ def _writer_factory(*args: Any) -> LineWriter:
     return writer
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = None, *,
-              log_levels: Mapping[str, str] | None = None) -> None:
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: IO[str] | None = None,
+    *,
+    log_levels: Mapping[str, str] | None = None,
+) -> None:
     """Configure structlog and the standard library's root logger (idempotent).
 
     ``log_levels`` (logger name -> level name) overrides the level of single loggers,
@@ -228,11 +250,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = N
     if fmt == "json":
         renderer: Processor = structlog.processors.JSONRenderer()
         # Never render a traceback's local variables: they hold API keys and passwords.
-        final: list[Processor] = [structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
+        final: list[Processor] = [
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream),
-                                                 exception_formatter=structlog.dev.plain_traceback)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_is_tty(stream), exception_formatter=structlog.dev.plain_traceback
+        )
         final = []
     # structlog's loggers are made afresh at each line (no cache), so a reconfiguration
     # reaches the ones modules made at import; their level is the stdlib logger's of the
@@ -246,7 +270,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = N
             structlog.contextvars.merge_contextvars,
             *shared,
             structlog.processors.StackInfoRenderer(),
-            *final, redact, renderer, _scrub_rendered,
+            *final,
+            redact,
+            renderer,
+            _scrub_rendered,
         ],
         logger_factory=_writer_factory,
         wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
@@ -254,8 +281,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = N
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *final, redact, renderer, _scrub_rendered],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *final,
+            redact,
+            renderer,
+            _scrub_rendered,
+        ],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

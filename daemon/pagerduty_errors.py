@@ -22,8 +22,16 @@ class PagerDutyError(ApiError):
     for 429 and 5xx (worth trying again later). The message never holds the API key.
     """
 
-    def __init__(self, status: int, code: int | None, message: str, errors: list[str] | None = None,
-                 *, operation: str = "", attempts: int = 1):
+    def __init__(
+        self,
+        status: int,
+        code: int | None,
+        message: str,
+        errors: list[str] | None = None,
+        *,
+        operation: str = "",
+        attempts: int = 1,
+    ):
         self.code = code
         self.errors = list(errors or [])
         where = f" to {operation}" if operation else ""
@@ -67,8 +75,9 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
         raw_errors = err.get("errors") or []
         errors = [str(e) for e in raw_errors] if isinstance(raw_errors, list) else [str(raw_errors)]
     if not message:
-        message = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                   429: "Rate Limit Exceeded"}.get(response.status, f"HTTP {response.status}")
+        message = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Rate Limit Exceeded"}.get(
+            response.status, f"HTTP {response.status}"
+        )
     if response.status == 404:
         cls: type[PagerDutyError] = PagerDutyNotFound
     elif response.status in (401, 403):
@@ -81,5 +90,3 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
     if isinstance(err, PagerDutyRateLimited):  # the 429 case above
         err.retry_after = retry_after_seconds(response.headers)
     return err
-
-

@@ -25,7 +25,6 @@ import structlog
 from . import PROJECT, hookspecs
 from .hooks import Hooks
 
-
 #: Built-in feature plugins: name in ``plugins.enabled`` -> module. One place, like
 #: datasette's DEFAULT_PLUGINS; a plugin listed here is registered only when enabled.
 #: A value is ``module`` (the module is the plugin) or ``module:Class`` (an instance,
@@ -41,10 +40,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
 
 ENTRY_POINT_GROUP = "dutybridge"
 HOOK_FILE_PREFIX = "dutybridge_hookfile_"
-HOOK_NAMES = frozenset(
-    name for name, fn in vars(hookspecs).items()
-    if callable(fn) and hasattr(fn, f"{PROJECT}_spec")
-)
+HOOK_NAMES = frozenset(name for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, f"{PROJECT}_spec"))
 
 log = structlog.get_logger("dutybridge.plugins")
 
@@ -101,9 +97,11 @@ def _impl_problem(pm: pluggy.PluginManager, plugin: object) -> str | None:
             what = f"{where}: {impl.function.__name__}"
             if impl.hookwrapper or impl.wrapper:
                 kind = "hookwrapper" if impl.hookwrapper else "wrapper"
-                return (f"{what}: {kind}=True is not supported: dutybridge calls and awaits each "
-                        f"implementation in turn, so a wrapper cannot surround them; implement "
-                        f"the hook plainly (tryfirst/trylast set the order)")
+                return (
+                    f"{what}: {kind}=True is not supported: dutybridge calls and awaits each "
+                    f"implementation in turn, so a wrapper cannot surround them; implement "
+                    f"the hook plainly (tryfirst/trylast set the order)"
+                )
             if caller.name not in hookspecs.ASYNC_HOOKS and inspect.iscoroutinefunction(impl.function):
                 return f"{what}: {caller.name} must not be async (it returns what the core adds at once)"
     return None
@@ -130,7 +128,9 @@ def _load_named_plugin(name: str) -> object:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return _instantiate(ep.load())
-    raise PluginError(f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins())) or 'none'})")
+    raise PluginError(
+        f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins())) or 'none'})"
+    )
 
 
 def _user(uid: int) -> str:
@@ -152,13 +152,17 @@ def _folder_problem(folder: Path) -> str | None:
     for current in [folder, *folder.parents]:
         st = current.stat()
         if not _trusted_owner(st.st_uid):
-            return (f"{current}: refused: the folder holding hook files belongs to {_user(st.st_uid)}, not to "
-                    f"{me} (the daemon's user) or root; its owner can swap the files. "
-                    f"Fix with: chown {me} {current}")
+            return (
+                f"{current}: refused: the folder holding hook files belongs to {_user(st.st_uid)}, not to "
+                f"{me} (the daemon's user) or root; its owner can swap the files. "
+                f"Fix with: chown {me} {current}"
+            )
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-            return (f"{current}: refused: the folder holding hook files is writable by group or others "
-                    f"({stat.filemode(st.st_mode)}); anyone who can write it can put in or swap a hook file. "
-                    f"Fix with: chmod go-w {current}")
+            return (
+                f"{current}: refused: the folder holding hook files is writable by group or others "
+                f"({stat.filemode(st.st_mode)}); anyone who can write it can put in or swap a hook file. "
+                f"Fix with: chmod go-w {current}"
+            )
     return None
 
 
@@ -166,12 +170,16 @@ def _file_problem(path: Path) -> str | None:
     st = path.stat()
     if not _trusted_owner(st.st_uid):
         me = _user(os.geteuid())
-        return (f"{path}: refused: the file belongs to {_user(st.st_uid)}, not to {me} (the daemon's user) "
-                f"or root; its owner can run code as the daemon. Fix with: chown {me} {path}")
+        return (
+            f"{path}: refused: the file belongs to {_user(st.st_uid)}, not to {me} (the daemon's user) "
+            f"or root; its owner can run code as the daemon. Fix with: chown {me} {path}"
+        )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         mode = stat.filemode(st.st_mode)
-        return (f"{path}: refused: the file is writable by group or others ({mode}); "
-                f"anyone who can write it can run code as the daemon. Fix with: chmod go-w {path}")
+        return (
+            f"{path}: refused: the file is writable by group or others ({mode}); "
+            f"anyone who can write it can run code as the daemon. Fix with: chmod go-w {path}"
+        )
     return _folder_problem(path.parent)
 
 
@@ -190,7 +198,7 @@ def load_hook_file(path: Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise PluginError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except BaseException as exc:  # noqa: BLE001 - any import-time failure stops start-up
+    except BaseException as exc:
         tb = traceback.extract_tb(exc.__traceback__)
         frames = [f for f in tb if f.filename == str(path)]
         line = f":{frames[-1].lineno}" if frames else ""
@@ -206,7 +214,8 @@ def load_hook_file(path: Path) -> types.ModuleType:
         line = str(value.__code__.co_firstlineno)
         raise PluginError(
             f"{path}:{line}: function {attr!r} is not a dutybridge hook{hint}; "
-            f"name helpers with a leading underscore. Hooks: {', '.join(sorted(HOOK_NAMES))}")
+            f"name helpers with a leading underscore. Hooks: {', '.join(sorted(HOOK_NAMES))}"
+        )
     return module
 
 
@@ -261,9 +270,13 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
         raise PluginError(f"{where}: {exc}") from None
 
 
-def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
-                         extra_plugins: Sequence[object] = (), trace: bool | None = None
-                         ) -> DutybridgePluginManager:
+def build_plugin_manager(
+    enabled: list[str],
+    hooks_dir: Path | None = None,
+    *,
+    extra_plugins: Sequence[object] = (),
+    trace: bool | None = None,
+) -> DutybridgePluginManager:
     """The plugin manager for a configuration: enabled plugins, then hook files."""
     pm = DutybridgePluginManager()
     for name in enabled:
@@ -271,7 +284,7 @@ def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
             plugin = _load_named_plugin(name)
         except PluginError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PluginError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from None
         pm.register(plugin, name=name)
     for plugin in extra_plugins:
@@ -300,5 +313,3 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
         out.append((name, hooks))
     return out
-
-

@@ -19,6 +19,7 @@ _PROBE_TIMEOUT = 3.0
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
+
 async def readyz(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     checks: dict[str, str] = {}
@@ -31,7 +32,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
             if up and not await _writable(ctx.store):
                 # A store that reads but cannot write (a full disk) takes no webhook.
                 checks["store"] = f"writes failing: {getattr(ctx.store, 'last_write_error', None) or 'unknown error'}"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             checks["store"] = f"no answer within {_PROBE_TIMEOUT:g} s"
         except Exception as exc:
             checks["store"] = f"error: {type(exc).__name__}"
@@ -45,6 +46,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         log.warning("not_ready", checks=checks)
         return error_response(503, f"not ready: {', '.join(failed)}", checks=checks)
     return web.json_response({"status": "ready", "checks": checks})
+
 
 async def _writable(store: object) -> bool:
     """The last write's outcome; when it failed, a probe write tells whether writes

@@ -120,9 +120,14 @@ class RateLimiter:
     ``clock`` and ``sleep`` are injectable so tests need not wait.
     """
 
-    def __init__(self, per_minute: int, *, burst: int | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ):
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.per_minute = per_minute
@@ -182,8 +187,9 @@ class RateLimiter:
             return
         now = self._clock()
         reset_at = now + max(0.0, reset)
-        new_window = (self._server_remaining is None or now >= self._server_reset_at
-                      or reset_at > self._server_reset_at + 1.0)
+        new_window = (
+            self._server_remaining is None or now >= self._server_reset_at or reset_at > self._server_reset_at + 1.0
+        )
         if new_window:
             self._server_remaining = max(0, remaining)
             self._server_reset_at = reset_at
@@ -199,5 +205,3 @@ def _number(value: str | None, kind: type) -> Any:
         return kind(value.strip())
     except ValueError:
         return None
-
-

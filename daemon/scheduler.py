@@ -6,7 +6,7 @@ import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import structlog
@@ -44,12 +44,20 @@ class Scheduler:
     """
 
     def __init__(self, **job_defaults: Any) -> None:
-        self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=timezone.utc)
+        self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=UTC)
         self.failures: dict[str, int] = {}
 
-    def add_job(self, func: Callable[..., Any], trigger: str = "interval", *, id: str,
-                name: str | None = None, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
-                **trigger_args: Any) -> None:
+    def add_job(
+        self,
+        func: Callable[..., Any],
+        trigger: str = "interval",
+        *,
+        id: str,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        **trigger_args: Any,
+    ) -> None:
         """Schedule ``func`` (a function or coroutine function) under the unique ``id``.
 
         ``trigger`` and ``trigger_args`` are APScheduler's (``"interval", seconds=60``,
@@ -68,7 +76,7 @@ class Scheduler:
                 result = func(*args, **kwargs)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001 - a job's failure must not end its schedule
+            except Exception:
                 self.failures[id] = self.failures.get(id, 0) + 1
                 log.exception("scheduled_job_failed", seconds=round(time.monotonic() - started, 3))
             else:

@@ -64,8 +64,9 @@ def error_response(status: int, reason: str, headers: Mapping[str, str] | None =
 def accepted(row_id: int) -> web.Response:
     # What json_response({"status": "accepted", "id": row_id}, status=202) sends, byte for
     # byte, without a json.dumps per webhook.
-    return web.Response(text=f'{{"status": "accepted", "id": {int(row_id)}}}', status=202,
-                        content_type="application/json")
+    return web.Response(
+        text=f'{{"status": "accepted", "id": {int(row_id)}}}', status=202, content_type="application/json"
+    )
 
 
 # -- middleware ----------------------------------------------------------------------
@@ -119,8 +120,14 @@ async def request_middleware(
             response = error_response(exc.status, reason, headers=headers)
         except Reject as rej:
             # A plugin route's read_body() refusal, answered as the core's routes answer it.
-            log.warning("request_rejected", method=request.method, path=request.path, status=rej.status,
-                        reason=rej.code, detail=rej.reason)
+            log.warning(
+                "request_rejected",
+                method=request.method,
+                path=request.path,
+                status=rej.status,
+                reason=rej.code,
+                detail=rej.reason,
+            )
             response = error_response(rej.status, rej.reason, headers=rej.headers)
             if rej.headers.get("Connection") == "close":
                 response.force_close()
@@ -186,8 +193,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if encoding not in ("", "identity"):
         # PagerDuty and ServiceNow send plain bodies; a compressed one is a decoder to
         # run for a stranger, and a small body that inflates past every limit.
-        raise Reject(415, "encoded_body", "Content-Encoding: only identity is accepted",
-                     headers={"Connection": "close"})
+        raise Reject(
+            415, "encoded_body", "Content-Encoding: only identity is accepted", headers={"Connection": "close"}
+        )
     ctx = request.config_dict.get(CTX_KEY)
     budget = request.config_dict.get(BUDGET_KEY)
     daemon = ctx.config.daemon if ctx is not None else None
@@ -202,8 +210,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if not budget.take(size, total):
             if ctx.metrics is not None:
                 ctx.metrics.body_refused()
-            raise Reject(503, "busy", "too many request bodies being received at once; retry later",
-                         headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
+            raise Reject(
+                503,
+                "busy",
+                "too many request bodies being received at once; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
+            )
         taken += size
         if ctx.metrics is not None:
             ctx.metrics.set_body_in_flight(budget.in_use)
@@ -220,11 +232,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 async with asyncio.timeout(timeout):
                     chunk = await request.content.read(limit + 1 - size)
             except TimeoutError:
-                raise Reject(408, "body_timeout", f"body: nothing received for {timeout:g} s",
-                             headers={"Connection": "close"}) from None
+                raise Reject(
+                    408, "body_timeout", f"body: nothing received for {timeout:g} s", headers={"Connection": "close"}
+                ) from None
             except (ConnectionError, web.RequestPayloadError):
-                raise Reject(400, "body_incomplete", "body: the connection ended before the whole body arrived",
-                             headers={"Connection": "close"}) from None
+                raise Reject(
+                    400,
+                    "body_incomplete",
+                    "body: the connection ended before the whole body arrived",
+                    headers={"Connection": "close"},
+                ) from None
             if not chunk:
                 break
             if length is None:
@@ -279,7 +296,7 @@ def with_key(text: str | None, doc: dict[str, Any], key: str, value: Any) -> str
     head = text.rstrip()
     if not head.endswith("}"):
         return None
-    return f'{head[:-1]}{"," if doc else ""}{json.dumps(key)}:{json.dumps(value)}}}'
+    return f"{head[:-1]}{',' if doc else ''}{json.dumps(key)}:{json.dumps(value)}}}"
 
 
 def check_credentials(header: str | None, *, token: str = "", username: str = "", password: str = "") -> bool:
@@ -324,15 +341,23 @@ def doorbell_auth(request: web.Request, sn_config: ServiceNowConfig) -> None:
     username, password = sn_config.doorbell_username, secret_value(sn_config.doorbell_password)
     basic = bool(username and password)
     if not (token or basic):
-        raise Reject(503, "not_configured",
-                     "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)")
-    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
-                             username=username if basic else "", password=password if basic else ""):
+        raise Reject(
+            503,
+            "not_configured",
+            "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)",
+        )
+    if not check_credentials(
+        request.headers.get(hdrs.AUTHORIZATION),
+        token=token,
+        username=username if basic else "",
+        password=password if basic else "",
+    ):
         raise Reject(401, "unauthorized", "missing or wrong credentials", headers=challenge(bool(token), basic))
 
 
-def require_string(obj: dict[str, Any], key: str, path: str, pattern: re.Pattern[str] | None = None,
-            what: str = "a non-empty string") -> str:
+def require_string(
+    obj: dict[str, Any], key: str, path: str, pattern: re.Pattern[str] | None = None, what: str = "a non-empty string"
+) -> str:
     value = obj.get(key)
     if value is None:
         raise Reject(400, "bad_envelope", f"{path}: required field is missing")
@@ -348,8 +373,6 @@ def require_object(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Reject(400, "bad_envelope", f"{path}: expected an object")
     return value
-
-
 
 
 def guarded(route: str, handler: Handler) -> Handler:

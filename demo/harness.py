@@ -34,10 +34,17 @@ class RunningDaemon:
         await self.runner.cleanup()
 
 
-async def start_daemon(config: Config | str | Path, pm: pluggy.PluginManager | None = None, *,
-                       extra_plugins: Sequence[object] = (), host: str = "127.0.0.1", port: int = 0,
-                       shutdown_timeout: float = 5.0, worker: bool = True,
-                       scheduler: bool = True) -> RunningDaemon:
+async def start_daemon(
+    config: Config | str | Path,
+    pm: pluggy.PluginManager | None = None,
+    *,
+    extra_plugins: Sequence[object] = (),
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 5.0,
+    worker: bool = True,
+    scheduler: bool = True,
+) -> RunningDaemon:
     """Load ``config`` (a path, or a loaded ``Config`` with its ``pm``) and serve it.
 
     Everything ``create_app`` opens (store, clients, plugins, scheduler, worker) is
@@ -48,8 +55,9 @@ async def start_daemon(config: Config | str | Path, pm: pluggy.PluginManager | N
     if pm is None:
         raise ValueError("a loaded Config needs its plugin manager")
     app = create_app(config, pm, worker=worker, scheduler=scheduler)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout,
-                           **runner_kwargs(config.daemon))
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout, **runner_kwargs(config.daemon)
+    )
     await runner.setup()
     try:
         # The daemon's own listener: its connection limits apply here too.

@@ -34,14 +34,33 @@ LINKS = [
     {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
     {"group": "Network", "service": "PSVCNET", "escalation_policy": "PEPNET1"},
 ]
-V3_EVENTS = ["incident.triggered", "incident.acknowledged", "incident.unacknowledged", "incident.resolved",
-             "incident.reopened", "incident.reassigned", "incident.delegated", "incident.escalated",
-             "incident.annotated", "incident.priority_updated"]
+V3_EVENTS = [
+    "incident.triggered",
+    "incident.acknowledged",
+    "incident.unacknowledged",
+    "incident.resolved",
+    "incident.reopened",
+    "incident.reassigned",
+    "incident.delegated",
+    "incident.escalated",
+    "incident.annotated",
+    "incident.priority_updated",
+]
 STEP_TIMEOUT = 20.0
 #: The response mobilizer's settings in the demo (its API token is made per run).
-MOBILIZER = {"responders": True, "conference_bridges": True, "response_plays": True, "status_updates": True,
-             "bridges": [{"name": "Major incident bridge", "dial_in_number": "+1 415-555-0100,,123456#",
-                          "url": "https://meet.example.com/major"}]}
+MOBILIZER = {
+    "responders": True,
+    "conference_bridges": True,
+    "response_plays": True,
+    "status_updates": True,
+    "bridges": [
+        {
+            "name": "Major incident bridge",
+            "dial_in_number": "+1 415-555-0100,,123456#",
+            "url": "https://meet.example.com/major",
+        }
+    ],
+}
 
 
 @dataclass
@@ -87,17 +106,30 @@ class Demo:
 def write_config(folder: Path, creds: dict, port: int, doorbell_token: str, mobilizer_token: str = "") -> Path:
     # No static links and no webhook secret: provisioning makes both (see run_demo).
     doc = {
-        "daemon": {"listen_port": port, "public_url": f"http://127.0.0.1:{port}",
-                   "store_url": f"sqlite:///{folder / 'dutybridge.db'}", "log_level": "warning",
-                   "log_format": "console"},
-        "pagerduty": {"api_url": creds["pagerduty_url"], "api_key": creds["pagerduty_api_key"],
-                      "default_user_id": creds["pagerduty_user_id"]},
-        "servicenow": {"instance_url": creds["servicenow_url"], "username": creds["servicenow_username"],
-                       "password": creds["servicenow_password"], "doorbell_token": doorbell_token},
-        "plugins": {"enabled": ["incident_sync", "provisioning"],
-                    "incident_sync": {"poll_interval_seconds": 30.0, "recheck_seconds": 1.0},
-                    # The seed's PagerDuty already has services named after the groups: link them.
-                    "provisioning": {"link_existing": True}},
+        "daemon": {
+            "listen_port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+            "store_url": f"sqlite:///{folder / 'dutybridge.db'}",
+            "log_level": "warning",
+            "log_format": "console",
+        },
+        "pagerduty": {
+            "api_url": creds["pagerduty_url"],
+            "api_key": creds["pagerduty_api_key"],
+            "default_user_id": creds["pagerduty_user_id"],
+        },
+        "servicenow": {
+            "instance_url": creds["servicenow_url"],
+            "username": creds["servicenow_username"],
+            "password": creds["servicenow_password"],
+            "doorbell_token": doorbell_token,
+        },
+        "plugins": {
+            "enabled": ["incident_sync", "provisioning"],
+            "incident_sync": {"poll_interval_seconds": 30.0, "recheck_seconds": 1.0},
+            # The seed's PagerDuty already has services named after the groups: link them.
+            "provisioning": {"link_existing": True},
+        },
     }
     if mobilizer_token:
         doc["plugins"]["enabled"].append("response_mobilizer")
@@ -187,7 +219,7 @@ async def settle(store: Any, timeout: float = 10.0) -> dict[str, int]:
     deadline = time.perf_counter() + timeout
     while True:
         counts = await store.counts()
-        if not counts.get("pending") and not counts.get("claimed") or time.perf_counter() > deadline:
+        if (not counts.get("pending") and not counts.get("claimed")) or time.perf_counter() > deadline:
             return counts
         await asyncio.sleep(0.02)
 
@@ -218,64 +250,100 @@ async def story(demo: Demo, pd: Any, sn: Any, mobilizer: tuple[str, str] | None 
     holder: dict[str, Any] = {}
 
     def trigger() -> None:
-        holder["pd"] = pd.create_incident(title="Replica lag on db-01", service_id="PSVCDB1", from_user="PALICE1",
-                                          body_details="Read replica 900 s behind the primary.")
+        holder["pd"] = pd.create_incident(
+            title="Replica lag on db-01",
+            service_id="PSVCDB1",
+            from_user="PALICE1",
+            body_details="Read replica 900 s behind the primary.",
+        )
 
-    rec = await demo.observe("PagerDuty: incident triggered on service Database",
-                             "ServiceNow incident created", trigger, lambda: sn_for(holder["pd"]["id"]))
+    rec = await demo.observe(
+        "PagerDuty: incident triggered on service Database",
+        "ServiceNow incident created",
+        trigger,
+        lambda: sn_for(holder["pd"]["id"]),
+    )
     if not rec:
         return False
     pd_id, sys_id = holder["pd"]["id"], rec["sys_id"]
-    demo.say(f"     PagerDuty #{holder['pd']['incident_number']} ({pd_id}) -> ServiceNow {rec['number']}, "
-             f"assignment group Database, priority {rec['priority']}")
+    demo.say(
+        f"     PagerDuty #{holder['pd']['incident_number']} ({pd_id}) -> ServiceNow {rec['number']}, "
+        f"assignment group Database, priority {rec['priority']}"
+    )
 
-    await demo.observe("PagerDuty: Bob Smith acknowledges", "ServiceNow: In Progress, assigned to Bob",
-                       lambda: pd.acknowledge(pd_id, "PBOBSM1"),
-                       lambda: (r := sn.get("incident", sys_id)) and r["state"] == "2"
-                       and r["assigned_to"] == users["bob.smith"])
-    await demo.observe("ServiceNow: Dave Patel adds a work note", "PagerDuty note '(from ServiceNow: ...)'",
-                       lambda: sn.update("incident", sys_id, {"work_notes": "Failover to db-02 started"},
-                                         user="dave.patel"),
-                       lambda: any("Failover to db-02 started" in n["content"] for n in pd.list_notes(pd_id)))
+    await demo.observe(
+        "PagerDuty: Bob Smith acknowledges",
+        "ServiceNow: In Progress, assigned to Bob",
+        lambda: pd.acknowledge(pd_id, "PBOBSM1"),
+        lambda: (r := sn.get("incident", sys_id)) and r["state"] == "2" and r["assigned_to"] == users["bob.smith"],
+    )
+    await demo.observe(
+        "ServiceNow: Dave Patel adds a work note",
+        "PagerDuty note '(from ServiceNow: ...)'",
+        lambda: sn.update("incident", sys_id, {"work_notes": "Failover to db-02 started"}, user="dave.patel"),
+        lambda: any("Failover to db-02 started" in n["content"] for n in pd.list_notes(pd_id)),
+    )
     notes = pd.list_notes(pd_id)
     if notes:
         demo.say(f"     PagerDuty note: {notes[-1]['content']!r}")
-    await demo.observe("ServiceNow: Alice reassigns the incident to the Network group",
-                       "PagerDuty: escalation policy Network",
-                       lambda: sn.update("incident", sys_id, {"assignment_group": groups["Network"]},
-                                         user="alice.nguyen"),
-                       lambda: pd.incidents[pd_id]["escalation_policy"]["id"] == "PEPNET1")
-    await demo.observe("PagerDuty: Bob resolves", "ServiceNow: Resolved",
-                       lambda: pd.resolve(pd_id, "PBOBSM1", resolution="Replica rebuilt"),
-                       lambda: sn.get("incident", sys_id)["state"] == "6")
+    await demo.observe(
+        "ServiceNow: Alice reassigns the incident to the Network group",
+        "PagerDuty: escalation policy Network",
+        lambda: sn.update("incident", sys_id, {"assignment_group": groups["Network"]}, user="alice.nguyen"),
+        lambda: pd.incidents[pd_id]["escalation_policy"]["id"] == "PEPNET1",
+    )
+    await demo.observe(
+        "PagerDuty: Bob resolves",
+        "ServiceNow: Resolved",
+        lambda: pd.resolve(pd_id, "PBOBSM1", resolution="Replica rebuilt"),
+        lambda: sn.get("incident", sys_id)["state"] == "6",
+    )
 
     demo.say("\nServiceNow first: the service desk opens a priority 1 incident for the Database group.")
 
     def open_sn() -> None:
-        holder["sn"] = sn.insert("incident", {"short_description": "Payments API returns 500",
-                                              "impact": "1", "urgency": "1",
-                                              "assignment_group": groups["Database"],
-                                              "caller_id": users["frank.miller"]}, user="frank.miller")
+        holder["sn"] = sn.insert(
+            "incident",
+            {
+                "short_description": "Payments API returns 500",
+                "impact": "1",
+                "urgency": "1",
+                "assignment_group": groups["Database"],
+                "caller_id": users["frank.miller"],
+            },
+            user="frank.miller",
+        )
 
     def pd_for() -> dict | None:
         key = holder["sn"]["sys_id"]
         found = [i for i in pd.incidents.values() if i.get("incident_key") == key]
         return found[0] if found else None
 
-    inc = await demo.observe("ServiceNow: priority 1 incident opened", "PagerDuty incident triggered on Database",
-                             open_sn, pd_for)
+    inc = await demo.observe(
+        "ServiceNow: priority 1 incident opened", "PagerDuty incident triggered on Database", open_sn, pd_for
+    )
     if inc:
-        demo.say(f"     ServiceNow {holder['sn']['number']} -> PagerDuty #{inc['incident_number']} ({inc['id']}), "
-                 f"incident_key = the sys_id, so a race can never open two")
-        await demo.observe("ServiceNow: resolved by the service desk", "PagerDuty: resolved",
-                           lambda: sn.update("incident", holder["sn"]["sys_id"],
-                                             {"state": "6", "close_code": "Solved (Permanently)",
-                                              "close_notes": "Restarted the API pods"}, user="frank.miller"),
-                           lambda: pd.incidents[inc["id"]]["status"] == "resolved")
+        demo.say(
+            f"     ServiceNow {holder['sn']['number']} -> PagerDuty #{inc['incident_number']} ({inc['id']}), "
+            f"incident_key = the sys_id, so a race can never open two"
+        )
+        await demo.observe(
+            "ServiceNow: resolved by the service desk",
+            "PagerDuty: resolved",
+            lambda: sn.update(
+                "incident",
+                holder["sn"]["sys_id"],
+                {"state": "6", "close_code": "Solved (Permanently)", "close_notes": "Restarted the API pods"},
+                user="frank.miller",
+            ),
+            lambda: pd.incidents[inc["id"]]["status"] == "resolved",
+        )
     # No echo: the note that came from ServiceNow did not go back as a second work note.
     echoed = [e for e in sn.journal("incident", sys_id, "work_notes") if "(PagerDuty:" in e["value"]]
-    demo.say(f"\nNo echo: {len(sn.journal('incident', sys_id, 'work_notes'))} work note(s) on {rec['number']}, "
-             f"{len(echoed)} mirrored back from PagerDuty; {len(pd.list_notes(pd_id))} PagerDuty note(s).")
+    demo.say(
+        f"\nNo echo: {len(sn.journal('incident', sys_id, 'work_notes'))} work note(s) on {rec['number']}, "
+        f"{len(echoed)} mirrored back from PagerDuty; {len(pd.list_notes(pd_id))} PagerDuty note(s)."
+    )
     if mobilizer is not None:
         await mobilizer_step(demo, pd, sn, *mobilizer)
     return all(step.ok for step in demo.steps) and not echoed
@@ -286,8 +354,16 @@ async def mobilizer_step(demo: Demo, pd: Any, sn: Any, url: str, token: str) -> 
     and sends a status update, through the API a ServiceNow UI action calls."""
     groups = {g["name"]: sid for sid, g in sn.tables["sys_user_group"].items()}
     demo.say("\nResponse mobilizer: Alice asks for help and posts a status update from a ServiceNow incident.")
-    rec = sn.insert("incident", {"short_description": "Checkout latency above 5 s", "impact": "1", "urgency": "1",
-                                 "assignment_group": groups["Database"]}, user="alice.nguyen")
+    rec = sn.insert(
+        "incident",
+        {
+            "short_description": "Checkout latency above 5 s",
+            "impact": "1",
+            "urgency": "1",
+            "assignment_group": groups["Database"],
+        },
+        user="alice.nguyen",
+    )
 
     def linked() -> dict | None:
         found = [i for i in pd.incidents.values() if i.get("incident_key") == rec["sys_id"]]
@@ -307,10 +383,20 @@ async def mobilizer_step(demo: Demo, pd: Any, sn: Any, url: str, token: str) -> 
         headers = {"Authorization": f"Bearer {token}"}
         base = f"{url}/api/v1/incidents/{rec['number']}"
         async with aiohttp.ClientSession(headers=headers) as session:
-            for action, body in (("responders", {"requested_by": "alice.nguyen", "users": ["bob.smith"],
-                                                 "message": "Checkout is slow, please join"}),
-                                 ("status-updates", {"requested_by": "alice.nguyen",
-                                                     "message": "Checkout latency: failover to db-02 under way"})):
+            for action, body in (
+                (
+                    "responders",
+                    {
+                        "requested_by": "alice.nguyen",
+                        "users": ["bob.smith"],
+                        "message": "Checkout is slow, please join",
+                    },
+                ),
+                (
+                    "status-updates",
+                    {"requested_by": "alice.nguyen", "message": "Checkout latency: failover to db-02 under way"},
+                ),
+            ):
                 async with session.post(f"{base}/{action}", json=body) as resp:
                     answers.append((action, resp.status, await resp.json()))
 
@@ -319,13 +405,22 @@ async def mobilizer_step(demo: Demo, pd: Any, sn: Any, url: str, token: str) -> 
         f"ServiceNow {rec['number']}: Alice adds Bob as a responder and sends a status update",
         "PagerDuty: Bob requested as responder, status update posted",
         lambda: task.append(asyncio.ensure_future(act_from_servicenow())),
-        lambda: any(r["user"]["id"] == "PBOBSM1" for r in pd.incidents[inc["id"]]["incidents_responders"])
-        and bool(pd.status_updates.get(inc["id"])))
+        lambda: (
+            any(r["user"]["id"] == "PBOBSM1" for r in pd.incidents[inc["id"]]["incidents_responders"])
+            and bool(pd.status_updates.get(inc["id"]))
+        ),
+    )
     if task:
         await task[0]
     for action, status, answer in answers:
-        demo.say(f"     POST /api/v1/incidents/{rec['number']}/{action} -> {status}"
-                 + (f" ({answer['error']})" if status != 200 else f", as PagerDuty user {answer['acted_as']['pagerduty_user']}"))
+        demo.say(
+            f"     POST /api/v1/incidents/{rec['number']}/{action} -> {status}"
+            + (
+                f" ({answer['error']})"
+                if status != 200
+                else f", as PagerDuty user {answer['acted_as']['pagerduty_user']}"
+            )
+        )
 
 
 def summary(demo: Demo, counts: dict[str, int]) -> None:
@@ -337,6 +432,8 @@ def summary(demo: Demo, counts: dict[str, int]) -> None:
         took = f"{step.seconds * 1000:7.0f} ms" if step.ok else "   MISSED"
         demo.say(f"  {took}  {step.hop}")
     if seen:
-        demo.say(f"  latency per hop: median {statistics.median(s.seconds for s in seen) * 1000:.0f} ms, "
-                 f"max {max(s.seconds for s in seen) * 1000:.0f} ms")
+        demo.say(
+            f"  latency per hop: median {statistics.median(s.seconds for s in seen) * 1000:.0f} ms, "
+            f"max {max(s.seconds for s in seen) * 1000:.0f} ms"
+        )
     demo.say("  result: " + ("every step synced" if len(seen) == len(demo.steps) else "SOME STEPS DID NOT SYNC"))

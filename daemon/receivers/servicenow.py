@@ -40,7 +40,6 @@ def valid_datetime(value: str) -> bool:
     return True
 
 
-
 async def servicenow(request: web.Request) -> web.StreamResponse:
     """The doorbell a ServiceNow business rule rings when a record changes.
 
@@ -58,8 +57,11 @@ async def servicenow(request: web.Request) -> web.StreamResponse:
     known = ctx.hooks.register_servicenow_tables(ctx=ctx)
     if table not in known:
         # Refused, not stored as "ignored": each stored table would be a new metrics series.
-        raise Reject(400, "unknown_table",
-                     f"table: no enabled plugin handles {table!r} (handled: {', '.join(sorted(known)) or 'none'})")
+        raise Reject(
+            400,
+            "unknown_table",
+            f"table: no enabled plugin handles {table!r} (handled: {', '.join(sorted(known)) or 'none'})",
+        )
     sys_id = require_string(doc, "sys_id", "sys_id", _SN_SYS_ID, "32 lowercase hex characters")
     operation = require_string(doc, "operation", "operation", None, "insert, update or delete")
     if operation not in SERVICENOW_OPERATIONS:
@@ -81,12 +83,17 @@ async def servicenow(request: web.Request) -> web.StreamResponse:
             raise Reject(400, "bad_envelope", "sys_mod_count: expected a non-negative whole number")
         payload["sys_mod_count"] = mod_count
         version = f"m{mod_count}"
-    row_id = await store_event(ctx, "servicenow", Event(
-        source="servicenow", type=f"{table}.{operation}",
-        event_id=f"{table}:{sys_id}:{version}:{operation}",
-        resource=f"servicenow:{table}:{sys_id}",
-        payload=payload,
-    ))
+    row_id = await store_event(
+        ctx,
+        "servicenow",
+        Event(
+            source="servicenow",
+            type=f"{table}.{operation}",
+            event_id=f"{table}:{sys_id}:{version}:{operation}",
+            resource=f"servicenow:{table}:{sys_id}",
+            payload=payload,
+        ),
+    )
     if row_id is None:
         return web.json_response({"status": "duplicate"}, status=202)
     return web.json_response({"status": "accepted", "id": row_id}, status=202)

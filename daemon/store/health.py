@@ -14,10 +14,24 @@ from .base import LinkConflictError, Store
 log = structlog.get_logger("dutybridge.store")
 
 #: Methods that write; their outcome is the store's write health.
-WRITES = frozenset({
-    "add_event", "claim", "complete_and_claim", "release_claims", "complete", "fail", "replay", "replay_dead", "purge_dead",
-    "purge_done", "put_link", "update_link_state", "delete_link", "set_watermark",
-})
+WRITES = frozenset(
+    {
+        "add_event",
+        "claim",
+        "complete_and_claim",
+        "release_claims",
+        "complete",
+        "fail",
+        "replay",
+        "replay_dead",
+        "purge_dead",
+        "purge_done",
+        "put_link",
+        "update_link_state",
+        "delete_link",
+        "set_watermark",
+    }
+)
 #: An event's result that could not be written; written again once writes work. Two
 #: kinds: the event's claim would otherwise hold it (and its resource's later events)
 #: for the whole lease. (The worker's batched ``complete_and_claim`` keeps its own
@@ -43,8 +57,9 @@ class WriteTrackingStore:
         self.inner = inner
         self.write_ok = True
         self.last_write_error: str | None = None
-        self._unwritten: collections.OrderedDict[int, tuple[str, tuple[Any, ...], dict[str, Any]]] = \
+        self._unwritten: collections.OrderedDict[int, tuple[str, tuple[Any, ...], dict[str, Any]]] = (
             collections.OrderedDict()
+        )
         self._retrying = False
 
     def __getattr__(self, name: str) -> Any:
@@ -71,7 +86,7 @@ class WriteTrackingStore:
         return f"WriteTrackingStore({self.inner!r})"
 
     # Dunder methods are looked up on the class, never through __getattr__.
-    async def __aenter__(self) -> "WriteTrackingStore":
+    async def __aenter__(self) -> WriteTrackingStore:
         await self.inner.open()
         return self
 
@@ -88,7 +103,7 @@ class WriteTrackingStore:
         did not); True when they do."""
         try:
             await self.set_watermark(PROBE_WATERMARK, "ok")
-        except Exception:  # noqa: BLE001 - recorded by the tracked write
+        except Exception:
             return False
         return self.write_ok
 
@@ -123,7 +138,7 @@ class WriteTrackingStore:
                     await getattr(self.inner, name)(*args, **kwargs)
                 except _LOGICAL:
                     pass
-                except Exception as exc:  # noqa: BLE001 - still failing: kept for the next success
+                except Exception as exc:
                     self._failed(exc)
                     return
                 self._unwritten.pop(event_id, None)

@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -18,8 +18,8 @@ import aiosqlite
 import structlog
 
 from ..events import EncodedEvent, Event, EventStatus, StoredEvent, utcnow
-from .base import Link, LinkConflictError, Store
 from . import sqlite_inbox as inbox
+from .base import Link, LinkConflictError, Store
 from .migrations import SCHEMA_MIGRATIONS_SQLITE, SQLITE_MIGRATIONS, Migration
 
 log = structlog.get_logger("dutybridge.store")
@@ -40,13 +40,13 @@ def to_text(dt: datetime) -> str:
         raise ValueError(f"timezone-aware datetime required, got naive {dt.isoformat()}")
     # "YYYY-MM-DDTHH:MM:SS.ffffff+00:00" -> "...ffffffZ"; several times cheaper than
     # strftime("%Y-%m-%dT%H:%M:%S.%fZ"), and the year is zero-padded whatever it is.
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def from_text(value: str | None) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromisoformat(value).astimezone(timezone.utc)
+    return datetime.fromisoformat(value).astimezone(UTC)
 
 
 def _event(row: sqlite3.Row) -> StoredEvent:
@@ -108,9 +108,16 @@ def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
         # A copy: the caller's dict may change later, and JSON normalises (tuples, keys).
         payload = json.loads(row[4])
     return StoredEvent(
-        source=event.source, type=event.type, event_id=event.event_id, resource=event.resource,
-        payload=payload, received_at=from_text(row[5]), id=row_id, status="pending",
-        attempts=0, updated_at=from_text(row[6]),
+        source=event.source,
+        type=event.type,
+        event_id=event.event_id,
+        resource=event.resource,
+        payload=payload,
+        received_at=from_text(row[5]),
+        id=row_id,
+        status="pending",
+        attempts=0,
+        updated_at=from_text(row[6]),
     )
 
 
@@ -180,8 +187,12 @@ class SQLiteStore(Store):
             rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
             mode = rows[0][0] if rows else "?"
             if mode != "wal" and self.path != MEMORY:
-                log.warning("store_not_in_wal_mode", path=self.path, journal_mode=mode,
-                            hint="the file system may not support WAL; readers will block writers")
+                log.warning(
+                    "store_not_in_wal_mode",
+                    path=self.path,
+                    journal_mode=mode,
+                    hint="the file system may not support WAL; readers will block writers",
+                )
             # NORMAL for everything but the inbox: in WAL mode a NORMAL commit survives a
             # crash of the process (kill -9) and may be lost only on power loss, where
             # losing a "done" mark or a link's state means an idempotent redo. The
@@ -325,8 +336,15 @@ class SQLiteStore(Store):
         # Everything that can fail for this event alone (a naive datetime, a payload
         # that is not JSON) fails here, in its caller, before it can spoil a batch.
         received = to_text(event.received_at)
-        row: _Row = (event.source, event.event_id, event.type, event.resource, event.payload_json(),
-                     received, self._now())
+        row: _Row = (
+            event.source,
+            event.event_id,
+            event.type,
+            event.resource,
+            event.payload_json(),
+            received,
+            self._now(),
+        )
         future: asyncio.Future[StoredEvent | None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, event, future))
         if self._writer is None:
@@ -361,7 +379,7 @@ class SQLiteStore(Store):
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for (row, event, future), row_id in zip(batch, ids):
+                    for (row, event, future), row_id in zip(batch, ids, strict=False):
                         if not future.done():
                             future.set_result(None if row_id is None else _stored(row, event, row_id))
                 batch = []
@@ -403,7 +421,11 @@ class SQLiteStore(Store):
         return await self.complete_and_claim((), owner, limit, lease_seconds)
 
     async def complete_and_claim(
-        self, completions: Sequence[tuple[int, EventStatus]], owner: str, limit: int, lease_seconds: float,
+        self,
+        completions: Sequence[tuple[int, EventStatus]],
+        owner: str,
+        limit: int,
+        lease_seconds: float,
     ) -> list[StoredEvent]:
         completions = list(completions)
         for _, status in completions:
@@ -545,12 +567,15 @@ class SQLiteStore(Store):
         )
         if rows:
             raise LinkConflictError(
-                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; "
-                f"unlink that first"
+                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; unlink that first"
             )
 
     async def get_link(
-        self, kind: str, *, pd_id: str | None = None, sn_id: str | None = None,
+        self,
+        kind: str,
+        *,
+        pd_id: str | None = None,
+        sn_id: str | None = None,
         include_unlinked: bool = False,
     ) -> Link | None:
         if (pd_id is None) == (sn_id is None):
@@ -565,15 +590,15 @@ class SQLiteStore(Store):
             rows = await db.execute_fetchall(sql, (kind, value))
         return _link(rows[0]) if rows else None
 
-    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
-                                status: str | None = None) -> None:
+    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any], status: str | None = None) -> None:
         if status is not None and status not in LINK_STATUSES:
             raise ValueError(f"link status must be 'linked' or 'unlinked', not {status!r}")
         try:
             async with self._transaction() as db:
                 if status == "linked":
                     rows = await db.execute_fetchall(
-                        "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id))
+                        "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)
+                    )
                     if rows:
                         await self._check_sn_free(db, kind, rows[0][0], pd_id)
                 async with db.execute(

@@ -19,8 +19,13 @@ from dutybridge.http import OutboundRequest
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 #: Headers the pipeline and the clients own: overriding them breaks auth or framing,
 #: so each must be named in ``allow_reserved`` to be set here.
-RESERVED = {"authorization": "Authorization", "host": "Host", "content-length": "Content-Length",
-            "transfer-encoding": "Transfer-Encoding", "connection": "Connection"}
+RESERVED = {
+    "authorization": "Authorization",
+    "host": "Host",
+    "content-length": "Content-Length",
+    "transfer-encoding": "Transfer-Encoding",
+    "connection": "Connection",
+}
 
 Headers = str | dict[str, str]
 
@@ -70,8 +75,10 @@ def _resolve(value: Headers, info: ValidationInfo, allowed: set[str]) -> list[tu
     for where, name, raw in _pairs(value):
         low = name.lower()
         if low in RESERVED and low not in allowed:
-            raise ValueError(f"{where}header {name} is reserved (dutybridge sets it); to override it anyway, "
-                             f"add {RESERVED[low]!r} to allow_reserved")
+            raise ValueError(
+                f"{where}header {name} is reserved (dutybridge sets it); to override it anyway, "
+                f"add {RESERVED[low]!r} to allow_reserved"
+            )
         if low in seen:
             raise ValueError(f"{where}header {name} is given twice")
         seen.add(low)
@@ -91,10 +98,19 @@ def _allowed(info: ValidationInfo) -> set[str]:
 class CustomHeadersConfig(Section):
     """Custom headers on outbound requests, per target: 'Name: value' lines or a table."""
 
-    allow_reserved: list[str] = Field(default_factory=list, description="Reserved headers (Authorization, Host, Content-Length, Transfer-Encoding, Connection) these settings may set anyway, by name; by default setting one is an error.")
-    pagerduty: Headers = Field("", description="Headers on every PagerDuty API request: 'Name: value' one a line, or a table {X-Team = \"sre\"}. A value may be env:NAME or file:PATH.")
+    allow_reserved: list[str] = Field(
+        default_factory=list,
+        description="Reserved headers (Authorization, Host, Content-Length, Transfer-Encoding, Connection) these settings may set anyway, by name; by default setting one is an error.",
+    )
+    pagerduty: Headers = Field(
+        "",
+        description="Headers on every PagerDuty API request: 'Name: value' one a line, or a table {X-Team = \"sre\"}. A value may be env:NAME or file:PATH.",
+    )
     servicenow: Headers = Field("", description="Headers on every ServiceNow API request, in the same forms.")
-    urls: dict[str, Headers] = Field(default_factory=dict, description="Headers on every request whose URL starts with a prefix, whatever the service: {\"https://hooks.example.com/\" = \"X-Key: env:HOOKS_KEY\"}. Applied after the service's; the longest prefix last.")
+    urls: dict[str, Headers] = Field(
+        default_factory=dict,
+        description='Headers on every request whose URL starts with a prefix, whatever the service: {"https://hooks.example.com/" = "X-Key: env:HOOKS_KEY"}. Applied after the service\'s; the longest prefix last.',
+    )
 
     _headers: dict[str, list[tuple[str, SecretStr]]] = PrivateAttr(default_factory=dict)
 
@@ -125,11 +141,13 @@ class CustomHeadersConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _resolved(self, info: ValidationInfo) -> "CustomHeadersConfig":
+    def _resolved(self, info: ValidationInfo) -> CustomHeadersConfig:
         # Kept privately as SecretStr: Config.secrets() reads them, for log redaction.
         allowed = {n.lower() for n in self.allow_reserved}
-        headers = {"pagerduty": _resolve(self.pagerduty, info, allowed),
-                   "servicenow": _resolve(self.servicenow, info, allowed)}
+        headers = {
+            "pagerduty": _resolve(self.pagerduty, info, allowed),
+            "servicenow": _resolve(self.servicenow, info, allowed),
+        }
         for prefix in sorted(self.urls, key=len):
             headers["url:" + prefix] = _resolve(self.urls[prefix], info, allowed)
         self._headers = headers
@@ -137,8 +155,11 @@ class CustomHeadersConfig(Section):
 
     def headers_for(self, service: str, url: str) -> list[tuple[str, str]]:
         """The (name, value) pairs for a request, in the order they apply."""
-        out = [(n, v.get_secret_value()) for n, v in self._headers.get(service, [])] \
-            if service in ("pagerduty", "servicenow") else []
+        out = (
+            [(n, v.get_secret_value()) for n, v in self._headers.get(service, [])]
+            if service in ("pagerduty", "servicenow")
+            else []
+        )
         for key, pairs in self._headers.items():
             if key.startswith("url:") and url.startswith(key[4:]):
                 out += [(n, v.get_secret_value()) for n, v in pairs]

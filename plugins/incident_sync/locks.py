@@ -73,8 +73,14 @@ class Locks:
         released as late as the newest eviction."""
         return all(self._released.get(key, self._released_floor) <= mark for key in keys)
 
-    async def under_link_lock(self, keys: tuple[str, ...], get_link: Callable[[], Awaitable[Link | None]],
-                              fn: Callable[[Link | None, bool], Awaitable[T]], mark: int, link: Link | None) -> T:
+    async def under_link_lock(
+        self,
+        keys: tuple[str, ...],
+        get_link: Callable[[], Awaitable[Link | None]],
+        fn: Callable[[Link | None, bool], Awaitable[T]],
+        mark: int,
+        link: Link | None,
+    ) -> T:
         """Run ``fn(link, fresh)`` under the locks of the incident's link, re-keying if the
         link appeared (or its key changed) while waiting. ``link`` was read after ``mark``
         (``self.seq`` then); ``fresh``: no handler held those locks since, so it and any

@@ -65,9 +65,15 @@ class MidProxy:
 
     @hookimpl
     def register_cli_commands(self) -> list[Command]:
-        return [Command("relay", "run a relay agent that makes the daemon's calls from its network "
-                                 "(--config RELAY.toml; runs without the daemon's configuration)",
-                        relay_command, standalone=True)]
+        return [
+            Command(
+                "relay",
+                "run a relay agent that makes the daemon's calls from its network "
+                "(--config RELAY.toml; runs without the daemon's configuration)",
+                relay_command,
+                standalone=True,
+            )
+        ]
 
     @hookimpl
     async def send_request(self, request: OutboundRequest, ctx: Ctx | None) -> OutboundResponse | None:
@@ -89,8 +95,14 @@ class MidProxy:
             if ctx.http is not None and transport is not None:
                 await transport.check(ctx.http)
 
-        return [Job(id="mid_proxy.relay_health", func=check_relays, trigger="interval",
-                    trigger_args={"seconds": conf.relay_health_seconds})]
+        return [
+            Job(
+                id="mid_proxy.relay_health",
+                func=check_relays,
+                trigger="interval",
+                trigger_args={"seconds": conf.relay_health_seconds},
+            )
+        ]
 
     @hookimpl
     def register_checks(self, ctx: Ctx) -> list[Check]:

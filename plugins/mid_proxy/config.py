@@ -48,18 +48,48 @@ def _http_url(value: str) -> str:
 class MidProxyConfig(Section):
     """MID-server-style transport: chosen requests go through a forward proxy or a relay agent."""
 
-    mode: Literal["proxy", "relay"] = Field("proxy", description="proxy: through an HTTP(S) or SOCKS forward proxy; relay: through `dutybridge relay` agents inside the other network.")
-    targets: list[str] = Field(default_factory=list, description="Which requests take this way: service names (pagerduty, servicenow, or another plugin's) and URL prefixes (https://...). Empty: every request.")
-    proxy_url: str = Field("", description="The forward proxy: http://HOST:PORT, https://HOST:PORT, or socks5://HOST:PORT (SOCKS needs " + SOCKS_HINT + ").")
+    mode: Literal["proxy", "relay"] = Field(
+        "proxy",
+        description="proxy: through an HTTP(S) or SOCKS forward proxy; relay: through `dutybridge relay` agents inside the other network.",
+    )
+    targets: list[str] = Field(
+        default_factory=list,
+        description="Which requests take this way: service names (pagerduty, servicenow, or another plugin's) and URL prefixes (https://...). Empty: every request.",
+    )
+    proxy_url: str = Field(
+        "",
+        description="The forward proxy: http://HOST:PORT, https://HOST:PORT, or socks5://HOST:PORT (SOCKS needs "
+        + SOCKS_HINT
+        + ").",
+    )
     proxy_username: str = Field("", description="User for the proxy's basic authentication; empty for none.")
     proxy_password: Secret | None = Field(None, description="The proxy user's password. Use env:NAME or file:PATH.")
-    proxy_ca_file: str = Field("", description="PEM bundle trusted, beside the system's CAs, for the https:// proxy's certificate (and for the targets' certificates a TLS-inspecting proxy re-signs).")
-    proxy_connect_timeout: float = Field(10.0, gt=0, description="Seconds to connect to the proxy; the request's own timeout bounds the whole call.")
-    relay_urls: list[str] = Field(default_factory=list, description="Relays in order of preference, e.g. https://relay.corp.example:8443; when one is down the next is used.")
-    relay_secret: Secret | None = Field(None, description="The HMAC secret shared with the relays (their relay.secret). Use env:NAME or file:PATH.")
-    relay_ca_file: str = Field("", description="PEM bundle trusted, beside the system's CAs, for the relays' certificates.")
-    relay_health_seconds: float = Field(15.0, gt=0, description="How often each relay's /health is asked; a relay that is down is tried last until it answers again.")
-    ecc_parameters: dict[str, str] = Field(default_factory=dict, description="Free-form parameters sent with every relayed request (the v7 app's 'ECC parameters'); the relay logs them, so no secrets here.")
+    proxy_ca_file: str = Field(
+        "",
+        description="PEM bundle trusted, beside the system's CAs, for the https:// proxy's certificate (and for the targets' certificates a TLS-inspecting proxy re-signs).",
+    )
+    proxy_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to connect to the proxy; the request's own timeout bounds the whole call."
+    )
+    relay_urls: list[str] = Field(
+        default_factory=list,
+        description="Relays in order of preference, e.g. https://relay.corp.example:8443; when one is down the next is used.",
+    )
+    relay_secret: Secret | None = Field(
+        None, description="The HMAC secret shared with the relays (their relay.secret). Use env:NAME or file:PATH."
+    )
+    relay_ca_file: str = Field(
+        "", description="PEM bundle trusted, beside the system's CAs, for the relays' certificates."
+    )
+    relay_health_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How often each relay's /health is asked; a relay that is down is tried last until it answers again.",
+    )
+    ecc_parameters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free-form parameters sent with every relayed request (the v7 app's 'ECC parameters'); the relay logs them, so no secrets here.",
+    )
 
     @field_validator("targets")
     @classmethod
@@ -97,7 +127,7 @@ class MidProxyConfig(Section):
     @classmethod
     def _relays(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if info.data.get("mode") == "relay" and not v:
-            raise ValueError("mode is relay: list at least one relay, as in [\"https://relay.corp.example:8443\"]")
+            raise ValueError('mode is relay: list at least one relay, as in ["https://relay.corp.example:8443"]')
         return [_http_url(u) for u in v]
 
     @field_validator("relay_secret")
@@ -115,21 +145,36 @@ class RelayConfig(Section):
     """`dutybridge relay`: the agent that makes the daemon's requests from inside another network."""
 
     listen_host: str = Field("127.0.0.1", description="Address to listen on.")
-    listen_port: int = Field(8443, ge=0, le=65535, description="Port to listen on (0 picks a free one, printed at start).")
-    secret: Secret = Field(description="The HMAC secret shared with the daemon (plugins.mid_proxy.relay_secret). Use env:NAME or file:PATH.")
-    allowed_hosts: list[str] = Field(description="Hosts the relay may call: api.pagerduty.com, *.service-now.com (any subdomain), or HOST:PORT. Any other is refused.")
-    max_skew_seconds: float = Field(30.0, gt=0, description="How old (or how far ahead) a request's timestamp may be; older ones are refused as stale.")
+    listen_port: int = Field(
+        8443, ge=0, le=65535, description="Port to listen on (0 picks a free one, printed at start)."
+    )
+    secret: Secret = Field(
+        description="The HMAC secret shared with the daemon (plugins.mid_proxy.relay_secret). Use env:NAME or file:PATH."
+    )
+    allowed_hosts: list[str] = Field(
+        description="Hosts the relay may call: api.pagerduty.com, *.service-now.com (any subdomain), or HOST:PORT. Any other is refused."
+    )
+    max_skew_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How old (or how far ahead) a request's timestamp may be; older ones are refused as stale.",
+    )
     max_body_bytes: int = Field(10_485_760, ge=1024, description="Largest envelope accepted.")
-    tls_cert_file: str = Field("", description="PEM certificate chain to serve HTTPS; empty serves plain HTTP (only behind a TLS-terminating proxy or on loopback).")
+    tls_cert_file: str = Field(
+        "",
+        description="PEM certificate chain to serve HTTPS; empty serves plain HTTP (only behind a TLS-terminating proxy or on loopback).",
+    )
     tls_key_file: str = Field("", description="The certificate's private key.")
-    upstream_ca_file: str = Field("", description="PEM bundle trusted, beside the system's CAs, for the upstream APIs' certificates.")
+    upstream_ca_file: str = Field(
+        "", description="PEM bundle trusted, beside the system's CAs, for the upstream APIs' certificates."
+    )
     connection_limit: int = Field(100, ge=1, description="Upstream connections open at once (pooled and reused).")
 
     @field_validator("allowed_hosts")
     @classmethod
     def _hosts(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("list at least one host, as in [\"api.pagerduty.com\", \"*.service-now.com\"]")
+            raise ValueError('list at least one host, as in ["api.pagerduty.com", "*.service-now.com"]')
         for host in v:
             name = host.removeprefix("*.")
             if not name or "/" in host or "*" in name or " " in host:

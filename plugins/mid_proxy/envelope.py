@@ -23,8 +23,19 @@ SIGNATURE_HEADER = "X-Dutybridge-Signature"
 EXECUTE_PATH = "/v1/execute"
 HEALTH_PATH = "/health"
 #: Hop-by-hop and framing headers: each side's HTTP client sets its own.
-HOP_HEADERS = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive", "te", "trailer",
-                         "upgrade", "proxy-authorization", "proxy-connection"})
+HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+)
 
 
 class EnvelopeError(ValueError):
@@ -59,14 +70,30 @@ def _unb64(text: Any, what: str) -> bytes | None:
         raise EnvelopeError(400, f"{what}: not valid base64") from None
 
 
-def request_envelope(*, method: str, url: str, headers: list[tuple[str, str]], params: list[tuple[str, str]],
-                     body: bytes | None, timeout: float, ecc: dict[str, str],
-                     now: float | None = None, nonce: str | None = None) -> tuple[dict[str, Any], bytes]:
+def request_envelope(
+    *,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    params: list[tuple[str, str]],
+    body: bytes | None,
+    timeout: float,
+    ecc: dict[str, str],
+    now: float | None = None,
+    nonce: str | None = None,
+) -> tuple[dict[str, Any], bytes]:
     """(envelope, its JSON bytes) for one request; a fresh nonce unless given."""
     envelope = {
-        "v": VERSION, "nonce": nonce or secrets.token_hex(16), "ts": time.time() if now is None else now,
-        "method": method, "url": url, "headers": [list(h) for h in headers if h[0].lower() not in HOP_HEADERS],
-        "params": [list(p) for p in params], "body": _b64(body), "timeout": timeout, "ecc": dict(ecc),
+        "v": VERSION,
+        "nonce": nonce or secrets.token_hex(16),
+        "ts": time.time() if now is None else now,
+        "method": method,
+        "url": url,
+        "headers": [list(h) for h in headers if h[0].lower() not in HOP_HEADERS],
+        "params": [list(p) for p in params],
+        "body": _b64(body),
+        "timeout": timeout,
+        "ecc": dict(ecc),
     }
     return envelope, json.dumps(envelope, separators=(",", ":")).encode()
 
@@ -79,8 +106,16 @@ def parse_request(body: bytes) -> dict[str, Any]:
         raise EnvelopeError(400, "the envelope is not JSON") from None
     if not isinstance(env, dict) or env.get("v") != VERSION:
         raise EnvelopeError(400, f"expected an envelope of version {VERSION}")
-    for key, kind in (("nonce", str), ("method", str), ("url", str), ("ts", (int, float)),
-                      ("timeout", (int, float)), ("headers", list), ("params", list), ("ecc", dict)):
+    for key, kind in (
+        ("nonce", str),
+        ("method", str),
+        ("url", str),
+        ("ts", (int, float)),
+        ("timeout", (int, float)),
+        ("headers", list),
+        ("params", list),
+        ("ecc", dict),
+    ):
         if not isinstance(env.get(key), kind) or isinstance(env.get(key), bool):
             raise EnvelopeError(400, f"envelope.{key}: missing or of the wrong type")
     for key in ("headers", "params"):
@@ -92,11 +127,18 @@ def parse_request(body: bytes) -> dict[str, Any]:
     return env
 
 
-def answer_envelope(nonce: str, status: int, headers: list[tuple[str, str]], body: bytes,
-                    elapsed: float) -> bytes:
-    return json.dumps({"v": VERSION, "nonce": nonce, "status": status,
-                       "headers": [[k, v] for k, v in headers if k.lower() not in HOP_HEADERS],
-                       "body": _b64(body), "elapsed": elapsed}, separators=(",", ":")).encode()
+def answer_envelope(nonce: str, status: int, headers: list[tuple[str, str]], body: bytes, elapsed: float) -> bytes:
+    return json.dumps(
+        {
+            "v": VERSION,
+            "nonce": nonce,
+            "status": status,
+            "headers": [[k, v] for k, v in headers if k.lower() not in HOP_HEADERS],
+            "body": _b64(body),
+            "elapsed": elapsed,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def parse_answer(body: bytes, nonce: str) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def load_relay_config(path: Path) -> RelayConfig:
         raise RelayConfigError(f"{path}: not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - {"relay"})
     if unknown or not isinstance(raw.get("relay"), dict):
-        raise RelayConfigError(f"{path}: expected one [relay] table" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        raise RelayConfigError(
+            f"{path}: expected one [relay] table" + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
     try:
         return RelayConfig.model_validate(raw["relay"], context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
@@ -77,8 +79,9 @@ class RelayAgent:
         self.session: aiohttp.ClientSession | None = None
 
     async def _session_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=self.config.connection_limit,
-                                         ssl=_ssl_context(self.config.upstream_ca_file))
+        connector = aiohttp.TCPConnector(
+            limit=self.config.connection_limit, ssl=_ssl_context(self.config.upstream_ca_file)
+        )
         self.session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
         yield
         await self.session.close()
@@ -111,13 +114,18 @@ class RelayAgent:
             return self._refuse(exc.status, exc.reason, peer=peer)
         skew = self._clock() - envelope["ts"]
         if abs(skew) > self.config.max_skew_seconds:
-            return self._refuse(401, f"stale envelope: its timestamp is {skew:+.0f}s from the relay's clock "
-                                     f"(allowed: {self.config.max_skew_seconds:g}s)", peer=peer)
+            return self._refuse(
+                401,
+                f"stale envelope: its timestamp is {skew:+.0f}s from the relay's clock "
+                f"(allowed: {self.config.max_skew_seconds:g}s)",
+                peer=peer,
+            )
         if not self.nonces.add(envelope["nonce"]):
             return self._refuse(409, "replayed envelope: this nonce was already used", peer=peer)
         if not env.host_allowed(envelope["url"], self.config.allowed_hosts):
-            return self._refuse(403, "host not allowed by this relay's allowed_hosts", peer=peer,
-                                url=_safe(envelope["url"]))
+            return self._refuse(
+                403, "host not allowed by this relay's allowed_hosts", peer=peer, url=_safe(envelope["url"])
+            )
         return await self._forward(envelope)
 
     async def _forward(self, envelope: dict[str, Any]) -> web.Response:
@@ -129,8 +137,12 @@ class RelayAgent:
         fields = {"method": envelope["method"], "url": _safe(envelope["url"]), "ecc": envelope["ecc"]}
         try:
             async with self.session.request(
-                envelope["method"], envelope["url"], headers=headers, params=envelope["params"] or None,
-                data=envelope["body"], allow_redirects=False,
+                envelope["method"],
+                envelope["url"],
+                headers=headers,
+                params=envelope["params"] or None,
+                data=envelope["body"],
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=envelope["timeout"]),
             ) as resp:
                 data = await resp.read()
@@ -149,8 +161,9 @@ class RelayAgent:
         resp_headers = [(k, v) for k, v in resp_headers if k.lower() != "content-encoding"]
         answer = env.answer_envelope(envelope["nonce"], status, resp_headers, data, elapsed)
         log.info("relay_request", status=status, elapsed_ms=round(elapsed * 1000, 1), **fields)
-        return web.Response(body=answer, content_type="application/json",
-                            headers={env.SIGNATURE_HEADER: env.sign(self.secret, answer)})
+        return web.Response(
+            body=answer, content_type="application/json", headers={env.SIGNATURE_HEADER: env.sign(self.secret, answer)}
+        )
 
 
 def _safe(url: str) -> str:
@@ -162,8 +175,11 @@ def configure_logging() -> None:
     """JSON lines on stdout at info, as the daemon writes under systemd (the relay is its
     own process; it has no daemon configuration to take a format from)."""
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.JSONRenderer()],
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(20),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -197,8 +213,11 @@ async def serve(config: RelayConfig, *, announce: Callable[..., object] = print)
 async def relay_command(args: argparse.Namespace, ctx: Ctx | None) -> int:
     """The standalone ``dutybridge relay`` command (no daemon configuration; ctx is None)."""
     if not getattr(args, "config", None):
-        print("dutybridge relay: --config RELAY.toml is required (a [relay] table: listen_port, "
-              "secret, allowed_hosts; see plugins/mid_proxy/README.md)", file=sys.stderr)
+        print(
+            "dutybridge relay: --config RELAY.toml is required (a [relay] table: listen_port, "
+            "secret, allowed_hosts; see plugins/mid_proxy/README.md)",
+            file=sys.stderr,
+        )
         return 2
     try:
         config = load_relay_config(Path(args.config))

@@ -61,8 +61,11 @@ class ProxyTransport:
         self.ssl = ssl_context(conf.proxy_ca_file)
         password = conf.proxy_password.get_secret_value() if conf.proxy_password else ""
         # aiohttp.BasicAuth is deprecated; the header is the same thing, spelled out.
-        self.auth = ("Basic " + base64.b64encode(f"{conf.proxy_username}:{password}".encode()).decode()
-                     if conf.proxy_username else None)
+        self.auth = (
+            "Basic " + base64.b64encode(f"{conf.proxy_username}:{password}".encode()).decode()
+            if conf.proxy_username
+            else None
+        )
 
     async def send(self, req: OutboundRequest, pipeline: OutboundPipeline) -> OutboundResponse:
         timeout = aiohttp.ClientTimeout(total=req.timeout, sock_connect=self.conf.proxy_connect_timeout)
@@ -73,8 +76,9 @@ class ProxyTransport:
             else:
                 # A plain request goes to the proxy itself, so it carries the proxy's credentials.
                 req.headers["Proxy-Authorization"] = self.auth
-        return await pipeline.send_direct(req, proxy=self.conf.proxy_url, proxy_headers=proxy_headers,
-                                          ssl=self.ssl, timeout=timeout)
+        return await pipeline.send_direct(
+            req, proxy=self.conf.proxy_url, proxy_headers=proxy_headers, ssl=self.ssl, timeout=timeout
+        )
 
     async def close(self) -> None:
         return None
@@ -90,7 +94,7 @@ class SocksTransport:
     def _open(self) -> aiohttp.ClientSession:
         # aiohttp-socks is an optional extra, imported only here; the configuration
         # refused a socks:// URL when it is not installed.
-        from aiohttp_socks import ProxyConnector, ProxyType  # noqa: PLC0415
+        from aiohttp_socks import ProxyConnector, ProxyType
 
         url = URL(self.conf.proxy_url)
         if not url.host:  # the configuration refuses such a URL; a config made without validating may not
@@ -98,13 +102,19 @@ class SocksTransport:
         password = self.conf.proxy_password.get_secret_value() if self.conf.proxy_password else None
         connector = ProxyConnector(
             proxy_type=ProxyType.SOCKS4 if url.scheme == "socks4" else ProxyType.SOCKS5,
-            host=url.host, port=url.port or 1080, username=self.conf.proxy_username or None, password=password,
+            host=url.host,
+            port=url.port or 1080,
+            username=self.conf.proxy_username or None,
+            password=password,
             # socks5h://, as curl has it: the proxy resolves the names (it may see DNS we cannot).
-            rdns=url.scheme == "socks5h", ssl=ssl_context(self.conf.proxy_ca_file), limit=100)
+            rdns=url.scheme == "socks5h",
+            ssl=ssl_context(self.conf.proxy_ca_file),
+            limit=100,
+        )
         return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     async def send(self, req: OutboundRequest, pipeline: OutboundPipeline) -> OutboundResponse:
-        from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError  # noqa: PLC0415 - as in _open
+        from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
         if self._session is None or self._session.closed:
             self._session = self._open()
@@ -112,13 +122,18 @@ class SocksTransport:
         started = time.monotonic()
         try:
             async with self._session.request(
-                req.method, req.url, headers=req.headers, params=req.params or None, data=req.body_bytes(),
+                req.method,
+                req.url,
+                headers=req.headers,
+                params=req.params or None,
+                data=req.body_bytes(),
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=req.timeout, sock_connect=self.conf.proxy_connect_timeout),
             ) as resp:
                 body = await resp.read()
-                return OutboundResponse(resp.status, resp.headers, body, elapsed=time.monotonic() - started,
-                                        url=safe_url(str(resp.url)))
+                return OutboundResponse(
+                    resp.status, resp.headers, body, elapsed=time.monotonic() - started, url=safe_url(str(resp.url))
+                )
         # The SOCKS library's own errors, as the pipeline's retry policy knows them.
         except ProxyTimeoutError as exc:
             raise TimeoutError(f"SOCKS proxy {self.conf.proxy_url}: {exc}") from exc
@@ -165,16 +180,27 @@ class RelayTransport:
     async def send(self, req: OutboundRequest, pipeline: OutboundPipeline) -> OutboundResponse:
         session = _session_of(pipeline)
         envelope, body = env.request_envelope(
-            method=req.method, url=req.url, headers=list(req.headers.items()), params=req.params,
-            body=req.body_bytes(), timeout=req.timeout, ecc=self.conf.ecc_parameters)
+            method=req.method,
+            url=req.url,
+            headers=list(req.headers.items()),
+            params=req.params,
+            body=req.body_bytes(),
+            timeout=req.timeout,
+            ecc=self.conf.ecc_parameters,
+        )
         headers = {env.SIGNATURE_HEADER: env.sign(self.secret, body), "Content-Type": "application/json"}
         failure: aiohttp.ClientConnectorError | None = None
         for relay in self.order():
             started = time.monotonic()
             try:
-                async with session.post(relay.url + env.EXECUTE_PATH, data=body, headers=headers, ssl=self.ssl,
-                                        allow_redirects=False,
-                                        timeout=aiohttp.ClientTimeout(total=req.timeout)) as resp:
+                async with session.post(
+                    relay.url + env.EXECUTE_PATH,
+                    data=body,
+                    headers=headers,
+                    ssl=self.ssl,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=req.timeout),
+                ) as resp:
                     status, data = resp.status, await resp.read()
                     signature = resp.headers.get(env.SIGNATURE_HEADER)
             except aiohttp.ClientConnectorError as exc:
@@ -183,14 +209,21 @@ class RelayTransport:
                 failure = exc
                 continue
             self._up(relay)
-            return self._answer(relay, req, envelope["nonce"], status, data, signature,
-                                time.monotonic() - started)
+            return self._answer(relay, req, envelope["nonce"], status, data, signature, time.monotonic() - started)
         if failure is None:
             raise RuntimeError("mid_proxy: no relay is configured")
         raise failure
 
-    def _answer(self, relay: Relay, req: OutboundRequest, nonce: str, status: int, data: bytes,
-                signature: str | None, elapsed: float) -> OutboundResponse:
+    def _answer(
+        self,
+        relay: Relay,
+        req: OutboundRequest,
+        nonce: str,
+        status: int,
+        data: bytes,
+        signature: str | None,
+        elapsed: float,
+    ) -> OutboundResponse:
         if status == 504:
             raise TimeoutError(f"relay {relay.url}: the API did not answer within {req.timeout:g}s")
         if status == 502:
@@ -203,16 +236,22 @@ class RelayTransport:
             answer = env.parse_answer(data, nonce)
         except env.EnvelopeError as exc:
             raise RelayRefused(relay.url, exc.status, exc.reason) from None
-        return OutboundResponse(answer["status"], CIMultiDict((k, v) for k, v in answer["headers"]),
-                                answer["body"], elapsed=elapsed, url=safe_url(req.url))
+        return OutboundResponse(
+            answer["status"],
+            CIMultiDict((k, v) for k, v in answer["headers"]),
+            answer["body"],
+            elapsed=elapsed,
+            url=safe_url(req.url),
+        )
 
     async def check(self, pipeline: OutboundPipeline) -> list[Relay]:
         """Ask every relay's /health; mark each up or down. Returns the relays."""
         session = _session_of(pipeline)
         for relay in self.relays:
             try:
-                async with session.get(relay.url + env.HEALTH_PATH, ssl=self.ssl,
-                                       timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                async with session.get(
+                    relay.url + env.HEALTH_PATH, ssl=self.ssl, timeout=aiohttp.ClientTimeout(total=5)
+                ) as resp:
                     await resp.read()
                 if resp.status == 200:
                     self._up(relay)

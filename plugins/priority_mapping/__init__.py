@@ -42,12 +42,24 @@ class PriorityMappingConfig(Section):
     """Escalation policy by assignment group and ServiceNow priority."""
 
     servicenow_table: str = Field(
-        "", description="ServiceNow table the mapping is mirrored from (the app's 'Map Priority to Escalation Policy', "
-                        "e.g. x_pd_integration_ep_priority_map); empty: the table lives only in dutybridge's store.")
-    mirror_interval_seconds: float = Field(300.0, ge=0, description="How often the ServiceNow table is read again (0: only by 'dutybridge priority-map sync').")
-    group_column: str = Field("assignment_group", description="Column of the ServiceNow table holding the assignment group (a reference).")
-    priority_column: str = Field("priority", description="Column holding the ServiceNow priority (empty: the group's default row).")
-    escalation_policy_column: str = Field("escalation_policy", description="Column holding the PagerDuty escalation policy id.")
+        "",
+        description="ServiceNow table the mapping is mirrored from (the app's 'Map Priority to Escalation Policy', "
+        "e.g. x_pd_integration_ep_priority_map); empty: the table lives only in dutybridge's store.",
+    )
+    mirror_interval_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How often the ServiceNow table is read again (0: only by 'dutybridge priority-map sync').",
+    )
+    group_column: str = Field(
+        "assignment_group", description="Column of the ServiceNow table holding the assignment group (a reference)."
+    )
+    priority_column: str = Field(
+        "priority", description="Column holding the ServiceNow priority (empty: the group's default row)."
+    )
+    escalation_policy_column: str = Field(
+        "escalation_policy", description="Column holding the PagerDuty escalation policy id."
+    )
     active_column: str = Field("active", description="Column holding the Active checkbox.")
 
     @field_validator("servicenow_table", "group_column", "priority_column", "escalation_policy_column", "active_column")
@@ -93,8 +105,13 @@ class PriorityMapping:
         if ctx.store is None or not group.get("sys_id"):
             return None
         ep, why = await Rows(ctx.store).choose(str(group["sys_id"]), priority)
-        log.debug("priority_map_chosen", group=group.get("name") or group["sys_id"], priority=priority,
-                  escalation_policy=ep or None, by=why)
+        log.debug(
+            "priority_map_chosen",
+            group=group.get("name") or group["sys_id"],
+            priority=priority,
+            escalation_policy=ep or None,
+            by=why,
+        )
         return ep or None
 
     @hookimpl
@@ -106,8 +123,14 @@ class PriorityMapping:
         async def run() -> None:
             await mirror(ctx, _conf(ctx))
 
-        return [Job(id="priority_mapping.mirror", func=run, trigger="interval",
-                    trigger_args={"seconds": conf.mirror_interval_seconds})]
+        return [
+            Job(
+                id="priority_mapping.mirror",
+                func=run,
+                trigger="interval",
+                trigger_args={"seconds": conf.mirror_interval_seconds},
+            )
+        ]
 
     @hookimpl
     def register_checks(self, ctx: Ctx) -> list[Check]:
@@ -115,8 +138,14 @@ class PriorityMapping:
 
     @hookimpl
     def register_cli_commands(self) -> list[Command]:
-        return [Command("priority-map", "priority mapping: escalation policy by assignment group and priority",
-                        priority_map_command, add_arguments=_arguments)]
+        return [
+            Command(
+                "priority-map",
+                "priority mapping: escalation policy by assignment group and priority",
+                priority_map_command,
+                add_arguments=_arguments,
+            )
+        ]
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -128,7 +157,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
     def row_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("group", metavar="GROUP", help="ServiceNow assignment group, by name or sys_id")
-        p.add_argument("--priority", default="", help="ServiceNow priority value (1 .. 5); omitted: the group's default row")
+        p.add_argument(
+            "--priority", default="", help="ServiceNow priority value (1 .. 5); omitted: the group's default row"
+        )
 
     add = sub.add_parser("add", help="add or replace a row")
     row_args(add)
@@ -136,8 +167,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--inactive", action="store_true", help="add the row switched off")
     for name, text in (("remove", "delete a row"), ("activate", "switch a row on"), ("deactivate", "switch a row off")):
         row_args(sub.add_parser(name, help=text))
-    mig = sub.add_parser("migrate", help="the guide's 'MIGRATE Escalation Policies': every group's escalation "
-                                         "policy link becomes its default row")
+    mig = sub.add_parser(
+        "migrate",
+        help="the guide's 'MIGRATE Escalation Policies': every group's escalation policy link becomes its default row",
+    )
     mig.add_argument("--dry-run", action="store_true", help="say what would be added, add nothing")
     sub.add_parser("sync", help="mirror the configured ServiceNow table now")
 
@@ -154,8 +187,9 @@ async def _group(ctx: Ctx, ref: str) -> tuple[str, str]:
         except NotFound:
             raise CommandError(f"no assignment group with sys_id {ref}") from None
         return rec["sys_id"], rec.get("name", "")
-    rows = await _servicenow(ctx).list("sys_user_group", Query().eq("name", ref), fields=["sys_id", "name"], limit=2,
-                                       order_by="sys_id")
+    rows = await _servicenow(ctx).list(
+        "sys_user_group", Query().eq("name", ref), fields=["sys_id", "name"], limit=2, order_by="sys_id"
+    )
     if not rows:
         raise CommandError(f"no assignment group named {ref!r}")
     if len(rows) > 1:
@@ -173,8 +207,10 @@ async def _policy(ctx: Ctx, ep: str) -> None:
 
 
 def _describe(row: Row) -> str:
-    return (f"{row.group_name or row.group} / {('priority ' + row.priority) if row.priority else 'default'} -> "
-            f"{row.escalation_policy} ({'active' if row.active else 'inactive'}, {row.source})")
+    return (
+        f"{row.group_name or row.group} / {('priority ' + row.priority) if row.priority else 'default'} -> "
+        f"{row.escalation_policy} ({'active' if row.active else 'inactive'}, {row.source})"
+    )
 
 
 async def priority_map_command(args: argparse.Namespace, ctx: Ctx | None) -> int:

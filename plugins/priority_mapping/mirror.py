@@ -55,8 +55,10 @@ async def mirror(ctx: Ctx, conf: PriorityMappingConfig) -> MirrorResult:
     result = MirrorResult()
     cols = (conf.group_column, conf.priority_column, conf.escalation_policy_column, conf.active_column)
     records = await ctx.servicenow.list(conf.servicenow_table, fields=["sys_id", *cols], order_by="sys_id")
-    group_names = {g["sys_id"]: g.get("name", "") for g in await ctx.servicenow.list(
-        "sys_user_group", fields=["sys_id", "name"], order_by="sys_id")}
+    group_names = {
+        g["sys_id"]: g.get("name", "")
+        for g in await ctx.servicenow.list("sys_user_group", fields=["sys_id", "name"], order_by="sys_id")
+    }
     wanted: dict[str, Row] = {}
     for rec in records:
         where = f"{conf.servicenow_table} {rec.get('sys_id')}"
@@ -73,10 +75,19 @@ async def mirror(ctx: Ctx, conf: PriorityMappingConfig) -> MirrorResult:
         if not EP_ID.match(ep):
             result.problems.append(f"{where}: {conf.escalation_policy_column} {ep!r} is not a PagerDuty id")
             continue
-        row = Row(group=group, priority=priority, escalation_policy=ep, active=_truthy(rec.get(conf.active_column)),
-                  group_name=group_names.get(group, ""), source="servicenow", sn_sys_id=str(rec.get("sys_id") or ""))
+        row = Row(
+            group=group,
+            priority=priority,
+            escalation_policy=ep,
+            active=_truthy(rec.get(conf.active_column)),
+            group_name=group_names.get(group, ""),
+            source="servicenow",
+            sn_sys_id=str(rec.get("sys_id") or ""),
+        )
         if row.key in wanted:
-            result.problems.append(f"{where}: a second row for the same group and priority (kept {wanted[row.key].sn_sys_id})")
+            result.problems.append(
+                f"{where}: a second row for the same group and priority (kept {wanted[row.key].sn_sys_id})"
+            )
             continue
         wanted[row.key] = row
     rows = Rows(ctx.store)
@@ -95,6 +106,12 @@ async def mirror(ctx: Ctx, conf: PriorityMappingConfig) -> MirrorResult:
             await rows.remove(old.group, old.priority)
             result.removed += 1
     if result.added or result.updated or result.removed or result.problems:
-        log.info("priority_map_mirrored", table=conf.servicenow_table, added=result.added, updated=result.updated,
-                 removed=result.removed, skipped=len(result.problems))
+        log.info(
+            "priority_map_mirrored",
+            table=conf.servicenow_table,
+            added=result.added,
+            updated=result.updated,
+            removed=result.removed,
+            skipped=len(result.problems),
+        )
     return result

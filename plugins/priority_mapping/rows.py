@@ -39,9 +39,15 @@ class Row:
         return row_key(self.group, self.priority)
 
     def state(self) -> dict[str, Any]:
-        return {"group": self.group, "group_name": self.group_name, "priority": self.priority,
-                "escalation_policy": self.escalation_policy, "active": self.active, "source": self.source,
-                "sn_sys_id": self.sn_sys_id}
+        return {
+            "group": self.group,
+            "group_name": self.group_name,
+            "priority": self.priority,
+            "escalation_policy": self.escalation_policy,
+            "active": self.active,
+            "source": self.source,
+            "sn_sys_id": self.sn_sys_id,
+        }
 
 
 def row_key(group: str, priority: str | None) -> str:
@@ -49,7 +55,7 @@ def row_key(group: str, priority: str | None) -> str:
 
 
 def normalise_priority(value: str | None) -> str:
-    """"" for the default row (None, "", "default"); else the priority digits; ValueError otherwise."""
+    """ "" for the default row (None, "", "default"); else the priority digits; ValueError otherwise."""
     text = (value or "").strip()
     if text.lower() in ("", "default"):
         return ""
@@ -62,10 +68,15 @@ def normalise_priority(value: str | None) -> str:
 
 def _row(link: Link) -> Row:
     st = link.state or {}
-    return Row(group=str(st.get("group") or link.sn_id.split("|", 1)[0]), priority=str(st.get("priority") or ""),
-               escalation_policy=str(st.get("escalation_policy") or ""), active=bool(st.get("active", True)),
-               group_name=str(st.get("group_name") or ""), source=str(st.get("source") or "cli"),
-               sn_sys_id=str(st.get("sn_sys_id") or ""))
+    return Row(
+        group=str(st.get("group") or link.sn_id.split("|", 1)[0]),
+        priority=str(st.get("priority") or ""),
+        escalation_policy=str(st.get("escalation_policy") or ""),
+        active=bool(st.get("active", True)),
+        group_name=str(st.get("group_name") or ""),
+        source=str(st.get("source") or "cli"),
+        sn_sys_id=str(st.get("sn_sys_id") or ""),
+    )
 
 
 class Rows:

@@ -37,10 +37,20 @@ class Provisioning:
 
     @hookimpl
     def register_cli_commands(self) -> list[Command]:
-        return [Command("provision", "provisioning: ServiceNow groups, users and CIs into PagerDuty", _provision,
-                        add_arguments=_provision_arguments),
-                Command("migrate", "provisioning: move V2 webhooks to V3, import the v7 app's links", _migrate,
-                        add_arguments=_migrate_arguments)]
+        return [
+            Command(
+                "provision",
+                "provisioning: ServiceNow groups, users and CIs into PagerDuty",
+                _provision,
+                add_arguments=_provision_arguments,
+            ),
+            Command(
+                "migrate",
+                "provisioning: move V2 webhooks to V3, import the v7 app's links",
+                _migrate,
+                add_arguments=_migrate_arguments,
+            ),
+        ]
 
     @hookimpl
     def register_routes(self, ctx: Ctx) -> list[web.AbstractRouteDef]:
@@ -49,10 +59,17 @@ class Provisioning:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
-    p.add_argument("--link-existing", action="store_true",
-                   help="link PagerDuty objects that already carry the name instead of failing")
-    p.add_argument("--as-user", default="", metavar="SN_USER",
-                   help="the ServiceNow user doing it (user_name, email or sys_id); their PagerDuty user acts")
+    p.add_argument(
+        "--link-existing",
+        action="store_true",
+        help="link PagerDuty objects that already carry the name instead of failing",
+    )
+    p.add_argument(
+        "--as-user",
+        default="",
+        metavar="SN_USER",
+        help="the ServiceNow user doing it (user_name, email or sys_id); their PagerDuty user acts",
+    )
     p.add_argument("--yes", action="store_true", help="do not ask before creating users (each takes a licence)")
 
 
@@ -71,8 +88,11 @@ def _provision_arguments(parser: argparse.ArgumentParser) -> None:
     c = sub.add_parser("cis", help="configuration items as technical or business services (with dependencies)")
     c.add_argument("refs", nargs="*", metavar="CI", help="name or sys_id")
     c.add_argument("--as", dest="as_", choices=("technical", "business"), default="technical")
-    c.add_argument("--with-dependencies", action="store_true",
-                   help="walk cmdb_rel_ci from each CI (no depth limit) and associate the dependencies")
+    c.add_argument(
+        "--with-dependencies",
+        action="store_true",
+        help="walk cmdb_rel_ci from each CI (no depth limit) and associate the dependencies",
+    )
     c.add_argument("--custom", action="store_true", help="bulk: the custom_services rows of the config")
     c.add_argument("--plan", action="store_true", help="with --custom: show services and relationships; create nothing")
     _common(c)
@@ -81,7 +101,9 @@ def _provision_arguments(parser: argparse.ArgumentParser) -> None:
     target = w.add_mutually_exclusive_group(required=True)
     target.add_argument("--group", default="", metavar="NAME|SYS_ID")
     target.add_argument("--ci", default="", metavar="NAME|SYS_ID")
-    w.add_argument("--extension", action="store_true", help="a legacy ServiceNow v7 extension instead of a V3 subscription")
+    w.add_argument(
+        "--extension", action="store_true", help="a legacy ServiceNow v7 extension instead of a V3 subscription"
+    )
     _common(w)
 
 
@@ -112,6 +134,7 @@ async def _migrate(args: argparse.Namespace, ctx: Ctx | None) -> int:
 
 def _confirm(args: argparse.Namespace, run: Run) -> Callable[[int], bool]:
     """Ask before users are created (the guide's licence warning); --yes answers for the operator."""
+
     def ask(count: int) -> bool:
         print(f"{count} PagerDuty user(s) will be created: {count} licence(s) used.", file=run.err, flush=True)
         if args.yes or run.dry_run:
@@ -120,6 +143,7 @@ def _confirm(args: argparse.Namespace, run: Run) -> Callable[[int], bool]:
             print("not confirmed: pass --yes to create them without asking", file=run.err, flush=True)
             return False
         return input("Create them? [y/N] ").strip().lower() in ("y", "yes")
+
     return ask
 
 
@@ -144,13 +168,27 @@ async def _provision_route(request: web.Request) -> web.StreamResponse:
         raise Reject(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     what = request.match_info["what"]
     if what not in actions.HTTP_ACTIONS:
-        raise Reject(404, "not_found", f"unknown provisioning action {what!r} (known: {', '.join(actions.HTTP_ACTIONS)})")
+        raise Reject(
+            404, "not_found", f"unknown provisioning action {what!r} (known: {', '.join(actions.HTTP_ACTIONS)})"
+        )
     body = parse_json_object(await read_body(request, BODY_LIMIT))
     args = actions.http_args(what, body)
     out = io.StringIO()
-    run = Run(ctx, conf, dry_run=args["dry_run"], link_existing=args["link_existing"], out=out, err=io.StringIO(),
-              interactive=False)
+    run = Run(
+        ctx,
+        conf,
+        dry_run=args["dry_run"],
+        link_existing=args["link_existing"],
+        out=out,
+        err=io.StringIO(),
+        interactive=False,
+    )
     # The ServiceNow user who clicked is the operator confirming: licences are theirs to spend.
     code = await actions.run_command(run, what, args, confirm=lambda count: True)
-    return web.json_response({"outcomes": [o.as_dict() for o in run.outcomes],
-                              "summary": {k: v for k, v in run.counts().items()}, "exit_code": code})
+    return web.json_response(
+        {
+            "outcomes": [o.as_dict() for o in run.outcomes],
+            "summary": {k: v for k, v in run.counts().items()},
+            "exit_code": code,
+        }
+    )

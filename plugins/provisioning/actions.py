@@ -27,11 +27,30 @@ def http_args(what: str, body: dict) -> dict[str, Any]:
     refs = body.get("refs", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
         raise Reject(400, "bad_request", "refs: expected an array of sys_ids or names")
-    args: dict[str, Any] = {"refs": refs, "all": False, "query": "", "group": "", "ci": "", "as_": "technical",
-                            "with_dependencies": False, "custom": False, "plan": False, "service": "",
-                            "extension": False}
-    for key, kind in (("dry_run", bool), ("link_existing", bool), ("with_dependencies", bool), ("extension", bool),
-                      ("requested_by", str), ("as", str), ("service", str), ("group", str), ("ci", str)):
+    args: dict[str, Any] = {
+        "refs": refs,
+        "all": False,
+        "query": "",
+        "group": "",
+        "ci": "",
+        "as_": "technical",
+        "with_dependencies": False,
+        "custom": False,
+        "plan": False,
+        "service": "",
+        "extension": False,
+    }
+    for key, kind in (
+        ("dry_run", bool),
+        ("link_existing", bool),
+        ("with_dependencies", bool),
+        ("extension", bool),
+        ("requested_by", str),
+        ("as", str),
+        ("service", str),
+        ("group", str),
+        ("ci", str),
+    ):
         value = body.get(key)
         if value is None:
             continue
@@ -90,8 +109,15 @@ async def provision(ctx: Ctx, what: str, refs: list[str], **options: Any) -> Run
     """Run one provisioning action in-process (as the endpoint does) and return the run:
     its ``outcomes`` and ``counts()``. ``options`` are the endpoint's body fields."""
     args = http_args(what, {"refs": refs, **options})
-    run = Run(ctx, plugin_conf(ctx), dry_run=args["dry_run"], link_existing=args["link_existing"],
-              out=io.StringIO(), err=io.StringIO(), interactive=False)
+    run = Run(
+        ctx,
+        plugin_conf(ctx),
+        dry_run=args["dry_run"],
+        link_existing=args["link_existing"],
+        out=io.StringIO(),
+        err=io.StringIO(),
+        interactive=False,
+    )
     await run_command(run, what, args, confirm=lambda count: True)
     return run
 
@@ -127,16 +153,21 @@ async def _groups(run: Run, args: dict, confirm: Callable[[int], bool]) -> int |
                 people[u["sys_id"]] = u
         if not await _licences(run, list(people.values()), confirm):
             return 2
-    await run.each(groups, lambda g: provision_group(run, g),
-                   lambda g: Outcome("group", str(g.get("name") or ""), g["sys_id"]), "groups")
+    await run.each(
+        groups,
+        lambda g: provision_group(run, g),
+        lambda g: Outcome("group", str(g.get("name") or ""), g["sys_id"]),
+        "groups",
+    )
     return None
 
 
 async def _users(run: Run, args: dict, confirm: Callable[[int], bool]) -> int | None:
     users: list[dict] = []
     if args["all"]:
-        users = await run.servicenow.list("sys_user", Query().eq("active", "true"), fields=SN_USER_FIELDS,
-                                          order_by="user_name")
+        users = await run.servicenow.list(
+            "sys_user", Query().eq("active", "true"), fields=SN_USER_FIELDS, order_by="user_name"
+        )
     elif args["group"]:
         groups, missing = await find_groups(run, [args["group"]])
         _not_found(run, "group", missing)
@@ -152,8 +183,12 @@ async def _users(run: Run, args: dict, confirm: Callable[[int], bool]) -> int | 
     users = list({u["sys_id"]: u for u in users}.values())
     if not await _licences(run, users, confirm):
         return 2
-    await run.each(users, lambda u: user_outcome(run, u),
-                   lambda u: Outcome("user", str(u.get("name") or u.get("user_name") or ""), u["sys_id"]), "users")
+    await run.each(
+        users,
+        lambda u: user_outcome(run, u),
+        lambda u: Outcome("user", str(u.get("name") or u.get("user_name") or ""), u["sys_id"]),
+        "users",
+    )
     return None
 
 

@@ -57,8 +57,9 @@ async def walk(run: Run, roots: list[dict]) -> tuple[dict[str, dict], list[tuple
     while frontier:
         rels = []
         for part in _chunks(frontier):
-            rels += await run.servicenow.list("cmdb_rel_ci", Query().in_("parent", part),
-                                              fields=["parent", "child", "type"], order_by="sys_id")
+            rels += await run.servicenow.list(
+                "cmdb_rel_ci", Query().in_("parent", part), fields=["parent", "child", "type"], order_by="sys_id"
+            )
         new_ids = []
         for rel in rels:
             if _ref(rel.get("type")) not in types:
@@ -141,10 +142,19 @@ async def _provision_ci(run: Run, ci: dict, as_: str, name: str) -> Outcome:
         user = run.ctx.config.pagerduty.default_user_id
         if not user:
             raise Refused("the CI has no assignment group and [pagerduty] default_user_id is empty")
-        ep, action = await ensure(run, "escalation_policy", f"ci:{sys_id}", name, {
-            "type": "escalation_policy", "escalation_rules": [{
-                "escalation_delay_in_minutes": run.conf.escalation_delay_minutes, "targets": [ref("user", user)]}]},
-            mark=mark)
+        ep, action = await ensure(
+            run,
+            "escalation_policy",
+            f"ci:{sys_id}",
+            name,
+            {
+                "type": "escalation_policy",
+                "escalation_rules": [
+                    {"escalation_delay_in_minutes": run.conf.escalation_delay_minutes, "targets": [ref("user", user)]}
+                ],
+            },
+            mark=mark,
+        )
         tally.add(action)
         out.detail.append("no assignment group: an escalation policy of the CI's name targets the default user")
     service, webhook = await service_with_webhook(run, f"ci:{sys_id}", name, ep, "", mark, tally)
@@ -157,8 +167,9 @@ async def _provision_ci(run: Run, ci: dict, as_: str, name: str) -> Outcome:
                 await run.store.delete_link(CI_KIND, old.pd_id)
             await run.store.put_link(Link(kind=CI_KIND, pd_id=service, sn_id=sys_id, state=state))
             if run.conf.write_back:
-                await run.servicenow.update("cmdb_ci", sys_id, {run.conf.ci_service_field: service,
-                                                                 run.conf.ci_webhook_field: webhook})
+                await run.servicenow.update(
+                    "cmdb_ci", sys_id, {run.conf.ci_service_field: service, run.conf.ci_webhook_field: webhook}
+                )
             run.links_dirty = True
     out.status = tally.status
     return out
@@ -179,7 +190,11 @@ async def associate(run: Run, edges: list[tuple[str, str]], by_ci: dict[str, Out
         p, c = by_ci.get(parent), by_ci.get(child)
         label = f"{names.get(parent, parent)} -> {names.get(child, child)}"
         if p is None or c is None or p.status == "failed" or c.status == "failed":
-            run.record(Outcome("dependency", label, f"{parent}:{child}", "failed", ["a service of the pair was not provisioned"]))
+            run.record(
+                Outcome(
+                    "dependency", label, f"{parent}:{child}", "failed", ["a service of the pair was not provisioned"]
+                )
+            )
             continue
         dep, sup = service_ref(p), service_ref(c)
         if dep is None or sup is None or PLANNED in (dep["id"], sup["id"]):
@@ -194,15 +209,26 @@ async def associate(run: Run, edges: list[tuple[str, str]], by_ci: dict[str, Out
         todo.append(((parent, child), sup, dep))
     # PagerDuty takes up to 100 relationships a call.
     for i in range(0, len(todo), 100):
-        batch = todo[i:i + 100]
-        await run.pagerduty.post("/service_dependencies/associate", json={"relationships": [
-            {"supporting_service": sup, "dependent_service": dep} for _, sup, dep in batch]},
-            acting_email=run.acting_email, operation="POST /service_dependencies/associate")
+        batch = todo[i : i + 100]
+        await run.pagerduty.post(
+            "/service_dependencies/associate",
+            json={"relationships": [{"supporting_service": sup, "dependent_service": dep} for _, sup, dep in batch]},
+            acting_email=run.acting_email,
+            operation="POST /service_dependencies/associate",
+        )
         for (parent, child), sup, dep in batch:
-            await run.store.put_link(Link(kind=DEPENDENCY_KIND, pd_id=f"{sup['id']}:{dep['id']}",
-                                          sn_id=f"{parent}:{child}", state={}))
-            run.record(Outcome("dependency", f"{names.get(parent, parent)} -> {names.get(child, child)}",
-                               f"{parent}:{child}", "created", pd={"supporting": sup["id"], "dependent": dep["id"]}))
+            await run.store.put_link(
+                Link(kind=DEPENDENCY_KIND, pd_id=f"{sup['id']}:{dep['id']}", sn_id=f"{parent}:{child}", state={})
+            )
+            run.record(
+                Outcome(
+                    "dependency",
+                    f"{names.get(parent, parent)} -> {names.get(child, child)}",
+                    f"{parent}:{child}",
+                    "created",
+                    pd={"supporting": sup["id"], "dependent": dep["id"]},
+                )
+            )
 
 
 async def command(run: Run, args: dict, confirm: Callable[[int], bool]) -> int | None:
@@ -224,11 +250,22 @@ async def command(run: Run, args: dict, confirm: Callable[[int], bool]) -> int |
     edges, cut = cut_cycles(list(cis), edges)
     names = {sid: str(c.get("name") or sid) for sid, c in cis.items()}
     for p, c in cut:
-        run.record(Outcome("dependency", f"{names[p]} -> {names[c]}", f"{p}:{c}", "skipped",
-                           ["closes a cycle in cmdb_rel_ci: PagerDuty refuses dependency cycles"]))
+        run.record(
+            Outcome(
+                "dependency",
+                f"{names[p]} -> {names[c]}",
+                f"{p}:{c}",
+                "skipped",
+                ["closes a cycle in cmdb_rel_ci: PagerDuty refuses dependency cycles"],
+            )
+        )
     # Dependencies are technical services; the CIs named are what --as says.
-    outcomes = await run.each(list(cis.values()), lambda c: provision_ci(run, c, as_of.get(c["sys_id"], "technical")),
-                              lambda c: Outcome("ci", str(c.get("name") or ""), c["sys_id"]), "cis")
+    outcomes = await run.each(
+        list(cis.values()),
+        lambda c: provision_ci(run, c, as_of.get(c["sys_id"], "technical")),
+        lambda c: Outcome("ci", str(c.get("name") or ""), c["sys_id"]),
+        "cis",
+    )
     await associate(run, edges, {o.sn_id: o for o in outcomes}, names)
     return None
 
@@ -255,14 +292,19 @@ async def custom(run: Run, *, plan: bool) -> int | None:
         parents, children = (main_ids, rel_ids) if row.relationship == "consumed_by" else (rel_ids, main_ids)
         pairs = []
         for part in _chunks(sorted(parents)):
-            for rel in await run.servicenow.list("cmdb_rel_ci", Query().in_("parent", part), fields=["parent", "child"]):
+            for rel in await run.servicenow.list(
+                "cmdb_rel_ci", Query().in_("parent", part), fields=["parent", "child"]
+            ):
                 p, c = _ref(rel.get("parent")), _ref(rel.get("child"))
                 if c in children:
                     pairs.append((p, c))
         with_parent = {c for _, c in pairs}
         child_rows = related if row.relationship == "consumed_by" else main
-        child_type, child_col = ((row.related_type, row.related_name_column) if row.relationship == "consumed_by"
-                                 else (row.type, row.name_column))
+        child_type, child_col = (
+            (row.related_type, row.related_name_column)
+            if row.relationship == "consumed_by"
+            else (row.type, row.name_column)
+        )
         for ci in child_rows:
             label = str(ci.get(child_col) or ci["sys_id"])
             if ci["sys_id"] not in with_parent:
@@ -277,14 +319,25 @@ async def custom(run: Run, *, plan: bool) -> int | None:
     for p, c in cut:
         run.record(Outcome("dependency", f"{names[p]} -> {names[c]}", f"{p}:{c}", "skipped", ["closes a cycle"]))
     if plan:
-        for sid, (ci, kind, name) in wanted.items():
+        for sid, (_ci, kind, name) in wanted.items():
             run.record(Outcome("ci", name, sid, "planned", [f"{kind} service"]))
         for p, c in edges:
-            run.record(Outcome("dependency", f"{names[p]} -> {names[c]}", f"{p}:{c}", "planned",
-                               [f"{names[c]} supports {names[p]}"]))
+            run.record(
+                Outcome(
+                    "dependency",
+                    f"{names[p]} -> {names[c]}",
+                    f"{p}:{c}",
+                    "planned",
+                    [f"{names[c]} supports {names[p]}"],
+                )
+            )
         return None
-    outcomes = await run.each(list(wanted.items()), lambda item: provision_ci(run, item[1][0], item[1][1], name=item[1][2]),
-                              lambda item: Outcome("ci", item[1][2], item[0]), "cis")
+    outcomes = await run.each(
+        list(wanted.items()),
+        lambda item: provision_ci(run, item[1][0], item[1][1], name=item[1][2]),
+        lambda item: Outcome("ci", item[1][2], item[0]),
+        "cis",
+    )
     await associate(run, edges, {o.sn_id: o for o in outcomes}, names)
     return None
 
@@ -297,7 +350,7 @@ async def _table_cis(run: Run, table: str, column: str) -> list[dict]:
 def _chunks(ids: list[str], size: int = 30) -> list[list[str]]:
     # ServiceNow echoes the query in its Link header (next, prev, first, last): 30
     # sys_ids keep that header under the 8 KiB a client reads of one header line.
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 def _ref(value: Any) -> str:

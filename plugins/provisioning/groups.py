@@ -5,14 +5,14 @@ under the kinds incident sync reads, so the group's incidents sync at once."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dutybridge.events import Event
 from dutybridge.servicenow import Query
 from dutybridge.store.base import Link, LinkConflictError
 
-from .objects import PLANNED, ensure, find_named, marker, ref, remember, recorded
+from .objects import PLANNED, ensure, find_named, marker, recorded, ref, remember
 from .run import Outcome, Refused, Run, Tally
 from .users import SN_USER_FIELDS, group_members, linked_user, provision_user
 from .webhooks import ensure_subscription
@@ -25,8 +25,13 @@ GROUP_FIELDS = ["sys_id", "name", "manager", "description", "active"]
 LINKS_CHANGED = "links.changed"
 
 
-async def find_groups(run: Run, refs: list[str], *, all_groups: bool = False, query: str | None = None,
-                      ) -> tuple[list[dict], list[str]]:
+async def find_groups(
+    run: Run,
+    refs: list[str],
+    *,
+    all_groups: bool = False,
+    query: str | None = None,
+) -> tuple[list[dict], list[str]]:
     """The groups named (sys_id or name), or all active ones, or those of an encoded query."""
     sn = run.servicenow
     if all_groups:
@@ -66,7 +71,9 @@ async def pd_user_for(run: Run, user: dict, tally: Tally, notes: list[str]) -> s
         return None
     if not run.dry_run:
         try:
-            await run.store.put_link(Link(kind="user", pd_id=found["id"], sn_id=user["sys_id"], state={"email": email.lower()}))
+            await run.store.put_link(
+                Link(kind="user", pd_id=found["id"], sn_id=user["sys_id"], state={"email": email.lower()})
+            )
         except LinkConflictError:
             pass  # linked meanwhile (another group, the same manager)
     return found["id"]
@@ -104,12 +111,16 @@ async def _provision_group(run: Run, group: dict) -> Outcome:
     schedule = ""
     if conf.create_schedule:
         people = [p for p in [manager_pd, *members] if p] or [_default_user(run)]
-        schedule, action = await ensure(run, "schedule", sys_id, f"{name} on-call", _schedule_body(run, people), mark=mark)
+        schedule, action = await ensure(
+            run, "schedule", sys_id, f"{name} on-call", _schedule_body(run, people), mark=mark
+        )
         tally.add(action)
         out.pd["schedule"] = schedule
-    target = (ref("schedule", schedule) if schedule else ref("user", manager_pd or _default_user(run)))
-    ep_body: dict[str, Any] = {"type": "escalation_policy", "escalation_rules": [
-        {"escalation_delay_in_minutes": conf.escalation_delay_minutes, "targets": [target]}]}
+    target = ref("schedule", schedule) if schedule else ref("user", manager_pd or _default_user(run))
+    ep_body: dict[str, Any] = {
+        "type": "escalation_policy",
+        "escalation_rules": [{"escalation_delay_in_minutes": conf.escalation_delay_minutes, "targets": [target]}],
+    }
     if team:
         ep_body["teams"] = [ref("team", team)]
     ep, action = await ensure(run, "escalation_policy", sys_id, name, ep_body, mark=mark)
@@ -126,8 +137,9 @@ async def _provision_group(run: Run, group: dict) -> Outcome:
     return out
 
 
-async def service_with_webhook(run: Run, key: str, name: str, ep: str, team: str, mark: str,
-                               tally: Tally) -> tuple[str, str]:
+async def service_with_webhook(
+    run: Run, key: str, name: str, ep: str, team: str, mark: str, tally: Tally
+) -> tuple[str, str]:
     body: dict[str, Any] = {"type": "service", "escalation_policy": ref("escalation_policy", ep)}
     if team:
         body["teams"] = [ref("team", team)]
@@ -138,8 +150,9 @@ async def service_with_webhook(run: Run, key: str, name: str, ep: str, team: str
     return service, webhook
 
 
-async def _team(run: Run, sys_id: str, name: str, mark: str, manager: str | None, members: list[str],
-                tally: Tally, out: Outcome) -> str:
+async def _team(
+    run: Run, sys_id: str, name: str, mark: str, manager: str | None, members: list[str], tally: Tally, out: Outcome
+) -> str:
     conf = run.conf
     if not (conf.use_teams or conf.create_team):
         return ""
@@ -149,8 +162,12 @@ async def _team(run: Run, sys_id: str, name: str, mark: str, manager: str | None
         if action in ("created", "adopted") and not run.dry_run:
             for pd_id, role in [(manager, "manager"), *((m, "responder") for m in members)]:
                 if pd_id and pd_id != PLANNED:
-                    await run.pagerduty.put(f"/teams/{team}/users/{pd_id}", json={"role": role},
-                                            acting_email=run.acting_email, operation="PUT /teams/{id}/users/{user_id}")
+                    await run.pagerduty.put(
+                        f"/teams/{team}/users/{pd_id}",
+                        json={"role": role},
+                        acting_email=run.acting_email,
+                        operation="PUT /teams/{id}/users/{user_id}",
+                    )
         out.pd["team"] = team
         return team
     linked = await recorded(run, "team", sys_id)
@@ -167,11 +184,20 @@ async def _team(run: Run, sys_id: str, name: str, mark: str, manager: str | None
 
 
 def _schedule_body(run: Run, people: list[str]) -> dict:
-    start = datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"type": "schedule", "time_zone": run.conf.time_zone, "schedule_layers": [{
-        "name": "Layer 1", "start": start, "rotation_virtual_start": start,
-        "rotation_turn_length_seconds": run.conf.rotation_days * 86400,
-        "users": [{"user": ref("user", p)} for p in people]}]}
+    start = datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "type": "schedule",
+        "time_zone": run.conf.time_zone,
+        "schedule_layers": [
+            {
+                "name": "Layer 1",
+                "start": start,
+                "rotation_virtual_start": start,
+                "rotation_turn_length_seconds": run.conf.rotation_days * 86400,
+                "users": [{"user": ref("user", p)} for p in people],
+            }
+        ],
+    }
 
 
 def _default_user(run: Run) -> str:
@@ -181,13 +207,21 @@ def _default_user(run: Run) -> str:
     return user
 
 
-async def record_group(run: Run, sys_id: str, name: str, service: str, ep: str, schedule: str, team: str,
-                       webhook: str) -> None:
+async def record_group(
+    run: Run, sys_id: str, name: str, service: str, ep: str, schedule: str, team: str, webhook: str
+) -> None:
     """The group link incident sync reads, then the v7 fields, then a nudge to reload."""
     store = run.store
     pd_id = service or ep
-    state = {"service": service or None, "escalation_policy": ep, "name": name, "source": "provisioning",
-             "schedule": schedule or None, "team": team or None, "webhook": webhook or None}
+    state = {
+        "service": service or None,
+        "escalation_policy": ep,
+        "name": name,
+        "source": "provisioning",
+        "schedule": schedule or None,
+        "team": team or None,
+        "webhook": webhook or None,
+    }
     old = await store.get_link(GROUP_KIND, sn_id=sys_id)
     if old is not None and old.pd_id == pd_id and old.state == state:
         return
@@ -197,8 +231,12 @@ async def record_group(run: Run, sys_id: str, name: str, service: str, ep: str, 
     conf = run.conf
     if conf.write_back:
         fields = {conf.group_escalation_field: ep}
-        for key, value in ((conf.group_service_field, service), (conf.group_webhook_field, webhook),
-                           (conf.group_schedule_field, schedule), (conf.group_team_field, team)):
+        for key, value in (
+            (conf.group_service_field, service),
+            (conf.group_webhook_field, webhook),
+            (conf.group_schedule_field, schedule),
+            (conf.group_team_field, team),
+        ):
             if value:
                 fields[key] = value
         await run.servicenow.update("sys_user_group", sys_id, fields)
@@ -209,8 +247,15 @@ async def links_changed(run: Run) -> None:
     """Tell the running daemon (through the durable inbox) that the run changed links:
     incident sync reads them again, so provisioned groups sync without a restart."""
     if run.links_dirty and not run.dry_run:
-        await run.ctx.enqueue(Event(source="provisioning", type=LINKS_CHANGED, event_id=uuid.uuid4().hex,
-                                    resource="provisioning:links", payload={}))
+        await run.ctx.enqueue(
+            Event(
+                source="provisioning",
+                type=LINKS_CHANGED,
+                event_id=uuid.uuid4().hex,
+                resource="provisioning:links",
+                payload={},
+            )
+        )
         run.links_dirty = False
 
 

@@ -59,7 +59,10 @@ async def webhook_command(run: Run, args: dict, confirm: Callable[[int], bool]) 
         found, _ = await find_cis(run, [ref])
     out = Outcome("webhook", ref)
     if not found:
-        out.status, out.detail = "failed", [f"{'group' if kind == GROUP_KIND else 'CI'} {ref!r} not found in ServiceNow"]
+        out.status, out.detail = (
+            "failed",
+            [f"{'group' if kind == GROUP_KIND else 'CI'} {ref!r} not found in ServiceNow"],
+        )
         run.record(out)
         return None
     rec = found[0]
@@ -98,18 +101,31 @@ async def _extension(run: Run, service: dict, out: Outcome) -> str:
             return "skipped"
     if run.dry_run:
         return "planned"
-    created = await run.pagerduty.post("/extensions", json={"extension": {
-        "type": "extension", "name": "dutybridge (ServiceNow v7)", "endpoint_url": url,
-        "extension_schema": {"id": SERVICENOW_V7_SCHEMA, "type": "extension_schema_reference"},
-        "extension_objects": [{"id": service["id"], "type": "service_reference"}]}},
-        acting_email=run.acting_email, operation="POST /extensions")
+    created = await run.pagerduty.post(
+        "/extensions",
+        json={
+            "extension": {
+                "type": "extension",
+                "name": "dutybridge (ServiceNow v7)",
+                "endpoint_url": url,
+                "extension_schema": {"id": SERVICENOW_V7_SCHEMA, "type": "extension_schema_reference"},
+                "extension_objects": [{"id": service["id"], "type": "service_reference"}],
+            }
+        },
+        acting_email=run.acting_email,
+        operation="POST /extensions",
+    )
     out.pd["extension"] = created["extension"]["id"]
     return "created"
 
 
 async def _extensions_of(run: Run, service_id: str) -> list[dict]:
-    return [e async for e in run.pagerduty.paginate("/extensions", "extensions", {"extension_object_id": service_id},
-                                                    operation="GET /extensions")]
+    return [
+        e
+        async for e in run.pagerduty.paginate(
+            "/extensions", "extensions", {"extension_object_id": service_id}, operation="GET /extensions"
+        )
+    ]
 
 
 async def webhooks_command(run: Run, args: dict, confirm: Callable[[int], bool]) -> int | None:
@@ -126,21 +142,31 @@ async def webhooks_command(run: Run, args: dict, confirm: Callable[[int], bool])
     async def migrate_one(item: tuple[str, str]) -> Outcome:
         service_id, name = item
         out = Outcome("webhook", name, service_id, pd={"service": service_id})
-        v2 = [e for e in await _extensions_of(run, service_id)
-              if (e.get("extension_schema") or {}).get("id") in V2_SCHEMAS]
+        v2 = [
+            e
+            for e in await _extensions_of(run, service_id)
+            if (e.get("extension_schema") or {}).get("id") in V2_SCHEMAS
+        ]
         if not v2:
             out.status, out.detail = "skipped", ["no V2 extension"]
             return out
-        webhook, action = await ensure_subscription(run, service_id)
+        webhook, _action = await ensure_subscription(run, service_id)
         out.pd["webhook"] = webhook
         if run.dry_run:
             out.status, out.detail = "planned", [f"would replace {len(v2)} V2 extension(s)"]
             return out
         for ext in v2:
-            await run.store.put_link(Link(kind=MIGRATED_KIND, pd_id=ext["id"], sn_id=f"{service_id}:{ext['id']}",
-                                          state={"extension": ext, "service": service_id, "subscription": webhook}))
-            await run.pagerduty.delete(f"/extensions/{ext['id']}", acting_email=run.acting_email,
-                                       operation="DELETE /extensions/{id}")
+            await run.store.put_link(
+                Link(
+                    kind=MIGRATED_KIND,
+                    pd_id=ext["id"],
+                    sn_id=f"{service_id}:{ext['id']}",
+                    state={"extension": ext, "service": service_id, "subscription": webhook},
+                )
+            )
+            await run.pagerduty.delete(
+                f"/extensions/{ext['id']}", acting_email=run.acting_email, operation="DELETE /extensions/{id}"
+            )
         out.status, out.detail = "created", [f"replaced {len(v2)} V2 extension(s)"]
         return out
 
@@ -157,13 +183,17 @@ async def _rollback(run: Run) -> None:
             continue
         body = {k: ext[k] for k in ("type", "name", "endpoint_url", "extension_objects", "config") if k in ext}
         body["extension_schema"] = {"id": ext["extension_schema"]["id"], "type": "extension_schema_reference"}
-        created = await run.pagerduty.post("/extensions", json={"extension": body}, acting_email=run.acting_email,
-                                           operation="POST /extensions")
+        created = await run.pagerduty.post(
+            "/extensions", json={"extension": body}, acting_email=run.acting_email, operation="POST /extensions"
+        )
         sub = link.state.get("subscription")
         if sub:
             try:
-                await run.pagerduty.delete(f"/webhook_subscriptions/{sub}", acting_email=run.acting_email,
-                                           operation="DELETE /webhook_subscriptions/{id}")
+                await run.pagerduty.delete(
+                    f"/webhook_subscriptions/{sub}",
+                    acting_email=run.acting_email,
+                    operation="DELETE /webhook_subscriptions/{id}",
+                )
             except NotFound:
                 pass  # deleted by hand already
             await run.store.delete_link(SECRET_KIND, sub)
@@ -176,24 +206,45 @@ async def from_v7_command(run: Run, args: dict, confirm: Callable[[int], bool]) 
     """Every x_pd_integration_* value becomes the store's link (kinds incident sync reads)."""
     conf = run.conf
     gs, ge, gw = conf.group_service_field, conf.group_escalation_field, conf.group_webhook_field
-    groups = await run.servicenow.list("sys_user_group", Query().is_not_empty(gs).or_().is_not_empty(ge),
-                                       fields=[*GROUP_FIELDS, gs, ge, gw], order_by="name")
+    groups = await run.servicenow.list(
+        "sys_user_group",
+        Query().is_not_empty(gs).or_().is_not_empty(ge),
+        fields=[*GROUP_FIELDS, gs, ge, gw],
+        order_by="name",
+    )
     for g in groups:
         service, ep = str(g.get(gs) or "").strip(), str(g.get(ge) or "").strip()
-        state = {"service": service or None, "escalation_policy": ep or None, "name": g.get("name", ""),
-                 "source": "v7", "webhook": str(g.get(gw) or "") or None}
+        state = {
+            "service": service or None,
+            "escalation_policy": ep or None,
+            "name": g.get("name", ""),
+            "source": "v7",
+            "webhook": str(g.get(gw) or "") or None,
+        }
         await _import(run, "group", GROUP_KIND, g["sys_id"], str(g.get("name") or ""), service or ep, state)
     cs = conf.ci_service_field
     for c in await run.servicenow.list("cmdb_ci", Query().is_not_empty(cs), fields=[*CI_FIELDS, cs], order_by="name"):
         service = str(c.get(cs) or "").strip()
-        state = {"service": service, "name": c.get("name", ""), "source": "v7",
-                 "group": _ref(c.get("assignment_group"))}
+        state = {
+            "service": service,
+            "name": c.get("name", ""),
+            "source": "v7",
+            "group": _ref(c.get("assignment_group")),
+        }
         await _import(run, "ci", CI_KIND, c["sys_id"], str(c.get("name") or ""), service, state)
     uf = conf.user_field
-    for u in await run.servicenow.list("sys_user", Query().is_not_empty(uf), fields=["sys_id", "name", "email", uf],
-                                       order_by="name"):
-        await _import(run, "user", USER_KIND, u["sys_id"], str(u.get("name") or ""), str(u.get(uf) or "").strip(),
-                      {"email": str(u.get("email") or "").strip().lower()})
+    for u in await run.servicenow.list(
+        "sys_user", Query().is_not_empty(uf), fields=["sys_id", "name", "email", uf], order_by="name"
+    ):
+        await _import(
+            run,
+            "user",
+            USER_KIND,
+            u["sys_id"],
+            str(u.get("name") or ""),
+            str(u.get(uf) or "").strip(),
+            {"email": str(u.get("email") or "").strip().lower()},
+        )
     return None
 
 

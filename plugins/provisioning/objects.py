@@ -34,8 +34,9 @@ async def recorded(run: Run, otype: str, key: str) -> str | None:
 
 
 async def remember(run: Run, otype: str, key: str, pd_id: str, name: str, how: str) -> None:
-    await run.store.put_link(Link(kind=RECORD, pd_id=pd_id, sn_id=f"{otype}:{key}",
-                                  state={"type": otype, "name": name, "how": how}))
+    await run.store.put_link(
+        Link(kind=RECORD, pd_id=pd_id, sn_id=f"{otype}:{key}", state={"type": otype, "name": name, "how": how})
+    )
 
 
 async def find_named(run: Run, otype: str, name: str) -> dict | None:
@@ -63,8 +64,10 @@ async def ensure(run: Run, otype: str, key: str, name: str, body: dict, *, mark:
         elif run.link_existing:
             how = "linked"
         else:
-            raise Refused(f"a PagerDuty {otype.replace('_', ' ')} named {name!r} already exists ({existing['id']}); "
-                          "--link-existing links it instead")
+            raise Refused(
+                f"a PagerDuty {otype.replace('_', ' ')} named {name!r} already exists ({existing['id']}); "
+                "--link-existing links it instead"
+            )
         if not run.dry_run:
             await remember(run, otype, key, existing["id"], name, how)
         return existing["id"], how
@@ -72,8 +75,9 @@ async def ensure(run: Run, otype: str, key: str, name: str, body: dict, *, mark:
         return PLANNED, "planned"
     path, _ = TYPES[otype]
     body = {**body, "name": name, "description": mark}
-    created = await run.pagerduty.post(path, json={otype: body}, acting_email=run.acting_email,
-                                       operation=f"POST {path}")
+    created = await run.pagerduty.post(
+        path, json={otype: body}, acting_email=run.acting_email, operation=f"POST {path}"
+    )
     obj = created[otype]
     await remember(run, otype, key, obj["id"], name, "created")
     return obj["id"], "created"

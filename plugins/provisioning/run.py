@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import structlog
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm is not a dependency)
@@ -46,14 +46,20 @@ class Outcome:
     pd: dict[str, str] = field(default_factory=dict)  # what it maps to: {"service": "P..."}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "sn_id": self.sn_id, "status": self.status,
-                "detail": "; ".join(self.detail), "pagerduty": self.pd}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "sn_id": self.sn_id,
+            "status": self.status,
+            "detail": "; ".join(self.detail),
+            "pagerduty": self.pd,
+        }
 
 
 class Tally:
     """What one object's steps did: the strongest action wins (created > linked > skipped)."""
 
-    ORDER = {"kept": 0, "skipped": 0, "linked": 1, "adopted": 2, "planned": 3, "created": 4}
+    ORDER: ClassVar[dict[str, int]] = {"kept": 0, "skipped": 0, "linked": 1, "adopted": 2, "planned": 3, "created": 4}
 
     def __init__(self) -> None:
         self.best = "kept"
@@ -71,9 +77,18 @@ class Tally:
 class Run:
     """Shared by every object of one command: options, locks, outcomes and output."""
 
-    def __init__(self, ctx: Ctx, conf: ProvisioningConfig, *, dry_run: bool = False, link_existing: bool = False,
-                 acting_email: str | None = None, out: IO[str] | None = None, err: IO[str] | None = None,
-                 interactive: bool | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Ctx,
+        conf: ProvisioningConfig,
+        *,
+        dry_run: bool = False,
+        link_existing: bool = False,
+        acting_email: str | None = None,
+        out: IO[str] | None = None,
+        err: IO[str] | None = None,
+        interactive: bool | None = None,
+    ) -> None:
         self.ctx = ctx
         self.conf = conf
         self.dry_run = dry_run
@@ -128,8 +143,15 @@ class Run:
     # -- output --------------------------------------------------------------------
     def record(self, outcome: Outcome) -> Outcome:
         self.outcomes.append(outcome)
-        log.info("provisioned", kind=outcome.kind, name=outcome.name, sn_id=outcome.sn_id, status=outcome.status,
-                 detail="; ".join(outcome.detail) or None, **{f"pd_{k}": v for k, v in outcome.pd.items()})
+        log.info(
+            "provisioned",
+            kind=outcome.kind,
+            name=outcome.name,
+            sn_id=outcome.sn_id,
+            status=outcome.status,
+            detail="; ".join(outcome.detail) or None,
+            **{f"pd_{k}": v for k, v in outcome.pd.items()},
+        )
         if self._bar is not None:
             self._bar.update(1)
         elif not self.interactive:
@@ -153,14 +175,20 @@ class Run:
         total = self.counts()
         rows.append(["total", *(str(total.get(s, 0)) for s in STATUSES)])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-                 for r in rows]
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=False))
+            )
+            for r in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         notes = [o for o in self.outcomes if o.detail and o.status in ("failed", "planned")]
         if notes:
             lines.append("")
             for o in notes:
-                lines.append(f"{o.status}: {o.kind} {o.name}{f' ({o.sn_id})' if o.sn_id else ''}: {'; '.join(o.detail)}")
+                lines.append(
+                    f"{o.status}: {o.kind} {o.name}{f' ({o.sn_id})' if o.sn_id else ''}: {'; '.join(o.detail)}"
+                )
         if self.dry_run:
             lines.append("dry run: nothing was written to PagerDuty, ServiceNow or the store")
         return "\n".join(lines)
@@ -170,14 +198,18 @@ class Run:
         if self.interactive:
             print(self.summary(), file=self.out, flush=True)
         else:
-            print(json.dumps({"summary": {s: self.counts().get(s, 0) for s in STATUSES}, "dry_run": self.dry_run}),
-                  file=self.out, flush=True)
+            print(
+                json.dumps({"summary": {s: self.counts().get(s, 0) for s in STATUSES}, "dry_run": self.dry_run}),
+                file=self.out,
+                flush=True,
+            )
             print(self.summary(), file=self.err, flush=True)
         return 1 if self.failed else 0
 
     # -- concurrency -----------------------------------------------------------------
-    async def each(self, items: Iterable[T], work: Callable[[T], Awaitable[Outcome]],
-                   describe: Callable[[T], Outcome], label: str) -> list[Outcome]:
+    async def each(
+        self, items: Iterable[T], work: Callable[[T], Awaitable[Outcome]], describe: Callable[[T], Outcome], label: str
+    ) -> list[Outcome]:
         """``work`` on every item, ``conf.concurrency`` at a time (the rate limiter paces
         the requests); an error becomes that item's failed outcome."""
         items = list(items)

@@ -16,11 +16,25 @@ from .run import Outcome, Refused, Run, Tally
 #: incident_sync's kind for users (plugins/incident_sync/mapping.py): pd_id the PagerDuty
 #: user, sn_id the sys_user sys_id, state {"email"}.
 USER_KIND = "user"
-SN_USER_FIELDS = ["sys_id", "user_name", "name", "first_name", "last_name", "email", "phone", "mobile_phone",
-                  "title", "time_zone", "active"]
+SN_USER_FIELDS = [
+    "sys_id",
+    "user_name",
+    "name",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "mobile_phone",
+    "title",
+    "time_zone",
+    "active",
+]
 #: ServiceNow field -> (contact method type, label), in the order they are added.
-PHONES = (("phone", "phone_contact_method", "Business phone"), ("mobile_phone", "phone_contact_method", "Mobile phone"),
-          ("mobile_phone", "sms_contact_method", "Mobile phone"))
+PHONES = (
+    ("phone", "phone_contact_method", "Business phone"),
+    ("mobile_phone", "phone_contact_method", "Mobile phone"),
+    ("mobile_phone", "sms_contact_method", "Mobile phone"),
+)
 
 
 def display_name(user: dict) -> str:
@@ -54,8 +68,9 @@ async def sn_users(run: Run, refs: list[str]) -> tuple[list[dict], list[str]]:
 
 
 async def group_members(run: Run, group_id: str) -> list[dict]:
-    rows = await run.servicenow.list("sys_user_grmember", Query().eq("group", group_id), fields=["user"],
-                                     order_by="sys_id")
+    rows = await run.servicenow.list(
+        "sys_user_grmember", Query().eq("group", group_id), fields=["user"], order_by="sys_id"
+    )
     ids = [_ref(r.get("user")) for r in rows if _ref(r.get("user"))]
     if not ids:
         return []
@@ -103,13 +118,19 @@ async def _provision_user(run: Run, user: dict) -> tuple[str, str, list[str]]:
         return existing["id"], how, problems
     if run.dry_run:
         return PLANNED, "planned", [f"would create {display_name(user)} <{email}> as {run.conf.user_role} (a licence)"]
-    body: dict[str, Any] = {"type": "user", "name": display_name(user), "email": email, "role": run.conf.user_role,
-                            "time_zone": str(user.get("time_zone") or "") or run.conf.time_zone,
-                            "description": f"{MARKER} sys_user {sys_id}"}
+    body: dict[str, Any] = {
+        "type": "user",
+        "name": display_name(user),
+        "email": email,
+        "role": run.conf.user_role,
+        "time_zone": str(user.get("time_zone") or "") or run.conf.time_zone,
+        "description": f"{MARKER} sys_user {sys_id}",
+    }
     if user.get("title"):
         body["job_title"] = str(user["title"])[:100]
-    created = (await run.pagerduty.post("/users", json={"user": body}, acting_email=run.acting_email,
-                                        operation="POST /users"))["user"]
+    created = (
+        await run.pagerduty.post("/users", json={"user": body}, acting_email=run.acting_email, operation="POST /users")
+    )["user"]
     run.user_created(email, created)
     problems = await _contact_methods(run, created["id"], user, fresh=True)
     await _link(run, created["id"], user)
@@ -121,9 +142,16 @@ async def _contact_methods(run: Run, pd_id: str, user: dict, *, fresh: bool = Fa
     high-urgency notification rule; the numbers that cannot be parsed, as problems.
     ``fresh``: the user was just created, so has none of them yet (no need to read)."""
     problems: list[str] = []
-    have: set[tuple[Any, str]] = set() if fresh else {
-        (cm.get("type"), str(cm.get("address"))) async for cm in run.pagerduty.paginate(
-            f"/users/{pd_id}/contact_methods", "contact_methods", operation="GET /users/{id}/contact_methods")}
+    have: set[tuple[Any, str]] = (
+        set()
+        if fresh
+        else {
+            (cm.get("type"), str(cm.get("address")))
+            async for cm in run.pagerduty.paginate(
+                f"/users/{pd_id}/contact_methods", "contact_methods", operation="GET /users/{id}/contact_methods"
+            )
+        }
+    )
     for field_name, ctype, label in PHONES:
         raw = str(user.get(field_name) or "").strip()
         if not raw:
@@ -137,19 +165,39 @@ async def _contact_methods(run: Run, pd_id: str, user: dict, *, fresh: bool = Fa
         if (ctype, national) in have:
             continue
         have.add((ctype, national))
-        cm = (await run.pagerduty.post(f"/users/{pd_id}/contact_methods", json={"contact_method": {
-            "type": ctype, "label": label, "address": national, "country_code": country}},
-            acting_email=run.acting_email, operation="POST /users/{id}/contact_methods"))["contact_method"]
-        await run.pagerduty.post(f"/users/{pd_id}/notification_rules", json={"notification_rule": {
-            "type": "assignment_notification_rule", "start_delay_in_minutes": 0, "urgency": "high",
-            "contact_method": {"id": cm["id"], "type": f"{ctype}_reference"}}},
-            acting_email=run.acting_email, operation="POST /users/{id}/notification_rules")
+        cm = (
+            await run.pagerduty.post(
+                f"/users/{pd_id}/contact_methods",
+                json={"contact_method": {"type": ctype, "label": label, "address": national, "country_code": country}},
+                acting_email=run.acting_email,
+                operation="POST /users/{id}/contact_methods",
+            )
+        )["contact_method"]
+        await run.pagerduty.post(
+            f"/users/{pd_id}/notification_rules",
+            json={
+                "notification_rule": {
+                    "type": "assignment_notification_rule",
+                    "start_delay_in_minutes": 0,
+                    "urgency": "high",
+                    "contact_method": {"id": cm["id"], "type": f"{ctype}_reference"},
+                }
+            },
+            acting_email=run.acting_email,
+            operation="POST /users/{id}/notification_rules",
+        )
     return problems
 
 
 async def _link(run: Run, pd_id: str, user: dict) -> None:
-    await run.store.put_link(Link(kind=USER_KIND, pd_id=pd_id, sn_id=user["sys_id"],
-                                  state={"email": str(user.get("email") or "").strip().lower()}))
+    await run.store.put_link(
+        Link(
+            kind=USER_KIND,
+            pd_id=pd_id,
+            sn_id=user["sys_id"],
+            state={"email": str(user.get("email") or "").strip().lower()},
+        )
+    )
     if run.conf.write_back:
         await run.servicenow.update("sys_user", user["sys_id"], {run.conf.user_field: pd_id})
 
@@ -158,8 +206,9 @@ async def user_outcome(run: Run, user: dict) -> Outcome:
     tally = Tally()
     pd_id, action, problems = await provision_user(run, user)
     tally.add(action)
-    return Outcome("user", display_name(user), user["sys_id"], tally.status, problems,
-                   {"user": pd_id} if pd_id != PLANNED else {})
+    return Outcome(
+        "user", display_name(user), user["sys_id"], tally.status, problems, {"user": pd_id} if pd_id != PLANNED else {}
+    )
 
 
 def _ref(value: Any) -> str:

@@ -43,35 +43,53 @@ async def ensure_subscription(run: Run, service_id: str) -> tuple[str, str]:
     url = webhook_url(run.ctx)
     if service_id == PLANNED:
         return PLANNED, "planned"
-    existing = [s async for s in run.pagerduty.paginate(
-        "/webhook_subscriptions", "webhook_subscriptions", {"filter_type": "service", "filter_id": service_id},
-        operation="GET /webhook_subscriptions")]
+    existing = [
+        s
+        async for s in run.pagerduty.paginate(
+            "/webhook_subscriptions",
+            "webhook_subscriptions",
+            {"filter_type": "service", "filter_id": service_id},
+            operation="GET /webhook_subscriptions",
+        )
+    ]
     for sub in existing:
         if (sub.get("delivery_method") or {}).get("url") != url:
             continue
         if sub.get("description") == DESCRIPTION:
             if run.dry_run:
                 return sub["id"], "planned"
-            await run.pagerduty.delete(f"/webhook_subscriptions/{sub['id']}", acting_email=run.acting_email,
-                                       operation="DELETE /webhook_subscriptions/{id}")
+            await run.pagerduty.delete(
+                f"/webhook_subscriptions/{sub['id']}",
+                acting_email=run.acting_email,
+                operation="DELETE /webhook_subscriptions/{id}",
+            )
             continue
         # Someone else's subscription to this daemon: its secret is theirs to configure.
         return sub["id"], "linked"
     if run.dry_run:
         return PLANNED, "planned"
-    body = {"webhook_subscription": {
-        "type": "webhook_subscription",
-        "delivery_method": {"type": "http_delivery_method", "url": url},
-        "description": DESCRIPTION,
-        "events": list(run.conf.webhook_events),
-        "filter": {"type": "service_reference", "id": service_id},
-    }}
-    created = await run.pagerduty.post("/webhook_subscriptions", json=body, acting_email=run.acting_email,
-                                       operation="POST /webhook_subscriptions")
+    body = {
+        "webhook_subscription": {
+            "type": "webhook_subscription",
+            "delivery_method": {"type": "http_delivery_method", "url": url},
+            "description": DESCRIPTION,
+            "events": list(run.conf.webhook_events),
+            "filter": {"type": "service_reference", "id": service_id},
+        }
+    }
+    created = await run.pagerduty.post(
+        "/webhook_subscriptions", json=body, acting_email=run.acting_email, operation="POST /webhook_subscriptions"
+    )
     sub = created["webhook_subscription"]
     secret = (sub.get("delivery_method") or {}).get("secret")
     if not secret:
         raise Refused(f"PagerDuty returned no secret for webhook subscription {sub['id']}")
-    await run.store.put_link(Link(kind=SECRET_KIND, pd_id=sub["id"], sn_id=f"service:{service_id}",
-                                  state={"secret": secret, "service": service_id, "url": url}))
+    await run.store.put_link(
+        Link(
+            kind=SECRET_KIND,
+            pd_id=sub["id"],
+            sn_id=f"service:{service_id}",
+            state={"secret": secret, "service": service_id, "url": url},
+        )
+    )
     return sub["id"], "created"

@@ -23,7 +23,16 @@ from dutybridge import hookimpl
 from dutybridge.commands import Command
 from dutybridge.context import Ctx, NotReady
 from dutybridge.http import ApiError
-from dutybridge.web import Reject, challenge, check_credentials, ctx_of, error_response, parse_json_object, read_body, secret_value
+from dutybridge.web import (
+    Reject,
+    challenge,
+    check_credentials,
+    ctx_of,
+    error_response,
+    parse_json_object,
+    read_body,
+    secret_value,
+)
 
 from .actions import BUILTIN_ACTIONS
 from .call import Action, ActionError, perform
@@ -64,8 +73,14 @@ class ResponseMobilizer:
 
     @hookimpl
     def register_cli_commands(self) -> list[Command]:
-        return [Command("mobilize", "response mobilizer: responders, conference bridges, workflows, status updates",
-                        self.command, add_arguments=_arguments)]
+        return [
+            Command(
+                "mobilize",
+                "response mobilizer: responders, conference bridges, workflows, status updates",
+                self.command,
+                add_arguments=_arguments,
+            )
+        ]
 
     # -- HTTP ---------------------------------------------------------------------------
     async def serve(self, request: web.Request) -> web.StreamResponse:
@@ -181,8 +196,15 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
         return action_name, "POST", {**body, **{k: v for k, v in fields.items() if v not in (None, [], {})}}
 
     if what == "responders":
-        return post("responders", users=args.user, groups=args.group, pagerduty_user_ids=args.pd_user,
-                    escalation_policy_ids=args.escalation_policy, message=args.message, conference_bridge=bridge())
+        return post(
+            "responders",
+            users=args.user,
+            groups=args.group,
+            pagerduty_user_ids=args.pd_user,
+            escalation_policy_ids=args.escalation_policy,
+            message=args.message,
+            conference_bridge=bridge(),
+        )
     if what == "bridge":
         return post("conference-bridge", **bridge()) if user else ("conference-bridge", "GET", {})
     if what in ("workflows", "plays"):
@@ -191,8 +213,13 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     if what == "status":
         if not args.message:
             return "status-updates", "GET", {}
-        return post("status-updates", message=args.message, subject=args.subject, html_message=args.html,
-                    impacted_business_services=args.impact)
+        return post(
+            "status-updates",
+            message=args.message,
+            subject=args.subject,
+            html_message=args.html,
+            impacted_business_services=args.impact,
+        )
     try:
         extra = json.loads(args.body)
     except ValueError as exc:

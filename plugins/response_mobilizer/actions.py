@@ -14,9 +14,11 @@ from .call import PD_ID, SYS_ID, USER_KIND, Action, ActionError, Call, bad, page
 
 MAX_TARGETS = 20
 DASHBOARD_NOTICE = "This update will be published to your PagerDuty status dashboard"
-PLAYS_GONE = ("PagerDuty removed response plays from its API in September 2025: run an incident workflow "
-              "instead (the workflows action); for an account that still serves them, set "
-              "plugins.response_mobilizer.legacy_response_plays = true")
+PLAYS_GONE = (
+    "PagerDuty removed response plays from its API in September 2025: run an incident workflow "
+    "instead (the workflows action); for an account that still serves them, set "
+    "plugins.response_mobilizer.legacy_response_plays = true"
+)
 
 
 def _strings(body: dict, key: str) -> list[str]:
@@ -96,8 +98,9 @@ async def _group_to_policy(call: Call, ref: str, where: str) -> str:
     if not group:
         raise bad(where, f"no ServiceNow assignment group {ref!r}")
     # The same choice a new incident of that group gets (priority mapping's default row, say).
-    chosen = await call.ctx.hooks.escalation_policy_for(group={"sys_id": group["sys_id"], "name": group.get("name", "")},
-                                                        priority=None, ctx=call.ctx)
+    chosen = await call.ctx.hooks.escalation_policy_for(
+        group={"sys_id": group["sys_id"], "name": group.get("name", "")}, priority=None, ctx=call.ctx
+    )
     if chosen:
         return chosen
     link = await call.store.get_link("group", sn_id=group["sys_id"])
@@ -124,20 +127,33 @@ async def add_responders(call: Call) -> dict[str, Any]:
         if not call.conf.conference_bridges:
             raise setting_off("conference_bridges", "adding a conference bridge")
         bridge = _bridge(call, body["conference_bridge"], "conference_bridge.")
-    message = _text(body, "message") or (f"{call.acting.name or call.acting.user_name} asks for your help with "
-                                          f"{_label(call)}")
+    message = _text(body, "message") or (
+        f"{call.acting.name or call.acting.user_name} asks for your help with {_label(call)}"
+    )
     targets = [{"responder_request_target": {"id": u, "type": "user_reference"}} for u in users]
     targets += [{"responder_request_target": {"id": e, "type": "escalation_policy_reference"}} for e in policies]
-    answer = await call.pagerduty("POST", f"/incidents/{call.incident.pd_id}/responder_requests", "add responders",
-                                  json={"requester_id": call.acting.pd_user_id, "message": message,
-                                        "responder_request_targets": targets},
-                                  operation="POST /incidents/{id}/responder_requests")
+    answer = await call.pagerduty(
+        "POST",
+        f"/incidents/{call.incident.pd_id}/responder_requests",
+        "add responders",
+        json={"requester_id": call.acting.pd_user_id, "message": message, "responder_request_targets": targets},
+        operation="POST /incidents/{id}/responder_requests",
+    )
     req = answer.get("responder_request") or {}
-    out: dict[str, Any] = {"responder_request": {
-        "id": req.get("id"), "message": message,
-        "targets": [{"type": t["responder_request_target"].get("type"), "id": t["responder_request_target"].get("id"),
-                     "summary": t["responder_request_target"].get("summary")}
-                    for t in req.get("responder_request_targets") or []]}}
+    out: dict[str, Any] = {
+        "responder_request": {
+            "id": req.get("id"),
+            "message": message,
+            "targets": [
+                {
+                    "type": t["responder_request_target"].get("type"),
+                    "id": t["responder_request_target"].get("id"),
+                    "summary": t["responder_request_target"].get("summary"),
+                }
+                for t in req.get("responder_request_targets") or []
+            ],
+        }
+    }
     if bridge is not None:
         out.update(await _set_bridge(call, bridge))
     return out
@@ -150,8 +166,9 @@ def _bridge(call: Call, spec: Any, prefix: str = "") -> dict[str, str]:
         raise bad(prefix.rstrip(".") or "body", "an object with name, or dial_in_number and/or url")
     name = spec.get("name")
     if name is not None:
-        found = next((b for b in call.conf.bridges if isinstance(name, str) and b.name.casefold() == name.casefold()),
-                     None)
+        found = next(
+            (b for b in call.conf.bridges if isinstance(name, str) and b.name.casefold() == name.casefold()), None
+        )
         if found is None:
             known = ", ".join(repr(b.name) for b in call.conf.bridges) or "none is configured"
             raise bad(f"{prefix}name", f"no conference bridge named {name!r} (known: {known})")
@@ -166,24 +183,34 @@ def _bridge(call: Call, spec: Any, prefix: str = "") -> dict[str, str]:
 
 
 async def _set_bridge(call: Call, bridge: dict[str, str]) -> dict[str, Any]:
-    answer = await call.pagerduty("PUT", f"/incidents/{call.incident.pd_id}", "set the conference bridge",
-                                  json={"incident": {"type": "incident_reference", "conference_bridge": bridge}},
-                                  operation="PUT /incidents/{id}")
+    answer = await call.pagerduty(
+        "PUT",
+        f"/incidents/{call.incident.pd_id}",
+        "set the conference bridge",
+        json={"incident": {"type": "incident_reference", "conference_bridge": bridge}},
+        operation="PUT /incidents/{id}",
+    )
     now = (answer.get("incident") or {}).get("conference_bridge") or bridge
     noted = False
     inc = call.incident
     if call.conf.work_note_bridge and inc.sys_id:
-        parts = [f"dial-in {now['conference_number']}" if now.get("conference_number") else "",
-                 f"URL {now['conference_url']}" if now.get("conference_url") else ""]
-        text = (f"Conference bridge set on PagerDuty incident {inc.pd_id} by {call.acting.name or call.acting.user_name}: "
-                + ", ".join(p for p in parts if p))
+        parts = [
+            f"dial-in {now['conference_number']}" if now.get("conference_number") else "",
+            f"URL {now['conference_url']}" if now.get("conference_url") else "",
+        ]
+        text = (
+            f"Conference bridge set on PagerDuty incident {inc.pd_id} by {call.acting.name or call.acting.user_name}: "
+            + ", ".join(p for p in parts if p)
+        )
         try:
             await call.sn.update(inc.table, inc.sys_id, {"work_notes": text})
             noted = True
         except ApiError as exc:
             raise ActionError(502, f"the bridge is set in PagerDuty, but the work note failed: {exc}") from None
-    return {"conference_bridge": {"dial_in_number": now.get("conference_number"), "url": now.get("conference_url")},
-            "work_note": noted}
+    return {
+        "conference_bridge": {"dial_in_number": now.get("conference_number"), "url": now.get("conference_url")},
+        "work_note": noted,
+    }
 
 
 async def set_bridge(call: Call) -> dict[str, Any]:
@@ -191,13 +218,21 @@ async def set_bridge(call: Call) -> dict[str, Any]:
 
 
 async def show_bridge(call: Call) -> dict[str, Any]:
-    inc = (await call.pagerduty("GET", f"/incidents/{call.incident.pd_id}", "read the incident",
-                                operation="GET /incidents/{id}")).get("incident") or {}
+    inc = (
+        await call.pagerduty(
+            "GET", f"/incidents/{call.incident.pd_id}", "read the incident", operation="GET /incidents/{id}"
+        )
+    ).get("incident") or {}
     now = inc.get("conference_bridge") or {}
-    return {"conference_bridge": {"dial_in_number": now.get("conference_number"), "url": now.get("conference_url")}
-            if now else None,
-            "bridges": [{"name": b.name, "dial_in_number": b.dial_in_number or None, "url": b.url or None}
-                        for b in call.conf.bridges]}
+    return {
+        "conference_bridge": {"dial_in_number": now.get("conference_number"), "url": now.get("conference_url")}
+        if now
+        else None,
+        "bridges": [
+            {"name": b.name, "dial_in_number": b.dial_in_number or None, "url": b.url or None}
+            for b in call.conf.bridges
+        ],
+    }
 
 
 # -- incident workflows and response plays -----------------------------------------------
@@ -221,7 +256,8 @@ async def _plays(call: Call) -> list[dict] | None:
 
 def _pick(items: list[dict], ref: str) -> dict | None:
     return next((i for i in items if i.get("id") == ref), None) or next(
-        (i for i in items if str(i.get("name", "")).casefold() == ref.casefold()), None)
+        (i for i in items if str(i.get("name", "")).casefold() == ref.casefold()), None
+    )
 
 
 def _brief(item: dict, kind: str) -> dict[str, Any]:
@@ -231,8 +267,11 @@ def _brief(item: dict, kind: str) -> dict[str, Any]:
 async def list_workflows(call: Call) -> dict[str, Any]:
     flows = [_brief(w, "incident_workflow") for w in await _workflows(call) if w.get("is_enabled", True)]
     plays = await _plays(call)
-    return {"workflows": flows, "response_plays": [_brief(p, "response_play") for p in plays or []],
-            "response_plays_available": plays is not None}
+    return {
+        "workflows": flows,
+        "response_plays": [_brief(p, "response_play") for p in plays or []],
+        "response_plays_available": plays is not None,
+    }
 
 
 async def run_workflow(call: Call) -> dict[str, Any]:
@@ -242,9 +281,14 @@ async def run_workflow(call: Call) -> dict[str, Any]:
     flow = _pick([w for w in await _workflows(call) if w.get("is_enabled", True)], ref)
     if flow is not None:
         answer = await call.pagerduty(
-            "POST", f"/incident_workflows/{flow['id']}/instances", f"run the incident workflow {flow.get('name')}",
-            json={"incident_workflow_instance": {"incident": {"id": call.incident.pd_id, "type": "incident_reference"}}},
-            operation="POST /incident_workflows/{id}/instances")
+            "POST",
+            f"/incident_workflows/{flow['id']}/instances",
+            f"run the incident workflow {flow.get('name')}",
+            json={
+                "incident_workflow_instance": {"incident": {"id": call.incident.pd_id, "type": "incident_reference"}}
+            },
+            operation="POST /incident_workflows/{id}/instances",
+        )
         instance = answer.get("incident_workflow_instance") or {}
         return {"ran": {**_brief(flow, "incident_workflow"), "instance": instance.get("id")}}
     plays = await _plays(call)
@@ -255,9 +299,13 @@ async def run_workflow(call: Call) -> dict[str, Any]:
 
 
 async def _run_play(call: Call, play: dict) -> dict[str, Any]:
-    await call.pagerduty("POST", f"/response_plays/{play['id']}/run", f"run the response play {play.get('name')}",
-                         json={"incident": {"id": call.incident.pd_id, "type": "incident_reference"}},
-                         operation="POST /response_plays/{id}/run")
+    await call.pagerduty(
+        "POST",
+        f"/response_plays/{play['id']}/run",
+        f"run the response play {play.get('name')}",
+        json={"incident": {"id": call.incident.pd_id, "type": "incident_reference"}},
+        operation="POST /response_plays/{id}/run",
+    )
     return {"ran": _brief(play, "response_play")}
 
 
@@ -281,19 +329,28 @@ async def run_play(call: Call) -> dict[str, Any]:
 
 # -- status updates ----------------------------------------------------------------------
 async def _impacts(call: Call) -> list[dict]:
-    body = await call.pagerduty("GET", f"/incidents/{call.incident.pd_id}/business_services/impacts",
-                                "read the incident's business service impacts",
-                                operation="GET /incidents/{id}/business_services/impacts")
-    return [{"id": s.get("id"), "name": s.get("name")} for s in body.get("services") or []
-            if s.get("status", "impacted") == "impacted"]
+    body = await call.pagerduty(
+        "GET",
+        f"/incidents/{call.incident.pd_id}/business_services/impacts",
+        "read the incident's business service impacts",
+        operation="GET /incidents/{id}/business_services/impacts",
+    )
+    return [
+        {"id": s.get("id"), "name": s.get("name")}
+        for s in body.get("services") or []
+        if s.get("status", "impacted") == "impacted"
+    ]
 
 
 def _dashboard(impacted: list[dict]) -> dict[str, Any]:
     # The status dashboard shows business services: an update reaches it when the
     # incident impacts at least one.
     published = bool(impacted)
-    return {"impacted_business_services": impacted, "published": published,
-            "notice": DASHBOARD_NOTICE if published else None}
+    return {
+        "impacted_business_services": impacted,
+        "published": published,
+        "notice": DASHBOARD_NOTICE if published else None,
+    }
 
 
 async def preview_status(call: Call) -> dict[str, Any]:
@@ -313,28 +370,72 @@ async def send_status(call: Call) -> dict[str, Any]:
             svc = _pick(known, ref)
             if svc is None:
                 raise bad(f"impacted_business_services[{i}]", f"no PagerDuty business service {ref!r}")
-            await call.pagerduty("PUT", f"/incidents/{call.incident.pd_id}/business_services/{svc['id']}/impacts",
-                                 f"mark business service {svc.get('name')} impacted", json={"relation": "impacted"},
-                                 operation="PUT /incidents/{id}/business_services/{business_service_id}/impacts")
+            await call.pagerduty(
+                "PUT",
+                f"/incidents/{call.incident.pd_id}/business_services/{svc['id']}/impacts",
+                f"mark business service {svc.get('name')} impacted",
+                json={"relation": "impacted"},
+                operation="PUT /incidents/{id}/business_services/{business_service_id}/impacts",
+            )
     payload: dict[str, Any] = {"message": message}
     if subject:
         payload.update(subject=subject, html_message=html)
-    answer = await call.pagerduty("POST", f"/incidents/{call.incident.pd_id}/status_updates", "send a status update",
-                                  json=payload, operation="POST /incidents/{id}/status_updates")
+    answer = await call.pagerduty(
+        "POST",
+        f"/incidents/{call.incident.pd_id}/status_updates",
+        "send a status update",
+        json=payload,
+        operation="POST /incidents/{id}/status_updates",
+    )
     update = answer.get("status_update") or {}
-    return {"status_update": {"id": update.get("id"), "message": update.get("message"),
-                              "created_at": update.get("created_at")}, **_dashboard(await _impacts(call))}
+    return {
+        "status_update": {
+            "id": update.get("id"),
+            "message": update.get("message"),
+            "created_at": update.get("created_at"),
+        },
+        **_dashboard(await _impacts(call)),
+    }
 
 
 BUILTIN_ACTIONS: list[Action] = [
-    Action("responders", "add users and/or escalation policies as responders (optionally a conference bridge)",
-           post=add_responders, setting="responders", what="adding responders"),
-    Action("conference-bridge", "set the conference bridge (a configured one by name, or a number and/or URL)",
-           post=set_bridge, get=show_bridge, setting="conference_bridges", what="adding a conference bridge"),
-    Action("workflows", "list and run incident workflows (response plays as a fallback)",
-           post=run_workflow, get=list_workflows, setting="response_plays", what="running incident workflows"),
-    Action("response-plays", "list and run legacy response plays (removed from PagerDuty's API in September 2025)",
-           post=run_play, get=list_plays, setting="response_plays", what="running response plays"),
-    Action("status-updates", "send a status update; see impacted business services and whether it is published",
-           post=send_status, get=preview_status, setting="status_updates", what="sending status updates"),
+    Action(
+        "responders",
+        "add users and/or escalation policies as responders (optionally a conference bridge)",
+        post=add_responders,
+        setting="responders",
+        what="adding responders",
+    ),
+    Action(
+        "conference-bridge",
+        "set the conference bridge (a configured one by name, or a number and/or URL)",
+        post=set_bridge,
+        get=show_bridge,
+        setting="conference_bridges",
+        what="adding a conference bridge",
+    ),
+    Action(
+        "workflows",
+        "list and run incident workflows (response plays as a fallback)",
+        post=run_workflow,
+        get=list_workflows,
+        setting="response_plays",
+        what="running incident workflows",
+    ),
+    Action(
+        "response-plays",
+        "list and run legacy response plays (removed from PagerDuty's API in September 2025)",
+        post=run_play,
+        get=list_plays,
+        setting="response_plays",
+        what="running response plays",
+    ),
+    Action(
+        "status-updates",
+        "send a status update; see impacted business services and whether it is published",
+        post=send_status,
+        get=preview_status,
+        setting="status_updates",
+        what="sending status updates",
+    ),
 ]

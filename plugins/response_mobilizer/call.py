@@ -5,8 +5,9 @@ and the errors an action answers with."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -114,8 +115,16 @@ class Call:
     def store(self) -> Store:
         return _store(self.ctx)
 
-    async def pagerduty(self, method: str, path: str, what: str, *, params: Params = None, json: Any = None,
-                        operation: str | None = None) -> Any:
+    async def pagerduty(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        params: Params = None,
+        json: Any = None,
+        operation: str | None = None,
+    ) -> Any:
         """A PagerDuty call as the actor; PagerDuty's refusals become ``ActionError``s that say what failed."""
         pd = _pagerduty(self.ctx)
         email = self.actor.pd_email if self.actor else None
@@ -128,7 +137,6 @@ class Call:
         except PagerDutyError as exc:
             raise pagerduty_failure(exc, what) from None
 
-
     async def collect(self, path: str, key: str, what: str) -> list[dict]:
         """Every item of a paginated PagerDuty list."""
         try:
@@ -140,8 +148,11 @@ class Call:
 def pagerduty_failure(exc: PagerDutyError, what: str) -> ActionError:
     if exc.status == 402:
         detail = "; ".join(exc.errors) or exc.message
-        return ActionError(402, f"the PagerDuty account lacks the ability to {what} ({detail}): it is part of a "
-                                "PagerDuty plan or add-on the account does not have")
+        return ActionError(
+            402,
+            f"the PagerDuty account lacks the ability to {what} ({detail}): it is part of a "
+            "PagerDuty plan or add-on the account does not have",
+        )
     if isinstance(exc, NotFound):
         return ActionError(404, f"cannot {what}: PagerDuty answered 404 ({exc.message})")
     if exc.status in (400, 403):
@@ -232,19 +243,29 @@ async def find_actor(ctx: Ctx, conf: MobilizerConfig, ref: Any) -> Actor:
     if conf.role and not await holds_role(ctx, user["sys_id"], conf.role):
         raise ActionError(403, f"ServiceNow user {user['user_name']} does not hold the role {conf.role}")
     pd_user, email, linked = await pagerduty_user(ctx, user)
-    return Actor(sys_id=user["sys_id"], user_name=user.get("user_name", ""), name=user.get("name", ""),
-                 pd_user_id=pd_user, pd_email=email, linked=linked)
+    return Actor(
+        sys_id=user["sys_id"],
+        user_name=user.get("user_name", ""),
+        name=user.get("name", ""),
+        pd_user_id=pd_user,
+        pd_email=email,
+        linked=linked,
+    )
 
 
 async def holds_role(ctx: Ctx, user_sys_id: str, role: str) -> bool:
     """Whether ``sys_user_has_role`` gives the user ``role`` (directly or inherited)."""
     try:
         row = await _servicenow(ctx).first(
-            "sys_user_has_role", Query().eq("user", user_sys_id).eq("role.name", role).eq("state", "active"),
-            fields=["sys_id"])
+            "sys_user_has_role",
+            Query().eq("user", user_sys_id).eq("role.name", role).eq("state", "active"),
+            fields=["sys_id"],
+        )
     except ApiError as exc:
-        raise ActionError(502, f"cannot check the role {role} in sys_user_has_role (the integration user needs "
-                               f"read access to it): {exc}") from None
+        raise ActionError(
+            502,
+            f"cannot check the role {role} in sys_user_has_role (the integration user needs read access to it): {exc}",
+        ) from None
     return row is not None
 
 
@@ -265,8 +286,11 @@ async def pagerduty_user(ctx: Ctx, user: dict) -> tuple[str, str | None, bool]:
             return found["id"], found.get("email") or email, True
     default = ctx.config.pagerduty.default_user_id
     if not default:
-        raise ActionError(403, f"ServiceNow user {user.get('user_name')} has no PagerDuty account and "
-                               "pagerduty.default_user_id is not set")
+        raise ActionError(
+            403,
+            f"ServiceNow user {user.get('user_name')} has no PagerDuty account and "
+            "pagerduty.default_user_id is not set",
+        )
     return default, await _pagerduty(ctx).from_email(None), False
 
 
@@ -300,10 +324,32 @@ async def perform(ctx: Ctx, action: Action, method: str, ref: str, body: dict[st
     incident = await find_incident(ctx, ref)
     result = await handler(Call(ctx, conf, incident, actor, body))
     if actor is not None:
-        log.info("mobilizer_action", action=action.name, pd_incident=incident.pd_id, sn_number=incident.number or None,
-                 requested_by=actor.user_name, as_pd_user=actor.pd_user_id, own_account=actor.linked)
-    return {"action": action.name, "incident": {"pagerduty": incident.pd_id, "servicenow": incident.number or None,
-                                                "sys_id": incident.sys_id or None},
-            **({"acted_as": {"servicenow": actor.user_name, "pagerduty_user": actor.pd_user_id,
-                             "own_pagerduty_account": actor.linked}} if actor else {}),
-            **result}
+        log.info(
+            "mobilizer_action",
+            action=action.name,
+            pd_incident=incident.pd_id,
+            sn_number=incident.number or None,
+            requested_by=actor.user_name,
+            as_pd_user=actor.pd_user_id,
+            own_account=actor.linked,
+        )
+    return {
+        "action": action.name,
+        "incident": {
+            "pagerduty": incident.pd_id,
+            "servicenow": incident.number or None,
+            "sys_id": incident.sys_id or None,
+        },
+        **(
+            {
+                "acted_as": {
+                    "servicenow": actor.user_name,
+                    "pagerduty_user": actor.pd_user_id,
+                    "own_pagerduty_account": actor.linked,
+                }
+            }
+            if actor
+            else {}
+        ),
+        **result,
+    }

@@ -7,7 +7,7 @@ import os
 import random
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +40,7 @@ class IdGen:
                 return candidate
 
     def hex(self, n: int = 32) -> str:
-        return "%0*x" % (n, self.rng.getrandbits(n * 4))
+        return f"{self.rng.getrandbits(n * 4):0{n}x}"
 
     def uuid(self) -> str:
         h = self.hex(32)
@@ -54,7 +54,7 @@ def iso(ts: float) -> str:
 
 def iso_ms(ts: float) -> str:
     """Epoch seconds -> ``2024-01-01T00:00:00.123Z`` (webhook ``occurred_at``)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % int((ts % 1) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
 
 
 @lru_cache(maxsize=1024)
@@ -67,7 +67,7 @@ def parse_time(value: str) -> float:
         text = text[:-1] + "+00:00"
     dt = datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text and len(text) > 10 else text)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

@@ -34,8 +34,14 @@ class Recorder:
         self.seen: list[dict] = []
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append({"method": request.method, "path": request.path,
-                          "headers": dict(request.headers), "body": await request.read()})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": dict(request.headers),
+                "body": await request.read(),
+            }
+        )
         return web.json_response({"ok": True})
 
 
@@ -54,18 +60,23 @@ async def send(pm, *requests: OutboundRequest):
         return [await pipeline.request(r) for r in requests]
 
 
-PD_HEADERS = {"Authorization": "Token token=pd-key", "Accept": "application/vnd.pagerduty+json;version=2",
-              "From": "integration@example.com"}
+PD_HEADERS = {
+    "Authorization": "Token token=pd-key",
+    "Accept": "application/vnd.pagerduty+json;version=2",
+    "From": "integration@example.com",
+}
 
 
 def pd(url, op="GET /users", method="GET", path="/users", body=None):
-    return OutboundRequest(method, f"{url}{path}", service="pagerduty", operation=op, json=body,
-                           headers=CIMultiDict(PD_HEADERS))
+    return OutboundRequest(
+        method, f"{url}{path}", service="pagerduty", operation=op, json=body, headers=CIMultiDict(PD_HEADERS)
+    )
 
 
 def sn(url, body=None, method="PATCH", path="/api/now/table/incident/abc"):
-    return OutboundRequest(method, f"{url}{path}", service="servicenow",
-                           operation="PATCH /api/now/table/incident/{sys_id}", json=body)
+    return OutboundRequest(
+        method, f"{url}{path}", service="servicenow", operation="PATCH /api/now/table/incident/{sys_id}", json=body
+    )
 
 
 def hooks_dir(tmp_path: Path, *names: str, extra: dict[str, str] | None = None) -> Path:
@@ -81,6 +92,7 @@ def hooks_dir(tmp_path: Path, *names: str, extra: dict[str, str] | None = None) 
 
 
 # -- the examples, all loaded together from hooks/ as a daemon with hooks_dir = hooks/ would -------
+
 
 async def test_tenant_header_reaches_every_service(server, monkeypatch):
     monkeypatch.setenv("DUTYBRIDGE_TENANT", "acme-eu")
@@ -107,7 +119,9 @@ async def test_servicenow_requests_carry_an_hmac_of_what_was_sent(server, monkey
 
 async def test_without_a_key_servicenow_requests_are_vetoed_not_sent_unsigned(server, monkeypatch, tmp_path):
     pm = build_plugin_manager([], hooks_dir(tmp_path, "servicenow_hmac.py"))
-    with pytest.raises(RequestVetoed, match=r"vetoed by hook .*servicenow_hmac\.py:\d+: DUTYBRIDGE_SN_HMAC_KEY is not set"):
+    with pytest.raises(
+        RequestVetoed, match=r"vetoed by hook .*servicenow_hmac\.py:\d+: DUTYBRIDGE_SN_HMAC_KEY is not set"
+    ):
         await send(pm, sn(server.url, {"state": "2"}))
     assert server.seen == []
 
@@ -117,8 +131,19 @@ async def test_one_services_incidents_are_opened_on_another(server, monkeypatch,
     pm = build_plugin_manager([], hooks_dir(tmp_path, "route_service.py"))
 
     def incident(service_id):
-        return pd(server.url, "POST /incidents", "POST", "/incidents",
-                  {"incident": {"type": "incident", "title": "disk", "service": {"id": service_id, "type": "service_reference"}}})
+        return pd(
+            server.url,
+            "POST /incidents",
+            "POST",
+            "/incidents",
+            {
+                "incident": {
+                    "type": "incident",
+                    "title": "disk",
+                    "service": {"id": service_id, "type": "service_reference"},
+                }
+            },
+        )
 
     await send(pm, incident("PFROM01"), incident("PKEEP01"))
     services = [json.loads(s["body"])["incident"]["service"]["id"] for s in server.seen]
@@ -139,8 +164,11 @@ async def test_notes_that_look_like_credentials_are_dropped(server, tmp_path):
 
     with pytest.raises(RequestVetoed, match="looks like it holds a credential"):
         await send(pm, note("db password: hunter2"))
-    await send(pm, note("disk full on db-1"),
-               sn(server.url, {"work_notes": "new API key = abc123", "comments": "restarted", "state": "2"}))
+    await send(
+        pm,
+        note("disk full on db-1"),
+        sn(server.url, {"work_notes": "new API key = abc123", "comments": "restarted", "state": "2"}),
+    )
     pd_note, sn_write = server.seen
     assert json.loads(pd_note["body"]) == {"note": {"content": "disk full on db-1"}}
     assert json.loads(sn_write["body"]) == {"comments": "restarted", "state": "2"}
@@ -148,11 +176,11 @@ async def test_notes_that_look_like_credentials_are_dropped(server, tmp_path):
 
 # -- a raising hook, and the order of hook files -------------------------------------------
 
-BROKEN = '''
+BROKEN = """
 def outbound_request(request, ctx):
     if request.service == "servicenow":
         return request.json["missing"]
-'''
+"""
 
 
 async def test_a_raising_hook_fails_only_that_request_naming_file_and_line(server, tmp_path):
@@ -161,7 +189,7 @@ async def test_a_raising_hook_fails_only_that_request_naming_file_and_line(serve
     with capture_logs() as logs, pytest.raises(HookFailed) as info:
         await send(pm, sn(server.url, {"state": "2"}))
     where = f"{folder / 'broken.py'}:4"
-    assert info.value.hook == where and f"raised KeyError: 'missing'" in str(info.value)
+    assert info.value.hook == where and "raised KeyError: 'missing'" in str(info.value)
     assert info.value.transient  # the worker's backoff retries it, as any failure
     assert [e["hook"] for e in logs if e["event"] == "outbound_hook_failed"] == [where]
     # The pipeline goes on: the next request is sent.
@@ -169,20 +197,20 @@ async def test_a_raising_hook_fails_only_that_request_naming_file_and_line(serve
     assert [s["path"] for s in server.seen] == ["/users"]
 
 
-ORDERED = '''
+ORDERED = """
 from dutybridge import hookimpl
 
 def outbound_request(request, ctx):
     request.headers["X-Order"] = request.headers.get("X-Order", "") + "{name},"
-'''
+"""
 
-FIRST = '''
+FIRST = """
 from dutybridge import hookimpl
 
 @hookimpl(tryfirst=True)
 def outbound_request(request, ctx):
     request.headers["X-Order"] = request.headers.get("X-Order", "") + "first,"
-'''
+"""
 
 
 class Plugin:
@@ -192,8 +220,9 @@ class Plugin:
 
 
 async def test_hook_files_run_after_the_plugins_by_file_name_unless_tryfirst(server, tmp_path):
-    folder = hooks_dir(tmp_path, extra={"20_b.py": ORDERED.format(name="b"), "10_a.py": ORDERED.format(name="a"),
-                                        "30_first.py": FIRST})
+    folder = hooks_dir(
+        tmp_path, extra={"20_b.py": ORDERED.format(name="b"), "10_a.py": ORDERED.format(name="a"), "30_first.py": FIRST}
+    )
     pm = build_plugin_manager([], folder, extra_plugins=[Plugin()])
     await send(pm, pd(server.url))
     assert server.seen[0]["headers"]["X-Order"] == "first,plugin,a,b,"
@@ -201,18 +230,28 @@ async def test_hook_files_run_after_the_plugins_by_file_name_unless_tryfirst(ser
 
 # -- dutybridge hooks test ----------------------------------------------------------------
 
+
 def test_hooks_test_prints_the_request_the_file_makes(capsys, monkeypatch):
     monkeypatch.setenv("DUTYBRIDGE_TENANT", "acme-eu")
-    sample = {"method": "get", "url": "https://api.pagerduty.com/users", "service": "pagerduty",
-              "headers": {"Accept": "application/json"}}
+    sample = {
+        "method": "get",
+        "url": "https://api.pagerduty.com/users",
+        "service": "pagerduty",
+        "headers": {"Accept": "application/json"},
+    }
     assert main(["hooks", "test", str(HOOKS / "tenant_header.py"), "--request", json.dumps(sample)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["method"] == "GET" and shown["headers"] == {"Accept": "application/json", "X-Tenant": "acme-eu"}
 
 
 def test_hooks_test_shows_a_veto_and_a_bad_sample(capsys, tmp_path):
-    note = {"method": "POST", "url": "https://api.pagerduty.com/incidents/P1/notes", "service": "pagerduty",
-            "operation": "POST /incidents/{id}/notes", "json": {"note": {"content": "password: x"}}}
+    note = {
+        "method": "POST",
+        "url": "https://api.pagerduty.com/incidents/P1/notes",
+        "service": "pagerduty",
+        "operation": "POST /incidents/{id}/notes",
+        "json": {"note": {"content": "password: x"}},
+    }
     sample = tmp_path / "note.json"
     sample.write_text(json.dumps(note))
     assert main(["hooks", "test", str(HOOKS / "drop_notes.py"), "--request", f"@{sample}"]) == 1
@@ -225,7 +264,7 @@ def test_hooks_test_shows_a_veto_and_a_bad_sample(capsys, tmp_path):
 
 # -- a raising hook inside the running worker: the event fails, is retried, and heals ------
 
-FLAKY = '''
+FLAKY = """
 import os
 from pathlib import Path
 
@@ -233,7 +272,7 @@ from pathlib import Path
 def outbound_request(request, ctx):
     if Path(os.environ["HOOK_BROKEN_FLAG"]).exists():
         raise RuntimeError("the gateway table is missing")
-'''
+"""
 
 
 class Caller:
@@ -264,10 +303,20 @@ async def test_a_raising_hook_fails_the_event_which_is_retried_and_heals(server,
     ctx = Ctx(config=NoSecrets(), pm=pm, store=store)
     ctx.http = OutboundPipeline(pm, ctx)
     await ctx.http.start()
-    worker = Worker(store, pm, ctx, concurrency=1, max_attempts=10, retry_base=0.02, retry_max=0.05,
-                    lease_seconds=30, poll_interval=0.02)
-    stored = await store.add_event(Event(source="pagerduty", type="incident.triggered", event_id="e1",
-                                         resource="incident:P1", payload={}))
+    worker = Worker(
+        store,
+        pm,
+        ctx,
+        concurrency=1,
+        max_attempts=10,
+        retry_base=0.02,
+        retry_max=0.05,
+        lease_seconds=30,
+        poll_interval=0.02,
+    )
+    stored = await store.add_event(
+        Event(source="pagerduty", type="incident.triggered", event_id="e1", resource="incident:P1", payload={})
+    )
     try:
         await worker.start()
         async with asyncio.timeout(10):

@@ -55,8 +55,15 @@ class Scripted:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append({"method": request.method, "path": request.path, "headers": request.headers.copy(),
-                          "query": list(request.query.items()), "body": body})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": request.headers.copy(),
+                "query": list(request.query.items()),
+                "body": body,
+            }
+        )
         answer = self.answers[min(len(self.seen) - 1, len(self.answers) - 1)]
         if answer == "hang":
             await asyncio.Event().wait()
@@ -94,8 +101,7 @@ async def pipeline_factory(sleep):
     made: list[OutboundPipeline] = []
 
     async def make(*plugins: object, metrics: Any = None, **kwargs: Any) -> OutboundPipeline:
-        p = OutboundPipeline(make_test_pm(*plugins), None, metrics=metrics, sleep=sleep,
-                             rng=lambda: 0.5, **kwargs)
+        p = OutboundPipeline(make_test_pm(*plugins), None, metrics=metrics, sleep=sleep, rng=lambda: 0.5, **kwargs)
         await p.start()
         made.append(p)
         return p
@@ -215,7 +221,7 @@ async def test_json_body_gets_a_content_type(serve, pipeline_factory):
 
 
 async def test_429_with_retry_after_seconds_then_success(serve, pipeline_factory, sleep):
-    script, server = await serve((429, {"Retry-After": "7"}, {}), (200, {}, {"ok": True}))
+    _script, server = await serve((429, {"Retry-After": "7"}, {}), (200, {}, {"ok": True}))
     pipeline = await pipeline_factory()
     resp = await pipeline.request(req(server, "POST", json={}))  # 429: retried even for POST
     assert resp.status == 200 and resp.attempts == 2
@@ -225,14 +231,14 @@ async def test_429_with_retry_after_seconds_then_success(serve, pipeline_factory
 async def test_429_with_retry_after_http_date(serve, sleep):
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 12, usegmt=True)
-    script, server = await serve((429, {"Retry-After": date}, {}), (200, {}, {}))
+    _script, server = await serve((429, {"Retry-After": date}, {}), (200, {}, {}))
     async with OutboundPipeline(make_test_pm(), sleep=sleep, wallclock=lambda: now) as pipeline:
         resp = await pipeline.request(req(server))
     assert resp.status == 200 and sleep.calls == [12.0]
 
 
 async def test_retry_after_longer_than_max_wait_is_not_waited(serve, pipeline_factory, sleep):
-    script, server = await serve((429, {"Retry-After": "3600"}, {}))
+    _script, server = await serve((429, {"Retry-After": "3600"}, {}))
     pipeline = await pipeline_factory()
     resp = await pipeline.request(req(server), retry=RetryPolicy(max_wait=60))
     assert resp.status == 429 and resp.attempts == 1 and sleep.calls == []
@@ -284,7 +290,7 @@ async def test_get_timeout_is_retried_then_raises(serve, pipeline_factory, sleep
 
 
 async def test_timeout_then_success(serve, pipeline_factory):
-    script, server = await serve("hang", (200, {}, {"ok": 1}))
+    _script, server = await serve("hang", (200, {}, {"ok": 1}))
     pipeline = await pipeline_factory()
     resp = await pipeline.request(req(server, timeout=0.05))
     assert resp.json() == {"ok": 1} and resp.attempts == 2
@@ -337,7 +343,7 @@ async def test_transport_hook_timeout_error_is_retried(pipeline_factory):
         async def send_request(self, request, ctx):
             calls.append(request.extra["attempt"])
             if len(calls) == 1:
-                raise asyncio.TimeoutError()
+                raise TimeoutError()
             return OutboundResponse(200, CIMultiDict(), b"{}")
 
     pipeline = await pipeline_factory(FlakyRelay())
@@ -373,7 +379,7 @@ async def test_a_veto_stops_the_request_with_the_hooks_message(serve, pipeline_f
             raise RequestVetoed("no writes on Sundays")
 
     pipeline = await pipeline_factory(Gate())
-    with pytest.raises(RequestVetoed, match="vetoed by hook .*test_http.py:[0-9]+: no writes on Sundays") as info:
+    with pytest.raises(RequestVetoed, match=r"vetoed by hook .*test_http\.py:[0-9]+: no writes on Sundays") as info:
         await pipeline.request(req(server))
     assert not info.value.transient and script.seen == []
 
@@ -423,9 +429,14 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
     _, server = await serve((503, {"ratelimit-remaining": "5"}, {}), (200, {}, {}))
     pipeline = await pipeline_factory()
     url = str(server.make_url("/thing")) + f"?api_key={SECRET}"
-    request = OutboundRequest("GET", url, service="test", operation="GET /thing",
-                              headers=CIMultiDict({"Authorization": f"Token token={SECRET}", "X-Api-Key": SECRET}),
-                              params=[("token", SECRET)])
+    request = OutboundRequest(
+        "GET",
+        url,
+        service="test",
+        operation="GET /thing",
+        headers=CIMultiDict({"Authorization": f"Token token={SECRET}", "X-Api-Key": SECRET}),
+        params=[("token", SECRET)],
+    )
     with capture_logs() as logs:
         resp = await pipeline.request(request)
     assert resp.status == 200
@@ -443,8 +454,14 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
 def test_retry_after_parsing():
     now = 1_700_000_000.0
     assert retry_after_seconds(CIMultiDict({"Retry-After": "3"}), lambda: now) == 3.0
-    assert retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now + 30, usegmt=True)}), lambda: now) == 30.0
-    assert retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now - 30, usegmt=True)}), lambda: now) == 0.0
+    assert (
+        retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now + 30, usegmt=True)}), lambda: now)
+        == 30.0
+    )
+    assert (
+        retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now - 30, usegmt=True)}), lambda: now)
+        == 0.0
+    )
     assert retry_after_seconds(CIMultiDict({"ratelimit-reset": "20"}), lambda: now) == 20.0
     assert retry_after_seconds(CIMultiDict({"X-RateLimit-Reset": str(int(now) + 45)}), lambda: now) == 45.0
     assert retry_after_seconds(CIMultiDict({"Retry-After": "soon"}), lambda: now) is None

@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 import time
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -23,7 +23,7 @@ HOT = "pagerduty:incident:PHOT"
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -33,14 +33,19 @@ class FakeClock:
 
 
 def ev(n: int, resource: str = HOT) -> Event:
-    return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource,
-                 payload={"n": n, "title": "x" * 100})
+    return Event(
+        source="pagerduty",
+        type="incident.triggered",
+        event_id=f"e{n}",
+        resource=resource,
+        payload={"n": n, "title": "x" * 100},
+    )
 
 
 async def add_many(store: SQLiteStore, events: list[Event]) -> None:
     # Concurrent callers share group commits: a few hundred events per transaction.
     for start in range(0, len(events), 512):
-        await asyncio.gather(*(store.add_event(e) for e in events[start:start + 512]))
+        await asyncio.gather(*(store.add_event(e) for e in events[start : start + 512]))
 
 
 def analyze(path) -> int:
@@ -104,7 +109,7 @@ async def test_a_claim_at_a_hot_backlog_is_quick_and_in_order(hot_backlog):
 
 
 async def test_the_claim_is_planned_on_the_heads_index_without_a_full_scan(hot_backlog):
-    now = to_text(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    now = to_text(datetime(2026, 1, 1, tzinfo=UTC))
     claim = plan(hot_backlog, sqlite_inbox.CLAIM, {"owner": "w", "lease": now, "now": now, "limit": 8})
     assert any("inbox_heads_due" in d for d in claim), claim
     assert any(re.match(r"SEARCH events USING INTEGER PRIMARY KEY", d) for d in claim), claim
@@ -152,8 +157,23 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
     async with SQLiteStore(path, clock=clock) as store:
         claimed: list[int] = []
         for step in range(600):
-            op = rng.choice(["add", "add", "claim", "complete", "retry", "dead", "replay", "release",
-                             "replay_dead", "purge", "tick", "batch", "by hand"])
+            op = rng.choice(
+                [
+                    "add",
+                    "add",
+                    "claim",
+                    "complete",
+                    "retry",
+                    "dead",
+                    "replay",
+                    "release",
+                    "replay_dead",
+                    "purge",
+                    "tick",
+                    "batch",
+                    "by hand",
+                ]
+            )
             if op == "add":
                 n += 1
                 await store.add_event(ev(n, rng.choice(resources)))
@@ -185,19 +205,24 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
                 row_id = rng.randint(1, max(n, 1))
                 lease = to_text(clock.now + timedelta(seconds=rng.choice([-5, 15])))
                 with closing(sqlite3.connect(path)) as db, db:
-                    db.execute(rng.choice([
-                        "UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL WHERE id = :id",
-                        "UPDATE events SET status = 'dead', owner = NULL, lease_expires_at = NULL WHERE id = :id",
-                        "UPDATE events SET resource = 'r:moved' WHERE id = :id",
-                        "DELETE FROM events WHERE id = :id",
-                        # Back under an id deleted before (older than the resource's head), or claimed.
-                        "INSERT OR IGNORE INTO events (id, source, event_id, type, resource, payload, received_at, updated_at)"
-                        " SELECT :id, 'hand', :id, 't', :r, '{}', :lease, :lease"
-                        " WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = :id)",
-                        "INSERT OR IGNORE INTO events (source, event_id, type, resource, payload, status, owner,"
-                        " lease_expires_at, received_at, updated_at)"
-                        " VALUES ('hand', 'c' || :id || :lease, 't', :r, '{}', 'claimed', 'hand', :lease, :lease, :lease)",
-                    ]), {"id": row_id, "r": rng.choice(resources), "lease": lease})
+                    db.execute(
+                        rng.choice(
+                            [
+                                "UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL WHERE id = :id",
+                                "UPDATE events SET status = 'dead', owner = NULL, lease_expires_at = NULL WHERE id = :id",
+                                "UPDATE events SET resource = 'r:moved' WHERE id = :id",
+                                "DELETE FROM events WHERE id = :id",
+                                # Back under an id deleted before (older than the resource's head), or claimed.
+                                "INSERT OR IGNORE INTO events (id, source, event_id, type, resource, payload, received_at, updated_at)"
+                                " SELECT :id, 'hand', :id, 't', :r, '{}', :lease, :lease"
+                                " WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = :id)",
+                                "INSERT OR IGNORE INTO events (source, event_id, type, resource, payload, status, owner,"
+                                " lease_expires_at, received_at, updated_at)"
+                                " VALUES ('hand', 'c' || :id || :lease, 't', :r, '{}', 'claimed', 'hand', :lease, :lease, :lease)",
+                            ]
+                        ),
+                        {"id": row_id, "r": rng.choice(resources), "lease": lease},
+                    )
             now = to_text(clock.now)
             assert normal(stored_heads(path), now) == normal(recomputed_heads(path), now), (step, op)
 
@@ -242,7 +267,8 @@ async def test_a_version_2_inbox_with_events_in_every_state_migrates_and_keeps_i
             "INSERT INTO events (id, source, event_id, type, resource, payload, status, next_attempt_at, owner,"
             " lease_expires_at, attempts, received_at, updated_at)"
             " VALUES (?, 'pagerduty', 'e' || ?, 't', ?, '{}', ?, ?, ?, ?, ?, ?, ?)",
-            [(i, i, r, s, n, o, le, a, t, t) for i, r, s, n, o, le, a in rows])
+            [(i, i, r, s, n, o, le, a, t, t) for i, r, s, n, o, le, a in rows],
+        )
 
     async with SQLiteStore(path, clock=clock) as store:
         assert await store.schema_version() == 3

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from dutybridge_demo.harness import start_daemon
 from dutybridge.connections import throttled
 from dutybridge.logging import configure, set_secrets
+from dutybridge_demo.harness import start_daemon
 from tests.conftest import merge
 
 SN_TOKEN = "doorbell-token-3c2b1a0f"
@@ -46,8 +46,9 @@ async def daemon(hostile_config):
     """start(override=None, worker=False, scheduler=False, plugins=()) -> a RunningDaemon, stopped at teardown."""
     started = []
 
-    async def start(override: dict | None = None, *, worker: bool = False, scheduler: bool = False,
-                    plugins: tuple = ()):
+    async def start(
+        override: dict | None = None, *, worker: bool = False, scheduler: bool = False, plugins: tuple = ()
+    ):
         d = await start_daemon(hostile_config(override), worker=worker, scheduler=scheduler, extra_plugins=plugins)
         started.append(d)
         return d

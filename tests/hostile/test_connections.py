@@ -42,9 +42,17 @@ async def _closed_by_server(reader, within: float) -> bool:
 
 
 def v3_body(event_id="01EVT", incident="PT4KHLK") -> bytes:
-    return json.dumps({"event": {"id": event_id, "event_type": "incident.triggered", "resource_type": "incident",
-                                 "occurred_at": "2024-01-01T00:00:00Z",
-                                 "data": {"id": incident, "type": "incident"}}}).encode()
+    return json.dumps(
+        {
+            "event": {
+                "id": event_id,
+                "event_type": "incident.triggered",
+                "resource_type": "incident",
+                "occurred_at": "2024-01-01T00:00:00Z",
+                "data": {"id": incident, "type": "incident"},
+            }
+        }
+    ).encode()
 
 
 def sign(body: bytes) -> str:
@@ -88,8 +96,9 @@ async def test_the_connection_cap_keeps_healthz_answering_past_hundreds_of_silen
                     assert resp.status == 200
         async with http.get(f"{d.url}/metrics") as resp:
             text = await resp.text()
-    open_now = next(float(line.split()[-1]) for line in text.splitlines()
-                    if line.startswith("dutybridge_connections_open"))
+    open_now = next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("dutybridge_connections_open")
+    )
     assert open_now <= 20
     assert 'dutybridge_connections_closed_by_server_total{reason="evicted"}' in text
     # The oldest silent ones were closed to make room.
@@ -102,9 +111,11 @@ async def test_a_stalled_body_gets_408_and_the_connection_closes(daemon, json_lo
     d = await daemon(FAST)
     reader, writer = await _connect(d)
     body = v3_body()
-    writer.write(b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"X-PagerDuty-Signature: {sign(body)}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                 + body[:10])
+    writer.write(
+        b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-PagerDuty-Signature: {sign(body)}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
     await writer.drain()
     async with asyncio.timeout(5.0):
         answer = await reader.read(4096)
@@ -130,18 +141,21 @@ async def test_the_body_budget_bounds_memory_pinned_by_unauthenticated_bodies(da
     refused = 0
     for _ in range(80):
         reader, writer = await _connect(d)
-        writer.write(b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nX-PagerDuty-Signature: v1=" + b"0" * 64
-                     + f"\r\nContent-Length: {declared}\r\n\r\n".encode())
+        writer.write(
+            b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nX-PagerDuty-Signature: v1="
+            + b"0" * 64
+            + f"\r\nContent-Length: {declared}\r\n\r\n".encode()
+        )
         writer.write(chunk)
         conns.append((reader, writer))
-    for reader, writer in conns:
+    for _reader, writer in conns:
         try:
             await asyncio.wait_for(writer.drain(), 2.0)
         except (TimeoutError, ConnectionError):
             pass
     await asyncio.sleep(0.5)
     grown = _rss_bytes() - before
-    for reader, writer in conns:
+    for reader, _writer in conns:
         try:
             head = await asyncio.wait_for(reader.read(200), 0.05)
         except (TimeoutError, ConnectionError):
@@ -160,18 +174,24 @@ async def test_the_body_budget_bounds_memory_pinned_by_unauthenticated_bodies(da
             text = await resp.text()
         assert "dutybridge_body_budget_refused_total" in text
         body = v3_body()
-        async with http.post(f"{d.url}/webhooks/pagerduty", data=body,
-                             headers={"X-PagerDuty-Signature": sign(body), "Content-Type": "application/json"}) as resp:
+        async with http.post(
+            f"{d.url}/webhooks/pagerduty",
+            data=body,
+            headers={"X-PagerDuty-Signature": sign(body), "Content-Type": "application/json"},
+        ) as resp:
             assert resp.status == 202
     assert d.app[BUDGET_KEY].in_use == 0  # every reservation given back
 
 
-@pytest.mark.parametrize("raw", [
-    b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n",
-    b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"b" * 10_000 + b"\r\n\r\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n",
+        b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"b" * 10_000 + b"\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ],
+)
 async def test_malformed_requests_are_400_and_one_warning_line_without_traceback(daemon, json_logs, raw):
     d = await daemon()
     for _ in range(3):
@@ -190,9 +210,11 @@ async def test_malformed_requests_are_400_and_one_warning_line_without_traceback
 async def test_a_client_gone_mid_body_is_one_line_not_an_error(daemon, json_logs):
     d = await daemon()
     for route in ("/webhooks/pagerduty", "/webhooks/servicenow", "/webhooks/pagerduty/sync"):
-        reader, writer = await _connect(d)
-        writer.write(f"POST {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer doorbell-token-3c2b1a0f\r\n"
-                     f"X-PagerDuty-Signature: v1={'0' * 64}\r\nContent-Length: 5000\r\n\r\n{{\"a\":".encode())
+        _reader, writer = await _connect(d)
+        writer.write(
+            f"POST {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer doorbell-token-3c2b1a0f\r\n"
+            f'X-PagerDuty-Signature: v1={"0" * 64}\r\nContent-Length: 5000\r\n\r\n{{"a":'.encode()
+        )
         await writer.drain()
         await asyncio.sleep(0.1)
         writer.transport.abort()
@@ -207,8 +229,9 @@ async def test_accept_errors_are_logged_once_a_minute_without_traceback(json_log
     quiet_accept_errors(loop)
     try:
         for _ in range(1000):
-            loop.call_exception_handler({"message": "socket.accept() out of system resource",
-                                         "exception": OSError(24, "Too many open files")})
+            loop.call_exception_handler(
+                {"message": "socket.accept() out of system resource", "exception": OSError(24, "Too many open files")}
+            )
     finally:
         loop.set_exception_handler(before)
     lines = [line for line in log_lines(json_logs) if line["event"] == "accept_failed"]
@@ -227,15 +250,18 @@ def test_a_throttled_event_says_how_many_were_not_logged(json_logs):
     assert [line.get("suppressed_since_last") for line in lines] == [None, 4]
 
 
-@pytest.mark.parametrize("raw", [
-    # aiohttp's own 417 quotes the header and fails on bytes that are not UTF-8 (a 500).
-    b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nExpect: \x80\r\nContent-Length: 0\r\n\r\n",
-    # A body that does not decode: aiohttp logged it as an unhandled exception, and a
-    # truncated deflate body hung now and then; encoded bodies are refused (415).
-    b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x00\x00",
-    b"POST /webhooks/servicenow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer doorbell-token-3c2b1a0f\r\n"
-    b"Content-Encoding: deflate\r\nContent-Length: 3\r\n\r\n\".\x13",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # aiohttp's own 417 quotes the header and fails on bytes that are not UTF-8 (a 500).
+        b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nExpect: \x80\r\nContent-Length: 0\r\n\r\n",
+        # A body that does not decode: aiohttp logged it as an unhandled exception, and a
+        # truncated deflate body hung now and then; encoded bodies are refused (415).
+        b"POST /webhooks/pagerduty HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x00\x00",
+        b"POST /webhooks/servicenow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer doorbell-token-3c2b1a0f\r\n"
+        b'Content-Encoding: deflate\r\nContent-Length: 3\r\n\r\n".\x13',
+    ],
+)
 async def test_requests_the_fuzz_found_are_4xx_without_an_error_line(daemon, json_logs, raw):
     d = await daemon()
     reader, writer = await _connect(d)

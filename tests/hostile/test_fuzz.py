@@ -16,6 +16,7 @@ import os
 import threading
 
 import pytest
+import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +25,16 @@ from dutybridge_demo.harness import start_daemon
 from tests.conftest import BASE_CONFIG, merge
 from tests.hostile.conftest import HOSTILE_CONFIG, PD_SECRET, SN_TOKEN
 
-import tomli_w
-
 EXAMPLES = int(os.environ.get("DUTYBRIDGE_FUZZ_EXAMPLES", "150"))
 V2_USER, V2_PASSWORD = "pd-v2-extension", "v2-extension-password"
 # pytest-timeout's per-test limit, scaled for a long run (about 50 ms an example here).
 pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 5))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 class Daemon:
@@ -79,9 +82,13 @@ def logs():
 def daemon(tmp_path_factory, logs):
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "state").mkdir()
-    config = merge(merge(BASE_CONFIG, HOSTILE_CONFIG),
-                   {"servicenow": {"doorbell_username": V2_USER, "doorbell_password": V2_PASSWORD},
-                    "daemon": {"max_body_bytes": 65536}})
+    config = merge(
+        merge(BASE_CONFIG, HOSTILE_CONFIG),
+        {
+            "servicenow": {"doorbell_username": V2_USER, "doorbell_password": V2_PASSWORD},
+            "daemon": {"max_body_bytes": 65536},
+        },
+    )
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(config))
     path.chmod(0o600)
@@ -102,25 +109,50 @@ def assert_quiet(buf: io.StringIO, since: int = 0) -> None:
 
 # -- strategies ----------------------------------------------------------------------
 def _json_values():
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                        st.text(max_size=30), st.sampled_from(["PT4KHLK", "incident", "update", "7", "\u0667",
-                                                               "2024-03-05 14:07:09", "x" * 300]))
-    return st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                        st.dictionaries(st.text(max_size=12), kids, max_size=4)),
-                        max_leaves=12)
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(max_size=30),
+        st.sampled_from(["PT4KHLK", "incident", "update", "7", "\u0667", "2024-03-05 14:07:09", "x" * 300]),
+    )
+    return st.recursive(
+        scalars,
+        lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=12), kids, max_size=4)),
+        max_leaves=12,
+    )
 
 
-KEYS = ["event", "id", "event_type", "resource_type", "data", "type", "incident", "messages", "incident_id",
-        "table", "sys_id", "operation", "sys_updated_on", "sys_mod_count", "occurred_at", "agent"]
+KEYS = [
+    "event",
+    "id",
+    "event_type",
+    "resource_type",
+    "data",
+    "type",
+    "incident",
+    "messages",
+    "incident_id",
+    "table",
+    "sys_id",
+    "operation",
+    "sys_updated_on",
+    "sys_mod_count",
+    "occurred_at",
+    "agent",
+]
 
 
 def _shaped():
     """Objects whose keys are the routes' own, values anything: reaches the validators."""
     return st.recursive(
         st.dictionaries(st.sampled_from(KEYS), _json_values(), max_size=6),
-        lambda kids: st.dictionaries(st.sampled_from(KEYS), st.one_of(kids, st.lists(kids, max_size=3),
-                                                                      _json_values()), max_size=6),
-        max_leaves=8)
+        lambda kids: st.dictionaries(
+            st.sampled_from(KEYS), st.one_of(kids, st.lists(kids, max_size=3), _json_values()), max_size=6
+        ),
+        max_leaves=8,
+    )
 
 
 bodies = st.one_of(
@@ -132,11 +164,28 @@ bodies = st.one_of(
 )
 _header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255, blacklist_characters="\x7f"), max_size=80)
 extra_headers = st.dictionaries(
-    st.sampled_from(["Content-Type", "X-Webhook-Id", "X-Request-Id", "Content-Encoding", "Accept-Encoding",
-                     "Expect", "Connection", "X-Forwarded-For", "Cookie", "Host"]),
-    st.one_of(_header_text, st.sampled_from(["gzip", "deflate", "br", "application/json", "100-continue",
-                                            "close", "keep-alive", "identity"])),
-    max_size=4)
+    st.sampled_from(
+        [
+            "Content-Type",
+            "X-Webhook-Id",
+            "X-Request-Id",
+            "Content-Encoding",
+            "Accept-Encoding",
+            "Expect",
+            "Connection",
+            "X-Forwarded-For",
+            "Cookie",
+            "Host",
+        ]
+    ),
+    st.one_of(
+        _header_text,
+        st.sampled_from(
+            ["gzip", "deflate", "br", "application/json", "100-continue", "close", "keep-alive", "identity"]
+        ),
+    ),
+    max_size=4,
+)
 
 
 def _basic(user: str, password: str) -> str:
@@ -144,8 +193,9 @@ def _basic(user: str, password: str) -> str:
 
 
 def auth_for(route: str):
-    good = {"servicenow": f"Bearer {SN_TOKEN}", "sync": f"Bearer {SN_TOKEN}",
-            "v2": _basic(V2_USER, V2_PASSWORD)}.get(route)
+    good = {"servicenow": f"Bearer {SN_TOKEN}", "sync": f"Bearer {SN_TOKEN}", "v2": _basic(V2_USER, V2_PASSWORD)}.get(
+        route
+    )
     choices = [st.none(), _header_text, st.sampled_from(["Bearer", "Basic ###", "Bearer wrong", _basic("a", "b")])]
     if good:
         choices += [st.just(good)] * 3
@@ -173,18 +223,32 @@ def fuzz_route(daemon, logs, path: str, body: bytes, headers: dict, signed: bool
 
 
 def still_accepted(daemon) -> None:
-    body = json.dumps({"table": "incident", "sys_id": os.urandom(16).hex(), "operation": "update",
-                       "sys_updated_on": "2024-03-05 14:07:09"}).encode()
+    body = json.dumps(
+        {
+            "table": "incident",
+            "sys_id": os.urandom(16).hex(),
+            "operation": "update",
+            "sys_updated_on": "2024-03-05 14:07:09",
+        }
+    ).encode()
     before = daemon.stored()
-    status, _ = daemon.request("POST", "/webhooks/servicenow", body,
-                               {"Authorization": f"Bearer {SN_TOKEN}", "Content-Type": "application/json"})
+    status, _ = daemon.request(
+        "POST",
+        "/webhooks/servicenow",
+        body,
+        {"Authorization": f"Bearer {SN_TOKEN}", "Content-Type": "application/json"},
+    )
     assert status == 202 and daemon.stored() == before + 1
     assert daemon.request("GET", "/healthz", b"", {})[0] == 200
 
 
 @FUZZ
-@given(body=bodies, headers=extra_headers, signed=st.booleans(),
-       signature=st.one_of(st.none(), _header_text, st.just("v1=" + "0" * 64)))
+@given(
+    body=bodies,
+    headers=extra_headers,
+    signed=st.booleans(),
+    signature=st.one_of(st.none(), _header_text, st.just("v1=" + "0" * 64)),
+)
 def test_fuzz_pagerduty_v3(daemon, logs, body, headers, signed, signature):
     if signature is not None and not signed:
         headers = {**headers, "X-PagerDuty-Signature": signature}
@@ -210,8 +274,11 @@ def test_fuzz_sync_action(daemon, logs, body, headers, auth):
 
 
 @FUZZ
-@given(path=st.sampled_from(["/healthz", "/readyz", "/metrics", "/nope", "/webhooks/servicenow"]),
-       method=st.sampled_from(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"]), headers=extra_headers)
+@given(
+    path=st.sampled_from(["/healthz", "/readyz", "/metrics", "/nope", "/webhooks/servicenow"]),
+    method=st.sampled_from(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"]),
+    headers=extra_headers,
+)
 def test_fuzz_probes_and_methods(daemon, logs, path, method, headers):
     mark = len(logs.getvalue())
     try:

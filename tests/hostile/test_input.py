@@ -13,27 +13,37 @@ SYS_ID = "0123456789abcdef0123456789abcdef"
 
 
 def doorbell(**over):
-    return {"table": "incident", "sys_id": SYS_ID, "operation": "update",
-            "sys_updated_on": "2024-03-05 14:07:09", **over}
+    return {
+        "table": "incident",
+        "sys_id": SYS_ID,
+        "operation": "update",
+        "sys_updated_on": "2024-03-05 14:07:09",
+        **over,
+    }
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"incident_id": "'; DROP TABLE events;--"}, "incident_id"),
-    ({"incident_id": "../../users"}, "incident_id"),
-    ({"incident_id": "P" * 60_000}, "incident_id"),
-    ({"incident_id": {"x": 1}}, "incident_id"),
-    ({"incident_id": "pabc123"}, "incident_id"),
-    ({"incident_id": "PABC\u0661"}, "incident_id"),
-    ({"messages": [{"id": "m1", "incident": {"id": "PGOOD01"}}, {"incident": {"id": "../x"}}]},
-     "messages[1].incident.id"),
-    ({"messages": [{"incident": "PGOOD01"}]}, "messages[0].incident"),
-    ({"messages": {"incident": {"id": "PGOOD01"}}}, "messages"),
-    ({"messages": [{"id": "m" * 500, "incident": {"id": "PGOOD01"}}]}, "messages[0].id"),
-    ({"event": {"id": "e1", "data": {"type": "incident", "id": "x" * 30}}}, "event.data.id"),
-    ({"event": {"id": "e1", "data": {"type": "incident_note", "incident": {"id": 7}}}}, "event.data.incident.id"),
-    ({"event": []}, "event"),
-    ({"x": 1}, "no incident id"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"incident_id": "'; DROP TABLE events;--"}, "incident_id"),
+        ({"incident_id": "../../users"}, "incident_id"),
+        ({"incident_id": "P" * 60_000}, "incident_id"),
+        ({"incident_id": {"x": 1}}, "incident_id"),
+        ({"incident_id": "pabc123"}, "incident_id"),
+        ({"incident_id": "PABC\u0661"}, "incident_id"),
+        (
+            {"messages": [{"id": "m1", "incident": {"id": "PGOOD01"}}, {"incident": {"id": "../x"}}]},
+            "messages[1].incident.id",
+        ),
+        ({"messages": [{"incident": "PGOOD01"}]}, "messages[0].incident"),
+        ({"messages": {"incident": {"id": "PGOOD01"}}}, "messages"),
+        ({"messages": [{"id": "m" * 500, "incident": {"id": "PGOOD01"}}]}, "messages[0].id"),
+        ({"event": {"id": "e1", "data": {"type": "incident", "id": "x" * 30}}}, "event.data.id"),
+        ({"event": {"id": "e1", "data": {"type": "incident_note", "incident": {"id": 7}}}}, "event.data.incident.id"),
+        ({"event": []}, "event"),
+        ({"x": 1}, "no incident id"),
+    ],
+)
 async def test_sync_action_refuses_bad_ids_naming_the_field_and_stores_nothing(daemon, body, field):
     d = await daemon()
     async with aiohttp.ClientSession() as http:
@@ -51,8 +61,9 @@ async def test_sync_action_refuses_bad_ids_naming_the_field_and_stores_nothing(d
 async def test_sync_action_deeply_nested_body_is_400_not_500(daemon):
     d = await daemon()
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{d.url}/webhooks/pagerduty/sync", data=b"[" * 60_000,
-                             headers={**AUTH, "Content-Type": "application/json"}) as resp:
+        async with http.post(
+            f"{d.url}/webhooks/pagerduty/sync", data=b"[" * 60_000, headers={**AUTH, "Content-Type": "application/json"}
+        ) as resp:
             assert resp.status == 400
             assert "JSON" in (await resp.json())["error"]
     assert await inbox(d) == []
@@ -62,8 +73,9 @@ async def test_doorbell_tables_follow_the_enabled_plugin_and_never_become_labels
     d = await daemon()
     async with aiohttp.ClientSession() as http:
         for i in range(20):
-            async with http.post(f"{d.url}/webhooks/servicenow", json=doorbell(table=f"u_table_{i}"),
-                                 headers=AUTH) as resp:
+            async with http.post(
+                f"{d.url}/webhooks/servicenow", json=doorbell(table=f"u_table_{i}"), headers=AUTH
+            ) as resp:
                 assert resp.status == 400
         # Groups and CIs only matter with v7_fields (off by default).
         async with http.post(f"{d.url}/webhooks/servicenow", json=doorbell(table="cmdb_ci"), headers=AUTH) as resp:

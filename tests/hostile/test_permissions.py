@@ -96,6 +96,7 @@ def test_a_file_secret_readable_by_others_warns(write_config, make_config):
     path.write_text(text)
     path.chmod(0o600)
     from dutybridge.app import load
+
     config, _ = load(path)
     assert any(f"secret file {path.parent / 'key'} is readable" in w and "chmod 600" in w for w in config.warnings)
     (path.parent / "key").chmod(0o600)
@@ -107,10 +108,15 @@ def test_config_with_only_env_secrets_readable_by_others_does_not_warn(write_con
     monkeypatch.setenv("PD", "k" * 12)
     monkeypatch.setenv("SN", "p" * 12)
     monkeypatch.setenv("SECRETS", "w" * 12)
-    path = write_config({"pagerduty": {"api_key": "env:PD", "webhook_secrets": ["env:SECRETS"]},
-                         "servicenow": {"password": "env:SN", "doorbell_token": "env:SECRETS"}})
+    path = write_config(
+        {
+            "pagerduty": {"api_key": "env:PD", "webhook_secrets": ["env:SECRETS"]},
+            "servicenow": {"password": "env:SN", "doorbell_token": "env:SECRETS"},
+        }
+    )
     path.chmod(0o644)
     from dutybridge.app import load
+
     config, _ = load(path)
     assert not any("readable by group or others" in w for w in config.warnings)
 
@@ -123,6 +129,7 @@ def test_config_writable_by_others_is_refused_at_start_and_in_config_check(write
     assert exited.value.code == 2
     assert f"chmod o-w {path}" in capsys.readouterr().err
     from dutybridge.app import load
+
     with pytest.raises(ConfigError, match="writable by others"):
         load(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666

@@ -22,9 +22,15 @@ SN_PASSWORD = "sn/pass+word=0a9b&x"
 PD_KEY = "y_NbAkKc66ryYTWUXYEu"
 DOORBELL = "doorbell-token-3c2b1a0f"
 V2_USER, V2_PASSWORD = "pd-v2", "v2 secret/pass"
-SECRETS = {"pagerduty": {"api_key": PD_KEY},
-           "servicenow": {"username": SN_USER, "password": SN_PASSWORD, "doorbell_username": V2_USER,
-                          "doorbell_password": V2_PASSWORD}}
+SECRETS = {
+    "pagerduty": {"api_key": PD_KEY},
+    "servicenow": {
+        "username": SN_USER,
+        "password": SN_PASSWORD,
+        "doorbell_username": V2_USER,
+        "doorbell_password": V2_PASSWORD,
+    },
+}
 
 
 def b64(text: str) -> str:
@@ -32,8 +38,12 @@ def b64(text: str) -> str:
 
 
 FORMS = {
-    "raw password": SN_PASSWORD, "raw key": PD_KEY, "raw doorbell": DOORBELL, "raw v2": V2_PASSWORD,
-    "basic pair": b64(f"{SN_USER}:{SN_PASSWORD}"), "v2 basic pair": b64(f"{V2_USER}:{V2_PASSWORD}"),
+    "raw password": SN_PASSWORD,
+    "raw key": PD_KEY,
+    "raw doorbell": DOORBELL,
+    "raw v2": V2_PASSWORD,
+    "basic pair": b64(f"{SN_USER}:{SN_PASSWORD}"),
+    "v2 basic pair": b64(f"{V2_USER}:{V2_PASSWORD}"),
     "url-encoded password": urllib.parse.quote(SN_PASSWORD, safe=""),
     "form-encoded v2": urllib.parse.quote_plus(V2_PASSWORD),
     "url-encoded key in a path": urllib.parse.quote(SN_PASSWORD),
@@ -46,11 +56,16 @@ class LeakyHook:
 
     @hookimpl
     def handle_event(self, event, ctx):
-        headers = {"Authorization": f"Basic {b64(f'{SN_USER}:{SN_PASSWORD}')}",
-                   "X-PD": f"Token token={PD_KEY}", "X-Door": f"Bearer {DOORBELL}"}
-        raise RuntimeError(f"upstream said no; sent headers={headers!r} "
-                           f"url=https://x.test/?p={urllib.parse.quote(SN_PASSWORD, safe='')}"
-                           f"&v2={urllib.parse.quote_plus(V2_PASSWORD)}&raw={V2_PASSWORD}")
+        headers = {
+            "Authorization": f"Basic {b64(f'{SN_USER}:{SN_PASSWORD}')}",
+            "X-PD": f"Token token={PD_KEY}",
+            "X-Door": f"Bearer {DOORBELL}",
+        }
+        raise RuntimeError(
+            f"upstream said no; sent headers={headers!r} "
+            f"url=https://x.test/?p={urllib.parse.quote(SN_PASSWORD, safe='')}"
+            f"&v2={urllib.parse.quote_plus(V2_PASSWORD)}&raw={V2_PASSWORD}"
+        )
 
 
 def assert_clean(text: str, channel: str) -> None:
@@ -59,8 +74,9 @@ def assert_clean(text: str, channel: str) -> None:
 
 
 async def test_no_form_of_a_secret_reaches_any_output(daemon, json_logs):
-    d = await daemon({**SECRETS, "daemon": {"log_level": "debug", "retry_base_seconds": 30}},
-                     worker=True, plugins=(LeakyHook(),))
+    d = await daemon(
+        {**SECRETS, "daemon": {"log_level": "debug", "retry_base_seconds": 30}}, worker=True, plugins=(LeakyHook(),)
+    )
     set_secrets(d.ctx.config.secrets())  # as `dutybridge run` does once the config is loaded
     await d.ctx.enqueue(Event(source="test", type="leak", event_id="leak-1", resource="test:1", payload={}))
     async with asyncio.timeout(10):
@@ -74,12 +90,18 @@ async def test_no_form_of_a_secret_reaches_any_output(daemon, json_logs):
 
     async with aiohttp.ClientSession() as http:
         # A reason that quotes what the client sent: an unknown field named like a secret.
-        async with http.post(f"{d.url}/webhooks/servicenow", json={SN_PASSWORD: 1, PD_KEY: 2},
-                             headers={"Authorization": f"Bearer {DOORBELL}"}) as resp:
+        async with http.post(
+            f"{d.url}/webhooks/servicenow",
+            json={SN_PASSWORD: 1, PD_KEY: 2},
+            headers={"Authorization": f"Bearer {DOORBELL}"},
+        ) as resp:
             assert resp.status == 400
             assert_clean(await resp.text(), "error answer")
-        async with http.post(f"{d.url}/webhooks/pagerduty/v2", data=b"{",
-                             headers={"Authorization": f"Basic {b64(f'{V2_USER}:{V2_PASSWORD}')}"}) as resp:
+        async with http.post(
+            f"{d.url}/webhooks/pagerduty/v2",
+            data=b"{",
+            headers={"Authorization": f"Basic {b64(f'{V2_USER}:{V2_PASSWORD}')}"},
+        ) as resp:
             assert resp.status == 400
             assert_clean(await resp.text(), "error answer")
     text = json_logs.getvalue()

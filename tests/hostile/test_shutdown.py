@@ -58,8 +58,7 @@ class Stubborn:
 
 async def test_shutdown_takes_at_most_shutdown_timeout_whatever_is_in_flight(hostile_config, json_logs):
     timeout = 3.0
-    path = hostile_config({"daemon": {"shutdown_timeout": timeout, "listen_port": 0},
-                           "plugins": {"enabled": []}})
+    path = hostile_config({"daemon": {"shutdown_timeout": timeout, "listen_port": 0}, "plugins": {"enabled": []}})
     plugin = Stubborn()
     config, pm = load(path, extra_plugins=[plugin])
     server = asyncio.create_task(serve(config, pm, path))

@@ -14,8 +14,12 @@ from dutybridge import hookimpl
 from dutybridge.events import Event
 from tests.hostile.conftest import AUTH, inbox
 
-DOORBELL = {"table": "incident", "sys_id": "0123456789abcdef0123456789abcdef", "operation": "update",
-            "sys_updated_on": "2024-03-05 14:07:09"}
+DOORBELL = {
+    "table": "incident",
+    "sys_id": "0123456789abcdef0123456789abcdef",
+    "operation": "update",
+    "sys_updated_on": "2024-03-05 14:07:09",
+}
 
 
 class Gated:

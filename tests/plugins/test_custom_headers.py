@@ -39,8 +39,11 @@ async def recorder(aiohttp_server):
 
 
 def _config(url: str, section: dict) -> dict:
-    return {"pagerduty": {"api_url": url}, "servicenow": {"instance_url": url},
-            "plugins": {"enabled": ["custom_headers"], "custom_headers": section}}
+    return {
+        "pagerduty": {"api_url": url},
+        "servicenow": {"instance_url": url},
+        "plugins": {"enabled": ["custom_headers"], "custom_headers": section},
+    }
 
 
 async def _call_every_target(config, pm, url: str) -> None:
@@ -53,11 +56,16 @@ async def _call_every_target(config, pm, url: str) -> None:
 
 async def test_each_target_sends_its_headers_on_the_wire(recorder, make_config, monkeypatch):
     monkeypatch.setenv("GATEWAY_KEY", GATEWAY_KEY)
-    config, pm = make_config(_config(recorder.url, {
-        "pagerduty": "X-Team: sre\nX-Env: prod",
-        "servicenow": {"X-Gateway-Key": "env:GATEWAY_KEY", "X-Source": "dutybridge"},
-        "urls": {f"{recorder.url}/hooks/": "X-Hook: yes", f"{recorder.url}/hooks/alert": {"X-Env": "alerting"}},
-    }))
+    config, pm = make_config(
+        _config(
+            recorder.url,
+            {
+                "pagerduty": "X-Team: sre\nX-Env: prod",
+                "servicenow": {"X-Gateway-Key": "env:GATEWAY_KEY", "X-Source": "dutybridge"},
+                "urls": {f"{recorder.url}/hooks/": "X-Hook: yes", f"{recorder.url}/hooks/alert": {"X-Env": "alerting"}},
+            },
+        )
+    )
     await _call_every_target(config, pm, recorder.url)
     pd, sn = recorder.seen["/users/P1"], recorder.seen["/api/now/table/incident/abc"]
     hook, other = recorder.seen["/hooks/alert"], recorder.seen["/other"]
@@ -81,23 +89,41 @@ def test_a_reserved_header_is_refused_naming_the_key(make_config):
 
 
 async def test_an_allowed_reserved_header_replaces_the_clients(recorder, make_config):
-    config, pm = make_config(_config(recorder.url, {
-        "allow_reserved": ["Authorization"], "pagerduty": {"Authorization": "Bearer gateway-issued"}}))
+    config, pm = make_config(
+        _config(
+            recorder.url, {"allow_reserved": ["Authorization"], "pagerduty": {"Authorization": "Bearer gateway-issued"}}
+        )
+    )
     await _call_every_target(config, pm, recorder.url)
     assert recorder.seen["/users/P1"]["Authorization"] == "Bearer gateway-issued"
     assert recorder.seen["/api/now/table/incident/abc"]["Authorization"].startswith("Basic ")
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"pagerduty": "X-A 1"}, "plugins.custom_headers.pagerduty: line 1: expected 'Name: value'"),
-    ({"pagerduty": "X-A: 1\nBad Name: 2"}, "plugins.custom_headers.pagerduty: line 2: 'Bad Name' is not a valid header name"),
-    ({"servicenow": {"X-A": "one\ntwo"}}, "plugins.custom_headers.servicenow: header X-A: a value cannot contain a line break"),
-    ({"servicenow": {"X-Key": "env:NOT_SET_ANYWHERE"}}, "plugins.custom_headers.servicenow: header X-Key: environment variable NOT_SET_ANYWHERE is not set"),
-    ({"urls": {"ftp://x/": "X-A: 1"}}, "plugins.custom_headers.urls: 'ftp://x/': a prefix is an http:// or https:// URL"),
-    ({"urls": {"https://x/": {"Host": "y"}}}, "plugins.custom_headers.urls: 'https://x/': header Host is reserved"),
-    ({"pagerduty": "X-A: 1\nx-a: 2"}, "plugins.custom_headers.pagerduty: line 2: header x-a is given twice"),
-    ({"allow_reserved": ["X-Mine"]}, "plugins.custom_headers.allow_reserved: 'X-Mine' is not a reserved header"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"pagerduty": "X-A 1"}, "plugins.custom_headers.pagerduty: line 1: expected 'Name: value'"),
+        (
+            {"pagerduty": "X-A: 1\nBad Name: 2"},
+            "plugins.custom_headers.pagerduty: line 2: 'Bad Name' is not a valid header name",
+        ),
+        (
+            {"servicenow": {"X-A": "one\ntwo"}},
+            "plugins.custom_headers.servicenow: header X-A: a value cannot contain a line break",
+        ),
+        (
+            {"servicenow": {"X-Key": "env:NOT_SET_ANYWHERE"}},
+            "plugins.custom_headers.servicenow: header X-Key: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            {"urls": {"ftp://x/": "X-A: 1"}},
+            "plugins.custom_headers.urls: 'ftp://x/': a prefix is an http:// or https:// URL",
+        ),
+        ({"urls": {"https://x/": {"Host": "y"}}}, "plugins.custom_headers.urls: 'https://x/': header Host is reserved"),
+        ({"pagerduty": "X-A: 1\nx-a: 2"}, "plugins.custom_headers.pagerduty: line 2: header x-a is given twice"),
+        ({"allow_reserved": ["X-Mine"]}, "plugins.custom_headers.allow_reserved: 'X-Mine' is not a reserved header"),
+    ],
+)
 def test_bad_headers_are_config_errors_naming_the_key(make_config, section, message):
     with pytest.raises(ConfigError) as info:
         make_config(_config("http://127.0.0.1:9", section))

@@ -24,7 +24,7 @@ class ForwardProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "ForwardProxy":
+    async def start(self) -> ForwardProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -45,9 +45,11 @@ class ForwardProxy:
             if self.credentials is not None:
                 expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
                 if auth != expected:
-                    writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                                 b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
+                    writer.write(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                        b'Proxy-Authenticate: Basic realm="test"\r\nContent-Length: 0\r\n'
+                        b"Connection: close\r\n\r\n"
+                    )
                     await writer.drain()
                     return
             if method == "CONNECT":
@@ -62,8 +64,9 @@ class ForwardProxy:
             path = url.path or "/"
             if url.query:
                 path += "?" + url.query
-            kept = [(k, v) for k, v in headers
-                    if k.lower() not in ("proxy-authorization", "proxy-connection", "connection")]
+            kept = [
+                (k, v) for k, v in headers if k.lower() not in ("proxy-authorization", "proxy-connection", "connection")
+            ]
             out = [f"{method} {path} {version}", *(f"{k}:{v}" for k, v in kept), "Connection: close", "", ""]
             up_writer.write("\r\n".join(out).encode("latin-1"))
             length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)

@@ -38,17 +38,42 @@ class RelayProcess:
             await self.reader
 
 
-async def start_relay(folder: Path, secret: str, allowed_hosts: list[str], *, name: str = "relay",
-                      port: int = 0, max_skew_seconds: float = 30.0) -> RelayProcess:
+async def start_relay(
+    folder: Path,
+    secret: str,
+    allowed_hosts: list[str],
+    *,
+    name: str = "relay",
+    port: int = 0,
+    max_skew_seconds: float = 30.0,
+) -> RelayProcess:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"{name}.toml"
-    config.write_text(tomli_w.dumps({"relay": {
-        "listen_host": "127.0.0.1", "listen_port": port, "secret": f"env:{RELAY_SECRET_ENV}",
-        "allowed_hosts": allowed_hosts, "max_skew_seconds": max_skew_seconds}}))
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "relay": {
+                    "listen_host": "127.0.0.1",
+                    "listen_port": port,
+                    "secret": f"env:{RELAY_SECRET_ENV}",
+                    "allowed_hosts": allowed_hosts,
+                    "max_skew_seconds": max_skew_seconds,
+                }
+            }
+        )
+    )
     env = {**os.environ, RELAY_SECRET_ENV: secret}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dutybridge.cli", "relay", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+        sys.executable,
+        "-m",
+        "dutybridge.cli",
+        "relay",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
     lines = []
     try:
         async with asyncio.timeout(30):

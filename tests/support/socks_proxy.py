@@ -24,7 +24,7 @@ class Socks5Proxy:
     def url(self) -> str:
         return f"socks5://127.0.0.1:{self.port}"
 
-    async def start(self) -> "Socks5Proxy":
+    async def start(self) -> Socks5Proxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

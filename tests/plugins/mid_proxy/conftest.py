@@ -13,10 +13,18 @@ class Recorder:
         self.seen: list[dict] = []
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append({"method": request.method, "path": request.path, "headers": dict(request.headers),
-                          "query": dict(request.query), "body": await request.read()})
-        return web.json_response({"user": {"id": "P1"}, "result": {"sys_id": "abc", "state": "2"}},
-                                 headers={"X-Upstream": "recorder"})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": dict(request.headers),
+                "query": dict(request.query),
+                "body": await request.read(),
+            }
+        )
+        return web.json_response(
+            {"user": {"id": "P1"}, "result": {"sys_id": "abc", "state": "2"}}, headers={"X-Upstream": "recorder"}
+        )
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -33,6 +41,8 @@ async def recorder(aiohttp_server):
 
 
 def mid_proxy_config(url: str, section: dict, *, retries: int = 0) -> dict:
-    return {"pagerduty": {"api_url": url, "max_retries": retries},
-            "servicenow": {"instance_url": url, "max_retries": retries},
-            "plugins": {"enabled": ["mid_proxy"], "mid_proxy": section}}
+    return {
+        "pagerduty": {"api_url": url, "max_retries": retries},
+        "servicenow": {"instance_url": url, "max_retries": retries},
+        "plugins": {"enabled": ["mid_proxy"], "mid_proxy": section},
+    }

@@ -13,17 +13,20 @@ from dutybridge_plugins.mid_proxy.transport import Relay, RelayTransport
 SECRET = "relay-secret-0f9e8d7c6b5a"
 
 
-@pytest.mark.parametrize("url, allowed", [
-    ("https://api.pagerduty.com/incidents", True),
-    ("https://acme.service-now.com/api/now/table/incident", True),
-    ("https://service-now.com/", False),              # *.DOMAIN is subdomains only
-    ("https://evil-service-now.com/", False),
-    ("https://api.pagerduty.com.evil.example/", False),
-    ("http://10.0.0.5:8080/x", True),
-    ("http://10.0.0.5:8081/x", False),                # HOST:PORT pins the port
-    ("ftp://api.pagerduty.com/", False),
-    ("not a url", False),
-])
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://api.pagerduty.com/incidents", True),
+        ("https://acme.service-now.com/api/now/table/incident", True),
+        ("https://service-now.com/", False),  # *.DOMAIN is subdomains only
+        ("https://evil-service-now.com/", False),
+        ("https://api.pagerduty.com.evil.example/", False),
+        ("http://10.0.0.5:8080/x", True),
+        ("http://10.0.0.5:8081/x", False),  # HOST:PORT pins the port
+        ("ftp://api.pagerduty.com/", False),
+        ("not a url", False),
+    ],
+)
 def test_host_allow_list(url, allowed):
     hosts = ["api.pagerduty.com", "*.service-now.com", "10.0.0.5:8080"]
     assert env.host_allowed(url, hosts) is allowed

@@ -52,13 +52,15 @@ def relay_section(*urls: str, secret: str = "env:RELAY_SECRET", **extra) -> dict
 async def test_calls_go_through_the_relay_and_come_back_whole(recorder, relays, make_config, monkeypatch):
     relay = await relays()
     monkeypatch.setenv("RELAY_SECRET", SECRET)
-    config, pm = make_config(mid_proxy_config(recorder.url, relay_section(
-        relay.url, ecc_parameters={"mid_server": "mid-eu-1"})))
+    config, pm = make_config(
+        mid_proxy_config(recorder.url, relay_section(relay.url, ecc_parameters={"mid_server": "mid-eu-1"}))
+    )
     async with command_context(config, pm, store=False) as ctx:
         record = await ctx.servicenow.get("incident", "abc")
         user = await ctx.pagerduty.get_user("P1")
-        posted = await ctx.http.request(OutboundRequest("POST", f"{recorder.url}/hooks/x?k=v", service="webhook",
-                                                        json={"text": "é"}))
+        posted = await ctx.http.request(
+            OutboundRequest("POST", f"{recorder.url}/hooks/x?k=v", service="webhook", json={"text": "é"})
+        )
     assert record == {"sys_id": "abc", "state": "2"} and user == {"id": "P1"}
     assert posted.status == 200 and posted.headers["X-Upstream"] == "recorder"
     sn, pd, hook = recorder.seen
@@ -73,15 +75,17 @@ async def test_calls_go_through_the_relay_and_come_back_whole(recorder, relays, 
 
 
 def _envelope(url: str, *, ts: float | None = None) -> bytes:
-    _, body = env.request_envelope(method="GET", url=url, headers=[("Accept", "application/json")], params=[],
-                                   body=None, timeout=5, ecc={}, now=ts)
+    _, body = env.request_envelope(
+        method="GET", url=url, headers=[("Accept", "application/json")], params=[], body=None, timeout=5, ecc={}, now=ts
+    )
     return body
 
 
 async def _post(relay_url: str, body: bytes, signature: str) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as session:
-        async with session.post(relay_url + env.EXECUTE_PATH, data=body,
-                                headers={env.SIGNATURE_HEADER: signature}) as resp:
+        async with session.post(
+            relay_url + env.EXECUTE_PATH, data=body, headers={env.SIGNATURE_HEADER: signature}
+        ) as resp:
             return resp.status, await resp.json()
 
 
@@ -90,7 +94,10 @@ async def test_tampered_stale_replayed_and_disallowed_envelopes_are_refused(reco
     key = SECRET.encode()
     good = _envelope(f"{recorder.url}/ok")
     assert (await _post(relay.url, good, env.sign(key, good)))[0] == 200
-    assert await _post(relay.url, good, env.sign(key, good)) == (409, {"error": "replayed envelope: this nonce was already used"})
+    assert await _post(relay.url, good, env.sign(key, good)) == (
+        409,
+        {"error": "replayed envelope: this nonce was already used"},
+    )
 
     fresh = _envelope(f"{recorder.url}/tampered")
     tampered = fresh.replace(b"/tampered", b"/elsewhere")
@@ -103,7 +110,9 @@ async def test_tampered_stale_replayed_and_disallowed_envelopes_are_refused(reco
 
     elsewhere = _envelope(f"http://localhost:{recorder.url.rsplit(':', 1)[1]}/x")
     assert await _post(relay.url, elsewhere, env.sign(key, elsewhere)) == (
-        403, {"error": "host not allowed by this relay's allowed_hosts"})
+        403,
+        {"error": "host not allowed by this relay's allowed_hosts"},
+    )
     # Only the first envelope was executed.
     assert [s["path"] for s in recorder.seen] == ["/ok"]
 

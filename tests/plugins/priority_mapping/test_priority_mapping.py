@@ -35,8 +35,11 @@ async def cli(world, capsys, *argv: str) -> tuple[int, str]:
 
 
 def open_sn(world, *, group: str = DB_GROUP, urgency: str = "1") -> dict:
-    return world.sn.insert("incident", {"short_description": "Payments API 500s", "assignment_group": group,
-                                        "impact": "1", "urgency": urgency}, user="alice.nguyen")
+    return world.sn.insert(
+        "incident",
+        {"short_description": "Payments API 500s", "assignment_group": group, "impact": "1", "urgency": urgency},
+        user="alice.nguyen",
+    )
 
 
 async def pd_policy(world, rec: dict) -> str:
@@ -52,8 +55,12 @@ async def world(make_world):
 async def test_exact_default_inactive_and_no_row(world, capsys):
     # No row: the group's provisioned policy.
     assert await pd_policy(world, open_sn(world)) == "PEPDB01"
-    assert await world.ctx.hooks.escalation_policy_for(group={"sys_id": DB_GROUP, "name": "Database"}, priority="1",
-                                                       ctx=world.ctx) == "PEPDB01"
+    assert (
+        await world.ctx.hooks.escalation_policy_for(
+            group={"sys_id": DB_GROUP, "name": "Database"}, priority="1", ctx=world.ctx
+        )
+        == "PEPDB01"
+    )
     # An exact row wins for its priority only; the default row takes the others.
     assert (await cli(world, capsys, "add", "Database", "PEPDBP1", "--priority", "1"))[0] == 0
     assert (await cli(world, capsys, "add", DB_GROUP, "PEPNET1"))[0] == 0
@@ -68,8 +75,12 @@ async def test_exact_default_inactive_and_no_row(world, capsys):
     await cli(world, capsys, "activate", "Database", "--priority", "1")
     assert await pd_policy(world, open_sn(world)) == "PEPDBP1"
     # A group nobody mapped: no opinion.
-    assert await world.ctx.hooks.escalation_policy_for(group={"sys_id": "0" * 32, "name": "x"}, priority="1",
-                                                       ctx=world.ctx) is None
+    assert (
+        await world.ctx.hooks.escalation_policy_for(
+            group={"sys_id": "0" * 32, "name": "x"}, priority="1", ctx=world.ctx
+        )
+        is None
+    )
 
 
 async def test_a_priority_change_moves_the_incident_to_the_mapped_policy(world, capsys):
@@ -91,14 +102,18 @@ async def test_cli_lists_removes_and_refuses_bad_input(world, capsys):
     code, out = await cli(world, capsys, "list", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [(r["group"], r["priority"], r["escalation_policy"], r["active"]) for r in rows] == [
-        (DB_GROUP, "1", "PEPDBP1", True), (NET_GROUP, "", "PEPNET1", False)]
+        (DB_GROUP, "1", "PEPDBP1", True),
+        (NET_GROUP, "", "PEPNET1", False),
+    ]
     code, out = await cli(world, capsys, "list", "--group", "Network")
     assert code == 0 and out.strip() == "Network / default -> PEPNET1 (inactive, cli)"
 
-    for argv, said in ((("add", "Nope", "PEPDB01"), "no assignment group named 'Nope'"),
-                       (("add", "Database", "PNOSUCH"), "PagerDuty has no escalation policy PNOSUCH"),
-                       (("add", "Database", "PEPDB01", "--priority", "high"), "expected a ServiceNow priority"),
-                       (("remove", "Database", "--priority", "4"), "no row for Database / priority 4")):
+    for argv, said in (
+        (("add", "Nope", "PEPDB01"), "no assignment group named 'Nope'"),
+        (("add", "Database", "PNOSUCH"), "PagerDuty has no escalation policy PNOSUCH"),
+        (("add", "Database", "PEPDB01", "--priority", "high"), "expected a ServiceNow priority"),
+        (("remove", "Database", "--priority", "4"), "no row for Database / priority 4"),
+    ):
         code, out = await cli(world, capsys, *argv)
         assert code == 2 and said in out, (argv, out)
 
@@ -117,7 +132,9 @@ async def test_migrate_turns_each_group_policy_into_a_default_row(world, capsys)
     assert code == 0 and out.splitlines()[-1] == "1 default row(s) added, 1 group(s) had one already"
     rows = [json.loads(line) for line in (await cli(world, capsys, "list", "--json"))[1].splitlines()]
     assert {(r["group"], r["escalation_policy"], r["source"]) for r in rows} == {
-        (DB_GROUP, "PEPDB01", "migration"), (NET_GROUP, "PEPDBP1", "cli")}
+        (DB_GROUP, "PEPDB01", "migration"),
+        (NET_GROUP, "PEPDBP1", "cli"),
+    }
     code, out = await cli(world, capsys, "migrate")  # again: nothing new
     assert out.splitlines()[-1] == "0 default row(s) added, 2 group(s) had one already"
     assert await pd_policy(world, open_sn(world, group=NET_GROUP)) == "PEPDBP1"
@@ -125,10 +142,16 @@ async def test_migrate_turns_each_group_policy_into_a_default_row(world, capsys)
 
 async def test_mirrored_from_the_servicenow_table(make_world, capsys):
     world = await make_world(extra=enabled(servicenow_table=MIRROR_TABLE, mirror_interval_seconds=0.0))
-    p1 = world.sn.insert(MIRROR_TABLE, {"assignment_group": DB_GROUP, "priority": "1", "escalation_policy": "PEPDBP1",
-                                        "active": "true"}, user="pagerduty.integration")
-    world.sn.insert(MIRROR_TABLE, {"assignment_group": NET_GROUP, "priority": "2", "escalation_policy": "bad id"},
-                    user="pagerduty.integration")
+    p1 = world.sn.insert(
+        MIRROR_TABLE,
+        {"assignment_group": DB_GROUP, "priority": "1", "escalation_policy": "PEPDBP1", "active": "true"},
+        user="pagerduty.integration",
+    )
+    world.sn.insert(
+        MIRROR_TABLE,
+        {"assignment_group": NET_GROUP, "priority": "2", "escalation_policy": "bad id"},
+        user="pagerduty.integration",
+    )
     await cli(world, capsys, "add", "Database", "PEPNET1")  # managed by the CLI: the mirror leaves it
     code, out = await cli(world, capsys, "sync")
     assert code == 0 and "1 added, 0 updated, 0 removed; 1 row(s) skipped" in out and "'bad id'" in out

@@ -28,35 +28,51 @@ def by_name(world):
 
 def dependencies(world):
     names = {v[1]: k for k, v in by_name(world).items()}
-    return sorted((names[d["dependent_service"]["id"]], names[d["supporting_service"]["id"]])
-                  for d in world.pd.service_dependencies.values())
+    return sorted(
+        (names[d["dependent_service"]["id"]], names[d["supporting_service"]["id"]])
+        for d in world.pd.service_dependencies.values()
+    )
 
 
 async def test_a_business_service_with_its_whole_dependency_map(make_world):
     world = await make_world(**CI_MODE)
-    code, lines, err = await world.cli("provision", "cis", "Customer Portal", "--as", "business",
-                                       "--with-dependencies", "--link-existing")
+    code, lines, err = await world.cli(
+        "provision", "cis", "Customer Portal", "--as", "business", "--with-dependencies", "--link-existing"
+    )
     assert code == 0, err
     names = by_name(world)
     assert names["Customer Portal"][0] == "business_service"
     for ci in ("portal-web", "lb-01", "payments-api", "db-01"):  # three levels down
         assert names[ci][0] == "service"
-    assert dependencies(world) == [("Customer Portal", "portal-web"), ("payments-api", "db-01"),
-                                   ("portal-web", "lb-01"), ("portal-web", "payments-api")]
+    assert dependencies(world) == [
+        ("Customer Portal", "portal-web"),
+        ("payments-api", "db-01"),
+        ("portal-web", "lb-01"),
+        ("portal-web", "payments-api"),
+    ]
     # Each technical service uses its CI's assignment group's policy (provisioned first).
     svc = world.pd.services[names["portal-web"][1]]
     assert svc["escalation_policy"]["id"] == "PEPNET1"
     link = await world.store.get_link("ci", sn_id=PORTAL_WEB)
     assert link.pd_id == names["portal-web"][1]
-    counts = (len(world.pd.services), len(world.pd.business_services), len(world.pd.service_dependencies),
-              len(world.pd.webhook_subscriptions))
+    counts = (
+        len(world.pd.services),
+        len(world.pd.business_services),
+        len(world.pd.service_dependencies),
+        len(world.pd.webhook_subscriptions),
+    )
 
-    code, lines, _ = await world.cli("provision", "cis", "Customer Portal", "--as", "business",
-                                     "--with-dependencies", "--link-existing")
+    code, lines, _ = await world.cli(
+        "provision", "cis", "Customer Portal", "--as", "business", "--with-dependencies", "--link-existing"
+    )
     assert code == 0
     assert summary(lines)["created"] == 0
-    assert (len(world.pd.services), len(world.pd.business_services), len(world.pd.service_dependencies),
-            len(world.pd.webhook_subscriptions)) == counts
+    assert (
+        len(world.pd.services),
+        len(world.pd.business_services),
+        len(world.pd.service_dependencies),
+        len(world.pd.webhook_subscriptions),
+    ) == counts
 
 
 async def test_a_cycle_is_cut_and_each_ci_provisioned_once(make_world):
@@ -72,8 +88,9 @@ async def test_a_cycle_is_cut_and_each_ci_provisioned_once(make_world):
 
 async def test_ci_classes_choose_what_the_walk_takes(make_world):
     world = await make_world(ci_classes=["cmdb_ci_appl"], **CI_MODE)
-    code, lines, err = await world.cli("provision", "cis", PORTAL, "--as", "business", "--with-dependencies",
-                                       "--link-existing")
+    code, lines, err = await world.cli(
+        "provision", "cis", PORTAL, "--as", "business", "--with-dependencies", "--link-existing"
+    )
     assert code == 0, err
     names = by_name(world)
     assert "lb-01" not in names and "db-01" not in names
@@ -90,15 +107,23 @@ async def test_an_existing_business_service_name_is_refused(make_world):
     assert ci["status"] == "failed" and "business service named 'Payments' already exists" in ci["detail"]
 
 
-CUSTOM = [{"table": "cmdb_ci_service", "type": "business", "name_column": "name", "relationship": "consumed_by",
-           "related_table": "cmdb_ci_appl", "related_type": "technical"}]
+CUSTOM = [
+    {
+        "table": "cmdb_ci_service",
+        "type": "business",
+        "name_column": "name",
+        "relationship": "consumed_by",
+        "related_table": "cmdb_ci_appl",
+        "related_type": "technical",
+    }
+]
 
 
 async def test_custom_services_plan_lists_children_without_parent_as_errors(make_world):
     world = await make_world(custom_services=CUSTOM, **CI_MODE)
     orphan = world.sn.insert("cmdb_ci_appl", {"name": "orphan-app", "sys_class_name": "cmdb_ci_appl"})
     before = (len(world.pd.services), len(world.pd.business_services))
-    code, lines, err = await world.cli("provision", "cis", "--custom", "--plan")
+    code, lines, _err = await world.cli("provision", "cis", "--custom", "--plan")
     assert code == 1
     got = {o["name"]: (o["status"], o["detail"]) for o in outcomes(lines)}
     assert got["orphan-app"] == ("failed", "child CI without a parent: not provisioned")
@@ -107,7 +132,7 @@ async def test_custom_services_plan_lists_children_without_parent_as_errors(make
     assert got["Customer Portal -> portal-web"][0] == "planned"
     assert (len(world.pd.services), len(world.pd.business_services)) == before
 
-    code, lines, err = await world.cli("provision", "cis", "--custom", "--link-existing")
+    code, lines, _err = await world.cli("provision", "cis", "--custom", "--link-existing")
     assert code == 1  # the orphan
     assert dependencies(world) == [("Customer Portal", "portal-web"), ("Payments", "payments-api")]
     assert not [s for s in world.pd.services.values() if s["name"] == "orphan-app"]
@@ -117,8 +142,7 @@ async def test_custom_services_plan_lists_children_without_parent_as_errors(make
 async def test_a_failed_dependency_walk_fails_the_command_cleanly(make_world):
     world = await make_world(**CI_MODE)
     world.sn.faults = FaultInjector.parse("GET /api/now/table/cmdb_rel_ci: error_rate=1")
-    code, lines, err = await world.cli("provision", "cis", "Customer Portal", "--as", "business",
-                                       "--with-dependencies")
+    code, lines, err = await world.cli("provision", "cis", "Customer Portal", "--as", "business", "--with-dependencies")
     assert code == 1
     [failed] = [o for o in outcomes(lines) if o["status"] == "failed"]
     assert failed["kind"] == "cis" and "cmdb_rel_ci" in failed["detail"]

@@ -36,15 +36,20 @@ async def test_a_provisioned_group_syncs_its_incidents_at_once(make_world):
 
     # A ServiceNow incident of the group triggers in PagerDuty: no static link, no restart,
     # and no webhook secret in the config.
-    rec = world.sn.insert("incident", {"short_description": "Printer on fire", "assignment_group": DESK_GROUP,
-                                       "impact": "1", "urgency": "1"})
-    inc = await world.wait_for(lambda: [i for i in world.pd.incidents.values() if i["incident_key"] == rec["sys_id"]],
-                               what="the PagerDuty incident")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Printer on fire", "assignment_group": DESK_GROUP, "impact": "1", "urgency": "1"},
+    )
+    inc = await world.wait_for(
+        lambda: [i for i in world.pd.incidents.values() if i["incident_key"] == rec["sys_id"]],
+        what="the PagerDuty incident",
+    )
     assert inc[0]["service"]["id"] == service["id"]
     # PagerDuty's webhook for it, signed with the secret the store holds, is taken in.
     delivered = await world.wait_for(
         lambda: [d for d in world.pd.webhook_deliveries if d["target_id"] == sub["id"] and d["outcome"] != "retry"],
-        what="the webhook of the new incident")
+        what="the webhook of the new incident",
+    )
     assert [(d["event_type"], d["status"]) for d in delivered][:1] == [("incident.triggered", 202)]
 
 
@@ -86,7 +91,8 @@ async def test_an_existing_name_fails_unless_linking_is_asked(make_world):
     assert group["status"] == "created"
     assert group["pagerduty"]["escalation_policy"] == "PEPDB01" and group["pagerduty"]["service"] == "PSVCDB1"
     assert [s["filter"] for s in world.pd.webhook_subscriptions.values()] == [
-        {"type": "service_reference", "id": "PSVCDB1"}]
+        {"type": "service_reference", "id": "PSVCDB1"}
+    ]
     link = await world.store.get_link("group", sn_id=DB_GROUP)
     assert link.pd_id == "PSVCDB1"
 

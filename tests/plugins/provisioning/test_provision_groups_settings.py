@@ -11,8 +11,13 @@ from tests.plugins.provisioning.world import DESK_GROUP, FRANK_SN, outcomes, sum
 
 pytestmark = pytest.mark.slow
 
-ALL_SETTINGS = {"provision_members": True, "create_schedule": True, "create_team": True, "use_teams": True,
-                "write_back": True}
+ALL_SETTINGS = {
+    "provision_members": True,
+    "create_schedule": True,
+    "create_team": True,
+    "use_teams": True,
+    "write_back": True,
+}
 
 
 def named(objects, name):
@@ -21,7 +26,7 @@ def named(objects, name):
 
 async def test_members_schedule_team_and_write_back(make_world):
     world = await make_world(**ALL_SETTINGS)
-    code, lines, err = await world.cli("provision", "groups", "Service Desk", "--yes")
+    code, _lines, err = await world.cli("provision", "groups", "Service Desk", "--yes")
     assert code == 0, err
     assert "1 PagerDuty user(s) will be created" in err
     [frank] = [u for u in world.pd.users.values() if u["email"] == "frank.miller@acme.example"]
@@ -31,7 +36,9 @@ async def test_members_schedule_team_and_write_back(make_world):
     [team] = named(world.pd.teams, "Service Desk")
     members = {m["user"]["id"]: m["role"] for m in world.pd.team_members_list(team["id"])}
     [ep] = named(world.pd.escalation_policies, "Service Desk")
-    assert [(t["type"], t["id"]) for t in ep["escalation_rules"][0]["targets"]] == [("schedule_reference", schedule["id"])]
+    assert [(t["type"], t["id"]) for t in ep["escalation_rules"][0]["targets"]] == [
+        ("schedule_reference", schedule["id"])
+    ]
     assert [t["id"] for t in ep["teams"]] == [team["id"]]
     [service] = named(world.pd.services, "Service Desk")
     assert [t["id"] for t in service["teams"]] == [team["id"]]
@@ -48,7 +55,7 @@ async def test_members_schedule_team_and_write_back(make_world):
 async def test_users_are_not_created_without_an_answer(make_world):
     world = await make_world(provision_members=True)
     users = len(world.pd.users)
-    code, lines, err = await world.cli("provision", "groups", "Service Desk")
+    code, _lines, err = await world.cli("provision", "groups", "Service Desk")
     assert code == 2
     assert "pass --yes" in err
     assert len(world.pd.users) == users and not named(world.pd.escalation_policies, "Service Desk")
@@ -99,8 +106,7 @@ async def test_a_kill_between_create_and_record_leaves_nothing_twice(make_world)
 async def test_a_429_burst_is_waited_out(make_world):
     world = await make_world(pagerduty={"max_retries": 4})  # the default
     world.pd.faults = FaultInjector.parse("seed=5; burst429_rate=0.1, burst429_len=3")
-    code, lines, err = await world.cli("provision", "groups", "Service Desk", "Database", "Network",
-                                       "--link-existing")
+    code, lines, err = await world.cli("provision", "groups", "Service Desk", "Database", "Network", "--link-existing")
     assert code == 0, err
     assert world.pd.faults.injected["429"] >= 3
     assert summary(lines)["failed"] == 0

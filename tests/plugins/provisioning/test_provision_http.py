@@ -41,13 +41,16 @@ async def test_the_endpoint_wants_the_token(make_world, token, status):
     assert not [e for e in world.pd.escalation_policies.values() if e["name"] == "Service Desk"]
 
 
-@pytest.mark.parametrize("what, body, field", [
-    ("groups", {"refs": "Service Desk"}, "refs"),
-    ("groups", {"refs": []}, "refs"),
-    ("cis", {"refs": ["x"], "as": "other"}, "as"),
-    ("groups", {"refs": ["x"], "dry_run": "yes"}, "dry_run"),
-    ("webhook", {"service": "PSVCDB1"}, "service and group"),
-])
+@pytest.mark.parametrize(
+    "what, body, field",
+    [
+        ("groups", {"refs": "Service Desk"}, "refs"),
+        ("groups", {"refs": []}, "refs"),
+        ("cis", {"refs": ["x"], "as": "other"}, "as"),
+        ("groups", {"refs": ["x"], "dry_run": "yes"}, "dry_run"),
+        ("webhook", {"service": "PSVCDB1"}, "service and group"),
+    ],
+)
 async def test_bad_bodies_are_refused_naming_the_field(make_world, what, body, field):
     world = await make_world()
     code, answer = await post(world, what, body)

@@ -3,7 +3,6 @@ every object recorded, every webhook's secret stored."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 
@@ -25,9 +24,22 @@ async def test_killed_half_way_then_run_again(make_world):
         world.sn.insert("sys_user_group", {"name": f"Ops {i:02d}", "manager": ALICE_SN})
     # Slow enough that the kill lands between the first and the last group.
     world.pd.faults = FaultInjector.parse("latency_ms=60")
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "provision", "groups", "--query", "nameSTARTSWITHOps",
-                             "--config", str(world.config_path), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "provision",
+            "groups",
+            "--query",
+            "nameSTARTSWITHOps",
+            "--config",
+            str(world.config_path),
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         await world.wait_for(lambda: _linked(world, 2), timeout=60, what="some groups provisioned")
     finally:

@@ -17,8 +17,11 @@ def pd_user(world, email):
 
 
 def methods(world, uid):
-    return sorted((c["type"], c["country_code"], c["address"]) for c in world.pd.contact_methods.get(uid, {}).values()
-                  if c["type"] in ("phone_contact_method", "sms_contact_method"))
+    return sorted(
+        (c["type"], c["country_code"], c["address"])
+        for c in world.pd.contact_methods.get(uid, {}).values()
+        if c["type"] in ("phone_contact_method", "sms_contact_method")
+    )
 
 
 async def test_a_user_with_a_pagerduty_account_is_linked_not_created(make_world):
@@ -38,9 +41,11 @@ async def test_a_new_user_gets_phone_and_sms_with_notification_rules(make_world)
     assert "1 PagerDuty user(s) will be created" in err
     [erin] = pd_user(world, "erin.garcia@acme.example")
     assert erin["name"] == "Erin Garcia" and erin["role"] == "limited_user"
-    assert methods(world, erin["id"]) == [("phone_contact_method", 1, "4155550105"),
-                                          ("phone_contact_method", 1, "4155550115"),
-                                          ("sms_contact_method", 1, "4155550115")]
+    assert methods(world, erin["id"]) == [
+        ("phone_contact_method", 1, "4155550105"),
+        ("phone_contact_method", 1, "4155550115"),
+        ("sms_contact_method", 1, "4155550115"),
+    ]
     rules = list(world.pd.notification_rules[erin["id"]].values())
     assert len(rules) == 3 and {(r["urgency"], r["start_delay_in_minutes"]) for r in rules} == {("high", 0)}
     assert world.sn.get("sys_user", ERIN_SN)["x_pd_integration_pagerduty_id"] == erin["id"]
@@ -59,14 +64,16 @@ async def test_a_bad_number_is_reported_and_not_sent(make_world):
     assert frank["status"] == "created" and "'call me maybe' is not a phone number" in frank["detail"]
     [user] = pd_user(world, "frank.miller@acme.example")
     # Written without a country code: the configured region (GB) gives it one.
-    assert methods(world, user["id"]) == [("phone_contact_method", 44, "7911123456"),
-                                          ("sms_contact_method", 44, "7911123456")]
+    assert methods(world, user["id"]) == [
+        ("phone_contact_method", 44, "7911123456"),
+        ("sms_contact_method", 44, "7911123456"),
+    ]
 
 
 async def test_no_licence_is_spent_without_an_answer(make_world):
     world = await make_world()
     users = len(world.pd.users)
-    code, lines, err = await world.cli("provision", "users", "--group", "Database")
+    code, _lines, err = await world.cli("provision", "users", "--group", "Database")
     assert code == 2
     assert "1 PagerDuty user(s) will be created" in err and "--yes" in err
     assert len(world.pd.users) == users
@@ -75,7 +82,7 @@ async def test_no_licence_is_spent_without_an_answer(make_world):
 async def test_a_group_s_members_dry_run(make_world):
     world = await make_world()
     users = len(world.pd.users)
-    code, lines, err = await world.cli("provision", "users", "--group", "Database", "--dry-run")
+    code, lines, _err = await world.cli("provision", "users", "--group", "Database", "--dry-run")
     assert code == 0
     got = {o["sn_id"]: o["status"] for o in outcomes(lines, "user")}
     assert got[ERIN_SN] == "planned" and got[ALICE_SN] == "linked"

@@ -36,19 +36,24 @@ async def test_an_unknown_service_fails(make_world):
 
 async def test_a_legacy_extension_delivers_v2_webhooks_to_the_daemon(make_world):
     world = await make_world()
-    code, lines, err = await world.cli("provision", "webhook", "--service", "PSVCNET", "--group", "Network",
-                                       "--extension")
+    code, _lines, err = await world.cli(
+        "provision", "webhook", "--service", "PSVCNET", "--group", "Network", "--extension"
+    )
     assert code == 0, err
     [ext] = [e for e in world.pd.extensions.values() if e["extension_schema"]["id"] == "PAKM60Z"]
     assert ext["endpoint_url"].endswith("/webhooks/pagerduty/v2") and "@127.0.0.1" in ext["endpoint_url"]
     assert not subs_of(world, "PSVCNET")
-    rec = world.sn.insert("incident", {"short_description": "Switch down", "assignment_group": NET_GROUP,
-                                       "impact": "1", "urgency": "1"})
-    await world.wait_for(lambda: [i for i in world.pd.incidents.values() if i["incident_key"] == rec["sys_id"]],
-                         what="the PagerDuty incident")
+    rec = world.sn.insert(
+        "incident", {"short_description": "Switch down", "assignment_group": NET_GROUP, "impact": "1", "urgency": "1"}
+    )
+    await world.wait_for(
+        lambda: [i for i in world.pd.incidents.values() if i["incident_key"] == rec["sys_id"]],
+        what="the PagerDuty incident",
+    )
     delivered = await world.wait_for(
         lambda: [d for d in world.pd.webhook_deliveries if d["target_id"] == ext["id"] and d["outcome"] != "retry"],
-        what="a V2 webhook")
+        what="a V2 webhook",
+    )
     assert delivered[0]["status"] == 202
 
 
@@ -61,7 +66,7 @@ async def test_migrate_webhooks_replaces_v2_extensions_and_rolls_back(make_world
     code, lines, err = await world.cli("migrate", "webhooks")
     assert code == 0, err
     assert not world.pd.extensions
-    [sub] = subs_of(world, "PSVCNET")
+    [_sub] = subs_of(world, "PSVCNET")
     assert [o["status"] for o in outcomes(lines)] == ["created"]
     code, lines, _ = await world.cli("migrate", "webhooks")
     assert code == 0 and [o["status"] for o in outcomes(lines)] == ["skipped"]
@@ -76,8 +81,11 @@ async def test_migrate_webhooks_replaces_v2_extensions_and_rolls_back(make_world
 
 async def test_from_v7_imports_the_app_s_links_and_they_sync(make_world):
     world = await make_world(configured_secret=True)
-    world.sn.update("sys_user_group", NET_GROUP, {"x_pd_integration_pagerduty_service": "PSVCNET",
-                                                  "x_pd_integration_pagerduty_escalation": "PEPNET1"})
+    world.sn.update(
+        "sys_user_group",
+        NET_GROUP,
+        {"x_pd_integration_pagerduty_service": "PSVCNET", "x_pd_integration_pagerduty_escalation": "PEPNET1"},
+    )
     world.sn.update("sys_user", BOB_SN, {"x_pd_integration_pagerduty_id": "PBOBSM1"})
     code, lines, err = await world.cli("migrate", "from-v7")
     assert code == 0, err
@@ -88,8 +96,12 @@ async def test_from_v7_imports_the_app_s_links_and_they_sync(make_world):
     code, lines, _ = await world.cli("migrate", "from-v7")
     assert {o["status"] for o in outcomes(lines)} == {"skipped"}
     # The running daemon reads the imported link without a restart.
-    rec = world.sn.insert("incident", {"short_description": "Router flapping", "assignment_group": NET_GROUP,
-                                       "impact": "1", "urgency": "1"})
-    inc = await world.wait_for(lambda: [i for i in world.pd.incidents.values() if i["incident_key"] == rec["sys_id"]],
-                               what="the PagerDuty incident")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Router flapping", "assignment_group": NET_GROUP, "impact": "1", "urgency": "1"},
+    )
+    inc = await world.wait_for(
+        lambda: [i for i in world.pd.incidents.values() if i["incident_key"] == rec["sys_id"]],
+        what="the PagerDuty incident",
+    )
     assert inc[0]["service"]["id"] == "PSVCNET"

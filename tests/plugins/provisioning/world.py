@@ -20,8 +20,7 @@ import tomli_w
 from dutybridge.cli import main
 from dutybridge_demo.harness import RunningDaemon, start_daemon
 from dutybridge_sandbox.runner import Sandbox
-from tests.plugins.incident_sync.world import (DOORBELL_TOKEN, SEED, advancing_clock, build_config,
-                                               on_call_from_now)
+from tests.plugins.incident_sync.world import DOORBELL_TOKEN, SEED, advancing_clock, build_config, on_call_from_now
 
 API_TOKEN = "provisioning-api-token-e2e"
 DESK_GROUP = "a828d5f2993f47fa626772834ec1204e"
@@ -91,9 +90,17 @@ def summary(lines: list[dict]) -> dict:
     return next(line["summary"] for line in lines if "summary" in line)
 
 
-async def start_world(tmp: Path, *, seed: dict | None = None, daemon: bool = True, configured_secret: bool = False,
-                      faults: Any = None, rate_limit: int | None = None, pagerduty: dict | None = None,
-                      **settings: Any) -> World:
+async def start_world(
+    tmp: Path,
+    *,
+    seed: dict | None = None,
+    daemon: bool = True,
+    configured_secret: bool = False,
+    faults: Any = None,
+    rate_limit: int | None = None,
+    pagerduty: dict | None = None,
+    **settings: Any,
+) -> World:
     """Sandbox (+ daemon unless ``daemon=False``); ``settings`` are ``[plugins.provisioning]``
     keys. No static links and, unless ``configured_secret``, no configured webhook secret:
     whatever syncs, syncs through what provisioning stored."""
@@ -123,8 +130,9 @@ async def start_world(tmp: Path, *, seed: dict | None = None, daemon: bool = Tru
         except BaseException:
             await sandbox.stop()
             raise
-        sandbox.servicenow.configure_doorbell(f"{world.url}/webhooks/servicenow", token=DOORBELL_TOKEN,
-                                              tables=("incident",))
+        sandbox.servicenow.configure_doorbell(
+            f"{world.url}/webhooks/servicenow", token=DOORBELL_TOKEN, tables=("incident",)
+        )
     return world
 
 

@@ -14,8 +14,13 @@ from tests.plugins.incident_sync.world import DB_GROUP, SEED
 
 TOKEN = "mobilizer-e2e-token"
 ALL_ON = {"responders": True, "conference_bridges": True, "response_plays": True, "status_updates": True}
-BRIDGES = [{"name": "Major incident bridge", "dial_in_number": "+1 415-555-0100,,123456#",
-            "url": "https://meet.example.com/major"}]
+BRIDGES = [
+    {
+        "name": "Major incident bridge",
+        "dial_in_number": "+1 415-555-0100,,123456#",
+        "url": "https://meet.example.com/major",
+    }
+]
 
 
 def mobilizer(**settings: Any) -> dict:
@@ -37,11 +42,16 @@ class Api:
     def __init__(self, world, session: aiohttp.ClientSession):
         self.world, self.session = world, session
 
-    async def call(self, method: str, ref: str, action: str, body: dict | None = None,
-                   token: str | None = TOKEN) -> tuple[int, dict]:
+    async def call(
+        self, method: str, ref: str, action: str, body: dict | None = None, token: str | None = TOKEN
+    ) -> tuple[int, dict]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.request(method, f"{self.world.url}/api/v1/incidents/{ref}/{action}",
-                                        json=body if method == "POST" else None, headers=headers) as resp:
+        async with self.session.request(
+            method,
+            f"{self.world.url}/api/v1/incidents/{ref}/{action}",
+            json=body if method == "POST" else None,
+            headers=headers,
+        ) as resp:
             return resp.status, await resp.json()
 
     async def post(self, ref: str, action: str, body: dict, **kw: Any) -> tuple[int, dict]:
@@ -53,15 +63,18 @@ class Api:
 
 async def linked_incident(world) -> tuple[dict, str]:
     """A priority 1 Database incident opened in ServiceNow, and its PagerDuty incident id."""
-    rec = world.sn.insert("incident", {"short_description": "Payments API 500s", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Payments API 500s", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+        user="alice.nguyen",
+    )
     await world.settle()
     [inc] = world.pd_for(rec["sys_id"])
     return world.sn.get("incident", rec["sys_id"]), inc["id"]
 
 
 @pytest.fixture
-async def api_world(make_world):
+async def api_world(make_world):  # noqa: F811 - the fixture imported above
     """make(**settings, seed=...) -> (world, Api, ServiceNow record, PagerDuty id)."""
     sessions: list[aiohttp.ClientSession] = []
 

@@ -10,7 +10,6 @@ import aiohttp
 
 from dutybridge.cli import build_parser
 from dutybridge_plugins.response_mobilizer import Action, ActionError
-
 from tests.plugins.response_mobilizer.conftest import Api, linked_incident, mobilizer, seed_with
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
@@ -25,18 +24,34 @@ async def mobilize(world, capsys, *argv: str) -> tuple[int, str]:
 
 
 async def test_cli_responders_bridge_workflows_and_status(api_world, capsys):
-    world, api, rec, pd_id = await api_world()
-    code, out = await mobilize(world, capsys, "responders", rec["number"], "--as", "alice.nguyen", "--user", "bob.smith",
-                               "--message", "join the bridge", "--dial-in", "+1 415-555-0199")
+    world, _api, rec, pd_id = await api_world()
+    code, out = await mobilize(
+        world,
+        capsys,
+        "responders",
+        rec["number"],
+        "--as",
+        "alice.nguyen",
+        "--user",
+        "bob.smith",
+        "--message",
+        "join the bridge",
+        "--dial-in",
+        "+1 415-555-0199",
+    )
     assert code == 0, out
     assert json.loads(out)["responder_request"]["targets"][0]["id"] == "PBOBSM1"
     inc = world.pd.incidents[pd_id]
     assert inc["responder_requests"][0]["message"] == "join the bridge"
     assert inc["conference_bridge"] == {"conference_number": "+1 415-555-0199"}
 
-    code, out = await mobilize(world, capsys, "bridge", rec["number"], "--as", "bob.smith", "--name",
-                               "Major incident bridge")
-    assert code == 0 and world.pd.incidents[pd_id]["conference_bridge"]["conference_url"] == "https://meet.example.com/major"
+    code, out = await mobilize(
+        world, capsys, "bridge", rec["number"], "--as", "bob.smith", "--name", "Major incident bridge"
+    )
+    assert (
+        code == 0
+        and world.pd.incidents[pd_id]["conference_bridge"]["conference_url"] == "https://meet.example.com/major"
+    )
     code, out = await mobilize(world, capsys, "bridge", rec["number"])
     assert code == 0 and json.loads(out)["conference_bridge"]["url"] == "https://meet.example.com/major"
 
@@ -45,8 +60,9 @@ async def test_cli_responders_bridge_workflows_and_status(api_world, capsys):
     code, out = await mobilize(world, capsys, "workflows", pd_id, "--as", "alice.nguyen", "--run", "PWFMAJ1")
     assert code == 0 and len(world.pd.workflow_instances) == 1
 
-    code, out = await mobilize(world, capsys, "status", rec["sys_id"], "--as", "alice.nguyen", "--message",
-                               "Mitigated", "--impact", "PBSPAY1")
+    code, out = await mobilize(
+        world, capsys, "status", rec["sys_id"], "--as", "alice.nguyen", "--message", "Mitigated", "--impact", "PBSPAY1"
+    )
     assert code == 0 and json.loads(out)["published"] is True
     assert world.pd.status_updates[pd_id][-1]["message"] == "Mitigated"
     code, out = await mobilize(world, capsys, "status", rec["sys_id"])
@@ -54,12 +70,14 @@ async def test_cli_responders_bridge_workflows_and_status(api_world, capsys):
 
 
 async def test_cli_refusals_say_why(api_world, capsys):
-    world, api, rec, pd_id = await api_world(seed=seed_with(("coordinated_responding",)), status_updates=False)
+    world, _api, rec, _pd_id = await api_world(seed=seed_with(("coordinated_responding",)), status_updates=False)
     code, out = await mobilize(world, capsys, "responders", rec["number"], "--user", "bob.smith")
     assert code == 2 and "--as USER (the acting ServiceNow user) is required" in out
     code, out = await mobilize(world, capsys, "responders", rec["number"], "--as", "carol.jones", "--user", "bob.smith")
     assert code == 1 and "does not hold the role x_pd_integration.incident_response" in out
-    code, out = await mobilize(world, capsys, "responders", rec["number"], "--as", "alice.nguyen", "--user", "bob.smith")
+    code, out = await mobilize(
+        world, capsys, "responders", rec["number"], "--as", "alice.nguyen", "--user", "bob.smith"
+    )
     assert code == 1 and "lacks the ability to add responders" in out
     code, out = await mobilize(world, capsys, "status", rec["number"], "--as", "alice.nguyen", "--message", "x")
     assert code == 1 and "plugins.response_mobilizer.status_updates = true" in out
@@ -71,15 +89,27 @@ class PageNote:
     """Another plugin: adds a 'page-note' action (a note in PagerDuty, as the acting user)."""
 
     def __init__(self):
-        self.mobilizer_actions = [Action("page-note", "add a PagerDuty note as the acting user", post=self.note,
-                                         setting="responders", what="adding notes")]
+        self.mobilizer_actions = [
+            Action(
+                "page-note",
+                "add a PagerDuty note as the acting user",
+                post=self.note,
+                setting="responders",
+                what="adding notes",
+            )
+        ]
 
     async def note(self, call):
         content = call.body.get("content")
         if not isinstance(content, str) or not content:
             raise ActionError(400, "content: a non-empty string")
-        answer = await call.pagerduty("POST", f"/incidents/{call.incident.pd_id}/notes", "add a note",
-                                      json={"note": {"content": content}}, operation="POST /incidents/{id}/notes")
+        answer = await call.pagerduty(
+            "POST",
+            f"/incidents/{call.incident.pd_id}/notes",
+            "add a note",
+            json={"note": {"content": content}},
+            operation="POST /incidents/{id}/notes",
+        )
         return {"note": answer["note"]["id"]}
 
 
@@ -95,8 +125,9 @@ async def test_a_plugin_adds_an_action_served_by_api_and_cli(make_world, capsys)
         assert status == 403  # the role check applies to added actions too
         status, body = await api.post(rec["number"], "page-note", {"requested_by": "alice.nguyen"})
         assert (status, body["error"]) == (400, "content: a non-empty string")
-    code, out = await mobilize(world, capsys, "action", "page-note", pd_id, "--as", "bob.smith", "--body",
-                               '{"content": "from the CLI"}')
+    code, out = await mobilize(
+        world, capsys, "action", "page-note", pd_id, "--as", "bob.smith", "--body", '{"content": "from the CLI"}'
+    )
     assert code == 0, out
     notes = [(n["content"], n["user"]["id"]) for n in world.pd.list_notes(pd_id)]
     assert notes == [("hi", "PALICE1"), ("from the CLI", "PBOBSM1")]
