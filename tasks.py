@@ -2,7 +2,8 @@
 """Bootstrap and run dutybridge from a fresh clone with nothing but Python 3.11.
 
     python3 tasks.py demo     # the daemon against the local sandbox
-    python3 tasks.py test     # the whole test suite
+    python3 tasks.py test     # ruff (lint, format), mypy, then the whole test suite
+    python3 tasks.py lint     # ruff and mypy only
 
 Each command creates ./.venv on first use and installs dutybridge into it (editable,
 with the test extras), then re-installs only when pyproject.toml or setup.py change.
@@ -120,6 +121,10 @@ def main(argv: list[str]) -> int:
     if command == "lint":
         return lint()
     if command == "test":
+        # ruff and mypy first: a lint failure is a test failure, in CI as anywhere.
+        rc = lint()
+        if rc:
+            return rc
         # pytest exits 5 when it collects no test: that is a failure here, not a pass.
         rc = call([str(BIN / "python"), "-m", "pytest", *rest])
         if rc == 5:

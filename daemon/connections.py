@@ -248,8 +248,8 @@ class ConnectionGuard:
                     conn.request_finished()
 
         # The handler reads both when a connection is made: set them before listening.
-        server.request_factory = request_factory  # type: ignore[assignment]
-        server.request_handler = request_handler  # type: ignore[assignment]
+        server.request_factory = request_factory
+        server.request_handler = request_handler
 
     def protocol(self) -> _Conn:
         """The listening socket's protocol factory."""

@@ -208,7 +208,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if budget is None or daemon is None:
             return
         if not budget.take(size, total):
-            if ctx.metrics is not None:
+            if ctx is not None and ctx.metrics is not None:
                 ctx.metrics.body_refused()
             raise Reject(
                 503,
@@ -217,7 +217,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
             )
         taken += size
-        if ctx.metrics is not None:
+        if ctx is not None and ctx.metrics is not None:
             ctx.metrics.set_body_in_flight(budget.in_use)
 
     chunks: list[bytes] = []

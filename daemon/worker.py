@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ import structlog
 
 from .context import Ctx
 from .events import EventStatus, StoredEvent, utcnow
-from .hooks import hooks_of
+from .hooks import Hooks, hooks_of
 from .logging import scrub, secret_forms
 from .redact import hide_credentials
 from .store.base import Store
@@ -28,7 +29,7 @@ MAX_ERROR_CHARS = 2000
 CANCEL_GRACE_SECONDS = 5.0
 
 
-def describe_error(exc: BaseException, secrets: list[str] = ()) -> str:
+def describe_error(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     """``Type: message``, with known secrets and URL credentials masked, shortened."""
     text = f"{type(exc).__qualname__}: {exc}" if str(exc) else type(exc).__qualname__
     # Longest first, so a secret containing another is masked whole; every form a
@@ -59,7 +60,7 @@ class Worker:
     def __init__(
         self,
         store: Store,
-        pm: pluggy.PluginManager,
+        pm: Hooks | pluggy.PluginManager,
         ctx: Ctx,
         *,
         concurrency: int,
@@ -244,11 +245,11 @@ class Worker:
         self._busy.add(ev.resource)
         task = asyncio.create_task(self._dispatch(ev), name=f"event {ev.id}")
         self._inflight[ev.id] = task
-        task.add_done_callback(lambda t, ev=ev: self._finished(ev, t))
+        task.add_done_callback(functools.partial(self._finished, ev))
 
     def _finished(self, ev: StoredEvent, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
             log.error("worker_dispatch_crashed", inbox_id=ev.id, error=describe_error(exc), exc_info=exc)
         self._inflight.pop(ev.id, None)
         if ev.id not in self._results:

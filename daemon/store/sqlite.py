@@ -49,6 +49,11 @@ def from_text(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value).astimezone(UTC)
 
 
+def required_time(value: str) -> datetime:
+    """A NOT NULL time column's value."""
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
 def _event(row: sqlite3.Row) -> StoredEvent:
     return StoredEvent(
         source=row["source"],
@@ -56,7 +61,7 @@ def _event(row: sqlite3.Row) -> StoredEvent:
         event_id=row["event_id"],
         resource=row["resource"],
         payload=json.loads(row["payload"]),
-        received_at=from_text(row["received_at"]),
+        received_at=required_time(row["received_at"]),
         id=row["id"],
         status=row["status"],
         attempts=row["attempts"],
@@ -113,12 +118,17 @@ def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
         event_id=event.event_id,
         resource=event.resource,
         payload=payload,
-        received_at=from_text(row[5]),
+        received_at=required_time(row[5]),
         id=row_id,
         status="pending",
         attempts=0,
         updated_at=from_text(row[6]),
     )
+
+
+async def fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """Every row of ``sql`` (aiosqlite declares an Iterable; it is a list)."""
+    return list(await db.execute_fetchall(sql, params))
 
 
 class SQLiteStore(Store):
@@ -184,7 +194,7 @@ class SQLiteStore(Store):
         try:
             db.row_factory = sqlite3.Row
             await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
+            rows = await fetch(db, "PRAGMA journal_mode = WAL")
             mode = rows[0][0] if rows else "?"
             if mode != "wal" and self.path != MEMORY:
                 log.warning(
@@ -248,14 +258,14 @@ class SQLiteStore(Store):
             return False
         try:
             async with self._transaction(write=False) as db:
-                rows = await db.execute_fetchall("SELECT 1")
+                rows = await fetch(db, "SELECT 1")
             return bool(rows) and rows[0][0] == 1
         except (sqlite3.Error, RuntimeError):
             return False
 
     async def schema_version(self) -> int:
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            rows = await fetch(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         return int(rows[0][0])
 
     async def _migrate(self) -> None:
@@ -263,7 +273,7 @@ class SQLiteStore(Store):
         applied = []
         async with self._transaction() as db:
             await db.execute(SCHEMA_MIGRATIONS_SQLITE)
-            rows = await db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            rows = await fetch(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             current = int(rows[0][0])
             if current > known:
                 raise RuntimeError(
@@ -468,7 +478,7 @@ class SQLiteStore(Store):
 
     async def get_event(self, event_id: int) -> StoredEvent | None:
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall("SELECT * FROM events WHERE id = ?", (event_id,))
+            rows = await fetch(db, "SELECT * FROM events WHERE id = ?", (event_id,))
         return _event(rows[0]) if rows else None
 
     async def list_events(
@@ -476,7 +486,8 @@ class SQLiteStore(Store):
     ) -> list[StoredEvent]:
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown event status {status!r} (one of: {', '.join(STATUSES)})")
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -489,7 +500,7 @@ class SQLiteStore(Store):
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(max(0, limit))
         async with self._read() as db:
-            rows = await db.execute_fetchall(sql, params)
+            rows = await fetch(db, sql, params)
         return [_event(r) for r in rows]
 
     async def replay(self, event_id: int) -> bool:
@@ -518,7 +529,7 @@ class SQLiteStore(Store):
 
     async def counts(self) -> dict[str, int]:
         async with self._read() as db:
-            rows = await db.execute_fetchall("SELECT status, COUNT(*) FROM events GROUP BY status")
+            rows = await fetch(db, "SELECT status, COUNT(*) FROM events GROUP BY status")
         out = dict.fromkeys(STATUSES, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
@@ -544,7 +555,8 @@ class SQLiteStore(Store):
             async with self._transaction() as db:
                 if link.status == "linked":
                     await self._check_sn_free(db, link.kind, link.sn_id, link.pd_id)
-                rows = await db.execute_fetchall(
+                rows = await fetch(
+                    db,
                     """
                     INSERT INTO links (kind, pd_id, sn_id, state, status, created_at, updated_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -561,7 +573,8 @@ class SQLiteStore(Store):
 
     @staticmethod
     async def _check_sn_free(db: aiosqlite.Connection, kind: str, sn_id: str, pd_id: str) -> None:
-        rows = await db.execute_fetchall(
+        rows = await fetch(
+            db,
             "SELECT pd_id FROM links WHERE kind = ? AND sn_id = ? AND status = 'linked' AND pd_id <> ?",
             (kind, sn_id, pd_id),
         )
@@ -587,7 +600,7 @@ class SQLiteStore(Store):
         # Several unlinked rows may share an sn_id; the live one, else the latest, wins.
         sql += " ORDER BY status = 'linked' DESC, updated_at DESC, id DESC LIMIT 1"
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall(sql, (kind, value))
+            rows = await fetch(db, sql, (kind, value))
         return _link(rows[0]) if rows else None
 
     async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any], status: str | None = None) -> None:
@@ -596,9 +609,7 @@ class SQLiteStore(Store):
         try:
             async with self._transaction() as db:
                 if status == "linked":
-                    rows = await db.execute_fetchall(
-                        "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)
-                    )
+                    rows = await fetch(db, "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id))
                     if rows:
                         await self._check_sn_free(db, kind, rows[0][0], pd_id)
                 async with db.execute(
@@ -625,7 +636,7 @@ class SQLiteStore(Store):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id"
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall(sql, params)
+            rows = await fetch(db, sql, params)
         return [_link(r) for r in rows]
 
     async def delete_link(self, kind: str, pd_id: str) -> bool:
@@ -634,7 +645,7 @@ class SQLiteStore(Store):
     # -- watermarks --------------------------------------------------------------
     async def get_watermark(self, name: str) -> str | None:
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall("SELECT value FROM watermarks WHERE name = ?", (name,))
+            rows = await fetch(db, "SELECT value FROM watermarks WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
     async def set_watermark(self, name: str, value: str) -> None:

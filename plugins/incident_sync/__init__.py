@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiohttp import web
@@ -93,7 +93,7 @@ class IncidentSync:
         # What Engine.handle acts on: the incident tables, and with v7_fields the groups
         # and CIs whose PagerDuty fields feed the mapping.
         tables = list(TABLES)
-        if ctx.plugin_config(PLUGIN).v7_fields:
+        if cast(IncidentSyncConfig, ctx.plugin_config(PLUGIN)).v7_fields:
             tables += ["sys_user_group", "cmdb_ci"]
         return tables
 
