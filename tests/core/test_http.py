@@ -586,3 +586,20 @@ def test_safe_url_keeps_a_hostless_url_and_drops_credentials_and_queries():
     assert safe_url("sqlite:////var/lib/dutybridge/inbox.db") == "sqlite:////var/lib/dutybridge/inbox.db"
     assert safe_url("https://bob:pw@api.example/x?token=1#f") == "https://api.example/x"
     assert safe_url("sqlite:///rel.db?mode=ro") == "sqlite:///rel.db"
+
+
+async def test_rate_limiter_sustains_nearly_the_whole_budget_and_never_exceeds_it():
+    clock = FakeClock(0.0)
+    limiter = RateLimiter(1200, clock=clock, sleep=FakeSleep(clock))
+    sent: list[float] = []
+    for _ in range(3000):  # two and a half minutes' worth at the full budget
+        await limiter.acquire()
+        sent.append(clock())
+    # No 60-second window holds more than the budget...
+    j = 0
+    for i, t in enumerate(sent):
+        while sent[j] <= t - 60:
+            j += 1
+        assert i - j + 1 <= 1200
+    # ...and a long run gets at least 0.9 of it.
+    assert 3000 / (sent[-1] / 60) >= 0.9 * 1200
