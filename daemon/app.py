@@ -126,7 +126,9 @@ def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
 
 def open_configured_store(config: Config) -> Store:
     """The store ``daemon.store_url`` names (not yet opened): the one place it is made."""
-    return open_store(config.daemon.store_url, config.resolve_path(".", state=True))
+    secret = config.daemon.store_password
+    return open_store(config.daemon.store_url, config.resolve_path(".", state=True),
+                      password=None if secret is None else secret.get_secret_value())
 
 
 def build_clients(ctx: Ctx) -> None:

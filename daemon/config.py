@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from .store.postgres_url import split_url
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -100,7 +102,9 @@ class DaemonConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity: debug, info, warning or error.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: coloured console on a terminal, JSON lines otherwise (journald).")
     log_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict, description="Levels of single loggers, by name, e.g. {aiosqlite = \"debug\"}. Libraries (aiosqlite, asyncio, apscheduler, aiohttp, urllib3) stay at warning unless named here; their debug lines carry SQL and payloads.")
-    store_url: str = Field("sqlite:///dutybridge.db", description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder).")
+    store_url: str = Field("sqlite:///dutybridge.db", description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder), or postgresql://USER@HOST[:PORT]/DATABASE[?schema=NAME] shared by several instances (password in store_password, never in the URL).")
+    store_password: Secret | None = Field(None, description="Password of the PostgreSQL store_url's user: env:NAME or file:PATH. Unset: none (trust, peer or a ~/.pgpass entry).")
+    leader_lease_seconds: float = Field(15.0, ge=1, le=3600, description="PostgreSQL store: scheduled jobs run on one instance, the leader; another takes over within this many seconds of its death.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413.")
     worker_concurrency: int = Field(8, ge=1, le=256, description="Events handled at once (never two of one resource).")
     max_attempts: int = Field(8, ge=1, le=100, description="Attempts per event before it becomes a dead letter.")
@@ -113,8 +117,11 @@ class DaemonConfig(Section):
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, v: str) -> str:
+        if v.startswith(("postgresql://", "postgres://")):
+            split_url(v)  # host, schema name, no password in it
+            return v
         if not v.startswith("sqlite:///") or v == "sqlite:///":
-            raise ValueError(f"expected sqlite:///PATH (PostgreSQL arrives with its own store), found {v!r}")
+            raise ValueError(f"expected sqlite:///PATH or postgresql://USER@HOST/DATABASE, found {v!r}")
         return v
 
 

@@ -152,26 +152,10 @@ SQLITE_MIGRATIONS: list[Migration] = [
     )),
 ]
 
-# For the PostgreSQL store (not implemented yet): the same tables, native types. It
-# satisfies the same contract with these statements:
-#   heads:      the same four triggers, each an AFTER ... FOR EACH ROW trigger calling one
-#               PL/pgSQL function that runs SQLITE_HEAD_OF's two statements (INDEXED BY
-#               dropped; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
-#   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING *
-#   claim:      UPDATE inbox_heads SET due_at = NULL WHERE resource IN (
-#                   SELECT resource FROM inbox_heads WHERE due_at <= now() FOR UPDATE SKIP LOCKED);
-#               WITH due AS (
-#                   SELECT resource, event_id FROM inbox_heads WHERE due_at IS NULL
-#                   ORDER BY event_id LIMIT $limit FOR UPDATE SKIP LOCKED),
-#               UPDATE events SET status = 'claimed', owner = $owner, attempts = attempts + 1, ...
-#               FROM due WHERE events.id = due.event_id RETURNING events.*
-#               (SKIP LOCKED lets instances claim different heads at once; the trigger then
-#               sets each claimed head's due_at to its lease)
-#   complete, fail, release, replay: the same UPDATEs as SQLite's (the triggers follow)
-#   put_link:   INSERT ... ON CONFLICT (kind, pd_id) DO UPDATE ..., a unique violation on
-#               links_linked_sn becoming LinkConflictError
-# and one advisory lock (pg_advisory_xact_lock) around applying migrations, so that
-# instances starting together do not race.
+# The PostgreSQL store (postgres.py, its statements in postgres_sql.py): the same tables
+# with native types, one trigger function keeping the heads, and one step more (4, the
+# leadership leases only a shared store needs). postgres.py applies them under an
+# advisory lock, so that instances starting together do not race.
 POSTGRES_MIGRATIONS: list[Migration] = [
     (1, "inbox", (
         """
@@ -238,19 +222,40 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
             WHERE status = 'claimed'
         """,
-        # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs).
+        # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs). Several
+        # instances write at once, so the head's row is also the resource's lock: taken
+        # (created if missing, as a placeholder never due) before the head is read, so
+        # two transactions on one resource recompute its head one after the other, the
+        # second seeing what the first committed (a volatile function's statements each
+        # take a fresh snapshot under READ COMMITTED). Unreleased when this text was
+        # fixed: no database had the PostgreSQL schema before the store existed.
         """
-        CREATE FUNCTION inbox_head_of(r TEXT) RETURNS void LANGUAGE sql AS $$
-            DELETE FROM inbox_heads WHERE resource = r;
-            INSERT INTO inbox_heads (resource, event_id, due_at)
-            SELECT h.resource, h.id,
+        CREATE FUNCTION inbox_head_of(r TEXT) RETURNS void LANGUAGE plpgsql AS $$
+        DECLARE
+            head_id  BIGINT;
+            head_due TIMESTAMPTZ;
+        BEGIN
+            LOOP
+                PERFORM 1 FROM inbox_heads WHERE resource = r FOR UPDATE;
+                EXIT WHEN FOUND;
+                INSERT INTO inbox_heads (resource, event_id, due_at) VALUES (r, 0, 'infinity')
+                ON CONFLICT (resource) DO NOTHING;
+            END LOOP;
+            SELECT h.id,
                    GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
                             (SELECT MAX(c.lease_expires_at) FROM events AS c
                              WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
+              INTO head_id, head_due
             FROM events AS h
             WHERE h.id = (SELECT a.id FROM events AS a
                           WHERE a.resource = r AND a.status IN ('pending', 'claimed')
                           ORDER BY a.id LIMIT 1);
+            IF head_id IS NULL THEN
+                DELETE FROM inbox_heads WHERE resource = r;
+            ELSE
+                UPDATE inbox_heads SET event_id = head_id, due_at = head_due WHERE resource = r;
+            END IF;
+        END
         $$
         """,
         """
@@ -281,6 +286,18 @@ POSTGRES_MIGRATIONS: list[Migration] = [
                          WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
         FROM events AS h WHERE h.status IN ('pending', 'claimed')
         ORDER BY h.resource, h.id
+        """,
+    )),
+    (4, "leadership leases", (
+        # One row per elected role (the scheduler's): who holds it until when. SQLite
+        # has no such table: one instance at a time uses a SQLite store, and leads.
+        """
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL,
+            taken_at   TIMESTAMPTZ NOT NULL
+        )
         """,
     )),
 ]

@@ -384,6 +384,19 @@ class SQLiteStore(Store):
         # RETURNING gives no order guarantee.
         return sorted((_event(r) for r in rows), key=lambda e: e.id)
 
+    async def renew(self, event_ids: Sequence[int], owner: str, lease_seconds: float) -> list[int]:
+        if not event_ids:
+            return []
+        now_dt = self._clock()
+        lease, now = to_text(now_dt + timedelta(seconds=lease_seconds)), to_text(now_dt)
+        marks = ",".join("?" * len(event_ids))
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                f"UPDATE events NOT INDEXED SET lease_expires_at = ?, updated_at = ? "
+                f"WHERE id IN ({marks}) AND status = 'claimed' AND owner = ? RETURNING id",
+                (lease, now, *event_ids, owner))
+        return sorted(r[0] for r in rows)
+
     async def release_claims(self, owner: str | None = None) -> int:
         sql = """
             UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL,

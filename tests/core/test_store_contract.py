@@ -10,10 +10,12 @@ import pytest
 
 from dutybridge.events import Event
 from dutybridge.store.base import Link, LinkConflictError, Store
+from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.sqlite import SQLiteStore
+from tests.support import postgres
 from tests.support.clocks import FakeClock
 
-STORES = ["sqlite"]
+STORES = ["sqlite", "postgresql"]
 _ids = itertools.count(1)
 
 
@@ -23,12 +25,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=STORES)
-def store_factory(request, tmp_path, clock):
+async def store_factory(request, tmp_path, clock):
     """Builds unopened stores on one database: a second one is the process restarted."""
     if request.param == "sqlite":
         path = tmp_path / "dutybridge.db"
-        return lambda: SQLiteStore(path, clock=clock)
-    raise AssertionError(request.param)  # pragma: no cover
+        yield lambda: SQLiteStore(path, clock=clock)
+        return
+    base, schema = postgres.server_url(), postgres.new_schema()
+    url = postgres.with_schema(base, schema)
+    try:
+        yield lambda: PostgresStore(url, clock=clock)
+    finally:
+        await postgres.drop_schema(base, schema)
 
 
 @pytest.fixture
