@@ -11,11 +11,15 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from dutybridge import hookimpl
 from dutybridge.config import DaemonConfig
+from dutybridge.context import Ctx
 from dutybridge.events import Event
+from dutybridge.plugins import make_test_pm
 from dutybridge.store import open_store
 from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.postgres_url import split_url
+from dutybridge.worker import Worker
 from tests.support import postgres
 from tests.support.clocks import FakeClock
 
@@ -241,3 +245,47 @@ async def test_a_server_that_does_not_answer_is_a_clear_error():
     with pytest.raises(ConnectionError, match="cannot connect to the store postgresql://postgres@127.0.0.1:9/test") as err:
         await store.open()
     assert "never-shown" not in str(err.value)
+
+
+async def test_a_handler_longer_than_its_lease_keeps_its_event_on_a_shared_store(url):
+    # Two instances; the first's handler runs three leases long. Renewals keep the
+    # second from taking the event over, and the handler's result is recorded once.
+    runs: list[str] = []
+
+    class Slow:
+        @hookimpl
+        async def handle_event(self, event, ctx):
+            runs.append(ctx.config.name)
+            await asyncio.sleep(1.8)
+            return True
+
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+        def secrets(self):
+            return []
+
+    a, b = PostgresStore(url), PostgresStore(url)
+    async with a, b:
+        workers = []
+        for name, store in (("a", a), ("b", b)):
+            pm = make_test_pm(Slow())
+            workers.append(Worker(store, pm, Ctx(config=Named(name), pm=pm, store=store), concurrency=2,
+                                  max_attempts=3, retry_base=1, retry_max=1, lease_seconds=0.6,
+                                  owner=f"worker-{name}", poll_interval=0.05))
+        stored = await a.add_event(ev(1, "r:slow"))
+        await workers[0].start()
+        try:
+            async with asyncio.timeout(5):
+                while not runs:
+                    await asyncio.sleep(0.01)
+            await workers[1].start()
+            async with asyncio.timeout(10):
+                while (await a.get_event(stored.id)).status != "done":
+                    await asyncio.sleep(0.05)
+        finally:
+            for w in workers:
+                await w.stop(timeout=3)
+        assert runs == ["a"]
+        assert (await a.get_event(stored.id)).attempts == 1
