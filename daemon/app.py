@@ -208,8 +208,14 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = ctx.scheduler = ctx.scheduler or Scheduler()
     register_jobs(ctx, scheduler)
     scheduler.start()
+    if ctx.store is not None and ctx.store.shared:
+        # Several instances share the store: the jobs run on the elected one only.
+        metrics = ctx.metrics
+        scheduler.elect(ctx.store, ctx.config.daemon.leader_lease_seconds,
+                        on_change=None if metrics is None else metrics.set_scheduler_leader)
     log.info("scheduler_started", jobs=scheduler.job_ids())
     yield
+    await scheduler.stop_election()
     scheduler.shutdown()
     log.info("scheduler_stopped", phase="shutdown")
 

@@ -45,6 +45,7 @@ class Metrics:
         self._ignored = Counter("events_ignored", "Events no plugin acted on, or webhooks of an unknown type or pings.", ev, namespace=ns, registry=r)
         self._rejected = Counter("webhook_rejected", "Webhook requests answered with an error, by route and reason.", ("route", "reason"), namespace=ns, registry=r)
         self._inbox = Gauge("inbox_events", "Events in the inbox per status, read from the store at scrape time.", ("status",), namespace=ns, registry=r)
+        self._leader = Gauge("scheduler_leader", "1 on the instance whose scheduler runs the jobs (the elected leader, PostgreSQL store), 0 on the others; by instance.", ("instance",), namespace=ns, registry=r)
         self._store_up = Gauge("store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r)
         self._outbound = Counter("outbound_requests", "Outbound API requests by service, host and HTTP status ('error' when no response).", ("service", "host", "status"), namespace=ns, registry=r)
         self._outbound_seconds = Histogram("outbound_request_seconds", "Outbound API request latency.", ("service", "host"), namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
@@ -87,6 +88,9 @@ class Metrics:
         self._child(self._rejected, route, reason).inc()
 
     # -- inbox -------------------------------------------------------------------
+    def set_scheduler_leader(self, election: Any) -> None:
+        self._leader.labels(election.holder).set(1 if election.leading else 0)
+
     def set_inbox(self, counts: Mapping[str, int] | None) -> None:
         """Set the inbox gauge from ``store.counts()``; None when the store did not answer."""
         if counts is None:

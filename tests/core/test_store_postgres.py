@@ -16,6 +16,7 @@ from dutybridge.config import DaemonConfig
 from dutybridge.context import Ctx
 from dutybridge.events import Event
 from dutybridge.plugins import make_test_pm
+from dutybridge.scheduler import Election, Scheduler
 from dutybridge.store import open_store
 from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.postgres_url import split_url
@@ -289,3 +290,46 @@ async def test_a_handler_longer_than_its_lease_keeps_its_event_on_a_shared_store
                 await w.stop(timeout=3)
         assert runs == ["a"]
         assert (await a.get_event(stored.id)).attempts == 1
+
+
+async def test_jobs_run_on_the_elected_instance_only_and_move_when_it_dies(url):
+    a, b = PostgresStore(url), PostgresStore(url)
+    async with a, b:
+        runs: list[str] = []
+        schedulers = {}
+        for name, store in (("a", a), ("b", b)):
+            scheduler = Scheduler()
+            scheduler.add_job(lambda name=name: runs.append(name), "interval", id="test.tick", seconds=0.4)
+            scheduler.start()
+            scheduler.elect(store, 1.5, holder=f"host-{name}")
+            schedulers[name] = scheduler
+            await asyncio.sleep(0.2)  # a campaigns first
+        try:
+            await asyncio.sleep(1.5)
+            assert set(runs) == {"a"} and 2 <= len(runs) <= 5
+            assert schedulers["b"].election.leader == "host-a" and not schedulers["b"].election.leading
+            # a dies without resigning: its election and jobs stop where they are.
+            schedulers["a"].election._task.cancel()
+            schedulers["a"].shutdown()
+            died = asyncio.get_running_loop().time()
+            async with asyncio.timeout(1.5 + 0.5 + 1.0):
+                while not schedulers["b"].election.leading:
+                    await asyncio.sleep(0.05)
+            took = asyncio.get_running_loop().time() - died
+            assert took <= 1.5 + 0.5 + 0.3  # the lease, a round, a margin
+            runs_before = len(runs)
+            await asyncio.sleep(1.0)
+            assert runs[runs_before:] and set(runs[runs_before:]) == {"b"}
+        finally:
+            for scheduler in schedulers.values():
+                await scheduler.stop_election()
+                scheduler.shutdown()
+
+
+async def test_a_new_leader_skips_a_run_its_predecessor_made_in_this_interval(url):
+    async with PostgresStore(url) as store:
+        old, new = Election(store, 5, holder="old"), Election(store, 5, holder="new")
+        assert await old.claim_run("job", 60)
+        assert not await new.claim_run("job", 60)
+        assert await new.claim_run("other", 60)
+        assert await new.claim_run("cron-like", None) and await new.claim_run("cron-like", None)
