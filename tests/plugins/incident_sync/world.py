@@ -136,10 +136,12 @@ class World:
         return await self.store.list_links("incident", include_unlinked=include_unlinked)
 
 
-def build_config(sandbox: Any, tmp: Path, plugin: dict, *, extra: dict | None = None) -> Path:
+def build_config(sandbox: Any, tmp: Path, plugin: dict, *, extra: dict | None = None,
+                 store_url: str | None = None) -> Path:
     creds = sandbox.credentials()
     doc: dict[str, Any] = {
-        "daemon": {"listen_port": 0, "store_url": f"sqlite:///{tmp / 'dutybridge.db'}", "log_level": "warning",
+        "daemon": {"listen_port": 0, "store_url": store_url or f"sqlite:///{tmp / 'dutybridge.db'}",
+                   "log_level": "warning",
                    "retry_base_seconds": 0.05, "retry_max_seconds": 0.5},
         "pagerduty": {"api_url": creds["pagerduty_url"], "api_key": creds["pagerduty_api_key"],
                       "default_user_id": creds["pagerduty_user_id"], "webhook_secrets": [PD_SECRET],
@@ -185,12 +187,14 @@ def on_call_from_now(seed: dict) -> dict:
 
 async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True, seed: dict | None = None,
                       extra_plugins: list[object] = (), doorbell_exclude: tuple[str, ...] = (),
-                      events: list[str] | None = None, sn_clock: str = "advancing", **settings: Any) -> World:
+                      events: list[str] | None = None, sn_clock: str = "advancing", store_url: str | None = None,
+                      **settings: Any) -> World:
     """Start sandbox + daemon in ``tmp``; ``settings`` are ``[plugins.incident_sync]`` keys
     (``links`` defaults to Database and Network, ``poll_interval_seconds`` to 0: tests poll
     with ``world.poll()``; ``recheck_seconds`` to 0). ``webhooks=False`` / ``doorbell=False``
     leave that push channel off. ``sn_clock``: "advancing" (see ``advancing_clock``),
-    "real", or "frozen" (every change in one second)."""
+    "real", or "frozen" (every change in one second). ``store_url``: the daemon's store
+    (a SQLite file in ``tmp`` by default)."""
     from dutybridge.app import create_app, load
     from dutybridge.web import CTX_KEY
     from dutybridge_sandbox.runner import Sandbox
@@ -205,7 +209,7 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
     runner: web.AppRunner | None = None
     try:
         plugin = {"links": DEFAULT_LINKS, "poll_interval_seconds": 0.0, "recheck_seconds": 0.0, **settings}
-        config, pm = load(build_config(sandbox, tmp, plugin), extra_plugins=list(extra_plugins))
+        config, pm = load(build_config(sandbox, tmp, plugin, store_url=store_url), extra_plugins=list(extra_plugins))
         app = create_app(config, pm)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
