@@ -135,6 +135,12 @@ class PostgresStore(Store):
     async def schema_version(self) -> int:
         return int(await self._conn_pool().fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection of its own, for bulk work (``dutybridge store migrate``)."""
+        async with self._conn_pool().acquire() as conn:
+            yield conn
+
     def _conn_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("the store is not open (await store.open() first)")
