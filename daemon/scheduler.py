@@ -87,6 +87,7 @@ class Scheduler:
             try:
                 if election is not None and not await election.claim_run(id, interval):
                     return
+                log.debug("scheduled_job_started", holder=None if election is None else election.holder)
                 result = func(*args, **kwargs)
                 if inspect.isawaitable(result):
                     await result
