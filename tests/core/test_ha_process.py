@@ -29,7 +29,8 @@ async def test_three_instances_lose_nothing_and_sync_each_incident_once_through_
     cluster = Cluster(tmp_path, pg_url)
     await cluster.start()
     try:
-        pd_born, sn_born, killed = await run_stream(cluster, per_side=40, kills=3)
+        # ~27 s of stream: each leader lives past a takeover and a poll interval.
+        pd_born, sn_born, killed = await run_stream(cluster, per_side=40, kills=3, rate=3.0)
         report = await verdict(cluster, pd_born, sn_born, timeout=60)
         async with PostgresStore(pg_url) as store:
             # Echoes and poll events go on arriving; the killed instances' claims come
