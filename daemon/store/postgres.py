@@ -269,6 +269,11 @@ class PostgresStore(Store):
         lease = now + timedelta(seconds=lease_seconds)
 
         async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            # Not waiting for the flush to disk, as SQLite's NORMAL does not: a claim or
+            # a "done" lost when the database server itself crashes means an event
+            # handled again (idempotent), never one lost; the inbox's inserts (an event
+            # answered 202) keep the synchronous commit.
+            await conn.execute("SET LOCAL synchronous_commit = off")
             if completions:
                 ids = [event_id for event_id, _ in completions]
                 await conn.execute(sql.LOCK_HEADS_OF_EVENTS, ids)
