@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 import pytest
@@ -18,6 +18,7 @@ from dutybridge.events import Event
 from dutybridge.plugins import make_test_pm
 from dutybridge.scheduler import Election, Scheduler
 from dutybridge.store import open_store
+from dutybridge.store import postgres_sql as sql
 from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.postgres_url import split_url
 from dutybridge.worker import Worker
@@ -171,10 +172,12 @@ async def test_the_claim_reads_the_heads_index_whatever_the_backlog(url):
                            '{}'::jsonb, now(), now()
                     FROM generate_series($1::int, $1::int + 249) AS g""", start)
             await conn.execute("ANALYZE")
+            now = datetime.now(timezone.utc)
             plan = "\n".join(r[0] for r in await conn.fetch(
-                "EXPLAIN SELECT event_id FROM inbox_heads WHERE due_at IS NULL ORDER BY event_id LIMIT 8"))
-            # A table this size is read by index only if the planner knows it pays.
-            assert "Seq Scan on events" not in plan
+                f"EXPLAIN {sql.CLAIM}", "w", now + timedelta(seconds=30), now, 8))
+            # Neither a whole table read nor a sort of every due head: both grow with it.
+            assert "Seq Scan" not in plan and "Sort" not in plan, plan
+            assert "inbox_heads_ready" in plan, plan
             got = await store.claim("w", 8, 30)
             assert got[0].resource == "hot" and got[0].event_id == "e1"
             assert len(got) == 8 and len({e.resource for e in got}) == 8
