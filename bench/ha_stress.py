@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import tempfile
 import time
@@ -22,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dutybridge.store.postgres import PostgresStore  # noqa: E402
-from tests.support import postgres  # noqa: E402
-from tests.support.ha_cluster import Cluster, run_stream, verdict  # noqa: E402
+from dutybridge.store.postgres import PostgresStore
+from tests.support import postgres
+from tests.support.ha_cluster import Cluster, run_stream, verdict
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ async def main(args: argparse.Namespace) -> int:
     leaders = cluster.leaders_seen()
     print(f"  leaders seen: {len(leaders)}")
     for job, runs in cluster.job_runs().items():
-        gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(runs, runs[1:])]
+        gaps = [(b[0] - a[0]).total_seconds() for a, b in itertools.pairwise(runs)]
         print(f"  job {job}: {len(runs)} runs by {len({h for _, h in runs})} instances, "
               f"closest two {min(gaps):.2f} s apart (interval {cluster.poll_seconds:g} s)" if gaps else "")
     ok = (set(report["pd_born_in_sn"]) == {1} and set(report["sn_born_in_pd"]) == {1}

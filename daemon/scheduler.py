@@ -91,7 +91,7 @@ class Scheduler:
                 result = func(*args, **kwargs)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001 - a job's failure must not end its schedule
+            except Exception:
                 self.failures[id] = self.failures.get(id, 0) + 1
                 log.exception("scheduled_job_failed", seconds=round(time.monotonic() - started, 3))
             else:
@@ -199,7 +199,7 @@ class Election:
         try:
             won = await self.store.take_leadership(LEADERSHIP, self.holder, self.lease_seconds)
             leader = self.holder if won else await self.store.leader(LEADERSHIP)
-        except Exception as exc:  # noqa: BLE001 - the store may be down; try again next round
+        except Exception as exc:
             log.warning("scheduler_election_failed", error=f"{type(exc).__name__}: {exc}")
             if not self.leading:
                 self._changed(None)

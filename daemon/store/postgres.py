@@ -17,8 +17,8 @@ import structlog
 from ..events import EncodedEvent, Event, EventStatus, StoredEvent, utcnow
 from . import postgres_sql as sql
 from .base import Link, LinkConflictError, Store
-from .postgres_url import split_url
 from .migrations import POSTGRES_MIGRATIONS, SCHEMA_MIGRATIONS_POSTGRES, Migration
+from .postgres_url import split_url
 
 log = structlog.get_logger("dutybridge.store")
 

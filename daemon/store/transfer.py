@@ -55,7 +55,7 @@ async def copy_sqlite_to_postgres(source: Path, target: PostgresStore) -> Copied
             raise ValueError(f"{source} has schema version {version}; open it once with this dutybridge first")
         async with target.connection() as conn, conn.transaction():
             for table in ("events", "links", "watermarks"):
-                if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):  # noqa: S608 - fixed names
+                if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
                     raise ValueError(f"the target store already has {table}; migrate into an empty database")
             for batch in _rows(db, "SELECT * FROM events ORDER BY id"):
                 records: list[tuple[Any, ...]] = []

@@ -49,9 +49,10 @@ class Locks:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         store = self._store_of()
+        across = (store.lock(f"incident_sync:{key}") if store is not None and store.shared
+                  else contextlib.nullcontext())
         try:
-            async with lock, (store.lock(f"incident_sync:{key}") if self._shared(store)
-                              else contextlib.nullcontext()):
+            async with lock, across:
                 try:
                     yield
                 finally:

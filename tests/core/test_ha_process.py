@@ -4,6 +4,7 @@ restarted while incidents stream in both ways: each synced once, none lost, one 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -55,5 +56,5 @@ async def test_three_instances_lose_nothing_and_sync_each_incident_once_through_
     poll = [runs for job, runs in runs_by_job.items() if "poll" in job]
     assert poll and len(poll[0]) >= 3 and len({holder for _, holder in poll[0]}) >= 2, runs_by_job
     for job, runs in runs_by_job.items():
-        gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(runs, runs[1:])]
+        gaps = [(b[0] - a[0]).total_seconds() for a, b in itertools.pairwise(runs)]
         assert all(g >= cluster.poll_seconds * SAME_INTERVAL_SLACK for g in gaps), (job, gaps)
