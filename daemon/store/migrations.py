@@ -234,26 +234,36 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         # take a fresh snapshot under READ COMMITTED). Unreleased when this text was
         # fixed: no database had the PostgreSQL schema before the store existed.
         """
-        CREATE FUNCTION inbox_head_of(r TEXT) RETURNS void LANGUAGE plpgsql AS $$
+        CREATE FUNCTION inbox_head_of(r TEXT, candidate BIGINT) RETURNS void LANGUAGE plpgsql AS $$
         DECLARE
+            current  BIGINT;
+            created  BOOLEAN := false;
             head_id  BIGINT;
             head_due TIMESTAMPTZ;
         BEGIN
             LOOP
-                PERFORM 1 FROM inbox_heads WHERE resource = r FOR UPDATE;
+                SELECT event_id INTO current FROM inbox_heads WHERE resource = r FOR UPDATE;
                 EXIT WHEN FOUND;
                 INSERT INTO inbox_heads (resource, event_id, due_at) VALUES (r, 0, 'infinity')
                 ON CONFLICT (resource) DO NOTHING;
+                created := FOUND;
             END LOOP;
-            SELECT h.id,
-                   GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
-                            (SELECT MAX(c.lease_expires_at) FROM events AS c
-                             WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
-              INTO head_id, head_due
-            FROM events AS h
-            WHERE h.id = (SELECT a.id FROM events AS a
-                          WHERE a.resource = r AND a.status IN ('pending', 'claimed')
-                          ORDER BY a.id LIMIT 1);
+            -- No active event of r lies below the head kept, but for the changed row
+            -- (candidate, when it became active): the search starts there, not at the
+            -- oldest event of r ever stored, which a planner may walk (a hot resource's
+            -- handled history) however the indexes stand.
+            current := LEAST(CASE WHEN created OR current = 0 THEN NULL ELSE current END, candidate);
+            IF current IS NOT NULL THEN
+                SELECT h.id,
+                       GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
+                                (SELECT MAX(c.lease_expires_at) FROM events AS c
+                                 WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
+                  INTO head_id, head_due
+                FROM events AS h
+                WHERE h.id = (SELECT a.id FROM events AS a
+                              WHERE a.resource = r AND a.status IN ('pending', 'claimed') AND a.id >= current
+                              ORDER BY a.id LIMIT 1);
+            END IF;
             IF head_id IS NULL THEN
                 DELETE FROM inbox_heads WHERE resource = r;
             ELSE
@@ -266,12 +276,14 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         CREATE FUNCTION inbox_heads_follow() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP <> 'INSERT' AND OLD.status IN ('pending', 'claimed') THEN
-                PERFORM inbox_head_of(OLD.resource);
+                PERFORM inbox_head_of(OLD.resource, CASE WHEN TG_OP = 'UPDATE' AND NEW.resource = OLD.resource
+                                                          AND NEW.status IN ('pending', 'claimed')
+                                                         THEN NEW.id END);
             END IF;
             IF TG_OP <> 'DELETE' AND NEW.status IN ('pending', 'claimed')
                AND (TG_OP = 'INSERT' OR OLD.status NOT IN ('pending', 'claimed')
                     OR NEW.resource <> OLD.resource) THEN
-                PERFORM inbox_head_of(NEW.resource);
+                PERFORM inbox_head_of(NEW.resource, NEW.id);
             END IF;
             RETURN NULL;
         END
