@@ -54,7 +54,8 @@ WORKER_KEY: web.AppKey[Worker] = web.AppKey("dutybridge.worker", Worker)
 #: Keys read once at start; a reload that changes them says a restart is needed.
 #: shutdown_timeout is the runner's and the worker's drain, both fixed at start.
 RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
-                "daemon.worker_concurrency", "daemon.log_format", "daemon.shutdown_timeout")
+                "daemon.worker_concurrency", "daemon.log_format", "daemon.shutdown_timeout",
+                "daemon.store_password", "daemon.leader_lease_seconds")
 #: Worker settings a reload applies to the running worker: ``daemon`` key -> attribute.
 WORKER_SETTINGS = {"max_attempts": "max_attempts", "retry_base_seconds": "retry_base",
                    "retry_max_seconds": "retry_max", "lease_seconds": "lease_seconds"}

@@ -232,7 +232,7 @@ class Store(abc.ABC):
         """Become (or stay) the leader of ``name`` for ``seconds``; True if ``holder`` leads.
 
         Granted when nobody leads, the leader's term ran out, or ``holder`` leads already
-        (a renewal). Here the process is the only instance: it always leads.
+        (a renewal). This default is for a store of one process, which always leads.
         """
         self.__dict__.setdefault("_leaders", {})[name] = holder
         return True

@@ -150,12 +150,23 @@ SQLITE_MIGRATIONS: list[Migration] = [
         )
         """,
     )),
+    (4, "leadership leases", (
+        # Who leads an elected role (the scheduler's) until when. One instance uses a
+        # SQLite store, so it always wins; the row tells the CLI who that is.
+        """
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            taken_at   TEXT NOT NULL
+        )
+        """,
+    )),
 ]
 
 # The PostgreSQL store (postgres.py, its statements in postgres_sql.py): the same tables
-# with native types, one trigger function keeping the heads, and one step more (4, the
-# leadership leases only a shared store needs). postgres.py applies them under an
-# advisory lock, so that instances starting together do not race.
+# with native types and one trigger function keeping the heads. postgres.py applies them
+# under an advisory lock, so that instances starting together do not race.
 POSTGRES_MIGRATIONS: list[Migration] = [
     (1, "inbox", (
         """
@@ -305,8 +316,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         """,
     )),
     (4, "leadership leases", (
-        # One row per elected role (the scheduler's): who holds it until when. SQLite
-        # has no such table: one instance at a time uses a SQLite store, and leads.
+        # One row per elected role (the scheduler's): who holds it until when.
         """
         CREATE TABLE leases (
             name       TEXT PRIMARY KEY,

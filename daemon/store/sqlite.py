@@ -585,6 +585,31 @@ class SQLiteStore(Store):
     async def delete_link(self, kind: str, pd_id: str) -> bool:
         return await self._write_count("DELETE FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)) > 0
 
+    # -- leadership --------------------------------------------------------------
+    async def take_leadership(self, name: str, holder: str, seconds: float) -> bool:
+        now_dt = self._clock()
+        now, until = to_text(now_dt), to_text(now_dt + timedelta(seconds=seconds))
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                """
+                INSERT INTO leases (name, holder, expires_at, taken_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET
+                    holder = excluded.holder, expires_at = excluded.expires_at,
+                    taken_at = CASE WHEN holder = excluded.holder THEN taken_at ELSE excluded.taken_at END
+                WHERE holder = excluded.holder OR expires_at < excluded.taken_at
+                RETURNING holder
+                """, (name, holder, until, now))
+        return bool(rows) and rows[0][0] == holder
+
+    async def resign_leadership(self, name: str, holder: str) -> None:
+        await self._write_count("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    async def leader(self, name: str) -> str | None:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall("SELECT holder FROM leases WHERE name = ? AND expires_at >= ?",
+                                             (name, self._now()))
+        return rows[0][0] if rows else None
+
     # -- watermarks --------------------------------------------------------------
     async def get_watermark(self, name: str) -> str | None:
         async with self._transaction(write=False) as db:

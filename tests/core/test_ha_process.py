@@ -49,7 +49,9 @@ async def test_three_instances_lose_nothing_and_sync_each_incident_once_through_
     assert report["sn_born_in_pd"] == [1] * len(sn_born), "each ServiceNow incident once in PagerDuty"
     assert counts["dead"] == 0 and counts["pending"] == 0 and counts["claimed"] == 0, counts
     assert len(links) == len(pd_born) + len(sn_born)
-    assert len(killed) == 3 and all(inst.starts == 2 for inst in cluster.instances)
+    # The leader of the moment was killed each time (a restarted one may lead again),
+    # and each killed instance came back.
+    assert len(killed) == 3 and all(inst.starts == 1 + killed.count(inst.slot) for inst in cluster.instances)
     leaders = cluster.leaders_seen()
     assert len(leaders) >= 3, leaders  # each killed leader was followed by another
     runs_by_job = cluster.job_runs()

@@ -511,3 +511,30 @@ async def test_watermarks(store_factory):
         assert await s.get_watermark("pd.incidents") == "2026-01-02T00:00:00Z"
     async with store_factory() as s:
         assert await s.get_watermark("sn.incident") == "x"
+
+
+async def test_one_leader_at_a_time_until_it_resigns(store_factory):
+    a, b = store_factory(), store_factory()
+    async with a, b:
+        assert await a.leader("scheduler") is None
+        assert await a.take_leadership("scheduler", "host-a", 30)
+        assert not await b.take_leadership("scheduler", "host-b", 30)
+        assert await a.take_leadership("scheduler", "host-a", 30)  # a renewal
+        assert await b.leader("scheduler") == "host-a"
+        await b.resign_leadership("scheduler", "host-b")  # not b's to give up
+        assert await b.leader("scheduler") == "host-a"
+        await a.resign_leadership("scheduler", "host-a")
+        assert await b.take_leadership("scheduler", "host-b", 30)
+        assert await a.leader("scheduler") == "host-b"
+
+
+async def test_renew_extends_only_the_owners_claims(store, clock):
+    first = await store.add_event(ev("r:1"))
+    await store.add_event(ev("r:2"))
+    mine = [e.id for e in await store.claim("w1", 1, 30)]
+    assert mine == [first.id]
+    theirs = [e.id for e in await store.claim("w2", 1, 30)]
+    clock.advance(25)
+    assert await store.renew([*mine, *theirs], "w1", 30) == mine
+    clock.advance(10)  # w2's lease ran out, w1's was renewed
+    assert await ids(store, "w3") == theirs
