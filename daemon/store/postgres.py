@@ -236,7 +236,9 @@ class PostgresStore(Store):
         columns = [list(c) for c in zip(*ordered, strict=True)]
 
         async def insert(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
-            await conn.execute(sql.LOCK_HEADS, sorted({r[3] for r in ordered}))
+            resources = sorted({r[3] for r in ordered})
+            await conn.execute(sql.LOCK_RESOURCES, resources)
+            await conn.execute(sql.LOCK_HEADS, resources)
             got = await conn.fetch(sql.INSERT_EVENTS, *columns)
             return {(r["source"], r["event_id"]): r["id"] for r in got}
 

@@ -21,6 +21,15 @@ INSERT_EVENTS = """
     RETURNING id, source, event_id
 """
 
+# An insert first holds each of its resources (a transaction-level advisory lock, in
+# one global order), so that two instances' inserts of one resource take their ids in
+# the order they commit: a claimer sees a resource's events appear in id order, never
+# a later id committed before an earlier one it would then overtake.
+LOCK_RESOURCES = """
+    SELECT pg_advisory_xact_lock(1, k)
+    FROM (SELECT DISTINCT hashtext(r) AS k FROM unnest($1::text[]) AS r ORDER BY 1) AS keys
+"""
+
 # Every transaction that changes the events of several resources first locks their
 # heads in resource order: the triggers then take each head lock again (already held),
 # and two such transactions never wait for each other in a circle.

@@ -336,3 +336,4 @@ async def test_a_new_leader_skips_a_run_its_predecessor_made_in_this_interval(ur
         assert not await new.claim_run("job", 60)
         assert await new.claim_run("other", 60)
         assert await new.claim_run("cron-like", None) and await new.claim_run("cron-like", None)
+
