@@ -7,8 +7,12 @@ demo/ -> dutybridge_demo, so installing dutybridge never shadows python-daemon's
 
 from setuptools import find_packages, setup
 
-ROOTS = {"dutybridge": "daemon", "dutybridge_plugins": "plugins", "dutybridge_sandbox": "sandbox",
-         "dutybridge_demo": "demo"}
+ROOTS = {
+    "dutybridge": "daemon",
+    "dutybridge_plugins": "plugins",
+    "dutybridge_sandbox": "sandbox",
+    "dutybridge_demo": "demo",
+}
 
 packages, package_dir = [], {}
 for name, directory in ROOTS.items():

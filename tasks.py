@@ -41,16 +41,19 @@ def bootstrap() -> None:
         return
     print("installing dutybridge and its test dependencies into the venv", file=sys.stderr)
     subprocess.run(
-        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-e", f"{ROOT}[test]"],
+        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"],
         check=True,
     )
     STAMP.write_text(_fingerprint())
 
 
 #: Import name -> directory, as setup.py maps them.
-PACKAGES = {"dutybridge": "daemon", "dutybridge_plugins": "plugins", "dutybridge_sandbox": "sandbox",
-            "dutybridge_demo": "demo"}
+PACKAGES = {
+    "dutybridge": "daemon",
+    "dutybridge_plugins": "plugins",
+    "dutybridge_sandbox": "sandbox",
+    "dutybridge_demo": "demo",
+}
 
 
 def lint() -> int:
@@ -63,8 +66,10 @@ def lint() -> int:
         print(f"{name} ...", file=sys.stderr, flush=True)
         rc = subprocess.call(cmd, cwd=ROOT)
         if rc:
-            print(f"{name} failed (exit {rc}); `.venv/bin/ruff check --fix .` / `.venv/bin/ruff format .` fix most",
-                  file=sys.stderr)
+            print(
+                f"{name} failed (exit {rc}); `.venv/bin/ruff check --fix .` / `.venv/bin/ruff format .` fix most",
+                file=sys.stderr,
+            )
             return rc
     # mypy cannot follow setuptools' editable finder, so it reads the directories under
     # their import names through symlinks made fresh for each run.
@@ -77,8 +82,11 @@ def lint() -> int:
         link.symlink_to(ROOT / directory, target_is_directory=True)
     print("mypy ...", file=sys.stderr, flush=True)
     env = {**os.environ, "MYPYPATH": str(src)}
-    rc = subprocess.call([str(BIN / "python"), "-m", "mypy", "--no-error-summary", "-p", "dutybridge",
-                          "-p", "dutybridge_plugins"], cwd=ROOT, env=env)
+    rc = subprocess.call(
+        [str(BIN / "python"), "-m", "mypy", "--no-error-summary", "-p", "dutybridge", "-p", "dutybridge_plugins"],
+        cwd=ROOT,
+        env=env,
+    )
     if rc:
         print(f"mypy failed (exit {rc})", file=sys.stderr)
     return rc

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import SECRET, signed_requests  # noqa: E402  (the benchmark's shared bodies)
+from ingest import SECRET, signed_requests
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -115,9 +115,24 @@ def run_wrk(port: int, data: Path, seconds: float, connections: int, threads: in
     script = data.with_suffix(".wrk.lua")
     script.write_text(WRK_SCRIPT)
     env = {**os.environ, "BENCH_DATA": str(data), "BENCH_THREADS": str(threads)}
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency",
-                          "-s", str(script), f"http://127.0.0.1:{port}/webhooks/pagerduty"],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/webhooks/pagerduty",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-500:]}")
     out = out.stdout
@@ -135,12 +150,18 @@ def daemon_config(folder: Path, port: int, store_url: str | None = None) -> Path
     import tomli_w
 
     doc = {
-        "daemon": {"listen_port": port, "store_url": store_url or f"sqlite:///{folder / 'inbox.db'}",
-                   "log_format": "json",
-                   "event_retention_days": 14},
+        "daemon": {
+            "listen_port": port,
+            "store_url": store_url or f"sqlite:///{folder / 'inbox.db'}",
+            "log_format": "json",
+            "event_retention_days": 14,
+        },
         "pagerduty": {"api_key": "bench-key-not-used", "webhook_secrets": [SECRET]},
-        "servicenow": {"instance_url": "https://bench.service-now.com", "username": "bench",
-                       "password": "bench-password-not-used"},
+        "servicenow": {
+            "instance_url": "https://bench.service-now.com",
+            "username": "bench",
+            "password": "bench-password-not-used",
+        },
     }
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(doc))
@@ -151,8 +172,10 @@ def daemon_config(folder: Path, port: int, store_url: str | None = None) -> Path
 def inbox_counts(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r'^dutybridge_inbox_events\{status="(\w+)"\} ([\d.e+]+)$', text, re.M)}
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^dutybridge_inbox_events\{status="(\w+)"\} ([\d.e+]+)$', text, re.M)
+    }
 
 
 def wait_drained(port: int, timeout: float = 600) -> float:
@@ -176,8 +199,9 @@ class Daemon:
         self.log = (folder / "daemon.log").open("ab")
 
     def __enter__(self) -> Daemon:
-        self.proc = subprocess.Popen([str(BIN / "dutybridge"), "run", "--config", str(self.config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(BIN / "dutybridge"), "run", "--config", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         wait_http(f"http://127.0.0.1:{self.port}/healthz")
         return self
 
@@ -207,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--retained", type=int, default=0, help="handled events in the inbox before the first round")
     p.add_argument("--max-rate", type=int, default=6000, help="bodies made per second of a round (each used once)")
-    p.add_argument("--store-url", default=None, help="the daemon's store (default: a SQLite file in a temporary folder)")
+    p.add_argument(
+        "--store-url", default=None, help="the daemon's store (default: a SQLite file in a temporary folder)"
+    )
     args = p.parse_args(argv)
     schema = None
     if args.store_url and args.store_url.startswith(("postgresql://", "postgres://")):
@@ -254,8 +280,11 @@ def run_rounds(args: argparse.Namespace) -> int:
                 run_wrk(d.port, data, max(5.0, args.retained / 1500), 8, 1)
                 wait_drained(d.port)
                 counts = inbox_counts(d.port)
-                print(f"retained: {sum(counts.values()):.0f} events handled in {time.monotonic() - sent:.0f} s "
-                      f"before the rounds", flush=True)
+                print(
+                    f"retained: {sum(counts.values()):.0f} events handled in {time.monotonic() - sent:.0f} s "
+                    f"before the rounds",
+                    flush=True,
+                )
         drain = None
         for round_no in range(1, args.rounds + 1):
             data = folder / f"round-{round_no}.lua"
@@ -273,20 +302,32 @@ def run_rounds(args: argparse.Namespace) -> int:
                 stored = sum(inbox_counts(d.port).values()) - sum(before.values())
             for kind in ("bare", "daemon"):
                 rps, p50, p99 = results[kind][-1]
-                print(f"round {round_no} {kind:>6}: {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:7.2f} ms", flush=True)
-            print(f"round {round_no}  ratio: {results['daemon'][-1][0] / results['bare'][-1][0]:.2f}x "
-                  f"({stored:.0f} events stored)", flush=True)
+                print(
+                    f"round {round_no} {kind:>6}: {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:7.2f} ms", flush=True
+                )
+            print(
+                f"round {round_no}  ratio: {results['daemon'][-1][0] / results['bare'][-1][0]:.2f}x "
+                f"({stored:.0f} events stored)",
+                flush=True,
+            )
         ratios = [d[0] / b[0] for b, d in zip(results["bare"], results["daemon"], strict=True)]
-        print(json.dumps({
-            "bench": "daemon_ingest", "rounds": args.rounds, "seconds": args.seconds,
-            "connections": args.connections, "retained": args.retained,
-            "store": "sqlite" if not args.store_url else args.store_url.split(":", 1)[0],
-            "bare_rps_median": round(statistics.median(r[0] for r in results["bare"])),
-            "daemon_rps_median": round(statistics.median(r[0] for r in results["daemon"])),
-            "ratio_median": round(statistics.median(ratios), 3),
-            "daemon_p99_ms_median": round(statistics.median(r[2] for r in results["daemon"]), 2),
-            "drain_events_per_s": round(drain[0] / drain[1]) if drain and drain[1] else None,
-        }))
+        print(
+            json.dumps(
+                {
+                    "bench": "daemon_ingest",
+                    "rounds": args.rounds,
+                    "seconds": args.seconds,
+                    "connections": args.connections,
+                    "retained": args.retained,
+                    "store": "sqlite" if not args.store_url else args.store_url.split(":", 1)[0],
+                    "bare_rps_median": round(statistics.median(r[0] for r in results["bare"])),
+                    "daemon_rps_median": round(statistics.median(r[0] for r in results["daemon"])),
+                    "ratio_median": round(statistics.median(ratios), 3),
+                    "daemon_p99_ms_median": round(statistics.median(r[2] for r in results["daemon"]), 2),
+                    "drain_events_per_s": round(drain[0] / drain[1]) if drain and drain[1] else None,
+                }
+            )
+        )
     return 0
 
 

@@ -35,8 +35,9 @@ async def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     await cluster.start()
     try:
-        pd_born, sn_born, killed = await run_stream(cluster, per_side=args.incidents // 2, kills=args.kills,
-                                                    rate=args.rate)
+        pd_born, sn_born, killed = await run_stream(
+            cluster, per_side=args.incidents // 2, kills=args.kills, rate=args.rate
+        )
         opened = time.monotonic()
         report = await verdict(cluster, pd_born, sn_born, timeout=300)
         synced = time.monotonic() - opened
@@ -48,8 +49,10 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await cluster.stop()
         await postgres.drop_schema(args.store, schema)
-    print(f"{len(pd_born)} PagerDuty-born, {len(sn_born)} ServiceNow-born incidents at {args.rate:g}/s; "
-          f"killed slots {killed}; wall {time.monotonic() - started:.0f} s")
+    print(
+        f"{len(pd_born)} PagerDuty-born, {len(sn_born)} ServiceNow-born incidents at {args.rate:g}/s; "
+        f"killed slots {killed}; wall {time.monotonic() - started:.0f} s"
+    )
     print(f"  PagerDuty-born, copies in ServiceNow: {dict(Counter(report['pd_born_in_sn']))}")
     print(f"  ServiceNow-born, copies in PagerDuty: {dict(Counter(report['sn_born_in_pd']))}")
     print(f"  last incident opened -> all synced (+ lease wait for late duplicates): {synced:.1f} s")
@@ -58,10 +61,18 @@ async def main(args: argparse.Namespace) -> int:
     print(f"  leaders seen: {len(leaders)}")
     for job, runs in cluster.job_runs().items():
         gaps = [(b[0] - a[0]).total_seconds() for a, b in itertools.pairwise(runs)]
-        print(f"  job {job}: {len(runs)} runs by {len({h for _, h in runs})} instances, "
-              f"closest two {min(gaps):.2f} s apart (interval {cluster.poll_seconds:g} s)" if gaps else "")
-    ok = (set(report["pd_born_in_sn"]) == {1} and set(report["sn_born_in_pd"]) == {1}
-          and counts["dead"] == 0 and counts["pending"] + counts["claimed"] == 0)
+        print(
+            f"  job {job}: {len(runs)} runs by {len({h for _, h in runs})} instances, "
+            f"closest two {min(gaps):.2f} s apart (interval {cluster.poll_seconds:g} s)"
+            if gaps
+            else ""
+        )
+    ok = (
+        set(report["pd_born_in_sn"]) == {1}
+        and set(report["sn_born_in_pd"]) == {1}
+        and counts["dead"] == 0
+        and counts["pending"] + counts["claimed"] == 0
+    )
     print("verdict:", "every incident synced exactly once, nothing lost" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dutybridge import hookimpl
@@ -48,7 +48,7 @@ from dutybridge.store.sqlite import SQLiteStore, to_text
 from dutybridge.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import inbox_postgres  # noqa: E402  (the --store postgresql:// cases)
+import inbox_postgres
 
 HOT = "pagerduty:incident:PHOTHOT"
 PAYLOAD = '{"event":{"data":{"id":"P1","title":"' + "x" * 180 + '"}}}'
@@ -70,7 +70,7 @@ def parse_size(text: str) -> int:
 def build(path: Path, size: int, shape: str) -> None:
     """An old-schema database with ``size`` pending events behind handled history."""
     asyncio.run(_create_old_schema(path))
-    now = to_text(datetime.now(timezone.utc))
+    now = to_text(datetime.now(UTC))
     history = size // 8
 
     def rows():
@@ -84,7 +84,9 @@ def build(path: Path, size: int, shape: str) -> None:
         with db:
             db.executemany(
                 "INSERT INTO events (source, event_id, type, resource, payload, status, received_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows(),
+            )
 
 
 async def _create_old_schema(path: Path) -> None:
@@ -137,8 +139,16 @@ async def drain_rate(store: SQLiteStore, events: int, budget: float) -> tuple[fl
         return float("nan"), 0
     plugin = NoOp(events)
     pm = make_test_pm(plugin)
-    worker = Worker(store, pm, Ctx(config=None, pm=pm, store=store), concurrency=8, max_attempts=5,
-                    retry_base=1.0, retry_max=60.0, lease_seconds=300.0)
+    worker = Worker(
+        store,
+        pm,
+        Ctx(config=None, pm=pm, store=store),
+        concurrency=8,
+        max_attempts=5,
+        retry_base=1.0,
+        retry_max=60.0,
+        lease_seconds=300.0,
+    )
     start = time.perf_counter()
     await worker.start()
     try:
@@ -210,8 +220,16 @@ async def _ingest_while_draining(path: Path, producers: int, seconds: float, rat
     async with SQLiteStore(path) as store:
         plugin = NoOp(10**12)
         pm = make_test_pm(plugin)
-        worker = Worker(store, pm, Ctx(config=None, pm=pm, store=store), concurrency=8, max_attempts=5,
-                        retry_base=1.0, retry_max=60.0, lease_seconds=300.0)
+        worker = Worker(
+            store,
+            pm,
+            Ctx(config=None, pm=pm, store=store),
+            concurrency=8,
+            max_attempts=5,
+            retry_base=1.0,
+            retry_max=60.0,
+            lease_seconds=300.0,
+        )
         latencies: list[float] = []
         stop_at = time.perf_counter() + seconds
 
@@ -219,15 +237,29 @@ async def _ingest_while_draining(path: Path, producers: int, seconds: float, rat
             i = 0
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
-                await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"in-{k}-{i}",
-                                            resource=f"pagerduty:incident:N{k}-{i}", payload={"i": i}))
+                await store.add_event(
+                    Event(
+                        source="bench",
+                        type="incident.triggered",
+                        event_id=f"in-{k}-{i}",
+                        resource=f"pagerduty:incident:N{k}-{i}",
+                        payload={"i": i},
+                    )
+                )
                 latencies.append((time.perf_counter() - start) * 1000)
                 i += 1
 
         async def one(i: int) -> None:
             start = time.perf_counter()
-            await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"in-{i}",
-                                        resource=f"pagerduty:incident:N{i}", payload={"i": i}))
+            await store.add_event(
+                Event(
+                    source="bench",
+                    type="incident.triggered",
+                    event_id=f"in-{i}",
+                    resource=f"pagerduty:incident:N{i}",
+                    payload={"i": i},
+                )
+            )
             latencies.append((time.perf_counter() - start) * 1000)
 
         async def paced() -> None:
@@ -247,24 +279,37 @@ async def _ingest_while_draining(path: Path, producers: int, seconds: float, rat
         elapsed = time.perf_counter() - start
         drained = plugin.count
         await worker.stop(timeout=5)
-    return {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "max": max(latencies),
-            "ingest": len(latencies) / elapsed, "drain": drained / elapsed}
+    return {
+        "p50": pct(latencies, 50),
+        "p99": pct(latencies, 99),
+        "max": max(latencies),
+        "ingest": len(latencies) / elapsed,
+        "drain": drained / elapsed,
+    }
 
 
 def ingest_while_draining(tmp: Path, args: argparse.Namespace) -> str:
-    load = (f"{args.ingest_rate:g} events/s, each stored by a caller of its own" if args.ingest_rate > 0
-            else f"{args.producers} callers storing events back to back")
-    lines = [f"Ingest while the worker drains a backlog of {args.ingest_backlog:,} distinct events "
-             f"({load}, {args.ingest_seconds:g} s each):", "",
-             "| arrangement | add_event p50 ms | p99 ms | max ms | stored events/s | drained events/s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    load = (
+        f"{args.ingest_rate:g} events/s, each stored by a caller of its own"
+        if args.ingest_rate > 0
+        else f"{args.producers} callers storing events back to back"
+    )
+    lines = [
+        f"Ingest while the worker drains a backlog of {args.ingest_backlog:,} distinct events "
+        f"({load}, {args.ingest_seconds:g} s each):",
+        "",
+        "| arrangement | add_event p50 ms | p99 ms | max ms | stored events/s | drained events/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     path = tmp / "ingest.db"
     build(path, args.ingest_backlog, "distinct")
     restart_with_statistics(path)
     r = asyncio.run(_ingest_while_draining(path, args.producers, args.ingest_seconds, args.ingest_rate))
     remove(path)
-    lines.append(f"| one connection, one queue | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | "
-                 f"{r['ingest']:,.0f} | {r['drain']:,.0f} |")
+    lines.append(
+        f"| one connection, one queue | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | "
+        f"{r['ingest']:,.0f} | {r['drain']:,.0f} |"
+    )
     return "\n".join(lines)
 
 
@@ -294,12 +339,19 @@ def table(rows: list[dict], claims: int) -> str:
 
 def machine() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = "?"
-    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, commit {commit or '?'}")
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, commit {commit or '?'}"
+    )
 
 
 def append_results(args: argparse.Namespace, text: str) -> None:
@@ -312,20 +364,25 @@ def append_results(args: argparse.Namespace, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1k,10k,100k,1m",
-                        type=lambda s: [parse_size(x) for x in s.split(",") if x.strip()])
-    parser.add_argument("--shapes", default="distinct,hot",
-                        type=lambda s: [x.strip() for x in s.split(",") if x.strip()])
+    parser.add_argument(
+        "--sizes", default="1k,10k,100k,1m", type=lambda s: [parse_size(x) for x in s.split(",") if x.strip()]
+    )
+    parser.add_argument(
+        "--shapes", default="distinct,hot", type=lambda s: [x.strip() for x in s.split(",") if x.strip()]
+    )
     parser.add_argument("--claims", type=int, default=200, help="claims timed per measurement")
     parser.add_argument("--drain", type=int, default=20_000, help="events the worker drains per case")
     parser.add_argument("--case-seconds", type=float, default=20.0, help="time cap per measurement")
-    parser.add_argument("--ingest", action="store_true",
-                        help="instead: ingest latency while a worker drains a backlog")
+    parser.add_argument("--ingest", action="store_true", help="instead: ingest latency while a worker drains a backlog")
     parser.add_argument("--ingest-backlog", type=parse_size, default=100_000)
     parser.add_argument("--ingest-seconds", type=float, default=10.0)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--ingest-rate", type=float, default=1000.0,
-                        help="events/s stored during --ingest (0: --producers callers back to back)")
+    parser.add_argument(
+        "--ingest-rate",
+        type=float,
+        default=1000.0,
+        help="events/s stored during --ingest (0: --producers callers back to back)",
+    )
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--label", default="", help="a heading for the table in --results")
@@ -343,8 +400,11 @@ def main() -> None:
                 for shape in args.shapes:
                     row = asyncio.run(inbox_postgres.run_case(args.store, size, shape, args, pct))
                     rows.append(row)
-                    print(f"{size:>9,} {shape:<8} claim p50/p99 ms {fmt_lat(row['claim'], args.claims)} | drain "
-                          f"1 instance {row['drain1'][0]:,.0f}/s, 3 instances {row['drain3'][0]:,.0f}/s", flush=True)
+                    print(
+                        f"{size:>9,} {shape:<8} claim p50/p99 ms {fmt_lat(row['claim'], args.claims)} | drain "
+                        f"1 instance {row['drain1'][0]:,.0f}/s, 3 instances {row['drain3'][0]:,.0f}/s",
+                        flush=True,
+                    )
             text = inbox_postgres.table(rows, args.claims)
             print()
             print(machine())
@@ -364,10 +424,13 @@ def main() -> None:
                 path = Path(tmp) / f"inbox-{shape}-{size}.db"
                 row = run_case(path, size, shape, args)
                 rows.append(row)
-                print(f"{size:>9,} {shape:<8} built {row['build_s']:5.1f}s open {row['open_s']:5.2f}s "
-                      f"claim p50/p99 ms {fmt_lat(row['fresh'], args.claims)} | after ANALYZE "
-                      f"({row['stat1']} stat rows) {fmt_lat(row['restart'], args.claims)} | "
-                      f"drain {row['drain'][0]:,.0f}/s ({row['drain'][1]:,} events)", flush=True)
+                print(
+                    f"{size:>9,} {shape:<8} built {row['build_s']:5.1f}s open {row['open_s']:5.2f}s "
+                    f"claim p50/p99 ms {fmt_lat(row['fresh'], args.claims)} | after ANALYZE "
+                    f"({row['stat1']} stat rows) {fmt_lat(row['restart'], args.claims)} | "
+                    f"drain {row['drain'][0]:,.0f}/s ({row['drain'][1]:,} events)",
+                    flush=True,
+                )
         text = table(rows, args.claims)
         print()
         print(machine())

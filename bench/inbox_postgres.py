@@ -41,11 +41,16 @@ async def build(url: str, size: int, shape: str) -> None:
         # The trigger keeps heads row by row; for a bulk load the heads are computed
         # once afterwards, as migration 3 computes them for an existing inbox.
         await conn.execute("ALTER TABLE events DISABLE TRIGGER inbox_heads_follow")
-        await conn.execute(f"""
+        await conn.execute(
+            f"""
             INSERT INTO events (source, event_id, type, resource, payload, status, received_at, updated_at)
             SELECT 'pagerduty', 'ev-' || g, 'incident.triggered', {resource}, $1::jsonb,
                    CASE WHEN g < $2 THEN 'done' ELSE 'pending' END, now(), now()
-            FROM generate_series(0, $3 - 1) AS g""", PAYLOAD, history, history + size)
+            FROM generate_series(0, $3 - 1) AS g""",
+            PAYLOAD,
+            history,
+            history + size,
+        )
         await conn.execute("""
             INSERT INTO inbox_heads (resource, event_id, due_at)
             SELECT DISTINCT ON (resource) resource, id, NULL FROM events
@@ -88,8 +93,19 @@ async def drain_rate(url: str, instances: int, events: int, budget: float) -> tu
     for i, store in enumerate(stores):
         await store.open()
         pm = make_test_pm(plugin) if i == 0 else make_test_pm(Relay(plugin))
-        workers.append(Worker(store, pm, Ctx(config=None, pm=pm, store=store), concurrency=8, max_attempts=5,
-                              retry_base=1.0, retry_max=60.0, lease_seconds=300.0, owner=f"bench-{i}"))
+        workers.append(
+            Worker(
+                store,
+                pm,
+                Ctx(config=None, pm=pm, store=store),
+                concurrency=8,
+                max_attempts=5,
+                retry_base=1.0,
+                retry_max=60.0,
+                lease_seconds=300.0,
+                owner=f"bench-{i}",
+            )
+        )
     start = time.perf_counter()
     for worker in workers:
         await worker.start()
@@ -146,11 +162,16 @@ async def run_case(base: str, size: int, shape: str, args: Any, pct) -> dict:
 
 
 def table(rows: list[dict], claims: int) -> str:
-    lines = ["| backlog | resources | claim p50 ms | claim p99 ms | drain, 1 instance events/s (events) "
-             "| drain, 3 instances events/s (events) |", "|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| backlog | resources | claim p50 ms | claim p99 ms | drain, 1 instance events/s (events) "
+        "| drain, 3 instances events/s (events) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         p50, p99, n = r["claim"]
         note = "" if n >= claims else f" (n={n})"
-        lines.append(f"| {r['size']:,} | {'one hot' if r['shape'] == 'hot' else 'distinct'} | {p50:.2f}{note} "
-                     f"| {p99:.2f} | {r['drain1'][0]:,.0f} ({r['drain1'][1]:,}) | {r['drain3'][0]:,.0f} ({r['drain3'][1]:,}) |")
+        lines.append(
+            f"| {r['size']:,} | {'one hot' if r['shape'] == 'hot' else 'distinct'} | {p50:.2f}{note} "
+            f"| {p99:.2f} | {r['drain1'][0]:,.0f} ({r['drain1'][1]:,}) | {r['drain3'][0]:,.0f} ({r['drain3'][1]:,}) |"
+        )
     return "\n".join(lines)

@@ -23,7 +23,6 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +60,12 @@ async def wait_http(session: ClientSession, url: str, timeout: float = 30) -> No
 class Bench:
     def __init__(self, session: ClientSession, pd: str, sn: str):
         self.session, self.pd, self.sn = session, pd, sn
-        self.pd_headers = {"Authorization": f"Token token={PD_KEY}", "Accept": "application/vnd.pagerduty+json;version=2",
-                           "Content-Type": "application/json", "From": "alice.nguyen@acme.example"}
+        self.pd_headers = {
+            "Authorization": f"Token token={PD_KEY}",
+            "Accept": "application/vnd.pagerduty+json;version=2",
+            "Content-Type": "application/json",
+            "From": "alice.nguyen@acme.example",
+        }
         basic = base64.b64encode(f"{SN_USER}:{SN_PASSWORD}".encode()).decode()
         self.sn_headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
         self.triggered: dict[str, float] = {}
@@ -70,8 +73,9 @@ class Bench:
         self.looks = 0  # the watcher's queries
 
     async def trigger(self, title: str) -> None:
-        body = {"incident": {"type": "incident", "title": title,
-                             "service": {"id": "PSVCDB1", "type": "service_reference"}}}
+        body = {
+            "incident": {"type": "incident", "title": title, "service": {"id": "PSVCDB1", "type": "service_reference"}}
+        }
         t0 = time.perf_counter()
         async with self.session.post(f"{self.pd}/incidents", json=body, headers=self.pd_headers) as resp:
             data = await resp.json()
@@ -80,9 +84,15 @@ class Bench:
         self.triggered[data["incident"]["id"]] = t0
 
     async def sn_rows(self, query: str, limit: int) -> list[dict]:
-        params = {"sysparm_query": query, "sysparm_fields": "correlation_id,number", "sysparm_limit": str(limit),
-                  "sysparm_no_count": "true"}
-        async with self.session.get(f"{self.sn}/api/now/table/incident", params=params, headers=self.sn_headers) as resp:
+        params = {
+            "sysparm_query": query,
+            "sysparm_fields": "correlation_id,number",
+            "sysparm_limit": str(limit),
+            "sysparm_no_count": "true",
+        }
+        async with self.session.get(
+            f"{self.sn}/api/now/table/incident", params=params, headers=self.sn_headers
+        ) as resp:
             return (await resp.json())["result"]
 
     async def watch(self, stop: asyncio.Event) -> None:
@@ -111,8 +121,11 @@ class Bench:
         while calm < 3 and time.monotonic() < deadline:  # three looks in a row: none in flight either
             async with self.session.get(f"{daemon}/metrics") as resp:
                 text = await resp.text()
-            busy = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("dutybridge_inbox_events{") and ('"pending"' in line or '"claimed"' in line))
+            busy = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("dutybridge_inbox_events{") and ('"pending"' in line or '"claimed"' in line)
+            )
             calm = 0 if busy else calm + 1
             await asyncio.sleep(0.05)
 
@@ -166,7 +179,7 @@ class CpuMeter:
         self.procs = procs
         self.start: dict[str, float] = {}
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.start = self.now()
         return self
 
@@ -210,35 +223,83 @@ async def main(args: argparse.Namespace) -> int:
         seed_text = (Path(__file__).resolve().parents[1] / "sandbox" / "seed.toml").read_text()
         seed = tmp / "seed.toml"
         seed.write_text(seed_text.replace("rate_limit_per_minute = 960", f"rate_limit_per_minute = {UNLIMITED}"))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "dutybridge_sandbox", "--seed", str(seed), "--pagerduty-port", str(pd_port),
-             "--servicenow-port", str(sn_port), "--doorbell-url", f"http://127.0.0.1:{daemon_port}/webhooks/servicenow",
-             "--doorbell-token", doorbell], stdout=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dutybridge_sandbox",
+                    "--seed",
+                    str(seed),
+                    "--pagerduty-port",
+                    str(pd_port),
+                    "--servicenow-port",
+                    str(sn_port),
+                    "--doorbell-url",
+                    f"http://127.0.0.1:{daemon_port}/webhooks/servicenow",
+                    "--doorbell-token",
+                    doorbell,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
         pd, sn = f"http://127.0.0.1:{pd_port}", f"http://127.0.0.1:{sn_port}"
         async with ClientSession(connector=TCPConnector(limit=64), timeout=ClientTimeout(total=30)) as session:
             await wait_http(session, f"{pd}/abilities")
             bench = Bench(session, pd, sn)
-            sub = {"webhook_subscription": {
-                "type": "webhook_subscription", "events": ["incident.triggered", "incident.acknowledged", "incident.resolved"],
-                "delivery_method": {"type": "http_delivery_method", "url": f"http://127.0.0.1:{daemon_port}/webhooks/pagerduty"},
-                "filter": {"type": "account_reference"}}}
+            sub = {
+                "webhook_subscription": {
+                    "type": "webhook_subscription",
+                    "events": ["incident.triggered", "incident.acknowledged", "incident.resolved"],
+                    "delivery_method": {
+                        "type": "http_delivery_method",
+                        "url": f"http://127.0.0.1:{daemon_port}/webhooks/pagerduty",
+                    },
+                    "filter": {"type": "account_reference"},
+                }
+            }
             async with session.post(f"{pd}/webhook_subscriptions", json=sub, headers=bench.pd_headers) as resp:
                 secret = (await resp.json())["webhook_subscription"]["delivery_method"]["secret"]
             config = tmp / "config.toml"
-            config.write_text(tomli_w.dumps({
-                "daemon": {"listen_port": daemon_port, "store_url": f"sqlite:///{tmp / 'bench.db'}", "log_level": "warning"},
-                "pagerduty": {"api_url": pd, "api_key": PD_KEY, "default_user_id": "PINTEGR", "webhook_secrets": [secret],
-                              "rate_limit_per_minute": UNLIMITED},
-                "servicenow": {"instance_url": sn, "username": SN_USER, "password": SN_PASSWORD, "doorbell_token": doorbell},
-                "plugins": {"enabled": ["incident_sync"], "incident_sync": {
-                    # The default poll interval: its first pass (setting watermarks) comes a
-                    # minute after start, after the benchmark; being on is what lets the
-                    # daemon leave notes and webhooks that echo its own writes unread.
-                    "links": [{"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"}],
-                    "poll_interval_seconds": 60.0}},
-            }))
-            procs.append(subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
-                                          stdout=subprocess.DEVNULL))
+            config.write_text(
+                tomli_w.dumps(
+                    {
+                        "daemon": {
+                            "listen_port": daemon_port,
+                            "store_url": f"sqlite:///{tmp / 'bench.db'}",
+                            "log_level": "warning",
+                        },
+                        "pagerduty": {
+                            "api_url": pd,
+                            "api_key": PD_KEY,
+                            "default_user_id": "PINTEGR",
+                            "webhook_secrets": [secret],
+                            "rate_limit_per_minute": UNLIMITED,
+                        },
+                        "servicenow": {
+                            "instance_url": sn,
+                            "username": SN_USER,
+                            "password": SN_PASSWORD,
+                            "doorbell_token": doorbell,
+                        },
+                        "plugins": {
+                            "enabled": ["incident_sync"],
+                            "incident_sync": {
+                                # The default poll interval: its first pass (setting watermarks) comes a
+                                # minute after start, after the benchmark; being on is what lets the
+                                # daemon leave notes and webhooks that echo its own writes unread.
+                                "links": [{"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"}],
+                                "poll_interval_seconds": 60.0,
+                            },
+                        },
+                    }
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)], stdout=subprocess.DEVNULL
+                )
+            )
             await wait_http(session, f"http://127.0.0.1:{daemon_port}/healthz")
             await bench.run(20, None)  # warm-up
             meter_procs = {"sandbox": procs[0].pid, "daemon": procs[1].pid, "driver": os.getpid()}
@@ -250,19 +311,25 @@ async def main(args: argparse.Namespace) -> int:
                 await bench.drained(daemon_url)
             watcher = looks * await bench.look_cost(procs[0].pid)
             print(f"trigger -> ServiceNow incident visible, {args.count} incidents at {args.rate:g}/s:")
-            print(f"  p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms   "
-                  f"max {max(lat) * 1000:6.1f} ms   (targets: p50 <= 25 ms, p99 <= 100 ms)")
+            print(
+                f"  p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms   "
+                f"max {max(lat) * 1000:6.1f} ms   (targets: p50 <= 25 ms, p99 <= 100 ms)"
+            )
             print(f"  CPU ms per incident: {cpu.per(args.count, watcher)}")
             with CpuMeter(meter_procs) as cpu:
                 lat, elapsed = await bench.run(args.burst, None)
                 looks = bench.looks
                 await bench.drained(daemon_url)
             watcher = looks * await bench.look_cost(procs[0].pid)
-            print(f"burst of {args.burst} triggered at once: {len(lat) / elapsed:6.0f} incidents synced/s "
-                  f"(p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms; target >= 500/s)")
+            print(
+                f"burst of {args.burst} triggered at once: {len(lat) / elapsed:6.0f} incidents synced/s "
+                f"(p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms; target >= 500/s)"
+            )
             print(f"  CPU ms per incident: {cpu.per(args.burst, watcher)}; wall {elapsed:.2f} s")
-            print("  each sync: sandbox signs and posts a V3 webhook -> daemon verifies, stores (fsync), "
-                  "dispatches -> reads the incident, creates the ServiceNow incident, writes the link")
+            print(
+                "  each sync: sandbox signs and posts a V3 webhook -> daemon verifies, stores (fsync), "
+                "dispatches -> reads the incident, creates the ServiceNow incident, writes the link"
+            )
             async with session.get(f"http://127.0.0.1:{daemon_port}/metrics") as resp:
                 metrics = await resp.text()
             calls = {}
@@ -271,10 +338,14 @@ async def main(args: argparse.Namespace) -> int:
                     service = line.split('service="')[1].split('"')[0]
                     calls[service] = calls.get(service, 0) + float(line.rsplit(" ", 1)[1])
             synced = 20 + args.count + args.burst
-            print("  outbound calls per synced incident: " + ", ".join(
-                f"{k} {v / synced:.1f}" for k, v in sorted(calls.items())))
-            print(f"  machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; PagerDuty rate limit raised on "
-                  f"both sides (a real key allows 960/min)")
+            print(
+                "  outbound calls per synced incident: "
+                + ", ".join(f"{k} {v / synced:.1f}" for k, v in sorted(calls.items()))
+            )
+            print(
+                f"  machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; PagerDuty rate limit raised on "
+                f"both sides (a real key allows 960/min)"
+            )
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

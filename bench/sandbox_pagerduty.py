@@ -40,26 +40,30 @@ HEADERS = {
 
 
 def body(i: int) -> dict:
-    return {"incident": {
-        "type": "incident",
-        "title": f"Benchmark incident {i}",
-        "service": {"id": "PSVCDB1", "type": "service_reference"},
-        "incident_key": f"bench-{i}",
-        "urgency": "high",
-        "body": {"type": "incident_body", "details": "created by bench/sandbox_pagerduty.py"},
-    }}
+    return {
+        "incident": {
+            "type": "incident",
+            "title": f"Benchmark incident {i}",
+            "service": {"id": "PSVCDB1", "type": "service_reference"},
+            "incident_key": f"bench-{i}",
+            "urgency": "high",
+            "body": {"type": "incident_body", "details": "created by bench/sandbox_pagerduty.py"},
+        }
+    }
 
 
 def fresh_state(subscriptions: int) -> PagerDutyState:
     state = PagerDutyState.from_seed(load_seed())
     state.rate_limit_per_minute = 10**9
     for n in range(subscriptions):
-        state.create_webhook_subscription({
-            "type": "webhook_subscription",
-            "delivery_method": {"type": "http_delivery_method", "url": f"http://127.0.0.1:9/hook{n}"},
-            "events": ["incident.triggered"],
-            "filter": {"type": "account_reference"},
-        })
+        state.create_webhook_subscription(
+            {
+                "type": "webhook_subscription",
+                "delivery_method": {"type": "http_delivery_method", "url": f"http://127.0.0.1:9/hook{n}"},
+                "events": ["incident.triggered"],
+                "filter": {"type": "account_reference"},
+            }
+        )
     return state
 
 

@@ -67,7 +67,14 @@ async def handler_alone(n: int) -> float:
     headers = {"Content-Type": "application/json", "Host": "bench.local", **AUTH}
     requests = []
     for _ in range(n):
-        request = make_mocked_request("POST", "/api/now/table/incident", headers=headers, match_info={"table": "incident"}, app=app, payload=_Payload(data))
+        request = make_mocked_request(
+            "POST",
+            "/api/now/table/incident",
+            headers=headers,
+            match_info={"table": "incident"},
+            app=app,
+            payload=_Payload(data),
+        )
         request[USER_KEY] = "pagerduty.integration"
         requests.append(request)
     start = time.process_time()

@@ -22,8 +22,15 @@ from dutybridge.store.sqlite import SQLiteStore
 async def one_by_one(store: SQLiteStore, cycles: int, resources: int, prefix: str) -> float:
     start = time.perf_counter()
     for i in range(cycles):
-        await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"{prefix}{i}",
-                                    resource=f"r:{i % resources}", payload={"i": i, "title": "x" * 200}))
+        await store.add_event(
+            Event(
+                source="bench",
+                type="incident.triggered",
+                event_id=f"{prefix}{i}",
+                resource=f"r:{i % resources}",
+                payload={"i": i, "title": "x" * 200},
+            )
+        )
         [claimed] = await store.claim("bench", 1, 60)
         await store.complete(claimed.id)
     return cycles / (time.perf_counter() - start)
@@ -32,8 +39,15 @@ async def one_by_one(store: SQLiteStore, cycles: int, resources: int, prefix: st
 async def batched(store: SQLiteStore, cycles: int, resources: int, prefix: str) -> float:
     start = time.perf_counter()
     for i in range(cycles):
-        await store.add_event(Event(source="bench", type="incident.triggered", event_id=f"{prefix}{i}",
-                                    resource=f"r:{i % resources}", payload={"i": i, "title": "x" * 200}))
+        await store.add_event(
+            Event(
+                source="bench",
+                type="incident.triggered",
+                event_id=f"{prefix}{i}",
+                resource=f"r:{i % resources}",
+                payload={"i": i, "title": "x" * 200},
+            )
+        )
     done = 0
     while done < cycles:
         for ev in await store.claim("bench", 32, 60):
@@ -52,8 +66,10 @@ async def main() -> None:
         path = args.path or Path(tmp) / "bench.db"
         async with SQLiteStore(path) as store:
             rate = await one_by_one(store, args.cycles, args.resources, "a")
-            print(f"one at a time: {rate:,.0f} add+claim+complete cycles/s "
-                  f"({args.cycles} cycles, {args.resources} resources, synchronous=FULL, {path})")
+            print(
+                f"one at a time: {rate:,.0f} add+claim+complete cycles/s "
+                f"({args.cycles} cycles, {args.resources} resources, synchronous=FULL, {path})"
+            )
             rate = await batched(store, args.cycles, args.resources, "b")
             print(f"claims of 32:  {rate:,.0f} events/s (add, then claim+complete)")
 

@@ -10,4 +10,4 @@ __version__ = "0.1.0"
 PROJECT = "dutybridge"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["hookimpl", "PROJECT", "__version__"]
+__all__ = ["PROJECT", "__version__", "hookimpl"]

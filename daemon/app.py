@@ -53,16 +53,33 @@ WORKER_KEY: web.AppKey[Worker] = web.AppKey("dutybridge.worker", Worker)
 
 #: Keys read once at start; a reload that changes them says a restart is needed.
 #: shutdown_timeout is the runner's and the worker's drain, both fixed at start.
-RESTART_KEYS = ("daemon.listen_host", "daemon.listen_port", "daemon.store_url",
-                "daemon.worker_concurrency", "daemon.log_format", "daemon.shutdown_timeout",
-                "daemon.store_password", "daemon.leader_lease_seconds")
+RESTART_KEYS = (
+    "daemon.listen_host",
+    "daemon.listen_port",
+    "daemon.store_url",
+    "daemon.worker_concurrency",
+    "daemon.log_format",
+    "daemon.shutdown_timeout",
+    "daemon.store_password",
+    "daemon.leader_lease_seconds",
+)
 #: Worker settings a reload applies to the running worker: ``daemon`` key -> attribute.
-WORKER_SETTINGS = {"max_attempts": "max_attempts", "retry_base_seconds": "retry_base",
-                   "retry_max_seconds": "retry_max", "lease_seconds": "lease_seconds"}
+WORKER_SETTINGS = {
+    "max_attempts": "max_attempts",
+    "retry_base_seconds": "retry_base",
+    "retry_max_seconds": "retry_max",
+    "lease_seconds": "lease_seconds",
+}
 #: Every other ``daemon`` key is read where it is used (hooks_dir by reload itself),
 #: so the next request, job or log line sees the reloaded value.
-LIVE_KEYS = ("daemon.public_url", "daemon.hooks_dir", "daemon.log_level", "daemon.log_levels",
-             "daemon.max_body_bytes", "daemon.event_retention_days")
+LIVE_KEYS = (
+    "daemon.public_url",
+    "daemon.hooks_dir",
+    "daemon.log_level",
+    "daemon.log_levels",
+    "daemon.max_body_bytes",
+    "daemon.event_retention_days",
+)
 
 
 @dataclass(frozen=True)
@@ -96,8 +113,9 @@ def hooks_dir_of(raw: dict[str, Any], config_path: Path) -> Path | None:
     return p if p.is_absolute() else config_path.resolve().parent / p
 
 
-def load(path: str | os.PathLike, *, extra_plugins: list[object] = (),
-         pm: pluggy.PluginManager | None = None) -> tuple[Config, pluggy.PluginManager]:
+def load(
+    path: str | os.PathLike, *, extra_plugins: list[object] = (), pm: pluggy.PluginManager | None = None
+) -> tuple[Config, pluggy.PluginManager]:
     """Read, validate and build: the configuration and its plugin manager.
 
     Raises ConfigError or PluginError, whose message is one line per problem.
@@ -128,8 +146,11 @@ def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
 def open_configured_store(config: Config) -> Store:
     """The store ``daemon.store_url`` names (not yet opened): the one place it is made."""
     secret = config.daemon.store_password
-    return open_store(config.daemon.store_url, config.resolve_path(".", state=True),
-                      password=None if secret is None else secret.get_secret_value())
+    return open_store(
+        config.daemon.store_url,
+        config.resolve_path(".", state=True),
+        password=None if secret is None else secret.get_secret_value(),
+    )
 
 
 def build_clients(ctx: Ctx) -> None:
@@ -138,8 +159,7 @@ def build_clients(ctx: Ctx) -> None:
     old = ctx.pagerduty
     # The rate budget belongs to the API key: a reload with the same key keeps it.
     same_key = old is not None and old.config.api_key == ctx.config.pagerduty.api_key
-    ctx.pagerduty = PagerDutyClient(ctx.http, ctx.config.pagerduty,
-                                    limiter=old.limiter if same_key else None)
+    ctx.pagerduty = PagerDutyClient(ctx.http, ctx.config.pagerduty, limiter=old.limiter if same_key else None)
     ctx.servicenow = ServiceNowClient(ctx.http, ctx.config.servicenow)
 
 
@@ -148,12 +168,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if ctx.store is None:
         ctx.store = open_configured_store(ctx.config)
     await ctx.store.open()
-    log.info("store_open", store=hide_credentials(ctx.config.daemon.store_url),
-             schema_version=await ctx.store.schema_version())
+    log.info(
+        "store_open",
+        store=hide_credentials(ctx.config.daemon.store_url),
+        schema_version=await ctx.store.schema_version(),
+    )
     yield
     await ctx.store.close()
     log.info("store_closed", phase="shutdown")
-
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -172,7 +194,7 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     try:
         await ctx.hooks.on_shutdown(ctx=ctx)
-    except Exception:  # noqa: BLE001 - shutdown goes on
+    except Exception:
         log.exception("plugin_shutdown_failed", phase="shutdown")
     log.info("plugins_stopped", phase="shutdown")
 
@@ -182,8 +204,7 @@ def register_jobs(ctx: Ctx, scheduler: Scheduler) -> None:
     scheduler.remove_all_jobs()
     retention = ctx.config.daemon.event_retention_days
     if retention:
-        scheduler.add_job(_purge_old_events, "interval", id="dutybridge.purge_old_events",
-                          hours=1, args=(ctx,))
+        scheduler.add_job(_purge_old_events, "interval", id="dutybridge.purge_old_events", hours=1, args=(ctx,))
     for job in ctx.hooks.register_jobs(ctx=ctx):
         scheduler.add(job)
 
@@ -212,8 +233,11 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     if ctx.store is not None and ctx.store.shared:
         # Several instances share the store: the jobs run on the elected one only.
         metrics = ctx.metrics
-        scheduler.elect(ctx.store, ctx.config.daemon.leader_lease_seconds,
-                        on_change=None if metrics is None else metrics.set_scheduler_leader)
+        scheduler.elect(
+            ctx.store,
+            ctx.config.daemon.leader_lease_seconds,
+            on_change=None if metrics is None else metrics.set_scheduler_leader,
+        )
     log.info("scheduler_started", jobs=scheduler.job_ids())
     yield
     await scheduler.stop_election()
@@ -226,9 +250,17 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     if ctx.store is None:
         raise RuntimeError("the store is not open")
     d = ctx.config.daemon
-    worker = Worker(ctx.store, ctx.hooks, ctx, concurrency=d.worker_concurrency, max_attempts=d.max_attempts,
-                    retry_base=d.retry_base_seconds, retry_max=d.retry_max_seconds,
-                    lease_seconds=d.lease_seconds, metrics=ctx.metrics)
+    worker = Worker(
+        ctx.store,
+        ctx.hooks,
+        ctx,
+        concurrency=d.worker_concurrency,
+        max_attempts=d.max_attempts,
+        retry_base=d.retry_base_seconds,
+        retry_max=d.retry_max_seconds,
+        lease_seconds=d.lease_seconds,
+        metrics=ctx.metrics,
+    )
     app[WORKER_KEY] = worker
     ctx.waker = worker.wake
     await worker.start()
@@ -240,8 +272,9 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def command_context(config: Config, pm: pluggy.PluginManager, *, store: bool = True,
-                          clients: bool = True) -> AsyncIterator[Ctx]:
+async def command_context(
+    config: Config, pm: pluggy.PluginManager, *, store: bool = True, clients: bool = True
+) -> AsyncIterator[Ctx]:
     """``ctx`` for a one-off command (the CLI's and plugins' commands, ``dutybridge
     check``): store open, clients ready, nothing listening, no worker."""
     ctx = make_ctx(config, pm)
@@ -258,8 +291,9 @@ async def command_context(config: Config, pm: pluggy.PluginManager, *, store: bo
         yield ctx
 
 
-def create_app(config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = None,
-               worker: bool = True, scheduler: bool = True) -> web.Application:
+def create_app(
+    config: Config, pm: pluggy.PluginManager, *, ctx: Ctx | None = None, worker: bool = True, scheduler: bool = True
+) -> web.Application:
     """The daemon as an aiohttp application; resources open when it starts."""
     ctx = ctx or make_ctx(config, pm)
     app = web.Application(client_max_size=config.daemon.max_body_bytes)
@@ -294,8 +328,7 @@ async def reload(ctx: Ctx, path: Path, running: Running | None = None) -> bool:
         new, _ = load(path, pm=ctx.pm)
         register_hook_files(ctx.pm, hooks_dir_of(new.raw, path))
     except (ConfigError, PluginError) as exc:
-        log.error("reload_rejected", reason="the running configuration stays in force",
-                  problems=str(exc).splitlines())
+        log.error("reload_rejected", reason="the running configuration stays in force", problems=str(exc).splitlines())
         systemd.ready("serving (last reload rejected)")
         return False
     started = running.config
@@ -321,8 +354,13 @@ async def reload(ctx: Ctx, path: Path, running: Running | None = None) -> bool:
     if ctx.scheduler is not None and ctx.scheduler.running:
         register_jobs(ctx, ctx.scheduler)
     if need_restart:
-        log.warning("reloaded_restart_needed", reason="these changes take effect after a restart", keys=need_restart,
-                    running={k: _running_value(started, k) for k in need_restart}, worker_applied=applied)
+        log.warning(
+            "reloaded_restart_needed",
+            reason="these changes take effect after a restart",
+            keys=need_restart,
+            running={k: _running_value(started, k) for k in need_restart},
+            worker_applied=applied,
+        )
     else:
         log.info("reloaded", detail="configuration and hook files", worker_applied=applied)
     systemd.ready()
@@ -343,7 +381,7 @@ async def _watchdog(ctx: Ctx, interval: float) -> None:
         # Ping only while the store answers: a wedged daemon should be restarted.
         try:
             healthy = ctx.store is not None and await asyncio.wait_for(ctx.store.ping(), interval)
-        except Exception:  # noqa: BLE001
+        except Exception:
             healthy = False
         if healthy:
             systemd.watchdog()
@@ -385,8 +423,9 @@ async def _abandon_start(runner: web.AppRunner, sockets: list[socket.socket]) ->
     return 1
 
 
-async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None, *,
-                verbose: int = 0, quiet: int = 0) -> int:
+async def serve(
+    config: Config, pm: pluggy.PluginManager, path: Path | None, *, verbose: int = 0, quiet: int = 0
+) -> int:
     """Run until SIGTERM/SIGINT; reload on SIGHUP. The exit code.
 
     ``verbose``/``quiet`` are the command line's -v/-q, kept for every reload.
@@ -403,11 +442,10 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None, *,
         log.error("cannot_listen", host=d.listen_host, port=d.listen_port, error=exc.strerror or str(exc))
         log.info("shutdown_complete", phase="shutdown")
         return 1
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.daemon.shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.daemon.shutdown_timeout)
     try:
         await runner.setup()
-    except Exception as exc:  # noqa: BLE001 - start-up failures end with a clear line, not a traceback
+    except Exception as exc:
         log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
         return await _abandon_start(runner, sockets)
     try:
@@ -449,8 +487,12 @@ async def serve(config: Config, pm: pluggy.PluginManager, path: Path | None, *,
             loop.remove_signal_handler(sig)
         if watchdog:
             watchdog.cancel()
-        log.info("webhooks_stopped", phase="shutdown", detail="finishing in-flight requests",
-                 timeout=config.daemon.shutdown_timeout)
+        log.info(
+            "webhooks_stopped",
+            phase="shutdown",
+            detail="finishing in-flight requests",
+            timeout=config.daemon.shutdown_timeout,
+        )
         await runner.cleanup()
         log.info("shutdown_complete", phase="shutdown")
     return 0
@@ -467,8 +509,11 @@ def run(path: str | os.PathLike[str], *, verbose: int = 0, quiet: int = 0, stder
     except (ConfigError, PluginError) as exc:
         print(str(exc), file=stderr)
         return 2
-    configure_logging(adjust_level(config.daemon.log_level, verbose, quiet), config.daemon.log_format,
-                      log_levels=config.daemon.log_levels)
+    configure_logging(
+        adjust_level(config.daemon.log_level, verbose, quiet),
+        config.daemon.log_format,
+        log_levels=config.daemon.log_levels,
+    )
     set_secrets(config.secrets())
     for warning in config.warnings:
         log.warning("configuration_warning", problem=warning)

@@ -25,8 +25,10 @@ from .store import open_store
 from .store.postgres import PostgresStore
 from .store.transfer import copy_sqlite_to_postgres
 
-CONFIG_HELP = ("configuration file (default: $DUTYBRIDGE_CONFIG, else "
-               "$CONFIGURATION_DIRECTORY/config.toml under systemd, else ./config.toml)")
+CONFIG_HELP = (
+    "configuration file (default: $DUTYBRIDGE_CONFIG, else "
+    "$CONFIGURATION_DIRECTORY/config.toml under systemd, else ./config.toml)"
+)
 
 
 def default_config_path() -> str:
@@ -78,12 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="write or validate a configuration file")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     pi = csub.add_parser("init", help="write a commented starting configuration")
-    pi.add_argument("--output", "-o", metavar="PATH", default="config.toml", help="where to write it (default: ./config.toml; - for stdout)")
+    pi.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        default="config.toml",
+        help="where to write it (default: ./config.toml; - for stdout)",
+    )
     pi.add_argument("--force", action="store_true", help="overwrite an existing file")
-    pi.add_argument("--enable", metavar="PLUGIN", action="append", default=[], help="enable a plugin in the written file (repeatable)")
-    pi.add_argument("--systemd", action="store_true",
-                    help="for contrib/systemd/dutybridge.service: secrets as file:NAME, the unit's "
-                         "LoadCredential= names (read from $CREDENTIALS_DIRECTORY), not env:NAME")
+    pi.add_argument(
+        "--enable",
+        metavar="PLUGIN",
+        action="append",
+        default=[],
+        help="enable a plugin in the written file (repeatable)",
+    )
+    pi.add_argument(
+        "--systemd",
+        action="store_true",
+        help="for contrib/systemd/dutybridge.service: secrets as file:NAME, the unit's "
+        "LoadCredential= names (read from $CREDENTIALS_DIRECTORY), not env:NAME",
+    )
     pc = csub.add_parser("check", help="validate a configuration file and its hook files")
     _add_config(pc)
 
@@ -114,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     pm_ = ssub.add_parser("migrate", help="copy inbox, links and watermarks from SQLite into an empty PostgreSQL")
     pm_.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH")
     pm_.add_argument("--to", dest="target", required=True, metavar="postgresql://USER@HOST/DB")
-    pm_.add_argument("--to-password", default=None, metavar="env:NAME|file:PATH",
-                     help="the PostgreSQL user's password, by reference (never on the command line)")
+    pm_.add_argument(
+        "--to-password",
+        default=None,
+        metavar="env:NAME|file:PATH",
+        help="the PostgreSQL user's password, by reference (never on the command line)",
+    )
 
     p = sub.add_parser("demo", help="the sandbox and the daemon wired together, with a scripted story")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards, for playing")
@@ -142,8 +163,11 @@ def plugin_commands() -> list[tuple[str, Command]]:
     except PluginError as exc:
         print(f"plugin commands unavailable: {exc}", file=sys.stderr)
         return []
-    return [(plugin, command) for plugin, command in pm.hooks.register_cli_commands()
-            if command.name not in BUILTIN_COMMANDS]
+    return [
+        (plugin, command)
+        for plugin, command in pm.hooks.register_cli_commands()
+        if command.name not in BUILTIN_COMMANDS
+    ]
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -182,7 +206,10 @@ def _config_init(args: argparse.Namespace) -> int:
     known = known_plugins()
     unknown = [n for n in args.enable if n not in known]
     if unknown:
-        print(f"--enable: unknown plugin(s) {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})", file=sys.stderr)
+        print(
+            f"--enable: unknown plugin(s) {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})",
+            file=sys.stderr,
+        )
         return 2
     try:
         pm = build_plugin_manager(list(known), None)
@@ -256,20 +283,25 @@ async def _store_migrate(source: str, target: str, password_ref: str | None) -> 
         set_secrets([password])
     try:
         async with store:
-            copied = await copy_sqlite_to_postgres(Path(source[len("sqlite:///"):]), store)
+            copied = await copy_sqlite_to_postgres(Path(source[len("sqlite:///") :]), store)
     except (ValueError, ConnectionError) as exc:
         print(f"dutybridge store migrate: {exc}", file=sys.stderr)
         return 1
-    print(f"copied {copied.events} events ({copied.released} claimed ones made pending), "
-          f"{copied.links} links and {copied.watermarks} watermarks to {store.url}")
+    print(
+        f"copied {copied.events} events ({copied.released} claimed ones made pending), "
+        f"{copied.links} links and {copied.watermarks} watermarks to {store.url}"
+    )
     return 0
 
 
 def _plugin_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
     command: Command = args.plugin_command
     if args.plugin not in config.plugins_enabled:
-        print(f"dutybridge {command.name}: the {args.plugin} plugin is not enabled in {_config_path(args)} "
-              f"(add it to plugins.enabled)", file=sys.stderr)
+        print(
+            f"dutybridge {command.name}: the {args.plugin} plugin is not enabled in {_config_path(args)} "
+            f"(add it to plugins.enabled)",
+            file=sys.stderr,
+        )
         return 2
 
     async def go() -> int:
@@ -309,7 +341,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # It is a separate package the core does not import otherwise.
         from dutybridge_sandbox.runner import main as sandbox_main
 
-        return sandbox_main(argv[argv.index("sandbox") + 1:])
+        return sandbox_main(argv[argv.index("sandbox") + 1 :])
     options, rest = _global_options(argv)
     parser = build_parser()
     args = parser.parse_args(rest)
@@ -339,8 +371,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "config":
         for warning in config.warnings:
             print(f"{_config_path(args)}: warning: {warning}", file=sys.stderr)
-        print(f"{_config_path(args)}: valid ({len(config.plugins_enabled)} plugin(s) enabled: "
-              f"{', '.join(config.plugins_enabled) or 'none'})")
+        print(
+            f"{_config_path(args)}: valid ({len(config.plugins_enabled)} plugin(s) enabled: "
+            f"{', '.join(config.plugins_enabled) or 'none'})"
+        )
         return 0
     _configure_cli_logging(args)
     set_secrets(config.secrets())

@@ -31,6 +31,6 @@ class Command:
 
     name: str
     help: str
-    handler: Callable[[argparse.Namespace, "Ctx | None"], Awaitable[int | None]]
+    handler: Callable[[argparse.Namespace, Ctx | None], Awaitable[int | None]]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     standalone: bool = False

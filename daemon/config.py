@@ -95,24 +95,59 @@ class Section(BaseModel):
 
 
 class DaemonConfig(Section):
-    listen_host: str = Field("127.0.0.1", description="Address the webhook server binds to. Keep 127.0.0.1 behind a reverse proxy.")
-    listen_port: int = Field(8080, ge=0, le=65535, description="Port the webhook server listens on (0 picks a free port).")
-    public_url: str = Field("", description="The URL PagerDuty and ServiceNow use to reach this daemon (used when provisioning webhooks).")
-    hooks_dir: str = Field("", description="Folder of user hook files (*.py) customising outbound requests; empty for none. Relative to the config file.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity: debug, info, warning or error.")
-    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: coloured console on a terminal, JSON lines otherwise (journald).")
-    log_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(default_factory=dict, description="Levels of single loggers, by name, e.g. {aiosqlite = \"debug\"}. Libraries (aiosqlite, asyncio, apscheduler, aiohttp, urllib3) stay at warning unless named here; their debug lines carry SQL and payloads.")
-    store_url: str = Field("sqlite:///dutybridge.db", description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder), or postgresql://USER@HOST[:PORT]/DATABASE[?schema=NAME] shared by several instances (password in store_password, never in the URL).")
-    store_password: Secret | None = Field(None, description="Password of the PostgreSQL store_url's user: env:NAME or file:PATH. Unset: none (trust, peer or a ~/.pgpass entry).")
-    leader_lease_seconds: float = Field(15.0, ge=1, le=3600, description="PostgreSQL store: scheduled jobs run on one instance, the leader; another takes over within this many seconds of its death.")
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413.")
+    listen_host: str = Field(
+        "127.0.0.1", description="Address the webhook server binds to. Keep 127.0.0.1 behind a reverse proxy."
+    )
+    listen_port: int = Field(
+        8080, ge=0, le=65535, description="Port the webhook server listens on (0 picks a free port)."
+    )
+    public_url: str = Field(
+        "", description="The URL PagerDuty and ServiceNow use to reach this daemon (used when provisioning webhooks)."
+    )
+    hooks_dir: str = Field(
+        "",
+        description="Folder of user hook files (*.py) customising outbound requests; empty for none. Relative to the config file.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log verbosity: debug, info, warning or error."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: coloured console on a terminal, JSON lines otherwise (journald)."
+    )
+    log_levels: dict[str, Literal["debug", "info", "warning", "error"]] = Field(
+        default_factory=dict,
+        description='Levels of single loggers, by name, e.g. {aiosqlite = "debug"}. Libraries (aiosqlite, asyncio, apscheduler, aiohttp, urllib3) stay at warning unless named here; their debug lines carry SQL and payloads.',
+    )
+    store_url: str = Field(
+        "sqlite:///dutybridge.db",
+        description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder), or postgresql://USER@HOST[:PORT]/DATABASE[?schema=NAME] shared by several instances (password in store_password, never in the URL).",
+    )
+    store_password: Secret | None = Field(
+        None,
+        description="Password of the PostgreSQL store_url's user: env:NAME or file:PATH. Unset: none (trust, peer or a ~/.pgpass entry).",
+    )
+    leader_lease_seconds: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="PostgreSQL store: scheduled jobs run on one instance, the leader; another takes over within this many seconds of its death.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413."
+    )
     worker_concurrency: int = Field(8, ge=1, le=256, description="Events handled at once (never two of one resource).")
     max_attempts: int = Field(8, ge=1, le=100, description="Attempts per event before it becomes a dead letter.")
     retry_base_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt, with jitter.")
     retry_max_seconds: float = Field(600.0, gt=0, description="Longest delay between two attempts of one event.")
-    lease_seconds: float = Field(300.0, gt=0, description="How long a claimed event stays claimed before another worker may take it.")
-    shutdown_timeout: float = Field(20.0, gt=0, description="Seconds to finish in-flight work on SIGTERM; keep below systemd's TimeoutStopSec.")
-    event_retention_days: int = Field(14, ge=0, description="Handled events are deleted after this many days (0 keeps them).")
+    lease_seconds: float = Field(
+        300.0, gt=0, description="How long a claimed event stays claimed before another worker may take it."
+    )
+    shutdown_timeout: float = Field(
+        20.0, gt=0, description="Seconds to finish in-flight work on SIGTERM; keep below systemd's TimeoutStopSec."
+    )
+    event_retention_days: int = Field(
+        14, ge=0, description="Handled events are deleted after this many days (0 keeps them)."
+    )
 
     @field_validator("store_url")
     @classmethod
@@ -126,12 +161,26 @@ class DaemonConfig(Section):
 
 
 class PagerDutyConfig(Section):
-    api_url: str = Field("https://api.pagerduty.com", description="PagerDuty REST API v2 base URL (the EU service region uses https://api.eu.pagerduty.com).")
-    api_key: Secret = Field(description="REST API key (account key, full access). Use env:NAME or file:PATH rather than the key itself.")
-    default_user_id: str = Field("", description="PagerDuty user acting for the integration (base role Manager or higher); its email goes into the From header when no acting user is known.")
-    from_email: str = Field("", description="Overrides the default user's email in the From header; empty: looked up from default_user_id.")
-    webhook_secrets: list[Secret] = Field(default_factory=list, description="Secrets of the V3 webhook subscriptions; several while one is being rotated.")
-    rate_limit_per_minute: int = Field(960, ge=1, description="Ceiling on requests per minute with this key (PagerDuty's limit is 960).")
+    api_url: str = Field(
+        "https://api.pagerduty.com",
+        description="PagerDuty REST API v2 base URL (the EU service region uses https://api.eu.pagerduty.com).",
+    )
+    api_key: Secret = Field(
+        description="REST API key (account key, full access). Use env:NAME or file:PATH rather than the key itself."
+    )
+    default_user_id: str = Field(
+        "",
+        description="PagerDuty user acting for the integration (base role Manager or higher); its email goes into the From header when no acting user is known.",
+    )
+    from_email: str = Field(
+        "", description="Overrides the default user's email in the From header; empty: looked up from default_user_id."
+    )
+    webhook_secrets: list[Secret] = Field(
+        default_factory=list, description="Secrets of the V3 webhook subscriptions; several while one is being rotated."
+    )
+    rate_limit_per_minute: int = Field(
+        960, ge=1, description="Ceiling on requests per minute with this key (PagerDuty's limit is 960)."
+    )
     timeout_seconds: float = Field(30.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts before the call fails.")
 
@@ -143,10 +192,16 @@ class PagerDutyConfig(Section):
 
 class ServiceNowConfig(Section):
     instance_url: str = Field(description="The instance, e.g. https://acme.service-now.com.")
-    username: str = Field(description="The integration user (basic auth), with read/write on the tables the enabled plugins touch.")
+    username: str = Field(
+        description="The integration user (basic auth), with read/write on the tables the enabled plugins touch."
+    )
     password: Secret = Field(description="The integration user's password. Use env:NAME or file:PATH.")
-    doorbell_token: Secret | None = Field(None, description="Bearer token the ServiceNow business rule sends to POST /webhooks/servicenow.")
-    doorbell_username: str = Field("", description="Basic-auth user the business rule may send instead of a bearer token.")
+    doorbell_token: Secret | None = Field(
+        None, description="Bearer token the ServiceNow business rule sends to POST /webhooks/servicenow."
+    )
+    doorbell_username: str = Field(
+        "", description="Basic-auth user the business rule may send instead of a bearer token."
+    )
     doorbell_password: Secret | None = Field(None, description="Basic-auth password for doorbell_username.")
     timeout_seconds: float = Field(30.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and timeouts before the call fails.")
@@ -155,8 +210,10 @@ class ServiceNowConfig(Section):
     @classmethod
     def _url(cls, v: str) -> str:
         if PLACEHOLDERS["servicenow.instance_url"].split("//", 1)[1].lower() in v.lower():
-            raise ValueError("still the placeholder written by `config init`: "
-                             "put your instance's URL here, as in https://acme.service-now.com")
+            raise ValueError(
+                "still the placeholder written by `config init`: "
+                "put your instance's URL here, as in https://acme.service-now.com"
+            )
         return _check_url(v)
 
 
@@ -263,8 +320,9 @@ def _did_you_mean(word: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset(),
-                            model: type[BaseModel] | None = None) -> list[str]:
+def format_validation_error(
+    prefix: str, exc: ValidationError, secret_paths: set[str] = frozenset(), model: type[BaseModel] | None = None
+) -> list[str]:
     """One line per error: ``dotted.path: expected ..., found ...``.
 
     With ``model`` (the schema validated), an unknown key names the closest known one.
@@ -273,7 +331,18 @@ def format_validation_error(prefix: str, exc: ValidationError, secret_paths: set
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         # pydantic adds the validator's name for Annotated/union members; keep the key path only.
-        loc = [p for p in loc if p not in ("str", "SecretStr", "constrained-str", "is-instance[SecretStr]", "function-before[resolve_secret(), SecretStr]")]
+        loc = [
+            p
+            for p in loc
+            if p
+            not in (
+                "str",
+                "SecretStr",
+                "constrained-str",
+                "is-instance[SecretStr]",
+                "function-before[resolve_secret(), SecretStr]",
+            )
+        ]
         path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
         kind = err["type"]
         msg = err["msg"]
@@ -307,8 +376,9 @@ def _literal_secrets(prefix: str, model: type[BaseModel], data: dict[str, Any]) 
         value = data.get(dotted.rsplit(".", 1)[1])
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, str) and v and not v.startswith(SECRET_PREFIXES) for v in values):
-            out.append(f"{dotted}: the secret is written in the file itself; "
-                       "refer to it as env:NAME or file:PATH instead")
+            out.append(
+                f"{dotted}: the secret is written in the file itself; refer to it as env:NAME or file:PATH instead"
+            )
     return out
 
 
@@ -327,8 +397,13 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError([f"not valid TOML: {exc}"], path) from None
 
 
-def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
-             known_plugins: list[str] | None = None, path: str | os.PathLike | None = None) -> Config:
+def validate(
+    raw: dict[str, Any],
+    plugin_schemas: dict[str, type[BaseModel]],
+    *,
+    known_plugins: list[str] | None = None,
+    path: str | os.PathLike | None = None,
+) -> Config:
     """Validate a parsed TOML document; raise ConfigError with every problem found."""
     problems: list[str] = []
     warnings: list[str] = []
@@ -364,7 +439,9 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             if known_plugins is not None:
                 for name in enabled:
                     if name not in known_plugins:
-                        problems.append(f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins)) or 'none'})")
+                        problems.append(
+                            f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins)) or 'none'})"
+                        )
             seen = set()
             for name in enabled:
                 if name in seen:
@@ -385,14 +462,21 @@ def validate(raw: dict[str, Any], plugin_schemas: dict[str, type[BaseModel]], *,
             try:
                 plugin_sections[name] = model.model_validate(data, context=context)
             except ValidationError as exc:
-                problems += format_validation_error(f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model), model)
+                problems += format_validation_error(
+                    f"plugins.{name}", exc, _secret_paths(f"plugins.{name}", model), model
+                )
             warnings += _literal_secrets(f"plugins.{name}", model, data)
     if problems:
         raise ConfigError(problems, path)
     return Config(
-        daemon=sections["daemon"], pagerduty=sections["pagerduty"], servicenow=sections["servicenow"],
-        plugins_enabled=enabled, plugin_sections=plugin_sections,
-        path=str(path) if path else None, raw=raw, warnings=warnings,
+        daemon=sections["daemon"],
+        pagerduty=sections["pagerduty"],
+        servicenow=sections["servicenow"],
+        plugins_enabled=enabled,
+        plugin_sections=plugin_sections,
+        path=str(path) if path else None,
+        raw=raw,
+        warnings=warnings,
     )
 
 
@@ -440,8 +524,9 @@ def _example_value(path: str, field: Any, placeholders: dict[str, Any]) -> tuple
     return default, False
 
 
-def _render_section(header: str, model: type[BaseModel], comment: str, commented: bool,
-                    placeholders: dict[str, Any] = PLACEHOLDERS) -> list[str]:
+def _render_section(
+    header: str, model: type[BaseModel], comment: str, commented: bool, placeholders: dict[str, Any] = PLACEHOLDERS
+) -> list[str]:
     lines = [f"# {comment}" if comment else "", f"[{header}]"]
     for name, field in model.model_fields.items():
         path = f"{header}.{name}"
@@ -468,8 +553,9 @@ def _render_section(header: str, model: type[BaseModel], comment: str, commented
     return lines
 
 
-def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str] | None = None,
-                   *, systemd: bool = False) -> str:
+def render_example(
+    plugin_schemas: dict[str, type[BaseModel]], enabled: list[str] | None = None, *, systemd: bool = False
+) -> str:
     """A complete, commented configuration file: every key with its default.
 
     Sections of plugins that are not in ``enabled`` are written commented out, so the
@@ -478,13 +564,17 @@ def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str
     """
     enabled = list(enabled or [])
     placeholders = SYSTEMD_PLACEHOLDERS if systemd else PLACEHOLDERS
-    secrets_note = [
-        "# Secrets: file:NAME reads the credential NAME that contrib/systemd/dutybridge.service",
-        "# loads with LoadCredential= from /etc/dutybridge/credentials/NAME ($CREDENTIALS_DIRECTORY).",
-    ] if systemd else [
-        "# Secrets: write env:NAME to read an environment variable, or file:PATH to read a file",
-        "# (relative paths: $CREDENTIALS_DIRECTORY first, for systemd, then this file's folder).",
-    ]
+    secrets_note = (
+        [
+            "# Secrets: file:NAME reads the credential NAME that contrib/systemd/dutybridge.service",
+            "# loads with LoadCredential= from /etc/dutybridge/credentials/NAME ($CREDENTIALS_DIRECTORY).",
+        ]
+        if systemd
+        else [
+            "# Secrets: write env:NAME to read an environment variable, or file:PATH to read a file",
+            "# (relative paths: $CREDENTIALS_DIRECTORY first, for systemd, then this file's folder).",
+        ]
+    )
     out = [
         "# dutybridge configuration. Every key is shown with its default.",
         *secrets_note,
@@ -492,15 +582,19 @@ def render_example(plugin_schemas: dict[str, type[BaseModel]], enabled: list[str
         "",
     ]
     for name, model in CORE_SECTIONS.items():
-        out += _render_section(name, model, SECTION_COMMENTS[name], commented=False,
-                               placeholders=placeholders)
+        out += _render_section(name, model, SECTION_COMMENTS[name], commented=False, placeholders=placeholders)
         out.append("")
-    out += ["# Features, each a plugin, enabled by name. Known built-in plugins: "
-            + (", ".join(sorted(plugin_schemas)) or "none"), "[plugins]",
-            tomli_w.dumps({"enabled": enabled}).rstrip("\n"), ""]
+    out += [
+        "# Features, each a plugin, enabled by name. Known built-in plugins: "
+        + (", ".join(sorted(plugin_schemas)) or "none"),
+        "[plugins]",
+        tomli_w.dumps({"enabled": enabled}).rstrip("\n"),
+        "",
+    ]
     for name, model in sorted(plugin_schemas.items()):
         doc = (model.__doc__ or "").strip().splitlines()
-        out += _render_section(f"plugins.{name}", model, doc[0] if doc else f"The {name} plugin.",
-                               commented=name not in enabled)
+        out += _render_section(
+            f"plugins.{name}", model, doc[0] if doc else f"The {name} plugin.", commented=name not in enabled
+        )
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"

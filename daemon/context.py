@@ -69,7 +69,7 @@ class Ctx:
             return
         try:
             self.waker()
-        except Exception:  # noqa: BLE001 - the event is durable; the worker's poll finds it
+        except Exception:
             log.exception("worker_wake_failed")
 
     async def enqueue(self, event: Event) -> StoredEvent | None:

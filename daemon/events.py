@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
 
@@ -12,7 +12,7 @@ EventStatus = Literal["pending", "claimed", "done", "dead", "ignored"]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,27 @@ def pagerduty_change(event: Event) -> PagerDutyChange | None:
         first = entries[0] if entries and isinstance(entries[0], dict) else {}
         agent = first.get("agent") if isinstance(first.get("agent"), dict) else None
         data = message.get("incident") if isinstance(message.get("incident"), dict) else {}
-        return PagerDutyChange(type=normalise_pagerduty_type(event.type), resource_type=resource_type or "incident",
-                               id=subject, data=data, agent=agent, occurred_at=message.get("created_on"),
-                               webhook_version=2)
+        return PagerDutyChange(
+            type=normalise_pagerduty_type(event.type),
+            resource_type=resource_type or "incident",
+            id=subject,
+            data=data,
+            agent=agent,
+            occurred_at=message.get("created_on"),
+            webhook_version=2,
+        )
     envelope = payload.get("event") if isinstance(payload.get("event"), dict) else {}
     data = envelope.get("data") if isinstance(envelope.get("data"), dict) else {}
     agent = envelope.get("agent") if isinstance(envelope.get("agent"), dict) else None
-    return PagerDutyChange(type=normalise_pagerduty_type(event.type), resource_type=resource_type, id=subject,
-                           data=data, agent=agent, occurred_at=envelope.get("occurred_at"), webhook_version=3)
+    return PagerDutyChange(
+        type=normalise_pagerduty_type(event.type),
+        resource_type=resource_type,
+        id=subject,
+        data=data,
+        agent=agent,
+        occurred_at=envelope.get("occurred_at"),
+        webhook_version=3,
+    )
 
 
 @dataclass(frozen=True)
@@ -163,7 +176,10 @@ def servicenow_change(event: Event) -> ServiceNowChange | None:
         return None
     _, table, sys_id = (event.resource.split(":", 2) + ["", ""])[:3]
     payload = event.payload
-    return ServiceNowChange(table=str(payload.get("table") or table), sys_id=str(payload.get("sys_id") or sys_id),
-                            operation=str(payload.get("operation") or "update"),
-                            sys_updated_on=payload.get("sys_updated_on"),
-                            sys_mod_count=payload.get("sys_mod_count"))
+    return ServiceNowChange(
+        table=str(payload.get("table") or table),
+        sys_id=str(payload.get("sys_id") or sys_id),
+        operation=str(payload.get("operation") or "update"),
+        sys_updated_on=payload.get("sys_updated_on"),
+        sys_mod_count=payload.get("sys_mod_count"),
+    )

@@ -60,8 +60,15 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
         print(line.rstrip(), file=out)
 
 
-async def list_events(store: Store, out: TextIO, status: str | None = None, limit: int = 50,
-                      as_json: bool = False, *, err: TextIO | None = None) -> int:
+async def list_events(
+    store: Store,
+    out: TextIO,
+    status: str | None = None,
+    limit: int = 50,
+    as_json: bool = False,
+    *,
+    err: TextIO | None = None,
+) -> int:
     """The newest ``limit`` events (of ``status``): a table, or one JSON object per line
     (for ``jq`` and ``grep``; payloads are left to ``show``)."""
     err = err or sys.stderr
@@ -79,8 +86,18 @@ async def list_events(store: Store, out: TextIO, status: str | None = None, limi
     if events:
         rows = [["ID", "STATUS", "ATTEMPTS", "SOURCE", "TYPE", "RESOURCE", "RECEIVED", "LAST ERROR"]]
         for ev in events:
-            rows.append([str(ev.id), ev.status, str(ev.attempts), ev.source, ev.type, ev.resource,
-                         _when(ev.received_at), _short(ev.last_error, ERROR_WIDTH)])
+            rows.append(
+                [
+                    str(ev.id),
+                    ev.status,
+                    str(ev.attempts),
+                    ev.source,
+                    ev.type,
+                    ev.resource,
+                    _when(ev.received_at),
+                    _short(ev.last_error, ERROR_WIDTH),
+                ]
+            )
         _table(rows, out)
         if len(events) == limit:
             print(f"(the newest {limit}; use --limit for more)", file=out)
@@ -111,8 +128,7 @@ async def replay_event(store: Store, out: TextIO, id: int, *, err: TextIO | None
     if ev is None:
         print(f"no event with id {id} (see: dutybridge events list)", file=err or sys.stderr)
     else:
-        print(f"event {id} is {ev.status}; only dead, done or ignored events can be replayed",
-              file=err or sys.stderr)
+        print(f"event {id} is {ev.status}; only dead, done or ignored events can be replayed", file=err or sys.stderr)
     return 1
 
 

@@ -127,8 +127,9 @@ class Hooks:
 
     def register_cli_commands(self) -> list[tuple[str, Command]]:
         """(plugin, command) for every command a plugin adds."""
-        return [(plugin, command) for plugin, commands in self._sync("register_cli_commands")
-                for command in commands or ()]
+        return [
+            (plugin, command) for plugin, commands in self._sync("register_cli_commands") for command in commands or ()
+        ]
 
     async def handle_event(self, event: StoredEvent, ctx: Ctx) -> list[Any]:
         return await self._all("handle_event", event=event, ctx=ctx)
@@ -144,8 +145,7 @@ class Hooks:
         result: OutboundResponse | None = await self._first("send_request", request=request, ctx=ctx)
         return result
 
-    async def outbound_response(self, request: OutboundRequest, response: OutboundResponse,
-                                ctx: Ctx | None) -> None:
+    async def outbound_response(self, request: OutboundRequest, response: OutboundResponse, ctx: Ctx | None) -> None:
         await self._all("outbound_response", request=request, response=response, ctx=ctx)
 
     async def on_startup(self, ctx: Ctx) -> None:

@@ -32,7 +32,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 @hookspec
-def register_config_sections() -> "dict[str, type[BaseModel]]":
+def register_config_sections() -> dict[str, type[BaseModel]]:
     """Declare the configuration sections this plugin owns, with their schema.
 
     Return a mapping of section name to a pydantic model class; the section is read
@@ -47,7 +47,7 @@ def register_config_sections() -> "dict[str, type[BaseModel]]":
 
 
 @hookspec
-def register_routes(ctx: "Ctx") -> "list[web.AbstractRouteDef]":
+def register_routes(ctx: Ctx) -> list[web.AbstractRouteDef]:
     """Return HTTP routes to add to the daemon's aiohttp application.
 
     Return a list of ``aiohttp.web`` route definitions (``web.post(path, handler)``,
@@ -60,7 +60,7 @@ def register_routes(ctx: "Ctx") -> "list[web.AbstractRouteDef]":
 
 
 @hookspec
-def register_jobs(ctx: "Ctx") -> "list[Job]":
+def register_jobs(ctx: Ctx) -> list[Job]:
     """Return scheduled jobs (polling, reconciliation, housekeeping).
 
     Return a list of ``dutybridge.scheduler.Job(id, func, trigger, trigger_args)``,
@@ -73,7 +73,7 @@ def register_jobs(ctx: "Ctx") -> "list[Job]":
 
 
 @hookspec
-def handle_event(event: "StoredEvent", ctx: "Ctx") -> Any:
+def handle_event(event: StoredEvent, ctx: Ctx) -> Any:
     """Act on one inbound event from the inbox. May be async.
 
     Every implementation is called, in turn. Return a truthy value when this plugin
@@ -86,7 +86,7 @@ def handle_event(event: "StoredEvent", ctx: "Ctx") -> Any:
 
 
 @hookspec
-def escalation_policy_for(group: "dict[str, Any]", priority: "str | None", ctx: "Ctx") -> "str | None":
+def escalation_policy_for(group: dict[str, Any], priority: str | None, ctx: Ctx) -> str | None:
     """Choose the PagerDuty escalation policy for an incident. May be async.
 
     ``group`` is the ServiceNow assignment group record (at least ``sys_id`` and
@@ -100,7 +100,7 @@ def escalation_policy_for(group: "dict[str, Any]", priority: "str | None", ctx: 
 
 
 @hookspec
-def outbound_request(request: "OutboundRequest", ctx: "Ctx") -> None:
+def outbound_request(request: OutboundRequest, ctx: Ctx) -> None:
     """Change an outbound request before it is sent. May be async.
 
     Mutate ``request`` in place: headers, params, JSON body, URL, timeout. Called for
@@ -110,7 +110,7 @@ def outbound_request(request: "OutboundRequest", ctx: "Ctx") -> None:
 
 
 @hookspec
-def send_request(request: "OutboundRequest", ctx: "Ctx") -> "OutboundResponse | None":
+def send_request(request: OutboundRequest, ctx: Ctx) -> OutboundResponse | None:
     """Take over the transport for a request (HTTP proxy, relay). May be async.
 
     Return an ``OutboundResponse`` to answer the request, or None to leave it to the
@@ -121,7 +121,7 @@ def send_request(request: "OutboundRequest", ctx: "Ctx") -> "OutboundResponse | 
 
 
 @hookspec
-def outbound_response(request: "OutboundRequest", response: "OutboundResponse", ctx: "Ctx") -> None:
+def outbound_response(request: OutboundRequest, response: OutboundResponse, ctx: Ctx) -> None:
     """Observe the response to an outbound request. May be async.
 
     Called once per attempt, after the transport answered (whatever the status).
@@ -130,7 +130,7 @@ def outbound_response(request: "OutboundRequest", response: "OutboundResponse", 
 
 
 @hookspec
-def register_checks(ctx: "Ctx") -> "list[Check]":
+def register_checks(ctx: Ctx) -> list[Check]:
     """Add named checks to ``dutybridge check``.
 
     Return a list of ``dutybridge.checks.Check(name, func)``, where ``func(ctx)`` is a
@@ -140,7 +140,7 @@ def register_checks(ctx: "Ctx") -> "list[Check]":
 
 
 @hookspec
-def register_cli_commands() -> "list[Command]":
+def register_cli_commands() -> list[Command]:
     """Return ``dutybridge`` subcommands.
 
     Return a list of ``dutybridge.commands.Command(name, help, handler,
@@ -155,7 +155,7 @@ def register_cli_commands() -> "list[Command]":
 
 
 @hookspec
-def on_startup(ctx: "Ctx") -> None:
+def on_startup(ctx: Ctx) -> None:
     """The daemon is starting: store open, clients ready, server not yet listening.
 
     May be async. Raise to abort start-up with the exception's message.
@@ -163,7 +163,7 @@ def on_startup(ctx: "Ctx") -> None:
 
 
 @hookspec
-def on_shutdown(ctx: "Ctx") -> None:
+def on_shutdown(ctx: Ctx) -> None:
     """The daemon is stopping: the server no longer accepts, the worker has drained.
 
     May be async. Exceptions are logged and do not stop the shutdown.
@@ -171,7 +171,14 @@ def on_shutdown(ctx: "Ctx") -> None:
 
 
 #: Hooks whose implementations may be ``async def``; the others must return at once.
-ASYNC_HOOKS = frozenset({
-    "handle_event", "escalation_policy_for", "outbound_request", "send_request",
-    "outbound_response", "on_startup", "on_shutdown",
-})
+ASYNC_HOOKS = frozenset(
+    {
+        "handle_event",
+        "escalation_policy_for",
+        "outbound_request",
+        "send_request",
+        "outbound_response",
+        "on_startup",
+        "on_shutdown",
+    }
+)

@@ -10,8 +10,9 @@ import email.utils
 import json as _json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import structlog
@@ -61,9 +62,11 @@ class OutboundRequest:
 
     def __repr__(self) -> str:
         names = sorted({k for k, _ in self.params})
-        return (f"OutboundRequest(method={self.method!r}, url={safe_url(self.url)!r}, "
-                f"service={self.service!r}, operation={self.operation!r}, params={names!r}, "
-                f"timeout={self.timeout!r})")
+        return (
+            f"OutboundRequest(method={self.method!r}, url={safe_url(self.url)!r}, "
+            f"service={self.service!r}, operation={self.operation!r}, params={names!r}, "
+            f"timeout={self.timeout!r})"
+        )
 
     def body_bytes(self) -> bytes | None:
         if self.data is not None:
@@ -269,9 +272,14 @@ class RateLimiter:
     ``clock`` and ``sleep`` are injectable so tests need not wait.
     """
 
-    def __init__(self, per_minute: int, *, burst: int | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ):
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.per_minute = per_minute
@@ -331,8 +339,9 @@ class RateLimiter:
             return
         now = self._clock()
         reset_at = now + max(0.0, reset)
-        new_window = (self._server_remaining is None or now >= self._server_reset_at
-                      or reset_at > self._server_reset_at + 1.0)
+        new_window = (
+            self._server_remaining is None or now >= self._server_reset_at or reset_at > self._server_reset_at + 1.0
+        )
         if new_window:
             self._server_remaining = max(0, remaining)
             self._server_reset_at = reset_at
@@ -380,13 +389,20 @@ class OutboundPipeline:
     timeouts), ``Retry-After`` and proactive rate limiting live here, once.
     """
 
-    def __init__(self, hooks: Hooks | pluggy.PluginManager, ctx: Ctx | None = None, *,
-                 metrics: Any = None, logger: Any = None,
-                 default_retry: RetryPolicy | None = None, user_agent: str | None = None,
-                 trust_env: bool = False,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rng: Callable[[], float] = random.random,
-                 wallclock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        hooks: Hooks | pluggy.PluginManager,
+        ctx: Ctx | None = None,
+        *,
+        metrics: Any = None,
+        logger: Any = None,
+        default_retry: RetryPolicy | None = None,
+        user_agent: str | None = None,
+        trust_env: bool = False,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        wallclock: Callable[[], float] = time.time,
+    ):
         self.hooks = hooks_of(hooks)
         self.ctx = ctx
         self.metrics = metrics
@@ -415,7 +431,7 @@ class OutboundPipeline:
             await self._session.close()
         self._session = None
 
-    async def __aenter__(self) -> "OutboundPipeline":
+    async def __aenter__(self) -> OutboundPipeline:
         await self.start()
         return self
 
@@ -427,8 +443,14 @@ class OutboundPipeline:
         return self._session
 
     # the call
-    async def request(self, request: OutboundRequest, *, retry: RetryPolicy | None = None,
-                      idempotent: bool | None = None, limiter: Limiter | None = None) -> OutboundResponse:
+    async def request(
+        self,
+        request: OutboundRequest,
+        *,
+        retry: RetryPolicy | None = None,
+        idempotent: bool | None = None,
+        limiter: Limiter | None = None,
+    ) -> OutboundResponse:
         """Send ``request`` through the hooks and a transport, retrying per ``retry``.
 
         Returns the response whatever its status (the last one when retries ran
@@ -464,19 +486,30 @@ class OutboundPipeline:
                 raise OutboundTimeout(
                     f"{req.service} {req.operation or req.method}: no answer within {req.timeout:g}s "
                     f"after {attempt} attempt(s){why}",
-                    service=req.service, operation=req.operation, attempts=attempt) from exc
+                    service=req.service,
+                    operation=req.operation,
+                    attempts=attempt,
+                ) from exc
             except aiohttp.ClientError as exc:
                 elapsed = time.monotonic() - started
                 self._record(req, "error", elapsed, attempt, error=type(exc).__name__)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError)
-                retryable = unsent or (idempotent and isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)))
+                retryable = unsent or (
+                    idempotent
+                    and isinstance(
+                        exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
+                    )
+                )
                 if attempt <= policy.max_retries and retryable:
                     await self._wait(req, attempt, policy.backoff(attempt, self._rng), type(exc).__name__)
                     continue
                 raise OutboundConnectionError(
                     f"{req.service} {req.operation or req.method}: {type(exc).__name__}: {_exc_text(exc)} "
                     f"after {attempt} attempt(s)",
-                    service=req.service, operation=req.operation, attempts=attempt) from exc
+                    service=req.service,
+                    operation=req.operation,
+                    attempts=attempt,
+                ) from exc
 
             response.attempts = attempt
             if not response.elapsed:
@@ -489,14 +522,27 @@ class OutboundPipeline:
             if response.ok or not policy.retries_status(response.status, idempotent):
                 return response
             if attempt > policy.max_retries:
-                self.log.warning("outbound_retries_exhausted", service=req.service, operation=req.operation,
-                                 method=req.method, url=safe_url(req.url), status=response.status, attempts=attempt)
+                self.log.warning(
+                    "outbound_retries_exhausted",
+                    service=req.service,
+                    operation=req.operation,
+                    method=req.method,
+                    url=safe_url(req.url),
+                    status=response.status,
+                    attempts=attempt,
+                )
                 return response
             asked = retry_after_seconds(response.headers, self._wallclock) if response.status in (429, 503) else None
             if asked is not None and asked > policy.max_wait:
-                self.log.warning("outbound_retry_after_too_long", detail="giving up", service=req.service,
-                                 operation=req.operation, status=response.status, retry_after=asked,
-                                 max_wait=policy.max_wait)
+                self.log.warning(
+                    "outbound_retry_after_too_long",
+                    detail="giving up",
+                    service=req.service,
+                    operation=req.operation,
+                    status=response.status,
+                    retry_after=asked,
+                    max_wait=policy.max_wait,
+                )
                 return response
             wait = asked if asked is not None else policy.backoff(attempt, self._rng)
             await self._wait(req, attempt, wait, f"HTTP {response.status}")
@@ -511,30 +557,61 @@ class OutboundPipeline:
 
     async def _direct(self, req: OutboundRequest) -> OutboundResponse:
         if self._session is None or self._session.closed:
-            raise RuntimeError("the outbound pipeline is not started: await pipeline.start() "
-                               "(or use it as an async context manager) before sending")
+            raise RuntimeError(
+                "the outbound pipeline is not started: await pipeline.start() "
+                "(or use it as an async context manager) before sending"
+            )
         started = time.monotonic()
         async with self._session.request(
-            req.method, req.url, headers=req.headers, params=req.params or None,
-            data=req.body_bytes(), timeout=aiohttp.ClientTimeout(total=req.timeout),
+            req.method,
+            req.url,
+            headers=req.headers,
+            params=req.params or None,
+            data=req.body_bytes(),
+            timeout=aiohttp.ClientTimeout(total=req.timeout),
             # Redirects are not followed: an API answering 3xx is misconfigured, and
             # following it could change the method or send credentials elsewhere.
             allow_redirects=False,
         ) as resp:
             body = await resp.read()
-            return OutboundResponse(status=resp.status, headers=resp.headers, body=body,
-                                    elapsed=time.monotonic() - started, url=safe_url(str(resp.url)))
+            return OutboundResponse(
+                status=resp.status,
+                headers=resp.headers,
+                body=body,
+                elapsed=time.monotonic() - started,
+                url=safe_url(str(resp.url)),
+            )
 
     async def _wait(self, req: OutboundRequest, attempt: int, seconds: float, reason: str) -> None:
-        self.log.info("outbound_retry", service=req.service, operation=req.operation, method=req.method,
-                      url=safe_url(req.url), attempt=attempt, reason=reason, wait_seconds=round(seconds, 3))
+        self.log.info(
+            "outbound_retry",
+            service=req.service,
+            operation=req.operation,
+            method=req.method,
+            url=safe_url(req.url),
+            attempt=attempt,
+            reason=reason,
+            wait_seconds=round(seconds, 3),
+        )
         await self._sleep(seconds)
 
-    def _record(self, req: OutboundRequest, status: str, elapsed: float, attempt: int, *,
-                response: OutboundResponse | None = None, error: str | None = None) -> None:
+    def _record(
+        self,
+        req: OutboundRequest,
+        status: str,
+        elapsed: float,
+        attempt: int,
+        *,
+        response: OutboundResponse | None = None,
+        error: str | None = None,
+    ) -> None:
         fields: dict[str, Any] = {
-            "service": req.service, "operation": req.operation, "method": req.method,
-            "url": safe_url(req.url), "status": status, "elapsed_ms": round(elapsed * 1000, 1),
+            "service": req.service,
+            "operation": req.operation,
+            "method": req.method,
+            "url": safe_url(req.url),
+            "status": status,
+            "elapsed_ms": round(elapsed * 1000, 1),
             "attempt": attempt,
         }
         if error:
@@ -561,7 +638,16 @@ def _exc_text(exc: BaseException) -> str:
 
 
 __all__ = [
-    "IDEMPOTENT_METHODS", "OutboundRequest", "OutboundResponse", "OutboundPipeline",
-    "RetryPolicy", "RateLimiter", "OutboundError", "TransportError", "OutboundTimeout",
-    "OutboundConnectionError", "retry_after_seconds", "safe_url",
+    "IDEMPOTENT_METHODS",
+    "OutboundConnectionError",
+    "OutboundError",
+    "OutboundPipeline",
+    "OutboundRequest",
+    "OutboundResponse",
+    "OutboundTimeout",
+    "RateLimiter",
+    "RetryPolicy",
+    "TransportError",
+    "retry_after_seconds",
+    "safe_url",
 ]

@@ -8,17 +8,31 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import structlog
 
 REDACTED = "[REDACTED]"
 #: Keys whose values are never rendered, whatever they hold.
-SENSITIVE_KEYS = frozenset({
-    "authorization", "password", "passwd", "secret", "secrets", "token", "api_key",
-    "apikey", "x-pagerduty-signature", "webhook_secret", "doorbell_token", "cookie",
-    "set-cookie", "proxy-authorization",
-})
+SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "password",
+        "passwd",
+        "secret",
+        "secrets",
+        "token",
+        "api_key",
+        "apikey",
+        "x-pagerduty-signature",
+        "webhook_secret",
+        "doorbell_token",
+        "cookie",
+        "set-cookie",
+        "proxy-authorization",
+    }
+)
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 #: Libraries held at warning (or the daemon's level, if higher) unless ``daemon.log_levels``
 #: names them: at debug aiosqlite alone writes a dozen lines a second, each with its SQL
@@ -60,8 +74,10 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
     if depth > 4:
         return value
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and k.lower() in SENSITIVE_KEYS else _scrub_value(v, depth + 1))
-                for k, v in value.items()}
+        return {
+            k: (REDACTED if isinstance(k, str) and k.lower() in SENSITIVE_KEYS else _scrub_value(v, depth + 1))
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(_scrub_value(v, depth + 1) for v in value)
     if isinstance(value, (int, float, bool)) or value is None:
@@ -107,7 +123,7 @@ class LineWriter:
     ``add_logger_name`` read that logger's level and name.
     """
 
-    __slots__ = ("name", "_logger")
+    __slots__ = ("_logger", "name")
 
     def __init__(self, logger: logging.Logger) -> None:
         self.name = logger.name
@@ -117,7 +133,7 @@ class LineWriter:
     def disabled(self) -> bool:
         return self._logger.disabled
 
-    def getEffectiveLevel(self) -> int:  # noqa: N802 - the stdlib's name, read by filter_by_level
+    def getEffectiveLevel(self) -> int:
         return self._logger.getEffectiveLevel()
 
     def msg(self, line: str) -> None:
@@ -132,7 +148,7 @@ class LineWriter:
                 stream.flush()
             finally:
                 handler.release()
-        except Exception:  # noqa: BLE001 - as the stdlib's handlers do: report, never raise into the caller
+        except Exception:
             _report_failure(self.name, line)
 
     debug = info = warning = warn = error = exception = critical = fatal = msg
@@ -146,7 +162,7 @@ def _report_failure(name: str, line: str) -> None:
         return
     try:
         sys.stderr.write(f"--- Logging error ---\n{traceback.format_exc()}Logger {name!r}, line {line[:200]!r}\n")
-    except Exception:  # noqa: BLE001 - stderr is gone too; nothing left to tell
+    except Exception:
         pass
 
 
@@ -164,8 +180,9 @@ def _writer_factory(*args: Any) -> LineWriter:
     return writer
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None, *,
-              log_levels: Mapping[str, str] | None = None) -> None:
+def configure(
+    level: str = "info", fmt: str = "auto", stream=None, *, log_levels: Mapping[str, str] | None = None
+) -> None:
     """Configure structlog and the standard library's root logger (idempotent).
 
     ``log_levels`` (logger name -> level name) overrides the level of single loggers,
@@ -183,11 +200,13 @@ def configure(level: str = "info", fmt: str = "auto", stream=None, *,
     if fmt == "json":
         renderer: Any = structlog.processors.JSONRenderer()
         # Never render a traceback's local variables: they hold API keys and passwords.
-        final: list[Any] = [structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))]
+        final: list[Any] = [
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream),
-                                                 exception_formatter=structlog.dev.plain_traceback)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_is_tty(stream), exception_formatter=structlog.dev.plain_traceback
+        )
         final = []
     # structlog's loggers are made afresh at each line (no cache), so a reconfiguration
     # reaches the ones modules made at import; their level is the stdlib logger's of the
@@ -201,7 +220,10 @@ def configure(level: str = "info", fmt: str = "auto", stream=None, *,
             structlog.contextvars.merge_contextvars,
             *shared,
             structlog.processors.StackInfoRenderer(),
-            *final, redact, renderer, _scrub_rendered,
+            *final,
+            redact,
+            renderer,
+            _scrub_rendered,
         ],
         logger_factory=_writer_factory,
         wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
@@ -209,8 +231,13 @@ def configure(level: str = "info", fmt: str = "auto", stream=None, *,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *final, redact, renderer, _scrub_rendered],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *final,
+            redact,
+            renderer,
+            _scrub_rendered,
+        ],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

@@ -38,18 +38,70 @@ class Metrics:
         r, ns = self.registry, namespace
         ev = ("source", "type")
         self._received = Counter("events_received", "Events stored in the inbox.", ev, namespace=ns, registry=r)
-        self._duplicate = Counter("events_duplicate", "Inbound events dropped as duplicates of a stored one.", ev, namespace=ns, registry=r)
-        self._processed = Counter("events_processed", "Events a plugin acted on successfully.", ev, namespace=ns, registry=r)
-        self._failed = Counter("events_failed", "Failed handling attempts (each retry counts).", ev, namespace=ns, registry=r)
+        self._duplicate = Counter(
+            "events_duplicate", "Inbound events dropped as duplicates of a stored one.", ev, namespace=ns, registry=r
+        )
+        self._processed = Counter(
+            "events_processed", "Events a plugin acted on successfully.", ev, namespace=ns, registry=r
+        )
+        self._failed = Counter(
+            "events_failed", "Failed handling attempts (each retry counts).", ev, namespace=ns, registry=r
+        )
         self._dead = Counter("events_dead", "Events moved to the dead-letter list.", ev, namespace=ns, registry=r)
-        self._ignored = Counter("events_ignored", "Events no plugin acted on, or webhooks of an unknown type or pings.", ev, namespace=ns, registry=r)
-        self._rejected = Counter("webhook_rejected", "Webhook requests answered with an error, by route and reason.", ("route", "reason"), namespace=ns, registry=r)
-        self._inbox = Gauge("inbox_events", "Events in the inbox per status, read from the store at scrape time.", ("status",), namespace=ns, registry=r)
-        self._leader = Gauge("scheduler_leader", "1 on the instance whose scheduler runs the jobs (the elected leader, PostgreSQL store), 0 on the others; by instance.", ("instance",), namespace=ns, registry=r)
-        self._store_up = Gauge("store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r)
-        self._outbound = Counter("outbound_requests", "Outbound API requests by service, host and HTTP status ('error' when no response).", ("service", "host", "status"), namespace=ns, registry=r)
-        self._outbound_seconds = Histogram("outbound_request_seconds", "Outbound API request latency.", ("service", "host"), namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
-        self._handle_seconds = Histogram("handle_seconds", "Time to handle one event (all plugin hooks).", ev, namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self._ignored = Counter(
+            "events_ignored",
+            "Events no plugin acted on, or webhooks of an unknown type or pings.",
+            ev,
+            namespace=ns,
+            registry=r,
+        )
+        self._rejected = Counter(
+            "webhook_rejected",
+            "Webhook requests answered with an error, by route and reason.",
+            ("route", "reason"),
+            namespace=ns,
+            registry=r,
+        )
+        self._inbox = Gauge(
+            "inbox_events",
+            "Events in the inbox per status, read from the store at scrape time.",
+            ("status",),
+            namespace=ns,
+            registry=r,
+        )
+        self._leader = Gauge(
+            "scheduler_leader",
+            "1 on the instance whose scheduler runs the jobs (the elected leader, PostgreSQL store), 0 on the others; by instance.",
+            ("instance",),
+            namespace=ns,
+            registry=r,
+        )
+        self._store_up = Gauge(
+            "store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r
+        )
+        self._outbound = Counter(
+            "outbound_requests",
+            "Outbound API requests by service, host and HTTP status ('error' when no response).",
+            ("service", "host", "status"),
+            namespace=ns,
+            registry=r,
+        )
+        self._outbound_seconds = Histogram(
+            "outbound_request_seconds",
+            "Outbound API request latency.",
+            ("service", "host"),
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self._handle_seconds = Histogram(
+            "handle_seconds",
+            "Time to handle one event (all plugin hooks).",
+            ev,
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
         # (metric, *label values) -> child. labels() converts, validates and takes a lock
         # on every call (a few us on each webhook); a child, once made, never changes.
         self._children: dict[tuple[object, ...], Any] = {}

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -18,10 +19,10 @@ from .http import (
     ApiError,
     AuthError,
     NotFound,
-    RateLimited,
     OutboundPipeline,
     OutboundRequest,
     OutboundResponse,
+    RateLimited,
     RateLimiter,
     RetryPolicy,
     retry_after_seconds,
@@ -53,8 +54,16 @@ class PagerDutyError(ApiError):
     for 429 and 5xx (worth trying again later). The message never holds the API key.
     """
 
-    def __init__(self, status: int, code: int | None, message: str, errors: list[str] | None = None,
-                 *, operation: str = "", attempts: int = 1):
+    def __init__(
+        self,
+        status: int,
+        code: int | None,
+        message: str,
+        errors: list[str] | None = None,
+        *,
+        operation: str = "",
+        attempts: int = 1,
+    ):
         self.code = code
         self.errors = list(errors or [])
         where = f" to {operation}" if operation else ""
@@ -98,8 +107,9 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Page
         raw_errors = err.get("errors") or []
         errors = [str(e) for e in raw_errors] if isinstance(raw_errors, list) else [str(raw_errors)]
     if not message:
-        message = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                   429: "Rate Limit Exceeded"}.get(response.status, f"HTTP {response.status}")
+        message = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Rate Limit Exceeded"}.get(
+            response.status, f"HTTP {response.status}"
+        )
     if response.status == 404:
         cls: type[PagerDutyError] = PagerDutyNotFound
     elif response.status in (401, 403):
@@ -134,8 +144,16 @@ class Paginator:
     after the loop (``await paginator.collect()`` returns a ``ResultList`` carrying it).
     """
 
-    def __init__(self, client: "PagerDutyClient", path: str, key: str, params: Any = None, *,
-                 limit: int = PAGE_LIMIT, operation: str | None = None):
+    def __init__(
+        self,
+        client: PagerDutyClient,
+        path: str,
+        key: str,
+        params: Any = None,
+        *,
+        limit: int = PAGE_LIMIT,
+        operation: str | None = None,
+    ):
         self.client = client
         self.path = path
         self.key = key
@@ -156,12 +174,18 @@ class Paginator:
             limit = min(self.limit, PAGINATION_CEILING - offset)
             if limit <= 0:
                 self.truncated = True
-                log.warning("pagination_truncated", reason="the API's ceiling", path=self.path,
-                            fetched=self.fetched, ceiling=PAGINATION_CEILING,
-                            hint="narrow the query (since/until, service_ids, statuses) to read the rest")
+                log.warning(
+                    "pagination_truncated",
+                    reason="the API's ceiling",
+                    path=self.path,
+                    fetched=self.fetched,
+                    ceiling=PAGINATION_CEILING,
+                    hint="narrow the query (since/until, service_ids, statuses) to read the rest",
+                )
                 return
-            page = await self.client.get(self.path, params=[*base, ("limit", str(limit)), ("offset", str(offset))],
-                                         operation=self.operation)
+            page = await self.client.get(
+                self.path, params=[*base, ("limit", str(limit)), ("offset", str(offset))], operation=self.operation
+            )
             page = page or {}
             items = page.get(self.key) or []
             if page.get("total") is not None:
@@ -231,7 +255,7 @@ def _iso(value: datetime | str) -> str:
     if isinstance(value, str):
         return value
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat()
 
 
@@ -260,8 +284,14 @@ class PagerDutyClient:
     errors live here.
     """
 
-    def __init__(self, pipeline: OutboundPipeline, config: PagerDutyConfig, *,
-                 limiter: RateLimiter | None = None, retry: RetryPolicy | None = None):
+    def __init__(
+        self,
+        pipeline: OutboundPipeline,
+        config: PagerDutyConfig,
+        *,
+        limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+    ):
         self.pipeline = pipeline
         self.config = config
         self.base_url = config.api_url.rstrip("/")
@@ -288,16 +318,26 @@ class PagerDutyClient:
                 self._default_email = str(user.get("email") or "")
         return self._default_email or None
 
-    async def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
-                      acting_email: str | None = None, operation: str | None = None,
-                      idempotent: bool | None = None) -> OutboundResponse:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        acting_email: str | None = None,
+        operation: str | None = None,
+        idempotent: bool | None = None,
+    ) -> OutboundResponse:
         """Send one API call; returns the 2xx response or raises the typed error."""
         method = method.upper()
-        headers = CIMultiDict({
-            "Authorization": f"Token token={self.config.api_key.get_secret_value()}",
-            "Accept": ACCEPT,
-            "Content-Type": "application/json",
-        })
+        headers = CIMultiDict(
+            {
+                "Authorization": f"Token token={self.config.api_key.get_secret_value()}",
+                "Accept": ACCEPT,
+                "Content-Type": "application/json",
+            }
+        )
         if method not in ("GET", "HEAD"):
             email = await self.from_email(acting_email)
             if email:
@@ -305,9 +345,16 @@ class PagerDutyClient:
         if not path.startswith("/"):
             path = "/" + path
         op = operation or f"{method} {_template(path)}"
-        req = OutboundRequest(method=method, url=self.base_url + path, service="pagerduty", operation=op,
-                              headers=headers, params=_encode_params(params), json=json,
-                              timeout=self.config.timeout_seconds)
+        req = OutboundRequest(
+            method=method,
+            url=self.base_url + path,
+            service="pagerduty",
+            operation=op,
+            headers=headers,
+            params=_encode_params(params),
+            json=json,
+            timeout=self.config.timeout_seconds,
+        )
         response = await self.pipeline.request(req, retry=self.retry, idempotent=idempotent, limiter=self.limiter)
         if not response.ok:
             raise error_from_response(response, op)
@@ -318,34 +365,63 @@ class PagerDutyClient:
         try:
             return response.json()
         except ValueError:
-            raise PagerDutyError(response.status, None, "the response is not JSON",
-                                 operation=kwargs.get("operation") or f"{method} {_template(path)}") from None
+            raise PagerDutyError(
+                response.status,
+                None,
+                "the response is not JSON",
+                operation=kwargs.get("operation") or f"{method} {_template(path)}",
+            ) from None
 
     async def get(self, path: str, *, params: Any = None, operation: str | None = None) -> Any:
         return await self._call("GET", path, params=params, operation=operation)
 
-    async def post(self, path: str, *, params: Any = None, json: Any = None, acting_email: str | None = None,
-                   operation: str | None = None, idempotent: bool = False) -> Any:
-        return await self._call("POST", path, params=params, json=json, acting_email=acting_email,
-                                operation=operation, idempotent=idempotent)
+    async def post(
+        self,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        acting_email: str | None = None,
+        operation: str | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        return await self._call(
+            "POST",
+            path,
+            params=params,
+            json=json,
+            acting_email=acting_email,
+            operation=operation,
+            idempotent=idempotent,
+        )
 
-    async def put(self, path: str, *, params: Any = None, json: Any = None, acting_email: str | None = None,
-                  operation: str | None = None) -> Any:
+    async def put(
+        self,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        acting_email: str | None = None,
+        operation: str | None = None,
+    ) -> Any:
         return await self._call("PUT", path, params=params, json=json, acting_email=acting_email, operation=operation)
 
-    async def delete(self, path: str, *, params: Any = None, acting_email: str | None = None,
-                     operation: str | None = None) -> Any:
+    async def delete(
+        self, path: str, *, params: Any = None, acting_email: str | None = None, operation: str | None = None
+    ) -> Any:
         return await self._call("DELETE", path, params=params, acting_email=acting_email, operation=operation)
 
-    def paginate(self, path: str, key: str, params: Any = None, *, limit: int = PAGE_LIMIT,
-                 operation: str | None = None) -> Paginator:
+    def paginate(
+        self, path: str, key: str, params: Any = None, *, limit: int = PAGE_LIMIT, operation: str | None = None
+    ) -> Paginator:
         """Iterate a classic-paginated collection; see ``Paginator`` for the 10,000 ceiling."""
         return Paginator(self, path, key, params, limit=limit, operation=operation)
 
     # -- users -----------------------------------------------------------------------
     async def get_user(self, user_id: str, *, include: Iterable[str] | None = None) -> dict:
-        body = await self.get(f"/users/{_seg(user_id)}", params={"include[]": list(include or [])},
-                              operation="GET /users/{id}")
+        body = await self.get(
+            f"/users/{_seg(user_id)}", params={"include[]": list(include or [])}, operation="GET /users/{id}"
+        )
         return body["user"]
 
     async def list_users(self, query: str | None = None, *, team_ids: Iterable[str] | None = None) -> ResultList:
@@ -360,12 +436,24 @@ class PagerDutyClient:
                 return user
         return None
 
-    async def create_user(self, name: str, email: str, *, role: str | None = None, time_zone: str | None = None,
-                          job_title: str | None = None, description: str | None = None,
-                          acting_email: str | None = None) -> dict:
+    async def create_user(
+        self,
+        name: str,
+        email: str,
+        *,
+        role: str | None = None,
+        time_zone: str | None = None,
+        job_title: str | None = None,
+        description: str | None = None,
+        acting_email: str | None = None,
+    ) -> dict:
         user: dict[str, Any] = {"type": "user", "name": name, "email": email}
-        for field_name, value in (("role", role), ("time_zone", time_zone), ("job_title", job_title),
-                                  ("description", description)):
+        for field_name, value in (
+            ("role", role),
+            ("time_zone", time_zone),
+            ("job_title", job_title),
+            ("description", description),
+        ):
             if value is not None:
                 user[field_name] = value
         body = await self.post("/users", json={"user": user}, acting_email=acting_email, operation="POST /users")
@@ -373,15 +461,27 @@ class PagerDutyClient:
 
     # -- incidents ---------------------------------------------------------------------
     async def get_incident(self, incident_id: str, *, include: Iterable[str] | None = None) -> dict:
-        body = await self.get(f"/incidents/{_seg(incident_id)}", params={"include[]": list(include or [])},
-                              operation="GET /incidents/{id}")
+        body = await self.get(
+            f"/incidents/{_seg(incident_id)}",
+            params={"include[]": list(include or [])},
+            operation="GET /incidents/{id}",
+        )
         return body["incident"]
 
-    async def list_incidents(self, since: datetime | str | None = None, until: datetime | str | None = None,
-                             statuses: Iterable[str] | None = None, service_ids: Iterable[str] | None = None, *,
-                             incident_key: str | None = None, date_range: str | None = None,
-                             team_ids: Iterable[str] | None = None, urgencies: Iterable[str] | None = None,
-                             sort_by: str | None = None, include: Iterable[str] | None = None) -> ResultList:
+    async def list_incidents(
+        self,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        statuses: Iterable[str] | None = None,
+        service_ids: Iterable[str] | None = None,
+        *,
+        incident_key: str | None = None,
+        date_range: str | None = None,
+        team_ids: Iterable[str] | None = None,
+        urgencies: Iterable[str] | None = None,
+        sort_by: str | None = None,
+        include: Iterable[str] | None = None,
+    ) -> ResultList:
         """Incidents matching the filters (PagerDuty's default window is the last month
         unless ``since``/``until`` or ``date_range="all"`` say otherwise)."""
         params: dict[str, Any] = {
@@ -400,17 +500,29 @@ class PagerDutyClient:
 
     async def find_open_incident_by_key(self, incident_key: str, service_id: str | None = None) -> dict | None:
         """The open (triggered or acknowledged) incident with ``incident_key``, if any."""
-        found = await self.list_incidents(statuses=["triggered", "acknowledged"],
-                                          service_ids=[service_id] if service_id else None,
-                                          incident_key=incident_key, date_range="all")
+        found = await self.list_incidents(
+            statuses=["triggered", "acknowledged"],
+            service_ids=[service_id] if service_id else None,
+            incident_key=incident_key,
+            date_range="all",
+        )
         matches = [i for i in found if i.get("incident_key") == incident_key]
         return matches[0] if matches else None
 
-    async def create_incident(self, title: str, service_id: str, *, urgency: str | None = None,
-                              body_details: Any = None, incident_key: str | None = None,
-                              escalation_policy_id: str | None = None, assignee_ids: Iterable[str] | None = None,
-                              priority_id: str | None = None, conference_bridge: Mapping[str, str] | None = None,
-                              acting_email: str | None = None) -> dict:
+    async def create_incident(
+        self,
+        title: str,
+        service_id: str,
+        *,
+        urgency: str | None = None,
+        body_details: Any = None,
+        incident_key: str | None = None,
+        escalation_policy_id: str | None = None,
+        assignee_ids: Iterable[str] | None = None,
+        priority_id: str | None = None,
+        conference_bridge: Mapping[str, str] | None = None,
+        acting_email: str | None = None,
+    ) -> dict:
         """Create an incident; returns it.
 
         With an ``incident_key``, PagerDuty rejects a second open incident with the
@@ -439,41 +551,62 @@ class PagerDutyClient:
         if conference_bridge:
             incident["conference_bridge"] = dict(conference_bridge)
         try:
-            body = await self.post("/incidents", json={"incident": incident}, acting_email=acting_email,
-                                   operation="POST /incidents", idempotent=bool(incident_key))
+            body = await self.post(
+                "/incidents",
+                json={"incident": incident},
+                acting_email=acting_email,
+                operation="POST /incidents",
+                idempotent=bool(incident_key),
+            )
         except PagerDutyError as exc:
             if exc.status != 400 or not incident_key:
                 raise
             existing = await self.find_open_incident_by_key(incident_key, service_id)
             if existing is None:
                 raise
-            log.info("incident_key_already_open", detail="using the existing incident",
-                     incident=existing.get("id"), service=service_id)
+            log.info(
+                "incident_key_already_open",
+                detail="using the existing incident",
+                incident=existing.get("id"),
+                service=service_id,
+            )
             return existing
         return body["incident"]
 
-    async def update_incident(self, incident_id: str, fields: Mapping[str, Any], *,
-                              acting_email: str | None = None) -> dict:
+    async def update_incident(
+        self, incident_id: str, fields: Mapping[str, Any], *, acting_email: str | None = None
+    ) -> dict:
         """``PUT /incidents/{id}`` with ``fields`` (status, priority, title, ...)."""
         incident = {"type": "incident_reference", **fields}
-        body = await self.put(f"/incidents/{_seg(incident_id)}", json={"incident": incident},
-                              acting_email=acting_email, operation="PUT /incidents/{id}")
+        body = await self.put(
+            f"/incidents/{_seg(incident_id)}",
+            json={"incident": incident},
+            acting_email=acting_email,
+            operation="PUT /incidents/{id}",
+        )
         return body["incident"]
 
     async def acknowledge(self, incident_id: str, *, acting_email: str | None = None) -> dict:
         """Acknowledge; a PagerDutyError with code 1001/1002 means already resolved/acknowledged."""
         return await self.update_incident(incident_id, {"status": "acknowledged"}, acting_email=acting_email)
 
-    async def resolve(self, incident_id: str, resolution: str | None = None, *,
-                      acting_email: str | None = None) -> dict:
+    async def resolve(
+        self, incident_id: str, resolution: str | None = None, *, acting_email: str | None = None
+    ) -> dict:
         """Resolve; a PagerDutyError with code 1001 means it was already resolved."""
         fields: dict[str, Any] = {"status": "resolved"}
         if resolution:
             fields["resolution"] = resolution
         return await self.update_incident(incident_id, fields, acting_email=acting_email)
 
-    async def reassign(self, incident_id: str, escalation_policy_id: str | None = None,
-                       user_ids: Iterable[str] | None = None, *, acting_email: str | None = None) -> dict:
+    async def reassign(
+        self,
+        incident_id: str,
+        escalation_policy_id: str | None = None,
+        user_ids: Iterable[str] | None = None,
+        *,
+        acting_email: str | None = None,
+    ) -> dict:
         """Reassign to an escalation policy or to users (one of the two)."""
         user_ids = list(user_ids or [])
         if bool(escalation_policy_id) == bool(user_ids):
@@ -486,45 +619,81 @@ class PagerDutyClient:
 
     async def add_note(self, incident_id: str, content: str, *, acting_email: str | None = None) -> dict:
         """Add a note (not retried after a lost answer: a repeat would add it twice)."""
-        body = await self.post(f"/incidents/{_seg(incident_id)}/notes", json={"note": {"content": content}},
-                               acting_email=acting_email, operation="POST /incidents/{id}/notes")
+        body = await self.post(
+            f"/incidents/{_seg(incident_id)}/notes",
+            json={"note": {"content": content}},
+            acting_email=acting_email,
+            operation="POST /incidents/{id}/notes",
+        )
         return body["note"]
 
     async def list_notes(self, incident_id: str) -> list[dict]:
         body = await self.get(f"/incidents/{_seg(incident_id)}/notes", operation="GET /incidents/{id}/notes")
         return list(body.get("notes") or [])
 
-    async def list_log_entries(self, incident_id: str, since: datetime | str | None = None, *,
-                               until: datetime | str | None = None, is_overview: bool | None = None,
-                               include: Iterable[str] | None = None) -> ResultList:
-        params = {"since": _iso(since) if since is not None else None,
-                  "until": _iso(until) if until is not None else None,
-                  "is_overview": is_overview, "include[]": list(include) if include else None}
-        return await self.paginate(f"/incidents/{_seg(incident_id)}/log_entries", "log_entries", params,
-                                   operation="GET /incidents/{id}/log_entries").collect()
+    async def list_log_entries(
+        self,
+        incident_id: str,
+        since: datetime | str | None = None,
+        *,
+        until: datetime | str | None = None,
+        is_overview: bool | None = None,
+        include: Iterable[str] | None = None,
+    ) -> ResultList:
+        params = {
+            "since": _iso(since) if since is not None else None,
+            "until": _iso(until) if until is not None else None,
+            "is_overview": is_overview,
+            "include[]": list(include) if include else None,
+        }
+        return await self.paginate(
+            f"/incidents/{_seg(incident_id)}/log_entries",
+            "log_entries",
+            params,
+            operation="GET /incidents/{id}/log_entries",
+        ).collect()
 
-    async def create_responder_request(self, incident_id: str, requester_id: str, message: str, *,
-                                       user_ids: Iterable[str] = (), escalation_policy_ids: Iterable[str] = ()) -> dict:
+    async def create_responder_request(
+        self,
+        incident_id: str,
+        requester_id: str,
+        message: str,
+        *,
+        user_ids: Iterable[str] = (),
+        escalation_policy_ids: Iterable[str] = (),
+    ) -> dict:
         """Ask users and/or escalation policies to join (needs the coordinated_responding ability)."""
         targets = [{"responder_request_target": _ref("user", uid)} for uid in user_ids]
         targets += [{"responder_request_target": _ref("escalation_policy", ep)} for ep in escalation_policy_ids]
         if not targets:
             raise ValueError("a responder request needs at least one user or escalation policy")
-        body = await self.post(f"/incidents/{_seg(incident_id)}/responder_requests",
-                               json={"requester_id": requester_id, "message": message,
-                                     "responder_request_targets": targets},
-                               operation="POST /incidents/{id}/responder_requests")
+        body = await self.post(
+            f"/incidents/{_seg(incident_id)}/responder_requests",
+            json={"requester_id": requester_id, "message": message, "responder_request_targets": targets},
+            operation="POST /incidents/{id}/responder_requests",
+        )
         return body["responder_request"]
 
-    async def create_status_update(self, incident_id: str, message: str, *, subject: str | None = None,
-                                   html_message: str | None = None, acting_email: str | None = None) -> dict:
+    async def create_status_update(
+        self,
+        incident_id: str,
+        message: str,
+        *,
+        subject: str | None = None,
+        html_message: str | None = None,
+        acting_email: str | None = None,
+    ) -> dict:
         payload: dict[str, Any] = {"message": message}
         if subject is not None:
             payload["subject"] = subject
         if html_message is not None:
             payload["html_message"] = html_message
-        body = await self.post(f"/incidents/{_seg(incident_id)}/status_updates", json=payload,
-                               acting_email=acting_email, operation="POST /incidents/{id}/status_updates")
+        body = await self.post(
+            f"/incidents/{_seg(incident_id)}/status_updates",
+            json=payload,
+            acting_email=acting_email,
+            operation="POST /incidents/{id}/status_updates",
+        )
         return body["status_update"]
 
     # -- configuration objects -------------------------------------------------------------
@@ -532,13 +701,17 @@ class PagerDutyClient:
         return await self.paginate("/priorities", "priorities", operation="GET /priorities").collect()
 
     async def get_service(self, service_id: str, *, include: Iterable[str] | None = None) -> dict:
-        body = await self.get(f"/services/{_seg(service_id)}", params={"include[]": list(include or [])},
-                              operation="GET /services/{id}")
+        body = await self.get(
+            f"/services/{_seg(service_id)}", params={"include[]": list(include or [])}, operation="GET /services/{id}"
+        )
         return body["service"]
 
     async def get_escalation_policy(self, policy_id: str, *, include: Iterable[str] | None = None) -> dict:
-        body = await self.get(f"/escalation_policies/{_seg(policy_id)}", params={"include[]": list(include or [])},
-                              operation="GET /escalation_policies/{id}")
+        body = await self.get(
+            f"/escalation_policies/{_seg(policy_id)}",
+            params={"include[]": list(include or [])},
+            operation="GET /escalation_policies/{id}",
+        )
         return body["escalation_policy"]
 
     async def list_abilities(self) -> list[str]:
@@ -547,7 +720,18 @@ class PagerDutyClient:
 
 
 __all__ = [
-    "ACCEPT", "ALREADY_ACKNOWLEDGED", "ALREADY_MERGED", "ALREADY_RESOLVED", "PAGINATION_CEILING",
-    "PagerDutyAuthError", "PagerDutyClient", "PagerDutyError", "PagerDutyNotFound", "PagerDutyRateLimited",
-    "Paginator", "RATE_LIMIT_EXCEEDED", "ResultList", "error_from_response",
+    "ACCEPT",
+    "ALREADY_ACKNOWLEDGED",
+    "ALREADY_MERGED",
+    "ALREADY_RESOLVED",
+    "PAGINATION_CEILING",
+    "RATE_LIMIT_EXCEEDED",
+    "PagerDutyAuthError",
+    "PagerDutyClient",
+    "PagerDutyError",
+    "PagerDutyNotFound",
+    "PagerDutyRateLimited",
+    "Paginator",
+    "ResultList",
+    "error_from_response",
 ]

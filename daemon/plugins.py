@@ -22,7 +22,6 @@ import structlog
 from . import PROJECT, hookspecs
 from .hooks import Hooks
 
-
 #: Built-in feature plugins: name in ``plugins.enabled`` -> module. One place, like
 #: datasette's DEFAULT_PLUGINS; a plugin listed here is registered only when enabled.
 #: A value is ``module`` (the module is the plugin) or ``module:Class`` (an instance,
@@ -34,10 +33,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
 
 ENTRY_POINT_GROUP = "dutybridge"
 HOOK_FILE_PREFIX = "dutybridge_hookfile_"
-HOOK_NAMES = frozenset(
-    name for name, fn in vars(hookspecs).items()
-    if callable(fn) and hasattr(fn, f"{PROJECT}_spec")
-)
+HOOK_NAMES = frozenset(name for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, f"{PROJECT}_spec"))
 
 log = structlog.get_logger("dutybridge.plugins")
 
@@ -90,9 +86,11 @@ def _impl_problem(pm: pluggy.PluginManager, plugin: object) -> str | None:
             what = f"{where}: {impl.function.__name__}"
             if impl.hookwrapper or impl.wrapper:
                 kind = "hookwrapper" if impl.hookwrapper else "wrapper"
-                return (f"{what}: {kind}=True is not supported: dutybridge calls and awaits each "
-                        f"implementation in turn, so a wrapper cannot surround them; implement "
-                        f"the hook plainly (tryfirst/trylast set the order)")
+                return (
+                    f"{what}: {kind}=True is not supported: dutybridge calls and awaits each "
+                    f"implementation in turn, so a wrapper cannot surround them; implement "
+                    f"the hook plainly (tryfirst/trylast set the order)"
+                )
             if caller.name not in hookspecs.ASYNC_HOOKS and inspect.iscoroutinefunction(impl.function):
                 return f"{what}: {caller.name} must not be async (it returns what the core adds at once)"
     return None
@@ -119,15 +117,19 @@ def _load_named_plugin(name: str) -> object:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return _instantiate(ep.load())
-    raise PluginError(f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins())) or 'none'})")
+    raise PluginError(
+        f"plugins.enabled: unknown plugin {name!r} (known: {', '.join(sorted(known_plugins())) or 'none'})"
+    )
 
 
 def _file_problem(path: Path) -> str | None:
     st = path.stat()
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         mode = stat.filemode(st.st_mode)
-        return (f"{path}: refused: the file is writable by group or others ({mode}); "
-                f"anyone who can write it can run code as the daemon. Fix with: chmod go-w {path}")
+        return (
+            f"{path}: refused: the file is writable by group or others ({mode}); "
+            f"anyone who can write it can run code as the daemon. Fix with: chmod go-w {path}"
+        )
     return None
 
 
@@ -146,7 +148,7 @@ def load_hook_file(path: Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise PluginError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except BaseException as exc:  # noqa: BLE001 - any import-time failure stops start-up
+    except BaseException as exc:
         tb = traceback.extract_tb(exc.__traceback__)
         frames = [f for f in tb if f.filename == str(path)]
         line = f":{frames[-1].lineno}" if frames else ""
@@ -162,7 +164,8 @@ def load_hook_file(path: Path) -> types.ModuleType:
         line = value.__code__.co_firstlineno
         raise PluginError(
             f"{path}:{line}: function {attr!r} is not a dutybridge hook{hint}; "
-            f"name helpers with a leading underscore. Hooks: {', '.join(sorted(HOOK_NAMES))}")
+            f"name helpers with a leading underscore. Hooks: {', '.join(sorted(HOOK_NAMES))}"
+        )
     return module
 
 
@@ -206,9 +209,9 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
         raise PluginError(f"{where}: {exc}") from None
 
 
-def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
-                         extra_plugins: list[object] = (), trace: bool | None = None
-                         ) -> DutybridgePluginManager:
+def build_plugin_manager(
+    enabled: list[str], hooks_dir: Path | None = None, *, extra_plugins: list[object] = (), trace: bool | None = None
+) -> DutybridgePluginManager:
     """The plugin manager for a configuration: enabled plugins, then hook files."""
     pm = DutybridgePluginManager()
     for name in enabled:
@@ -216,7 +219,7 @@ def build_plugin_manager(enabled: list[str], hooks_dir: Path | None = None, *,
             plugin = _load_named_plugin(name)
         except PluginError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PluginError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from None
         pm.register(plugin, name=name)
     for plugin in extra_plugins:
@@ -245,5 +248,3 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
         out.append((name, hooks))
     return out
-
-

@@ -19,6 +19,7 @@ _PROBE_TIMEOUT = 3.0
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
+
 async def readyz(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     checks: dict[str, str] = {}
@@ -28,7 +29,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         try:
             up = await asyncio.wait_for(ctx.store.ping(), _PROBE_TIMEOUT)
             checks["store"] = "ok" if up else "ping failed"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             checks["store"] = f"no answer within {_PROBE_TIMEOUT:g} s"
         except Exception as exc:
             checks["store"] = f"error: {type(exc).__name__}"
@@ -38,13 +39,17 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         running = running() if callable(running) else running
         checks["scheduler"] = "ok" if running else "not running"
     election = getattr(scheduler, "election", None)
-    detail = {} if election is None else {"scheduler": {
-        "leader": election.leader, "this_instance": election.holder, "leading": election.leading}}
+    detail = (
+        {}
+        if election is None
+        else {"scheduler": {"leader": election.leader, "this_instance": election.holder, "leading": election.leading}}
+    )
     failed = [name for name, state in checks.items() if state != "ok"]
     if failed:
         log.warning("not_ready", checks=checks)
         return error_response(503, f"not ready: {', '.join(failed)}", checks=checks, **detail)
     return web.json_response({"status": "ready", "checks": checks, **detail})
+
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)

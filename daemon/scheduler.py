@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -57,14 +57,22 @@ class Scheduler:
     """
 
     def __init__(self, **job_defaults: Any) -> None:
-        self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=timezone.utc)
+        self._scheduler = AsyncIOScheduler(job_defaults={**JOB_DEFAULTS, **job_defaults}, timezone=UTC)
         self.failures: dict[str, int] = {}
         #: Set by ``elect()``: jobs then run only while this instance leads.
         self.election: Election | None = None
 
-    def add_job(self, func: Callable[..., Any], trigger: str = "interval", *, id: str,
-                name: str | None = None, args: tuple = (), kwargs: dict | None = None,
-                **trigger_args: Any) -> None:
+    def add_job(
+        self,
+        func: Callable[..., Any],
+        trigger: str = "interval",
+        *,
+        id: str,
+        name: str | None = None,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        **trigger_args: Any,
+    ) -> None:
         """Schedule ``func`` (a function or coroutine function) under the unique ``id``.
 
         ``trigger`` and ``trigger_args`` are APScheduler's (``"interval", seconds=60``,
@@ -121,8 +129,14 @@ class Scheduler:
         """Start running jobs; needs a running asyncio loop."""
         self._scheduler.start()
 
-    def elect(self, store: Store, lease_seconds: float, *, holder: str | None = None,
-              on_change: Callable[[Election], None] | None = None) -> Election:
+    def elect(
+        self,
+        store: Store,
+        lease_seconds: float,
+        *,
+        holder: str | None = None,
+        on_change: Callable[[Election], None] | None = None,
+    ) -> Election:
         """Run jobs only while this instance leads among those sharing ``store``; start
         the election (with a running loop). ``await scheduler.stop_election()`` ends it."""
         self.election = Election(store, lease_seconds, holder=holder, on_change=on_change)
@@ -158,8 +172,14 @@ class Election:
     database's decides the takeover, this process's monotonic clock the stepping down).
     """
 
-    def __init__(self, store: Store, lease_seconds: float, *, holder: str | None = None,
-                 on_change: Callable[[Election], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_seconds: float,
+        *,
+        holder: str | None = None,
+        on_change: Callable[[Election], None] | None = None,
+    ) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -223,14 +243,13 @@ class Election:
         """Whether this run of ``job_id`` goes ahead: not if it ran less than
         ``SAME_INTERVAL`` of its interval ago on any instance. Records this run."""
         name = f"scheduler.last_run.{job_id}"
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if interval is not None:
             last = await self.store.get_watermark(name)
             if last is not None:
                 when = datetime.fromisoformat(last.split(" ", 1)[0])
                 if (now - when).total_seconds() < interval * SAME_INTERVAL:
-                    log.info("scheduled_job_skipped", reason="ran on another instance in this interval",
-                             last_run=last)
+                    log.info("scheduled_job_skipped", reason="ran on another instance in this interval", last_run=last)
                     return False
         await self.store.set_watermark(name, f"{now.isoformat()} {self.holder}")
         return True

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from multidict import CIMultiDict
 
 from .config import ServiceNowConfig
-from .http import ApiError, AuthError, NotFound, OutboundPipeline, RateLimited, OutboundRequest, OutboundResponse, RetryPolicy, retry_after_seconds
+from .http import (
+    ApiError,
+    AuthError,
+    NotFound,
+    OutboundPipeline,
+    OutboundRequest,
+    OutboundResponse,
+    RateLimited,
+    RetryPolicy,
+    retry_after_seconds,
+)
 
 TABLE_API = "/api/now/table"
 PAGE_SIZE = 100
@@ -71,8 +82,12 @@ def error_from_response(response: OutboundResponse, operation: str = "") -> Serv
     elif response.body and body is None:
         detail = _snippet(response.body)
     if not message:
-        message = {401: "User Not Authenticated", 403: "Forbidden", 404: "No Record found",
-                   429: "Too Many Requests"}.get(response.status, f"HTTP {response.status}")
+        message = {
+            401: "User Not Authenticated",
+            403: "Forbidden",
+            404: "No Record found",
+            429: "Too Many Requests",
+        }.get(response.status, f"HTTP {response.status}")
     if response.status == 404:
         cls: type[ServiceNowError] = ServiceNowNotFound
     elif response.status in (401, 403):
@@ -103,7 +118,7 @@ def _value(value: Any) -> str:
     elif isinstance(value, datetime):
         # sys_ date-times are stored, compared and returned by the Table API in UTC.
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         text = value.strftime("%Y-%m-%d %H:%M:%S")
     else:
         text = str(value)
@@ -144,7 +159,7 @@ class Query:
         self._orders: list[str] = []
         self._next_join = "^"
 
-    def _add(self, term: str) -> "Query":
+    def _add(self, term: str) -> Query:
         if self._terms:
             self._terms.append(self._next_join + term)
         elif self._next_join == "^OR":
@@ -154,40 +169,40 @@ class Query:
         self._next_join = "^"
         return self
 
-    def _op(self, field: str, op: str, value: Any) -> "Query":
+    def _op(self, field: str, op: str, value: Any) -> Query:
         return self._add(f"{_field(field)}{op}{_value(value)}")
 
-    def eq(self, field: str, value: Any) -> "Query":
+    def eq(self, field: str, value: Any) -> Query:
         return self._op(field, "=", value)
 
-    def ne(self, field: str, value: Any) -> "Query":
+    def ne(self, field: str, value: Any) -> Query:
         return self._op(field, "!=", value)
 
-    def gt(self, field: str, value: Any) -> "Query":
+    def gt(self, field: str, value: Any) -> Query:
         return self._op(field, ">", value)
 
-    def gte(self, field: str, value: Any) -> "Query":
+    def gte(self, field: str, value: Any) -> Query:
         return self._op(field, ">=", value)
 
-    def lt(self, field: str, value: Any) -> "Query":
+    def lt(self, field: str, value: Any) -> Query:
         return self._op(field, "<", value)
 
-    def lte(self, field: str, value: Any) -> "Query":
+    def lte(self, field: str, value: Any) -> Query:
         return self._op(field, "<=", value)
 
-    def like(self, field: str, value: Any) -> "Query":
+    def like(self, field: str, value: Any) -> Query:
         return self._op(field, "LIKE", value)
 
-    def not_like(self, field: str, value: Any) -> "Query":
+    def not_like(self, field: str, value: Any) -> Query:
         return self._op(field, "NOTLIKE", value)
 
-    def starts_with(self, field: str, value: Any) -> "Query":
+    def starts_with(self, field: str, value: Any) -> Query:
         return self._op(field, "STARTSWITH", value)
 
-    def ends_with(self, field: str, value: Any) -> "Query":
+    def ends_with(self, field: str, value: Any) -> Query:
         return self._op(field, "ENDSWITH", value)
 
-    def _in(self, field: str, op: str, values: Iterable[Any]) -> "Query":
+    def _in(self, field: str, op: str, values: Iterable[Any]) -> Query:
         items = [_value(v) for v in values]
         if not items:
             raise ValueError(f"{op.strip()} needs at least one value")
@@ -196,36 +211,36 @@ class Query:
                 raise ValueError(f"refusing an {op.strip()} value containing ',' (it would split): {item[:40]!r}")
         return self._add(f"{_field(field)}{op}{','.join(items)}")
 
-    def in_(self, field: str, values: Iterable[Any]) -> "Query":
+    def in_(self, field: str, values: Iterable[Any]) -> Query:
         return self._in(field, "IN", values)
 
-    def not_in(self, field: str, values: Iterable[Any]) -> "Query":
+    def not_in(self, field: str, values: Iterable[Any]) -> Query:
         return self._in(field, "NOT IN", values)
 
-    def is_empty(self, field: str) -> "Query":
+    def is_empty(self, field: str) -> Query:
         return self._add(f"{_field(field)}ISEMPTY")
 
-    def is_not_empty(self, field: str) -> "Query":
+    def is_not_empty(self, field: str) -> Query:
         return self._add(f"{_field(field)}ISNOTEMPTY")
 
-    def and_(self) -> "Query":
+    def and_(self) -> Query:
         self._next_join = "^"
         return self
 
-    def or_(self) -> "Query":
+    def or_(self) -> Query:
         if not self._terms:
             raise ValueError("or_() needs a term before it")
         self._next_join = "^OR"
         return self
 
-    def new_query(self) -> "Query":
+    def new_query(self) -> Query:
         """Start a second query whose results are added (``^NQ``)."""
         if not self._terms:
             raise ValueError("new_query() needs a term before it")
         self._next_join = "^NQ"
         return self
 
-    def order_by(self, field: str, *, desc: bool = False) -> "Query":
+    def order_by(self, field: str, *, desc: bool = False) -> Query:
         self._orders.append(("ORDERBYDESC" if desc else "ORDERBY") + _field(field))
         return self
 
@@ -264,8 +279,9 @@ def _links(header: str | None) -> dict[str, str]:
 class QueryResult:
     """``async for record in client.query(...)``; ``total`` is X-Total-Count once read."""
 
-    def __init__(self, client: "ServiceNowClient", table: str, params: list[tuple[str, str]],
-                 limit: int | None, page_size: int):
+    def __init__(
+        self, client: ServiceNowClient, table: str, params: list[tuple[str, str]], limit: int | None, page_size: int
+    ):
         self.client = client
         self.table = table
         self.params = params
@@ -285,9 +301,12 @@ class QueryResult:
             if want <= 0:
                 return
             response = await self.client._send(
-                "GET", self.table, None,
+                "GET",
+                self.table,
+                None,
                 params=[*self.params, ("sysparm_limit", str(want)), ("sysparm_offset", str(offset))],
-                operation=f"GET {TABLE_API}/{self.table}")
+                operation=f"GET {TABLE_API}/{self.table}",
+            )
             self.pages += 1
             rows = (self.client._decode(response, f"GET {TABLE_API}/{self.table}") or {}).get("result") or []
             total = response.headers.get("X-Total-Count")
@@ -328,11 +347,19 @@ class ServiceNowClient:
     unordered query may come back in a different order on each page.
     """
 
-    def __init__(self, pipeline: OutboundPipeline, config: ServiceNowConfig, *,
-                 page_size: int = PAGE_SIZE, exclude_reference_link: bool = True,
-                 retry: RetryPolicy | None = None):
+    def __init__(
+        self,
+        pipeline: OutboundPipeline,
+        config: ServiceNowConfig,
+        *,
+        page_size: int = PAGE_SIZE,
+        exclude_reference_link: bool = True,
+        retry: RetryPolicy | None = None,
+    ):
         if ":" in config.username:
-            raise ValueError("a ServiceNow username cannot contain ':' (basic auth separates it from the password with one)")
+            raise ValueError(
+                "a ServiceNow username cannot contain ':' (basic auth separates it from the password with one)"
+            )
         self.pipeline = pipeline
         self.config = config
         self.base_url = config.instance_url.rstrip("/")
@@ -347,9 +374,10 @@ class ServiceNowClient:
     def _headers(self) -> CIMultiDict[str]:
         # Built here rather than with aiohttp.BasicAuth (deprecated in 3.14): the header
         # travels inside the request so that relay transports (send_request) carry it.
-        pair = f"{self.config.username}:{self.config.password.get_secret_value()}".encode("utf-8")
-        return CIMultiDict({"Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
-                            "Accept": "application/json"})
+        pair = f"{self.config.username}:{self.config.password.get_secret_value()}".encode()
+        return CIMultiDict(
+            {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii"), "Accept": "application/json"}
+        )
 
     def _url(self, table: str, sys_id: str | None) -> str:
         if not _NAME.match(table or ""):
@@ -374,14 +402,30 @@ class ServiceNowClient:
             params.append(("sysparm_exclude_reference_link", "true"))
         return params
 
-    async def _send(self, method: str, table: str, sys_id: str | None, *, params: list[tuple[str, str]],
-                    json: Any = None, operation: str, idempotent: bool | None = None) -> OutboundResponse:
+    async def _send(
+        self,
+        method: str,
+        table: str,
+        sys_id: str | None,
+        *,
+        params: list[tuple[str, str]],
+        json: Any = None,
+        operation: str,
+        idempotent: bool | None = None,
+    ) -> OutboundResponse:
         headers = self._headers()
         if json is not None:
             headers["Content-Type"] = "application/json"
-        req = OutboundRequest(method=method, url=self._url(table, sys_id), service="servicenow",
-                              operation=operation, headers=headers, params=params, json=json,
-                              timeout=self.config.timeout_seconds)
+        req = OutboundRequest(
+            method=method,
+            url=self._url(table, sys_id),
+            service="servicenow",
+            operation=operation,
+            headers=headers,
+            params=params,
+            json=json,
+            timeout=self.config.timeout_seconds,
+        )
         response = await self.pipeline.request(req, retry=self.retry, idempotent=idempotent)
         if not response.ok:
             raise error_from_response(response, operation)
@@ -393,20 +437,33 @@ class ServiceNowClient:
             return response.json()
         except ValueError:
             # A hibernating developer instance answers 200 with an HTML page.
-            raise ServiceNowError(response.status, "the response is not JSON (is the instance awake?)",
-                                  _snippet(response.body), operation=operation) from None
+            raise ServiceNowError(
+                response.status,
+                "the response is not JSON (is the instance awake?)",
+                _snippet(response.body),
+                operation=operation,
+            ) from None
 
     # -- reads -----------------------------------------------------------------------------
-    async def get(self, table: str, sys_id: str, *, fields: Iterable[str] | None = None,
-                  display_value: bool | str | None = None) -> dict:
+    async def get(
+        self, table: str, sys_id: str, *, fields: Iterable[str] | None = None, display_value: bool | str | None = None
+    ) -> dict:
         """One record; ``ServiceNowNotFound`` when there is none (or an ACL hides it)."""
         op = f"GET {TABLE_API}/{table}/{{sys_id}}"
         response = await self._send("GET", table, sys_id, params=self._read_params(fields, display_value), operation=op)
         return (self._decode(response, op) or {}).get("result") or {}
 
-    def query(self, table: str, query: "str | Query | None" = None, *, fields: Iterable[str] | None = None,
-              limit: int | None = None, order_by: str | Iterable[str] | None = None,
-              display_value: bool | str | None = None, page_size: int | None = None) -> QueryResult:
+    def query(
+        self,
+        table: str,
+        query: str | Query | None = None,
+        *,
+        fields: Iterable[str] | None = None,
+        limit: int | None = None,
+        order_by: str | Iterable[str] | None = None,
+        display_value: bool | str | None = None,
+        page_size: int | None = None,
+    ) -> QueryResult:
         """Iterate the records matching ``query``, a page (``page_size``) at a time.
 
         ``query`` is a ``Query`` or an encoded-query string (trusted: build strings
@@ -424,15 +481,40 @@ class ServiceNowClient:
             raise ValueError("limit cannot be negative")
         return QueryResult(self, _checked_table(table), params, limit, max(1, page_size or self.page_size))
 
-    async def list(self, table: str, query: "str | Query | None" = None, *, fields: Iterable[str] | None = None,
-                   limit: int | None = None, order_by: str | Iterable[str] | None = None,
-                   display_value: bool | str | None = None, page_size: int | None = None) -> list[dict]:
+    async def list(
+        self,
+        table: str,
+        query: str | Query | None = None,
+        *,
+        fields: Iterable[str] | None = None,
+        limit: int | None = None,
+        order_by: str | Iterable[str] | None = None,
+        display_value: bool | str | None = None,
+        page_size: int | None = None,
+    ) -> list[dict]:
         """``query(...)`` collected into a list."""
-        return [r async for r in self.query(table, query, fields=fields, limit=limit, order_by=order_by,
-                                            display_value=display_value, page_size=page_size)]
+        return [
+            r
+            async for r in self.query(
+                table,
+                query,
+                fields=fields,
+                limit=limit,
+                order_by=order_by,
+                display_value=display_value,
+                page_size=page_size,
+            )
+        ]
 
-    async def first(self, table: str, query: "str | Query | None" = None, *, fields: Iterable[str] | None = None,
-                    order_by: str | Iterable[str] | None = None, display_value: bool | str | None = None) -> dict | None:
+    async def first(
+        self,
+        table: str,
+        query: str | Query | None = None,
+        *,
+        fields: Iterable[str] | None = None,
+        order_by: str | Iterable[str] | None = None,
+        display_value: bool | str | None = None,
+    ) -> dict | None:
         """The first matching record, or None."""
         rows = await self.list(table, query, fields=fields, limit=1, order_by=order_by, display_value=display_value)
         return rows[0] if rows else None
@@ -441,12 +523,26 @@ class ServiceNowClient:
     async def insert(self, table: str, fields: Mapping[str, Any], *, display_value: bool | str | None = None) -> dict:
         """Create a record; returns it. Not retried after a lost answer (a repeat would duplicate)."""
         op = f"POST {TABLE_API}/{table}"
-        response = await self._send("POST", table, None, params=self._read_params(None, display_value),
-                                    json=dict(fields), operation=op, idempotent=False)
+        response = await self._send(
+            "POST",
+            table,
+            None,
+            params=self._read_params(None, display_value),
+            json=dict(fields),
+            operation=op,
+            idempotent=False,
+        )
         return (self._decode(response, op) or {}).get("result") or {}
 
-    async def update(self, table: str, sys_id: str, fields: Mapping[str, Any], *,
-                     display_value: bool | str | None = None, idempotent: bool | None = None) -> dict:
+    async def update(
+        self,
+        table: str,
+        sys_id: str,
+        fields: Mapping[str, Any],
+        *,
+        display_value: bool | str | None = None,
+        idempotent: bool | None = None,
+    ) -> dict:
         """PATCH the given fields; returns the record.
 
         Retried after a lost answer unless it writes a journal field (or the caller
@@ -455,8 +551,15 @@ class ServiceNowClient:
         if idempotent is None:
             idempotent = not (JOURNAL_FIELDS & set(fields))
         op = f"PATCH {TABLE_API}/{table}/{{sys_id}}"
-        response = await self._send("PATCH", table, sys_id, params=self._read_params(None, display_value),
-                                    json=dict(fields), operation=op, idempotent=idempotent)
+        response = await self._send(
+            "PATCH",
+            table,
+            sys_id,
+            params=self._read_params(None, display_value),
+            json=dict(fields),
+            operation=op,
+            idempotent=idempotent,
+        )
         return (self._decode(response, op) or {}).get("result") or {}
 
     async def delete(self, table: str, sys_id: str, *, missing_ok: bool = False) -> bool:
@@ -479,6 +582,15 @@ def _checked_table(table: str) -> str:
 
 
 __all__ = [
-    "JOURNAL_FIELDS", "PAGE_SIZE", "Query", "QueryResult", "ServiceNowAuthError", "ServiceNowClient",
-    "ServiceNowError", "ServiceNowNotFound", "ServiceNowRateLimited", "TABLE_API", "error_from_response",
+    "JOURNAL_FIELDS",
+    "PAGE_SIZE",
+    "TABLE_API",
+    "Query",
+    "QueryResult",
+    "ServiceNowAuthError",
+    "ServiceNowClient",
+    "ServiceNowError",
+    "ServiceNowNotFound",
+    "ServiceNowRateLimited",
+    "error_from_response",
 ]

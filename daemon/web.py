@@ -57,8 +57,9 @@ def error_response(status: int, reason: str, headers: Any = None, **extra: Any) 
 def accepted(row_id: int) -> web.Response:
     # What json_response({"status": "accepted", "id": row_id}, status=202) sends, byte for
     # byte, without a json.dumps per webhook.
-    return web.Response(text=f'{{"status": "accepted", "id": {int(row_id)}}}', status=202,
-                        content_type="application/json")
+    return web.Response(
+        text=f'{{"status": "accepted", "id": {int(row_id)}}}', status=202, content_type="application/json"
+    )
 
 
 # -- middleware ----------------------------------------------------------------------
@@ -190,7 +191,7 @@ def with_key(text: str | None, doc: dict[str, Any], key: str, value: Any) -> str
     head = text.rstrip()
     if not head.endswith("}"):
         return None
-    return f'{head[:-1]}{"," if doc else ""}{json.dumps(key)}:{json.dumps(value)}}}'
+    return f"{head[:-1]}{',' if doc else ''}{json.dumps(key)}:{json.dumps(value)}}}"
 
 
 def check_credentials(header: str | None, *, token: str = "", username: str = "", password: str = "") -> bool:
@@ -235,15 +236,23 @@ def doorbell_auth(request: web.Request, sn_config: Any) -> None:
     username, password = sn_config.doorbell_username, secret_value(sn_config.doorbell_password)
     basic = bool(username and password)
     if not (token or basic):
-        raise Reject(503, "not_configured",
-                     "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)")
-    if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), token=token,
-                             username=username if basic else "", password=password if basic else ""):
+        raise Reject(
+            503,
+            "not_configured",
+            "no doorbell credential is configured ([servicenow] doorbell_token, or doorbell_username and doorbell_password)",
+        )
+    if not check_credentials(
+        request.headers.get(hdrs.AUTHORIZATION),
+        token=token,
+        username=username if basic else "",
+        password=password if basic else "",
+    ):
         raise Reject(401, "unauthorized", "missing or wrong credentials", headers=challenge(bool(token), basic))
 
 
-def require_string(obj: dict[str, Any], key: str, path: str, pattern: re.Pattern[str] | None = None,
-            what: str = "a non-empty string") -> str:
+def require_string(
+    obj: dict[str, Any], key: str, path: str, pattern: re.Pattern[str] | None = None, what: str = "a non-empty string"
+) -> str:
     value = obj.get(key)
     if value is None:
         raise Reject(400, "bad_envelope", f"{path}: required field is missing")
@@ -259,8 +268,6 @@ def require_object(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Reject(400, "bad_envelope", f"{path}: expected an object")
     return value
-
-
 
 
 def guarded(route: str, handler: Handler) -> Handler:

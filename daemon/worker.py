@@ -115,8 +115,11 @@ class Worker:
         if not getattr(self.store, "shared", False):
             released = await self.store.release_claims()
             if released:
-                log.warning("worker_released_stale_claims", count=released,
-                            reason="claimed when the previous process stopped; they will run again")
+                log.warning(
+                    "worker_released_stale_claims",
+                    count=released,
+                    reason="claimed when the previous process stopped; they will run again",
+                )
         self._stopping = False
         self._loop_task = asyncio.create_task(self._run(), name=f"worker {self.owner}")
         if getattr(self.store, "shared", False):
@@ -149,8 +152,11 @@ class Worker:
             _, pending_set = await asyncio.wait(pending, timeout=timeout)
             pending = list(pending_set)
         if pending:
-            log.warning("worker_stop_timeout", cancelled=len(pending),
-                        reason="handlers did not finish in time; their events run again after restart")
+            log.warning(
+                "worker_stop_timeout",
+                cancelled=len(pending),
+                reason="handlers did not finish in time; their events run again after restart",
+            )
             for task in pending:
                 task.cancel()
             # Bounded: a handler that swallows the cancellation must not hang shutdown.
@@ -167,8 +173,7 @@ class Worker:
         try:
             await self._record_results(limit=0)
         except Exception as exc:
-            log.error("event_result_not_recorded", count=len(self._results), error=describe_error(exc),
-                      exc_info=exc)
+            log.error("event_result_not_recorded", count=len(self._results), error=describe_error(exc), exc_info=exc)
         try:
             released = await self.store.release_claims(self.owner)
         except Exception as exc:
@@ -224,8 +229,11 @@ class Worker:
                     deadline.reschedule(until)
             lost = set(ids) - set(renewed)
             if lost:
-                log.warning("worker_lease_lost", inbox_ids=sorted(lost),
-                            reason="no longer claimed by this worker; its handler runs on until its deadline")
+                log.warning(
+                    "worker_lease_lost",
+                    inbox_ids=sorted(lost),
+                    reason="no longer claimed by this worker; its handler runs on until its deadline",
+                )
 
     def _wait_seconds(self) -> float:
         wait = self.poll_interval
@@ -263,7 +271,8 @@ class Worker:
         """
         results = list(self._results.values())
         events = await self.store.complete_and_claim(
-            [(ev.id, status) for ev, status in results], self.owner, limit, self.lease_seconds)
+            [(ev.id, status) for ev, status in results], self.owner, limit, self.lease_seconds
+        )
         for ev, _ in results:
             del self._results[ev.id]
             self._free_resource(ev.resource)
@@ -297,7 +306,11 @@ class Worker:
     # -- one event ---------------------------------------------------------------
     async def _dispatch(self, ev: StoredEvent) -> None:
         with structlog.contextvars.bound_contextvars(
-            event_id=ev.event_id, inbox_id=ev.id, source=ev.source, type=ev.type, resource=ev.resource,
+            event_id=ev.event_id,
+            inbox_id=ev.id,
+            source=ev.source,
+            type=ev.type,
+            resource=ev.resource,
         ):
             if ev.attempts > self.max_attempts:
                 await self._dead(ev, self._over_limit(ev), None)
@@ -342,15 +355,18 @@ class Worker:
         tried, limit = ev.attempts - 1, self.max_attempts
         if not ev.last_error:
             # No failure ever recorded: every attempt was interrupted.
-            return (f"gave up after {tried} attempts without a result "
-                    f"(the daemon stopped while handling it)")
+            return f"gave up after {tried} attempts without a result (the daemon stopped while handling it)"
         if tried > limit:
             # Attempts beyond the limit went on without this check ending them.
-            return (f"attempts ({tried}) exceed max_attempts ({limit}) after a configuration "
-                    f"change; last error: {ev.last_error}")
-        return (f"gave up after {tried} attempts; the last one recorded no result (the daemon "
-                f"stopped while handling it, or max_attempts was lowered to {limit}); "
-                f"last error: {ev.last_error}")
+            return (
+                f"attempts ({tried}) exceed max_attempts ({limit}) after a configuration "
+                f"change; last error: {ev.last_error}"
+            )
+        return (
+            f"gave up after {tried} attempts; the last one recorded no result (the daemon "
+            f"stopped while handling it, or max_attempts was lowered to {limit}); "
+            f"last error: {ev.last_error}"
+        )
 
     async def _failed(self, ev: StoredEvent, exc: BaseException, started: float, note: str | None = None) -> None:
         elapsed = time.perf_counter() - started
@@ -367,15 +383,21 @@ class Worker:
         await self._record(self.store.fail(ev.id, error, retry_at))
         if self._next_retry is None or retry_at < self._next_retry:
             self._next_retry = retry_at
-        log.warning("event_retry", attempt=ev.attempts, max_attempts=self.max_attempts,
-                    retry_in=round(delay, 3), error=error)
+        log.warning(
+            "event_retry", attempt=ev.attempts, max_attempts=self.max_attempts, retry_in=round(delay, 3), error=error
+        )
 
     async def _dead(self, ev: StoredEvent, error: str, exc: BaseException | None) -> None:
         await self._record(self.store.fail(ev.id, error, None))
         self._metric("event_dead", ev.source, ev.type)
-        log.error("event_dead", attempt=ev.attempts, max_attempts=self.max_attempts, error=error,
-                  hint=f"dutybridge events show {ev.id}; dutybridge events replay {ev.id}",
-                  exc_info=exc if exc is not None else False)
+        log.error(
+            "event_dead",
+            attempt=ev.attempts,
+            max_attempts=self.max_attempts,
+            error=error,
+            hint=f"dutybridge events show {ev.id}; dutybridge events replay {ev.id}",
+            exc_info=exc if exc is not None else False,
+        )
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next attempt after ``attempts`` failed ones.

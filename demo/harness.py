@@ -33,10 +33,17 @@ class RunningDaemon:
         await self.runner.cleanup()
 
 
-async def start_daemon(config: Config | str | Path, pm: pluggy.PluginManager | None = None, *,
-                       extra_plugins: Sequence[object] = (), host: str = "127.0.0.1", port: int = 0,
-                       shutdown_timeout: float = 5.0, worker: bool = True,
-                       scheduler: bool = True) -> RunningDaemon:
+async def start_daemon(
+    config: Config | str | Path,
+    pm: pluggy.PluginManager | None = None,
+    *,
+    extra_plugins: Sequence[object] = (),
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 5.0,
+    worker: bool = True,
+    scheduler: bool = True,
+) -> RunningDaemon:
     """Load ``config`` (a path, or a loaded ``Config`` with its ``pm``) and serve it.
 
     Everything ``create_app`` opens (store, clients, plugins, scheduler, worker) is

@@ -30,9 +30,18 @@ LINKS = [
     {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
     {"group": "Network", "service": "PSVCNET", "escalation_policy": "PEPNET1"},
 ]
-V3_EVENTS = ["incident.triggered", "incident.acknowledged", "incident.unacknowledged", "incident.resolved",
-             "incident.reopened", "incident.reassigned", "incident.delegated", "incident.escalated",
-             "incident.annotated", "incident.priority_updated"]
+V3_EVENTS = [
+    "incident.triggered",
+    "incident.acknowledged",
+    "incident.unacknowledged",
+    "incident.resolved",
+    "incident.reopened",
+    "incident.reassigned",
+    "incident.delegated",
+    "incident.escalated",
+    "incident.annotated",
+    "incident.priority_updated",
+]
 STEP_TIMEOUT = 20.0
 
 
@@ -78,14 +87,28 @@ class Demo:
 
 def write_config(folder: Path, creds: dict, webhook_secret: str, doorbell_token: str) -> Path:
     doc = {
-        "daemon": {"listen_port": 0, "store_url": f"sqlite:///{folder / 'dutybridge.db'}", "log_level": "warning",
-                   "log_format": "console"},
-        "pagerduty": {"api_url": creds["pagerduty_url"], "api_key": creds["pagerduty_api_key"],
-                      "default_user_id": creds["pagerduty_user_id"], "webhook_secrets": [webhook_secret]},
-        "servicenow": {"instance_url": creds["servicenow_url"], "username": creds["servicenow_username"],
-                       "password": creds["servicenow_password"], "doorbell_token": doorbell_token},
-        "plugins": {"enabled": ["incident_sync"],
-                    "incident_sync": {"links": LINKS, "poll_interval_seconds": 30.0, "recheck_seconds": 1.0}},
+        "daemon": {
+            "listen_port": 0,
+            "store_url": f"sqlite:///{folder / 'dutybridge.db'}",
+            "log_level": "warning",
+            "log_format": "console",
+        },
+        "pagerduty": {
+            "api_url": creds["pagerduty_url"],
+            "api_key": creds["pagerduty_api_key"],
+            "default_user_id": creds["pagerduty_user_id"],
+            "webhook_secrets": [webhook_secret],
+        },
+        "servicenow": {
+            "instance_url": creds["servicenow_url"],
+            "username": creds["servicenow_username"],
+            "password": creds["servicenow_password"],
+            "doorbell_token": doorbell_token,
+        },
+        "plugins": {
+            "enabled": ["incident_sync"],
+            "incident_sync": {"links": LINKS, "poll_interval_seconds": 30.0, "recheck_seconds": 1.0},
+        },
     }
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(doc))
@@ -115,11 +138,16 @@ async def run_demo(*, keep_running: bool = False, out: IO[str] | None = None) ->
             daemon = await start_daemon(config, pm)
             url, ctx = daemon.url, daemon.ctx
             pd, sn = sandbox.pagerduty, sandbox.servicenow
-            pd.create_webhook_subscription({
-                "type": "webhook_subscription",
-                "delivery_method": {"type": "http_delivery_method", "url": f"{url}/webhooks/pagerduty"},
-                "events": V3_EVENTS, "filter": {"type": "account_reference"},
-                "description": "dutybridge demo"}, secret=webhook_secret)
+            pd.create_webhook_subscription(
+                {
+                    "type": "webhook_subscription",
+                    "delivery_method": {"type": "http_delivery_method", "url": f"{url}/webhooks/pagerduty"},
+                    "events": V3_EVENTS,
+                    "filter": {"type": "account_reference"},
+                    "description": "dutybridge demo",
+                },
+                secret=webhook_secret,
+            )
             sn.configure_doorbell(f"{url}/webhooks/servicenow", token=doorbell_token, tables=("incident",))
 
             demo.say("dutybridge demo: a local PagerDuty and ServiceNow (the sandbox), and the daemon between them")
@@ -154,7 +182,7 @@ async def settle(store: Any, timeout: float = 10.0) -> dict[str, int]:
     deadline = time.perf_counter() + timeout
     while True:
         counts = await store.counts()
-        if not counts.get("pending") and not counts.get("claimed") or time.perf_counter() > deadline:
+        if (not counts.get("pending") and not counts.get("claimed")) or time.perf_counter() > deadline:
             return counts
         await asyncio.sleep(0.02)
 
@@ -185,64 +213,100 @@ async def story(demo: Demo, pd: Any, sn: Any) -> bool:
     holder: dict[str, Any] = {}
 
     def trigger() -> None:
-        holder["pd"] = pd.create_incident(title="Replica lag on db-01", service_id="PSVCDB1", from_user="PALICE1",
-                                          body_details="Read replica 900 s behind the primary.")
+        holder["pd"] = pd.create_incident(
+            title="Replica lag on db-01",
+            service_id="PSVCDB1",
+            from_user="PALICE1",
+            body_details="Read replica 900 s behind the primary.",
+        )
 
-    rec = await demo.observe("PagerDuty: incident triggered on service Database",
-                             "ServiceNow incident created", trigger, lambda: sn_for(holder["pd"]["id"]))
+    rec = await demo.observe(
+        "PagerDuty: incident triggered on service Database",
+        "ServiceNow incident created",
+        trigger,
+        lambda: sn_for(holder["pd"]["id"]),
+    )
     if not rec:
         return False
     pd_id, sys_id = holder["pd"]["id"], rec["sys_id"]
-    demo.say(f"     PagerDuty #{holder['pd']['incident_number']} ({pd_id}) -> ServiceNow {rec['number']}, "
-             f"assignment group Database, priority {rec['priority']}")
+    demo.say(
+        f"     PagerDuty #{holder['pd']['incident_number']} ({pd_id}) -> ServiceNow {rec['number']}, "
+        f"assignment group Database, priority {rec['priority']}"
+    )
 
-    await demo.observe("PagerDuty: Bob Smith acknowledges", "ServiceNow: In Progress, assigned to Bob",
-                       lambda: pd.acknowledge(pd_id, "PBOBSM1"),
-                       lambda: (r := sn.get("incident", sys_id)) and r["state"] == "2"
-                       and r["assigned_to"] == users["bob.smith"])
-    await demo.observe("ServiceNow: Dave Patel adds a work note", "PagerDuty note '(from ServiceNow: ...)'",
-                       lambda: sn.update("incident", sys_id, {"work_notes": "Failover to db-02 started"},
-                                         user="dave.patel"),
-                       lambda: any("Failover to db-02 started" in n["content"] for n in pd.list_notes(pd_id)))
+    await demo.observe(
+        "PagerDuty: Bob Smith acknowledges",
+        "ServiceNow: In Progress, assigned to Bob",
+        lambda: pd.acknowledge(pd_id, "PBOBSM1"),
+        lambda: (r := sn.get("incident", sys_id)) and r["state"] == "2" and r["assigned_to"] == users["bob.smith"],
+    )
+    await demo.observe(
+        "ServiceNow: Dave Patel adds a work note",
+        "PagerDuty note '(from ServiceNow: ...)'",
+        lambda: sn.update("incident", sys_id, {"work_notes": "Failover to db-02 started"}, user="dave.patel"),
+        lambda: any("Failover to db-02 started" in n["content"] for n in pd.list_notes(pd_id)),
+    )
     notes = pd.list_notes(pd_id)
     if notes:
         demo.say(f"     PagerDuty note: {notes[-1]['content']!r}")
-    await demo.observe("ServiceNow: Alice reassigns the incident to the Network group",
-                       "PagerDuty: escalation policy Network",
-                       lambda: sn.update("incident", sys_id, {"assignment_group": groups["Network"]},
-                                         user="alice.nguyen"),
-                       lambda: pd.incidents[pd_id]["escalation_policy"]["id"] == "PEPNET1")
-    await demo.observe("PagerDuty: Bob resolves", "ServiceNow: Resolved",
-                       lambda: pd.resolve(pd_id, "PBOBSM1", resolution="Replica rebuilt"),
-                       lambda: sn.get("incident", sys_id)["state"] == "6")
+    await demo.observe(
+        "ServiceNow: Alice reassigns the incident to the Network group",
+        "PagerDuty: escalation policy Network",
+        lambda: sn.update("incident", sys_id, {"assignment_group": groups["Network"]}, user="alice.nguyen"),
+        lambda: pd.incidents[pd_id]["escalation_policy"]["id"] == "PEPNET1",
+    )
+    await demo.observe(
+        "PagerDuty: Bob resolves",
+        "ServiceNow: Resolved",
+        lambda: pd.resolve(pd_id, "PBOBSM1", resolution="Replica rebuilt"),
+        lambda: sn.get("incident", sys_id)["state"] == "6",
+    )
 
     demo.say("\nServiceNow first: the service desk opens a priority 1 incident for the Database group.")
 
     def open_sn() -> None:
-        holder["sn"] = sn.insert("incident", {"short_description": "Payments API returns 500",
-                                              "impact": "1", "urgency": "1",
-                                              "assignment_group": groups["Database"],
-                                              "caller_id": users["frank.miller"]}, user="frank.miller")
+        holder["sn"] = sn.insert(
+            "incident",
+            {
+                "short_description": "Payments API returns 500",
+                "impact": "1",
+                "urgency": "1",
+                "assignment_group": groups["Database"],
+                "caller_id": users["frank.miller"],
+            },
+            user="frank.miller",
+        )
 
     def pd_for() -> dict | None:
         key = holder["sn"]["sys_id"]
         found = [i for i in pd.incidents.values() if i.get("incident_key") == key]
         return found[0] if found else None
 
-    inc = await demo.observe("ServiceNow: priority 1 incident opened", "PagerDuty incident triggered on Database",
-                             open_sn, pd_for)
+    inc = await demo.observe(
+        "ServiceNow: priority 1 incident opened", "PagerDuty incident triggered on Database", open_sn, pd_for
+    )
     if inc:
-        demo.say(f"     ServiceNow {holder['sn']['number']} -> PagerDuty #{inc['incident_number']} ({inc['id']}), "
-                 f"incident_key = the sys_id, so a race can never open two")
-        await demo.observe("ServiceNow: resolved by the service desk", "PagerDuty: resolved",
-                           lambda: sn.update("incident", holder["sn"]["sys_id"],
-                                             {"state": "6", "close_code": "Solved (Permanently)",
-                                              "close_notes": "Restarted the API pods"}, user="frank.miller"),
-                           lambda: pd.incidents[inc["id"]]["status"] == "resolved")
+        demo.say(
+            f"     ServiceNow {holder['sn']['number']} -> PagerDuty #{inc['incident_number']} ({inc['id']}), "
+            f"incident_key = the sys_id, so a race can never open two"
+        )
+        await demo.observe(
+            "ServiceNow: resolved by the service desk",
+            "PagerDuty: resolved",
+            lambda: sn.update(
+                "incident",
+                holder["sn"]["sys_id"],
+                {"state": "6", "close_code": "Solved (Permanently)", "close_notes": "Restarted the API pods"},
+                user="frank.miller",
+            ),
+            lambda: pd.incidents[inc["id"]]["status"] == "resolved",
+        )
     # No echo: the note that came from ServiceNow did not go back as a second work note.
     echoed = [e for e in sn.journal("incident", sys_id, "work_notes") if "(PagerDuty:" in e["value"]]
-    demo.say(f"\nNo echo: {len(sn.journal('incident', sys_id, 'work_notes'))} work note(s) on {rec['number']}, "
-             f"{len(echoed)} mirrored back from PagerDuty; {len(pd.list_notes(pd_id))} PagerDuty note(s).")
+    demo.say(
+        f"\nNo echo: {len(sn.journal('incident', sys_id, 'work_notes'))} work note(s) on {rec['number']}, "
+        f"{len(echoed)} mirrored back from PagerDuty; {len(pd.list_notes(pd_id))} PagerDuty note(s)."
+    )
     return all(step.ok for step in demo.steps) and not echoed
 
 
@@ -255,6 +319,8 @@ def summary(demo: Demo, counts: dict[str, int]) -> None:
         took = f"{step.seconds * 1000:7.0f} ms" if step.ok else "   MISSED"
         demo.say(f"  {took}  {step.hop}")
     if seen:
-        demo.say(f"  latency per hop: median {statistics.median(s.seconds for s in seen) * 1000:.0f} ms, "
-                 f"max {max(s.seconds for s in seen) * 1000:.0f} ms")
+        demo.say(
+            f"  latency per hop: median {statistics.median(s.seconds for s in seen) * 1000:.0f} ms, "
+            f"max {max(s.seconds for s in seen) * 1000:.0f} ms"
+        )
     demo.say("  result: " + ("every step synced" if len(seen) == len(demo.steps) else "SOME STEPS DID NOT SYNC"))

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -96,7 +96,7 @@ class FaultInjector:
         self.injected: dict[str, int] = {"error": 0, "timeout": 0, "reset": 0, "429": 0, "latency": 0}
 
     @classmethod
-    def parse(cls, spec: str | list[str] | None) -> "FaultInjector":
+    def parse(cls, spec: str | list[str] | None) -> FaultInjector:
         if not spec:
             return cls()
         text = ";".join(spec) if isinstance(spec, list) else spec

@@ -42,7 +42,9 @@ def load_seed(path: str | Path | None = None) -> dict:
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".toml", ".json"):
-            raise ValueError(f"{name}: unknown seed format {path.suffix or '(no extension)'!r}: use a .toml or .json file")
+            raise ValueError(
+                f"{name}: unknown seed format {path.suffix or '(no extension)'!r}: use a .toml or .json file"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -129,8 +131,12 @@ class Sandbox:
         from .pagerduty import create_app as create_pagerduty_app
 
         try:
-            self.pagerduty_url = await self._serve(create_pagerduty_app(self.pagerduty, faults=self._pd_faults), self._ports["pagerduty"])
-            self.servicenow_url = await self._serve(create_servicenow_app(self.servicenow, faults=self._sn_faults), self._ports["servicenow"])
+            self.pagerduty_url = await self._serve(
+                create_pagerduty_app(self.pagerduty, faults=self._pd_faults), self._ports["pagerduty"]
+            )
+            self.servicenow_url = await self._serve(
+                create_servicenow_app(self.servicenow, faults=self._sn_faults), self._ports["servicenow"]
+            )
         except BaseException:
             await self.stop()
             raise
@@ -143,7 +149,7 @@ class Sandbox:
         for runner in reversed(runners):
             await runner.cleanup()
 
-    async def __aenter__(self) -> "Sandbox":
+    async def __aenter__(self) -> Sandbox:
         await self.start()
         return self
 
@@ -177,16 +183,18 @@ class Sandbox:
 
 def _banner(sandbox: Sandbox) -> str:
     c = sandbox.credentials()
-    return "\n".join([
-        "dutybridge sandbox running (Ctrl-C to stop)",
-        f"  PagerDuty   {c['pagerduty_url']}",
-        f"      API key             {c['pagerduty_api_key']}",
-        f"      read-only API key   {c['pagerduty_read_only_api_key']}",
-        f"      default user        {c['pagerduty_user_id']} <{c['pagerduty_user_email']}>",
-        f"  ServiceNow  {c['servicenow_url']}",
-        f"      user                {c['servicenow_username']}",
-        f"      password            {c['servicenow_password']}",
-    ])
+    return "\n".join(
+        [
+            "dutybridge sandbox running (Ctrl-C to stop)",
+            f"  PagerDuty   {c['pagerduty_url']}",
+            f"      API key             {c['pagerduty_api_key']}",
+            f"      read-only API key   {c['pagerduty_read_only_api_key']}",
+            f"      default user        {c['pagerduty_user_id']} <{c['pagerduty_user_email']}>",
+            f"  ServiceNow  {c['servicenow_url']}",
+            f"      user                {c['servicenow_username']}",
+            f"      password            {c['servicenow_password']}",
+        ]
+    )
 
 
 async def serve_forever(args: argparse.Namespace) -> int:
@@ -208,7 +216,9 @@ async def serve_forever(args: argparse.Namespace) -> int:
                 if not sep:
                     raise ValueError("--doorbell-basic expects USER:PASSWORD")
                 basic = (user, password)
-            sandbox.servicenow.configure_doorbell(doorbell_url, token=getattr(args, "doorbell_token", None), basic=basic)
+            sandbox.servicenow.configure_doorbell(
+                doorbell_url, token=getattr(args, "doorbell_token", None), basic=basic
+            )
     except (ValueError, FaultSpecError) as exc:
         print(f"dutybridge sandbox: {exc}", file=sys.stderr)
         return 2
@@ -241,15 +251,27 @@ async def serve_forever(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dutybridge sandbox", description="Run the local PagerDuty and ServiceNow sandboxes.")
-    parser.add_argument("--pagerduty-port", type=int, default=0, metavar="N", help="PagerDuty sandbox port (0: a free port)")
-    parser.add_argument("--servicenow-port", type=int, default=0, metavar="N", help="ServiceNow sandbox port (0: a free port)")
+    parser = argparse.ArgumentParser(
+        prog="dutybridge sandbox", description="Run the local PagerDuty and ServiceNow sandboxes."
+    )
+    parser.add_argument(
+        "--pagerduty-port", type=int, default=0, metavar="N", help="PagerDuty sandbox port (0: a free port)"
+    )
+    parser.add_argument(
+        "--servicenow-port", type=int, default=0, metavar="N", help="ServiceNow sandbox port (0: a free port)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--seed", metavar="FILE", help="seed file (.toml or .json); default: the packaged seed.toml")
     parser.add_argument("--faults", metavar="SPEC", help="fault injection spec, e.g. 'error_rate=0.1; latency_ms=20'")
-    parser.add_argument("--doorbell-url", metavar="URL", help="where ServiceNow's business rule stand-in posts incident changes (a running dutybridge)")
+    parser.add_argument(
+        "--doorbell-url",
+        metavar="URL",
+        help="where ServiceNow's business rule stand-in posts incident changes (a running dutybridge)",
+    )
     parser.add_argument("--doorbell-token", metavar="TOKEN", help="bearer token for --doorbell-url")
-    parser.add_argument("--doorbell-basic", metavar="USER:PASSWORD", help="basic credentials for --doorbell-url instead of a token")
+    parser.add_argument(
+        "--doorbell-basic", metavar="USER:PASSWORD", help="basic credentials for --doorbell-url instead of a token"
+    )
     return parser
 
 

@@ -36,7 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.reference import (  # noqa: E402
-    OPENAPI_PATH, REFERENCE_DIR, WEBHOOK_EXAMPLES, WEBHOOK_EXAMPLES_DIR,
+    OPENAPI_PATH,
+    REFERENCE_DIR,
+    WEBHOOK_EXAMPLES,
+    WEBHOOK_EXAMPLES_DIR,
 )
 
 SOURCE_REL = Path("reference/pagerduty-openapi/REST/openapiv3.json")
@@ -47,16 +50,22 @@ UPSTREAM_PATH = "reference/REST/openapiv3.json"
 # "Provenance of the OpenAPI files"), keyed by the file's sha256: the commit cannot be
 # read from the file, so a different file needs --source-commit/--source-date.
 KNOWN_SOURCES = {
-    "b2e80f8b83b170f29702e96a69adf230702b4ec43dddab7e348a2985c707ef35":
-        ("91a06fb3c64b0ab2b2bd6c485d12b327dfb55c18", "2026-08-14"),
+    "b2e80f8b83b170f29702e96a69adf230702b4ec43dddab7e348a2985c707ef35": (
+        "91a06fb3c64b0ab2b2bd6c485d12b327dfb55c18",
+        "2026-08-14",
+    ),
 }
 # Sandbox routes PagerDuty's current file no longer describes; the sandbox keeps them
 # behind a flag and the tests never validate them against the file.
 NOT_IN_SOURCE = {"/response_plays", "/response_plays/{}", "/response_plays/{}/run"}
 # The test support edits these components (tests/support/openapi.py, "allowances"):
 # the subset must carry them or every validation would fail to load.
-REQUIRED_COMPONENTS = {("schemas", "AcknowledgeLogEntry"), ("schemas", "Channel"),
-                       ("schemas", "Incident"), ("schemas", "IncidentBody")}
+REQUIRED_COMPONENTS = {
+    ("schemas", "AcknowledgeLogEntry"),
+    ("schemas", "Channel"),
+    ("schemas", "Incident"),
+    ("schemas", "IncidentBody"),
+}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
@@ -69,8 +78,10 @@ def sandbox_templates() -> set[str]:
     try:
         from dutybridge_sandbox.pagerduty.app import routes
     except ImportError as exc:
-        sys.exit(f"cannot import the sandbox ({exc}): run this with the project's venv, "
-                 f".venv/bin/python {Path(__file__).relative_to(REPO)}")
+        sys.exit(
+            f"cannot import the sandbox ({exc}): run this with the project's venv, "
+            f".venv/bin/python {Path(__file__).relative_to(REPO)}"
+        )
     return {_template(route.path) for route in routes}
 
 
@@ -78,7 +89,7 @@ def _pointer_target(ref: str) -> tuple[str, str]:
     """``#/components/schemas/Tag/allOf/0`` -> ``("schemas", "Tag")``: deep references keep the whole component."""
     if not ref.startswith("#/components/"):
         raise SystemExit(f"unsupported $ref {ref!r}: only references inside the document are handled")
-    parts = [p.replace("~1", "/").replace("~0", "~") for p in ref[len("#/components/"):].split("/")]
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in ref[len("#/components/") :].split("/")]
     return parts[0], parts[1]
 
 
@@ -110,8 +121,9 @@ def subset(spec: dict, templates: set[str]) -> dict:
     out_components: dict[str, dict] = {"securitySchemes": components["securitySchemes"]}
     for kind, name in reached:
         out_components.setdefault(kind, {})[name] = components[kind][name]
-    used_tags = {tag for item in paths.values() for method, op in item.items()
-                 if method in METHODS for tag in op.get("tags", [])}
+    used_tags = {
+        tag for item in paths.values() for method, op in item.items() if method in METHODS for tag in op.get("tags", [])
+    }
     out = {key: spec[key] for key in ("openapi", "info", "servers", "security") if key in spec}
     out["tags"] = [tag for tag in spec.get("tags", []) if tag.get("name") in used_tags]
     out["paths"] = paths
@@ -134,12 +146,19 @@ def _latest_changelog_entry(shared: Path) -> str | None:
 
 def _wrap(paragraph: str) -> str:
     indent = "  " if paragraph.startswith("- ") else ""
-    return textwrap.fill(paragraph, width=88, subsequent_indent=indent, break_long_words=False,
-                         break_on_hyphens=False)
+    return textwrap.fill(paragraph, width=88, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
 
 
-def readme(spec: dict, doc: dict, source_sha: str, source_size: int, commit: str, date: str,
-           changelog: str | None, out_bytes: bytes) -> bytes:
+def readme(
+    spec: dict,
+    doc: dict,
+    source_sha: str,
+    source_size: int,
+    commit: str,
+    date: str,
+    changelog: str | None,
+    out_bytes: bytes,
+) -> bytes:
     operations = sum(1 for item in doc["paths"].values() for m in item if m in METHODS)
     all_operations = sum(1 for item in spec["paths"].values() for m in item if m in METHODS)
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(doc["components"].items()))
@@ -150,18 +169,21 @@ def readme(spec: dict, doc: dict, source_sha: str, source_size: int, commit: str
         "tells whether these files are current). Only the tests read these files; they are not part "
         "of the installed package.",
         "## pagerduty-openapi/openapiv3.json",
-        "\n".join(_wrap(item) for item in (
-            f"- Source: PagerDuty's REST API v2 OpenAPI description, {UPSTREAM}, file `{UPSTREAM_PATH}`, "
-            f"commit {commit} ({date}); {source_size:,} bytes, sha256 {source_sha}.",
-            f"- Version: OpenAPI {spec.get('openapi')}, `info.version` \"{spec['info'].get('version')}\" "
-            f"(PagerDuty does not bump it per release){latest}.",
-            f"- Subset: the {len(doc['paths'])} path items (of {len(spec['paths'])}) whose template is a "
-            f"route the PagerDuty sandbox serves, all {operations} of their operations (of "
-            f"{all_operations}), and every component they reach through `$ref` ({counts}); copied "
-            f"verbatim, keys sorted; {len(out_bytes):,} bytes.",
-            "- The test support (`tests/support/openapi.py`) applies its documented allowances when it "
-            "loads the file; the file here is PagerDuty's text unchanged.",
-        )),
+        "\n".join(
+            _wrap(item)
+            for item in (
+                f"- Source: PagerDuty's REST API v2 OpenAPI description, {UPSTREAM}, file `{UPSTREAM_PATH}`, "
+                f"commit {commit} ({date}); {source_size:,} bytes, sha256 {source_sha}.",
+                f'- Version: OpenAPI {spec.get("openapi")}, `info.version` "{spec["info"].get("version")}" '
+                f"(PagerDuty does not bump it per release){latest}.",
+                f"- Subset: the {len(doc['paths'])} path items (of {len(spec['paths'])}) whose template is a "
+                f"route the PagerDuty sandbox serves, all {operations} of their operations (of "
+                f"{all_operations}), and every component they reach through `$ref` ({counts}); copied "
+                f"verbatim, keys sorted; {len(out_bytes):,} bytes.",
+                "- The test support (`tests/support/openapi.py`) applies its documented allowances when it "
+                "loads the file; the file here is PagerDuty's text unchanged.",
+            )
+        ),
         "## pagerduty-webhook-examples/",
         "Example payloads printed in PagerDuty's developer documentation "
         "(https://developer.pagerduty.com/docs/webhooks), copied byte for byte from the project's "
@@ -179,11 +201,18 @@ def readme(spec: dict, doc: dict, source_sha: str, source_size: int, commit: str
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared",
-                        help="the project's shared/ folder (default: ../shared beside the repository)")
-    parser.add_argument("--source", type=Path,
-                        help=f"PagerDuty's full OpenAPI file, if not at DIR/{SOURCE_REL} "
-                             f"(in a PagerDuty/api-schema checkout: {UPSTREAM_PATH})")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=REPO.parent / "shared",
+        help="the project's shared/ folder (default: ../shared beside the repository)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help=f"PagerDuty's full OpenAPI file, if not at DIR/{SOURCE_REL} "
+        f"(in a PagerDuty/api-schema checkout: {UPSTREAM_PATH})",
+    )
     parser.add_argument("--source-commit", help="upstream commit of a source file not in KNOWN_SOURCES")
     parser.add_argument("--source-date", help="date (YYYY-MM-DD) of --source-commit")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the vendored files are stale")
@@ -199,8 +228,10 @@ def main(argv: list[str]) -> int:
     sha = hashlib.sha256(raw).hexdigest()
     commit, date = KNOWN_SOURCES.get(sha, (args.source_commit, args.source_date))
     if not commit or not date:
-        parser.error(f"{source} (sha256 {sha}) is not a file this script knows the upstream commit of: "
-                     "give --source-commit and --source-date")
+        parser.error(
+            f"{source} (sha256 {sha}) is not a file this script knows the upstream commit of: "
+            "give --source-commit and --source-date"
+        )
 
     spec = json.loads(raw)
     doc = subset(spec, sandbox_templates())
@@ -208,8 +239,9 @@ def main(argv: list[str]) -> int:
     outputs: dict[Path, bytes] = {OPENAPI_PATH: spec_bytes}
     for name in WEBHOOK_EXAMPLES:
         outputs[WEBHOOK_EXAMPLES_DIR / name] = (examples / name).read_bytes()
-    outputs[REFERENCE_DIR / "README.md"] = readme(spec, doc, sha, len(raw), commit, date,
-                                                  _latest_changelog_entry(args.shared), spec_bytes)
+    outputs[REFERENCE_DIR / "README.md"] = readme(
+        spec, doc, sha, len(raw), commit, date, _latest_changelog_entry(args.shared), spec_bytes
+    )
 
     stale = [path for path, data in outputs.items() if not path.is_file() or path.read_bytes() != data]
     if args.check:

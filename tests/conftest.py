@@ -78,15 +78,26 @@ def make_config(write_config):
 
 @pytest.fixture(autouse=True)
 def _isolate_env(monkeypatch):
-    for name in ("DUTYBRIDGE_CONFIG", "CONFIGURATION_DIRECTORY", "STATE_DIRECTORY",
-                 "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                 "DUTYBRIDGE_TRACE_HOOKS"):
+    for name in (
+        "DUTYBRIDGE_CONFIG",
+        "CONFIGURATION_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "DUTYBRIDGE_TRACE_HOOKS",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield
 
 
-SECRETS = [BASE_CONFIG["pagerduty"]["api_key"], *BASE_CONFIG["pagerduty"]["webhook_secrets"],
-           BASE_CONFIG["servicenow"]["password"], BASE_CONFIG["servicenow"]["doorbell_token"]]
+SECRETS = [
+    BASE_CONFIG["pagerduty"]["api_key"],
+    *BASE_CONFIG["pagerduty"]["webhook_secrets"],
+    BASE_CONFIG["servicenow"]["password"],
+    BASE_CONFIG["servicenow"]["doorbell_token"],
+]
 
 
 @pytest.fixture

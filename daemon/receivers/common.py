@@ -29,11 +29,18 @@ async def store_event(ctx: Ctx, route: str, event: Event) -> int | None:
     if stored is None:
         if ctx.metrics is not None:
             ctx.metrics.event_duplicate(event.source, event.type)
-        log.info("webhook_duplicate", route=route, event_type=event.type, event_id=event.event_id,
-                 resource=event.resource)
+        log.info(
+            "webhook_duplicate", route=route, event_type=event.type, event_id=event.event_id, resource=event.resource
+        )
         return None
-    log.info("webhook_accepted", route=route, event_type=event.type, event_id=event.event_id,
-             resource=event.resource, id=stored.id)
+    log.info(
+        "webhook_accepted",
+        route=route,
+        event_type=event.type,
+        event_id=event.event_id,
+        resource=event.resource,
+        id=stored.id,
+    )
     return stored.id
 
 

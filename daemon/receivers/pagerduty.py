@@ -35,38 +35,40 @@ log = structlog.get_logger("dutybridge.server")
 # A subscription only sends what it lists, so anything else is a type PagerDuty added
 # since: it is acknowledged (a 4xx would count towards disabling the subscription) and
 # logged, but not stored, as no plugin can know what to do with it yet.
-PAGERDUTY_V3_EVENT_TYPES: frozenset[str] = frozenset({
-    "incident.acknowledged",
-    "incident.action_invocation.created",
-    "incident.action_invocation.terminated",
-    "incident.action_invocation.updated",
-    "incident.annotated",
-    "incident.conference_bridge.updated",
-    "incident.custom_field_values.updated",
-    "incident.delegated",
-    "incident.escalated",
-    "incident.incident_type.changed",
-    "incident.priority_updated",
-    "incident.reassigned",
-    "incident.reopened",
-    "incident.resolved",
-    "incident.responder.added",
-    "incident.responder.replied",
-    "incident.role.assigned",
-    "incident.service_updated",
-    "incident.status_update_published",
-    "incident.task.completed",
-    "incident.task.created",
-    "incident.task.updated",
-    "incident.triggered",
-    "incident.unacknowledged",
-    "incident.workflow.completed",
-    "incident.workflow.started",
-    "service.created",
-    "service.custom_field_values.updated",
-    "service.deleted",
-    "service.updated",
-})
+PAGERDUTY_V3_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "incident.acknowledged",
+        "incident.action_invocation.created",
+        "incident.action_invocation.terminated",
+        "incident.action_invocation.updated",
+        "incident.annotated",
+        "incident.conference_bridge.updated",
+        "incident.custom_field_values.updated",
+        "incident.delegated",
+        "incident.escalated",
+        "incident.incident_type.changed",
+        "incident.priority_updated",
+        "incident.reassigned",
+        "incident.reopened",
+        "incident.resolved",
+        "incident.responder.added",
+        "incident.responder.replied",
+        "incident.role.assigned",
+        "incident.service_updated",
+        "incident.status_update_published",
+        "incident.task.completed",
+        "incident.task.created",
+        "incident.task.updated",
+        "incident.triggered",
+        "incident.unacknowledged",
+        "incident.workflow.completed",
+        "incident.workflow.started",
+        "service.created",
+        "service.custom_field_values.updated",
+        "service.deleted",
+        "service.updated",
+    }
+)
 PAGERDUTY_PING = "pagey.ping"
 
 # The V2 extension webhook types (webhooks/09-V2-Overview.md, "Webhook Types"). They
@@ -143,8 +145,11 @@ async def pagerduty_v3(request: web.Request) -> web.StreamResponse:
     if not secrets:
         # 503, not 2xx: an unsigned webhook could come from anyone. PagerDuty retries
         # a 5xx for 48 h, so nothing is lost while the operator adds the secret.
-        raise Reject(503, "not_configured",
-                     "no PagerDuty webhook secret is configured ([pagerduty] webhook_secrets); unsigned webhooks are refused")
+        raise Reject(
+            503,
+            "not_configured",
+            "no PagerDuty webhook secret is configured ([pagerduty] webhook_secrets); unsigned webhooks are refused",
+        )
     signature = request.headers.get("X-PagerDuty-Signature")
     if not signature:
         raise Reject(401, "no_signature", "missing X-PagerDuty-Signature header")
@@ -162,22 +167,43 @@ async def pagerduty_v3(request: web.Request) -> web.StreamResponse:
     resource_type = require_string(event, "resource_type", "event.resource_type", _PD_ID, "a resource type")
     data = require_object(event, "data", "event.data")
     if event_type not in PAGERDUTY_V3_EVENT_TYPES:
-        return ignored(ctx, "pagerduty", "pagerduty", "unknown", "unknown event type",
-                            event_type=event_type[:100], event_id=event_id, webhook_id=webhook_id)
+        return ignored(
+            ctx,
+            "pagerduty",
+            "pagerduty",
+            "unknown",
+            "unknown event type",
+            event_type=event_type[:100],
+            event_id=event_id,
+            webhook_id=webhook_id,
+        )
     if event_type.split(".", 1)[0] != resource_type:
-        raise Reject(400, "bad_envelope", f"event.resource_type: {resource_type!r} does not match event_type {event_type!r}")
+        raise Reject(
+            400, "bad_envelope", f"event.resource_type: {resource_type!r} does not match event_type {event_type!r}"
+        )
     path, subject = pagerduty_subject(resource_type, data)
     if not isinstance(subject, str) or not _PD_ID.fullmatch(subject):
-        raise Reject(400, "bad_envelope", f"{path}: {'required field is missing' if subject is None else 'expected a PagerDuty id'}")
+        raise Reject(
+            400,
+            "bad_envelope",
+            f"{path}: {'required field is missing' if subject is None else 'expected a PagerDuty id'}",
+        )
 
     payload = dict(doc)
     payload["webhook_id"] = webhook_id
     # The body's own text, not the payload encoded again: the JSON is already there.
-    row_id = await store_event(ctx, "pagerduty", EncodedEvent(
-        source="pagerduty", type=event_type, event_id=event_id,
-        resource=f"pagerduty:{resource_type}:{subject}", payload=payload,
-        payload_text=with_key(text, doc, "webhook_id", webhook_id),
-    ))
+    row_id = await store_event(
+        ctx,
+        "pagerduty",
+        EncodedEvent(
+            source="pagerduty",
+            type=event_type,
+            event_id=event_id,
+            resource=f"pagerduty:{resource_type}:{subject}",
+            payload=payload,
+            payload_text=with_key(text, doc, "webhook_id", webhook_id),
+        ),
+    )
     if row_id is None:
         return web.json_response({"status": "duplicate"}, status=202)
     return accepted(row_id)
@@ -197,8 +223,11 @@ async def pagerduty_v2(request: web.Request) -> web.StreamResponse:
     sn = ctx.config.servicenow
     username, password = sn.doorbell_username, secret_value(sn.doorbell_password)
     if not (username and password):
-        raise Reject(503, "not_configured",
-                     "V2 webhooks need [servicenow] doorbell_username and doorbell_password (basic auth in the extension URL)")
+        raise Reject(
+            503,
+            "not_configured",
+            "V2 webhooks need [servicenow] doorbell_username and doorbell_password (basic auth in the extension URL)",
+        )
     if not check_credentials(request.headers.get(hdrs.AUTHORIZATION), username=username, password=password):
         raise Reject(401, "unauthorized", "missing or wrong credentials", headers=challenge(False, True))
     body = await read_body(request, ctx.config.daemon.max_body_bytes)
@@ -224,17 +253,26 @@ async def pagerduty_v2(request: web.Request) -> web.StreamResponse:
             ignored += 1
             if ctx.metrics is not None:
                 ctx.metrics.event_ignored("pagerduty", "unknown")
-            log.info("webhook_ignored", route="pagerduty_v2", reason="unknown event type",
-                     event_type=event_type[:100], event_id=message_id)
+            log.info(
+                "webhook_ignored",
+                route="pagerduty_v2",
+                reason="unknown event type",
+                event_type=event_type[:100],
+                event_id=message_id,
+            )
             continue
         incident = require_object(message, "incident", f"{where}.incident")
         incident_id = require_string(incident, "id", f"{where}.incident.id", _PD_ID, "a PagerDuty id")
-        events.append(Event(
-            # Stored under its V3 name: plugins see one event type, whichever version carried it.
-            source="pagerduty", type=normalise_pagerduty_type(event_type), event_id=message_id,
-            resource=f"pagerduty:incident:{incident_id}",
-            payload={"message": message, "webhook_id": webhook_id, "webhook_version": 2},
-        ))
+        events.append(
+            Event(
+                # Stored under its V3 name: plugins see one event type, whichever version carried it.
+                source="pagerduty",
+                type=normalise_pagerduty_type(event_type),
+                event_id=message_id,
+                resource=f"pagerduty:incident:{incident_id}",
+                payload={"message": message, "webhook_id": webhook_id, "webhook_version": 2},
+            )
+        )
 
     accepted: list[int] = []
     duplicates = 0
@@ -245,4 +283,5 @@ async def pagerduty_v2(request: web.Request) -> web.StreamResponse:
         else:
             accepted.append(row_id)
     return web.json_response(
-        {"status": "accepted", "ids": accepted, "duplicates": duplicates, "ignored": ignored}, status=202)
+        {"status": "accepted", "ids": accepted, "duplicates": duplicates, "ignored": ignored}, status=202
+    )

@@ -38,7 +38,6 @@ def valid_datetime(value: str) -> bool:
     return True
 
 
-
 async def servicenow(request: web.Request) -> web.StreamResponse:
     """The doorbell a ServiceNow business rule rings when a record changes.
 
@@ -74,12 +73,17 @@ async def servicenow(request: web.Request) -> web.StreamResponse:
             raise Reject(400, "bad_envelope", "sys_mod_count: expected a non-negative whole number")
         payload["sys_mod_count"] = mod_count
         version = f"m{mod_count}"
-    row_id = await store_event(ctx, "servicenow", Event(
-        source="servicenow", type=f"{table}.{operation}",
-        event_id=f"{table}:{sys_id}:{version}:{operation}",
-        resource=f"servicenow:{table}:{sys_id}",
-        payload=payload,
-    ))
+    row_id = await store_event(
+        ctx,
+        "servicenow",
+        Event(
+            source="servicenow",
+            type=f"{table}.{operation}",
+            event_id=f"{table}:{sys_id}:{version}:{operation}",
+            resource=f"servicenow:{table}:{sys_id}",
+            payload=payload,
+        ),
+    )
     if row_id is None:
         return web.json_response({"status": "duplicate"}, status=202)
     return web.json_response({"status": "accepted", "id": row_id}, status=202)

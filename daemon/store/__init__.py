@@ -50,5 +50,7 @@ def open_store(url: str, base_dir: Path, *, password: str | None = None) -> Stor
         from .postgres import PostgresStore
 
         return PostgresStore(url, password=password)
-    raise ValueError(f"store_url {_redact(url)!r}: unsupported scheme {scheme!r}; "
-                     f"expected sqlite:///PATH or postgresql://USER@HOST/DATABASE")
+    raise ValueError(
+        f"store_url {_redact(url)!r}: unsupported scheme {scheme!r}; "
+        f"expected sqlite:///PATH or postgresql://USER@HOST/DATABASE"
+    )

@@ -54,7 +54,7 @@ class Store(abc.ABC):
     #: ``release_claims()`` at start-up, which would take live instances' claims.
     shared: bool = False
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         await self.open()
         return self
 
@@ -102,7 +102,11 @@ class Store(abc.ABC):
         """
 
     async def complete_and_claim(
-        self, completions: Sequence[tuple[int, EventStatus]], owner: str, limit: int, lease_seconds: float,
+        self,
+        completions: Sequence[tuple[int, EventStatus]],
+        owner: str,
+        limit: int,
+        lease_seconds: float,
     ) -> list[StoredEvent]:
         """``complete()`` each ``(event_id, status)``, then ``claim()``: what a busy worker does.
 
@@ -185,14 +189,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_link(
-        self, kind: str, *, pd_id: str | None = None, sn_id: str | None = None,
+        self,
+        kind: str,
+        *,
+        pd_id: str | None = None,
+        sn_id: str | None = None,
         include_unlinked: bool = False,
     ) -> Link | None:
         """The link of ``kind`` with that PagerDuty or ServiceNow id (exactly one given)."""
 
     @abc.abstractmethod
-    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
-                                status: str | None = None) -> None:
+    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any], status: str | None = None) -> None:
         """Replace the link's synced state (and status when given); ``LookupError`` if none."""
 
     @abc.abstractmethod

@@ -34,8 +34,11 @@ SQLITE_HEAD_OF = """
 """
 
 SQLITE_MIGRATIONS: list[Migration] = [
-    (1, "inbox", (
-        """
+    (
+        1,
+        "inbox",
+        (
+            """
         CREATE TABLE events (
             id               INTEGER PRIMARY KEY AUTOINCREMENT,
             source           TEXT NOT NULL,
@@ -55,16 +58,20 @@ SQLITE_MIGRATIONS: list[Migration] = [
             UNIQUE (source, event_id)
         )
         """,
-        # The claim query looks for the oldest active event of each resource; only
-        # active rows are indexed, so the index stays small however long the history.
-        """
+            # The claim query looks for the oldest active event of each resource; only
+            # active rows are indexed, so the index stays small however long the history.
+            """
         CREATE INDEX events_active_resource ON events (resource, id)
             WHERE status IN ('pending', 'claimed')
         """,
-        "CREATE INDEX events_status ON events (status, updated_at)",
-    )),
-    (2, "links and watermarks", (
-        """
+            "CREATE INDEX events_status ON events (status, updated_at)",
+        ),
+    ),
+    (
+        2,
+        "links and watermarks",
+        (
+            """
         CREATE TABLE links (
             id         INTEGER PRIMARY KEY AUTOINCREMENT,
             kind       TEXT NOT NULL,
@@ -77,65 +84,69 @@ SQLITE_MIGRATIONS: list[Migration] = [
             UNIQUE (kind, pd_id)
         )
         """,
-        # Unlinked rows are history: an old ServiceNow record may have been linked to
-        # several PagerDuty objects over time, but to one at a time.
-        """
+            # Unlinked rows are history: an old ServiceNow record may have been linked to
+            # several PagerDuty objects over time, but to one at a time.
+            """
         CREATE UNIQUE INDEX links_linked_sn ON links (kind, sn_id) WHERE status = 'linked'
         """,
-        """
+            """
         CREATE TABLE watermarks (
             name       TEXT PRIMARY KEY,
             value      TEXT NOT NULL,
             updated_at TEXT NOT NULL
         )
         """,
-    )),
-    (3, "inbox heads", (
-        # One row per resource with active events: its head (the lowest active id, the
-        # only one that may be claimed) and when that head is due. NULL means due now;
-        # else the head's retry time or lease expiry, or a later lease of another
-        # claimed event of the resource (a replayed older event waits for it). A claim
-        # reads the NULL prefix of (due_at, event_id) in id order and first turns the
-        # rows whose time has come to NULL: both are range scans of one index, so a
-        # claim costs the same at any backlog and needs no statistics to be planned.
-        """
+        ),
+    ),
+    (
+        3,
+        "inbox heads",
+        (
+            # One row per resource with active events: its head (the lowest active id, the
+            # only one that may be claimed) and when that head is due. NULL means due now;
+            # else the head's retry time or lease expiry, or a later lease of another
+            # claimed event of the resource (a replayed older event waits for it). A claim
+            # reads the NULL prefix of (due_at, event_id) in id order and first turns the
+            # rows whose time has come to NULL: both are range scans of one index, so a
+            # claim costs the same at any backlog and needs no statistics to be planned.
+            """
         CREATE TABLE inbox_heads (
             resource TEXT PRIMARY KEY,
             event_id INTEGER NOT NULL,
             due_at   TEXT
         )
         """,
-        "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
-        # The claimed events of a resource (a handful at most): when its head may run.
-        """
+            "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+            # The claimed events of a resource (a handful at most): when its head may run.
+            """
         CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
             WHERE status = 'claimed'
         """,
-        # Triggers keep the heads in step with every write to events, whoever makes
-        # it: this release, a daemon of the previous one still running while the CLI
-        # migrated the file, or an operator's sqlite3 session.
-        f"""
+            # Triggers keep the heads in step with every write to events, whoever makes
+            # it: this release, a daemon of the previous one still running while the CLI
+            # migrated the file, or an operator's sqlite3 session.
+            f"""
         CREATE TRIGGER inbox_heads_insert AFTER INSERT ON events
         WHEN NEW.status IN ('pending', 'claimed')
         BEGIN {SQLITE_HEAD_OF.format(resource="NEW.resource")} END
         """,
-        f"""
+            f"""
         CREATE TRIGGER inbox_heads_update
         AFTER UPDATE OF status, next_attempt_at, lease_expires_at, resource ON events
         WHEN OLD.status IN ('pending', 'claimed') OR NEW.status IN ('pending', 'claimed')
         BEGIN {SQLITE_HEAD_OF.format(resource="NEW.resource")} END
         """,
-        f"""
+            f"""
         CREATE TRIGGER inbox_heads_move AFTER UPDATE OF resource ON events
         WHEN OLD.resource <> NEW.resource AND OLD.status IN ('pending', 'claimed')
         BEGIN {SQLITE_HEAD_OF.format(resource="OLD.resource")} END
         """,
-        f"""
+            f"""
         CREATE TRIGGER inbox_heads_delete AFTER DELETE ON events
         WHEN OLD.status IN ('pending', 'claimed')
         BEGIN {SQLITE_HEAD_OF.format(resource="OLD.resource")} END
         """,
-        """
+            """
         INSERT INTO inbox_heads (resource, event_id, due_at)
         SELECT resource, id, CASE WHEN blocker IS NULL THEN own
                                   WHEN own IS NULL OR blocker > own THEN blocker ELSE own END
@@ -149,11 +160,15 @@ SQLITE_MIGRATIONS: list[Migration] = [
                            WHERE a.status IN ('pending', 'claimed') GROUP BY a.resource)
         )
         """,
-    )),
-    (4, "leadership leases", (
-        # Who leads an elected role (the scheduler's) until when. One instance uses a
-        # SQLite store, so it always wins; the row tells the CLI who that is.
-        """
+        ),
+    ),
+    (
+        4,
+        "leadership leases",
+        (
+            # Who leads an elected role (the scheduler's) until when. One instance uses a
+            # SQLite store, so it always wins; the row tells the CLI who that is.
+            """
         CREATE TABLE leases (
             name       TEXT PRIMARY KEY,
             holder     TEXT NOT NULL,
@@ -161,15 +176,19 @@ SQLITE_MIGRATIONS: list[Migration] = [
             taken_at   TEXT NOT NULL
         )
         """,
-    )),
+        ),
+    ),
 ]
 
 # The PostgreSQL store (postgres.py, its statements in postgres_sql.py): the same tables
 # with native types and one trigger function keeping the heads. postgres.py applies them
 # under an advisory lock, so that instances starting together do not race.
 POSTGRES_MIGRATIONS: list[Migration] = [
-    (1, "inbox", (
-        """
+    (
+        1,
+        "inbox",
+        (
+            """
         CREATE TABLE events (
             id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             source           TEXT NOT NULL,
@@ -189,14 +208,18 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             UNIQUE (source, event_id)
         )
         """,
-        """
+            """
         CREATE INDEX events_active_resource ON events (resource, id)
             WHERE status IN ('pending', 'claimed')
         """,
-        "CREATE INDEX events_status ON events (status, updated_at)",
-    )),
-    (2, "links and watermarks", (
-        """
+            "CREATE INDEX events_status ON events (status, updated_at)",
+        ),
+    ),
+    (
+        2,
+        "links and watermarks",
+        (
+            """
         CREATE TABLE links (
             id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             kind       TEXT NOT NULL,
@@ -209,42 +232,46 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             UNIQUE (kind, pd_id)
         )
         """,
-        """
+            """
         CREATE UNIQUE INDEX links_linked_sn ON links (kind, sn_id) WHERE status = 'linked'
         """,
-        """
+            """
         CREATE TABLE watermarks (
             name       TEXT PRIMARY KEY,
             value      TEXT NOT NULL,
             updated_at TIMESTAMPTZ NOT NULL
         )
         """,
-    )),
-    (3, "inbox heads", (
-        """
+        ),
+    ),
+    (
+        3,
+        "inbox heads",
+        (
+            """
         CREATE TABLE inbox_heads (
             resource TEXT PRIMARY KEY,
             event_id BIGINT NOT NULL,
             due_at   TIMESTAMPTZ
         )
         """,
-        "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
-        # The heads due now, in id order: what a claim reads. PostgreSQL does not take
-        # "due_at IS NULL" as fixing the first column of inbox_heads_due, so it would
-        # sort every due head for each claim; this index hands them over in order.
-        "CREATE INDEX inbox_heads_ready ON inbox_heads (event_id) WHERE due_at IS NULL",
-        """
+            "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+            # The heads due now, in id order: what a claim reads. PostgreSQL does not take
+            # "due_at IS NULL" as fixing the first column of inbox_heads_due, so it would
+            # sort every due head for each claim; this index hands them over in order.
+            "CREATE INDEX inbox_heads_ready ON inbox_heads (event_id) WHERE due_at IS NULL",
+            """
         CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
             WHERE status = 'claimed'
         """,
-        # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs). Several
-        # instances write at once, so the head's row is also the resource's lock: taken
-        # (created if missing, as a placeholder never due) before the head is read, so
-        # two transactions on one resource recompute its head one after the other, the
-        # second seeing what the first committed (a volatile function's statements each
-        # take a fresh snapshot under READ COMMITTED). Unreleased when this text was
-        # fixed: no database had the PostgreSQL schema before the store existed.
-        """
+            # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs). Several
+            # instances write at once, so the head's row is also the resource's lock: taken
+            # (created if missing, as a placeholder never due) before the head is read, so
+            # two transactions on one resource recompute its head one after the other, the
+            # second seeing what the first committed (a volatile function's statements each
+            # take a fresh snapshot under READ COMMITTED). Unreleased when this text was
+            # fixed: no database had the PostgreSQL schema before the store existed.
+            """
         CREATE FUNCTION inbox_head_of(r TEXT, candidate BIGINT) RETURNS void LANGUAGE plpgsql AS $$
         DECLARE
             current  BIGINT;
@@ -283,7 +310,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         END
         $$
         """,
-        """
+            """
         CREATE FUNCTION inbox_heads_follow() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP <> 'INSERT' AND OLD.status IN ('pending', 'claimed') THEN
@@ -300,12 +327,12 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         END
         $$
         """,
-        """
+            """
         CREATE TRIGGER inbox_heads_follow
         AFTER INSERT OR UPDATE OF status, next_attempt_at, lease_expires_at, resource OR DELETE ON events
         FOR EACH ROW EXECUTE FUNCTION inbox_heads_follow()
         """,
-        """
+            """
         INSERT INTO inbox_heads (resource, event_id, due_at)
         SELECT DISTINCT ON (h.resource) h.resource, h.id,
                GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
@@ -314,10 +341,14 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         FROM events AS h WHERE h.status IN ('pending', 'claimed')
         ORDER BY h.resource, h.id
         """,
-    )),
-    (4, "leadership leases", (
-        # One row per elected role (the scheduler's): who holds it until when.
-        """
+        ),
+    ),
+    (
+        4,
+        "leadership leases",
+        (
+            # One row per elected role (the scheduler's): who holds it until when.
+            """
         CREATE TABLE leases (
             name       TEXT PRIMARY KEY,
             holder     TEXT NOT NULL,
@@ -325,7 +356,8 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             taken_at   TIMESTAMPTZ NOT NULL
         )
         """,
-    )),
+        ),
+    ),
 ]
 
 SCHEMA_MIGRATIONS_SQLITE = """

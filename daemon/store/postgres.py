@@ -40,17 +40,33 @@ def _aware(dt: datetime) -> datetime:
 
 def _event(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
-        source=row["source"], type=row["type"], event_id=row["event_id"], resource=row["resource"],
-        payload=json.loads(row["payload"]), received_at=row["received_at"], id=row["id"],
-        status=row["status"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"],
-        last_error=row["last_error"], updated_at=row["updated_at"], owner=row["owner"],
+        source=row["source"],
+        type=row["type"],
+        event_id=row["event_id"],
+        resource=row["resource"],
+        payload=json.loads(row["payload"]),
+        received_at=row["received_at"],
+        id=row["id"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        updated_at=row["updated_at"],
+        owner=row["owner"],
         lease_expires_at=row["lease_expires_at"],
     )
 
 
 def _link(row: asyncpg.Record) -> Link:
-    return Link(kind=row["kind"], pd_id=row["pd_id"], sn_id=row["sn_id"], state=json.loads(row["state"]),
-                status=row["status"], created_at=row["created_at"], updated_at=row["updated_at"])
+    return Link(
+        kind=row["kind"],
+        pd_id=row["pd_id"],
+        sn_id=row["sn_id"],
+        state=json.loads(row["state"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _state_json(state: dict[str, Any]) -> str:
@@ -102,8 +118,9 @@ class PostgresStore(Store):
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
-            pool = await asyncpg.create_pool(self._dsn, password=self._password, min_size=1,
-                                             max_size=self._pool_size, server_settings=settings)
+            pool = await asyncpg.create_pool(
+                self._dsn, password=self._password, min_size=1, max_size=self._pool_size, server_settings=settings
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             # asyncpg's messages name host, user and database, never the password.
             raise ConnectionError(f"cannot connect to the store {self.url}: {exc}") from None
@@ -157,7 +174,8 @@ class PostgresStore(Store):
             if current > known:
                 raise RuntimeError(
                     f"the store {self.url} has schema version {current}, newer than this dutybridge "
-                    f"knows ({known}): it was written by a newer release; upgrade dutybridge")
+                    f"knows ({known}): it was written by a newer release; upgrade dutybridge"
+                )
             for version, description, statements in self._migrations:
                 if version <= current:
                     continue
@@ -165,7 +183,10 @@ class PostgresStore(Store):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
-                    version, description, self._clock())
+                    version,
+                    description,
+                    self._clock(),
+                )
                 applied.append(version)
         if applied:
             log.info("store_migrated", store=self.url, from_version=current, to_version=applied[-1])
@@ -187,8 +208,15 @@ class PostgresStore(Store):
     async def add_event(self, event: Event) -> StoredEvent | None:
         """Store ``event``, committing in groups as SQLite's store does: the events that
         arrive while a commit is in flight are inserted together by the next one."""
-        row = (event.source, event.event_id, event.type, event.resource, event.payload_json(),
-               _aware(event.received_at), self._clock())
+        row = (
+            event.source,
+            event.event_id,
+            event.type,
+            event.resource,
+            event.payload_json(),
+            _aware(event.received_at),
+            self._clock(),
+        )
         future: asyncio.Future[StoredEvent | None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, event, future))
         if self._writer is None:
@@ -251,15 +279,28 @@ class PostgresStore(Store):
             payload = event.payload
         else:
             payload = json.loads(row[4])
-        return StoredEvent(source=event.source, type=event.type, event_id=event.event_id,
-                           resource=event.resource, payload=payload, received_at=row[5], id=row_id,
-                           status="pending", attempts=0, updated_at=row[6])
+        return StoredEvent(
+            source=event.source,
+            type=event.type,
+            event_id=event.event_id,
+            resource=event.resource,
+            payload=payload,
+            received_at=row[5],
+            id=row_id,
+            status="pending",
+            attempts=0,
+            updated_at=row[6],
+        )
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredEvent]:
         return await self.complete_and_claim((), owner, limit, lease_seconds)
 
     async def complete_and_claim(
-        self, completions: Sequence[tuple[int, EventStatus]], owner: str, limit: int, lease_seconds: float,
+        self,
+        completions: Sequence[tuple[int, EventStatus]],
+        owner: str,
+        limit: int,
+        lease_seconds: float,
     ) -> list[StoredEvent]:
         completions = list(completions)
         for _, status in completions:
@@ -292,8 +333,9 @@ class PostgresStore(Store):
         if not event_ids:
             return []
         now = self._clock()
-        rows = await self._tx(lambda conn: conn.fetch(
-            sql.RENEW, list(event_ids), owner, now + timedelta(seconds=lease_seconds), now))
+        rows = await self._tx(
+            lambda conn: conn.fetch(sql.RENEW, list(event_ids), owner, now + timedelta(seconds=lease_seconds), now)
+        )
         return sorted(r["id"] for r in rows)
 
     async def release_claims(self, owner: str | None = None) -> int:
@@ -324,7 +366,11 @@ class PostgresStore(Store):
             """
             SELECT * FROM events WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR source = $2)
             ORDER BY id DESC LIMIT $3
-            """, status, source, max(0, limit))
+            """,
+            status,
+            source,
+            max(0, limit),
+        )
         return [_event(r) for r in rows]
 
     async def replay(self, event_id: int) -> bool:
@@ -347,8 +393,13 @@ class PostgresStore(Store):
         return out
 
     async def purge_done(self, older_than: datetime) -> int:
-        return _count(await self._tx(lambda conn: conn.execute(
-            "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_at < $1", _aware(older_than))))
+        return _count(
+            await self._tx(
+                lambda conn: conn.execute(
+                    "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_at < $1", _aware(older_than)
+                )
+            )
+        )
 
     # -- links -------------------------------------------------------------------
     async def put_link(self, link: Link) -> Link:
@@ -360,8 +411,9 @@ class PostgresStore(Store):
         async def work(conn: asyncpg.Connection) -> asyncpg.Record:
             if link.status == "linked":
                 await self._check_sn_free(conn, link.kind, link.sn_id, link.pd_id)
-            return await conn.fetchrow(sql.PUT_LINK, link.kind, link.pd_id, link.sn_id, _state_json(link.state),
-                                       link.status, created, now)
+            return await conn.fetchrow(
+                sql.PUT_LINK, link.kind, link.pd_id, link.sn_id, _state_json(link.state), link.status, created, now
+            )
 
         try:
             row = await self._tx(work)
@@ -374,13 +426,21 @@ class PostgresStore(Store):
     async def _check_sn_free(conn: asyncpg.Connection, kind: str, sn_id: str, pd_id: str) -> None:
         other = await conn.fetchval(
             "SELECT pd_id FROM links WHERE kind = $1 AND sn_id = $2 AND status = 'linked' AND pd_id <> $3",
-            kind, sn_id, pd_id)
+            kind,
+            sn_id,
+            pd_id,
+        )
         if other is not None:
-            raise LinkConflictError(f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {other}; "
-                                    f"unlink that first")
+            raise LinkConflictError(
+                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {other}; unlink that first"
+            )
 
     async def get_link(
-        self, kind: str, *, pd_id: str | None = None, sn_id: str | None = None,
+        self,
+        kind: str,
+        *,
+        pd_id: str | None = None,
+        sn_id: str | None = None,
         include_unlinked: bool = False,
     ) -> Link | None:
         if (pd_id is None) == (sn_id is None):
@@ -393,8 +453,7 @@ class PostgresStore(Store):
         row = await self._conn_pool().fetchrow(query, kind, value)
         return _link(row) if row else None
 
-    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
-                                status: str | None = None) -> None:
+    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any], status: str | None = None) -> None:
         if status is not None and status not in LINK_STATUSES:
             raise ValueError(f"link status must be 'linked' or 'unlinked', not {status!r}")
 
@@ -407,7 +466,13 @@ class PostgresStore(Store):
                 """
                 UPDATE links SET state = $1::jsonb, status = COALESCE($2, status), updated_at = $3
                 WHERE kind = $4 AND pd_id = $5
-                """, _state_json(state), status, self._clock(), kind, pd_id)
+                """,
+                _state_json(state),
+                status,
+                self._clock(),
+                kind,
+                pd_id,
+            )
 
         try:
             result = await self._tx(work)
@@ -419,12 +484,20 @@ class PostgresStore(Store):
     async def list_links(self, kind: str | None = None, include_unlinked: bool = False) -> list[Link]:
         rows = await self._conn_pool().fetch(
             "SELECT * FROM links WHERE ($1::text IS NULL OR kind = $1) AND ($2 OR status = 'linked') ORDER BY id",
-            kind, include_unlinked)
+            kind,
+            include_unlinked,
+        )
         return [_link(r) for r in rows]
 
     async def delete_link(self, kind: str, pd_id: str) -> bool:
-        return _count(await self._tx(lambda conn: conn.execute(
-            "DELETE FROM links WHERE kind = $1 AND pd_id = $2", kind, pd_id))) > 0
+        return (
+            _count(
+                await self._tx(
+                    lambda conn: conn.execute("DELETE FROM links WHERE kind = $1 AND pd_id = $2", kind, pd_id)
+                )
+            )
+            > 0
+        )
 
     # -- watermarks --------------------------------------------------------------
     async def get_watermark(self, name: str) -> str | None:

@@ -17,8 +17,10 @@ def split_url(url: str) -> tuple[str, str | None]:
     """
     parts = urlsplit(url)
     if parts.password is not None:
-        raise ValueError("store_url carries a password; give it as daemon.store_password "
-                         "(env:NAME or file:PATH) and leave it out of the URL")
+        raise ValueError(
+            "store_url carries a password; give it as daemon.store_password "
+            "(env:NAME or file:PATH) and leave it out of the URL"
+        )
     if not parts.hostname and "host=" not in parts.query:
         raise ValueError(f"store_url {url!r} names no host; expected postgresql://USER@HOST[:PORT]/DATABASE")
     query = parse_qsl(parts.query, keep_blank_values=True)

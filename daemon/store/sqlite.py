@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -18,8 +18,8 @@ import aiosqlite
 import structlog
 
 from ..events import EncodedEvent, Event, EventStatus, StoredEvent, utcnow
-from .base import Link, LinkConflictError, Store
 from . import sqlite_inbox as inbox
+from .base import Link, LinkConflictError, Store
 from .migrations import SCHEMA_MIGRATIONS_SQLITE, SQLITE_MIGRATIONS, Migration
 
 log = structlog.get_logger("dutybridge.store")
@@ -40,13 +40,13 @@ def to_text(dt: datetime) -> str:
         raise ValueError(f"timezone-aware datetime required, got naive {dt.isoformat()}")
     # "YYYY-MM-DDTHH:MM:SS.ffffff+00:00" -> "...ffffffZ"; several times cheaper than
     # strftime("%Y-%m-%dT%H:%M:%S.%fZ"), and the year is zero-padded whatever it is.
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def from_text(value: str | None) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromisoformat(value).astimezone(timezone.utc)
+    return datetime.fromisoformat(value).astimezone(UTC)
 
 
 def _event(row: sqlite3.Row) -> StoredEvent:
@@ -108,9 +108,16 @@ def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
         # A copy: the caller's dict may change later, and JSON normalises (tuples, keys).
         payload = json.loads(row[4])
     return StoredEvent(
-        source=event.source, type=event.type, event_id=event.event_id, resource=event.resource,
-        payload=payload, received_at=from_text(row[5]), id=row_id, status="pending",
-        attempts=0, updated_at=from_text(row[6]),
+        source=event.source,
+        type=event.type,
+        event_id=event.event_id,
+        resource=event.resource,
+        payload=payload,
+        received_at=from_text(row[5]),
+        id=row_id,
+        status="pending",
+        attempts=0,
+        updated_at=from_text(row[6]),
     )
 
 
@@ -169,8 +176,12 @@ class SQLiteStore(Store):
             rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
             mode = rows[0][0] if rows else "?"
             if mode != "wal" and self.path != MEMORY:
-                log.warning("store_not_in_wal_mode", path=self.path, journal_mode=mode,
-                            hint="the file system may not support WAL; readers will block writers")
+                log.warning(
+                    "store_not_in_wal_mode",
+                    path=self.path,
+                    journal_mode=mode,
+                    hint="the file system may not support WAL; readers will block writers",
+                )
             # NORMAL for everything but the inbox: in WAL mode a NORMAL commit survives a
             # crash of the process (kill -9) and may be lost only on power loss, where
             # losing a "done" mark or a link's state means an idempotent redo. The
@@ -291,8 +302,15 @@ class SQLiteStore(Store):
         # Everything that can fail for this event alone (a naive datetime, a payload
         # that is not JSON) fails here, in its caller, before it can spoil a batch.
         received = to_text(event.received_at)
-        row: _Row = (event.source, event.event_id, event.type, event.resource, event.payload_json(),
-                     received, self._now())
+        row: _Row = (
+            event.source,
+            event.event_id,
+            event.type,
+            event.resource,
+            event.payload_json(),
+            received,
+            self._now(),
+        )
         future: asyncio.Future[StoredEvent | None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, event, future))
         if self._writer is None:
@@ -369,7 +387,11 @@ class SQLiteStore(Store):
         return await self.complete_and_claim((), owner, limit, lease_seconds)
 
     async def complete_and_claim(
-        self, completions: Sequence[tuple[int, EventStatus]], owner: str, limit: int, lease_seconds: float,
+        self,
+        completions: Sequence[tuple[int, EventStatus]],
+        owner: str,
+        limit: int,
+        lease_seconds: float,
     ) -> list[StoredEvent]:
         completions = list(completions)
         for _, status in completions:
@@ -394,7 +416,8 @@ class SQLiteStore(Store):
             rows = await db.execute_fetchall(
                 f"UPDATE events NOT INDEXED SET lease_expires_at = ?, updated_at = ? "
                 f"WHERE id IN ({marks}) AND status = 'claimed' AND owner = ? RETURNING id",
-                (lease, now, *event_ids, owner))
+                (lease, now, *event_ids, owner),
+            )
         return sorted(r[0] for r in rows)
 
     async def release_claims(self, owner: str | None = None) -> int:
@@ -524,12 +547,15 @@ class SQLiteStore(Store):
         )
         if rows:
             raise LinkConflictError(
-                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; "
-                f"unlink that first"
+                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; unlink that first"
             )
 
     async def get_link(
-        self, kind: str, *, pd_id: str | None = None, sn_id: str | None = None,
+        self,
+        kind: str,
+        *,
+        pd_id: str | None = None,
+        sn_id: str | None = None,
         include_unlinked: bool = False,
     ) -> Link | None:
         if (pd_id is None) == (sn_id is None):
@@ -544,15 +570,15 @@ class SQLiteStore(Store):
             rows = await db.execute_fetchall(sql, (kind, value))
         return _link(rows[0]) if rows else None
 
-    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any],
-                                status: str | None = None) -> None:
+    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any], status: str | None = None) -> None:
         if status is not None and status not in LINK_STATUSES:
             raise ValueError(f"link status must be 'linked' or 'unlinked', not {status!r}")
         try:
             async with self._transaction() as db:
                 if status == "linked":
                     rows = await db.execute_fetchall(
-                        "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id))
+                        "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)
+                    )
                     if rows:
                         await self._check_sn_free(db, kind, rows[0][0], pd_id)
                 async with db.execute(
@@ -598,7 +624,9 @@ class SQLiteStore(Store):
                     taken_at = CASE WHEN holder = excluded.holder THEN taken_at ELSE excluded.taken_at END
                 WHERE holder = excluded.holder OR expires_at < excluded.taken_at
                 RETURNING holder
-                """, (name, holder, until, now))
+                """,
+                (name, holder, until, now),
+            )
         return bool(rows) and rows[0][0] == holder
 
     async def resign_leadership(self, name: str, holder: str) -> None:
@@ -606,8 +634,9 @@ class SQLiteStore(Store):
 
     async def leader(self, name: str) -> str | None:
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall("SELECT holder FROM leases WHERE name = ? AND expires_at >= ?",
-                                             (name, self._now()))
+            rows = await db.execute_fetchall(
+                "SELECT holder FROM leases WHERE name = ? AND expires_at >= ?", (name, self._now())
+            )
         return rows[0][0] if rows else None
 
     # -- watermarks --------------------------------------------------------------

@@ -63,13 +63,18 @@ def insert_events(conn: sqlite3.Connection, rows: list[Row]) -> list[int | None]
     A duplicate is of a stored event or of an earlier row of ``rows`` (that one is
     stored). The caller sets synchronous = FULL around it.
     """
+
     def insert(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
         # AUTOINCREMENT ids only grow, and BEGIN IMMEDIATE holds the write lock: the
         # rows above the current maximum are exactly the ones inserted here.
         (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
         conn.executemany(INSERT_EVENT, rows)
-        return {(source, event_id): row_id for row_id, source, event_id in conn.execute(
-            "SELECT id, source, event_id FROM events WHERE id > ?", (last,))}
+        return {
+            (source, event_id): row_id
+            for row_id, source, event_id in conn.execute(
+                "SELECT id, source, event_id FROM events WHERE id > ?", (last,)
+            )
+        }
 
     inserted = transaction(conn, insert)
     # The first of several rows with one key is the one stored (executemany goes in order).
@@ -77,13 +82,18 @@ def insert_events(conn: sqlite3.Connection, rows: list[Row]) -> list[int | None]
 
 
 def complete_and_claim(
-    conn: sqlite3.Connection, completions: Sequence[tuple[int, str]], owner: str, limit: int,
-    now: str, lease: str,
+    conn: sqlite3.Connection,
+    completions: Sequence[tuple[int, str]],
+    owner: str,
+    limit: int,
+    now: str,
+    lease: str,
 ) -> list[sqlite3.Row]:
     """Record ``completions`` ((id, status) of claimed events), then claim up to ``limit``.
 
     One transaction: an event's successor is claimed only with its completion committed.
     """
+
     def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
         conn.executemany(COMPLETE, [(status, now, event_id) for event_id, status in completions])
         if limit <= 0:

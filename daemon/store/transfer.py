@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,24 @@ async def copy_sqlite_to_postgres(source: Path, target: PostgresStore) -> Copied
                 for r in batch:
                     claimed = r["status"] == "claimed"
                     copied.released += claimed
-                    records.append((
-                        r["id"], r["source"], r["event_id"], r["type"], r["resource"], r["payload"],
-                        "pending" if claimed else r["status"], r["attempts"], _at(r["next_attempt_at"]),
-                        r["last_error"], None if claimed else r["owner"],
-                        None if claimed else _at(r["lease_expires_at"]),
-                        _at(r["received_at"]), _at(r["updated_at"])))
+                    records.append(
+                        (
+                            r["id"],
+                            r["source"],
+                            r["event_id"],
+                            r["type"],
+                            r["resource"],
+                            r["payload"],
+                            "pending" if claimed else r["status"],
+                            r["attempts"],
+                            _at(r["next_attempt_at"]),
+                            r["last_error"],
+                            None if claimed else r["owner"],
+                            None if claimed else _at(r["lease_expires_at"]),
+                            _at(r["received_at"]),
+                            _at(r["updated_at"]),
+                        )
+                    )
                 await conn.executemany(
                     """
                     INSERT INTO events (id, source, event_id, type, resource, payload, status, attempts,
@@ -75,20 +87,36 @@ async def copy_sqlite_to_postgres(source: Path, target: PostgresStore) -> Copied
                                         updated_at)
                     OVERRIDING SYSTEM VALUE
                     VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14)
-                    """, records)
+                    """,
+                    records,
+                )
                 copied.events += len(records)
             for batch in _rows(db, "SELECT * FROM links ORDER BY id"):
                 await conn.executemany(
                     """
                     INSERT INTO links (id, kind, pd_id, sn_id, state, status, created_at, updated_at)
                     OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)
-                    """, [(r["id"], r["kind"], r["pd_id"], r["sn_id"], json.dumps(json.loads(r["state"])),
-                           r["status"], _at(r["created_at"]), _at(r["updated_at"])) for r in batch])
+                    """,
+                    [
+                        (
+                            r["id"],
+                            r["kind"],
+                            r["pd_id"],
+                            r["sn_id"],
+                            json.dumps(json.loads(r["state"])),
+                            r["status"],
+                            _at(r["created_at"]),
+                            _at(r["updated_at"]),
+                        )
+                        for r in batch
+                    ],
+                )
                 copied.links += len(batch)
             for batch in _rows(db, "SELECT * FROM watermarks ORDER BY name"):
                 await conn.executemany(
                     "INSERT INTO watermarks (name, value, updated_at) VALUES ($1, $2, $3)",
-                    [(r["name"], r["value"], _at(r["updated_at"]) or datetime.now(timezone.utc)) for r in batch])
+                    [(r["name"], r["value"], _at(r["updated_at"]) or datetime.now(UTC)) for r in batch],
+                )
                 copied.watermarks += len(batch)
             # New ids continue after the copied ones (also after purged ones: SQLite's
             # AUTOINCREMENT counter remembers them, and ids are never handed out twice).

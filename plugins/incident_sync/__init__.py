@@ -54,7 +54,7 @@ class IncidentSync:
     async def on_startup(self, ctx: Ctx) -> None:
         try:
             await self.engine(ctx).refresh()
-        except Exception as exc:  # noqa: BLE001 - ServiceNow may be down at start; links load on first use
+        except Exception as exc:
             log.warning("links_not_loaded", reason="retried on the first event", error=f"{type(exc).__name__}: {exc}")
 
     @hookimpl
@@ -85,8 +85,14 @@ class IncidentSync:
 
     @hookimpl
     def register_cli_commands(self) -> list[Command]:
-        return [Command("incident", "incident sync: ask for a PagerDuty incident to be synced", self._incident_command,
-                        add_arguments=_incident_arguments)]
+        return [
+            Command(
+                "incident",
+                "incident sync: ask for a PagerDuty incident to be synced",
+                self._incident_command,
+                add_arguments=_incident_arguments,
+            )
+        ]
 
     async def _incident_command(self, args: argparse.Namespace, ctx: Ctx) -> int:
         if ctx.pagerduty is not None:
@@ -119,9 +125,15 @@ async def request_sync(ctx: Ctx, pd_id: str, *, requested_by: str, event_id: str
     The request goes through the inbox like any event, on the incident's resource, so it
     is ordered with the incident's webhooks. False when it was a duplicate.
     """
-    stored = await ctx.enqueue(Event(
-        source=PLUGIN, type=SYNC_REQUESTED, event_id=event_id or f"sync:{pd_id}:{uuid.uuid4().hex}",
-        resource=f"pagerduty:incident:{pd_id}", payload={"incident_id": pd_id, "requested_by": requested_by}))
+    stored = await ctx.enqueue(
+        Event(
+            source=PLUGIN,
+            type=SYNC_REQUESTED,
+            event_id=event_id or f"sync:{pd_id}:{uuid.uuid4().hex}",
+            resource=f"pagerduty:incident:{pd_id}",
+            payload={"incident_id": pd_id, "requested_by": requested_by},
+        )
+    )
     return stored is not None
 
 
@@ -160,8 +172,9 @@ async def sync_action(request: web.Request) -> web.StreamResponse:
         return error_response(400, "no incident id in the body (messages[].incident.id, event.data, or incident_id)")
     accepted = 0
     for iid, mid in ids:
-        accepted += await request_sync(ctx, iid, requested_by="custom incident action",
-                                       event_id=f"action:{mid}" if mid else None)
+        accepted += await request_sync(
+            ctx, iid, requested_by="custom incident action", event_id=f"action:{mid}" if mid else None
+        )
     log.info("sync_requested", incidents=[i for i, _ in ids], accepted=accepted)
     return web.json_response({"status": "accepted", "incidents": [i for i, _ in ids]}, status=202)
 
@@ -191,4 +204,6 @@ async def check_links(engine: Engine, ctx: Ctx) -> CheckResult:
             problems.append(f"user link {link.sn_id}: PagerDuty user {link.pd_id} does not exist")
     if problems:
         return CheckResult(False, "; ".join(problems))
-    return CheckResult(True, f"{len(mapping.groups)} group(s) and {len(mapping.cis)} CI(s) linked to existing PagerDuty objects")
+    return CheckResult(
+        True, f"{len(mapping.groups)} group(s) and {len(mapping.cis)} CI(s) linked to existing PagerDuty objects"
+    )

@@ -49,8 +49,13 @@ class Api:
     async def pd_create_incident(self, incident: dict, from_email: str | None) -> dict:
         # Sent as built (not through create_incident's keyword form) so the 400 for a
         # duplicate incident_key reaches the engine, which links the open one itself.
-        body = await self.pd.post("/incidents", json={"incident": incident}, acting_email=from_email,
-                                  operation="POST /incidents", idempotent=bool(incident.get("incident_key")))
+        body = await self.pd.post(
+            "/incidents",
+            json={"incident": incident},
+            acting_email=from_email,
+            operation="POST /incidents",
+            idempotent=bool(incident.get("incident_key")),
+        )
         return body["incident"]
 
     async def pd_update_incident(self, iid: str, changes: dict, from_email: str | None) -> dict:
@@ -78,15 +83,21 @@ class Api:
         return list(await self.pd.list_priorities())
 
     async def pd_log_entries(self, since: str, until: str) -> list[dict]:
-        return list(await self.pd.paginate("/log_entries", "log_entries", {"since": since, "until": until},
-                                           operation="GET /log_entries").collect())
+        return list(
+            await self.pd.paginate(
+                "/log_entries", "log_entries", {"since": since, "until": until}, operation="GET /log_entries"
+            ).collect()
+        )
 
     async def pd_open_incidents(self) -> list[dict]:
         return list(await self.pd.list_incidents(statuses=["triggered", "acknowledged"], date_range="all"))
 
     async def pd_exists(self, kind: str, pd_id: str) -> bool:
-        get = {"service": self.pd.get_service, "escalation_policy": self.pd.get_escalation_policy,
-               "user": self.pd.get_user}[kind]
+        get = {
+            "service": self.pd.get_service,
+            "escalation_policy": self.pd.get_escalation_policy,
+            "user": self.pd.get_user,
+        }[kind]
         try:
             await get(pd_id)
         except PagerDutyNotFound:
@@ -100,8 +111,15 @@ class Api:
         except ServiceNowNotFound:
             return None
 
-    async def sn_query(self, table: str, query: Any, fields: list[str] | None = None, *,
-                       limit: int | None = None, order_by: str | list[str] | None = None) -> list[dict]:
+    async def sn_query(
+        self,
+        table: str,
+        query: Any,
+        fields: list[str] | None = None,
+        *,
+        limit: int | None = None,
+        order_by: str | list[str] | None = None,
+    ) -> list[dict]:
         """Records matching ``query`` (a ``Query``, or a string built from trusted parts only)."""
         rows = await self.sn.list(table, query, fields=fields, limit=limit, order_by=order_by)
         return [plain(r) for r in rows]
@@ -113,9 +131,12 @@ class Api:
         return plain(await self.sn.update(table, sys_id, fields))
 
     async def sn_journal(self, sys_id: str, element: str = "work_notes") -> list[dict]:
-        rows = await self.sn_query("sys_journal_field", Query().eq("element_id", sys_id).eq("element", element),
-                                   ["sys_id", "sys_created_on", "sys_created_by", "element", "value"],
-                                   order_by=["sys_created_on", "sys_id"])
+        rows = await self.sn_query(
+            "sys_journal_field",
+            Query().eq("element_id", sys_id).eq("element", element),
+            ["sys_id", "sys_created_on", "sys_created_by", "element", "value"],
+            order_by=["sys_created_on", "sys_id"],
+        )
         return rows
 
 

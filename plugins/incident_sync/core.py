@@ -86,7 +86,8 @@ class Core:
         """The incident tables in use: sn_si_incident only when some service opens security incidents."""
         conf = self.conf
         security = conf.incident_type == "security_incident" or any(
-            o.incident_type == "security_incident" for o in conf.service_options)
+            o.incident_type == "security_incident" for o in conf.service_options
+        )
         return TABLES if security else ("incident",)
 
     def sn_fields(self, table: str, *, linked: bool = False) -> list[str]:
@@ -94,14 +95,47 @@ class Core:
         uses (its body template), or for a linked one only what syncing a change uses."""
         conf = self.conf
         if linked:
-            fields = ["sys_id", "number", "state", "impact", "urgency", "priority", "assignment_group", "assigned_to",
-                      "correlation_id", "correlation_display", "close_code", "close_notes", "sys_updated_on",
-                      "sys_updated_by", "sys_mod_count"]
+            fields = [
+                "sys_id",
+                "number",
+                "state",
+                "impact",
+                "urgency",
+                "priority",
+                "assignment_group",
+                "assigned_to",
+                "correlation_id",
+                "correlation_display",
+                "close_code",
+                "close_notes",
+                "sys_updated_on",
+                "sys_updated_by",
+                "sys_mod_count",
+            ]
         else:
-            fields = ["sys_id", "number", "short_description", "description", "state", "impact", "urgency", "priority",
-                      "assignment_group", "assigned_to", "cmdb_ci", "correlation_id", "correlation_display",
-                      "close_code", "close_notes", "sys_updated_on", "sys_updated_by", "sys_created_by",
-                      "sys_created_on", "sys_mod_count", "opened_by"]
+            fields = [
+                "sys_id",
+                "number",
+                "short_description",
+                "description",
+                "state",
+                "impact",
+                "urgency",
+                "priority",
+                "assignment_group",
+                "assigned_to",
+                "cmdb_ci",
+                "correlation_id",
+                "correlation_display",
+                "close_code",
+                "close_notes",
+                "sys_updated_on",
+                "sys_updated_by",
+                "sys_created_by",
+                "sys_created_on",
+                "sys_mod_count",
+                "opened_by",
+            ]
         if conf.v7_fields and table == "incident":
             fields.append(conf.v7_incident_field)
         return fields
@@ -135,7 +169,7 @@ class Core:
         if self._priorities is None:
             try:
                 self._priorities = {p.get("name") or p.get("summary"): p["id"] for p in await self.api.pd_priorities()}
-            except Exception as exc:  # noqa: BLE001 - accounts without priorities answer 4xx
+            except Exception as exc:
                 log.info("pd_priorities_unavailable", error=str(exc))
                 self._priorities = {}
         return self._priorities.get(name)
@@ -160,10 +194,13 @@ class Core:
         moves = [t for t in st.get("moves", []) if now - t < conf.reassignment_window_seconds]
         if len(moves) >= conf.max_reassignments:
             if not st.get("loop_logged"):
-                log.warning("reassignment_loop_bound_reached",
-                            reason="assignment no longer synced for this incident (automation on both sides keeps moving it)",
-                            pd_incident=pd_id,
-                            moves=len(moves), window_seconds=conf.reassignment_window_seconds)
+                log.warning(
+                    "reassignment_loop_bound_reached",
+                    reason="assignment no longer synced for this incident (automation on both sides keeps moving it)",
+                    pd_incident=pd_id,
+                    moves=len(moves),
+                    window_seconds=conf.reassignment_window_seconds,
+                )
                 st["loop_logged"] = True
             st["moves"] = moves
             return False

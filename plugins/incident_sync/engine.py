@@ -13,16 +13,41 @@ from .pd_to_sn import FIRST_TRIGGER, LOOKUP_LIMIT, PdToSn
 from .sn_to_pd import SnToPd
 from .views import KIND, PLUGIN, SN_SEEN, TABLES, TRACK_SN, incident_data, pd_view, sn_view
 
-__all__ = ["Engine", "FIRST_TRIGGER", "KIND", "LOOKUP_LIMIT", "NOTE_TYPES", "PD_TYPES", "PLUGIN", "POLLED",
-           "SN_SEEN", "SYNC_REQUESTED", "TABLES", "TRACK_SN", "own_write", "pd_view", "sn_view"]
+__all__ = [
+    "FIRST_TRIGGER",
+    "KIND",
+    "LOOKUP_LIMIT",
+    "NOTE_TYPES",
+    "PD_TYPES",
+    "PLUGIN",
+    "POLLED",
+    "SN_SEEN",
+    "SYNC_REQUESTED",
+    "TABLES",
+    "TRACK_SN",
+    "Engine",
+    "own_write",
+    "pd_view",
+    "sn_view",
+]
 
 # PagerDuty event types (V3 names; the core normalises V2's) that change what incident
 # sync mirrors; others are ignored.
-PD_TYPES = frozenset({
-    "incident.triggered", "incident.acknowledged", "incident.unacknowledged", "incident.reassigned",
-    "incident.delegated", "incident.escalated", "incident.resolved", "incident.reopened", "incident.annotated",
-    "incident.priority_updated", "incident.service_updated",
-})
+PD_TYPES = frozenset(
+    {
+        "incident.triggered",
+        "incident.acknowledged",
+        "incident.unacknowledged",
+        "incident.reassigned",
+        "incident.delegated",
+        "incident.escalated",
+        "incident.resolved",
+        "incident.reopened",
+        "incident.annotated",
+        "incident.priority_updated",
+        "incident.service_updated",
+    }
+)
 POLLED = "incident.polled"
 SYNC_REQUESTED = "incident.sync_requested"
 NOTE_TYPES = frozenset({"incident.annotated", "incident.triggered", SYNC_REQUESTED})
@@ -71,12 +96,14 @@ class Engine(Core):
         data = pd.data if pd.webhook_version == 3 and incident_data(pd.data, pd.id) else None
         return await self.pagerduty_changed(pd.id, notes=pd.type in NOTE_TYPES, data=data)
 
-    async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False,
-                                data: dict | None = None) -> bool:
+    async def pagerduty_changed(
+        self, pd_id: str, *, notes: bool = False, force: bool = False, data: dict | None = None
+    ) -> bool:
         """Sync PagerDuty incident ``pd_id`` to ServiceNow (see ``PdToSn.pagerduty_changed``)."""
         return await self.pd_to_sn.pagerduty_changed(pd_id, notes=notes, force=force, data=data)
 
-    async def servicenow_changed(self, table: str, sys_id: str, updated_on: str | None = None,
-                                 mod_count: str | None = None) -> bool:
+    async def servicenow_changed(
+        self, table: str, sys_id: str, updated_on: str | None = None, mod_count: str | None = None
+    ) -> bool:
         """Sync ServiceNow record ``sys_id`` to PagerDuty (see ``SnToPd.servicenow_changed``)."""
         return await self.sn_to_pd.servicenow_changed(table, sys_id, updated_on, mod_count=mod_count)

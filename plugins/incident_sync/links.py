@@ -86,12 +86,27 @@ class Links:
         await self.store.update_link_state(KIND, link.pd_id, state, status=status)
         self.remember_seen(link.sn_id, state)
         # A copy: callers go on changing ``state`` and compare it with what was saved.
-        return Link(kind=KIND, pd_id=link.pd_id, sn_id=link.sn_id, state=copy.deepcopy(state),
-                    status=status or link.status, created_at=link.created_at)
+        return Link(
+            kind=KIND,
+            pd_id=link.pd_id,
+            sn_id=link.sn_id,
+            state=copy.deepcopy(state),
+            status=status or link.status,
+            created_at=link.created_at,
+        )
 
-    async def new_link(self, inc: dict, table: str, rec: dict, *, origin: str, pd_snapshot: dict | None = None,
-                       sn_snapshot: dict | None = None, sn_notes: list[str] | None = None,
-                       sn_seen: int | None = None) -> Link:
+    async def new_link(
+        self,
+        inc: dict,
+        table: str,
+        rec: dict,
+        *,
+        origin: str,
+        pd_snapshot: dict | None = None,
+        sn_snapshot: dict | None = None,
+        sn_notes: list[str] | None = None,
+        sn_seen: int | None = None,
+    ) -> Link:
         """Link ``inc`` to ``rec``, each side's snapshot as read unless given;
         ``LinkConflictError`` when the record is linked to another incident already."""
         state: dict[str, Any] = {
@@ -111,8 +126,11 @@ class Links:
             return link
         except LinkConflictError:
             existing = await self.store.get_link(KIND, sn_id=rec["sys_id"])
-            log.warning("sn_incident_already_linked",
-                        reason="linked to another PagerDuty incident; not linking a second",
-                        sn_sys_id=rec["sys_id"], pd_incident=inc["id"],
-                        linked_to=existing.pd_id if existing else None)
+            log.warning(
+                "sn_incident_already_linked",
+                reason="linked to another PagerDuty incident; not linking a second",
+                sn_sys_id=rec["sys_id"],
+                pd_incident=inc["id"],
+                linked_to=existing.pd_id if existing else None,
+            )
             raise

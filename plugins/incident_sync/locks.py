@@ -49,8 +49,7 @@ class Locks:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         store = self._store_of()
-        across = (store.lock(f"incident_sync:{key}") if store is not None and store.shared
-                  else contextlib.nullcontext())
+        across = store.lock(f"incident_sync:{key}") if store is not None and store.shared else contextlib.nullcontext()
         try:
             async with lock, across:
                 try:

@@ -70,8 +70,10 @@ class Mapping:
 
     def is_mapped_incident(self, service_id: str | None, ep_id: str | None) -> bool:
         """Whether a PagerDuty incident on this service / policy belongs to a mapped group or CI."""
-        return bool((service_id and service_id in self.services())
-                    or (ep_id and any(g.escalation_policy == ep_id for g in self.groups)))
+        return bool(
+            (service_id and service_id in self.services())
+            or (ep_id and any(g.escalation_policy == ep_id for g in self.groups))
+        )
 
     def group_for_pagerduty(self, service_id: str | None, ep_id: str | None, current: str | None) -> Target | None:
         """The group a PagerDuty incident on ``service_id``/``ep_id`` belongs to.
@@ -160,15 +162,32 @@ async def load_mapping(ctx: Any, api: Any, conf: Any, *, write: bool = True) -> 
             seen_groups.add(link.sn_id)
             st = link.state or {}
             service = st.get("service") or ("" if st.get("escalation_policy") == link.pd_id else link.pd_id)
-            m.groups.append(Target("group", link.sn_id, st.get("name", ""), service or "",
-                                   st.get("escalation_policy") or "", st.get("source") or "store"))
+            m.groups.append(
+                Target(
+                    "group",
+                    link.sn_id,
+                    st.get("name", ""),
+                    service or "",
+                    st.get("escalation_policy") or "",
+                    st.get("source") or "store",
+                )
+            )
         for link in await store.list_links("ci"):
             if link.sn_id in seen_cis:
                 continue
             seen_cis.add(link.sn_id)
             st = link.state or {}
-            m.cis.append(Target("ci", link.sn_id, st.get("name", ""), st.get("service") or link.pd_id, "",
-                                st.get("source") or "store", st.get("group", "")))
+            m.cis.append(
+                Target(
+                    "ci",
+                    link.sn_id,
+                    st.get("name", ""),
+                    st.get("service") or link.pd_id,
+                    "",
+                    st.get("source") or "store",
+                    st.get("group", ""),
+                )
+            )
         if write:
             await _write_back(store, m)
 
@@ -183,9 +202,13 @@ async def load_mapping(ctx: Any, api: Any, conf: Any, *, write: bool = True) -> 
 async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_cis: set[str]) -> None:
     svc, esc = conf.v7_group_service_field, conf.v7_group_escalation_field
     try:
-        rows = await api.sn_query("sys_user_group", Q().is_not_empty(svc).or_().is_not_empty(esc),
-                                  ["sys_id", "name", svc, esc], order_by=["name", "sys_id"])
-    except Exception as exc:  # noqa: BLE001 - an instance without the app's columns
+        rows = await api.sn_query(
+            "sys_user_group",
+            Q().is_not_empty(svc).or_().is_not_empty(esc),
+            ["sys_id", "name", svc, esc],
+            order_by=["name", "sys_id"],
+        )
+    except Exception as exc:
         m.problems.append(f"v7 fields: cannot read sys_user_group.{svc}/{esc}: {exc}")
         rows = []
     for row in rows:
@@ -196,9 +219,13 @@ async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_
         m.groups.append(Target("group", row["sys_id"], row.get("name", ""), service, ep, "v7"))
     cisvc = conf.v7_ci_service_field
     try:
-        rows = await api.sn_query("cmdb_ci", Q().is_not_empty(cisvc), ["sys_id", "name", cisvc, "assignment_group"],
-                                  order_by=["name", "sys_id"])
-    except Exception as exc:  # noqa: BLE001
+        rows = await api.sn_query(
+            "cmdb_ci",
+            Q().is_not_empty(cisvc),
+            ["sys_id", "name", cisvc, "assignment_group"],
+            order_by=["name", "sys_id"],
+        )
+    except Exception as exc:
         m.problems.append(f"v7 fields: cannot read cmdb_ci.{cisvc}: {exc}")
         rows = []
     for row in rows:
@@ -206,7 +233,9 @@ async def _load_v7(api: Any, conf: Any, m: Mapping, seen_groups: set[str], seen_
         if row["sys_id"] in seen_cis or not service:
             continue
         seen_cis.add(row["sys_id"])
-        m.cis.append(Target("ci", row["sys_id"], row.get("name", ""), service, "", "v7", _ref(row.get("assignment_group"))))
+        m.cis.append(
+            Target("ci", row["sys_id"], row.get("name", ""), service, "", "v7", _ref(row.get("assignment_group")))
+        )
 
 
 async def _write_back(store: Any, m: Mapping) -> None:
@@ -215,8 +244,12 @@ async def _write_back(store: Any, m: Mapping) -> None:
         if t.source not in ("config", "v7"):
             continue
         pd_id = t.service or t.escalation_policy
-        state = {"service": t.service or None, "escalation_policy": t.escalation_policy or None,
-                 "name": t.name, "source": t.source}
+        state = {
+            "service": t.service or None,
+            "escalation_policy": t.escalation_policy or None,
+            "name": t.name,
+            "source": t.source,
+        }
         if t.kind == "ci" and t.group:
             state["group"] = t.group
         old = existing.get((t.kind, t.sys_id))
@@ -226,8 +259,13 @@ async def _write_back(store: Any, m: Mapping) -> None:
         if holder is not None and holder.sn_id != t.sys_id:
             # The store keeps one group per PagerDuty id (put_link replaces by pd_id);
             # a second group on the same id still routes from memory, unstored.
-            log.info("link_kept_in_memory_only", kind=t.kind, sn_id=t.sys_id, pd_id=pd_id,
-                     reason=f"{holder.sn_id} already holds {pd_id} in the store")
+            log.info(
+                "link_kept_in_memory_only",
+                kind=t.kind,
+                sn_id=t.sys_id,
+                pd_id=pd_id,
+                reason=f"{holder.sn_id} already holds {pd_id} in the store",
+            )
             continue
         try:
             if old is not None and old.pd_id != pd_id:

@@ -4,6 +4,7 @@ marked so that a copy is never copied back."""
 from __future__ import annotations
 
 import re
+
 import structlog
 
 from dutybridge.store.base import Link
@@ -70,8 +71,7 @@ async def sn_notes_to_pd(core: Core, link: Link, st: dict, *, synced: int | None
         if existing is None:
             sender = await core.users.from_for_user_name(entry.get("sys_created_by"))
             note = await core.api.pd_add_note(link.pd_id, content, sender)
-            log.info("work_note_copied_to_pd_note", pd_incident=link.pd_id,
-                     note=note.get("id"))
+            log.info("work_note_copied_to_pd_note", pd_incident=link.pd_id, note=note.get("id"))
         else:
             note = existing
         pd_seen = set(st.get("pd_notes", []))

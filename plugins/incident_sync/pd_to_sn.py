@@ -31,8 +31,9 @@ LOOKUP_LIMIT = 20
 class PdToSn(Direction):
     """The PagerDuty -> ServiceNow direction (one per ``Engine``)."""
 
-    async def pagerduty_changed(self, pd_id: str, *, notes: bool = False, force: bool = False,
-                                data: dict | None = None) -> bool:
+    async def pagerduty_changed(
+        self, pd_id: str, *, notes: bool = False, force: bool = False, data: dict | None = None
+    ) -> bool:
         """Sync PagerDuty incident ``pd_id``. ``data``: the incident as a V3 webhook carried
         it (the state when its event happened), which may spare reading it."""
         mark = self.locks.seq  # reads from here on are good under the lock while nobody held it
@@ -142,10 +143,16 @@ class PdToSn(Direction):
                 if len(rows) >= LOOKUP_LIMIT:
                     opened = await self._sn_find_by_pd_id(table, pd_id)  # too many to pick the oldest from
                 else:
-                    by_corr = [r for r in rows if r.get("correlation_id") == pd_id
-                               and r.get("correlation_display") == "PagerDuty"]
-                    v7 = [r for r in rows if conf.v7_fields and table == "incident"
-                          and str(r.get(conf.v7_incident_field) or "") == pd_id]
+                    by_corr = [
+                        r
+                        for r in rows
+                        if r.get("correlation_id") == pd_id and r.get("correlation_display") == "PagerDuty"
+                    ]
+                    v7 = [
+                        r
+                        for r in rows
+                        if conf.v7_fields and table == "incident" and str(r.get(conf.v7_incident_field) or "") == pd_id
+                    ]
                     pick = by_corr or v7
                     opened = min(pick, key=lambda r: str(r.get("sys_created_on") or "")) if pick else None
         return ("opened", pd_table, opened) if opened is not None else None
@@ -162,8 +169,11 @@ class PdToSn(Direction):
         manual = conf.sync_option_for(service) == "manual"
         syncs = force or (mapped and not manual)
         table = conf.table_for(service)
-        found = await self._sn_lookup(key if born_there else None, inc["id"] if syncs else None, table) \
-            if (born_there or syncs) else None
+        found = (
+            await self._sn_lookup(key if born_there else None, inc["id"] if syncs else None, table)
+            if (born_there or syncs)
+            else None
+        )
         if found is not None and found[0] == "born":
             # Born in ServiceNow; its trigger handler did not get to link it.
             _, born_table, rec = found
@@ -172,11 +182,17 @@ class PdToSn(Direction):
             return True
         if not syncs:
             if manual:
-                log.info("manual_sync_service", detail="waiting for a sync request", pd_incident=inc["id"],
-                         service=service)
+                log.info(
+                    "manual_sync_service", detail="waiting for a sync request", pd_incident=inc["id"], service=service
+                )
             else:
-                log.info("pd_incident_not_synced", reason="unmapped service and policy",
-                         pd_incident=inc["id"], service=service, escalation_policy=ep)
+                log.info(
+                    "pd_incident_not_synced",
+                    reason="unmapped service and policy",
+                    pd_incident=inc["id"],
+                    service=service,
+                    escalation_policy=ep,
+                )
             return False
         if found is not None:
             # Opened earlier (an attempt that failed after the insert, the v7 app, another
@@ -194,8 +210,13 @@ class PdToSn(Direction):
         if seen is not None:
             self.links.remember_seen(rec["sys_id"], {SN_SEEN: seen})
         link = await self.links.new_link(inc, table, rec, origin="pd", sn_seen=seen)
-        log.info("sn_incident_opened", pd_incident=inc["id"], sn_table=table,
-                 sn_number=rec.get("number"), sn_sys_id=rec.get("sys_id"))
+        log.info(
+            "sn_incident_opened",
+            pd_incident=inc["id"],
+            sn_table=table,
+            sn_number=rec.get("number"),
+            sn_sys_id=rec.get("sys_id"),
+        )
         # Notes made before we got to it. Each note has an event of its own (the annotation
         # webhook, the poll's annotate log entry) that reads them once the link exists; so
         # while the poll is on, opening on the trigger's own event leaves them to that.
@@ -206,11 +227,21 @@ class PdToSn(Direction):
 
     async def _sn_find_by_pd_id(self, table: str, pd_id: str) -> dict | None:
         conf = self.conf
-        rows = await self.api.sn_query(table, Q().eq("correlation_id", pd_id).eq("correlation_display", "PagerDuty"),
-                                       self.core.sn_fields(table), limit=1, order_by="sys_created_on")
+        rows = await self.api.sn_query(
+            table,
+            Q().eq("correlation_id", pd_id).eq("correlation_display", "PagerDuty"),
+            self.core.sn_fields(table),
+            limit=1,
+            order_by="sys_created_on",
+        )
         if not rows and conf.v7_fields and table == "incident":
-            rows = await self.api.sn_query(table, Q().eq(conf.v7_incident_field, pd_id), self.core.sn_fields(table),
-                                           limit=1, order_by="sys_created_on")
+            rows = await self.api.sn_query(
+                table,
+                Q().eq(conf.v7_incident_field, pd_id),
+                self.core.sn_fields(table),
+                limit=1,
+                order_by="sys_created_on",
+            )
         return rows[0] if rows else None
 
     def _sn_priority_for(self, view: dict) -> str | None:
@@ -234,7 +265,7 @@ class PdToSn(Direction):
                     note = entry.get("note") or ""
                     who = (entry.get("agent") or {}).get("summary") or who
                     break
-        except Exception as exc:  # noqa: BLE001 - the note is a nicety, the state is not
+        except Exception as exc:
             log.warning("resolution_note_unavailable", pd_incident=inc["id"], error=str(exc))
         return who, note
 
@@ -260,9 +291,16 @@ class PdToSn(Direction):
         group = self.mapping.group_for_pagerduty(service, view["ep"], None)
         fields: dict[str, Any] = {
             "short_description": (inc.get("title") or inc["id"])[:160],
-            "description": render(conf.servicenow_description, {
-                "details": self._details(inc), "title": inc.get("title"), "html_url": inc.get("html_url"),
-                "service": (inc.get("service") or {}).get("summary"), "id": inc["id"]}),
+            "description": render(
+                conf.servicenow_description,
+                {
+                    "details": self._details(inc),
+                    "title": inc.get("title"),
+                    "html_url": inc.get("html_url"),
+                    "service": (inc.get("service") or {}).get("summary"),
+                    "id": inc["id"],
+                },
+            ),
             "correlation_id": inc["id"],
             "correlation_display": "PagerDuty",
             ("caller_id" if table == "incident" else "caller"): await self.core.caller_id(),
@@ -283,9 +321,17 @@ class PdToSn(Direction):
                 fields["assigned_to"] = who
         elif view["status"] == "resolved":
             who, note = await self._resolution(inc)
-            fields.update(state=states["resolved"], close_code=conf.close_code,
-                          close_notes=render(conf.close_notes, {"user": who, "resolution": note}))
-        if "assigned_to" not in fields and not conf.assign_on_ack_only and view["status"] != "resolved" and view["assignees"]:
+            fields.update(
+                state=states["resolved"],
+                close_code=conf.close_code,
+                close_notes=render(conf.close_notes, {"user": who, "resolution": note}),
+            )
+        if (
+            "assigned_to" not in fields
+            and not conf.assign_on_ack_only
+            and view["status"] != "resolved"
+            and view["assignees"]
+        ):
             who = await self.users.sn_for_pd(view["assignees"][0])
             if who:
                 fields["assigned_to"] = who
@@ -301,8 +347,9 @@ class PdToSn(Direction):
         if changed:
             rec = await self.api.sn_get(table, link.sn_id, self.core.sn_fields(table, linked=True))
             if rec is None:
-                log.warning("sn_incident_gone", detail="link marked unlinked", sn_sys_id=link.sn_id,
-                            pd_incident=link.pd_id)
+                log.warning(
+                    "sn_incident_gone", detail="link marked unlinked", sn_sys_id=link.sn_id, pd_incident=link.pd_id
+                )
                 await self.links.save(link, st, status="unlinked")
                 return
             agreed: set[str] = set()
@@ -327,16 +374,22 @@ class PdToSn(Direction):
                         snap[k] = view[k]
                 st["sn"] = snap
                 own_write(st, written)
-                log.info("pd_change_applied_to_sn", pd_incident=link.pd_id,
-                         sn_sys_id=link.sn_id, fields=sorted(updates), changed=sorted(changed))
+                log.info(
+                    "pd_change_applied_to_sn",
+                    pd_incident=link.pd_id,
+                    sn_sys_id=link.sn_id,
+                    fields=sorted(updates),
+                    changed=sorted(changed),
+                )
         st["pd"] = new
         if st != link.state:
             link = await self.links.save(link, st)
         if notes and conf.sync_work_notes:
             await pd_notes_to_sn(self.core, link, table, copy.deepcopy(link.state))
 
-    async def _desired_sn(self, table: str, inc: dict, old: dict, new: dict, changed: set[str], rec: dict,
-                          st: dict, agreed: set[str]) -> dict:
+    async def _desired_sn(
+        self, table: str, inc: dict, old: dict, new: dict, changed: set[str], rec: dict, st: dict, agreed: set[str]
+    ) -> dict:
         """The ServiceNow fields PagerDuty's changes ask for; ``agreed`` gets the tracked
         fields whose wanted value the record has already."""
         conf = self.conf
@@ -350,8 +403,11 @@ class PdToSn(Direction):
                 agreed.add("state")
             if status == "resolved" and not done:
                 who, note = await self._resolution(inc)
-                up.update(state=states["resolved"], close_code=conf.close_code,
-                          close_notes=render(conf.close_notes, {"user": who, "resolution": note}))
+                up.update(
+                    state=states["resolved"],
+                    close_code=conf.close_code,
+                    close_notes=render(conf.close_notes, {"user": who, "resolution": note}),
+                )
             elif status == "acknowledged" and (reopened or not done):
                 # A ServiceNow incident resolved meanwhile stays resolved: only a reopen in
                 # PagerDuty reopens it (its resolution then reaches PagerDuty in turn).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -31,15 +31,23 @@ SN_TIME = "%Y-%m-%d %H:%M:%S"
 WM_PD = "incident_sync.pagerduty.log_entries"
 WM_SN = "incident_sync.servicenow.{table}"
 #: Log entries that say something incident sync mirrors (not notifications and the like).
-LOG_ENTRY_TYPES = frozenset({
-    "trigger_log_entry", "acknowledge_log_entry", "unacknowledge_log_entry", "resolve_log_entry",
-    "assign_log_entry", "delegate_log_entry", "escalate_log_entry", "annotate_log_entry",
-    "urgency_change_log_entry",
-})
+LOG_ENTRY_TYPES = frozenset(
+    {
+        "trigger_log_entry",
+        "acknowledge_log_entry",
+        "unacknowledge_log_entry",
+        "resolve_log_entry",
+        "assign_log_entry",
+        "delegate_log_entry",
+        "escalate_log_entry",
+        "annotate_log_entry",
+        "urgency_change_log_entry",
+    }
+)
 
 
 def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_iso(value: str) -> datetime:
@@ -67,19 +75,29 @@ async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
     store = ctx.store
     name = WM_SN.format(table=table)
     mark = await store.get_watermark(name)
-    fields = ["sys_id", "sys_updated_on", "sys_mod_count", "state", "priority", "assignment_group", "cmdb_ci",
-              "correlation_id", "correlation_display"]
+    fields = [
+        "sys_id",
+        "sys_updated_on",
+        "sys_mod_count",
+        "state",
+        "priority",
+        "assignment_group",
+        "cmdb_ci",
+        "correlation_id",
+        "correlation_display",
+    ]
     if conf.v7_fields and table == "incident":
         fields.append(conf.v7_incident_field)
     if mark is None:
         # First pass: start from the newest record (ServiceNow's clock), never backfill history.
         rows = await engine.api.sn_query(table, None, ["sys_updated_on"], limit=1, order_by="-sys_updated_on")
-        mark = rows[0]["sys_updated_on"] if rows else datetime.now(timezone.utc).strftime(SN_TIME)
+        mark = rows[0]["sys_updated_on"] if rows else datetime.now(UTC).strftime(SN_TIME)
         await store.set_watermark(name, mark)
         return 0
     since = (datetime.strptime(mark, SN_TIME) - timedelta(seconds=conf.poll_overlap_seconds)).strftime(SN_TIME)
-    rows = await engine.api.sn_query(table, Q().gte("sys_updated_on", since), fields,
-                                     order_by=["sys_updated_on", "sys_id"])
+    rows = await engine.api.sn_query(
+        table, Q().gte("sys_updated_on", since), fields, order_by=["sys_updated_on", "sys_id"]
+    )
     enqueued = 0
     newest = mark
     for row in rows:
@@ -92,11 +110,20 @@ async def poll_servicenow(ctx: Any, engine: Any, table: str) -> int:
         operation = "insert" if mod_count == "0" else "update"
         # The id a doorbell for this very change carries (daemon/server.py), so the
         # inbox keeps whichever of the two arrives first and drops the other.
-        event = Event(source="servicenow", type=f"{table}.{operation}",
-                      event_id=f"{table}:{row['sys_id']}:m{mod_count}:{operation}",
-                      resource=f"servicenow:{table}:{row['sys_id']}",
-                      payload={"table": table, "sys_id": row["sys_id"], "operation": operation,
-                               "sys_updated_on": stamp, "sys_mod_count": mod_count, "polled": True})
+        event = Event(
+            source="servicenow",
+            type=f"{table}.{operation}",
+            event_id=f"{table}:{row['sys_id']}:m{mod_count}:{operation}",
+            resource=f"servicenow:{table}:{row['sys_id']}",
+            payload={
+                "table": table,
+                "sys_id": row["sys_id"],
+                "operation": operation,
+                "sys_updated_on": stamp,
+                "sys_mod_count": mod_count,
+                "polled": True,
+            },
+        )
         stored = await ctx.enqueue(event)
         enqueued += stored is not None
     if newest != mark:
@@ -110,7 +137,7 @@ async def poll_pagerduty(ctx: Any, engine: Any) -> int:
     from what was last synced (priority changes leave no log entry)."""
     conf = engine.conf
     store = ctx.store
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     mark = await store.get_watermark(WM_PD)
     if mark is None:
         await store.set_watermark(WM_PD, _iso(now))
@@ -122,9 +149,19 @@ async def poll_pagerduty(ctx: Any, engine: Any) -> int:
         iid = (entry.get("incident") or {}).get("id")
         if not iid or entry.get("type") not in LOG_ENTRY_TYPES or not entry.get("id"):
             continue
-        stored = await ctx.enqueue(Event(
-            source="pagerduty", type=POLLED, event_id=f"poll:{iid}:{entry['id']}", resource=f"pagerduty:incident:{iid}",
-            payload={"incident_id": iid, "log_entry": entry["id"], "notes": entry.get("type") == "annotate_log_entry"}))
+        stored = await ctx.enqueue(
+            Event(
+                source="pagerduty",
+                type=POLLED,
+                event_id=f"poll:{iid}:{entry['id']}",
+                resource=f"pagerduty:incident:{iid}",
+                payload={
+                    "incident_id": iid,
+                    "log_entry": entry["id"],
+                    "notes": entry.get("type") == "annotate_log_entry",
+                },
+            )
+        )
         enqueued += stored is not None
     for inc in await engine.api.pd_open_incidents():
         link = await store.get_link(KIND, pd_id=inc["id"], include_unlinked=True)
@@ -134,13 +171,18 @@ async def poll_pagerduty(ctx: Any, engine: Any) -> int:
                 continue
         else:
             service = (inc.get("service") or {}).get("id")
-            if (conf.sync_option_for(service) == "manual"
-                    or not engine.mapping.is_mapped_incident(service, view["ep"])):
+            if conf.sync_option_for(service) == "manual" or not engine.mapping.is_mapped_incident(service, view["ep"]):
                 continue
         digest = hashlib.sha1(json.dumps(view, sort_keys=True).encode()).hexdigest()[:12]
-        stored = await ctx.enqueue(Event(
-            source="pagerduty", type=POLLED, event_id=f"poll:{inc['id']}:{inc.get('updated_at') or ''}:{digest}",
-            resource=f"pagerduty:incident:{inc['id']}", payload={"incident_id": inc["id"], "open_sweep": True}))
+        stored = await ctx.enqueue(
+            Event(
+                source="pagerduty",
+                type=POLLED,
+                event_id=f"poll:{inc['id']}:{inc.get('updated_at') or ''}:{digest}",
+                resource=f"pagerduty:incident:{inc['id']}",
+                payload={"incident_id": inc["id"], "open_sweep": True},
+            )
+        )
         enqueued += stored is not None
     await store.set_watermark(WM_PD, _iso(now))
     return enqueued

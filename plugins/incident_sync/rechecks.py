@@ -54,9 +54,20 @@ class Rechecks:
 
     async def _enqueue(self, key: str, table: str, sys_id: str, stamp: str) -> None:
         try:
-            await self.engine.ctx.enqueue(Event(  # enqueue wakes the worker
-                source="servicenow", type=f"{table}.update", event_id=key, resource=f"servicenow:{table}:{sys_id}",
-                payload={"table": table, "sys_id": sys_id, "operation": "update", "sys_updated_on": stamp,
-                         "recheck": True}))
-        except Exception as exc:  # noqa: BLE001 - the poll reads it instead
+            await self.engine.ctx.enqueue(
+                Event(  # enqueue wakes the worker
+                    source="servicenow",
+                    type=f"{table}.update",
+                    event_id=key,
+                    resource=f"servicenow:{table}:{sys_id}",
+                    payload={
+                        "table": table,
+                        "sys_id": sys_id,
+                        "operation": "update",
+                        "sys_updated_on": stamp,
+                        "recheck": True,
+                    },
+                )
+            )
+        except Exception as exc:
             log.warning("recheck_not_queued", sn_sys_id=sys_id, error=f"{type(exc).__name__}: {exc}")

@@ -25,8 +25,9 @@ ALREADY = (ALREADY_RESOLVED, ALREADY_ACKNOWLEDGED)
 class SnToPd(Direction):
     """The ServiceNow -> PagerDuty direction (one per ``Engine``)."""
 
-    async def servicenow_changed(self, table: str, sys_id: str, updated_on: str | None = None,
-                                 mod_count: str | None = None) -> bool:
+    async def servicenow_changed(
+        self, table: str, sys_id: str, updated_on: str | None = None, mod_count: str | None = None
+    ) -> bool:
         if self.links.known_synced(sys_id, mod_count):
             return True  # synced, or our own write: see links.sn_change_synced
         mark = self.locks.seq  # reads from here on are good under the lock while nobody held it
@@ -95,9 +96,11 @@ class SnToPd(Direction):
         group = self.mapping.group(rec.get("assignment_group"))
         if group is None:
             return ""
-        chosen = await self.ctx.hooks.escalation_policy_for(group={"sys_id": group.sys_id, "name": group.name},
-                                                            priority=str(rec.get("priority") or "") or None,
-                                                            ctx=self.ctx)
+        chosen = await self.ctx.hooks.escalation_policy_for(
+            group={"sys_id": group.sys_id, "name": group.name},
+            priority=str(rec.get("priority") or "") or None,
+            ctx=self.ctx,
+        )
         return chosen or group.escalation_policy
 
     def _pd_priority_name(self, sn_priority: str) -> str | None:
@@ -119,9 +122,14 @@ class SnToPd(Direction):
             "service": {"id": service, "type": "service_reference"},
             "incident_key": sys_id,
             # PagerDuty's OpenAPI types body.details as an object: the text goes in "description".
-            "body": {"type": "incident_body", "details": {
-                "description": render(conf.pagerduty_body, body_values),
-                "servicenow_number": rec.get("number") or "", "servicenow_sys_id": sys_id}},
+            "body": {
+                "type": "incident_body",
+                "details": {
+                    "description": render(conf.pagerduty_body, body_values),
+                    "servicenow_number": rec.get("number") or "",
+                    "servicenow_sys_id": sys_id,
+                },
+            },
         }
         urgency = self._pd_urgency(priority)
         if urgency:
@@ -137,8 +145,9 @@ class SnToPd(Direction):
             incident["assignments"] = [{"assignee": {"id": assignee, "type": "user_reference"}}]
         elif ep:
             incident["escalation_policy"] = {"id": ep, "type": "escalation_policy_reference"}
-        sender = await self.users.from_for_user_name(rec.get("sys_created_by") or rec.get("sys_updated_by"),
-                                                     create=conf.create_missing_users)
+        sender = await self.users.from_for_user_name(
+            rec.get("sys_created_by") or rec.get("sys_updated_by"), create=conf.create_missing_users
+        )
         try:
             inc = await self.api.pd_create_incident(incident, sender)
             created = True
@@ -160,10 +169,15 @@ class SnToPd(Direction):
         sn_snap["state"] = ""
         sn_snap["assignment_group"] = rec.get("assignment_group") or ""
         link = await self.links.new_link(inc, table, rec, origin="sn", sn_snapshot=sn_snap, sn_notes=[])
-        log.info("pd_incident_triggered" if created else "pd_incident_linked",
-                 detail=None if created else "the PagerDuty incident already open for this ServiceNow incident",
-                 pd_incident=inc["id"], sn_sys_id=sys_id,
-                 sn_number=rec.get("number"), service=service, escalation_policy=(inc.get("escalation_policy") or {}).get("id"))
+        log.info(
+            "pd_incident_triggered" if created else "pd_incident_linked",
+            detail=None if created else "the PagerDuty incident already open for this ServiceNow incident",
+            pd_incident=inc["id"],
+            sn_sys_id=sys_id,
+            sn_number=rec.get("number"),
+            service=service,
+            escalation_policy=(inc.get("escalation_policy") or {}).get("id"),
+        )
         written = await self.api.sn_update(table, sys_id, writes)
         await self._sync_linked(link, table, written or rec, fresh_pd=inc)
 
@@ -197,8 +211,19 @@ class SnToPd(Direction):
         # retry after a failed note still reads.
         await sn_notes_to_pd(self.core, link, st, synced=mod_count_of(rec))
 
-    async def _write_changes(self, link: Link, table: str, rec: dict, inc: dict, old: dict, new: dict,
-                                changed: set[str], st: dict, states: dict, applied: list[str]) -> bool:
+    async def _write_changes(
+        self,
+        link: Link,
+        table: str,
+        rec: dict,
+        inc: dict,
+        old: dict,
+        new: dict,
+        changed: set[str],
+        st: dict,
+        states: dict,
+        applied: list[str],
+    ) -> bool:
         """Write ServiceNow's changes to PagerDuty (each named in ``applied``); True when
         the link is to be unlinked."""
         conf = self.conf
@@ -223,8 +248,7 @@ class SnToPd(Direction):
             for k in touched:
                 snap[k] = pdv[k]
             st["pd"] = snap
-            log.info("sn_change_applied_to_pd", pd_incident=pd_id, sn_sys_id=link.sn_id,
-                     action=what)
+            log.info("sn_change_applied_to_pd", pd_incident=pd_id, sn_sys_id=link.sn_id, action=what)
 
         def agree(*keys: str) -> None:
             # ServiceNow asks for what PagerDuty has already (a person did the same there,
@@ -239,8 +263,12 @@ class SnToPd(Direction):
         if "state" in changed and is_done and not was_done:
             if pdv["status"] != "resolved":
                 resolution = rec.get("close_notes") or f"Resolved in ServiceNow ({rec.get('number') or link.sn_id})."
-                await put({"status": "resolved", "resolution": resolution}, actor, ("status", "ack_by", "assignees"),
-                          "resolve")
+                await put(
+                    {"status": "resolved", "resolution": resolution},
+                    actor,
+                    ("status", "ack_by", "assignees"),
+                    "resolve",
+                )
             else:
                 agree("status")
             return False
@@ -260,40 +288,71 @@ class SnToPd(Direction):
             if group is not None:
                 ep = await self._escalation_policy(rec)
                 if ep and ep != pdv["ep"] and pdv["status"] != "resolved" and self.core.move_allowed(st, pd_id):
-                    await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
-                              ("ep", "status", "ack_by"), "reassign to escalation policy")
+                    await put(
+                        {"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}},
+                        actor,
+                        ("ep", "status", "ack_by"),
+                        "reassign to escalation policy",
+                    )
                 elif ep and ep == pdv["ep"]:
                     agree("ep")
             elif conf.resolve_if_unmapped_group and new["assignment_group"]:
                 if pdv["status"] != "resolved":
                     name = (await self.core.group_name(new["assignment_group"])) or "no group"
-                    await put({"status": "resolved",
-                               "resolution": f"Reassigned in ServiceNow to {name}, which is not in PagerDuty."},
-                              actor, ("status", "ack_by", "assignees"), "resolve (unmapped group)")
-                log.info("reassigned_to_unmapped_group",
-                         detail="PagerDuty incident resolved and unlinked",
-                         pd_incident=pd_id, sn_sys_id=link.sn_id, group=new["assignment_group"])
+                    await put(
+                        {
+                            "status": "resolved",
+                            "resolution": f"Reassigned in ServiceNow to {name}, which is not in PagerDuty.",
+                        },
+                        actor,
+                        ("status", "ack_by", "assignees"),
+                        "resolve (unmapped group)",
+                    )
+                log.info(
+                    "reassigned_to_unmapped_group",
+                    detail="PagerDuty incident resolved and unlinked",
+                    pd_incident=pd_id,
+                    sn_sys_id=link.sn_id,
+                    group=new["assignment_group"],
+                )
                 return True
         elif "priority" in changed and self.mapping.group(new["assignment_group"]) is not None:
             # Priority mapping may route the new priority to another policy; only then
             # move it (a policy someone chose in PagerDuty stays otherwise).
             ep = await self._escalation_policy(rec)
             before = await self._escalation_policy({**rec, "priority": old.get("priority")})
-            if (ep and ep != before and ep != pdv["ep"] and pdv["status"] != "resolved"
-                    and self.core.move_allowed(st, pd_id)):
-                await put({"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}}, actor,
-                          ("ep", "status", "ack_by"), "reassign to the priority's escalation policy")
+            if (
+                ep
+                and ep != before
+                and ep != pdv["ep"]
+                and pdv["status"] != "resolved"
+                and self.core.move_allowed(st, pd_id)
+            ):
+                await put(
+                    {"escalation_policy": {"id": ep, "type": "escalation_policy_reference"}},
+                    actor,
+                    ("ep", "status", "ack_by"),
+                    "reassign to the priority's escalation policy",
+                )
             elif ep and ep != before and ep == pdv["ep"]:
                 agree("ep")
         if "assigned_to" in changed and new["assigned_to"] and pdv["status"] != "resolved":
             uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
             if uid and pdv["assignees"] != [uid]:
-                await put({"assignments": [{"assignee": {"id": uid, "type": "user_reference"}}]}, actor,
-                          ("status", "ack_by", "assignees"), "reassign to user")
+                await put(
+                    {"assignments": [{"assignee": {"id": uid, "type": "user_reference"}}]},
+                    actor,
+                    ("status", "ack_by", "assignees"),
+                    "reassign to user",
+                )
             elif uid:
                 agree("assignees")
-        if (new["state"] == states["in_progress"] and new["assigned_to"] and ({"state", "assigned_to"} & changed)
-                and pdv["status"] == "triggered"):
+        if (
+            new["state"] == states["in_progress"]
+            and new["assigned_to"]
+            and ({"state", "assigned_to"} & changed)
+            and pdv["status"] == "triggered"
+        ):
             sender = await self.users.from_for_sys_id(new["assigned_to"], create=conf.create_missing_users) or actor
             await put({"status": "acknowledged"}, sender, ("status", "ack_by"), "acknowledge")
         if "priority" in changed and new["priority"]:

@@ -55,7 +55,9 @@ class Users:
             return known[0]
         if self.store is None:
             return None
-        link = await (self.store.get_link("user", pd_id=key) if side == "pd" else self.store.get_link("user", sn_id=key))
+        link = await (
+            self.store.get_link("user", pd_id=key) if side == "pd" else self.store.get_link("user", sn_id=key)
+        )
         if link is None:
             self._links.pop((side, key), None)
             return None
@@ -119,8 +121,9 @@ class Users:
     async def sn_user_by_email(self, email: str) -> dict | None:
         if self._known_missing("sn_email", email.lower()):
             return None
-        rows = await self.api.sn_query("sys_user", Q().eq("email", email).eq("active", True), self._fields(),
-                                       limit=1, order_by="sys_id")
+        rows = await self.api.sn_query(
+            "sys_user", Q().eq("email", email).eq("active", True), self._fields(), limit=1, order_by="sys_id"
+        )
         if not rows:
             self._found_nobody("sn_email", email.lower())
         return self._remember(rows[0] if rows else None)
@@ -148,9 +151,12 @@ class Users:
             await self.store.put_link(Link(kind="user", pd_id=pd_id, sn_id=sn_id, state={"email": email.lower()}))
             self._remember_link(pd_id, sn_id)
         except LinkConflictError:
-            log.info("user_link_not_stored",
-                     reason="the ServiceNow user is linked to another PagerDuty user",
-                     pd_id=pd_id, sn_id=sn_id)
+            log.info(
+                "user_link_not_stored",
+                reason="the ServiceNow user is linked to another PagerDuty user",
+                pd_id=pd_id,
+                sn_id=sn_id,
+            )
 
     async def sn_for_pd(self, uid: str | None) -> str | None:
         """The sys_id of the ServiceNow user who is PagerDuty user ``uid``, or None."""

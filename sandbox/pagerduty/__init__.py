@@ -33,10 +33,10 @@ def load_seed(path: str | Path | None = None) -> dict:
 
 __all__ = [
     "DEFAULT_API_KEY",
-    "PDError",
-    "PagerDutyState",
     "SEED_PATH",
     "STATE_KEY",
+    "PDError",
+    "PagerDutyState",
     "create_app",
     "load_seed",
     "pd_error_body",

@@ -4,7 +4,8 @@ writing PagerDuty-shaped JSON answers (pages with offset/limit/more/total, error
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -27,8 +28,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json",
-                        charset="utf-8")
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json", charset="utf-8")
 
 
 def error_response(err: PDError) -> web.Response:
@@ -42,7 +42,7 @@ def no_content(status: int = 204) -> web.Response:
 # ---------------------------------------------------------------- requests
 
 
-def state_of(request: web.Request) -> "PagerDutyState":
+def state_of(request: web.Request) -> PagerDutyState:
     return request.app[STATE_KEY]
 
 
@@ -77,8 +77,9 @@ def acting_user(request: web.Request, required: bool = True) -> str | None:
         if key_user:
             return key_user
         if required:
-            raise PDError(400, 2016,
-                          'You must specify a user\'s email address in the "From" header to perform this action', [])
+            raise PDError(
+                400, 2016, 'You must specify a user\'s email address in the "From" header to perform this action', []
+            )
         return None
     if not EMAIL.match(value):
         raise PDError(400, 1028, 'Malformed "From" header', [f"{value!r} is not an email address"])
@@ -112,20 +113,27 @@ def paging(request: web.Request) -> tuple[int, int, bool]:
         raise invalid("offset must not be negative")
     limit = min(limit, MAX_LIMIT)
     if offset + limit > MAX_OFFSET_PLUS_LIMIT:
-        raise invalid(f"Offset+limit must be less than or equal to {MAX_OFFSET_PLUS_LIMIT}",
-                      message="Invalid Input Provided")
+        raise invalid(
+            f"Offset+limit must be less than or equal to {MAX_OFFSET_PLUS_LIMIT}", message="Invalid Input Provided"
+        )
     return limit, offset, truthy(q.get("total"))
 
 
-def page(request: web.Request, key: str, items: list, render: Callable[[Any], Any] | None = None,
-         extra: dict | None = None) -> web.Response:
+def page(
+    request: web.Request, key: str, items: list, render: Callable[[Any], Any] | None = None, extra: dict | None = None
+) -> web.Response:
     """One page of ``items`` under ``key``, as the request's ``limit``/``offset``/``total`` ask."""
     limit, offset, want_total = paging(request)
-    chunk = items[offset:offset + limit]
+    chunk = items[offset : offset + limit]
     if render is not None:
         chunk = [render(x) for x in chunk]
-    body = {key: chunk, "limit": limit, "offset": offset, "more": offset + len(chunk) < len(items),
-            "total": len(items) if want_total else None}
+    body = {
+        key: chunk,
+        "limit": limit,
+        "offset": offset,
+        "more": offset + len(chunk) < len(items),
+        "total": len(items) if want_total else None,
+    }
     if extra:
         body.update(extra)
     return json_response(body)
@@ -150,5 +158,9 @@ def time_param(request: web.Request, name: str) -> float | None:
     try:
         return parse_time(value)
     except ValueError:
-        raise PDError(400, 2004, "Invalid time values in 'since' and/or 'until' parameters",
-                      [f"{name} is not an ISO 8601 date-time: {value!r}"]) from None
+        raise PDError(
+            400,
+            2004,
+            "Invalid time values in 'since' and/or 'until' parameters",
+            [f"{name} is not an ISO 8601 date-time: {value!r}"],
+        ) from None

@@ -4,13 +4,23 @@ the rules every route shares (authentication, rate limits, read-only keys, error
 from __future__ import annotations
 
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import (account, escalation_policies, extensions, incident_routes, schedules, services, teams, users,
-               webhook_subscriptions, workflows)
 from ..faults import FaultInjector, faults_middleware
+from . import (
+    account,
+    escalation_policies,
+    extensions,
+    incident_routes,
+    schedules,
+    services,
+    teams,
+    users,
+    webhook_subscriptions,
+    workflows,
+)
 from .api import KEY_INFO, STATE_KEY, WRITE_METHODS, error_response
 from .errors import PDError, access_denied, auth_failed, not_found, pd_error_body, rate_limited
 from .state import PagerDutyState
@@ -22,8 +32,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each family's routes. Their order matters only where paths overlap, and none do across
 # families (within users, /users/me comes before /users/{id}).
-FAMILIES = (account, users, teams, schedules, escalation_policies, services, extensions, webhook_subscriptions,
-            incident_routes, workflows)
+FAMILIES = (
+    account,
+    users,
+    teams,
+    schedules,
+    escalation_policies,
+    services,
+    extensions,
+    webhook_subscriptions,
+    incident_routes,
+    workflows,
+)
 
 #: Every route the sandbox serves, in registration order (the OpenAPI vendoring script
 #: and the contract tests read it).

@@ -4,8 +4,9 @@ PagerDuty's pagination, ``query``, ``include[]``, wrapped bodies and error answe
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -68,7 +69,7 @@ def crud_routes(routes: web.RouteTableDef, res: Resource) -> None:
     def ids(request: web.Request, n: int) -> list[str]:
         return [request.match_info[name] for name in names[:n]]
 
-    def show(st: "State", obj: dict, include: Iterable[str] = ()) -> dict:
+    def show(st: State, obj: dict, include: Iterable[str] = ()) -> dict:
         return res.render(st, obj, include) if res.render is not None else obj
 
     async def list_all(request: web.Request) -> web.StreamResponse:

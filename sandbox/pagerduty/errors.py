@@ -3,7 +3,7 @@ codes and messages PagerDuty answers (its error-code table, plus ones seen in pr
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class PDError(Exception):

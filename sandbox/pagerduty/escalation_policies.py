@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -36,7 +37,9 @@ class EscalationPolicyOps:
                 raise invalid("Escalation rule target type must be user_reference or schedule_reference")
         return out
 
-    def _store_escalation_policy(self, epid, name, description, rules, team_ids, num_loops=0, handoff="if_has_services"):
+    def _store_escalation_policy(
+        self, epid, name, description, rules, team_ids, num_loops=0, handoff="if_has_services"
+    ):
         epid = self._claim_id(epid)
         if not isinstance(rules, list) or not rules:
             raise invalid("Escalation policy must have at least one escalation rule")
@@ -48,8 +51,11 @@ class EscalationPolicyOps:
             if not isinstance(delay, int) or isinstance(delay, bool) or delay < 1:
                 raise invalid("Escalation delay in minutes must be a positive integer")
             norm_rules.append(
-                {"id": r.get("id") or self.ids.new(), "escalation_delay_in_minutes": delay,
-                 "targets": self._norm_targets(r.get("targets"))}
+                {
+                    "id": r.get("id") or self.ids.new(),
+                    "escalation_delay_in_minutes": delay,
+                    "targets": self._norm_targets(r.get("targets")),
+                }
             )
         teams = []
         for tid in team_ids:
@@ -94,34 +100,47 @@ class EscalationPolicyOps:
             self.require_ability("teams")
         if errors:
             raise invalid(*errors)
-        return {"name": name, "description": data.get("description", ""), "rules": data["escalation_rules"],
-                "team_ids": [t.get("id") for t in teams], "num_loops": num_loops, "handoff": handoff}
+        return {
+            "name": name,
+            "description": data.get("description", ""),
+            "rules": data["escalation_rules"],
+            "team_ids": [t.get("id") for t in teams],
+            "num_loops": num_loops,
+            "handoff": handoff,
+        }
 
     def create_escalation_policy(self, data: dict) -> dict:
         d = self._ep_from_body(data, None)
-        return self._store_escalation_policy(None, d["name"], d["description"], d["rules"], d["team_ids"],
-                                             d["num_loops"], d["handoff"])
+        return self._store_escalation_policy(
+            None, d["name"], d["description"], d["rules"], d["team_ids"], d["num_loops"], d["handoff"]
+        )
 
     def update_escalation_policy(self, epid: str, data: dict) -> dict:
         old = self._get(self.escalation_policies, epid, "Escalation Policy")
         merged = {**old, **data}
         merged["type"] = data.get("type", old["type"])
         d = self._ep_from_body(merged, epid)
-        return self._store_escalation_policy(epid, d["name"], d["description"], d["rules"], d["team_ids"],
-                                             d["num_loops"], d["handoff"])
+        return self._store_escalation_policy(
+            epid, d["name"], d["description"], d["rules"], d["team_ids"], d["num_loops"], d["handoff"]
+        )
 
     def delete_escalation_policy(self, epid: str) -> None:
         self._get(self.escalation_policies, epid, "Escalation Policy")
         users = [s["name"] for s in self.services.values() if s["escalation_policy"]["id"] == epid]
         if users:
-            raise invalid(f"Escalation policy is in use by services: {', '.join(users)}",
-                          message="Escalation Policy In Use")
+            raise invalid(
+                f"Escalation policy is in use by services: {', '.join(users)}", message="Escalation Policy In Use"
+            )
         del self.escalation_policies[epid]
 
     def render_escalation_policy(self, ep: dict, include: Iterable[str] = ()) -> dict:
         include = set(include)
-        out = {**ep, "services": [self.ref("service", s["id"]) for s in self.services.values()
-                                  if s["escalation_policy"]["id"] == ep["id"]]}
+        out = {
+            **ep,
+            "services": [
+                self.ref("service", s["id"]) for s in self.services.values() if s["escalation_policy"]["id"] == ep["id"]
+            ],
+        }
         if "teams" in include:
             out["teams"] = [self.teams[t["id"]] for t in ep["teams"] if t["id"] in self.teams]
         if "services" in include:
@@ -165,22 +184,37 @@ routes = web.RouteTableDef()
 def _matching(request: web.Request, st, eps: list[dict]) -> list[dict]:
     user_ids = set(list_param(request, "user_ids"))
     if user_ids:
-        eps = [ep for ep in eps if any(
-            (t["type"] == "user_reference" and t["id"] in user_ids)
-            or (t["type"] == "schedule_reference" and user_ids & set(st.schedule_users(t["id"])))
-            for r in ep["escalation_rules"] for t in r["targets"])]
+        eps = [
+            ep
+            for ep in eps
+            if any(
+                (t["type"] == "user_reference" and t["id"] in user_ids)
+                or (t["type"] == "schedule_reference" and user_ids & set(st.schedule_users(t["id"])))
+                for r in ep["escalation_rules"]
+                for t in r["targets"]
+            )
+        ]
     team_ids = set(list_param(request, "team_ids"))
     if team_ids:
         eps = [ep for ep in eps if any(t["id"] in team_ids for t in ep["teams"])]
     return eps
 
 
-crud_routes(routes, Resource(
-    "/escalation_policies/{id}", "escalation_policy", "escalation_policies",
-    get=lambda st, epid: st._get(st.escalation_policies, epid, "Escalation Policy"),
-    items=lambda st: st.escalation_policies.values(),
-    create=EscalationPolicyOps.create_escalation_policy, update=EscalationPolicyOps.update_escalation_policy,
-    delete=EscalationPolicyOps.delete_escalation_policy, render=EscalationPolicyOps.render_escalation_policy,
-    search=("name",), select=_matching, order="sort_by",
-    before_create=lambda request: acting_user(request, required=False),
-))
+crud_routes(
+    routes,
+    Resource(
+        "/escalation_policies/{id}",
+        "escalation_policy",
+        "escalation_policies",
+        get=lambda st, epid: st._get(st.escalation_policies, epid, "Escalation Policy"),
+        items=lambda st: st.escalation_policies.values(),
+        create=EscalationPolicyOps.create_escalation_policy,
+        update=EscalationPolicyOps.update_escalation_policy,
+        delete=EscalationPolicyOps.delete_escalation_policy,
+        render=EscalationPolicyOps.render_escalation_policy,
+        search=("name",),
+        select=_matching,
+        order="sort_by",
+        before_create=lambda request: acting_user(request, required=False),
+    ),
+)

@@ -86,11 +86,17 @@ class ExtensionOps:
 
 routes = web.RouteTableDef()
 
-crud_routes(routes, Resource(
-    "/extension_schemas/{id}", "extension_schema", "extension_schemas",
-    get=lambda st, sid: st._get(st.extension_schemas, sid, "Extension Schema"),
-    items=lambda st: st.extension_schemas.values(), order=None,
-))
+crud_routes(
+    routes,
+    Resource(
+        "/extension_schemas/{id}",
+        "extension_schema",
+        "extension_schemas",
+        get=lambda st, sid: st._get(st.extension_schemas, sid, "Extension Schema"),
+        items=lambda st: st.extension_schemas.values(),
+        order=None,
+    ),
+)
 
 
 def _matching(request: web.Request, st, exts: list[dict]) -> list[dict]:
@@ -103,13 +109,21 @@ def _matching(request: web.Request, st, exts: list[dict]) -> list[dict]:
     return exts
 
 
-crud_routes(routes, Resource(
-    "/extensions/{id}", "extension", "extensions",
-    get=lambda st, eid: st._get(st.extensions, eid, "Extension"),
-    items=lambda st: st.extensions.values(),
-    create=ExtensionOps.create_extension, update=ExtensionOps.update_extension,
-    delete=ExtensionOps.delete_extension, search=("name",), select=_matching,
-))
+crud_routes(
+    routes,
+    Resource(
+        "/extensions/{id}",
+        "extension",
+        "extensions",
+        get=lambda st, eid: st._get(st.extensions, eid, "Extension"),
+        items=lambda st: st.extensions.values(),
+        create=ExtensionOps.create_extension,
+        update=ExtensionOps.update_extension,
+        delete=ExtensionOps.delete_extension,
+        search=("name",),
+        select=_matching,
+    ),
+)
 
 
 @routes.post("/extensions/{id}/enable")

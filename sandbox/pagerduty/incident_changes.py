@@ -3,7 +3,8 @@ as a user would) validated as a whole, then applied; merging incidents too."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import PDError, already_acknowledged, already_resolved, invalid
 from .incidents import OPEN
@@ -47,8 +48,12 @@ class IncidentChangeOps:
         if not isinstance(updates, list) or not updates:
             raise invalid("incidents must be a non-empty array")
         if len(updates) > MAX_BULK_UPDATE:
-            raise PDError(413, 2001, "Invalid Input Provided",
-                          [f"A maximum of {MAX_BULK_UPDATE} incidents may be updated at a time"])
+            raise PDError(
+                413,
+                2001,
+                "Invalid Input Provided",
+                [f"A maximum of {MAX_BULK_UPDATE} incidents may be updated at a time"],
+            )
         plans = []
         for item in updates:
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
@@ -173,8 +178,10 @@ class IncidentChangeOps:
 
         if reopening:
             if (inc["service"]["id"], inc["incident_key"]) in self._open_keys:
-                raise invalid("Open incident with matching dedup key already exists on this service",
-                              message="Incident could not be reopened")
+                raise invalid(
+                    "Open incident with matching dedup key already exists on this service",
+                    message="Incident could not be reopened",
+                )
             steps.append(lambda ts: self._do_reopen(inc, status, actor, assignees, epid, ts))
         else:
             if epid is not None and (epid != inc["escalation_policy"]["id"] or level is None):
@@ -236,7 +243,8 @@ class IncidentChangeOps:
         data = {
             "incident": self.ref("incident", inc["id"]),
             "conference_numbers": [{"label": "", "number": bridge["conference_number"]}]
-            if bridge and bridge.get("conference_number") else [],
+            if bridge and bridge.get("conference_number")
+            else [],
             "conference_url": (bridge or {}).get("conference_url", ""),
             "type": "incident_conference_bridge",
         }
@@ -267,8 +275,12 @@ class IncidentChangeOps:
         refs = self._assign(inc, self.level_targets(epid, 1), ts, "escalation_policy")
         self._touch(inc, ts)
         entry = self._log(
-            "delegate_log_entry", inc, self._agent(actor, inc),
-            f"Reassigned to {inc['escalation_policy']['summary']}", ts, assignees=list(refs),
+            "delegate_log_entry",
+            inc,
+            self._agent(actor, inc),
+            f"Reassigned to {inc['escalation_policy']['summary']}",
+            ts,
+            assignees=list(refs),
         )
         self._emit("incident.delegated", inc, actor, ts, v2="incident.delegate", entries=[entry])
 
@@ -279,8 +291,14 @@ class IncidentChangeOps:
         refs = self._assign(inc, self.level_targets(epid, level), ts, "escalation_policy")
         self._touch(inc, ts)
         names = ", ".join(r["summary"] for r in refs) or "nobody"
-        entry = self._log("escalate_log_entry", inc, self._agent(actor, inc),
-                          f"Escalated to level {level}: {names}", ts, assignees=list(refs))
+        entry = self._log(
+            "escalate_log_entry",
+            inc,
+            self._agent(actor, inc),
+            f"Escalated to level {level}: {names}",
+            ts,
+            assignees=list(refs),
+        )
         self._emit("incident.escalated", inc, actor, ts, v2="incident.escalate", entries=[entry])
 
     def _do_reassign(self, inc: dict, user_ids: list[str], actor: dict | None, ts: float) -> None:
@@ -288,8 +306,14 @@ class IncidentChangeOps:
         refs = self._assign(inc, user_ids, ts, "direct_assignment")
         self._touch(inc, ts)
         who = f" by {actor['name']}" if actor else ""
-        entry = self._log("assign_log_entry", inc, self._agent(actor, inc),
-                          f"Assigned to {', '.join(r['summary'] for r in refs)}{who}.", ts, assignees=list(refs))
+        entry = self._log(
+            "assign_log_entry",
+            inc,
+            self._agent(actor, inc),
+            f"Assigned to {', '.join(r['summary'] for r in refs)}{who}.",
+            ts,
+            assignees=list(refs),
+        )
         self._emit("incident.reassigned", inc, actor, ts, v2="incident.assign", entries=[entry])
 
     def _do_acknowledge(self, inc: dict, actor: dict | None, ts: float) -> None:
@@ -298,8 +322,9 @@ class IncidentChangeOps:
         self._status_change(inc, "acknowledged", ts, by)
         self._open_by_service[inc["service"]["id"]][inc["id"]] = "acknowledged"
         timeout = self.services[inc["service"]["id"]].get("acknowledgement_timeout")
-        entry = self._log("acknowledge_log_entry", inc, by, f"Acknowledged by {by['summary']}", ts,
-                          acknowledgement_timeout=timeout)
+        entry = self._log(
+            "acknowledge_log_entry", inc, by, f"Acknowledged by {by['summary']}", ts, acknowledgement_timeout=timeout
+        )
         self._emit("incident.acknowledged", inc, actor, ts, v2="incident.acknowledge", entries=[entry])
 
     def _do_unacknowledge(self, inc: dict, actor: dict | None, ts: float) -> None:
@@ -310,8 +335,9 @@ class IncidentChangeOps:
         entry = self._log("unacknowledge_log_entry", inc, by, f"Unacknowledged by {by['summary']}", ts)
         self._emit("incident.unacknowledged", inc, actor, ts, v2="incident.unacknowledge", entries=[entry])
 
-    def _do_resolve(self, inc: dict, actor: dict | None, resolution: str | None, ts: float,
-                    resolve_reason: dict | None = None) -> None:
+    def _do_resolve(
+        self, inc: dict, actor: dict | None, resolution: str | None, ts: float, resolve_reason: dict | None = None
+    ) -> None:
         by = self._agent(actor, inc)
         self._status_change(inc, "resolved", ts, by)
         inc["resolved_at"] = iso(ts)
@@ -325,8 +351,9 @@ class IncidentChangeOps:
         entry = self._log("resolve_log_entry", inc, by, f"Resolved by {by['summary']}", ts, **extra)
         self._emit("incident.resolved", inc, actor, ts, v2="incident.resolve", entries=[entry])
 
-    def _do_reopen(self, inc: dict, status: str, actor: dict | None, assignees: list[str] | None,
-                   epid: str | None, ts: float) -> None:
+    def _do_reopen(
+        self, inc: dict, status: str, actor: dict | None, assignees: list[str] | None, epid: str | None, ts: float
+    ) -> None:
         if epid is not None:
             inc["escalation_policy"] = self.ref("escalation_policy", epid)
             inc["teams"] = self._teams_for(self.services[inc["service"]["id"]], epid)
@@ -344,11 +371,24 @@ class IncidentChangeOps:
             refs = self._assign(inc, self.level_targets(inc["escalation_policy"]["id"], 1), ts, "escalation_policy")
         self._set_open(inc)
         by = self._agent(actor, inc)
-        entry = self._log("trigger_log_entry", inc, by, f"Reopened by {by['summary']}", ts,
-                          {"type": "api", "summary": "Reopened"}, event_details={"description": inc["title"]})
+        entry = self._log(
+            "trigger_log_entry",
+            inc,
+            by,
+            f"Reopened by {by['summary']}",
+            ts,
+            {"type": "api", "summary": "Reopened"},
+            event_details={"description": inc["title"]},
+        )
         if refs:
-            self._log("assign_log_entry", inc, by, f"Assigned to {', '.join(r['summary'] for r in refs)}.", ts,
-                      assignees=list(refs))
+            self._log(
+                "assign_log_entry",
+                inc,
+                by,
+                f"Assigned to {', '.join(r['summary'] for r in refs)}.",
+                ts,
+                assignees=list(refs),
+            )
         self._emit("incident.reopened", inc, actor, ts, v2="incident.trigger", entries=[entry])
         if status == "acknowledged":
             self._do_acknowledge(inc, actor, ts)

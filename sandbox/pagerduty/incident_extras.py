@@ -39,10 +39,22 @@ class IncidentExtraOps:
             del note["user"]
         notes[nid] = note
         self._touch(inc, ts)
-        entry = self._log("annotate_log_entry", inc, self._agent(actor, inc), "Note added", ts, note=content,
-                          channel={"type": "note", "summary": content})
-        data = {"incident": self.ref("incident", iid), "id": nid, "content": content, "trimmed": False,
-                "type": "incident_note"}
+        entry = self._log(
+            "annotate_log_entry",
+            inc,
+            self._agent(actor, inc),
+            "Note added",
+            ts,
+            note=content,
+            channel={"type": "note", "summary": content},
+        )
+        data = {
+            "incident": self.ref("incident", iid),
+            "id": nid,
+            "content": content,
+            "trimmed": False,
+            "type": "incident_note",
+        }
         self._emit("incident.annotated", inc, actor, ts, v2="incident.annotate", entries=[entry], data=data)
         return note
 
@@ -118,14 +130,16 @@ class IncidentExtraOps:
                     responder["escalation_policy_requests"] = [epid]
                 responders.append(responder)
                 new_responders.append((responder, epid))
-            out_targets.append({
-                "responder_request_target": {
-                    "type": f"{kind}_reference",
-                    "id": tid,
-                    "summary": self.ref(kind, tid)["summary"],
-                    "incident_responders": responders,
+            out_targets.append(
+                {
+                    "responder_request_target": {
+                        "type": f"{kind}_reference",
+                        "id": tid,
+                        "summary": self.ref(kind, tid)["summary"],
+                        "incident_responders": responders,
+                    }
                 }
-            })
+            )
         request = {
             "id": self.ids.new(),
             "incident": inc_ref,
@@ -158,13 +172,19 @@ class IncidentExtraOps:
             raise invalid("responder_request_targets must be a non-empty array")
         results = []
         for target in targets:
-            if not isinstance(target, dict) or target.get("type") not in ("user_reference", "escalation_policy_reference"):
+            if not isinstance(target, dict) or target.get("type") not in (
+                "user_reference",
+                "escalation_policy_reference",
+            ):
                 raise invalid("responder_request_targets items need type user_reference or escalation_policy_reference")
             tid = target.get("id")
             result = "not_found"
             for responder in inc["incidents_responders"]:
-                match = (responder["user"]["id"] == tid) if target["type"] == "user_reference" else (
-                    tid in responder.get("escalation_policy_requests", []))
+                match = (
+                    (responder["user"]["id"] == tid)
+                    if target["type"] == "user_reference"
+                    else (tid in responder.get("escalation_policy_requests", []))
+                )
                 if match:
                     if responder["state"] == "pending":
                         responder["state"] = "user_cancelled"
@@ -177,8 +197,14 @@ class IncidentExtraOps:
 
     # ---------------------------------------------------------- status updates
 
-    def add_status_update(self, iid: str, user: str | dict | None, message: str, subject: str | None = None,
-                          html_message: str | None = None) -> dict:
+    def add_status_update(
+        self,
+        iid: str,
+        user: str | dict | None,
+        message: str,
+        subject: str | None = None,
+        html_message: str | None = None,
+    ) -> dict:
         actor = self._actor(user)
         inc = self._incident(iid)
         if not isinstance(message, str) or not message.strip():
@@ -198,8 +224,13 @@ class IncidentExtraOps:
             update["html_message"] = html_message
         self.status_updates.setdefault(iid, []).append(update)
         self._touch(inc, ts)
-        data = {"incident": self.ref("incident", iid), "id": update["id"], "message": message, "trimmed": False,
-                "type": "incident_status_update"}
+        data = {
+            "incident": self.ref("incident", iid),
+            "id": update["id"],
+            "message": message,
+            "trimmed": False,
+            "type": "incident_status_update",
+        }
         self._emit("incident.status_update_published", inc, actor, ts, data=data)
         return update
 
@@ -217,8 +248,14 @@ class IncidentExtraOps:
         ts = self.now()
         inc["pending_actions"] = [{"type": "unacknowledge", "at": iso(ts + duration)}]
         self._touch(inc, ts)
-        self._log("snooze_log_entry", inc, self._agent(actor, inc), f"Snoozed for {duration} seconds", ts,
-                  changed_actions=[{"type": "unacknowledge", "at": iso(ts + duration)}])
+        self._log(
+            "snooze_log_entry",
+            inc,
+            self._agent(actor, inc),
+            f"Snoozed for {duration} seconds",
+            ts,
+            changed_actions=[{"type": "unacknowledge", "at": iso(ts + duration)}],
+        )
         return inc
 
     # ------------------------------------------------ business service impacts
@@ -242,6 +279,13 @@ class IncidentExtraOps:
             bs = self.business_services.get(bsid)
             if bs is None or status != "impacted" or inc["status"] == "resolved":
                 continue
-            out.append({"id": bsid, "name": bs["name"], "type": "business_service", "status": status,
-                        "additional_fields": {"highest_impacting_priority": None}})
+            out.append(
+                {
+                    "id": bsid,
+                    "name": bs["name"],
+                    "type": "business_service",
+                    "status": status,
+                    "additional_fields": {"highest_impacting_priority": None},
+                }
+            )
         return out

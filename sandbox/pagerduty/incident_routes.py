@@ -3,12 +3,22 @@ notes, log entries, responder requests, status updates, snooze and business-serv
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 
-from .api import (acting_user, includes, json_response, list_param, no_content, page, read_body, read_wrapped,
-                  state_of, time_param)
+from .api import (
+    acting_user,
+    includes,
+    json_response,
+    list_param,
+    no_content,
+    page,
+    read_body,
+    read_wrapped,
+    state_of,
+    time_param,
+)
 from .errors import PDError, invalid
 from .util import truthy
 
@@ -158,11 +168,23 @@ async def list_incident_log_entries(request):
 def _log_page(request: web.Request, st, entries: list[dict]) -> web.Response:
     since, until = time_param(request, "since"), time_param(request, "until")
     if since is not None or until is not None:
-        entries = [e for e in entries if (since is None or st.log_entry_time(e["id"]) >= since)
-                   and (until is None or st.log_entry_time(e["id"]) < until)]
+        entries = [
+            e
+            for e in entries
+            if (since is None or st.log_entry_time(e["id"]) >= since)
+            and (until is None or st.log_entry_time(e["id"]) < until)
+        ]
     if truthy(request.query.get("is_overview")):
-        overview = {"trigger_log_entry", "acknowledge_log_entry", "resolve_log_entry", "escalate_log_entry",
-                    "assign_log_entry", "delegate_log_entry", "annotate_log_entry", "unacknowledge_log_entry"}
+        overview = {
+            "trigger_log_entry",
+            "acknowledge_log_entry",
+            "resolve_log_entry",
+            "escalate_log_entry",
+            "assign_log_entry",
+            "delegate_log_entry",
+            "annotate_log_entry",
+            "unacknowledge_log_entry",
+        }
         entries = [e for e in entries if e["type"] in overview]
     include = set(includes(request))
 
@@ -202,8 +224,9 @@ async def get_log_entry(request):
 async def create_responder_request(request):
     st = state_of(request)
     data = await read_body(request)
-    req = st.add_responder_request(request.match_info["id"], data.get("requester_id"), data.get("message"),
-                                   data.get("responder_request_targets"))
+    req = st.add_responder_request(
+        request.match_info["id"], data.get("requester_id"), data.get("message"), data.get("responder_request_targets")
+    )
     return json_response({"responder_request": req})
 
 
@@ -211,8 +234,9 @@ async def create_responder_request(request):
 async def cancel_responder_request(request):
     st = state_of(request)
     data = await read_body(request)
-    results = st.cancel_responder_requests(request.match_info["id"], data.get("requester_id"),
-                                           data.get("responder_request_targets"))
+    results = st.cancel_responder_requests(
+        request.match_info["id"], data.get("requester_id"), data.get("responder_request_targets")
+    )
     return json_response({"responder_request_targets": results})
 
 
@@ -221,8 +245,9 @@ async def create_status_update(request):
     st = state_of(request)
     actor = acting_user(request)
     data = await read_body(request)
-    update = st.add_status_update(request.match_info["id"], actor, data.get("message"), data.get("subject"),
-                                  data.get("html_message"))
+    update = st.add_status_update(
+        request.match_info["id"], actor, data.get("message"), data.get("subject"), data.get("html_message")
+    )
     return json_response({"status_update": update})
 
 
@@ -238,13 +263,15 @@ async def snooze_incident(request):
 async def put_business_service_impact(request):
     st = state_of(request)
     data = await read_body(request)
-    relation = st.set_business_service_impact(request.match_info["id"], request.match_info["bs_id"],
-                                              data.get("relation"))
+    relation = st.set_business_service_impact(
+        request.match_info["id"], request.match_info["bs_id"], data.get("relation")
+    )
     return json_response({"relation": relation})
 
 
 @routes.get("/incidents/{id}/business_services/impacts")
 async def get_business_service_impacts(request):
     st = state_of(request)
-    return json_response({"services": st.business_service_impacts(request.match_info["id"]), "limit": 100,
-                  "next_cursor": None})
+    return json_response(
+        {"services": st.business_service_impacts(request.match_info["id"]), "limit": 100, "next_cursor": None}
+    )

@@ -3,7 +3,8 @@ sends out as webhooks (changes themselves: ``incident_changes``; notes and the r
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .errors import PDError, invalid, not_found
 from .util import iso
@@ -33,8 +34,9 @@ class IncidentOps:
 
     # ------------------------------------------------------------- log entries
 
-    def _log(self, kind: str, inc: dict, agent: dict, summary: str, ts: float, channel: dict | None = None,
-             **extra: Any) -> dict:
+    def _log(
+        self, kind: str, inc: dict, agent: dict, summary: str, ts: float, channel: dict | None = None, **extra: Any
+    ) -> dict:
         leid = self.ids.new("R", 26)
         iid = inc["id"]
         entry = {
@@ -178,13 +180,19 @@ class IncidentOps:
         incident_type: str | None = None,
     ) -> dict:
         """Create an incident as ``from_user`` would through ``POST /incidents``."""
-        body: dict[str, Any] = {"type": "incident", "title": title, "service": {"id": service_id, "type": "service_reference"}}
+        body: dict[str, Any] = {
+            "type": "incident",
+            "title": title,
+            "service": {"id": service_id, "type": "service_reference"},
+        }
         if incident_key is not None:
             body["incident_key"] = incident_key
         if urgency is not None:
             body["urgency"] = urgency
         if priority is not None:
-            body["priority"] = priority if isinstance(priority, dict) else {"id": priority, "type": "priority_reference"}
+            body["priority"] = (
+                priority if isinstance(priority, dict) else {"id": priority, "type": "priority_reference"}
+            )
         if body_details is not None:
             body["body"] = {"type": "incident_body", "details": body_details}
         if assignee_ids:
@@ -240,8 +248,10 @@ class IncidentOps:
                 raise invalid("body must be an object of type incident_body")
             details = b.get("details")
         if key is not None and (service["id"], key) in self._open_keys:
-            raise invalid("Open incident with matching dedup key already exists on this service",
-                          message="Incident could not be created")
+            raise invalid(
+                "Open incident with matching dedup key already exists on this service",
+                message="Incident could not be created",
+            )
         if urgency is None:
             rule = service.get("incident_urgency_rule") or {}
             urgency = rule.get("urgency") if rule.get("urgency") in ("high", "low") else "high"
@@ -297,7 +307,11 @@ class IncidentOps:
         self._last_incident_at[service["id"]] = ts
         agent = self._agent(actor, inc)
         trigger = self._log(
-            "trigger_log_entry", inc, agent, "Triggered through the API", ts,
+            "trigger_log_entry",
+            inc,
+            agent,
+            "Triggered through the API",
+            ts,
             {"type": "api", "summary": title, "subject": title, "details": details, "details_omitted": False},
             event_details={"description": title},
         )
@@ -326,8 +340,17 @@ class IncidentOps:
 
     # ---------------------------------------------------------------- events
 
-    def _emit(self, event_type: str, inc: dict, actor: dict | None, ts: float, *, v2: str | None = None,
-              entries: list[dict] | None = None, data: dict | None = None) -> None:
+    def _emit(
+        self,
+        event_type: str,
+        inc: dict,
+        actor: dict | None,
+        ts: float,
+        *,
+        v2: str | None = None,
+        entries: list[dict] | None = None,
+        data: dict | None = None,
+    ) -> None:
         if not self.webhook_subscriptions and not self.extensions:
             return
         self.dispatcher.incident_event(event_type, inc, actor, ts, data=data, v2_event=v2, log_entries=entries or [])
@@ -344,19 +367,29 @@ class IncidentOps:
             return inc
         out = dict(inc)
         if "services" in include:
-            out["service"] = self.render_service(self.services[inc["service"]["id"]]) \
-                if inc["service"]["id"] in self.services else inc["service"]
+            out["service"] = (
+                self.render_service(self.services[inc["service"]["id"]])
+                if inc["service"]["id"] in self.services
+                else inc["service"]
+            )
         if "escalation_policies" in include and inc["escalation_policy"]["id"] in self.escalation_policies:
-            out["escalation_policy"] = self.render_escalation_policy(self.escalation_policies[inc["escalation_policy"]["id"]])
+            out["escalation_policy"] = self.render_escalation_policy(
+                self.escalation_policies[inc["escalation_policy"]["id"]]
+            )
         if "teams" in include:
             out["teams"] = [self.teams.get(t["id"], t) for t in inc["teams"]]
         if include & {"assignees", "users"}:
-            out["assignments"] = [{**a, "assignee": self.users.get(a["assignee"]["id"], a["assignee"])}
-                                  for a in inc["assignments"]]
+            out["assignments"] = [
+                {**a, "assignee": self.users.get(a["assignee"]["id"], a["assignee"])} for a in inc["assignments"]
+            ]
         if include & {"acknowledgers", "users"}:
             out["acknowledgements"] = [
-                {**a, "acknowledger": self.users.get(a["acknowledger"]["id"], a["acknowledger"])
-                 if a["acknowledger"]["type"] == "user_reference" else a["acknowledger"]}
+                {
+                    **a,
+                    "acknowledger": self.users.get(a["acknowledger"]["id"], a["acknowledger"])
+                    if a["acknowledger"]["type"] == "user_reference"
+                    else a["acknowledger"],
+                }
                 for a in inc["acknowledgements"]
             ]
         if "priorities" in include and inc["priority"]:

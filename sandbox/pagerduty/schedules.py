@@ -87,15 +87,21 @@ class ScheduleOps:
 
     def create_schedule(self, data: dict) -> dict:
         self._validate_schedule(data)
-        return self._store_schedule(None, data.get("name") or "New Schedule", data["time_zone"],
-                                    data.get("description", ""), data.get("schedule_layers", []))
+        return self._store_schedule(
+            None,
+            data.get("name") or "New Schedule",
+            data["time_zone"],
+            data.get("description", ""),
+            data.get("schedule_layers", []),
+        )
 
     def update_schedule(self, sid: str, data: dict) -> dict:
         old = self._get(self.schedules, sid, "Schedule")
         merged = {**old, **data}
         self._validate_schedule(merged)
-        return self._store_schedule(sid, merged["name"], merged["time_zone"], merged.get("description", ""),
-                                    merged.get("schedule_layers", []))
+        return self._store_schedule(
+            sid, merged["name"], merged["time_zone"], merged.get("description", ""), merged.get("schedule_layers", [])
+        )
 
     def delete_schedule(self, sid: str) -> None:
         self._get(self.schedules, sid, "Schedule")
@@ -147,13 +153,21 @@ class ScheduleOps:
 
 routes = web.RouteTableDef()
 
-crud_routes(routes, Resource(
-    "/schedules/{id}", "schedule", "schedules",
-    get=lambda st, sid: st._get(st.schedules, sid, "Schedule"),
-    items=lambda st: st.schedules.values(),
-    create=ScheduleOps.create_schedule, update=ScheduleOps.update_schedule, delete=ScheduleOps.delete_schedule,
-    render=lambda st, schedule, include: st.render_schedule(schedule), search=("name",),
-))
+crud_routes(
+    routes,
+    Resource(
+        "/schedules/{id}",
+        "schedule",
+        "schedules",
+        get=lambda st, sid: st._get(st.schedules, sid, "Schedule"),
+        items=lambda st: st.schedules.values(),
+        create=ScheduleOps.create_schedule,
+        update=ScheduleOps.update_schedule,
+        delete=ScheduleOps.delete_schedule,
+        render=lambda st, schedule, include: st.render_schedule(schedule),
+        search=("name",),
+    ),
+)
 
 
 @routes.get("/schedules/{id}/users")

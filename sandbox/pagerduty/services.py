@@ -3,7 +3,8 @@ routes (``/services``, ``/business_services``, ``/service_dependencies``)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -60,9 +61,14 @@ class ServiceOps:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 errors.append(f"{key} must be a non-negative integer or null")
         rule = data.get("incident_urgency_rule")
-        if rule is not None and (not isinstance(rule, dict) or rule.get("type") not in ("constant", "use_support_hours")):
+        if rule is not None and (
+            not isinstance(rule, dict) or rule.get("type") not in ("constant", "use_support_hours")
+        ):
             errors.append("Incident urgency rule type must be 'constant' or 'use_support_hours'")
-        if data.get("alert_creation", "create_alerts_and_incidents") not in ("create_incidents", "create_alerts_and_incidents"):
+        if data.get("alert_creation", "create_alerts_and_incidents") not in (
+            "create_incidents",
+            "create_alerts_and_incidents",
+        ):
             errors.append("Alert creation must be 'create_incidents' or 'create_alerts_and_incidents'")
         for t in data.get("teams", []) or []:
             if not isinstance(t, dict) or t.get("id") not in self.teams:
@@ -81,8 +87,16 @@ class ServiceOps:
         merged = {**old, **data}
         merged["type"] = data.get("type", "service")
         self._validate_service(merged, sid)
-        for key in ("name", "description", "auto_resolve_timeout", "acknowledgement_timeout", "incident_urgency_rule",
-                    "alert_creation", "scheduled_actions", "support_hours"):
+        for key in (
+            "name",
+            "description",
+            "auto_resolve_timeout",
+            "acknowledgement_timeout",
+            "incident_urgency_rule",
+            "alert_creation",
+            "scheduled_actions",
+            "support_hours",
+        ):
             if key in data:
                 old[key] = data[key]
         if data.get("status") in ("active", "disabled", "maintenance"):
@@ -227,8 +241,13 @@ class ServiceOps:
                 if self._would_cycle(sup[1], dep[1]):
                     raise invalid("Dependency would create a cycle")
                 for sid in (sup[1], dep[1]):
-                    if sum(sid in (r["supporting_service"]["id"], r["dependent_service"]["id"])
-                           for r in self.service_dependencies.values()) >= self.MAX_DEPENDENCIES_PER_SERVICE:
+                    if (
+                        sum(
+                            sid in (r["supporting_service"]["id"], r["dependent_service"]["id"])
+                            for r in self.service_dependencies.values()
+                        )
+                        >= self.MAX_DEPENDENCIES_PER_SERVICE
+                    ):
                         raise invalid(f"Service {sid} already has {self.MAX_DEPENDENCIES_PER_SERVICE} dependencies")
                 rid = self.ids.new("D", 14)
                 self.service_dependencies[rid] = {
@@ -250,8 +269,11 @@ class ServiceOps:
             if node in seen:
                 continue
             seen.add(node)
-            stack.extend(r["dependent_service"]["id"] for r in self.service_dependencies.values()
-                         if r["supporting_service"]["id"] == node)
+            stack.extend(
+                r["dependent_service"]["id"]
+                for r in self.service_dependencies.values()
+                if r["supporting_service"]["id"] == node
+            )
         # supporting's dependents reaching `dependent` means no cycle; check the other direction.
         stack, seen = [dependent], set()
         while stack:
@@ -279,8 +301,11 @@ class ServiceOps:
     def dependencies_of(self, kind: str, sid: str) -> list[dict]:
         store = self.services if kind == "service" else self.business_services
         self._get(store, sid, "Service" if kind == "service" else "Business Service")
-        return [r for r in self.service_dependencies.values()
-                if sid in (r["supporting_service"]["id"], r["dependent_service"]["id"])]
+        return [
+            r
+            for r in self.service_dependencies.values()
+            if sid in (r["supporting_service"]["id"], r["dependent_service"]["id"])
+        ]
 
     def business_services_depending_on(self, sid: str) -> list[str]:
         """Business services that (transitively) depend on technical service ``sid``."""
@@ -315,21 +340,37 @@ def _matching(request: web.Request, st, services: list[dict]) -> list[dict]:
     return services
 
 
-crud_routes(routes, Resource(
-    "/services/{id}", "service", "services",
-    get=lambda st, sid: st._get(st.services, sid, "Service"),
-    items=lambda st: st.services.values(),
-    create=ServiceOps.create_service, update=ServiceOps.update_service, delete=ServiceOps.delete_service,
-    render=ServiceOps.render_service, search=("name",), select=_matching, order="sort_by",
-))
-crud_routes(routes, Resource(
-    "/business_services/{id}", "business_service", "business_services",
-    get=lambda st, bid: st._get(st.business_services, bid, "Business Service"),
-    items=lambda st: st.business_services.values(),
-    create=ServiceOps.create_business_service, update=ServiceOps.update_business_service,
-    delete=ServiceOps.delete_business_service,
-    created_status=200,  # what this create has always answered; clients may check it
-))
+crud_routes(
+    routes,
+    Resource(
+        "/services/{id}",
+        "service",
+        "services",
+        get=lambda st, sid: st._get(st.services, sid, "Service"),
+        items=lambda st: st.services.values(),
+        create=ServiceOps.create_service,
+        update=ServiceOps.update_service,
+        delete=ServiceOps.delete_service,
+        render=ServiceOps.render_service,
+        search=("name",),
+        select=_matching,
+        order="sort_by",
+    ),
+)
+crud_routes(
+    routes,
+    Resource(
+        "/business_services/{id}",
+        "business_service",
+        "business_services",
+        get=lambda st, bid: st._get(st.business_services, bid, "Business Service"),
+        items=lambda st: st.business_services.values(),
+        create=ServiceOps.create_business_service,
+        update=ServiceOps.update_business_service,
+        delete=ServiceOps.delete_business_service,
+        created_status=200,  # what this create has always answered; clients may check it
+    ),
+)
 
 
 @routes.post("/service_dependencies/associate")
@@ -351,4 +392,6 @@ async def technical_service_dependencies(request):
 
 @routes.get("/service_dependencies/business_services/{id}")
 async def business_service_dependencies(request):
-    return json_response({"relationships": state_of(request).dependencies_of("business_service", request.match_info["id"])})
+    return json_response(
+        {"relationships": state_of(request).dependencies_of("business_service", request.match_info["id"])}
+    )

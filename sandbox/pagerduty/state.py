@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..faults import FaultInjector
 from . import extension_schemas
@@ -49,8 +50,19 @@ def _summary_of(kind: str, obj: dict) -> str:
     return obj.get("name") or obj.get("summary") or obj.get("id", "")
 
 
-class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, ServiceOps, ExtensionOps,
-                     WebhookSubscriptionOps, WorkflowOps, IncidentOps, IncidentChangeOps, IncidentExtraOps):
+class PagerDutyState(
+    UserOps,
+    TeamOps,
+    ScheduleOps,
+    EscalationPolicyOps,
+    ServiceOps,
+    ExtensionOps,
+    WebhookSubscriptionOps,
+    WorkflowOps,
+    IncidentOps,
+    IncidentChangeOps,
+    IncidentExtraOps,
+):
     """An in-memory PagerDuty account. Build it with :meth:`from_seed`.
 
     The HTTP routes parse requests and call the methods here; tests and ``dutybridge
@@ -65,8 +77,13 @@ class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, Service
     so rate-limit windows and timestamps need no sleeping in tests.
     """
 
-    def __init__(self, seed: dict | None = None, *, api_url: str = "https://api.pagerduty.com",
-                 now: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        seed: dict | None = None,
+        *,
+        api_url: str = "https://api.pagerduty.com",
+        now: Callable[[], float] | None = None,
+    ):
         self._seed = copy.deepcopy(seed or {})
         self.api_url = api_url.rstrip("/")
         subdomain = self._seed.get("subdomain", "acme-sandbox")
@@ -93,17 +110,33 @@ class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, Service
         if old == new:
             return
         self.api_url = new
-        stores = [self._refs, self.users, self.contact_methods, self.notification_rules, self.teams, self.schedules,
-                  self.escalation_policies, self.services, self.business_services, self.priorities,
-                  self.extension_schemas, self.extensions, self.incident_workflows, self.response_plays,
-                  self.incidents, self.log_entries, self.notes, self.status_updates]
+        stores = [
+            self._refs,
+            self.users,
+            self.contact_methods,
+            self.notification_rules,
+            self.teams,
+            self.schedules,
+            self.escalation_policies,
+            self.services,
+            self.business_services,
+            self.priorities,
+            self.extension_schemas,
+            self.extensions,
+            self.incident_workflows,
+            self.response_plays,
+            self.incidents,
+            self.log_entries,
+            self.notes,
+            self.status_updates,
+        ]
 
         def relink(node: Any) -> None:
             if isinstance(node, dict):
                 for key, value in node.items():
                     if isinstance(value, str):
                         if key == "self" and value.startswith(old):
-                            node[key] = new + value[len(old):]
+                            node[key] = new + value[len(old) :]
                     else:
                         relink(value)
             elif isinstance(node, list):
@@ -114,7 +147,7 @@ class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, Service
             relink(store)
 
     @classmethod
-    def from_seed(cls, seed: dict | None, **kwargs) -> "PagerDutyState":
+    def from_seed(cls, seed: dict | None, **kwargs) -> PagerDutyState:
         """``seed`` is the ``[pagerduty]`` table of ``sandbox/seed.toml`` (a dict).
 
         Keyword arguments: ``api_url`` (the base of ``self`` links) and ``now`` (the clock).
@@ -176,11 +209,15 @@ class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, Service
             for m in t.get("members", []):
                 self._set_team_member(team["id"], m["user"], m.get("role", "manager"))
         for s in seed.get("schedules", []):
-            self._store_schedule(s["id"], s["name"], s.get("time_zone", "UTC"), s.get("description", ""),
-                                 self._seed_layers(s, created))
+            self._store_schedule(
+                s["id"], s["name"], s.get("time_zone", "UTC"), s.get("description", ""), self._seed_layers(s, created)
+            )
         for ep in seed.get("escalation_policies", []):
             rules = [
-                {"escalation_delay_in_minutes": r.get("escalation_delay_in_minutes", 30), "targets": r.get("targets", [])}
+                {
+                    "escalation_delay_in_minutes": r.get("escalation_delay_in_minutes", 30),
+                    "targets": r.get("targets", []),
+                }
                 for r in ep.get("rules", [])
             ]
             self._store_escalation_policy(
@@ -242,7 +279,13 @@ class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, Service
         obj = self._store_for(kind).get(rid)
         summary = _summary_of(kind, obj) if obj else rid
         html = f"{self.web_url}/{web}" if kind == "priority" else f"{self.web_url}/{web}/{rid}"
-        ref = {"id": rid, "type": rtype, "summary": summary, "self": f"{self.api_url}/{collection}/{rid}", "html_url": html}
+        ref = {
+            "id": rid,
+            "type": rtype,
+            "summary": summary,
+            "self": f"{self.api_url}/{collection}/{rid}",
+            "html_url": html,
+        }
         self._refs[key] = ref
         return ref
 
@@ -320,5 +363,12 @@ class PagerDutyState(UserOps, TeamOps, ScheduleOps, EscalationPolicyOps, Service
         return obj
 
 
-__all__ = ["CONTACT_METHOD_TYPES", "DEFAULT_API_KEY", "PDError", "PagerDutyState", "READ_ONLY_ROLES", "TEAM_ROLES",
-           "USER_ROLES"]
+__all__ = [
+    "CONTACT_METHOD_TYPES",
+    "DEFAULT_API_KEY",
+    "READ_ONLY_ROLES",
+    "TEAM_ROLES",
+    "USER_ROLES",
+    "PDError",
+    "PagerDutyState",
+]

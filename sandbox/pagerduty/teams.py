@@ -119,13 +119,20 @@ class TeamOps:
 
 routes = web.RouteTableDef()
 
-crud_routes(routes, Resource(
-    "/teams/{id}", "team", "teams",
-    get=lambda st, tid: st._get(st.teams, tid, "Team"),
-    items=lambda st: st.teams.values(),
-    create=TeamOps.create_team, update=TeamOps.update_team, delete=TeamOps.delete_team,
-    search=("name",),
-))
+crud_routes(
+    routes,
+    Resource(
+        "/teams/{id}",
+        "team",
+        "teams",
+        get=lambda st, tid: st._get(st.teams, tid, "Team"),
+        items=lambda st: st.teams.values(),
+        create=TeamOps.create_team,
+        update=TeamOps.update_team,
+        delete=TeamOps.delete_team,
+        search=("name",),
+    ),
+)
 
 
 @routes.get("/teams/{id}/members")

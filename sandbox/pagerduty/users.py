@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 
@@ -43,6 +43,7 @@ class UserOps:
         if user is None:
             raise invalid(f"User {who!r} not found", message="User Not Found")
         return user
+
     # ------------------------------------------------------------------- users
 
     def _add_user(self, data: dict, created: float) -> dict:
@@ -177,7 +178,11 @@ class UserOps:
         if ctype in ("phone_contact_method", "sms_contact_method", "whatsapp_contact_method") and not partial:
             if not isinstance(data.get("country_code"), int):
                 errors.append("Country code must be an integer")
-        if ctype == "email_contact_method" and isinstance(data.get("address"), str) and not EMAIL.match(data["address"]):
+        if (
+            ctype == "email_contact_method"
+            and isinstance(data.get("address"), str)
+            and not EMAIL.match(data["address"])
+        ):
             errors.append("Address is not a valid email address")
         if errors:
             raise invalid(*errors)
@@ -196,8 +201,9 @@ class UserOps:
         cm = self._get(self.contact_methods[uid], cid, "Contact Method")
         merged = {**cm, **{k: v for k, v in data.items() if k != "id"}}
         merged["type"] = cm["type"]
-        self._validate_contact_method(uid, {k: v for k, v in merged.items() if k in data or k == "type"}, partial=True,
-                                      cid=cid)
+        self._validate_contact_method(
+            uid, {k: v for k, v in merged.items() if k in data or k == "type"}, partial=True, cid=cid
+        )
         return self._store_contact_method(uid, merged, cid)
 
     def delete_contact_method(self, uid: str, cid: str) -> None:
@@ -271,12 +277,23 @@ class UserOps:
         if user is None:
             return
         user["contact_methods"] = [
-            {"id": c["id"], "type": c["type"] + "_reference", "summary": c["label"], "self": c["self"], "html_url": None}
+            {
+                "id": c["id"],
+                "type": c["type"] + "_reference",
+                "summary": c["label"],
+                "self": c["self"],
+                "html_url": None,
+            }
             for c in self.contact_methods[uid].values()
         ]
         user["notification_rules"] = [
-            {"id": r["id"], "type": "assignment_notification_rule_reference", "summary": r["summary"], "self": r["self"],
-             "html_url": None}
+            {
+                "id": r["id"],
+                "type": "assignment_notification_rule_reference",
+                "summary": r["summary"],
+                "self": r["self"],
+                "html_url": None,
+            }
             for r in self.notification_rules[uid].values()
         ]
 
@@ -302,8 +319,10 @@ async def get_current_user(request):
     st = state_of(request)
     uid = request[KEY_INFO].get("user")
     if not uid:
-        raise invalid("Because this request was made using an account-level access token, we were unable to "
-                      "determine the user's identity. Please use a user-level token.")
+        raise invalid(
+            "Because this request was made using an account-level access token, we were unable to "
+            "determine the user's identity. Please use a user-level token."
+        )
     return json_response({"user": st.render_user(st._get(st.users, uid, "User"), includes(request))})
 
 
@@ -321,25 +340,51 @@ def _of_urgency(request: web.Request, st, rules: list[dict]) -> list[dict]:
     return rules
 
 
-crud_routes(routes, Resource(
-    "/users/{id}", "user", "users",
-    get=lambda st, uid: st._get(st.users, uid, "User"),
-    items=lambda st: st.users.values(),
-    create=UserOps.create_user, update=UserOps.update_user, delete=UserOps.delete_user,
-    render=UserOps.render_user, search=("name", "email"), select=_on_teams,
-    before_create=acting_user,
-))
-crud_routes(routes, Resource(
-    "/users/{id}/contact_methods/{cid}", "contact_method", "contact_methods",
-    get=lambda st, uid, cid: st._get(st.contact_methods_of(uid), cid, "Contact Method"),
-    items=lambda st, uid: st.contact_methods_of(uid).values(),
-    create=UserOps.create_contact_method, update=UserOps.update_contact_method,
-    delete=UserOps.delete_contact_method, order=None, paged=False,
-))
-crud_routes(routes, Resource(
-    "/users/{id}/notification_rules/{rid}", "notification_rule", "notification_rules",
-    get=lambda st, uid, rid: st._get(st.notification_rules_of(uid), rid, "Notification Rule"),
-    items=lambda st, uid: st.notification_rules_of(uid).values(),
-    create=UserOps.create_notification_rule, update=UserOps.update_notification_rule,
-    delete=UserOps.delete_notification_rule, select=_of_urgency, order=None, paged=False,
-))
+crud_routes(
+    routes,
+    Resource(
+        "/users/{id}",
+        "user",
+        "users",
+        get=lambda st, uid: st._get(st.users, uid, "User"),
+        items=lambda st: st.users.values(),
+        create=UserOps.create_user,
+        update=UserOps.update_user,
+        delete=UserOps.delete_user,
+        render=UserOps.render_user,
+        search=("name", "email"),
+        select=_on_teams,
+        before_create=acting_user,
+    ),
+)
+crud_routes(
+    routes,
+    Resource(
+        "/users/{id}/contact_methods/{cid}",
+        "contact_method",
+        "contact_methods",
+        get=lambda st, uid, cid: st._get(st.contact_methods_of(uid), cid, "Contact Method"),
+        items=lambda st, uid: st.contact_methods_of(uid).values(),
+        create=UserOps.create_contact_method,
+        update=UserOps.update_contact_method,
+        delete=UserOps.delete_contact_method,
+        order=None,
+        paged=False,
+    ),
+)
+crud_routes(
+    routes,
+    Resource(
+        "/users/{id}/notification_rules/{rid}",
+        "notification_rule",
+        "notification_rules",
+        get=lambda st, uid, rid: st._get(st.notification_rules_of(uid), rid, "Notification Rule"),
+        items=lambda st, uid: st.notification_rules_of(uid).values(),
+        create=UserOps.create_notification_rule,
+        update=UserOps.update_notification_rule,
+        delete=UserOps.delete_notification_rule,
+        select=_of_urgency,
+        order=None,
+        paged=False,
+    ),
+)

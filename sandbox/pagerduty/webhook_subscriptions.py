@@ -18,21 +18,45 @@ class WebhookSubscriptionOps:
 
     V3_EVENT_TYPES = frozenset(
         {
-            "incident.acknowledged", "incident.annotated", "incident.conference_bridge.updated",
-            "incident.custom_field_values.updated", "incident.delegated", "incident.escalated",
-            "incident.incident_type.changed", "incident.priority_updated", "incident.reassigned",
-            "incident.reopened", "incident.resolved", "incident.responder.added", "incident.responder.replied",
-            "incident.role.assigned", "incident.service_updated", "incident.status_update_published",
-            "incident.task.completed", "incident.task.created", "incident.task.updated", "incident.triggered",
-            "incident.unacknowledged", "incident.action_invocation.created",
-            "incident.action_invocation.terminated", "incident.action_invocation.updated",
-            "incident.workflow.started", "incident.workflow.completed", "service.created",
-            "service.custom_field_values.updated", "service.deleted", "service.updated",
+            "incident.acknowledged",
+            "incident.annotated",
+            "incident.conference_bridge.updated",
+            "incident.custom_field_values.updated",
+            "incident.delegated",
+            "incident.escalated",
+            "incident.incident_type.changed",
+            "incident.priority_updated",
+            "incident.reassigned",
+            "incident.reopened",
+            "incident.resolved",
+            "incident.responder.added",
+            "incident.responder.replied",
+            "incident.role.assigned",
+            "incident.service_updated",
+            "incident.status_update_published",
+            "incident.task.completed",
+            "incident.task.created",
+            "incident.task.updated",
+            "incident.triggered",
+            "incident.unacknowledged",
+            "incident.action_invocation.created",
+            "incident.action_invocation.terminated",
+            "incident.action_invocation.updated",
+            "incident.workflow.started",
+            "incident.workflow.completed",
+            "service.created",
+            "service.custom_field_values.updated",
+            "service.deleted",
+            "service.updated",
         }
     )
 
     def _validate_filter(self, flt: Any, errors: list[str]) -> None:
-        if not isinstance(flt, dict) or flt.get("type") not in ("account_reference", "service_reference", "team_reference"):
+        if not isinstance(flt, dict) or flt.get("type") not in (
+            "account_reference",
+            "service_reference",
+            "team_reference",
+        ):
             errors.append("filter.type must be account_reference, service_reference or team_reference")
             return
         if flt["type"] == "service_reference" and flt.get("id") not in self.services:
@@ -84,7 +108,9 @@ class WebhookSubscriptionOps:
                 "temporarily_disabled": False,
                 "type": "http_delivery_method",
                 "url": dm["url"],
-                "custom_headers": [{"name": h["name"], "value": str(h.get("value", ""))} for h in dm.get("custom_headers") or []],
+                "custom_headers": [
+                    {"name": h["name"], "value": str(h.get("value", ""))} for h in dm.get("custom_headers") or []
+                ],
             },
             "description": data.get("description", ""),
             "events": list(dict.fromkeys(data["events"])),
@@ -140,8 +166,9 @@ class WebhookSubscriptionOps:
 
     def ping_webhook_subscription(self, wid: str) -> None:
         sub = self._get(self.webhook_subscriptions, wid, "Webhook Subscription")
-        self.dispatcher.send_v3(sub, "pagey.ping", "pagey", "pagey",
-                                {"message": "Hello from your friend Pagey!", "type": "ping"}, None)
+        self.dispatcher.send_v3(
+            sub, "pagey.ping", "pagey", "pagey", {"message": "Hello from your friend Pagey!", "type": "ping"}, None
+        )
 
 
 # ------------------------------------------------------------------- routes
@@ -159,18 +186,25 @@ def _matching(request: web.Request, st, subs: list[dict]) -> list[dict]:
     return subs
 
 
-crud_routes(routes, Resource(
-    "/webhook_subscriptions/{id}", "webhook_subscription", "webhook_subscriptions",
-    get=lambda st, wid: st._get(st.webhook_subscriptions, wid, "Webhook Subscription"),
-    items=lambda st: st.webhook_subscriptions.values(),
-    create=WebhookSubscriptionOps.create_webhook_subscription,
-    update=WebhookSubscriptionOps.update_webhook_subscription,
-    delete=WebhookSubscriptionOps.delete_webhook_subscription,
-    render=lambda st, sub, include: st.render_webhook_subscription(sub),
-    # The secret is shown once, to whoever created the subscription.
-    show_created=lambda st, sub, include: st.render_webhook_subscription(sub, with_secret=True),
-    select=_matching, order=None, created_status=200,
-))
+crud_routes(
+    routes,
+    Resource(
+        "/webhook_subscriptions/{id}",
+        "webhook_subscription",
+        "webhook_subscriptions",
+        get=lambda st, wid: st._get(st.webhook_subscriptions, wid, "Webhook Subscription"),
+        items=lambda st: st.webhook_subscriptions.values(),
+        create=WebhookSubscriptionOps.create_webhook_subscription,
+        update=WebhookSubscriptionOps.update_webhook_subscription,
+        delete=WebhookSubscriptionOps.delete_webhook_subscription,
+        render=lambda st, sub, include: st.render_webhook_subscription(sub),
+        # The secret is shown once, to whoever created the subscription.
+        show_created=lambda st, sub, include: st.render_webhook_subscription(sub, with_secret=True),
+        select=_matching,
+        order=None,
+        created_status=200,
+    ),
+)
 
 
 @routes.post("/webhook_subscriptions/{id}/enable")

@@ -69,7 +69,7 @@ class WebhookDispatcher:
     attempt (target disabled, queue flushed) in ``state.webhook_drops``.
     """
 
-    def __init__(self, state: "PagerDutyState"):
+    def __init__(self, state: PagerDutyState):
         self.state = state
         self._queues: dict[tuple[str, str], deque[Delivery]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task] = {}
@@ -142,27 +142,45 @@ class WebhookDispatcher:
 
     # ------------------------------------------------------------ building
 
-    def incident_event(self, event_type: str, inc: dict, actor: dict | None, ts: float, *, data: dict | None,
-                       v2_event: str | None, log_entries: list[dict]) -> None:
+    def incident_event(
+        self,
+        event_type: str,
+        inc: dict,
+        actor: dict | None,
+        ts: float,
+        *,
+        data: dict | None,
+        v2_event: str | None,
+        log_entries: list[dict],
+    ) -> None:
         st = self.state
-        subs = [s for s in st.webhook_subscriptions.values()
-                if s["active"] and event_type in s["events"] and self._matches(s["filter"], inc["service"]["id"],
-                                                                               inc["teams"])]
+        subs = [
+            s
+            for s in st.webhook_subscriptions.values()
+            if s["active"]
+            and event_type in s["events"]
+            and self._matches(s["filter"], inc["service"]["id"], inc["teams"])
+        ]
         agent = st.ref("user", actor["id"]) if actor else None
         if subs:
             payload = data if data is not None else self.v3_incident(inc)
             self._send_event(subs, event_type, "incident", inc["id"], payload, agent, ts)
         if v2_event:
             for ext in st.extensions.values():
-                if (ext["extension_schema"]["id"] in V2_WEBHOOK_SCHEMAS and ext.get("endpoint_url")
-                        and any(o["id"] == inc["service"]["id"] for o in ext["extension_objects"])):
+                if (
+                    ext["extension_schema"]["id"] in V2_WEBHOOK_SCHEMAS
+                    and ext.get("endpoint_url")
+                    and any(o["id"] == inc["service"]["id"] for o in ext["extension_objects"])
+                ):
                     self._send_v2(ext, v2_event, inc, log_entries, ts)
 
     def service_event(self, event_type: str, service: dict, ts: float) -> None:
         st = self.state
-        subs = [s for s in st.webhook_subscriptions.values()
-                if s["active"] and event_type in s["events"] and self._matches(s["filter"], service["id"],
-                                                                               service["teams"])]
+        subs = [
+            s
+            for s in st.webhook_subscriptions.values()
+            if s["active"] and event_type in s["events"] and self._matches(s["filter"], service["id"], service["teams"])
+        ]
         if subs:
             data = {
                 "id": service["id"],
@@ -212,8 +230,16 @@ class WebhookDispatcher:
             data["reopened_at"] = inc["reopened_at"]
         return data
 
-    def _send_event(self, subs: list[dict], event_type: str, resource_type: str, resource_id: str, data: dict,
-                    agent: dict | None, ts: float) -> None:
+    def _send_event(
+        self,
+        subs: list[dict],
+        event_type: str,
+        resource_type: str,
+        resource_id: str,
+        data: dict,
+        agent: dict | None,
+        ts: float,
+    ) -> None:
         st = self.state
         event = {
             "event": {
@@ -230,8 +256,9 @@ class WebhookDispatcher:
         for sub in subs:
             self.send_v3_body(sub, event_type, resource_id, body)
 
-    def send_v3(self, sub: dict, event_type: str, resource_type: str, resource_id: str, data: dict,
-                agent: dict | None) -> None:
+    def send_v3(
+        self, sub: dict, event_type: str, resource_type: str, resource_id: str, data: dict, agent: dict | None
+    ) -> None:
         """One V3 event to one subscription, whatever its filter and events (used by ping)."""
         st = self.state
         event = {
@@ -252,13 +279,15 @@ class WebhookDispatcher:
         dm = sub["delivery_method"]
         webhook_id = st.ids.uuid()
         headers = {h["name"]: h["value"] for h in dm.get("custom_headers", [])}
-        headers.update({
-            "Content-Type": "application/json",
-            "User-Agent": V3_USER_AGENT,
-            "X-PagerDuty-Signature": sign(body, st.subscription_secret(sub["id"])),
-            "X-Webhook-Id": webhook_id,
-            "X-Webhook-Subscription": sub["id"],
-        })
+        headers.update(
+            {
+                "Content-Type": "application/json",
+                "User-Agent": V3_USER_AGENT,
+                "X-PagerDuty-Signature": sign(body, st.subscription_secret(sub["id"])),
+                "X-Webhook-Id": webhook_id,
+                "X-Webhook-Subscription": sub["id"],
+            }
+        )
         delivery = Delivery("v3", sub["id"], resource_id, dm["url"], headers, body, webhook_id, event_type)
         if dm.get("temporarily_disabled"):
             self._record_drop(delivery, "subscription temporarily disabled")
@@ -378,13 +407,14 @@ class WebhookDispatcher:
             error: str | None = None
             try:
                 timeout = aiohttp.ClientTimeout(total=st.webhook_timeout)
-                async with self._session.post(d.url, data=d.body, headers=d.headers, timeout=timeout,
-                                              allow_redirects=False) as resp:
+                async with self._session.post(
+                    d.url, data=d.body, headers=d.headers, timeout=timeout, allow_redirects=False
+                ) as resp:
                     status = resp.status
                     await resp.read()
             except asyncio.CancelledError:
                 raise
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 error = "timeout"
             except aiohttp.ClientError as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -396,21 +426,23 @@ class WebhookDispatcher:
                 outcome = "retry" if d.attempts < st.webhook_max_attempts else "dropped"
             else:
                 outcome = "dropped"
-            st.webhook_deliveries.append({
-                "kind": d.kind,
-                "target_id": d.target_id,
-                "resource_id": d.resource_id,
-                "event_type": d.event_type,
-                "webhook_id": d.webhook_id,
-                "url": d.url,
-                "headers": dict(d.headers),
-                "body": d.body,
-                "status": status,
-                "error": error,
-                "attempt": d.attempts,
-                "outcome": outcome,
-                "at": st.now(),
-            })
+            st.webhook_deliveries.append(
+                {
+                    "kind": d.kind,
+                    "target_id": d.target_id,
+                    "resource_id": d.resource_id,
+                    "event_type": d.event_type,
+                    "webhook_id": d.webhook_id,
+                    "url": d.url,
+                    "headers": dict(d.headers),
+                    "body": d.body,
+                    "status": status,
+                    "error": error,
+                    "attempt": d.attempts,
+                    "outcome": outcome,
+                    "at": st.now(),
+                }
+            )
             if outcome != "retry":
                 return outcome
             delay = min(st.webhook_retry_max_delay, st.webhook_retry_base * (2 ** (d.attempts - 1)))
@@ -446,11 +478,13 @@ class WebhookDispatcher:
             queue.clear()
 
     def _record_drop(self, d: Delivery, reason: str) -> None:
-        self.state.webhook_drops.append({
-            "kind": d.kind,
-            "target_id": d.target_id,
-            "resource_id": d.resource_id,
-            "event_type": d.event_type,
-            "webhook_id": d.webhook_id,
-            "reason": reason,
-        })
+        self.state.webhook_drops.append(
+            {
+                "kind": d.kind,
+                "target_id": d.target_id,
+                "resource_id": d.resource_id,
+                "event_type": d.event_type,
+                "webhook_id": d.webhook_id,
+                "reason": reason,
+            }
+        )

@@ -75,8 +75,15 @@ class WorkflowOps:
         actor = self._actor(by)
         ts = self.now()
         instance_id = self.ids.new()
-        instance = {"id": instance_id, "type": "incident_workflow_instance", "incident": self.ref("incident", inc["id"])}
-        self.workflow_instances[instance_id] = {**instance, "incident_workflow": self.ref("incident_workflow", workflow_id)}
+        instance = {
+            "id": instance_id,
+            "type": "incident_workflow_instance",
+            "incident": self.ref("incident", inc["id"]),
+        }
+        self.workflow_instances[instance_id] = {
+            **instance,
+            "incident_workflow": self.ref("incident_workflow", workflow_id),
+        }
         data = {
             "id": instance_id,
             "type": "incident_workflow_instance",
@@ -98,8 +105,12 @@ class WorkflowOps:
         if not isinstance(incident_id, str):
             raise invalid("incident.id is required")
         inc = self._incident(incident_id)
-        run = {"response_play": play_id, "incident": inc["id"], "by": actor["id"] if actor else None,
-               "at": iso(self.now())}
+        run = {
+            "response_play": play_id,
+            "incident": inc["id"],
+            "by": actor["id"] if actor else None,
+            "at": iso(self.now()),
+        }
         self.response_play_runs.append(run)
         return {"status": "ok"}
 
@@ -108,14 +119,21 @@ class WorkflowOps:
 
 routes = web.RouteTableDef()
 
-crud_routes(routes, Resource(
-    "/incident_workflows/{id}", "incident_workflow", "incident_workflows",
-    get=lambda st, wid: st._get(st.incident_workflows, wid, "Incident Workflow"),
-    items=lambda st: st.incident_workflows.values(),
-    create=WorkflowOps.create_incident_workflow, delete=WorkflowOps.delete_incident_workflow,
-    search=("name",), deleted_status=200,
-    before_read=lambda request: state_of(request).require_ability("incident_workflows"),
-))
+crud_routes(
+    routes,
+    Resource(
+        "/incident_workflows/{id}",
+        "incident_workflow",
+        "incident_workflows",
+        get=lambda st, wid: st._get(st.incident_workflows, wid, "Incident Workflow"),
+        items=lambda st: st.incident_workflows.values(),
+        create=WorkflowOps.create_incident_workflow,
+        delete=WorkflowOps.delete_incident_workflow,
+        search=("name",),
+        deleted_status=200,
+        before_read=lambda request: state_of(request).require_ability("incident_workflows"),
+    ),
+)
 
 
 @routes.post("/incident_workflows/{id}/instances")
@@ -131,17 +149,25 @@ async def create_incident_workflow_instance(request):
 
 # --- response plays (removed from the API on 2025-09-09; behind a state flag)
 
+
 def _response_plays_on(request: web.Request) -> None:
     if not state_of(request).response_plays_enabled:
         raise not_found()
 
 
-crud_routes(routes, Resource(
-    "/response_plays/{id}", "response_play", "response_plays",
-    get=lambda st, rid: st._get(st.response_plays, rid, "Response Play"),
-    items=lambda st: st.response_plays.values(),
-    search=("name",), paged=False, before_read=_response_plays_on,
-))
+crud_routes(
+    routes,
+    Resource(
+        "/response_plays/{id}",
+        "response_play",
+        "response_plays",
+        get=lambda st, rid: st._get(st.response_plays, rid, "Response Play"),
+        items=lambda st: st.response_plays.values(),
+        search=("name",),
+        paged=False,
+        before_read=_response_plays_on,
+    ),
+)
 
 
 @routes.post("/response_plays/{id}/run")

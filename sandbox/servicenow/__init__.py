@@ -55,14 +55,14 @@ from .state import (
 )
 
 __all__ = [
+    "PD_APP_FIELDS",
+    "STATE_KEY",
+    "TABLES",
     "DoorbellConfig",
     "OperationFailed",
-    "PD_APP_FIELDS",
     "RecordNotFound",
-    "STATE_KEY",
     "ServiceNowError",
     "ServiceNowState",
-    "TABLES",
     "UnknownTable",
     "create_app",
     "sn_error_body",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -52,7 +53,9 @@ def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None 
     return web.Response(body=json.dumps(body).encode(), status=status, headers=all_headers)
 
 
-def _error(status: int, message: str | None = None, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int, message: str | None = None, detail: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     return _json_response(sn_error_body(status, message, detail), status, headers)
 
 
@@ -98,13 +101,19 @@ class TableAPI:
         if not self.state.allowed(self.state.roles_of(user), table, "read" if operation == "read" else "write"):
             if operation == "read":
                 return _error(403)
-            return _error(403, "Operation Failed", f"ACL Exception {operation.capitalize()} Failed due to security constraints")
+            return _error(
+                403, "Operation Failed", f"ACL Exception {operation.capitalize()} Failed due to security constraints"
+            )
         return table, user
 
     async def _body(self, request: web.Request) -> dict | web.Response:
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-            return _error(415, "Unsupported Media Type", f"Content-Type {content_type} is not supported by this sandbox (use application/json)")
+            return _error(
+                415,
+                "Unsupported Media Type",
+                f"Content-Type {content_type} is not supported by this sandbox (use application/json)",
+            )
         raw = await request.read()
         if not raw.strip():
             return {}
@@ -113,10 +122,16 @@ class TableAPI:
         except (ValueError, UnicodeDecodeError):
             return _error(400, "Exception while reading request", "The payload is not valid JSON.")
         if not isinstance(body, dict):
-            return _error(400, "Exception while reading request", "The payload is not a JSON object: multiple record insertion is not supported.")
+            return _error(
+                400,
+                "Exception while reading request",
+                "The payload is not a JSON object: multiple record insertion is not supported.",
+            )
         return body
 
-    def _one(self, request: web.Request, table: str, record: dict, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    def _one(
+        self, request: web.Request, table: str, record: dict, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
         if request.headers.get("X-no-response-body", "").lower() == "true":
             return web.Response(status=status, headers=headers)
         fields, mode, exclude = _render_options(request)
@@ -139,7 +154,7 @@ class TableAPI:
         # (task, cmdb_ci) drops rows of classes the user may not read, so a page can
         # come back short while X-Total-Count still counts them.
         readable = self._readable(user, table)
-        page = [r for r in records[offset:offset + limit] if readable(r)]
+        page = [r for r in records[offset : offset + limit] if readable(r)]
         total = len(records)
         if not page and request.match_info.get("version") == "v1":
             return _error(404, "No Record found", "Records not found")
@@ -158,7 +173,11 @@ class TableAPI:
         # The instance echoes the request's own query string, as the client encoded
         # it, with sysparm_offset/sysparm_limit moved to the end. A captured header
         # shows sysparm_fields commas left raw: a client must not split Link on ",".
-        kept = [p for p in request.query_string.split("&") if p and p.split("=", 1)[0] not in ("sysparm_offset", "sysparm_limit")]
+        kept = [
+            p
+            for p in request.query_string.split("&")
+            if p and p.split("=", 1)[0] not in ("sysparm_offset", "sysparm_limit")
+        ]
         base = f"{_base(request)}{request.raw_path.split('?', 1)[0]}?"
 
         def link(at: int, rel: str) -> str:
@@ -242,7 +261,9 @@ class TableAPI:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        record = self.state._update(table, request.match_info["sys_id"], self._input_display(request, table, body), user)
+        record = self.state._update(
+            table, request.match_info["sys_id"], self._input_display(request, table, body), user
+        )
         return self._one(request, table, record)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -310,7 +331,9 @@ def create_app(state: ServiceNowState, faults: FaultInjector | None = None) -> w
     the doorbell's HTTP session and delivery task live as long as the app runs."""
     if faults is not None:
         state.faults = faults
-    app = web.Application(middlewares=[faults_middleware(lambda: state.faults, sn_error_body), _servicenow_middleware(state)])
+    app = web.Application(
+        middlewares=[faults_middleware(lambda: state.faults, sn_error_body), _servicenow_middleware(state)]
+    )
     app[STATE_KEY] = state
     api = TableAPI(state)
     for prefix in ("/api/now/table", "/api/now/{version}/table"):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class DoorbellWorker:
-    def __init__(self, state: "ServiceNowState", session: aiohttp.ClientSession):
+    def __init__(self, state: ServiceNowState, session: aiohttp.ClientSession):
         self.state = state
         self.session = session
 
@@ -48,9 +48,11 @@ class DoorbellWorker:
             waiters, state._bell_waiters = state._bell_waiters, []
             for future in waiters:
                 if not future.done():
-                    future.set_exception(RuntimeError("the ServiceNow sandbox app stopped before its doorbells were delivered"))
+                    future.set_exception(
+                        RuntimeError("the ServiceNow sandbox app stopped before its doorbells were delivered")
+                    )
 
-    async def _deliver(self, config: "DoorbellConfig", payload: dict[str, str]) -> None:
+    async def _deliver(self, config: DoorbellConfig, payload: dict[str, str]) -> None:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.token is not None:
             headers["Authorization"] = f"Bearer {config.token}"
@@ -65,7 +67,7 @@ class DoorbellWorker:
                 async with self.session.post(config.url, json=payload, headers=headers, timeout=timeout) as response:
                     status = response.status
                     await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             delivered = status is not None and 200 <= status < 300
             retry = not delivered and (status is None or status >= 500) and attempt < config.max_attempts
@@ -74,13 +76,24 @@ class DoorbellWorker:
                 return
             await asyncio.sleep(config.backoff[min(attempt - 1, len(config.backoff) - 1)])
 
-    def _record(self, config: "DoorbellConfig", payload: dict[str, str], attempt: int, status: int | None, error: str | None, delivered: bool, given_up: bool) -> None:
+    def _record(
+        self,
+        config: DoorbellConfig,
+        payload: dict[str, str],
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        delivered: bool,
+        given_up: bool,
+    ) -> None:
         entry: dict[str, Any] = dict(payload)
-        entry.update(url=config.url, attempt=attempt, status=status, error=error, delivered=delivered, given_up=given_up)
+        entry.update(
+            url=config.url, attempt=attempt, status=status, error=error, delivered=delivered, given_up=given_up
+        )
         self.state.doorbell_deliveries.append(entry)
 
 
-def doorbell_context(state: "ServiceNowState"):
+def doorbell_context(state: ServiceNowState):
     """An aiohttp cleanup context: the session and the task live as long as the app."""
 
     async def context(app: Any):

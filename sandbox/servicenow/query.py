@@ -24,9 +24,9 @@ match empty values, integer columns compare as numbers and date-times compare as
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
 
 from .schema import BOOLEAN, INTEGER, REFERENCE, Field, is_descendant
 
@@ -37,8 +37,22 @@ Predicate = Callable[[Record], bool]
 _FIELD = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
 _UNARY = ("ISNOTEMPTY", "ISEMPTY", "ANYTHING", "EMPTYSTRING")
 _BINARY = (
-    "NOT IN", "NOTLIKE", "STARTSWITH", "ENDSWITH", "LIKE", "INSTANCEOF", "IN",
-    "BETWEEN", "NSAMEAS", "SAMEAS", "!=", ">=", "<=", "=", ">", "<",
+    "NOT IN",
+    "NOTLIKE",
+    "STARTSWITH",
+    "ENDSWITH",
+    "LIKE",
+    "INSTANCEOF",
+    "IN",
+    "BETWEEN",
+    "NSAMEAS",
+    "SAMEAS",
+    "!=",
+    ">=",
+    "<=",
+    "=",
+    ">",
+    "<",
 )
 _SYS_ID = re.compile(r"[0-9a-f]{32}")
 _JS_DATE = re.compile(r"gs\.dateGenerate\(\s*'([^']*)'\s*,\s*'([^']*)'\s*\)")
@@ -87,12 +101,14 @@ class CompiledQuery:
 
 def _sort_key(getter: Getter, column: Field) -> Callable[[Record], tuple]:
     if column.kind == INTEGER:
+
         def key(r: Record) -> tuple:
             v = getter(r)
             try:
                 return (1, int(v), "")
             except ValueError:
                 return (0 if v == "" else 1, 0, v)
+
         return key
     return lambda r: (getter(r) != "", getter(r).lower())
 
@@ -106,7 +122,7 @@ def _as_int(value: str) -> int | None:
 
 def _resolve_js(value: str, ctx: Context) -> str | None:
     """The value of a ``javascript:`` operand this sandbox understands, else None."""
-    body = value[len("javascript:"):].strip()
+    body = value[len("javascript:") :].strip()
     if body in ("gs.getUserID()", "gs.getUserID();"):
         return ctx.user_sys_id
     if body.startswith("gs.nowDateTime()"):
@@ -165,7 +181,7 @@ def _predicate(table: str, term: str, ctx: Context, display_values: bool = False
     if not m:
         raise InvalidTerm("no column name")
     get, column = resolve_path(table, m.group(0), ctx)
-    rest = term[m.end():]
+    rest = term[m.end() :]
     for op in _UNARY:
         if rest == op:
             if op in ("ISEMPTY", "EMPTYSTRING"):
@@ -175,7 +191,7 @@ def _predicate(table: str, term: str, ctx: Context, display_values: bool = False
             return lambda r: True
     for op in _BINARY:
         if rest.startswith(op):
-            raw = rest[len(op):]
+            raw = rest[len(op) :]
             break
     else:
         raise InvalidTerm(f"unknown operator in {rest!r}")
@@ -193,11 +209,14 @@ def _predicate(table: str, term: str, ctx: Context, display_values: bool = False
     if op in ("=", "!="):
         q = _normalise(column, value_of(raw))
         if column.kind == INTEGER and _as_int(q) is not None:
+
             def eq(r: Record) -> bool:
                 return _normalise(column, get(r)) == q
         else:
+
             def eq(r: Record) -> bool:
                 return get(r).lower() == q if column.kind != BOOLEAN else _normalise(column, get(r)) == q
+
         if op == "=":
             return eq
         return lambda r: not eq(r)
@@ -280,7 +299,14 @@ def _from_display(column: Field, text: str, ctx: Context) -> str:
     return text
 
 
-def compile_query(table: str, text: str | None, ctx: Context, *, extra: list[tuple[str, str]] = (), invalid_returns_no_rows: bool = False) -> CompiledQuery:
+def compile_query(
+    table: str,
+    text: str | None,
+    ctx: Context,
+    *,
+    extra: list[tuple[str, str]] = (),
+    invalid_returns_no_rows: bool = False,
+) -> CompiledQuery:
     """Compile ``text`` (a ``sysparm_query``) and name-value pair filters ``extra``."""
     out = CompiledQuery()
     raw = (text or "").replace("^^", "\x00")
@@ -292,7 +318,7 @@ def compile_query(table: str, text: str | None, ctx: Context, *, extra: list[tup
                 continue
             if part.startswith("ORDERBYDESC") or part.startswith("ORDERBY"):
                 desc = part.startswith("ORDERBYDESC")
-                name = part[len("ORDERBYDESC" if desc else "ORDERBY"):]
+                name = part[len("ORDERBYDESC" if desc else "ORDERBY") :]
                 try:
                     getter, column = resolve_path(table, name, ctx)
                 except InvalidTerm:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .query import InvalidTerm, resolve_path
 from .schema import INTEGER, JOURNAL, JOURNAL_LIST, REFERENCE, Field
@@ -15,16 +16,18 @@ Record = dict[str, str]
 Renderer = Callable[[Record], Any]
 
 
-def _display_function(state: "ServiceNowState", column: Field, walked: bool) -> Callable[[Record, str], str]:
+def _display_function(state: ServiceNowState, column: Field, walked: bool) -> Callable[[Record, str], str]:
     if column.choices:
         choices = column.choices
         return lambda r, v: choices.get(v, v)
     if column.kind == INTEGER:
+
         def number(r: Record, v: str) -> str:
             try:
                 return f"{int(v):,}"
             except ValueError:
                 return v
+
         return number
     if column.kind in (JOURNAL, JOURNAL_LIST) and not walked:
         elements = (column.name,) if column.kind == JOURNAL else ("comments", "work_notes")
@@ -32,7 +35,15 @@ def _display_function(state: "ServiceNowState", column: Field, walked: bool) -> 
     return lambda r, v: v
 
 
-def _renderer(state: "ServiceNowState", get: Callable[[Record], str], column: Field, mode: str, exclude_links: bool, base: str, walked: bool) -> Renderer:
+def _renderer(
+    state: ServiceNowState,
+    get: Callable[[Record], str],
+    column: Field,
+    mode: str,
+    exclude_links: bool,
+    base: str,
+    walked: bool,
+) -> Renderer:
     if column.kind == REFERENCE and column.ref:
         ref = column.ref
         prefix = f"{base}/api/now/table/{ref}/"
@@ -43,14 +54,17 @@ def _renderer(state: "ServiceNowState", get: Callable[[Record], str], column: Fi
             def reference(r: Record) -> Any:
                 v = get(r)
                 return {"link": prefix + v, "value": v} if v else ""
+
             return reference
         if mode == "true":
+
             def reference_display(r: Record) -> Any:
                 v = get(r)
                 if not v:
                     return ""
                 shown = state.display_value(ref, v)
                 return shown if exclude_links else {"display_value": shown, "link": prefix + v}
+
             return reference_display
 
         def reference_all(r: Record) -> Any:
@@ -62,6 +76,7 @@ def _renderer(state: "ServiceNowState", get: Callable[[Record], str], column: Fi
                 out["link"] = prefix + v
             out["value"] = v
             return out
+
         return reference_all
     if mode == "false":
         return get
@@ -72,7 +87,7 @@ def _renderer(state: "ServiceNowState", get: Callable[[Record], str], column: Fi
 
 
 def record_renderer(
-    state: "ServiceNowState",
+    state: ServiceNowState,
     table: str,
     fields: list[str] | None,
     mode: str = "false",
@@ -98,7 +113,15 @@ def record_renderer(
     return render
 
 
-def _build(state: "ServiceNowState", table: str, columns: dict[str, Field], fields: list[str] | None, mode: str, exclude_links: bool, base: str) -> Callable[[Record], dict[str, Any]]:
+def _build(
+    state: ServiceNowState,
+    table: str,
+    columns: dict[str, Field],
+    fields: list[str] | None,
+    mode: str,
+    exclude_links: bool,
+    base: str,
+) -> Callable[[Record], dict[str, Any]]:
     plan: list[tuple[str, Renderer]] = []
     if fields is None:
         for name, column in columns.items():

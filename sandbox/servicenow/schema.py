@@ -39,7 +39,9 @@ class Table:
     label: str = ""
 
 
-def _f(name: str, kind: str = STRING, ref: str | None = None, choices: dict[str, str] | None = None, default: str = "") -> Field:
+def _f(
+    name: str, kind: str = STRING, ref: str | None = None, choices: dict[str, str] | None = None, default: str = ""
+) -> Field:
     return Field(name, kind, ref, choices, default)
 
 
@@ -49,20 +51,36 @@ PRIORITY = {"1": "1 - Critical", "2": "2 - High", "3": "3 - Moderate", "4": "4 -
 INCIDENT_STATES = {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled"}
 # Security Incident Response (sn_si_incident), NIST stateful process definition.
 SIR_STATES = {
-    "10": "Draft", "16": "Analysis", "18": "Contain", "19": "Eradicate",
-    "20": "Recover", "100": "Review", "3": "Closed", "7": "Cancelled",
+    "10": "Draft",
+    "16": "Analysis",
+    "18": "Contain",
+    "19": "Eradicate",
+    "20": "Recover",
+    "100": "Review",
+    "3": "Closed",
+    "7": "Cancelled",
 }
 HOLD_REASONS = {"1": "Awaiting Caller", "3": "Awaiting Problem", "4": "Awaiting Vendor", "5": "Awaiting Change"}
 OPERATIONAL_STATUS = {
-    "1": "Operational", "2": "Non-Operational", "3": "Repair in Progress",
-    "4": "DR Standby", "5": "Ready", "6": "Retired",
+    "1": "Operational",
+    "2": "Non-Operational",
+    "3": "Repair in Progress",
+    "4": "DR Standby",
+    "5": "Ready",
+    "6": "Retired",
 }
 
 # ServiceNow's default Priority data lookup (impact, urgency) -> priority.
 PRIORITY_MATRIX = {
-    ("1", "1"): "1", ("1", "2"): "2", ("2", "1"): "2",
-    ("1", "3"): "3", ("2", "2"): "3", ("3", "1"): "3",
-    ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5",
+    ("1", "1"): "1",
+    ("1", "2"): "2",
+    ("2", "1"): "2",
+    ("1", "3"): "3",
+    ("2", "2"): "3",
+    ("3", "1"): "3",
+    ("2", "3"): "4",
+    ("3", "2"): "4",
+    ("3", "3"): "5",
 }
 
 _SYS = [
@@ -132,94 +150,183 @@ def _table(t: Table) -> None:
 
 
 _table(Table("task", fields=_TASK, display="number", number_prefix="TASK", label="Task"))
-_table(Table("incident", parent="task", display="number", number_prefix="INC", label="Incident", fields=[
-    _INCIDENT_STATE,
-    _f("incident_state", INTEGER, choices=INCIDENT_STATES, default="1"),
-    _f("severity", INTEGER, choices=IMPACT, default="3"),
-    _f("caller_id", REFERENCE, ref="sys_user"),
-    _f("category", default="inquiry"),
-    _f("subcategory"),
-    _f("close_code"),
-    _f("resolved_by", REFERENCE, ref="sys_user"),
-    _f("resolved_at", DATETIME),
-    _f("hold_reason", INTEGER, choices=HOLD_REASONS),
-    _f("reopen_count", INTEGER, default="0"),
-    _f("parent_incident", REFERENCE, ref="incident"),
-    _f("notify", INTEGER, default="1"),
-]))
-_table(Table("sn_si_incident", parent="task", display="number", number_prefix="SIR", label="Security Incident", fields=[
-    _SIR_STATE,
-    _f("category"),
-    _f("subcategory"),
-    _f("close_code"),
-    _f("caller", REFERENCE, ref="sys_user"),
-    _f("affected_user", REFERENCE, ref="sys_user"),
-    _f("risk_score", INTEGER),
-    _f("business_criticality", INTEGER),
-    _f("contained", BOOLEAN, default="false"),
-]))
-_table(Table("sys_user", display="name", label="User", fields=_SYS + [
-    _f("user_name"),
-    _f("first_name"),
-    _f("last_name"),
-    _f("name"),
-    _f("email"),
-    _f("phone"),
-    _f("mobile_phone"),
-    _f("title"),
-    _f("department"),
-    _f("time_zone"),
-    _f("active", BOOLEAN, default="true"),
-    _f("locked_out", BOOLEAN, default="false"),
-    _f("manager", REFERENCE, ref="sys_user"),
-]))
-_table(Table("sys_user_group", display="name", label="Group", fields=_SYS + [
-    _f("name"),
-    _f("description"),
-    _f("manager", REFERENCE, ref="sys_user"),
-    _f("email"),
-    _f("type"),
-    _f("parent", REFERENCE, ref="sys_user_group"),
-    _f("active", BOOLEAN, default="true"),
-]))
-_table(Table("sys_user_grmember", display=None, label="Group Member", fields=_SYS + [
-    _f("group", REFERENCE, ref="sys_user_group"),
-    _f("user", REFERENCE, ref="sys_user"),
-]))
+_table(
+    Table(
+        "incident",
+        parent="task",
+        display="number",
+        number_prefix="INC",
+        label="Incident",
+        fields=[
+            _INCIDENT_STATE,
+            _f("incident_state", INTEGER, choices=INCIDENT_STATES, default="1"),
+            _f("severity", INTEGER, choices=IMPACT, default="3"),
+            _f("caller_id", REFERENCE, ref="sys_user"),
+            _f("category", default="inquiry"),
+            _f("subcategory"),
+            _f("close_code"),
+            _f("resolved_by", REFERENCE, ref="sys_user"),
+            _f("resolved_at", DATETIME),
+            _f("hold_reason", INTEGER, choices=HOLD_REASONS),
+            _f("reopen_count", INTEGER, default="0"),
+            _f("parent_incident", REFERENCE, ref="incident"),
+            _f("notify", INTEGER, default="1"),
+        ],
+    )
+)
+_table(
+    Table(
+        "sn_si_incident",
+        parent="task",
+        display="number",
+        number_prefix="SIR",
+        label="Security Incident",
+        fields=[
+            _SIR_STATE,
+            _f("category"),
+            _f("subcategory"),
+            _f("close_code"),
+            _f("caller", REFERENCE, ref="sys_user"),
+            _f("affected_user", REFERENCE, ref="sys_user"),
+            _f("risk_score", INTEGER),
+            _f("business_criticality", INTEGER),
+            _f("contained", BOOLEAN, default="false"),
+        ],
+    )
+)
+_table(
+    Table(
+        "sys_user",
+        display="name",
+        label="User",
+        fields=_SYS
+        + [
+            _f("user_name"),
+            _f("first_name"),
+            _f("last_name"),
+            _f("name"),
+            _f("email"),
+            _f("phone"),
+            _f("mobile_phone"),
+            _f("title"),
+            _f("department"),
+            _f("time_zone"),
+            _f("active", BOOLEAN, default="true"),
+            _f("locked_out", BOOLEAN, default="false"),
+            _f("manager", REFERENCE, ref="sys_user"),
+        ],
+    )
+)
+_table(
+    Table(
+        "sys_user_group",
+        display="name",
+        label="Group",
+        fields=_SYS
+        + [
+            _f("name"),
+            _f("description"),
+            _f("manager", REFERENCE, ref="sys_user"),
+            _f("email"),
+            _f("type"),
+            _f("parent", REFERENCE, ref="sys_user_group"),
+            _f("active", BOOLEAN, default="true"),
+        ],
+    )
+)
+_table(
+    Table(
+        "sys_user_grmember",
+        display=None,
+        label="Group Member",
+        fields=_SYS
+        + [
+            _f("group", REFERENCE, ref="sys_user_group"),
+            _f("user", REFERENCE, ref="sys_user"),
+        ],
+    )
+)
 _table(Table("cmdb_ci", display="name", label="Configuration Item", fields=_CMDB))
-_table(Table("cmdb_ci_service", parent="cmdb_ci", display="name", label="Business Service", fields=[
-    _f("service_classification", default="Business Service"),
-    _f("busines_criticality", default="3 - less critical"),
-    _f("used_for", default="Production"),
-]))
-_table(Table("cmdb_ci_appl", parent="cmdb_ci", display="name", label="Application", fields=[
-    _f("version"),
-    _f("running_process"),
-]))
-_table(Table("cmdb_ci_server", parent="cmdb_ci", display="name", label="Server", fields=[
-    _f("host_name"),
-    _f("os"),
-    _f("os_version"),
-]))
-_table(Table("cmdb_rel_type", display="name", label="CI Relationship Type", fields=_SYS + [
-    _f("name"),
-    _f("parent_descriptor"),
-    _f("child_descriptor"),
-]))
-_table(Table("cmdb_rel_ci", display=None, label="CI Relationship", fields=_SYS + [
-    _f("parent", REFERENCE, ref="cmdb_ci"),
-    _f("child", REFERENCE, ref="cmdb_ci"),
-    _f("type", REFERENCE, ref="cmdb_rel_type"),
-]))
-_table(Table("sys_journal_field", display=None, label="Journal Entry", fields=[
-    _f("sys_id"),
-    _f("sys_created_on", DATETIME),
-    _f("sys_created_by"),
-    _f("element_id"),
-    _f("element"),
-    _f("name"),
-    _f("value"),
-]))
+_table(
+    Table(
+        "cmdb_ci_service",
+        parent="cmdb_ci",
+        display="name",
+        label="Business Service",
+        fields=[
+            _f("service_classification", default="Business Service"),
+            _f("busines_criticality", default="3 - less critical"),
+            _f("used_for", default="Production"),
+        ],
+    )
+)
+_table(
+    Table(
+        "cmdb_ci_appl",
+        parent="cmdb_ci",
+        display="name",
+        label="Application",
+        fields=[
+            _f("version"),
+            _f("running_process"),
+        ],
+    )
+)
+_table(
+    Table(
+        "cmdb_ci_server",
+        parent="cmdb_ci",
+        display="name",
+        label="Server",
+        fields=[
+            _f("host_name"),
+            _f("os"),
+            _f("os_version"),
+        ],
+    )
+)
+_table(
+    Table(
+        "cmdb_rel_type",
+        display="name",
+        label="CI Relationship Type",
+        fields=_SYS
+        + [
+            _f("name"),
+            _f("parent_descriptor"),
+            _f("child_descriptor"),
+        ],
+    )
+)
+_table(
+    Table(
+        "cmdb_rel_ci",
+        display=None,
+        label="CI Relationship",
+        fields=_SYS
+        + [
+            _f("parent", REFERENCE, ref="cmdb_ci"),
+            _f("child", REFERENCE, ref="cmdb_ci"),
+            _f("type", REFERENCE, ref="cmdb_rel_type"),
+        ],
+    )
+)
+_table(
+    Table(
+        "sys_journal_field",
+        display=None,
+        label="Journal Entry",
+        fields=[
+            _f("sys_id"),
+            _f("sys_created_on", DATETIME),
+            _f("sys_created_by"),
+            _f("element_id"),
+            _f("element"),
+            _f("name"),
+            _f("value"),
+        ],
+    )
+)
 
 
 def ancestors(table: str) -> list[str]:
@@ -254,7 +361,10 @@ COLUMNS: dict[str, dict[str, Field]] = {name: _columns(name) for name in TABLES}
 DEFAULT_ACL: dict[str, dict[str, frozenset[str]]] = {
     "task": {"read": frozenset({"itil"}), "write": frozenset({"itil"})},
     "incident": {"read": frozenset({"itil"}), "write": frozenset({"itil"})},
-    "sn_si_incident": {"read": frozenset({"sn_si.analyst", "sn_si.admin"}), "write": frozenset({"sn_si.analyst", "sn_si.admin"})},
+    "sn_si_incident": {
+        "read": frozenset({"sn_si.analyst", "sn_si.admin"}),
+        "write": frozenset({"sn_si.analyst", "sn_si.admin"}),
+    },
     "sys_user": {"read": frozenset({"itil"}), "write": frozenset({"user_admin"})},
     "sys_user_group": {"read": frozenset({"itil"}), "write": frozenset({"user_admin"})},
     "sys_user_grmember": {"read": frozenset({"itil"}), "write": frozenset({"user_admin"})},

@@ -17,9 +17,10 @@ import math
 import re
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..faults import FaultInjector
 from .query import CompiledQuery, Context, compile_query
@@ -42,7 +43,15 @@ from .schema import (
 Record = dict[str, str]
 _SYS_ID = re.compile(r"[0-9a-f]{32}")
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-_NOT_WRITABLE = {"sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by", "sys_mod_count", "sys_class_name", "sys_id"}
+_NOT_WRITABLE = {
+    "sys_created_on",
+    "sys_created_by",
+    "sys_updated_on",
+    "sys_updated_by",
+    "sys_mod_count",
+    "sys_class_name",
+    "sys_id",
+}
 RATE_LIMIT_RULE_SYS_ID = "5b1fd2d1c3a0301065ba73bc7a40dd4b"
 
 
@@ -102,7 +111,7 @@ class DoorbellConfig:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _stable_id(*parts: str) -> str:
@@ -113,7 +122,7 @@ def _parse_time(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.strptime(value, _TIME_FORMAT)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -137,7 +146,9 @@ class ServiceNowState:
         self.custom_fields: dict[str, set[str]] = {}
         for table, names in dict(seed.get("custom_fields", {})).items():
             if table not in TABLES:
-                raise ValueError(f"servicenow.custom_fields: unknown table {table!r} (known: {', '.join(sorted(TABLES))})")
+                raise ValueError(
+                    f"servicenow.custom_fields: unknown table {table!r} (known: {', '.join(sorted(TABLES))})"
+                )
             self.custom_fields[table] = set(names)
         self.acl: dict[str, dict[str, frozenset[str]]] = {t: dict(v) for t, v in DEFAULT_ACL.items()}
         for table, rules in dict(seed.get("acl", {})).items():
@@ -157,7 +168,7 @@ class ServiceNowState:
         self._load()
 
     @classmethod
-    def from_seed(cls, seed: dict | None) -> "ServiceNowState":
+    def from_seed(cls, seed: dict | None) -> ServiceNowState:
         return cls(seed)
 
     # ------------------------------------------------------------------ loading
@@ -222,7 +233,11 @@ class ServiceNowState:
             put("sys_user_group", {k: v for k, v in group.items() if k != "members"}, where)
             for j, member in enumerate(group.get("members", [])):
                 need("sys_user", member, f"{where}.members[{j}]")
-                put("sys_user_grmember", {"sys_id": _stable_id("grmember", group_id, member), "group": group_id, "user": member}, f"{where}.members[{j}]")
+                put(
+                    "sys_user_grmember",
+                    {"sys_id": _stable_id("grmember", group_id, member), "group": group_id, "user": member},
+                    f"{where}.members[{j}]",
+                )
         for i, ci in enumerate(seed.get("cis", [])):
             where = f"cis[{i}]"
             sys_id_of(where, ci)
@@ -270,7 +285,7 @@ class ServiceNowState:
         """Now, as the instance writes it: UTC with one-second resolution."""
         now = self.now()
         if now.tzinfo is not None:
-            now = now.astimezone(timezone.utc)
+            now = now.astimezone(UTC)
         return now.strftime(_TIME_FORMAT)
 
     # ------------------------------------------------------------------ schema
@@ -343,7 +358,11 @@ class ServiceNowState:
         start, count = self._rate.get(user_name, (window, 0))
         if start != window:
             count = 0
-        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Reset": str(reset), "X-RateLimit-Rule": self.rate_limit_rule}
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Reset": str(reset),
+            "X-RateLimit-Rule": self.rate_limit_rule,
+        }
         if count >= limit:
             headers["Retry-After"] = str(max(1, math.ceil(reset - now)))
             return False, headers
@@ -361,16 +380,22 @@ class ServiceNowState:
             display_lookup=self.find_by_display_value,
         )
 
-    def compile(self, table: str, query: str | None, *, user: str = "admin", extra: list[tuple[str, str]] = ()) -> CompiledQuery:
+    def compile(
+        self, table: str, query: str | None, *, user: str = "admin", extra: list[tuple[str, str]] = ()
+    ) -> CompiledQuery:
         if table not in TABLES:
             raise UnknownTable(table)
-        compiled = compile_query(table, query, self._context(user), extra=extra, invalid_returns_no_rows=self.invalid_query_returns_no_rows)
+        compiled = compile_query(
+            table, query, self._context(user), extra=extra, invalid_returns_no_rows=self.invalid_query_returns_no_rows
+        )
         if compiled.invalid:
             self.ignored_query_terms.extend(compiled.invalid)
             del self.ignored_query_terms[:-100]
         return compiled
 
-    def select(self, table: str, query: str | None = None, *, user: str = "admin", extra: list[tuple[str, str]] = ()) -> list[Record]:
+    def select(
+        self, table: str, query: str | None = None, *, user: str = "admin", extra: list[tuple[str, str]] = ()
+    ) -> list[Record]:
         """Matching records (the stored dicts, not copies), in query order. With no
         ORDERBY the order is by sys_id, like an unordered database scan: do not rely on it."""
         compiled = self.compile(table, query, user=user, extra=extra)
@@ -489,13 +514,21 @@ class ServiceNowState:
                 continue  # unknown or system columns: ignored, as the Table API does
             yield name, column, self._coerce(column, value)
 
-    def _insert(self, table: str, fields: dict[str, Any], user: str, *, stamp: str | None = None, fire: bool = True) -> Record:
+    def _insert(
+        self, table: str, fields: dict[str, Any], user: str, *, stamp: str | None = None, fire: bool = True
+    ) -> Record:
         if table not in TABLES:
             raise UnknownTable(table)
         if table == "sys_journal_field":  # a direct journal insert (admins only over HTTP)
             entry = {name: value for name, _, value in self._writable(self.columns(table), fields)}
-            return self._add_journal(entry.get("name", ""), entry.get("element_id", ""), entry.get("element", ""),
-                                     entry.get("value", ""), user, stamp or self.timestamp())
+            return self._add_journal(
+                entry.get("name", ""),
+                entry.get("element_id", ""),
+                entry.get("element", ""),
+                entry.get("value", ""),
+                user,
+                stamp or self.timestamp(),
+            )
         cls = table
         wanted = fields.get("sys_class_name")
         if isinstance(wanted, str) and wanted != table and wanted in TABLES and is_descendant(wanted, table):
@@ -506,7 +539,9 @@ class ServiceNowState:
         root = self.tables[ANCESTORS[cls][-1]]
         if isinstance(sys_id, str) and _SYS_ID.fullmatch(sys_id):
             if sys_id in root:
-                raise OperationFailed(f"Unique Key violation detected by database (Duplicate entry '{sys_id}' for key 'PRIMARY')")
+                raise OperationFailed(
+                    f"Unique Key violation detected by database (Duplicate entry '{sys_id}' for key 'PRIMARY')"
+                )
         else:
             sys_id = uuid.uuid4().hex
         journals = []
@@ -516,7 +551,14 @@ class ServiceNowState:
                     journals.append((name, value))
             else:
                 record[name] = value
-        record.update(sys_id=sys_id, sys_created_on=stamp, sys_created_by=user, sys_updated_on=stamp, sys_updated_by=user, sys_mod_count="0")
+        record.update(
+            sys_id=sys_id,
+            sys_created_on=stamp,
+            sys_created_by=user,
+            sys_updated_on=stamp,
+            sys_updated_by=user,
+            sys_mod_count="0",
+        )
         if "sys_class_name" in record:
             record["sys_class_name"] = cls
         self._rules(cls, record, None, user, stamp)
@@ -554,7 +596,9 @@ class ServiceNowState:
         if candidate == record and not journals:
             return record
         old_user_name = record.get("user_name")
-        candidate.update(sys_updated_on=stamp, sys_updated_by=user, sys_mod_count=str(int(record.get("sys_mod_count") or 0) + 1))
+        candidate.update(
+            sys_updated_on=stamp, sys_updated_by=user, sys_mod_count=str(int(record.get("sys_mod_count") or 0) + 1)
+        )
         record.update(candidate)
         if cls == "sys_user" and old_user_name != record.get("user_name"):
             self._user_ids.pop(old_user_name or "", None)
@@ -592,12 +636,18 @@ class ServiceNowState:
         if "task" in lineage:
             self._task_rules(lineage, record, previous, user, stamp)
         elif cls == "sys_user":
-            if previous is None or record.get("first_name") != previous.get("first_name") or record.get("last_name") != previous.get("last_name"):
+            if (
+                previous is None
+                or record.get("first_name") != previous.get("first_name")
+                or record.get("last_name") != previous.get("last_name")
+            ):
                 full = f"{record.get('first_name', '')} {record.get('last_name', '')}".strip()
                 if full and (previous is not None or not record.get("name")):
                     record["name"] = full
 
-    def _task_rules(self, lineage: tuple[str, ...], record: Record, previous: Record | None, user: str, stamp: str) -> None:
+    def _task_rules(
+        self, lineage: tuple[str, ...], record: Record, previous: Record | None, user: str, stamp: str
+    ) -> None:
         user_id = self._user_ids.get(user, "")
         if previous is None:
             if not record.get("number"):
@@ -627,15 +677,25 @@ class ServiceNowState:
                         record[name] = ""
                     record["reopen_count"] = str(int(record.get("reopen_count") or 0) + 1)
                 if self.require_close_fields and state in ("6", "7"):
-                    missing = [label for name, label in (("close_code", "Resolution code"), ("close_notes", "Resolution notes")) if not record.get(name)]
+                    missing = [
+                        label
+                        for name, label in (("close_code", "Resolution code"), ("close_notes", "Resolution notes"))
+                        if not record.get(name)
+                    ]
                     if missing:
-                        raise OperationFailed(f"Data Policy Exception: \n\tThe following fields are mandatory: {', '.join(missing)}\n")
+                        raise OperationFailed(
+                            f"Data Policy Exception: \n\tThe following fields are mandatory: {', '.join(missing)}\n"
+                        )
             record["active"] = "false" if state in ("7", "8") else "true"
         elif "sn_si_incident" in lineage:
             if state != old_state and state == "3":
                 record["closed_at"], record["closed_by"] = stamp, user_id
             record["active"] = "false" if state in ("3", "7") else "true"
-        if previous is not None and previous.get("assignment_group") and record.get("assignment_group") != previous.get("assignment_group"):
+        if (
+            previous is not None
+            and previous.get("assignment_group")
+            and record.get("assignment_group") != previous.get("assignment_group")
+        ):
             record["reassignment_count"] = str(int(record.get("reassignment_count") or 0) + 1)
 
     # ------------------------------------------------------------------ doorbell
@@ -687,8 +747,18 @@ class ServiceNowState:
             return
         if not any(name in config.tables for name in ANCESTORS[cls]):
             return
-        self._bell_queue.append((config, {"table": cls, "sys_id": sys_id, "operation": operation,
-                                          "sys_updated_on": stamp, "sys_mod_count": mod_count}))
+        self._bell_queue.append(
+            (
+                config,
+                {
+                    "table": cls,
+                    "sys_id": sys_id,
+                    "operation": operation,
+                    "sys_updated_on": stamp,
+                    "sys_mod_count": mod_count,
+                },
+            )
+        )
         if self._bell_signal is not None:
             self._bell_signal.set()
 
@@ -701,13 +771,17 @@ class ServiceNowState:
         if not self._bell_queue and not self._bell_busy:
             return
         if not self._bell_attached:
-            raise RuntimeError(f"{len(self._bell_queue)} doorbell(s) queued but no ServiceNow sandbox app is running to deliver them")
+            raise RuntimeError(
+                f"{len(self._bell_queue)} doorbell(s) queued but no ServiceNow sandbox app is running to deliver them"
+            )
         future = asyncio.get_running_loop().create_future()
         self._bell_waiters.append(future)
         try:
             await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"doorbells not delivered within {timeout}s: {len(self._bell_queue)} still queued") from None
+        except TimeoutError:
+            raise TimeoutError(
+                f"doorbells not delivered within {timeout}s: {len(self._bell_queue)} still queued"
+            ) from None
 
     def _bell_idle(self) -> None:
         waiters, self._bell_waiters = self._bell_waiters, []

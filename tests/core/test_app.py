@@ -22,8 +22,6 @@ from dutybridge.http import OutboundRequest
 from dutybridge.logging import configure, set_secrets
 from dutybridge.scheduler import Job
 
-
-
 SECRET = "whsec-primary-1a2b3c4d"
 
 
@@ -32,10 +30,19 @@ def sign(body: bytes, secret: str = SECRET) -> str:
 
 
 def v3_event(event_id: str = "01EVT1", incident: str = "PINC001", type_: str = "incident.triggered") -> bytes:
-    return json.dumps({"event": {
-        "id": event_id, "event_type": type_, "resource_type": "incident",
-        "occurred_at": "2026-11-28T10:00:00.000Z", "agent": None, "client": None,
-        "data": {"id": incident, "type": "incident", "title": "DB down"}}}).encode()
+    return json.dumps(
+        {
+            "event": {
+                "id": event_id,
+                "event_type": type_,
+                "resource_type": "incident",
+                "occurred_at": "2026-11-28T10:00:00.000Z",
+                "agent": None,
+                "client": None,
+                "data": {"id": incident, "type": "incident", "title": "DB down"},
+            }
+        }
+    ).encode()
 
 
 class ProbeConfig(Section):
@@ -125,24 +132,36 @@ def daemon_config(write_config, tmp_path, fake_pagerduty):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "tag.py").write_text(
-        "def outbound_request(request, ctx):\n"
-        "    request.headers['X-From-Hook-File'] = 'yes'\n")
-    return write_config({"daemon": {"hooks_dir": "hooks", "log_level": "debug", "retry_base_seconds": 0.05},
-                         "pagerduty": {"api_url": str(server.make_url("")).rstrip("/")}})
+        "def outbound_request(request, ctx):\n    request.headers['X-From-Hook-File'] = 'yes'\n"
+    )
+    return write_config(
+        {
+            "daemon": {"hooks_dir": "hooks", "log_level": "debug", "retry_base_seconds": 0.05},
+            "pagerduty": {"api_url": str(server.make_url("")).rstrip("/")},
+        }
+    )
 
 
 async def test_signed_webhook_is_stored_then_dispatched_through_the_pipeline(
-        aiohttp_client, daemon_config, fake_pagerduty):
+    aiohttp_client, daemon_config, fake_pagerduty
+):
     probe = Probe()
     config, pm = load(daemon_config, extra_plugins=[probe])
     client = await aiohttp_client(create_app(config, pm))
     body = v3_event()
-    resp = await client.post("/webhooks/pagerduty", data=body,
-                             headers={"X-PagerDuty-Signature": sign(body), "Content-Type": "application/json"})
+    resp = await client.post(
+        "/webhooks/pagerduty",
+        data=body,
+        headers={"X-PagerDuty-Signature": sign(body), "Content-Type": "application/json"},
+    )
     assert resp.status == 202, await resp.text()
     await asyncio.wait_for(probe.handled.wait(), 10)
     event = probe.events[0]
-    assert (event.source, event.type, event.resource) == ("pagerduty", "incident.triggered", "pagerduty:incident:PINC001")
+    assert (event.source, event.type, event.resource) == (
+        "pagerduty",
+        "incident.triggered",
+        "pagerduty:incident:PINC001",
+    )
     _, seen = fake_pagerduty
     assert seen[0]["X-From-Hook-File"] == "yes"
     assert seen[0]["Authorization"] == "Token token=pd-key-9f8e7d6c5b4a"
@@ -176,8 +195,11 @@ async def test_full_cycle_at_debug_level_logs_no_secret(aiohttp_client, daemon_c
         body = v3_event("01EVTSECRET")
         await client.post("/webhooks/pagerduty", data=body, headers={"X-PagerDuty-Signature": sign(body)})
         await client.post("/webhooks/pagerduty", data=body, headers={"X-PagerDuty-Signature": "v1=00"})
-        await client.post("/webhooks/servicenow", json={"table": "incident"},
-                          headers={"Authorization": "Bearer doorbell-token-3c2b1a0f"})
+        await client.post(
+            "/webhooks/servicenow",
+            json={"table": "incident"},
+            headers={"Authorization": "Bearer doorbell-token-3c2b1a0f"},
+        )
         await asyncio.wait_for(probe.handled.wait(), 10)
         await client.close()
     finally:
@@ -190,8 +212,9 @@ async def test_full_cycle_at_debug_level_logs_no_secret(aiohttp_client, daemon_c
 
 
 async def test_outbound_hooks_and_send_request_can_take_over(make_config):
-    from dutybridge.http import OutboundPipeline, OutboundResponse
     from multidict import CIMultiDict
+
+    from dutybridge.http import OutboundPipeline, OutboundResponse
 
     seen = []
 

@@ -10,13 +10,28 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = {"daemon": "dutybridge", "plugins": "dutybridge_plugins", "sandbox": "dutybridge_sandbox",
-            "demo": "dutybridge_demo"}
+PACKAGES = {
+    "daemon": "dutybridge",
+    "plugins": "dutybridge_plugins",
+    "sandbox": "dutybridge_sandbox",
+    "demo": "dutybridge_demo",
+}
 
 #: The core modules a plugin may import (docs/architecture.md, "What a plugin may import").
-PUBLIC = {"dutybridge", "dutybridge.checks", "dutybridge.commands", "dutybridge.config", "dutybridge.context",
-          "dutybridge.events", "dutybridge.http", "dutybridge.pagerduty", "dutybridge.scheduler",
-          "dutybridge.servicenow", "dutybridge.store.base", "dutybridge.web"}
+PUBLIC = {
+    "dutybridge",
+    "dutybridge.checks",
+    "dutybridge.commands",
+    "dutybridge.config",
+    "dutybridge.context",
+    "dutybridge.events",
+    "dutybridge.http",
+    "dutybridge.pagerduty",
+    "dutybridge.scheduler",
+    "dutybridge.servicenow",
+    "dutybridge.store.base",
+    "dutybridge.web",
+}
 #: Lazy imports the CLI makes to hand a command to another package (and nothing else does).
 CLI_HANDS_OFF = {("dutybridge.cli", "dutybridge_sandbox.runner"), ("dutybridge.cli", "dutybridge_demo.story")}
 
@@ -35,7 +50,8 @@ def modules(root: str) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(name: str, path: Path) -> list[tuple[str, bool]]:
@@ -98,8 +114,11 @@ def edges(root: str, *, runtime_only: bool) -> list[tuple[str, str]]:
 
 
 def test_the_core_imports_no_plugin_sandbox_or_demo():
-    bad = [(a, b) for a, b in edges("daemon", runtime_only=False)
-           if not b.startswith("dutybridge.") and b != "dutybridge" and (a, b) not in CLI_HANDS_OFF]
+    bad = [
+        (a, b)
+        for a, b in edges("daemon", runtime_only=False)
+        if not b.startswith("dutybridge.") and b != "dutybridge" and (a, b) not in CLI_HANDS_OFF
+    ]
     assert bad == []
 
 
@@ -109,11 +128,17 @@ def test_the_sandbox_imports_neither_the_core_nor_the_plugins():
 
 
 def test_plugins_import_only_the_cores_public_modules():
-    bad = [(a, b) for a, b in edges("plugins", runtime_only=False)
-           if (b.startswith("dutybridge.") or b == "dutybridge") and b not in PUBLIC]
+    bad = [
+        (a, b)
+        for a, b in edges("plugins", runtime_only=False)
+        if (b.startswith("dutybridge.") or b == "dutybridge") and b not in PUBLIC
+    ]
     assert bad == [], "plugins reach into core internals"
-    crossing = [(a, b) for a, b in edges("plugins", runtime_only=False)
-                if b.startswith("dutybridge_plugins.") and a.split(".")[1] != b.split(".")[1]]
+    crossing = [
+        (a, b)
+        for a, b in edges("plugins", runtime_only=False)
+        if b.startswith("dutybridge_plugins.") and a.split(".")[1] != b.split(".")[1]
+    ]
     assert crossing == [], "a plugin imports another plugin: talk through hooks instead"
 
 
@@ -129,7 +154,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if node.startswith(nxt + "."):
                 continue
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif state.get(nxt) is None:
                 walk(nxt, stack + [nxt])
         state[node] = 2

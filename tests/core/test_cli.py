@@ -57,8 +57,11 @@ def test_config_init_systemd_refers_to_the_units_credentials(tmp_path, capsys, m
 
     creds = tmp_path / "credentials"
     creds.mkdir()
-    for name, value in [("pagerduty-api-key", "k" * 20), ("pagerduty-webhook-secret", "w" * 20),
-                        ("servicenow-password", "p" * 20)]:
+    for name, value in [
+        ("pagerduty-api-key", "k" * 20),
+        ("pagerduty-webhook-secret", "w" * 20),
+        ("servicenow-password", "p" * 20),
+    ]:
         (creds / name).write_text(value + "\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     target.write_text(text.replace("YOUR-INSTANCE", "acme"))
@@ -167,8 +170,11 @@ def test_an_event_done_after_a_retry_and_a_replay_shows_no_stale_error(write_con
         await store.open()
         try:
             if outcome == "add":
-                return (await store.add_event(Event("pagerduty", "incident.triggered", "E1",
-                                                    "pagerduty:incident:P1", {"n": 1}))).id
+                return (
+                    await store.add_event(
+                        Event("pagerduty", "incident.triggered", "E1", "pagerduty:incident:P1", {"n": 1})
+                    )
+                ).id
             [claimed] = await store.claim("test", 1, 60)
             if outcome == "done":
                 await store.complete(claimed.id)
@@ -217,11 +223,11 @@ def test_a_standalone_plugin_command_runs_without_a_configuration(monkeypatch, t
     class Agent:
         @hookimpl
         def register_cli_commands(self):
-            return [Command("agent", "an agent", agent, lambda p: p.add_argument("--port", type=int),
-                            standalone=True)]
+            return [Command("agent", "an agent", agent, lambda p: p.add_argument("--port", type=int), standalone=True)]
 
-    monkeypatch.setattr(cli, "build_plugin_manager",
-                        lambda *a, **kw: build_plugin_manager([], None, extra_plugins=[Agent()]))
+    monkeypatch.setattr(
+        cli, "build_plugin_manager", lambda *a, **kw: build_plugin_manager([], None, extra_plugins=[Agent()])
+    )
     monkeypatch.chdir(tmp_path)  # no config.toml here
     assert cli.main(["agent", "--port", "9"]) == 0
     assert seen == [(9, None)]
@@ -251,9 +257,13 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(write_config):
         read, write = os.pipe()
         os.close(read)
         try:
-            out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "events", "list", *extra,
-                                  "--config", str(path)], stdout=write, stderr=subprocess.PIPE, text=True,
-                                 timeout=30)
+            out = subprocess.run(
+                [sys.executable, "-m", "dutybridge.cli", "events", "list", *extra, "--config", str(path)],
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=30,
+            )
         finally:
             os.close(write)
         assert out.returncode == 141, out.stderr
@@ -269,11 +279,16 @@ def test_a_plugin_command_without_a_configuration_file_is_one_line_and_exit_2(tm
     monkeypatch.chdir(tmp_path)  # no ./config.toml, no --config, no $DUTYBRIDGE_CONFIG
     assert exit_code(["incident", "sync", "PABC123"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == ["config.toml: file not found (create one with: dutybridge config init --output config.toml)"]
+    assert err.splitlines() == [
+        "config.toml: file not found (create one with: dutybridge config init --output config.toml)"
+    ]
     missing = tmp_path / "elsewhere.toml"
-    for argv in (["incident", "sync", "PABC123", "--config", str(missing)],
-                 ["--config", str(missing), "incident", "sync", "PABC123"],
-                 ["incident", "-c", str(missing), "sync", "PABC123"]):
+    for argv in (
+        ["incident", "sync", "PABC123", "--config", str(missing)],
+        ["--config", str(missing), "incident", "sync", "PABC123"],
+        ["incident", "-c", str(missing), "sync", "PABC123"],
+    ):
         assert exit_code(argv) == 2
         assert capsys.readouterr().err.splitlines() == [
-            f"{missing}: file not found (create one with: dutybridge config init --output {missing})"]
+            f"{missing}: file not found (create one with: dutybridge config init --output {missing})"
+        ]

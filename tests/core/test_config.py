@@ -22,13 +22,15 @@ def test_valid_config_loads_with_defaults(make_config):
 
 
 def test_every_problem_is_one_line_with_its_dotted_path(write_config):
-    path = write_config({
-        "daemon": {"listen_port": "eighty", "log_level": "loud", "colour": True},
-        "pagerduty": {"webhook_secrets": "not-a-list"},
-        "servicenow": {"instance_url": "ftp://sn"},
-        "plugins": {"enabled": ["no_such_plugin"]},
-        "extra": {},
-    })
+    path = write_config(
+        {
+            "daemon": {"listen_port": "eighty", "log_level": "loud", "colour": True},
+            "pagerduty": {"webhook_secrets": "not-a-list"},
+            "servicenow": {"instance_url": "ftp://sn"},
+            "plugins": {"enabled": ["no_such_plugin"]},
+            "extra": {},
+        }
+    )
     with pytest.raises(ConfigError) as info:
         load(path)
     lines = problems(info.value)
@@ -70,10 +72,12 @@ def test_env_and_file_secret_references(write_config, tmp_path, monkeypatch):
     creds.mkdir()
     (creds / "doorbell").write_text("from-systemd-credentials")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    path = write_config({
-        "pagerduty": {"api_key": "env:PD_KEY_FOR_TEST"},
-        "servicenow": {"password": f"file:{tmp_path / 'sn-password'}", "doorbell_token": "file:doorbell"},
-    })
+    path = write_config(
+        {
+            "pagerduty": {"api_key": "env:PD_KEY_FOR_TEST"},
+            "servicenow": {"password": f"file:{tmp_path / 'sn-password'}", "doorbell_token": "file:doorbell"},
+        }
+    )
     config, _ = load(path)
     assert config.pagerduty.api_key.get_secret_value() == "from-the-environment"
     assert config.servicenow.password.get_secret_value() == "from-a-file"
@@ -83,8 +87,9 @@ def test_env_and_file_secret_references(write_config, tmp_path, monkeypatch):
 
 def test_unresolvable_secret_reference_is_a_clear_error_without_the_value(write_config, monkeypatch):
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    path = write_config({"pagerduty": {"api_key": "env:NOT_SET_ANYWHERE"},
-                         "servicenow": {"password": "file:/nonexistent/pw"}})
+    path = write_config(
+        {"pagerduty": {"api_key": "env:NOT_SET_ANYWHERE"}, "servicenow": {"password": "file:/nonexistent/pw"}}
+    )
     with pytest.raises(ConfigError) as info:
         load(path)
     assert "pagerduty.api_key: environment variable NOT_SET_ANYWHERE is not set" in info.value.problems
@@ -100,8 +105,9 @@ def test_wrong_type_for_a_secret_does_not_echo_it(write_config):
 
 
 def test_plugin_section_is_validated_by_the_plugin_schema(write_config):
-    path = write_config({"plugins": {"enabled": ["custom_headers"],
-                                     "custom_headers": {"pagerduty": "no colon here", "color": 1}}})
+    path = write_config(
+        {"plugins": {"enabled": ["custom_headers"], "custom_headers": {"pagerduty": "no colon here", "color": 1}}}
+    )
     with pytest.raises(ConfigError) as info:
         load(path)
     lines = info.value.problems
@@ -114,7 +120,8 @@ def test_section_of_a_plugin_not_enabled_is_reported(write_config):
     with pytest.raises(ConfigError) as info:
         load(path)
     assert info.value.problems == [
-        "plugins.custom_headers: unknown section; no enabled plugin declares it (enable it in plugins.enabled)"]
+        "plugins.custom_headers: unknown section; no enabled plugin declares it (enable it in plugins.enabled)"
+    ]
 
 
 def test_relative_store_path_resolves_under_state_directory(make_config, tmp_path, monkeypatch):
@@ -141,23 +148,35 @@ def test_the_instance_url_placeholder_of_config_init_is_rejected(write_config):
     assert line.startswith("servicenow.instance_url: still the placeholder written by `config init`")
 
 
-def test_a_literal_secret_is_a_warning_naming_the_key_never_the_value(write_config, tmp_path, monkeypatch,
-                                                                      config_secrets):
+def test_a_literal_secret_is_a_warning_naming_the_key_never_the_value(
+    write_config, tmp_path, monkeypatch, config_secrets
+):
     config, _ = load(write_config())
     assert sorted(w.split(":", 1)[0] for w in config.warnings) == [
-        "pagerduty.api_key", "pagerduty.webhook_secrets", "servicenow.doorbell_token", "servicenow.password"]
+        "pagerduty.api_key",
+        "pagerduty.webhook_secrets",
+        "servicenow.doorbell_token",
+        "servicenow.password",
+    ]
     assert all("env:NAME or file:PATH" in w for w in config.warnings)
     assert not any(s in w for s in config_secrets for w in config.warnings)
 
     monkeypatch.setenv("PD_KEY_FOR_TEST", "from-the-environment")
     (tmp_path / "pw").write_text("from-a-file")
-    config, _ = load(write_config({"pagerduty": {"api_key": "env:PD_KEY_FOR_TEST", "webhook_secrets": []},
-                                   "servicenow": {"password": "file:pw", "doorbell_token": "env:PD_KEY_FOR_TEST"}}))
+    config, _ = load(
+        write_config(
+            {
+                "pagerduty": {"api_key": "env:PD_KEY_FOR_TEST", "webhook_secrets": []},
+                "servicenow": {"password": "file:pw", "doorbell_token": "env:PD_KEY_FOR_TEST"},
+            }
+        )
+    )
     assert config.warnings == []
 
 
 def test_a_relative_secret_file_is_relative_to_the_config_file_not_the_working_folder(
-        write_config, tmp_path, monkeypatch):
+    write_config, tmp_path, monkeypatch
+):
     (tmp_path / "sn-password").write_text("beside-the-config")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -184,13 +203,18 @@ def test_a_missing_relative_secret_file_names_every_path_looked_at(write_config,
         load(path)
     assert info.value.problems == [
         f"servicenow.password: secret file servicenow-password not found "
-        f"(looked at {creds / 'servicenow-password'}, {tmp_path / 'servicenow-password'})"]
+        f"(looked at {creds / 'servicenow-password'}, {tmp_path / 'servicenow-password'})"
+    ]
 
 
 def test_an_unknown_key_suggests_the_closest_known_one(write_config):
-    path = write_config({"daemon": {"listen_prot": 8080, "zzz": 1},
-                         "servicenow": {"doorbel_token": "env:X"},
-                         "plugins": {"enabled": ["custom_headers"], "custom_headers": {"pagerdty": "X-A: 1"}}})
+    path = write_config(
+        {
+            "daemon": {"listen_prot": 8080, "zzz": 1},
+            "servicenow": {"doorbel_token": "env:X"},
+            "plugins": {"enabled": ["custom_headers"], "custom_headers": {"pagerdty": "X-A: 1"}},
+        }
+    )
     with pytest.raises(ConfigError) as info:
         load(path)
     assert sorted(info.value.problems) == [

@@ -19,8 +19,11 @@ DOCKER = REPO / "contrib" / "docker"
 
 def instructions() -> list[tuple[str, str]]:
     text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def compose() -> dict:

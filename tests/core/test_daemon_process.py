@@ -35,11 +35,25 @@ def sign(body: bytes, secret: str = SECRET) -> str:
 
 
 def post_webhook(port: int, event_id: str, incident: str = "PINC001", secret: str = SECRET) -> int:
-    body = json.dumps({"event": {"id": event_id, "event_type": "incident.triggered", "resource_type": "incident",
-                                 "occurred_at": "2026-11-28T10:00:00Z", "agent": None, "client": None,
-                                 "data": {"id": incident, "type": "incident"}}}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/pagerduty", data=body, method="POST",
-                                 headers={"X-PagerDuty-Signature": sign(body, secret), "Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "event": {
+                "id": event_id,
+                "event_type": "incident.triggered",
+                "resource_type": "incident",
+                "occurred_at": "2026-11-28T10:00:00Z",
+                "agent": None,
+                "client": None,
+                "data": {"id": incident, "type": "incident"},
+            }
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/pagerduty",
+        data=body,
+        method="POST",
+        headers={"X-PagerDuty-Signature": sign(body, secret), "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
@@ -55,8 +69,13 @@ class Daemon:
         environ.update(env or {})
         if notify:
             environ["NOTIFY_SOCKET"] = str(notify)
-        self.proc = subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environ,
+            text=True,
+        )
         self.lines: list[dict] = []
         self.raw: list[str] = []
         self._cv = threading.Condition()
@@ -80,7 +99,7 @@ class Daemon:
                     if line.get("event") == event:
                         return line
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not self._cv.wait(0.2):
+                if left <= 0 or (self.proc.poll() is not None and not self._cv.wait(0.2)):
                     raise AssertionError(f"no log line {event!r}; got: {''.join(self.raw)[-3000:]}")
                 self._cv.wait(min(left, 0.2))
 
@@ -156,23 +175,28 @@ def test_ready_watchdog_and_clean_sigterm(write_config, notify_socket, daemons):
         d.wait_for(step, timeout=1)
 
 
-def test_kill_9_between_accept_and_dispatch_then_restart_dispatches_once(write_config, notify_socket, daemons, tmp_path):
+def test_kill_9_between_accept_and_dispatch_then_restart_dispatches_once(
+    write_config, notify_socket, daemons, tmp_path
+):
     port = free_port()
     hooks = tmp_path / "hooks"
     record = tmp_path / "handled.txt"
     block = tmp_path / "block"
     block.write_text("1")
-    hook_file(hooks, f"""
+    hook_file(
+        hooks,
+        f"""
         import asyncio, pathlib
 
         async def handle_event(event, ctx):
             if pathlib.Path({str(block)!r}).exists():
-                pathlib.Path({str(tmp_path / 'began')!r}).write_text(event.event_id)
+                pathlib.Path({str(tmp_path / "began")!r}).write_text(event.event_id)
                 await asyncio.Event().wait()  # blocks until the test kills the process mid-dispatch
             with open({str(record)!r}, "a") as fh:
                 fh.write(event.event_id + "\\n")
             return True
-    """)
+    """,
+    )
     config = write_config({"daemon": {"listen_port": port, "hooks_dir": "hooks"}})
     path, sock = notify_socket
     d = daemons(config, notify=path)
@@ -195,8 +219,12 @@ def test_kill_9_between_accept_and_dispatch_then_restart_dispatches_once(write_c
         time.sleep(0.05)
     assert d2.stop() == 0
     assert record.read_text().splitlines() == ["01KILL9"]
-    out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "events", "list", "--json", "--config", str(config)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "dutybridge.cli", "events", "list", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     assert [(e["event_id"], e["status"]) for e in events] == [("01KILL9", "done")]
@@ -229,8 +257,12 @@ def test_sighup_with_broken_config_keeps_the_old_one(write_config, notify_socket
 def test_misspelt_hook_stops_start_up_with_the_file_name(write_config, tmp_path):
     hook_file(tmp_path / "hooks", "def handle_events(event, ctx):\n    return True\n")
     config = write_config({"daemon": {"hooks_dir": "hooks"}})
-    out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2
     assert f"{tmp_path / 'hooks' / 'recorder.py'}:1: function 'handle_events' is not a dutybridge hook" in out.stderr
     assert "did you mean 'handle_event'" in out.stderr
@@ -239,8 +271,12 @@ def test_misspelt_hook_stops_start_up_with_the_file_name(write_config, tmp_path)
 
 def test_invalid_config_exits_2_with_one_line_per_problem(write_config):
     config = write_config({"daemon": {"listen_port": "x", "log_level": "chatty"}})
-    out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{config}: daemon.") for line in lines)
@@ -253,8 +289,12 @@ def test_a_taken_port_fails_start_up_before_the_worker_starts(write_config):
         taken.listen()
         port = taken.getsockname()[1]
         config = write_config({"daemon": {"listen_port": port}})
-        out = subprocess.run([sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "dutybridge.cli", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert out.returncode == 1
     events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
     assert events.count("cannot_listen") == 1 and events[-1] == "shutdown_complete"

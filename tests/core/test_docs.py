@@ -54,7 +54,8 @@ def test_example_config_is_the_rendered_one():
     pm = build_plugin_manager(list(BUILTIN_PLUGINS), None)
     expected = render_example(plugin_schemas(pm))
     assert (REPO / "config.toml.example").read_text() == expected, (
-        "config.toml.example is stale: regenerate it with `dutybridge config init -o config.toml.example --force`")
+        "config.toml.example is stale: regenerate it with `dutybridge config init -o config.toml.example --force`"
+    )
 
 
 @pytest.mark.parametrize("section", sorted(all_schemas()))
@@ -71,8 +72,11 @@ def test_example_config_parses_and_every_hook_example_loads(tmp_path):
     data = tomllib.loads((REPO / "config.toml.example").read_text())
     assert set(data) == {"daemon", "pagerduty", "servicenow", "plugins"}
     pm = build_plugin_manager([], REPO / "hooks")
-    assert {n for n, _ in pm.list_name_plugin()} >= {"hookfile:pagerduty_header.py", "hookfile:redact_field.py",
-                                                      "hookfile:servicenow_correlation.py"}
+    assert {n for n, _ in pm.list_name_plugin()} >= {
+        "hookfile:pagerduty_header.py",
+        "hookfile:redact_field.py",
+        "hookfile:servicenow_correlation.py",
+    }
 
 
 def shell_blocks(path: Path, under: str | None = None) -> list[str]:
@@ -115,9 +119,13 @@ def test_readme_error_examples_are_what_config_check_prints(write_config):
     text = (REPO / "README.md").read_text().split("## Configuration", 1)[1].split("### Plugins", 1)[0]
     [block] = re.findall(r"```\n(config\.toml: .*?)```", text, re.S)
     shown = [line.removeprefix("config.toml: ") for line in block.splitlines()]
-    path = write_config({"daemon": {"listen_port": "eighty", "listen_prot": 8080},
-                         "servicenow": {"instance_url": "https://YOUR-INSTANCE.service-now.com"},
-                         "plugins": {"enabled": ["incident_synk"]}})
+    path = write_config(
+        {
+            "daemon": {"listen_port": "eighty", "listen_prot": 8080},
+            "servicenow": {"instance_url": "https://YOUR-INSTANCE.service-now.com"},
+            "plugins": {"enabled": ["incident_synk"]},
+        }
+    )
     with pytest.raises(ConfigError) as info:
         load(path)
     assert shown == info.value.problems

@@ -31,8 +31,15 @@ def err():
 
 
 async def add(store, n: int, resource: str = "pagerduty:incident:P1", **payload):
-    return await store.add_event(Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}",
-                                       resource=resource, payload=payload or {"n": n}))
+    return await store.add_event(
+        Event(
+            source="pagerduty",
+            type="incident.triggered",
+            event_id=f"e{n}",
+            resource=resource,
+            payload=payload or {"n": n},
+        )
+    )
 
 
 async def make_dead(store, n: int, error: str = "ConnectionError: refused"):

@@ -53,8 +53,15 @@ class Scripted:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append({"method": request.method, "path": request.path, "headers": request.headers.copy(),
-                          "query": list(request.query.items()), "body": body})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": request.headers.copy(),
+                "query": list(request.query.items()),
+                "body": body,
+            }
+        )
         answer = self.answers[min(len(self.seen) - 1, len(self.answers) - 1)]
         if answer == "hang":
             await asyncio.Event().wait()
@@ -92,8 +99,7 @@ async def pipeline_factory(sleep):
     made: list[OutboundPipeline] = []
 
     async def make(*plugins: object, metrics: Any = None, **kwargs: Any) -> OutboundPipeline:
-        p = OutboundPipeline(make_test_pm(*plugins), None, metrics=metrics, sleep=sleep,
-                             rng=lambda: 0.5, **kwargs)
+        p = OutboundPipeline(make_test_pm(*plugins), None, metrics=metrics, sleep=sleep, rng=lambda: 0.5, **kwargs)
         await p.start()
         made.append(p)
         return p
@@ -335,7 +341,7 @@ async def test_transport_hook_timeout_error_is_retried(pipeline_factory):
         async def send_request(self, request, ctx):
             calls.append(request.extra["attempt"])
             if len(calls) == 1:
-                raise asyncio.TimeoutError()
+                raise TimeoutError()
             return OutboundResponse(200, CIMultiDict(), b"{}")
 
     pipeline = await pipeline_factory(FlakyRelay())
@@ -401,9 +407,14 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
     _, server = await serve((503, {"ratelimit-remaining": "5"}, {}), (200, {}, {}))
     pipeline = await pipeline_factory()
     url = str(server.make_url("/thing")) + f"?api_key={SECRET}"
-    request = OutboundRequest("GET", url, service="test", operation="GET /thing",
-                              headers=CIMultiDict({"Authorization": f"Token token={SECRET}", "X-Api-Key": SECRET}),
-                              params=[("token", SECRET)])
+    request = OutboundRequest(
+        "GET",
+        url,
+        service="test",
+        operation="GET /thing",
+        headers=CIMultiDict({"Authorization": f"Token token={SECRET}", "X-Api-Key": SECRET}),
+        params=[("token", SECRET)],
+    )
     with capture_logs() as logs:
         resp = await pipeline.request(request)
     assert resp.status == 200
@@ -421,8 +432,14 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
 def test_retry_after_parsing():
     now = 1_700_000_000.0
     assert retry_after_seconds(CIMultiDict({"Retry-After": "3"}), lambda: now) == 3.0
-    assert retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now + 30, usegmt=True)}), lambda: now) == 30.0
-    assert retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now - 30, usegmt=True)}), lambda: now) == 0.0
+    assert (
+        retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now + 30, usegmt=True)}), lambda: now)
+        == 30.0
+    )
+    assert (
+        retry_after_seconds(CIMultiDict({"Retry-After": email.utils.formatdate(now - 30, usegmt=True)}), lambda: now)
+        == 0.0
+    )
     assert retry_after_seconds(CIMultiDict({"ratelimit-reset": "20"}), lambda: now) == 20.0
     assert retry_after_seconds(CIMultiDict({"X-RateLimit-Reset": str(int(now) + 45)}), lambda: now) == 45.0
     assert retry_after_seconds(CIMultiDict({"Retry-After": "soon"}), lambda: now) is None

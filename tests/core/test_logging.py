@@ -162,7 +162,9 @@ def test_library_loggers_stay_at_warning_when_the_daemon_logs_at_debug(json_logs
     logging.getLogger("aiosqlite").warning("slow commit")
     structlog.get_logger("dutybridge.worker").debug("ours")
     assert [(e["logger"], e["event"]) for e in lines(json_logs)] == [
-        ("aiosqlite", "slow commit"), ("dutybridge.worker", "ours")]
+        ("aiosqlite", "slow commit"),
+        ("dutybridge.worker", "ours"),
+    ]
 
 
 def test_a_daemon_level_above_warning_holds_the_libraries_too(json_logs):
@@ -214,11 +216,15 @@ def test_auto_format_is_the_console_on_a_terminal_and_json_elsewhere():
     assert "ours" in tty.getvalue() and "incident" in tty.getvalue() and "theirs" in tty.getvalue()
     assert [e["event"] for e in lines(pipe)] == ["ours", "theirs"]
 
+
 def test_a_bad_level_in_log_levels_is_a_config_error_naming_the_key():
-    base = {"pagerduty": {"api_key": "k"},
-            "servicenow": {"instance_url": "https://x.service-now.com", "username": "u", "password": "p"}}
+    base = {
+        "pagerduty": {"api_key": "k"},
+        "servicenow": {"instance_url": "https://x.service-now.com", "username": "u", "password": "p"},
+    }
     assert validate({**base, "daemon": {"log_levels": {"aiosqlite": "debug"}}}, {}).daemon.log_levels == {
-        "aiosqlite": "debug"}
+        "aiosqlite": "debug"
+    }
     with pytest.raises(ConfigError) as err:
         validate({**base, "daemon": {"log_levels": {"aiosqlite": "verbose"}}}, {})
     assert "daemon.log_levels.aiosqlite" in str(err.value) and "verbose" in str(err.value)
@@ -229,8 +235,13 @@ def test_daemon_stdout_is_json_from_its_first_line_with_hook_tracing_at_debug(wr
     config = write_config()
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "DUTYBRIDGE_DEBUG_SQL")}
     env["DUTYBRIDGE_TRACE_HOOKS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "dutybridge.cli", "-v", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dutybridge.cli", "-v", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     out: list[str] = []
     listening = threading.Event()
 

@@ -20,11 +20,16 @@ def test_each_instance_has_its_own_registry():
     a, b = Metrics(), Metrics()
     a.event_received("pagerduty", "incident.triggered")
     assert a.registry is not b.registry
-    assert samples(a)[("dutybridge_events_received_total",
-                       (("source", "pagerduty"), ("type", "incident.triggered")))] == 1
+    assert (
+        samples(a)[("dutybridge_events_received_total", (("source", "pagerduty"), ("type", "incident.triggered")))] == 1
+    )
     assert "dutybridge_events_received_total{" not in b.render().decode()
-    assert REGISTRY.get_sample_value("dutybridge_events_received_total",
-                                     {"source": "pagerduty", "type": "incident.triggered"}) is None
+    assert (
+        REGISTRY.get_sample_value(
+            "dutybridge_events_received_total", {"source": "pagerduty", "type": "incident.triggered"}
+        )
+        is None
+    )
 
 
 def test_event_counters():
@@ -50,8 +55,7 @@ def test_event_counters():
 def test_webhook_rejects():
     m = Metrics()
     m.webhook_rejected("pagerduty", "bad_signature")
-    assert samples(m)[("dutybridge_webhook_rejected_total",
-                       (("reason", "bad_signature"), ("route", "pagerduty")))] == 1
+    assert samples(m)[("dutybridge_webhook_rejected_total", (("reason", "bad_signature"), ("route", "pagerduty")))] == 1
 
 
 def test_inbox_gauge_every_status_and_store_down():
@@ -77,8 +81,15 @@ def test_outbound_and_latency_histograms():
     s = samples(m)
     pd = (("host", "api.pagerduty.com"), ("service", "pagerduty"))
     assert s[("dutybridge_outbound_requests_total", (*pd, ("status", "201")))] == 1
-    assert s[("dutybridge_outbound_requests_total",
-              (("host", "acme.service-now.com"), ("service", "servicenow"), ("status", "error")))] == 1
+    assert (
+        s[
+            (
+                "dutybridge_outbound_requests_total",
+                (("host", "acme.service-now.com"), ("service", "servicenow"), ("status", "error")),
+            )
+        ]
+        == 1
+    )
     assert s[("dutybridge_outbound_request_seconds_count", pd)] == 2
     assert s[("dutybridge_outbound_request_seconds_bucket", (pd[0], ("le", "0.25"), pd[1]))] == 2
     assert s[("dutybridge_handle_seconds_sum", (("source", "pagerduty"), ("type", "incident.triggered")))] == 0.2

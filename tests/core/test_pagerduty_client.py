@@ -7,7 +7,6 @@ every request the client sends there is validated against PagerDuty's OpenAPI fi
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -109,7 +108,9 @@ async def test_from_falls_back_to_default_users_email_looked_up_once(fake, pipel
     writes = [s for s in fake.seen if s["method"] == "PUT"]
     assert len(lookups) == 1
     assert {s["headers"]["From"] for s in writes} == {"integration@acme.example"}
-    assert writes[-1]["body"] == {"incident": {"type": "incident_reference", "status": "resolved", "resolution": "fixed"}}
+    assert writes[-1]["body"] == {
+        "incident": {"type": "incident_reference", "status": "resolved", "resolution": "fixed"}
+    }
 
 
 async def test_ids_are_quoted_into_one_path_segment(fake, pipeline):
@@ -125,7 +126,11 @@ async def test_ids_are_quoted_into_one_path_segment(fake, pipeline):
 async def test_errors_are_typed_and_carry_pagerdutys_message(fake, pipeline):
     fake.on("GET", "/incidents/PGONE", pd_error(404, "Not Found", 2100))
     fake.on("GET", "/abilities", pd_error(401, "Authentication failed", 2006))
-    fake.on("PUT", "/incidents/PDONE", pd_error(400, "Incident Already Resolved", ALREADY_RESOLVED, ["Incident Already Resolved"]))
+    fake.on(
+        "PUT",
+        "/incidents/PDONE",
+        pd_error(400, "Incident Already Resolved", ALREADY_RESOLVED, ["Incident Already Resolved"]),
+    )
     client = PagerDutyClient(pipeline, pd_config(fake.url, from_email="bot@acme.example"))
     with pytest.raises(PagerDutyNotFound) as nf:
         await client.get_incident("PGONE")
@@ -152,11 +157,16 @@ async def test_5xx_retries_are_bounded_then_the_error_carries_pagerdutys_message
 async def test_429_honours_ratelimit_reset_then_succeeds(fake, pipeline, sleep):
     # One fake clock for the pipeline's wait and the limiter: the retry waits out the
     # server's window once, and the limiter (told remaining=0) adds no second wait.
-    answers = iter([
-        web.json_response({"error": {"message": "Rate Limit Exceeded", "code": 2020}}, status=429,
-                          headers={"ratelimit-limit": "960", "ratelimit-remaining": "0", "ratelimit-reset": "7"}),
-        web.json_response({"abilities": []}),
-    ])
+    answers = iter(
+        [
+            web.json_response(
+                {"error": {"message": "Rate Limit Exceeded", "code": 2020}},
+                status=429,
+                headers={"ratelimit-limit": "960", "ratelimit-remaining": "0", "ratelimit-reset": "7"},
+            ),
+            web.json_response({"abilities": []}),
+        ]
+    )
     fake.on("GET", "/abilities", lambda r, b: next(answers))
     limiter = RateLimiter(960, clock=sleep.clock, sleep=sleep)
     client = PagerDutyClient(pipeline, pd_config(fake.url), limiter=limiter)
@@ -205,9 +215,10 @@ async def test_paginate_stops_when_more_is_false(fake, pipeline):
 
     def page(request, body):
         limit, offset = int(request.query["limit"]), int(request.query["offset"])
-        chunk = users[offset:offset + limit]
-        return web.json_response({"users": chunk, "limit": limit, "offset": offset,
-                                  "more": offset + len(chunk) < len(users), "total": None})
+        chunk = users[offset : offset + limit]
+        return web.json_response(
+            {"users": chunk, "limit": limit, "offset": offset, "more": offset + len(chunk) < len(users), "total": None}
+        )
 
     fake.on("GET", "/users", page)
     client = PagerDutyClient(pipeline, pd_config(fake.url))
@@ -221,10 +232,25 @@ async def test_paginate_stops_cleanly_at_the_10000_ceiling(fake, pipeline):
     def always_more(request, body):
         limit, offset = int(request.query["limit"]), int(request.query["offset"])
         if offset + limit > PAGINATION_CEILING:
-            return web.json_response({"error": {"message": "Invalid Input Provided", "code": 2001,
-                                                "errors": ["Offset must be less than 10001."]}}, status=400)
-        return web.json_response({"incidents": [{"id": f"P{offset + i}"} for i in range(limit)],
-                                  "limit": limit, "offset": offset, "more": True, "total": None})
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "Invalid Input Provided",
+                        "code": 2001,
+                        "errors": ["Offset must be less than 10001."],
+                    }
+                },
+                status=400,
+            )
+        return web.json_response(
+            {
+                "incidents": [{"id": f"P{offset + i}"} for i in range(limit)],
+                "limit": limit,
+                "offset": offset,
+                "more": True,
+                "total": None,
+            }
+        )
 
     fake.on("GET", "/incidents", always_more)
     client = PagerDutyClient(pipeline, pd_config(fake.url))
@@ -236,7 +262,9 @@ async def test_paginate_stops_cleanly_at_the_10000_ceiling(fake, pipeline):
     assert count == PAGINATION_CEILING and pages.truncated
     offsets = [int(dict(s["query"])["offset"]) for s in fake.seen]
     assert len(offsets) == 100 and offsets[-1] == 9900
-    assert all(int(dict(s["query"])["offset"]) + int(dict(s["query"])["limit"]) <= PAGINATION_CEILING for s in fake.seen)
+    assert all(
+        int(dict(s["query"])["offset"]) + int(dict(s["query"])["limit"]) <= PAGINATION_CEILING for s in fake.seen
+    )
     assert ("statuses[]", "triggered") in fake.seen[0]["query"]
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert warnings and warnings[0]["event"] == "pagination_truncated"
@@ -245,8 +273,15 @@ async def test_paginate_stops_cleanly_at_the_10000_ceiling(fake, pipeline):
 async def test_list_results_say_when_truncated(fake, pipeline):
     def always_more(request, body):
         limit, offset = int(request.query["limit"]), int(request.query["offset"])
-        return web.json_response({"log_entries": [{"id": f"L{offset + i}"} for i in range(limit)],
-                                  "limit": limit, "offset": offset, "more": True, "total": None})
+        return web.json_response(
+            {
+                "log_entries": [{"id": f"L{offset + i}"} for i in range(limit)],
+                "limit": limit,
+                "offset": offset,
+                "more": True,
+                "total": None,
+            }
+        )
 
     fake.on("GET", "/incidents/P1/log_entries", always_more)
     client = PagerDutyClient(pipeline, pd_config(fake.url))
@@ -259,8 +294,11 @@ async def test_list_results_say_when_truncated(fake, pipeline):
 
 
 async def test_limiter_learns_from_pagerduty_headers(fake, pipeline):
-    fake.on("GET", "/abilities", ok({"abilities": []}, headers={"ratelimit-limit": "960", "ratelimit-remaining": "0",
-                                                                 "ratelimit-reset": "30"}))
+    fake.on(
+        "GET",
+        "/abilities",
+        ok({"abilities": []}, headers={"ratelimit-limit": "960", "ratelimit-remaining": "0", "ratelimit-reset": "30"}),
+    )
     clock_now = [0.0]
     waits: list[float] = []
 
@@ -279,19 +317,34 @@ async def test_limiter_learns_from_pagerduty_headers(fake, pipeline):
 
 
 async def test_create_incident_body(fake, pipeline):
-    fake.on("POST", "/incidents", lambda r, b: web.json_response({"incident": {"id": "PNEW", **b["incident"]}}, status=201))
+    fake.on(
+        "POST", "/incidents", lambda r, b: web.json_response({"incident": {"id": "PNEW", **b["incident"]}}, status=201)
+    )
     client = PagerDutyClient(pipeline, pd_config(fake.url, from_email="bot@acme.example"))
-    inc = await client.create_incident("Disk full", "PSVC1", urgency="high", body_details="details",
-                                       incident_key="k1", escalation_policy_id="PEP1", priority_id="PPRI1",
-                                       conference_bridge={"conference_url": "https://meet.example/x"})
+    inc = await client.create_incident(
+        "Disk full",
+        "PSVC1",
+        urgency="high",
+        body_details="details",
+        incident_key="k1",
+        escalation_policy_id="PEP1",
+        priority_id="PPRI1",
+        conference_bridge={"conference_url": "https://meet.example/x"},
+    )
     assert inc["id"] == "PNEW"
-    assert fake.seen[0]["body"] == {"incident": {
-        "type": "incident", "title": "Disk full", "service": {"id": "PSVC1", "type": "service_reference"},
-        "urgency": "high", "body": {"type": "incident_body", "details": "details"}, "incident_key": "k1",
-        "escalation_policy": {"id": "PEP1", "type": "escalation_policy_reference"},
-        "priority": {"id": "PPRI1", "type": "priority_reference"},
-        "conference_bridge": {"conference_url": "https://meet.example/x"},
-    }}
+    assert fake.seen[0]["body"] == {
+        "incident": {
+            "type": "incident",
+            "title": "Disk full",
+            "service": {"id": "PSVC1", "type": "service_reference"},
+            "urgency": "high",
+            "body": {"type": "incident_body", "details": "details"},
+            "incident_key": "k1",
+            "escalation_policy": {"id": "PEP1", "type": "escalation_policy_reference"},
+            "priority": {"id": "PPRI1", "type": "priority_reference"},
+            "conference_bridge": {"conference_url": "https://meet.example/x"},
+        }
+    }
     with pytest.raises(ValueError):
         await client.create_incident("x", "PSVC1", escalation_policy_id="PEP1", assignee_ids=["PU1"])
 
@@ -306,8 +359,16 @@ async def test_create_incident_with_key_is_retried_after_timeout_and_finds_the_f
         calls["n"] += 1
         if calls["n"] == 1:
             await asyncio.Event().wait()
-        return web.json_response({"error": {"message": "Invalid Input Provided", "code": 2001,
-                                            "errors": ["Open incident with key 'k1' already exists"]}}, status=400)
+        return web.json_response(
+            {
+                "error": {
+                    "message": "Invalid Input Provided",
+                    "code": 2001,
+                    "errors": ["Open incident with key 'k1' already exists"],
+                }
+            },
+            status=400,
+        )
 
     def find(request, body):
         assert request.query["incident_key"] == "k1" and request.query["date_range"] == "all"
@@ -355,8 +416,9 @@ class OpenAPIRecorder:
     def outbound_request(self, request, ctx):
         if request.service != "pagerduty":
             return
-        self.validate(request.method, URL(request.url).path, request.params, dict(request.headers),
-                      request.body_bytes())
+        self.validate(
+            request.method, URL(request.url).path, request.params, dict(request.headers), request.body_bytes()
+        )
         self.checked.append(request.operation)
 
 
@@ -375,9 +437,14 @@ async def sandbox(aiohttp_server):
 
 async def test_incident_flow_against_the_sandbox(sandbox):
     client, recorder = sandbox
-    inc = await client.create_incident("Database latency above 2s", "PSVCDB1", urgency="high",
-                                       body_details={"servicenow": "INC0010001"}, incident_key="snow-INC0010001",
-                                       priority_id="PPRIO02")
+    inc = await client.create_incident(
+        "Database latency above 2s",
+        "PSVCDB1",
+        urgency="high",
+        body_details={"servicenow": "INC0010001"},
+        incident_key="snow-INC0010001",
+        priority_id="PPRIO02",
+    )
     again = await client.create_incident("Database latency above 2s", "PSVCDB1", incident_key="snow-INC0010001")
     assert again["id"] == inc["id"]
     assert (await client.get_incident(inc["id"]))["title"] == "Database latency above 2s"
@@ -424,8 +491,9 @@ async def test_directory_reads_against_the_sandbox(sandbox):
 async def test_responder_request_against_the_sandbox(sandbox):
     client, _ = sandbox
     inc = await client.create_incident("Network down", "PSVCNET", incident_key="net-1")
-    rr = await client.create_responder_request(inc["id"], "PINTEGR", "Please join",
-                                               user_ids=["PBOBSM1"], escalation_policy_ids=["PEPDB01"])
+    rr = await client.create_responder_request(
+        inc["id"], "PINTEGR", "Please join", user_ids=["PBOBSM1"], escalation_policy_ids=["PEPDB01"]
+    )
     assert rr["message"] == "Please join"
 
 

@@ -37,10 +37,14 @@ async def test_hook_file_function_needs_no_import_and_runs_after_plugins(tmp_pat
             seen.append("plugin")
             request.headers["X-Layer"] = "plugin"
 
-    hook_file(tmp_path / "hooks", "stamp.py", """
+    hook_file(
+        tmp_path / "hooks",
+        "stamp.py",
+        """
         def outbound_request(request, ctx):
             request.headers["X-Layer"] = request.headers.get("X-Layer", "") + "+hookfile"
-    """)
+    """,
+    )
     pm = build_plugin_manager([], tmp_path / "hooks", extra_plugins=[Plugin()])
     req = OutboundRequest("GET", "https://x.example/", service="pagerduty")
     await pm.hooks.outbound_request(request=req, ctx=None)
@@ -49,10 +53,14 @@ async def test_hook_file_function_needs_no_import_and_runs_after_plugins(tmp_pat
 
 
 async def test_async_hook_file_implementation_is_awaited(tmp_path):
-    hook_file(tmp_path / "hooks", "a.py", """
+    hook_file(
+        tmp_path / "hooks",
+        "a.py",
+        """
         async def outbound_request(request, ctx):
             request.headers["X-Async"] = "yes"
-    """)
+    """,
+    )
     pm = build_plugin_manager([], tmp_path / "hooks")
     req = OutboundRequest("GET", "https://x.example/", service="servicenow")
     await pm.hooks.outbound_request(request=req, ctx=None)
@@ -60,12 +68,16 @@ async def test_async_hook_file_implementation_is_awaited(tmp_path):
 
 
 def test_misspelt_hook_names_the_file_line_and_suggests(tmp_path):
-    path = hook_file(tmp_path / "hooks", "typo.py", """
+    path = hook_file(
+        tmp_path / "hooks",
+        "typo.py",
+        """
         import os
 
         def outbound_requests(request, ctx):
             pass
-    """)
+    """,
+    )
     with pytest.raises(PluginError) as info:
         build_plugin_manager([], tmp_path / "hooks")
     msg = str(info.value)
@@ -74,13 +86,17 @@ def test_misspelt_hook_names_the_file_line_and_suggests(tmp_path):
 
 
 def test_decorated_misspelt_hook_is_caught_by_check_pending(tmp_path):
-    path = hook_file(tmp_path / "hooks", "deco.py", """
+    path = hook_file(
+        tmp_path / "hooks",
+        "deco.py",
+        """
         from dutybridge import hookimpl
 
         @hookimpl
         def outbound_reqest(request, ctx):
             pass
-    """)
+    """,
+    )
     with pytest.raises(PluginError) as info:
         build_plugin_manager([], tmp_path / "hooks")
     assert str(path) in str(info.value) and "outbound_reqest" in str(info.value)
@@ -110,13 +126,17 @@ def test_group_or_world_writable_hook_file_is_refused(tmp_path, mode):
 
 def test_underscore_helpers_and_files_are_allowed(tmp_path):
     hook_file(tmp_path / "hooks", "_shared.py", "def anything():\n    pass\n")
-    hook_file(tmp_path / "hooks", "ok.py", """
+    hook_file(
+        tmp_path / "hooks",
+        "ok.py",
+        """
         def _helper():
             return 1
 
         def outbound_response(request, response, ctx):
             _helper()
-    """)
+    """,
+    )
     pm = build_plugin_manager([], tmp_path / "hooks")
     names = [n for n, _ in describe_plugins(pm)]
     assert names == ["hookfile:ok.py"]
@@ -234,8 +254,11 @@ def test_entry_point_plugins_load_only_when_enabled(monkeypatch, write_config):
     from dutybridge.app import load
 
     module = types.ModuleType("acme_dutybridge_plugin")
-    exec("from dutybridge import hookimpl\n\n@hookimpl\ndef outbound_request(request, ctx):\n"
-         "    request.headers['X-Acme'] = '1'\n", module.__dict__)
+    exec(
+        "from dutybridge import hookimpl\n\n@hookimpl\ndef outbound_request(request, ctx):\n"
+        "    request.headers['X-Acme'] = '1'\n",
+        module.__dict__,
+    )
     monkeypatch.setitem(sys.modules, "acme_dutybridge_plugin", module)
     ep = importlib.metadata.EntryPoint(name="acme", value="acme_dutybridge_plugin", group="dutybridge")
     real = importlib.metadata.entry_points

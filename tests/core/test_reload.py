@@ -36,8 +36,11 @@ class Hang:
 
 
 def test_every_daemon_key_is_applied_on_reload_or_listed_as_restart_only():
-    classes = [{k for k in RESTART_KEYS if k.startswith("daemon.")},
-               {f"daemon.{k}" for k in WORKER_SETTINGS}, set(LIVE_KEYS)]
+    classes = [
+        {k for k in RESTART_KEYS if k.startswith("daemon.")},
+        {f"daemon.{k}" for k in WORKER_SETTINGS},
+        set(LIVE_KEYS),
+    ]
     assert sum(len(c) for c in classes) == len(set().union(*classes))  # no key in two classes
     assert set().union(*classes) == {f"daemon.{k}" for k in DaemonConfig.model_fields}
 
@@ -49,13 +52,19 @@ async def test_reload_applies_worker_settings_to_the_running_worker(aiohttp_clie
     app = create_app(config, pm, scheduler=False)
     await aiohttp_client(app)
     ctx = app[CTX_KEY]
-    rewrite(path, {"daemon": {"max_attempts": 2, "retry_base_seconds": 0.01, "retry_max_seconds": 0.02,
-                              "lease_seconds": 0.2}})
+    rewrite(
+        path,
+        {"daemon": {"max_attempts": 2, "retry_base_seconds": 0.01, "retry_max_seconds": 0.02, "lease_seconds": 0.2}},
+    )
     with capture_logs() as logs:
         assert await reload(ctx, path, Running(config, app))
     [line] = [entry for entry in logs if entry["event"] == "reloaded"]
-    assert line["worker_applied"] == {"daemon.max_attempts": 2, "daemon.retry_base_seconds": 0.01,
-                                      "daemon.retry_max_seconds": 0.02, "daemon.lease_seconds": 0.2}
+    assert line["worker_applied"] == {
+        "daemon.max_attempts": 2,
+        "daemon.retry_base_seconds": 0.01,
+        "daemon.retry_max_seconds": 0.02,
+        "daemon.lease_seconds": 0.2,
+    }
     assert app[WORKER_KEY].backoff(1) <= 0.01
 
     # With the old settings this event would hang for 300 s per attempt, 8 times,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
@@ -44,7 +44,7 @@ async def test_job_needs_an_explicit_id_and_defaults_are_set():
     scheduler = Scheduler()
     with pytest.raises(ValueError, match="explicit id"):
         scheduler.add_job(lambda: None, "interval", id="", seconds=1)
-    run_at = datetime.now(timezone.utc) + timedelta(days=1)
+    run_at = datetime.now(UTC) + timedelta(days=1)
     scheduler.add_job(lambda: None, "date", id="a", run_date=run_at)
     scheduler.add_job(lambda: None, "date", id="a", run_date=run_at)  # replaced, not duplicated
     assert scheduler.job_ids() == ["a"]

@@ -24,9 +24,9 @@ from dutybridge.metrics import Metrics
 from dutybridge.plugins import make_test_pm
 from dutybridge.receivers.pagerduty import PAGERDUTY_V3_EVENT_TYPES
 from dutybridge.server import add_routes
+from dutybridge.store.sqlite import SQLiteStore
 from dutybridge.web import CTX_KEY, request_middleware
 from dutybridge.web import with_key as _with_key
-from dutybridge.store.sqlite import SQLiteStore
 
 SECRET = "whsec-first-0123456789abcdef"
 SECRET2 = "whsec-second-fedcba9876543210"
@@ -100,8 +100,14 @@ def wakes():
 @pytest.fixture
 def make_client(aiohttp_client, store, wakes):
     async def make(**config_kw):
-        ctx = Ctx(config=make_config(**config_kw), pm=make_test_pm(), store=store, metrics=Metrics(),
-                  scheduler=FakeScheduler(), waker=lambda: wakes.append(1))
+        ctx = Ctx(
+            config=make_config(**config_kw),
+            pm=make_test_pm(),
+            store=store,
+            metrics=Metrics(),
+            scheduler=FakeScheduler(),
+            waker=lambda: wakes.append(1),
+        )
         app = web.Application()
         app[CTX_KEY] = ctx
 
@@ -134,20 +140,34 @@ async def client(make_client):
 
 # -- PagerDuty V3 helpers ------------------------------------------------------------
 INCIDENT = {
-    "id": "PGR0VU2", "type": "incident", "self": "https://api.pagerduty.com/incidents/PGR0VU2",
-    "number": 2, "status": "triggered", "title": "A little bump in the road — ünïcode",
+    "id": "PGR0VU2",
+    "type": "incident",
+    "self": "https://api.pagerduty.com/incidents/PGR0VU2",
+    "number": 2,
+    "status": "triggered",
+    "title": "A little bump in the road — ünïcode",
     "service": {"id": "PF9KMXH", "type": "service_reference"},
     "conference_bridge": {"conference_number": 1000, "conference_url": "https://example.com"},
 }
 
 
-def v3(event_type="incident.triggered", event_id="5ac64822-4adc-4fda-ade0-410becf0de4f",
-       resource_type="incident", data=None):
-    return {"event": {
-        "id": event_id, "event_type": event_type, "resource_type": resource_type,
-        "occurred_at": "2020-10-02T18:45:22.169Z", "agent": None, "client": {"name": "PagerDuty"},
-        "data": copy.deepcopy(INCIDENT) if data is None else data,
-    }}
+def v3(
+    event_type="incident.triggered",
+    event_id="5ac64822-4adc-4fda-ade0-410becf0de4f",
+    resource_type="incident",
+    data=None,
+):
+    return {
+        "event": {
+            "id": event_id,
+            "event_type": event_type,
+            "resource_type": resource_type,
+            "occurred_at": "2020-10-02T18:45:22.169Z",
+            "agent": None,
+            "client": {"name": "PagerDuty"},
+            "data": copy.deepcopy(INCIDENT) if data is None else data,
+        }
+    }
 
 
 def raw(doc) -> bytes:
@@ -223,12 +243,15 @@ async def test_v3_body_in_another_json_encoding_is_still_accepted(client, store,
     assert stored_payload_text(store, event.id) == event.payload_json()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"a": 1}', '{"a": 1,"k":"v"}'),
-    ('  {"a": {"b": []}}\r\n\t ', '  {"a": {"b": []},"k":"v"}'),
-    ("{ }", '{ "k":"v"}'),
-    ('{"k": 0, "a": 1}', '{"k": 0, "a": 1,"k":"v"}'),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"a": 1}', '{"a": 1,"k":"v"}'),
+        ('  {"a": {"b": []}}\r\n\t ', '  {"a": {"b": []},"k":"v"}'),
+        ("{ }", '{ "k":"v"}'),
+        ('{"k": 0, "a": 1}', '{"k": 0, "a": 1,"k":"v"}'),
+    ],
+)
 def test_with_key_appends_a_key_as_json_loads_reads_it(text, expected):
     doc = json.loads(text)
     out = _with_key(text, doc, "k", "v")
@@ -254,14 +277,17 @@ async def test_v3_several_signatures_one_configured_secret(client, store):
     assert len(await store.inbox()) == 1
 
 
-@pytest.mark.parametrize("header, reason", [
-    ("", "missing X-PagerDuty-Signature"),
-    ("v1=" + "0" * 64, "does not match"),
-    ("v1=not-hex-at-all", "does not match"),
-    ("garbage", "does not match"),
-    ("v1=ünïcödé" + "a" * 56, "does not match"),
-    (",,,", "does not match"),
-])
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ("", "missing X-PagerDuty-Signature"),
+        ("v1=" + "0" * 64, "does not match"),
+        ("v1=not-hex-at-all", "does not match"),
+        ("garbage", "does not match"),
+        ("v1=ünïcödé" + "a" * 56, "does not match"),
+        (",,,", "does not match"),
+    ],
+)
 async def test_v3_bad_signature_401(client, store, header, reason):
     body = raw(v3())
     if header == "":
@@ -310,10 +336,11 @@ async def test_v3_chunked_body_over_limit_413(client, store):
 
     async def chunks():
         for i in range(0, len(body), 512):
-            yield body[i:i + 512]
+            yield body[i : i + 512]
 
-    resp = await client.post("/webhooks/pagerduty", data=chunks(),
-                             headers={"X-PagerDuty-Signature": sign(body, SECRET)})
+    resp = await client.post(
+        "/webhooks/pagerduty", data=chunks(), headers={"X-PagerDuty-Signature": sign(body, SECRET)}
+    )
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     await assert_error(resp, 413)
     assert (await store.inbox()) == []
@@ -322,9 +349,11 @@ async def test_v3_chunked_body_over_limit_413(client, store):
 async def test_v3_body_with_content_length_arriving_in_pieces_is_read_whole(client, store):
     body = raw(v3())
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    head = (f"POST /webhooks/pagerduty HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-PagerDuty-Signature: {sign(body, SECRET)}\r\n"
-            f"Connection: close\r\n\r\n").encode()
+    head = (
+        f"POST /webhooks/pagerduty HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-PagerDuty-Signature: {sign(body, SECRET)}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode()
     try:
         writer.write(head + body[:300])
         await writer.drain()
@@ -344,10 +373,11 @@ async def test_v3_chunked_body_under_limit_accepted(client, store):
 
     async def chunks():
         for i in range(0, len(body), 100):
-            yield body[i:i + 100]
+            yield body[i : i + 100]
 
-    resp = await client.post("/webhooks/pagerduty", data=chunks(),
-                             headers={"X-PagerDuty-Signature": sign(body, SECRET)})
+    resp = await client.post(
+        "/webhooks/pagerduty", data=chunks(), headers={"X-PagerDuty-Signature": sign(body, SECRET)}
+    )
     assert resp.status == 202
     assert len(await store.inbox()) == 1
 
@@ -368,6 +398,7 @@ def _drop(path):
         for p in parts[:-1]:
             target = target[p]
         del target[parts[-1]]
+
     return mutate
 
 
@@ -378,24 +409,28 @@ def _set(path, value):
         for p in parts[:-1]:
             target = target[p]
         target[parts[-1]] = value
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (_drop("event"), "event"),
-    (_set("event", []), "event"),
-    (_drop("event.id"), "event.id"),
-    (_set("event.id", 42), "event.id"),
-    (_set("event.id", ""), "event.id"),
-    (_drop("event.event_type"), "event.event_type"),
-    (_set("event.event_type", None), "event.event_type"),
-    (_drop("event.resource_type"), "event.resource_type"),
-    (_set("event.resource_type", "service"), "event.resource_type"),
-    (_drop("event.data"), "event.data"),
-    (_set("event.data", "PGR0VU2"), "event.data"),
-    (_drop("event.data.id"), "event.data.id"),
-    (_set("event.data.id", "bad id with spaces"), "event.data.id"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (_drop("event"), "event"),
+        (_set("event", []), "event"),
+        (_drop("event.id"), "event.id"),
+        (_set("event.id", 42), "event.id"),
+        (_set("event.id", ""), "event.id"),
+        (_drop("event.event_type"), "event.event_type"),
+        (_set("event.event_type", None), "event.event_type"),
+        (_drop("event.resource_type"), "event.resource_type"),
+        (_set("event.resource_type", "service"), "event.resource_type"),
+        (_drop("event.data"), "event.data"),
+        (_set("event.data", "PGR0VU2"), "event.data"),
+        (_drop("event.data.id"), "event.data.id"),
+        (_set("event.data.id", "bad id with spaces"), "event.data.id"),
+    ],
+)
 async def test_v3_envelope_missing_field_400_names_it(client, store, mutate, field):
     doc = v3()
     mutate(doc)
@@ -415,9 +450,17 @@ async def test_v3_unknown_event_type_202_not_stored(client, store, wakes):
 
 
 async def test_v3_ping_202_not_stored(client, store):
-    ping = {"event": {"id": "01BZ", "event_type": "pagey.ping", "resource_type": "pagey",
-                      "occurred_at": "2021-12-08T22:45:14.154Z", "agent": None, "client": None,
-                      "data": {"message": "Hello from your friend Pagey!", "type": "ping"}}}
+    ping = {
+        "event": {
+            "id": "01BZ",
+            "event_type": "pagey.ping",
+            "resource_type": "pagey",
+            "occurred_at": "2021-12-08T22:45:14.154Z",
+            "agent": None,
+            "client": None,
+            "data": {"message": "Hello from your friend Pagey!", "type": "ping"},
+        }
+    }
     with capture_logs() as logs:
         resp = await post_v3(client, ping)
     assert resp.status == 202
@@ -445,29 +488,65 @@ async def test_v3_duplicate_stored_once(client, store, wakes):
     assert wakes == [1]
 
 
-@pytest.mark.parametrize("event_type, data, resource", [
-    ("incident.annotated",
-     {"incident": {"id": "PGR0VU2", "type": "incident_reference"}, "id": "P2LA89X", "content": "note",
-      "trimmed": False, "type": "incident_note"},
-     "pagerduty:incident:PGR0VU2"),
-    ("incident.task.created",
-     {"name": "t", "id": "PGR0VU2X", "type": "incident_task",
-      "incident": {"id": "Q0SDD3HB6SGFTI", "type": "incident_reference"}},
-     "pagerduty:incident:Q0SDD3HB6SGFTI"),
-    ("incident.role.assigned",
-     {"type": "incident_role_assignment", "incident_role_assignments": [
-         {"id": "af64b84c-137e", "incident": {"id": "PBAZLIU", "type": "incident_reference"},
-          "type": "role_assignment_reference"}]},
-     "pagerduty:incident:PBAZLIU"),
-    ("incident.conference_bridge.updated",
-     {"incident": {"id": "PGR0VU2", "type": "incident_reference"}, "conference_numbers": [],
-      "type": "incident_conference_bridge"},
-     "pagerduty:incident:PGR0VU2"),
-    ("incident.workflow.started",
-     {"id": "P3SNKQS", "type": "incident_workflow_instance", "incident": {"id": "PBAZLIU"},
-      "service": {"id": "PF9KMXH"}},
-     "pagerduty:incident:PBAZLIU"),
-])
+@pytest.mark.parametrize(
+    "event_type, data, resource",
+    [
+        (
+            "incident.annotated",
+            {
+                "incident": {"id": "PGR0VU2", "type": "incident_reference"},
+                "id": "P2LA89X",
+                "content": "note",
+                "trimmed": False,
+                "type": "incident_note",
+            },
+            "pagerduty:incident:PGR0VU2",
+        ),
+        (
+            "incident.task.created",
+            {
+                "name": "t",
+                "id": "PGR0VU2X",
+                "type": "incident_task",
+                "incident": {"id": "Q0SDD3HB6SGFTI", "type": "incident_reference"},
+            },
+            "pagerduty:incident:Q0SDD3HB6SGFTI",
+        ),
+        (
+            "incident.role.assigned",
+            {
+                "type": "incident_role_assignment",
+                "incident_role_assignments": [
+                    {
+                        "id": "af64b84c-137e",
+                        "incident": {"id": "PBAZLIU", "type": "incident_reference"},
+                        "type": "role_assignment_reference",
+                    }
+                ],
+            },
+            "pagerduty:incident:PBAZLIU",
+        ),
+        (
+            "incident.conference_bridge.updated",
+            {
+                "incident": {"id": "PGR0VU2", "type": "incident_reference"},
+                "conference_numbers": [],
+                "type": "incident_conference_bridge",
+            },
+            "pagerduty:incident:PGR0VU2",
+        ),
+        (
+            "incident.workflow.started",
+            {
+                "id": "P3SNKQS",
+                "type": "incident_workflow_instance",
+                "incident": {"id": "PBAZLIU"},
+                "service": {"id": "PF9KMXH"},
+            },
+            "pagerduty:incident:PBAZLIU",
+        ),
+    ],
+)
 async def test_v3_events_about_an_incident_are_keyed_by_it(client, store, event_type, data, resource):
     resp = await post_v3(client, v3(event_type=event_type, data=data))
     assert resp.status == 202, await resp.text()
@@ -478,8 +557,11 @@ async def test_v3_service_events(client, store):
     data = {"id": "PF9KMXH", "type": "service", "summary": "svc"}
     resp = await post_v3(client, v3("service.updated", "01BRB6ZP4M6T8ZG4X6BP63ZB9O", "service", data))
     assert resp.status == 202
-    fv = {"service": {"id": "PY0TW31", "type": "service_reference"}, "custom_fields": [],
-          "type": "service_field_values"}
+    fv = {
+        "service": {"id": "PY0TW31", "type": "service_reference"},
+        "custom_fields": [],
+        "type": "service_field_values",
+    }
     resp = await post_v3(client, v3("service.custom_field_values.updated", "01C", "service", fv))
     assert resp.status == 202
     assert [e.resource for e in (await store.inbox())] == ["pagerduty:service:PF9KMXH", "pagerduty:service:PY0TW31"]
@@ -508,10 +590,14 @@ async def test_v3_reload_applies_new_secret(client, store):
 
 # -- PagerDuty V2 -----------------------------------------------------------------------
 def v2_message(event="incident.trigger", mid="8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e", incident_id="PRORDTY"):
-    return {"event": event, "id": mid, "created_on": "2017-09-26T15:14:36Z",
-            "incident": {"id": incident_id, "incident_number": 33, "status": "triggered",
-                         "title": "My new incident"},
-            "webhook": {"id": "PKT9NNX", "type": "webhook"}, "log_entries": []}
+    return {
+        "event": event,
+        "id": mid,
+        "created_on": "2017-09-26T15:14:36Z",
+        "incident": {"id": incident_id, "incident_number": 33, "status": "triggered", "title": "My new incident"},
+        "webhook": {"id": "PKT9NNX", "type": "webhook"},
+        "log_entries": [],
+    }
 
 
 def basic(user=DB_USER, password=DB_PASS):
@@ -519,8 +605,13 @@ def basic(user=DB_USER, password=DB_PASS):
 
 
 async def test_v2_messages_stored_one_event_each(client, store, wakes):
-    doc = {"messages": [v2_message(), v2_message("incident.acknowledge", "m-2"),
-                        v2_message("incident.resolve", "m-3", "PXYZ")]}
+    doc = {
+        "messages": [
+            v2_message(),
+            v2_message("incident.acknowledge", "m-2"),
+            v2_message("incident.resolve", "m-3", "PXYZ"),
+        ]
+    }
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert resp.status == 202
     assert await resp.json() == {"status": "accepted", "ids": [1, 2, 3], "duplicates": 0, "ignored": 0}
@@ -534,7 +625,11 @@ async def test_v2_messages_stored_one_event_each(client, store, wakes):
     assert first.payload["message"]["incident"]["incident_number"] == 33
     change = first.pagerduty
     assert (change.type, change.id, change.data["incident_number"], change.webhook_version) == (
-        "incident.triggered", "PRORDTY", 33, 2)
+        "incident.triggered",
+        "PRORDTY",
+        33,
+        2,
+    )
     assert wakes == [1, 1, 1]  # one per stored message: ctx.enqueue wakes the worker
     resp = await client.post("/webhooks/pagerduty/v2", json=doc, headers={"Authorization": basic()})
     assert (await resp.json())["duplicates"] == 3
@@ -548,8 +643,17 @@ async def test_v2_unknown_type_skipped(client, store):
     assert [e.event_id for e in (await store.inbox())] == ["8a1d6420-a2cf-11e7-a7e1-22000a6d0e3e"]
 
 
-@pytest.mark.parametrize("auth", [None, basic(password="wrong"), basic(user="other"), "Bearer " + TOKEN,
-                                  "Basic !!!notbase64", "Basic " + base64.b64encode(b"nocolon").decode()])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        None,
+        basic(password="wrong"),
+        basic(user="other"),
+        "Bearer " + TOKEN,
+        "Basic !!!notbase64",
+        "Basic " + base64.b64encode(b"nocolon").decode(),
+    ],
+)
 async def test_v2_needs_basic_credentials(client, store, auth):
     headers = {"Authorization": auth} if auth else {}
     resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message()]}, headers=headers)
@@ -561,8 +665,9 @@ async def test_v2_needs_basic_credentials(client, store, auth):
 async def test_v2_one_bad_message_refuses_the_delivery(client, store):
     bad = v2_message("incident.acknowledge", "m-2")
     del bad["incident"]["id"]
-    resp = await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message(), bad]},
-                             headers={"Authorization": basic()})
+    resp = await client.post(
+        "/webhooks/pagerduty/v2", json={"messages": [v2_message(), bad]}, headers={"Authorization": basic()}
+    )
     await assert_error(resp, 400, "messages[1].incident.id")
     assert (await store.inbox()) == []
 
@@ -586,7 +691,11 @@ async def test_doorbell_with_bearer(client, store, wakes):
     assert await resp.json() == {"status": "accepted", "id": 1}
     [e] = await store.inbox()
     assert (e.source, e.type, e.event_id, e.resource) == (
-        "servicenow", "incident.update", f"incident:{SYS_ID}:2024-03-05 14:07:09:update", f"servicenow:incident:{SYS_ID}")
+        "servicenow",
+        "incident.update",
+        f"incident:{SYS_ID}:2024-03-05 14:07:09:update",
+        f"servicenow:incident:{SYS_ID}",
+    )
     assert e.payload == doorbell()
     assert wakes == [1]
 
@@ -604,8 +713,9 @@ async def test_doorbell_mod_count_keeps_two_changes_of_one_second_apart(client, 
 
 @pytest.mark.parametrize("count", ["-1", "1.5", "abc", True, None, ""])
 async def test_doorbell_bad_mod_count_is_400_and_nothing_stored(client, store, count):
-    resp = await client.post("/webhooks/servicenow", json=doorbell(sys_mod_count=count),
-                             headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = await client.post(
+        "/webhooks/servicenow", json=doorbell(sys_mod_count=count), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert resp.status == 400
     assert "sys_mod_count" in (await resp.json())["error"]
     assert await store.inbox() == []
@@ -613,8 +723,11 @@ async def test_doorbell_bad_mod_count_is_400_and_nothing_stored(client, store, c
 
 async def test_doorbell_with_basic_and_duplicate(client, store):
     for _ in range(2):
-        resp = await client.post("/webhooks/servicenow", json=doorbell(table="sn_si_incident", operation="delete"),
-                                 headers={"Authorization": basic()})
+        resp = await client.post(
+            "/webhooks/servicenow",
+            json=doorbell(table="sn_si_incident", operation="delete"),
+            headers={"Authorization": basic()},
+        )
         assert resp.status == 202
     assert (await resp.json())["status"] == "duplicate"
     assert [e.type for e in (await store.inbox())] == ["sn_si_incident.delete"]
@@ -629,8 +742,18 @@ async def test_doorbell_basic_only_configured(make_client, store):
     assert resp.status == 202
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", f"Bearer {TOKEN}x", f"bearer  {TOKEN[:-1]}",
-                                  basic(password="nope"), "Token " + TOKEN, "Bearer"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        None,
+        "Bearer wrong-token",
+        f"Bearer {TOKEN}x",
+        f"bearer  {TOKEN[:-1]}",
+        basic(password="nope"),
+        "Token " + TOKEN,
+        "Bearer",
+    ],
+)
 async def test_doorbell_wrong_credentials_401(client, store, auth):
     headers = {"Authorization": auth} if auth else {}
     resp = await client.post("/webhooks/servicenow", json=doorbell(), headers=headers)
@@ -639,20 +762,23 @@ async def test_doorbell_wrong_credentials_401(client, store, auth):
     assert (await store.inbox()) == []
 
 
-@pytest.mark.parametrize("over, field", [
-    ({"sys_id": "not-a-sys-id"}, "sys_id"),
-    ({"sys_id": SYS_ID.upper()}, "sys_id"),
-    ({"sys_id": SYS_ID + "\n"}, "sys_id"),
-    ({"sys_id": None}, "sys_id"),
-    ({"table": "Incident"}, "table"),
-    ({"table": "incident; drop"}, "table"),
-    ({"table": ""}, "table"),
-    ({"operation": "merge"}, "operation"),
-    ({"operation": 1}, "operation"),
-    ({"sys_updated_on": "2024-03-05T14:07:09Z"}, "sys_updated_on"),
-    ({"sys_updated_on": "2024-13-45 25:61:61"}, "sys_updated_on"),
-    ({"short_description": "injected"}, "short_description"),
-])
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        ({"sys_id": "not-a-sys-id"}, "sys_id"),
+        ({"sys_id": SYS_ID.upper()}, "sys_id"),
+        ({"sys_id": SYS_ID + "\n"}, "sys_id"),
+        ({"sys_id": None}, "sys_id"),
+        ({"table": "Incident"}, "table"),
+        ({"table": "incident; drop"}, "table"),
+        ({"table": ""}, "table"),
+        ({"operation": "merge"}, "operation"),
+        ({"operation": 1}, "operation"),
+        ({"sys_updated_on": "2024-03-05T14:07:09Z"}, "sys_updated_on"),
+        ({"sys_updated_on": "2024-13-45 25:61:61"}, "sys_updated_on"),
+        ({"short_description": "injected"}, "short_description"),
+    ],
+)
 async def test_doorbell_invalid_400_names_field(client, store, over, field):
     doc = doorbell(**over)
     if over.get("sys_id", "") is None:
@@ -671,8 +797,9 @@ async def test_doorbell_not_configured_503(make_client, store):
 
 
 async def test_doorbell_body_over_limit_413(client, store):
-    resp = await client.post("/webhooks/servicenow", data=b"{" + b" " * LIMIT + b"}",
-                             headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = await client.post(
+        "/webhooks/servicenow", data=b"{" + b" " * LIMIT + b"}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     await assert_error(resp, 413)
 
 
@@ -785,22 +912,39 @@ async def test_no_secret_or_signature_in_logs(client, store):
         await post_v3(client, body, signature=signature)
         await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": "Bearer " + TOKEN + "x"})
         await client.post("/webhooks/servicenow", json=doorbell(), headers={"Authorization": "Bearer " + TOKEN})
-        await client.post("/webhooks/pagerduty/v2", json={"messages": [v2_message()]}, headers={"Authorization": basic()})
+        await client.post(
+            "/webhooks/pagerduty/v2", json={"messages": [v2_message()]}, headers={"Authorization": basic()}
+        )
         await client.get("/crash")
         store.broken = True
         await post_v3(client, v3(event_id="other"))
         await client.get("/readyz")
     assert len(logs) >= 8
     text = repr(logs)
-    for needle in (SECRET, TOKEN, DB_PASS, signature.split("=", 1)[1], base64.b64encode(f"{DB_USER}:{DB_PASS}".encode()).decode()):
+    for needle in (
+        SECRET,
+        TOKEN,
+        DB_PASS,
+        signature.split("=", 1)[1],
+        base64.b64encode(f"{DB_USER}:{DB_PASS}".encode()).decode(),
+    ):
         assert needle not in text, needle
 
 
 async def test_v3_and_v2_webhooks_of_one_change_read_alike(client, store):
     """The normalised view a plugin reads: the same type, incident and data either way."""
-    body = json.dumps({"event": {"id": "01V3EVT", "event_type": "incident.acknowledged", "resource_type": "incident",
-                                 "occurred_at": "2026-11-28T10:00:00Z", "agent": {"id": "PBOB", "type": "user_reference"},
-                                 "data": {"id": "PRORDTY", "type": "incident", "status": "acknowledged"}}}).encode()
+    body = json.dumps(
+        {
+            "event": {
+                "id": "01V3EVT",
+                "event_type": "incident.acknowledged",
+                "resource_type": "incident",
+                "occurred_at": "2026-11-28T10:00:00Z",
+                "agent": {"id": "PBOB", "type": "user_reference"},
+                "data": {"id": "PRORDTY", "type": "incident", "status": "acknowledged"},
+            }
+        }
+    ).encode()
     assert (await post_v3(client, body)).status == 202
     message = v2_message("incident.acknowledge", "m-v2")
     message["log_entries"] = [{"agent": {"id": "PBOB", "type": "user_reference"}}]
@@ -809,5 +953,9 @@ async def test_v3_and_v2_webhooks_of_one_change_read_alike(client, store):
     v3_change, v2_change = [e.pagerduty for e in await store.inbox()]
     for change in (v3_change, v2_change):
         assert (change.type, change.resource_type, change.id, change.agent["id"]) == (
-            "incident.acknowledged", "incident", "PRORDTY", "PBOB")
+            "incident.acknowledged",
+            "incident",
+            "PRORDTY",
+            "PBOB",
+        )
     assert (v3_change.webhook_version, v2_change.webhook_version) == (3, 2)

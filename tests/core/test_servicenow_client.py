@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -48,13 +48,15 @@ def sn_error(status: int, message: str, detail: str = "", headers: dict | None =
     return lambda request, body: web.json_response(payload, status=status, headers=headers)
 
 
-def table_of(records: list[dict], *, count: bool = True, links: bool = True, acl_hides: Callable[[dict], bool] = lambda r: False):
+def table_of(
+    records: list[dict], *, count: bool = True, links: bool = True, acl_hides: Callable[[dict], bool] = lambda r: False
+):
     """A list handler paging ``records`` the way the Table API does."""
 
     def handler(request, body):
         limit = int(request.query.get("sysparm_limit", "10000"))
         offset = int(request.query.get("sysparm_offset", "0"))
-        page = [r for r in records[offset:offset + limit] if not acl_hides(r)]
+        page = [r for r in records[offset : offset + limit] if not acl_hides(r)]
         headers = {}
         if count:
             headers["X-Total-Count"] = str(len(records))
@@ -94,7 +96,9 @@ RECORDS = [{"sys_id": f"{i:032x}", "number": f"INC{i:07d}"} for i in range(250)]
 
 
 async def test_get_sends_basic_auth_accept_and_excludes_reference_links(fake, pipeline):
-    fake.on("GET", f"/api/now/table/incident/{'a' * 32}", lambda r, b: web.json_response({"result": {"sys_id": "a" * 32}}))
+    fake.on(
+        "GET", f"/api/now/table/incident/{'a' * 32}", lambda r, b: web.json_response({"result": {"sys_id": "a" * 32}})
+    )
     client = ServiceNowClient(pipeline, sn_config(fake.url))
     record = await client.get("incident", "a" * 32, fields=["sys_id", "assignment_group.name"], display_value="all")
     assert record == {"sys_id": "a" * 32}
@@ -102,8 +106,11 @@ async def test_get_sends_basic_auth_accept_and_excludes_reference_links(fake, pi
     expected = "Basic " + base64.b64encode(f"pagerduty.integration:{PASSWORD}".encode()).decode()
     assert seen["headers"]["Authorization"] == expected
     assert seen["headers"]["Accept"] == "application/json"
-    assert seen["query"] == {"sysparm_fields": "sys_id,assignment_group.name", "sysparm_display_value": "all",
-                             "sysparm_exclude_reference_link": "true"}
+    assert seen["query"] == {
+        "sysparm_fields": "sys_id,assignment_group.name",
+        "sysparm_display_value": "all",
+        "sysparm_exclude_reference_link": "true",
+    }
 
 
 async def test_ids_and_tables_cannot_change_the_path(fake, pipeline):
@@ -116,8 +123,16 @@ async def test_ids_and_tables_cannot_change_the_path(fake, pipeline):
 
 
 async def test_insert_update_delete(fake, pipeline):
-    fake.on("POST", "/api/now/table/incident", lambda r, b: web.json_response({"result": {"sys_id": "b" * 32, **b}}, status=201))
-    fake.on("PATCH", f"/api/now/table/incident/{'b' * 32}", lambda r, b: web.json_response({"result": {"sys_id": "b" * 32, **b}}))
+    fake.on(
+        "POST",
+        "/api/now/table/incident",
+        lambda r, b: web.json_response({"result": {"sys_id": "b" * 32, **b}}, status=201),
+    )
+    fake.on(
+        "PATCH",
+        f"/api/now/table/incident/{'b' * 32}",
+        lambda r, b: web.json_response({"result": {"sys_id": "b" * 32, **b}}),
+    )
     fake.on("DELETE", f"/api/now/table/incident/{'b' * 32}", lambda r, b: web.Response(status=204))
     client = ServiceNowClient(pipeline, sn_config(fake.url))
     created = await client.insert("incident", {"short_description": "Disk full"})
@@ -141,7 +156,11 @@ async def test_query_pages_until_x_total_count(fake, pipeline):
     rows = [r async for r in result]
     assert [r["number"] for r in rows] == [r["number"] for r in RECORDS]
     assert result.total == 250 and result.pages == 3
-    assert [(s["query"]["sysparm_offset"], s["query"]["sysparm_limit"]) for s in fake.seen] == [("0", "100"), ("100", "100"), ("200", "100")]
+    assert [(s["query"]["sysparm_offset"], s["query"]["sysparm_limit"]) for s in fake.seen] == [
+        ("0", "100"),
+        ("100", "100"),
+        ("200", "100"),
+    ]
     assert fake.seen[0]["query"]["sysparm_query"] == "active=true^ORDERBYnumber"
 
 
@@ -184,8 +203,16 @@ async def test_limit_and_page_size(fake, pipeline):
 
 
 async def test_errors_are_typed_and_carry_message_and_detail(fake, pipeline):
-    fake.on("GET", "/api/now/table/sys_user", sn_error(401, "User Not Authenticated", "Required to provide Auth information"))
-    fake.on("POST", "/api/now/table/incident", sn_error(403, "Operation Failed", "ACL Exception Insert Failed due to security constraints"))
+    fake.on(
+        "GET",
+        "/api/now/table/sys_user",
+        sn_error(401, "User Not Authenticated", "Required to provide Auth information"),
+    )
+    fake.on(
+        "POST",
+        "/api/now/table/incident",
+        sn_error(403, "Operation Failed", "ACL Exception Insert Failed due to security constraints"),
+    )
     fake.on("PATCH", f"/api/now/table/incident/{'d' * 32}", sn_error(400, "Invalid state", "state 99 is not a choice"))
     client = ServiceNowClient(pipeline, sn_config(fake.url))
     with pytest.raises(ServiceNowNotFound) as nf:
@@ -202,16 +229,22 @@ async def test_errors_are_typed_and_carry_message_and_detail(fake, pipeline):
 
 
 async def test_html_answer_is_a_clear_error(fake, pipeline):
-    fake.on("GET", "/api/now/table/incident", lambda r, b: web.Response(text="<html><body>Your instance is hibernating</body></html>",
-                                                                          content_type="text/html"))
+    fake.on(
+        "GET",
+        "/api/now/table/incident",
+        lambda r, b: web.Response(
+            text="<html><body>Your instance is hibernating</body></html>", content_type="text/html"
+        ),
+    )
     client = ServiceNowClient(pipeline, sn_config(fake.url))
     with pytest.raises(ServiceNowError, match="not JSON.*hibernating"):
         await client.list("incident")
 
 
 async def test_429_honours_retry_after(fake, pipeline, sleep):
-    answers = iter([sn_error(429, "Too Many Requests", "rate limit rule", headers={"Retry-After": "9"}),
-                    table_of(RECORDS[:3])])
+    answers = iter(
+        [sn_error(429, "Too Many Requests", "rate limit rule", headers={"Retry-After": "9"}), table_of(RECORDS[:3])]
+    )
     fake.on("GET", "/api/now/table/incident", lambda r, b: next(answers)(r, b))
     client = ServiceNowClient(pipeline, sn_config(fake.url))
     assert len(await client.list("incident")) == 3
@@ -268,7 +301,11 @@ async def test_update_is_retried_after_a_timeout_unless_it_writes_a_journal_fiel
 
 async def test_no_password_in_errors_reprs_or_logs(fake, pipeline):
     fake.on("GET", "/api/now/table/incident", sn_error(503, "Service Unavailable"))
-    fake.on("GET", "/api/now/table/sys_user", sn_error(401, "User Not Authenticated", "Required to provide Auth information"))
+    fake.on(
+        "GET",
+        "/api/now/table/sys_user",
+        sn_error(401, "User Not Authenticated", "Required to provide Auth information"),
+    )
     client = ServiceNowClient(pipeline, sn_config(fake.url, max_retries=1))
     encoded = base64.b64encode(f"pagerduty.integration:{PASSWORD}".encode()).decode()
     with capture_logs() as logs:
@@ -286,13 +323,26 @@ async def test_no_password_in_errors_reprs_or_logs(fake, pipeline):
 
 def test_query_builder_encodes_terms():
     since = datetime(2025, 3, 1, 14, 0, 0, tzinfo=timezone(timedelta(hours=2)))
-    q = (Query().eq("assignment_group", "abc").and_().gte("sys_updated_on", since)
-         .or_().is_empty("assigned_to").in_("state", ["1", "2"]).not_in("priority", [4, 5])
-         .ne("active", False).like("short_description", "disk").starts_with("number", "INC")
-         .order_by("sys_updated_on").order_by("number", desc=True))
-    assert str(q) == ("assignment_group=abc^sys_updated_on>=2025-03-01 12:00:00^ORassigned_toISEMPTY"
-                      "^stateIN1,2^priorityNOT IN4,5^active!=false^short_descriptionLIKEdisk"
-                      "^numberSTARTSWITHINC^ORDERBYsys_updated_on^ORDERBYDESCnumber")
+    q = (
+        Query()
+        .eq("assignment_group", "abc")
+        .and_()
+        .gte("sys_updated_on", since)
+        .or_()
+        .is_empty("assigned_to")
+        .in_("state", ["1", "2"])
+        .not_in("priority", [4, 5])
+        .ne("active", False)
+        .like("short_description", "disk")
+        .starts_with("number", "INC")
+        .order_by("sys_updated_on")
+        .order_by("number", desc=True)
+    )
+    assert str(q) == (
+        "assignment_group=abc^sys_updated_on>=2025-03-01 12:00:00^ORassigned_toISEMPTY"
+        "^stateIN1,2^priorityNOT IN4,5^active!=false^short_descriptionLIKEdisk"
+        "^numberSTARTSWITHINC^ORDERBYsys_updated_on^ORDERBYDESCnumber"
+    )
     assert str(Query().eq("a", 1).new_query().eq("b", 2)) == "a=1^NQb=2"
     assert str(Query().order_by("number")) == "ORDERBYnumber"
     assert str(Query().eq("caller_id.email", "a@b.example")) == "caller_id.email=a@b.example"
@@ -303,18 +353,21 @@ def test_query_builder_escapes_carets_so_values_cannot_add_terms():
     assert str(q) == "short_description=x^^ORactive=false^^NQsys_id!="
 
 
-@pytest.mark.parametrize("build", [
-    lambda: Query().eq("short_description", "javascript:gs.getUserID()"),
-    lambda: Query().eq("short_description", "  JavaScript:1"),
-    lambda: Query().eq("short_description", "ends with a caret^"),
-    lambda: Query().in_("sys_id", ["a", "b,c"]),
-    lambda: Query().in_("sys_id", []),
-    lambda: Query().eq("state^ORactive", "1"),
-    lambda: Query().eq("bad field", "1"),
-    lambda: Query().eq("state", None),
-    lambda: Query().or_(),
-    lambda: Query().order_by("x^y"),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Query().eq("short_description", "javascript:gs.getUserID()"),
+        lambda: Query().eq("short_description", "  JavaScript:1"),
+        lambda: Query().eq("short_description", "ends with a caret^"),
+        lambda: Query().in_("sys_id", ["a", "b,c"]),
+        lambda: Query().in_("sys_id", []),
+        lambda: Query().eq("state^ORactive", "1"),
+        lambda: Query().eq("bad field", "1"),
+        lambda: Query().eq("state", None),
+        lambda: Query().or_(),
+        lambda: Query().order_by("x^y"),
+    ],
+)
 def test_query_builder_refuses_what_would_inject(build):
     with pytest.raises(ValueError):
         build()
@@ -346,8 +399,10 @@ async def test_crud_and_queries_against_the_sandbox(sandbox):
     groups = await client.list("sys_user_group", fields=["sys_id", "name"], order_by="name")
     assert groups and [g["name"] for g in groups] == sorted((g["name"] for g in groups), key=str.lower)
 
-    created = await client.insert("incident", {"short_description": "Disk ^ORfull", "urgency": "1", "impact": "1",
-                                               "assignment_group": groups[0]["sys_id"]})
+    created = await client.insert(
+        "incident",
+        {"short_description": "Disk ^ORfull", "urgency": "1", "impact": "1", "assignment_group": groups[0]["sys_id"]},
+    )
     sys_id = created["sys_id"]
     assert created["assignment_group"] == groups[0]["sys_id"]  # a plain sys_id, not {"link", "value"}
     found = await client.list("incident", Query().eq("short_description", "Disk ^ORfull"), fields=["sys_id"])
@@ -365,8 +420,13 @@ async def test_pagination_against_the_sandbox(sandbox):
     client, _, state = sandbox
     for i in range(23):
         await client.insert("incident", {"short_description": f"bulk {i:02d}"})
-    result = client.query("incident", Query().starts_with("short_description", "bulk"), page_size=10,
-                          order_by="short_description", fields=["short_description"])
+    result = client.query(
+        "incident",
+        Query().starts_with("short_description", "bulk"),
+        page_size=10,
+        order_by="short_description",
+        fields=["short_description"],
+    )
     rows = [r async for r in result]
     assert [r["short_description"] for r in rows] == [f"bulk {i:02d}" for i in range(23)]
     assert result.total == 23 and result.pages == 3
@@ -384,8 +444,10 @@ def test_link_header_with_unencoded_commas_in_fields_is_parsed():
     from dutybridge.servicenow import _links
 
     base = "https://acme.service-now.com/api/now/table/incident?sysparm_fields=sys_id,number,state&sysparm_limit=2"
-    header = (f'<{base}&sysparm_offset=0>;rel="first",<{base}&sysparm_offset=2>;rel="next",'
-              f'<{base}&sysparm_offset=8>;rel="last"')
+    header = (
+        f'<{base}&sysparm_offset=0>;rel="first",<{base}&sysparm_offset=2>;rel="next",'
+        f'<{base}&sysparm_offset=8>;rel="last"'
+    )
     links = _links(header)
     assert links["next"].endswith("sysparm_fields=sys_id,number,state&sysparm_limit=2&sysparm_offset=2")
     assert set(links) == {"first", "next", "last"}
@@ -396,8 +458,13 @@ async def test_pagination_with_several_fields_against_the_sandbox(sandbox):
     client, _, _ = sandbox
     for i in range(23):
         await client.insert("incident", {"short_description": f"multi {i:02d}"})
-    result = client.query("incident", Query().starts_with("short_description", "multi"), page_size=10,
-                          order_by="short_description", fields=["short_description", "number", "state"])
+    result = client.query(
+        "incident",
+        Query().starts_with("short_description", "multi"),
+        page_size=10,
+        order_by="short_description",
+        fields=["short_description", "number", "state"],
+    )
     rows = [r async for r in result]
     assert len(rows) == 23 and result.pages == 3
     assert all(set(r) == {"short_description", "number", "state"} for r in rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -49,11 +49,24 @@ async def store(store_factory):
         await s.close()
 
 
-def ev(resource: str = "pagerduty:incident:P1", *, source: str = "pagerduty", event_id: str | None = None,
-       type: str = "incident.triggered", payload: dict | None = None, received_at: datetime | None = None) -> Event:
+def ev(
+    resource: str = "pagerduty:incident:P1",
+    *,
+    source: str = "pagerduty",
+    event_id: str | None = None,
+    type: str = "incident.triggered",
+    payload: dict | None = None,
+    received_at: datetime | None = None,
+) -> Event:
     kw = {} if received_at is None else {"received_at": received_at}
-    return Event(source=source, type=type, event_id=event_id or f"ev-{next(_ids)}", resource=resource,
-                 payload=payload if payload is not None else {"n": 1}, **kw)
+    return Event(
+        source=source,
+        type=type,
+        event_id=event_id or f"ev-{next(_ids)}",
+        resource=resource,
+        payload=payload if payload is not None else {"n": 1},
+        **kw,
+    )
 
 
 async def ids(store: Store, owner: str = "w1", limit: int = 10, lease: float = 30) -> list[int]:
@@ -61,6 +74,7 @@ async def ids(store: Store, owner: str = "w1", limit: int = 10, lease: float = 3
 
 
 # -- lifecycle -------------------------------------------------------------------
+
 
 async def test_open_twice_close_twice_and_ping(store_factory):
     s = store_factory()
@@ -86,10 +100,10 @@ async def test_use_before_open_is_a_clear_error(store_factory):
 
 # -- inbox -----------------------------------------------------------------------
 
+
 async def test_add_event_round_trips_every_field(store, clock):
-    received = datetime(2026, 1, 1, 11, 59, 30, 123456, tzinfo=timezone.utc)
-    e = ev(payload={"event": {"id": "Q1", "summary": "Disk ☃ full", "n": [1, 2.5, None, True]}},
-           received_at=received)
+    received = datetime(2026, 1, 1, 11, 59, 30, 123456, tzinfo=UTC)
+    e = ev(payload={"event": {"id": "Q1", "summary": "Disk ☃ full", "n": [1, 2.5, None, True]}}, received_at=received)
     stored = await store.add_event(e)
     assert stored is not None and stored.id > 0
     got = await store.get_event(stored.id)
@@ -104,7 +118,7 @@ async def test_add_event_round_trips_every_field(store, clock):
 async def test_received_at_in_another_zone_is_stored_as_the_same_instant(store):
     cet = timezone(timedelta(hours=1))
     stored = await store.add_event(ev(received_at=datetime(2026, 1, 1, 13, 0, tzinfo=cet)))
-    assert (await store.get_event(stored.id)).received_at == datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert (await store.get_event(stored.id)).received_at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_duplicate_is_not_stored(store):
@@ -244,12 +258,22 @@ async def test_fail_with_retry_at_and_dead(store, clock):
     retry_at = clock.now + timedelta(seconds=4)
     await store.fail(e.id, "ConnectionError: refused", retry_at)
     got = await store.get_event(e.id)
-    assert (got.status, got.next_attempt_at, got.last_error, got.owner) == ("pending", retry_at, "ConnectionError: refused", None)
+    assert (got.status, got.next_attempt_at, got.last_error, got.owner) == (
+        "pending",
+        retry_at,
+        "ConnectionError: refused",
+        None,
+    )
     clock.advance(4)
     await store.claim("w1", 1, 30)
     await store.fail(e.id, "ConnectionError: refused again", None)
     got = await store.get_event(e.id)
-    assert (got.status, got.attempts, got.last_error, got.next_attempt_at) == ("dead", 2, "ConnectionError: refused again", None)
+    assert (got.status, got.attempts, got.last_error, got.next_attempt_at) == (
+        "dead",
+        2,
+        "ConnectionError: refused again",
+        None,
+    )
     assert await store.claim("w1", 1, 30) == []
 
 
@@ -388,6 +412,7 @@ async def test_cancelled_caller_leaves_the_store_usable(store):
 
 # -- durability ------------------------------------------------------------------
 
+
 async def test_events_survive_a_restart_and_claims_are_released(store_factory):
     first = store_factory()
     await first.open()
@@ -411,6 +436,7 @@ async def test_events_survive_a_restart_and_claims_are_released(store_factory):
 
 
 # -- links -----------------------------------------------------------------------
+
 
 async def test_put_and_get_link_by_either_id(store, clock):
     put = await store.put_link(Link("incident", "PD1", "SN1", state={"status": "triggered"}))
@@ -501,6 +527,7 @@ async def test_links_survive_a_restart(store_factory):
 
 
 # -- watermarks ------------------------------------------------------------------
+
 
 async def test_watermarks(store_factory):
     async with store_factory() as s:

@@ -24,8 +24,14 @@ from dutybridge.store.sqlite import SQLiteStore
 
 
 def ev(event_id: str, *, n: int = 0, source: str = "pagerduty", **kw) -> Event:
-    return Event(source=source, type="incident.triggered", event_id=event_id,
-                 resource=f"pagerduty:incident:P{n}", payload={"n": n}, **kw)
+    return Event(
+        source=source,
+        type="incident.triggered",
+        event_id=event_id,
+        resource=f"pagerduty:incident:P{n}",
+        payload={"n": n},
+        **kw,
+    )
 
 
 def rows(path) -> dict[str, tuple[int, str]]:
@@ -167,8 +173,9 @@ async def test_an_event_that_cannot_be_stored_fails_only_its_caller(store, batch
     results = await asyncio.gather(
         store.add_event(ev("ok-1")),
         store.add_event(ev("naive", received_at=datetime(2026, 1, 1, 12, 0))),
-        store.add_event(Event(source="pagerduty", type="t", event_id="not-json", resource="r",
-                              payload={"x": object()})),
+        store.add_event(
+            Event(source="pagerduty", type="t", event_id="not-json", resource="r", payload={"x": object()})
+        ),
         store.add_event(ev("ok-2")),
         return_exceptions=True,
     )

@@ -8,7 +8,7 @@ import re
 import sqlite3
 import time
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -24,7 +24,7 @@ HOT = "pagerduty:incident:PHOT"
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -34,14 +34,19 @@ class FakeClock:
 
 
 def ev(n: int, resource: str = HOT) -> Event:
-    return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource,
-                 payload={"n": n, "title": "x" * 100})
+    return Event(
+        source="pagerduty",
+        type="incident.triggered",
+        event_id=f"e{n}",
+        resource=resource,
+        payload={"n": n, "title": "x" * 100},
+    )
 
 
 async def add_many(store: SQLiteStore, events: list[Event]) -> None:
     # Concurrent callers share group commits: a few hundred events per transaction.
     for start in range(0, len(events), 512):
-        await asyncio.gather(*(store.add_event(e) for e in events[start:start + 512]))
+        await asyncio.gather(*(store.add_event(e) for e in events[start : start + 512]))
 
 
 def analyze(path) -> int:
@@ -92,7 +97,7 @@ async def test_a_claim_at_a_hot_backlog_is_quick_and_in_order(hot_backlog):
 
 
 async def test_the_claim_is_planned_on_the_heads_index_without_a_full_scan(hot_backlog):
-    now = to_text(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    now = to_text(datetime(2026, 1, 1, tzinfo=UTC))
     claim = plan(hot_backlog, sqlite_inbox.CLAIM, {"owner": "w", "lease": now, "now": now, "limit": 8})
     assert any("inbox_heads_due" in d for d in claim), claim
     assert any(re.match(r"SEARCH events USING INTEGER PRIMARY KEY", d) for d in claim), claim
@@ -140,8 +145,23 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
     async with SQLiteStore(path, clock=clock) as store:
         claimed: list[int] = []
         for step in range(400):
-            op = rng.choice(["add", "add", "claim", "complete", "retry", "dead", "replay", "release",
-                             "replay_dead", "purge", "tick", "batch", "by hand"])
+            op = rng.choice(
+                [
+                    "add",
+                    "add",
+                    "claim",
+                    "complete",
+                    "retry",
+                    "dead",
+                    "replay",
+                    "release",
+                    "replay_dead",
+                    "purge",
+                    "tick",
+                    "batch",
+                    "by hand",
+                ]
+            )
             if op == "add":
                 n += 1
                 await store.add_event(ev(n, rng.choice(resources)))
@@ -172,12 +192,17 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
                 # release while the CLI migrated the file): the triggers follow it too.
                 row_id = rng.randint(1, max(n, 1))
                 with closing(sqlite3.connect(path)) as db, db:
-                    db.execute(rng.choice([
-                        "UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                        "UPDATE events SET status = 'dead', owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                        "UPDATE events SET resource = 'r:moved' WHERE id = ?",
-                        "DELETE FROM events WHERE id = ?",
-                    ]), (row_id,))
+                    db.execute(
+                        rng.choice(
+                            [
+                                "UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                                "UPDATE events SET status = 'dead', owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                                "UPDATE events SET resource = 'r:moved' WHERE id = ?",
+                                "DELETE FROM events WHERE id = ?",
+                            ]
+                        ),
+                        (row_id,),
+                    )
             now = to_text(clock.now)
             assert normal(stored_heads(path), now) == normal(recomputed_heads(path), now), (step, op)
 
@@ -236,7 +261,8 @@ async def test_a_version_2_inbox_with_events_in_every_state_migrates_and_keeps_i
             "INSERT INTO events (id, source, event_id, type, resource, payload, status, next_attempt_at, owner,"
             " lease_expires_at, attempts, received_at, updated_at)"
             " VALUES (?, 'pagerduty', 'e' || ?, 't', ?, '{}', ?, ?, ?, ?, ?, ?, ?)",
-            [(i, i, r, s, n, o, le, a, t, t) for i, r, s, n, o, le, a in rows])
+            [(i, i, r, s, n, o, le, a, t, t) for i, r, s, n, o, le, a in rows],
+        )
 
     async with SQLiteStore(path, clock=clock) as store:
         assert await store.schema_version() == SQLITE_MIGRATIONS[-1][0]

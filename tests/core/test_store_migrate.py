@@ -25,8 +25,13 @@ def pg_url():
 
 
 def ev(n: int, resource: str) -> Event:
-    return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource,
-                 payload={"n": n, "title": "disk full"})
+    return Event(
+        source="pagerduty",
+        type="incident.triggered",
+        event_id=f"e{n}",
+        resource=resource,
+        payload={"n": n, "title": "disk full"},
+    )
 
 
 async def fill_sqlite(db):
@@ -49,7 +54,12 @@ async def check_copy(pg_url, stored, before):
         for event_id, old_event in before.items():
             got = after[event_id]
             assert (got.event_id, got.resource, got.payload, got.attempts, got.last_error) == (
-                old_event.event_id, old_event.resource, old_event.payload, old_event.attempts, old_event.last_error)
+                old_event.event_id,
+                old_event.resource,
+                old_event.payload,
+                old_event.attempts,
+                old_event.last_error,
+            )
             assert got.status == ("pending" if old_event.status == "claimed" else old_event.status)
         assert (await new.counts())["claimed"] == 0
         assert (await new.get_link("incident", sn_id="sys1")).state == {"status": "triggered"}
@@ -57,8 +67,10 @@ async def check_copy(pg_url, stored, before):
         assert await new.get_watermark("incident_sync.poll") == "2026-12-04T03:00:00Z"
         # The copy is a working inbox: per-resource order holds, new ids follow the old.
         claims = await new.claim("new", 10, 30)
-        assert all(c.id == min(e.id for e in after.values()
-                               if e.resource == c.resource and e.status == "pending") for c in claims)
+        assert all(
+            c.id == min(e.id for e in after.values() if e.resource == c.resource and e.status == "pending")
+            for c in claims
+        )
         fresh = await new.add_event(ev(100, "r:new"))
         assert fresh.id > max(before)
 
@@ -92,8 +104,9 @@ def test_migrate_copies_inbox_links_and_watermarks_and_the_cli_reads_them(tmp_pa
 def test_migrate_refuses_a_password_given_on_the_command_line(tmp_path, capsys):
     db = tmp_path / "x.db"
     db.write_bytes(b"")
-    code = main(["store", "migrate", "--from", f"sqlite:///{db}", "--to", "postgresql://u@h/db",
-                 "--to-password", "hunter2"])
+    code = main(
+        ["store", "migrate", "--from", f"sqlite:///{db}", "--to", "postgresql://u@h/db", "--to-password", "hunter2"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "env:NAME or file:PATH" in err and "hunter2" not in err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -36,8 +36,7 @@ async def url():
 
 
 def ev(n: int, resource: str) -> Event:
-    return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource,
-                 payload={"n": n})
+    return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource, payload={"n": n})
 
 
 async def test_three_instances_drain_one_inbox_each_event_once_and_each_resource_in_order(url):
@@ -83,8 +82,9 @@ async def test_three_instances_drain_one_inbox_each_event_once_and_each_resource
             if results:
                 await store.complete_and_claim(results, f"w{who}", 0, 30)
 
-        await asyncio.gather(*(produce(s, i) for i, s in enumerate(stores)),
-                             *(work(s, i) for i, s in enumerate(stores)))
+        await asyncio.gather(
+            *(produce(s, i) for i, s in enumerate(stores)), *(work(s, i) for i, s in enumerate(stores))
+        )
         assert sorted(n for _, n, _ in handled) == list(range(total))  # each once
         assert not overlaps
         by_resource: dict[str, list[int]] = defaultdict(list)
@@ -111,8 +111,22 @@ async def test_heads_stay_what_the_events_say_through_random_changes(url):
             claimed: list[int] = []
             n = 0
             for step in range(250):
-                op = rng.choice(["add", "add", "claim", "complete", "retry", "dead", "replay", "release",
-                                 "replay_dead", "purge", "tick", "batch"])
+                op = rng.choice(
+                    [
+                        "add",
+                        "add",
+                        "claim",
+                        "complete",
+                        "retry",
+                        "dead",
+                        "replay",
+                        "release",
+                        "replay_dead",
+                        "purge",
+                        "tick",
+                        "batch",
+                    ]
+                )
                 if op == "add":
                     n += 1
                     await store.add_event(ev(n, rng.choice(resources)))
@@ -141,8 +155,13 @@ async def test_heads_stay_what_the_events_say_through_random_changes(url):
                 now = clock.now
 
                 def normal(rows, now=now):
-                    return {r["resource"]: (r["event_id"], None if r["due_at"] is not None and r["due_at"] <= now
-                                            else r["due_at"]) for r in rows}
+                    return {
+                        r["resource"]: (
+                            r["event_id"],
+                            None if r["due_at"] is not None and r["due_at"] <= now else r["due_at"],
+                        )
+                        for r in rows
+                    }
 
                 kept = await conn.fetch("SELECT resource, event_id, due_at FROM inbox_heads")
                 fresh = await conn.fetch("""
@@ -166,15 +185,19 @@ async def test_the_claim_reads_the_heads_index_whatever_the_backlog(url):
             # In transactions of 250, as the store's group commits write them: one
             # transaction updating a head thousands of times would walk its own versions.
             for start in range(1, 22001, 250):
-                await conn.execute("""
+                await conn.execute(
+                    """
                     INSERT INTO events (source, event_id, type, resource, payload, received_at, updated_at)
                     SELECT 'pagerduty', 'e' || g, 't', CASE WHEN g % 10 = 0 THEN 'r:' || g ELSE 'hot' END,
                            '{}'::jsonb, now(), now()
-                    FROM generate_series($1::int, $1::int + 249) AS g""", start)
+                    FROM generate_series($1::int, $1::int + 249) AS g""",
+                    start,
+                )
             await conn.execute("ANALYZE")
-            now = datetime.now(timezone.utc)
-            plan = "\n".join(r[0] for r in await conn.fetch(
-                f"EXPLAIN {sql.CLAIM}", "w", now + timedelta(seconds=30), now, 8))
+            now = datetime.now(UTC)
+            plan = "\n".join(
+                r[0] for r in await conn.fetch(f"EXPLAIN {sql.CLAIM}", "w", now + timedelta(seconds=30), now, 8)
+            )
             # Neither a whole table read nor a sort of every due head: both grow with it.
             assert "Seq Scan" not in plan and "Sort" not in plan, plan
             assert "inbox_heads_ready" in plan, plan
@@ -236,8 +259,9 @@ def test_a_password_in_the_url_is_refused_and_store_password_is_read_by_referenc
     with pytest.raises(ValueError, match="store_password"):
         open_store("postgresql://dutybridge:hunter2@db/dutybridge", tmp_path)
     monkeypatch.setenv("DB_PASSWORD", "s3cret-value")
-    daemon = DaemonConfig.model_validate({"store_url": "postgresql://dutybridge@db.example/dutybridge",
-                                          "store_password": "env:DB_PASSWORD"})
+    daemon = DaemonConfig.model_validate(
+        {"store_url": "postgresql://dutybridge@db.example/dutybridge", "store_password": "env:DB_PASSWORD"}
+    )
     assert daemon.store_password.get_secret_value() == "s3cret-value"
     assert "s3cret-value" not in repr(daemon)
     with pytest.raises(ValueError, match="store_password"):
@@ -246,7 +270,9 @@ def test_a_password_in_the_url_is_refused_and_store_password_is_read_by_referenc
 
 async def test_a_server_that_does_not_answer_is_a_clear_error():
     store = PostgresStore("postgresql://postgres@127.0.0.1:9/test", password="never-shown")
-    with pytest.raises(ConnectionError, match=r"cannot connect to the store postgresql://postgres@127\.0\.0\.1:9/test") as err:
+    with pytest.raises(
+        ConnectionError, match=r"cannot connect to the store postgresql://postgres@127\.0\.0\.1:9/test"
+    ) as err:
         await store.open()
     assert "never-shown" not in str(err.value)
 
@@ -275,9 +301,20 @@ async def test_a_handler_longer_than_its_lease_keeps_its_event_on_a_shared_store
         workers = []
         for name, store in (("a", a), ("b", b)):
             pm = make_test_pm(Slow())
-            workers.append(Worker(store, pm, Ctx(config=Named(name), pm=pm, store=store), concurrency=2,
-                                  max_attempts=3, retry_base=1, retry_max=1, lease_seconds=0.6,
-                                  owner=f"worker-{name}", poll_interval=0.05))
+            workers.append(
+                Worker(
+                    store,
+                    pm,
+                    Ctx(config=Named(name), pm=pm, store=store),
+                    concurrency=2,
+                    max_attempts=3,
+                    retry_base=1,
+                    retry_max=1,
+                    lease_seconds=0.6,
+                    owner=f"worker-{name}",
+                    poll_interval=0.05,
+                )
+            )
         stored = await a.add_event(ev(1, "r:slow"))
         await workers[0].start()
         try:
@@ -336,4 +373,3 @@ async def test_a_new_leader_skips_a_run_its_predecessor_made_in_this_interval(ur
         assert not await new.claim_run("job", 60)
         assert await new.claim_run("other", 60)
         assert await new.claim_run("cron-like", None) and await new.claim_run("cron-like", None)
-

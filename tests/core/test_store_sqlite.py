@@ -7,7 +7,7 @@ import json
 import sqlite3
 import stat
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -26,14 +26,24 @@ def ev(n: int, resource: str = "r:A") -> Event:
 def insert_old(path: Path, *rows: tuple) -> None:
     """Events written straight into a database of an older schema (the inbox exists from
     version 1): ``(event_id, resource, status, extra columns...)``."""
-    now = to_text(datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc))
+    now = to_text(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
     with closing(sqlite3.connect(path)) as db, db:
         for event_id, resource, status, *extra in rows:
             columns = dict(extra[0]) if extra else {}
-            columns.update(source="pagerduty", event_id=event_id, type="incident.triggered", resource=resource,
-                           payload=json.dumps({"n": event_id}), status=status, received_at=now, updated_at=now)
-            db.execute(f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                       tuple(columns.values()))
+            columns.update(
+                source="pagerduty",
+                event_id=event_id,
+                type="incident.triggered",
+                resource=resource,
+                payload=json.dumps({"n": event_id}),
+                status=status,
+                received_at=now,
+                updated_at=now,
+            )
+            db.execute(
+                f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                tuple(columns.values()),
+            )
 
 
 def tables(path: Path) -> set[str]:
@@ -164,6 +174,7 @@ async def test_reopening_applies_nothing_twice(tmp_path):
 
 # -- open_store ------------------------------------------------------------------
 
+
 def test_open_store_relative_absolute_and_memory(tmp_path):
     assert open_store("sqlite:///state/d.db", tmp_path).path == str(tmp_path / "state" / "d.db")
     assert open_store("sqlite:////var/lib/dutybridge/d.db", tmp_path).path == "/var/lib/dutybridge/d.db"
@@ -171,36 +182,48 @@ def test_open_store_relative_absolute_and_memory(tmp_path):
     assert isinstance(open_store("SQLITE:///d.db", tmp_path), SQLiteStore)
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("postgresql://app:hunter2@db/dutybridge", "daemon.store_password"),
-    ("postgresql:///dutybridge", "names no host"),
-    ("mysql://db/x", "unsupported scheme 'mysql'"),
-    ("sqlite://host/d.db", "three slashes"),
-    ("sqlite:///", "names no file"),
-    ("dutybridge.db", "not a URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://app:hunter2@db/dutybridge", "daemon.store_password"),
+        ("postgresql:///dutybridge", "names no host"),
+        ("mysql://db/x", "unsupported scheme 'mysql'"),
+        ("sqlite://host/d.db", "three slashes"),
+        ("sqlite:///", "names no file"),
+        ("dutybridge.db", "not a URL"),
+    ],
+)
 def test_open_store_rejects_what_it_cannot_open(tmp_path, url, message):
     with pytest.raises(ValueError, match=message) as info:
         open_store(url, tmp_path)
     assert "hunter2" not in str(info.value)
 
 
-@pytest.mark.parametrize("dt", [
-    datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
-    datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
-    datetime(2026, 6, 1, 0, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
-])
+@pytest.mark.parametrize(
+    "dt",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(2026, 6, 1, 0, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    ],
+)
 def test_time_text_is_fixed_width_utc_and_reads_back(dt):
     text = to_text(dt)
-    assert text == dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert text == dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert from_text(text) == dt
     with pytest.raises(ValueError, match="naive"):
         to_text(dt.replace(tzinfo=None))
 
 
 def encoded(n: int, text: str, payload: dict) -> EncodedEvent:
-    return EncodedEvent(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource="r:A",
-                        payload=payload, payload_text=text)
+    return EncodedEvent(
+        source="pagerduty",
+        type="incident.triggered",
+        event_id=f"e{n}",
+        resource="r:A",
+        payload=payload,
+        payload_text=text,
+    )
 
 
 async def test_an_encoded_event_is_stored_as_its_text_and_returned_with_its_payload(tmp_path):
@@ -219,7 +242,9 @@ async def test_an_encoded_event_is_stored_as_its_text_and_returned_with_its_payl
 async def test_a_plain_or_derived_event_gets_a_decoded_copy(tmp_path):
     payload = {"b": (1, 2), "a": {"x": 1}}
     async with SQLiteStore(tmp_path / "d.db") as store:
-        plain = await store.add_event(Event(source="pagerduty", type="t", event_id="p", resource="r:A", payload=payload))
+        plain = await store.add_event(
+            Event(source="pagerduty", type="t", event_id="p", resource="r:A", payload=payload)
+        )
         # A copy, as get_event would read it: the caller's dict may still change.
         assert plain.payload == {"a": {"x": 1}, "b": [1, 2]} and plain.payload["a"] is not payload["a"]
         # dataclasses.replace drops the text: the new payload is encoded, not the old text.

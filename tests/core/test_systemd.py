@@ -88,8 +88,9 @@ def systemd_config_references() -> tuple[set[str], set[str]]:
     """The file: names `config init --systemd` writes: (set, offered commented out)."""
     pm = build_plugin_manager(list(BUILTIN_PLUGINS), None)
     text = render_example(plugin_schemas(pm), systemd=True)
-    written = set(re.findall(r'"file:([\w.-]+)"', "\n".join(
-        line for line in text.splitlines() if not line.startswith("#"))))
+    written = set(
+        re.findall(r'"file:([\w.-]+)"', "\n".join(line for line in text.splitlines() if not line.startswith("#")))
+    )
     offered = set(re.findall(r'^# \w+ = "file:([\w.-]+)"', text, re.M))
     return written, offered
 
@@ -108,9 +109,21 @@ def test_the_unit_loads_every_credential_config_init_systemd_refers_to():
 
 def test_the_unit_is_hardened_as_far_as_the_daemon_allows():
     unit = service(UNIT)
-    for key in ("ProtectClock", "ProtectHostname", "ProtectKernelLogs", "ProtectKernelTunables",
-                "ProtectKernelModules", "ProtectControlGroups", "RestrictRealtime", "NoNewPrivileges",
-                "PrivateTmp", "PrivateDevices", "PrivateMounts", "LockPersonality", "MemoryDenyWriteExecute"):
+    for key in (
+        "ProtectClock",
+        "ProtectHostname",
+        "ProtectKernelLogs",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectControlGroups",
+        "RestrictRealtime",
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateMounts",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+    ):
         assert unit.get(key) == ["yes"], key
     assert unit["ProtectProc"] == ["invisible"]
     assert unit["SystemCallFilter"][0] == "@system-service"
@@ -127,13 +140,21 @@ analyze = shutil.which("systemd-analyze")
 def test_systemd_accepts_every_line_of_the_unit_and_its_drop_ins(tmp_path):
     shutil.copy(UNIT, tmp_path / UNIT.name)
     shutil.copytree(UNIT_DIR / "dutybridge.service.d", tmp_path / "dutybridge.service.d")
-    result = subprocess.run([analyze, "verify", str(tmp_path / UNIT.name)],
-                            capture_output=True, text=True, timeout=60)
-    complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if "is not executable" not in line]  # /opt/dutybridge is not installed here
+    result = subprocess.run([analyze, "verify", str(tmp_path / UNIT.name)], capture_output=True, text=True, timeout=60)
+    complaints = [
+        line for line in (result.stdout + result.stderr).splitlines() if "is not executable" not in line
+    ]  # /opt/dutybridge is not installed here
     assert complaints == []
-    result = subprocess.run([analyze, "security", "--offline=yes", str(UNIT)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", str(UNIT)], capture_output=True, text=True, timeout=60
+    )
     marked = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("✗")}
-    assert not marked & {"ProtectClock=", "ProtectHostname=", "ProtectKernelLogs=", "RestrictRealtime=",
-                         "ProtectProc=", "SystemCallFilter=~@privileged", "SystemCallFilter=~@mount"}
+    assert not marked & {
+        "ProtectClock=",
+        "ProtectHostname=",
+        "ProtectKernelLogs=",
+        "RestrictRealtime=",
+        "ProtectProc=",
+        "SystemCallFilter=~@privileged",
+        "SystemCallFilter=~@mount",
+    }

@@ -76,8 +76,17 @@ async def make_worker(store, clock):
 
     def make(*plugins, **kw) -> Worker:
         pm = make_test_pm(*plugins)
-        options = dict(concurrency=4, max_attempts=3, retry_base=2.0, retry_max=60.0, lease_seconds=30.0,
-                       owner=f"test-worker-{len(workers)}", rng=FixedRng(1.0), clock=clock, poll_interval=0.05)
+        options = dict(
+            concurrency=4,
+            max_attempts=3,
+            retry_base=2.0,
+            retry_max=60.0,
+            lease_seconds=30.0,
+            owner=f"test-worker-{len(workers)}",
+            rng=FixedRng(1.0),
+            clock=clock,
+            poll_interval=0.05,
+        )
         options.update(kw)
         ctx = options.pop("ctx", None) or Ctx(config=FakeConfig(), pm=pm, store=store)
         worker = Worker(store, pm, ctx, **options)
@@ -103,14 +112,17 @@ async def until(predicate, timeout: float = 5.0) -> None:
 def status_is(store, id, status):
     async def check():
         return (await store.get_event(id)).status == status
+
     return check
 
 
 def waiting_after(store, id, attempts):
     """The event failed its ``attempts``-th attempt and waits for a retry."""
+
     async def check():
         got = await store.get_event(id)
         return got.status == "pending" and got.attempts == attempts and got.last_error is not None
+
     return check
 
 
@@ -118,6 +130,7 @@ def counts_are(store, **expected):
     async def check():
         counts = await store.counts()
         return all(counts[k] == v for k, v in expected.items())
+
     return check
 
 
@@ -144,6 +157,7 @@ class Recorder:
 
 
 # -- dispatch --------------------------------------------------------------------
+
 
 async def test_events_of_one_resource_arrive_in_order(store, make_worker):
     plugin = Recorder()
@@ -249,8 +263,13 @@ async def test_log_context_is_bound_while_handling(store, make_worker):
     stored = await store.add_event(ev("pagerduty:incident:P1", type="incident.acknowledged"))
     await make_worker(Peek()).start()
     await until(status_is(store, stored.id, "done"))
-    assert seen == {"event_id": stored.event_id, "inbox_id": stored.id, "source": "pagerduty",
-                    "type": "incident.acknowledged", "resource": "pagerduty:incident:P1"}
+    assert seen == {
+        "event_id": stored.event_id,
+        "inbox_id": stored.id,
+        "source": "pagerduty",
+        "type": "incident.acknowledged",
+        "resource": "pagerduty:incident:P1",
+    }
     assert "event_id" not in structlog.contextvars.get_contextvars()
 
 
@@ -285,13 +304,16 @@ async def test_done_when_any_plugin_acts(store, make_worker):
     with capture_logs() as logs:
         await make_worker(Recorder(result=None), Recorder(result={"synced": 1}), metrics=metrics).start()
         await until(status_is(store, stored.id, "done"))
-    assert sorted(metrics.calls) == [("processed", "pagerduty", "incident.triggered"),
-                                     ("seconds", "pagerduty", "incident.triggered")]
+    assert sorted(metrics.calls) == [
+        ("processed", "pagerduty", "incident.triggered"),
+        ("seconds", "pagerduty", "incident.triggered"),
+    ]
     [done] = [e for e in logs if e["event"] == "event_done"]
     assert done["log_level"] == "info"
 
 
 # -- failures --------------------------------------------------------------------
+
 
 class Flaky:
     """Fails the first ``failures`` attempts at each event of resource r:A."""
@@ -341,7 +363,10 @@ async def test_failure_is_retried_with_backoff(store, make_worker, clock):
     got = await store.get_event(stored.id)
     assert got.attempts == 3
     retries = [e for e in logs if e["event"] == "event_retry"]
-    assert [(e["log_level"], e["attempt"], e["retry_in"]) for e in retries] == [("warning", 1, 2.0), ("warning", 2, 4.0)]
+    assert [(e["log_level"], e["attempt"], e["retry_in"]) for e in retries] == [
+        ("warning", 1, 2.0),
+        ("warning", 2, 4.0),
+    ]
     assert all("s3cr3t" not in e["error"] for e in retries)
 
 
@@ -371,8 +396,17 @@ async def test_dead_after_max_attempts(store, make_worker, clock):
 
 def test_backoff_doubles_up_to_the_cap_with_equal_jitter(store):
     def worker(fraction, rng=None):
-        return Worker(store, make_test_pm(), None, concurrency=1, max_attempts=10, retry_base=2, retry_max=10,
-                      lease_seconds=30, rng=rng or FixedRng(fraction))
+        return Worker(
+            store,
+            make_test_pm(),
+            None,
+            concurrency=1,
+            max_attempts=10,
+            retry_base=2,
+            retry_max=10,
+            lease_seconds=30,
+            rng=rng or FixedRng(fraction),
+        )
 
     assert [worker(1.0).backoff(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
     assert [worker(0.0).backoff(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
@@ -492,6 +526,7 @@ def test_describe_error_masks_secrets_and_credentials():
 
 # -- start and stop --------------------------------------------------------------
 
+
 async def test_start_takes_back_claims_of_a_dead_process(store, make_worker):
     stored = await store.add_event(ev(n=1))
     await store.claim("previous-process", 1, 300)
@@ -583,6 +618,7 @@ async def test_stop_before_start_and_twice(store, make_worker):
 
 # -- housekeeping ----------------------------------------------------------------
 
+
 async def test_purge_old(store, make_worker, clock):
     stored = await store.add_event(ev(n=1))
     worker = make_worker(Recorder())
@@ -611,8 +647,10 @@ async def test_lowering_max_attempts_keeps_the_last_real_error(store, clock, mak
     await until(status_is(store, stored.id, "dead"))
     assert not plugin.seen
     error = (await store.get_event(stored.id)).last_error
-    assert error == ("attempts (6) exceed max_attempts (2) after a configuration change; "
-                     "last error: ApiError: PagerDuty answered 503")
+    assert error == (
+        "attempts (6) exceed max_attempts (2) after a configuration change; "
+        "last error: ApiError: PagerDuty answered 503"
+    )
 
 
 async def test_an_interrupted_last_attempt_after_failures_names_both_causes(store, clock, make_worker):

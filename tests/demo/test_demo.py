@@ -42,9 +42,15 @@ def test_ctrl_c_on_tasks_py_demo_keep_running_stops_quietly_with_130():
     # This venv (already installed: bootstrap finds its stamp and installs nothing).
     env = {**os.environ, "DUTYBRIDGE_VENV": sys.prefix}
     # A session of its own: the signal goes to the group, as a terminal's Ctrl-C does.
-    proc = subprocess.Popen([sys.executable, str(root / "tasks.py"), "demo", "--keep-running"], cwd=root,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "tasks.py"), "demo", "--keep-running"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     ready = threading.Event()
 

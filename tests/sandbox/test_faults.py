@@ -15,27 +15,33 @@ def faulty_app(holder: dict) -> web.Application:
     async def ok(request):
         return web.json_response({"ok": True})
 
-    app = web.Application(middlewares=[faults_middleware(lambda: holder["faults"],
-                                                         lambda status: {"error": {"status": status}})])
+    app = web.Application(
+        middlewares=[faults_middleware(lambda: holder["faults"], lambda status: {"error": {"status": status}})]
+    )
     app.router.add_route("*", "/{tail:.*}", ok)
     return app
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("bogus=1", "unknown key 'bogus'"),
-    ("error_rate=lots", "error_rate expects a float, found 'lots'"),
-    ("error_rate=1.5", "error_rate is a fraction between 0 and 1"),
-    ("latency_ms=-5", "latency_ms must not be negative"),
-    ("GET /a /b: error_rate=1", "scope must be 'PATH' or 'METHOD PATH'"),
-    ("error_rate", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("bogus=1", "unknown key 'bogus'"),
+        ("error_rate=lots", "error_rate expects a float, found 'lots'"),
+        ("error_rate=1.5", "error_rate is a fraction between 0 and 1"),
+        ("latency_ms=-5", "latency_ms must not be negative"),
+        ("GET /a /b: error_rate=1", "scope must be 'PATH' or 'METHOD PATH'"),
+        ("error_rate", "expected key=value"),
+    ],
+)
 def test_bad_specs_name_the_rule_and_the_problem(spec, message):
     with pytest.raises(FaultSpecError, match=message):
         FaultInjector.parse(spec)
 
 
 def test_scoped_rules_override_global_ones_for_matching_routes():
-    f = FaultInjector.parse("seed=3; error_rate=0.1; latency_ms=20ms\nPOST /incidents*: error_rate=0.9, timeout_rate=0.5")
+    f = FaultInjector.parse(
+        "seed=3; error_rate=0.1; latency_ms=20ms\nPOST /incidents*: error_rate=0.9, timeout_rate=0.5"
+    )
     assert f.seed == 3
     post = f.settings_for("POST", "/incidents/P1/notes")
     assert (post.error_rate, post.timeout_rate, post.latency_ms) == (0.9, 0.5, 20)
@@ -102,7 +108,9 @@ async def test_the_outbound_pipeline_rides_out_injected_faults(aiohttp_client):
     from dutybridge.http import OutboundPipeline, OutboundRequest, RetryPolicy
     from dutybridge.plugins import make_test_pm
 
-    holder = {"faults": FaultInjector.parse("seed=5; error_rate=0.3; reset_rate=0.1; burst429_rate=0.05, burst429_len=2")}
+    holder = {
+        "faults": FaultInjector.parse("seed=5; error_rate=0.3; reset_rate=0.1; burst429_rate=0.05, burst429_len=2")
+    }
     client = await aiohttp_client(faulty_app(holder))
     slept: list[float] = []
 
@@ -114,7 +122,8 @@ async def test_the_outbound_pipeline_rides_out_injected_faults(aiohttp_client):
         for i in range(40):
             resp = await pipeline.request(
                 OutboundRequest("GET", str(client.make_url(f"/items/{i}")), service="sandbox"),
-                retry=RetryPolicy(max_retries=10))
+                retry=RetryPolicy(max_retries=10),
+            )
             assert resp.status == 200
             retries += resp.attempts - 1
     injected = holder["faults"].injected

@@ -9,8 +9,14 @@ ACK = {"incident": {"type": "incident_reference", "status": "acknowledged"}}
 
 
 async def new_incident(client, title="Disk full", service="PSVCDB1", headers=FROM, **extra):
-    body = {"incident": {"type": "incident", "title": title, "service": {"id": service, "type": "service_reference"},
-                         **extra}}
+    body = {
+        "incident": {
+            "type": "incident",
+            "title": title,
+            "service": {"id": service, "type": "service_reference"},
+            **extra,
+        }
+    }
     return await client.post("/incidents", json=body, headers=headers)
 
 
@@ -28,8 +34,11 @@ async def test_requests_without_a_valid_token_get_401_with_code_2006(pd_client, 
 
 
 async def test_token_and_bearer_forms_are_accepted(pd_client):
-    for header in ("Token token=sandbox-pd-full-key", 'Token token="sandbox-pd-full-key"',
-                   "Bearer sandbox-pd-full-key"):
+    for header in (
+        "Token token=sandbox-pd-full-key",
+        'Token token="sandbox-pd-full-key"',
+        "Bearer sandbox-pd-full-key",
+    ):
         resp = await pd_client.get("/users", headers={"Authorization": header})
         assert resp.status == 200, header
 
@@ -54,10 +63,20 @@ async def test_unknown_routes_answer_pagerduty_404(pd_client):
 
 
 async def test_unknown_ids_answer_404_with_code_2100(pd_client):
-    for path in ("/incidents/PNOPE00", "/users/PNOPE00", "/services/PNOPE00", "/teams/PNOPE00",
-                 "/escalation_policies/PNOPE00", "/schedules/PNOPE00", "/extensions/PNOPE00",
-                 "/webhook_subscriptions/PNOPE00", "/business_services/PNOPE00", "/incidents/PNOPE00/notes",
-                 "/incidents/PNOPE00/log_entries", "/log_entries/RNOPE"):
+    for path in (
+        "/incidents/PNOPE00",
+        "/users/PNOPE00",
+        "/services/PNOPE00",
+        "/teams/PNOPE00",
+        "/escalation_policies/PNOPE00",
+        "/schedules/PNOPE00",
+        "/extensions/PNOPE00",
+        "/webhook_subscriptions/PNOPE00",
+        "/business_services/PNOPE00",
+        "/incidents/PNOPE00/notes",
+        "/incidents/PNOPE00/log_entries",
+        "/log_entries/RNOPE",
+    ):
         resp = await pd_client.get(path)
         assert resp.status == 404, path
         assert (await resp.json())["error"]["code"] == 2100, path
@@ -67,8 +86,9 @@ async def test_invalid_json_and_invalid_fields_answer_400_2001_naming_the_fields
     resp = await pd_client.post("/incidents", data=b"{not json", headers={**FROM, "Content-Type": "application/json"})
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == 2001
-    resp = await pd_client.post("/incidents", json={"incident": {"type": "incident", "title": "",
-                                                                 "service": {"id": "PNOPE00"}}}, headers=FROM)
+    resp = await pd_client.post(
+        "/incidents", json={"incident": {"type": "incident", "title": "", "service": {"id": "PNOPE00"}}}, headers=FROM
+    )
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert error["code"] == 2001
@@ -109,8 +129,9 @@ async def test_from_header_on_note_update(pd_client, pd_state):
     note = pd_state.add_note(inc["id"], "PINTEGR", "first")
     resp = await pd_client.put(f"/incidents/{inc['id']}/notes/{note['id']}", json={"note": {"content": "edited"}})
     assert (await resp.json())["error"]["code"] == 2016
-    resp = await pd_client.put(f"/incidents/{inc['id']}/notes/{note['id']}", json={"note": {"content": "edited"}},
-                               headers=FROM)
+    resp = await pd_client.put(
+        f"/incidents/{inc['id']}/notes/{note['id']}", json={"note": {"content": "edited"}}, headers=FROM
+    )
     assert resp.status == 200
     assert pd_state.notes[inc["id"]][note["id"]]["content"] == "edited"
 
@@ -132,9 +153,18 @@ async def test_ops_without_a_from_parameter_do_not_need_it(pd_client, pd_state):
     assert (await pd_client.get(f"/incidents/{inc['id']}")).status == 200
     resp = await pd_client.post("/teams", json={"team": {"type": "team", "name": "SRE"}})
     assert resp.status == 201
-    resp = await pd_client.post("/escalation_policies", json={"escalation_policy": {
-        "type": "escalation_policy", "name": "SRE", "escalation_rules": [
-            {"escalation_delay_in_minutes": 5, "targets": [{"id": "PBOBSM1", "type": "user_reference"}]}]}})
+    resp = await pd_client.post(
+        "/escalation_policies",
+        json={
+            "escalation_policy": {
+                "type": "escalation_policy",
+                "name": "SRE",
+                "escalation_rules": [
+                    {"escalation_delay_in_minutes": 5, "targets": [{"id": "PBOBSM1", "type": "user_reference"}]}
+                ],
+            }
+        },
+    )
     assert resp.status == 201
 
 
@@ -147,8 +177,12 @@ async def test_from_a_stakeholder_cannot_act_on_incidents(pd_client, pd_state):
 
 async def test_user_key_implies_the_from_user(aiohttp_client, pd_seed_with_user_key):
     state, client = pd_seed_with_user_key
-    resp = await client.post("/incidents", json={"incident": {
-        "type": "incident", "title": "x", "service": {"id": "PSVCDB1", "type": "service_reference"}}})
+    resp = await client.post(
+        "/incidents",
+        json={
+            "incident": {"type": "incident", "title": "x", "service": {"id": "PSVCDB1", "type": "service_reference"}}
+        },
+    )
     assert resp.status == 201
     trigger = state.log_entries[(await resp.json())["incident"]["first_trigger_log_entry"]["id"]]
     assert trigger["agent"]["id"] == "PBOBSM1"
@@ -219,8 +253,9 @@ async def test_pages_cover_every_item_exactly_once(pd_client, pd_state):
     assert sorted(seen) == sorted(pd_state.users)
 
 
-@pytest.mark.parametrize("params", [{"offset": 9_976}, {"offset": 9_901, "limit": 100}, {"offset": 10_000},
-                                    {"offset": 9_950, "limit": 1000}])
+@pytest.mark.parametrize(
+    "params", [{"offset": 9_976}, {"offset": 9_901, "limit": 100}, {"offset": 10_000}, {"offset": 9_950, "limit": 1000}]
+)
 async def test_offset_plus_limit_above_10000_is_400(pd_client, params):
     resp = await pd_client.get("/incidents", params=params)
     assert resp.status == 400
@@ -353,8 +388,9 @@ async def test_incident_filters(pd_client, pd_state, pd_clock):
 
 async def test_include_expands_references(pd_client, pd_state):
     inc = pd_state.create_incident(title="x", service_id="PSVCDB1", from_user="PINTEGR")
-    body = await (await pd_client.get(f"/incidents/{inc['id']}", params=[("include[]", "services"),
-                                                                         ("include[]", "assignees")])).json()
+    body = await (
+        await pd_client.get(f"/incidents/{inc['id']}", params=[("include[]", "services"), ("include[]", "assignees")])
+    ).json()
     assert body["incident"]["service"]["type"] == "service"
     assert body["incident"]["service"]["escalation_policy"]["id"] == "PEPDB01"
     assert body["incident"]["assignments"][0]["assignee"]["type"] == "user"
@@ -368,20 +404,39 @@ async def test_include_expands_references(pd_client, pd_state):
 
 
 async def test_user_crud_and_roles(pd_client, pd_state):
-    resp = await pd_client.post("/users", headers=FROM, json={"user": {
-        "type": "user", "name": "Frank Miller", "email": "frank.miller@acme.example", "role": "observer"}})
+    resp = await pd_client.post(
+        "/users",
+        headers=FROM,
+        json={
+            "user": {"type": "user", "name": "Frank Miller", "email": "frank.miller@acme.example", "role": "observer"}
+        },
+    )
     assert resp.status == 201
     user = (await resp.json())["user"]
     assert user["role"] == "observer" and user["id"].startswith("P") and len(user["id"]) == 7
-    resp = await pd_client.post("/users", headers=FROM, json={"user": {
-        "type": "user", "name": "Frank Again", "email": "FRANK.MILLER@acme.example"}})
+    resp = await pd_client.post(
+        "/users",
+        headers=FROM,
+        json={"user": {"type": "user", "name": "Frank Again", "email": "FRANK.MILLER@acme.example"}},
+    )
     assert resp.status == 400
-    resp = await pd_client.post("/users", headers=FROM, json={"user": {
-        "type": "user", "name": "Bad Role", "email": "bad@acme.example", "role": "superuser"}})
+    resp = await pd_client.post(
+        "/users",
+        headers=FROM,
+        json={"user": {"type": "user", "name": "Bad Role", "email": "bad@acme.example", "role": "superuser"}},
+    )
     assert resp.status == 400
     assert "role" in " ".join((await resp.json())["error"]["errors"]).lower()
-    for role in ("owner", "admin", "user", "limited_user", "observer", "restricted_access", "read_only_user",
-                 "read_only_limited_user"):
+    for role in (
+        "owner",
+        "admin",
+        "user",
+        "limited_user",
+        "observer",
+        "restricted_access",
+        "read_only_user",
+        "read_only_limited_user",
+    ):
         resp = await pd_client.put(f"/users/{user['id']}", json={"user": {"type": "user", "role": role}})
         assert resp.status == 200 and (await resp.json())["user"]["role"] == role
     assert (await pd_client.delete(f"/users/{user['id']}")).status == 204
@@ -389,23 +444,50 @@ async def test_user_crud_and_roles(pd_client, pd_state):
 
 
 async def test_contact_methods_and_notification_rules(pd_client):
-    resp = await pd_client.post("/users/PBOBSM1/contact_methods", json={"contact_method": {
-        "type": "sms_contact_method", "label": "Mobile", "address": "4155550102", "country_code": 1}})
+    resp = await pd_client.post(
+        "/users/PBOBSM1/contact_methods",
+        json={
+            "contact_method": {
+                "type": "sms_contact_method",
+                "label": "Mobile",
+                "address": "4155550102",
+                "country_code": 1,
+            }
+        },
+    )
     assert resp.status == 201
     cm = (await resp.json())["contact_method"]
-    resp = await pd_client.post("/users/PBOBSM1/contact_methods", json={"contact_method": {
-        "type": "sms_contact_method", "label": "Mobile again", "address": "4155550102", "country_code": 1}})
+    resp = await pd_client.post(
+        "/users/PBOBSM1/contact_methods",
+        json={
+            "contact_method": {
+                "type": "sms_contact_method",
+                "label": "Mobile again",
+                "address": "4155550102",
+                "country_code": 1,
+            }
+        },
+    )
     assert resp.status == 400
-    resp = await pd_client.post("/users/PBOBSM1/notification_rules", json={"notification_rule": {
-        "type": "assignment_notification_rule", "start_delay_in_minutes": 5, "urgency": "low",
-        "contact_method": {"id": cm["id"], "type": "sms_contact_method_reference"}}})
+    resp = await pd_client.post(
+        "/users/PBOBSM1/notification_rules",
+        json={
+            "notification_rule": {
+                "type": "assignment_notification_rule",
+                "start_delay_in_minutes": 5,
+                "urgency": "low",
+                "contact_method": {"id": cm["id"], "type": "sms_contact_method_reference"},
+            }
+        },
+    )
     assert resp.status == 201
     rule = (await resp.json())["notification_rule"]
     user = (await (await pd_client.get("/users/PBOBSM1")).json())["user"]
     assert cm["id"] in [c["id"] for c in user["contact_methods"]]
     assert rule["id"] in [r["id"] for r in user["notification_rules"]]
-    resp = await pd_client.put(f"/users/PBOBSM1/notification_rules/{rule['id']}",
-                               json={"notification_rule": {"start_delay_in_minutes": 10}})
+    resp = await pd_client.put(
+        f"/users/PBOBSM1/notification_rules/{rule['id']}", json={"notification_rule": {"start_delay_in_minutes": 10}}
+    )
     assert (await resp.json())["notification_rule"]["start_delay_in_minutes"] == 10
     assert (await pd_client.delete(f"/users/PBOBSM1/contact_methods/{cm['id']}")).status == 204
     rules = (await (await pd_client.get("/users/PBOBSM1/notification_rules")).json())["notification_rules"]
@@ -433,12 +515,23 @@ async def test_escalation_policies_list_their_services_and_refuse_deletion_while
     assert [s["id"] for s in ep["services"]] == ["PSVCDB1"]
     assert ep["escalation_rules"][0]["targets"][0]["type"] == "schedule_reference"
     assert (await pd_client.delete("/escalation_policies/PEPDB01")).status == 400
-    resp = await pd_client.post("/escalation_policies", json={"escalation_policy": {
-        "type": "escalation_policy", "name": "Empty", "escalation_rules": []}})
+    resp = await pd_client.post(
+        "/escalation_policies",
+        json={"escalation_policy": {"type": "escalation_policy", "name": "Empty", "escalation_rules": []}},
+    )
     assert resp.status == 400
-    resp = await pd_client.post("/escalation_policies", json={"escalation_policy": {
-        "type": "escalation_policy", "name": "Ghost", "escalation_rules": [
-            {"escalation_delay_in_minutes": 5, "targets": [{"id": "PNOPE00", "type": "user_reference"}]}]}})
+    resp = await pd_client.post(
+        "/escalation_policies",
+        json={
+            "escalation_policy": {
+                "type": "escalation_policy",
+                "name": "Ghost",
+                "escalation_rules": [
+                    {"escalation_delay_in_minutes": 5, "targets": [{"id": "PNOPE00", "type": "user_reference"}]}
+                ],
+            }
+        },
+    )
     assert resp.status == 400
 
 
@@ -456,8 +549,10 @@ async def test_service_status_follows_open_incidents(pd_client, pd_state):
 
 
 async def test_service_dependencies(pd_client, pd_state):
-    rel = {"supporting_service": {"id": "PSVCDB1", "type": "service"},
-           "dependent_service": {"id": "PBSPAY1", "type": "business_service"}}
+    rel = {
+        "supporting_service": {"id": "PSVCDB1", "type": "service"},
+        "dependent_service": {"id": "PBSPAY1", "type": "business_service"},
+    }
     resp = await pd_client.post("/service_dependencies/associate", json={"relationships": [rel]})
     assert resp.status == 200
     [created] = (await resp.json())["relationships"]
@@ -467,11 +562,15 @@ async def test_service_dependencies(pd_client, pd_state):
     tech = await (await pd_client.get("/service_dependencies/technical_services/PSVCDB1")).json()
     biz = await (await pd_client.get("/service_dependencies/business_services/PBSPAY1")).json()
     assert [r["id"] for r in tech["relationships"]] == [r["id"] for r in biz["relationships"]] == [created["id"]]
-    reverse = {"supporting_service": {"id": "PBSPAY1", "type": "business_service"},
-               "dependent_service": {"id": "PSVCDB1", "type": "service"}}
+    reverse = {
+        "supporting_service": {"id": "PBSPAY1", "type": "business_service"},
+        "dependent_service": {"id": "PSVCDB1", "type": "service"},
+    }
     assert (await pd_client.post("/service_dependencies/associate", json={"relationships": [reverse]})).status == 400
-    ghost = {"supporting_service": {"id": "PNOPE00", "type": "service"},
-             "dependent_service": {"id": "PBSPAY1", "type": "business_service"}}
+    ghost = {
+        "supporting_service": {"id": "PNOPE00", "type": "service"},
+        "dependent_service": {"id": "PBSPAY1", "type": "business_service"},
+    }
     assert (await pd_client.post("/service_dependencies/associate", json={"relationships": [ghost]})).status == 404
     resp = await pd_client.post("/service_dependencies/disassociate", json={"relationships": [rel]})
     assert resp.status == 200
@@ -480,11 +579,25 @@ async def test_service_dependencies(pd_client, pd_state):
 
 
 async def test_dependency_cycles_are_refused(pd_client):
-    resp = await pd_client.post("/services", json={"service": {
-        "type": "service", "name": "api", "escalation_policy": {"id": "PEPDB01", "type": "escalation_policy_reference"}}})
+    resp = await pd_client.post(
+        "/services",
+        json={
+            "service": {
+                "type": "service",
+                "name": "api",
+                "escalation_policy": {"id": "PEPDB01", "type": "escalation_policy_reference"},
+            }
+        },
+    )
     api = (await resp.json())["service"]["id"]
-    first = {"supporting_service": {"id": "PSVCDB1", "type": "service"}, "dependent_service": {"id": api, "type": "service"}}
-    back = {"supporting_service": {"id": api, "type": "service"}, "dependent_service": {"id": "PSVCDB1", "type": "service"}}
+    first = {
+        "supporting_service": {"id": "PSVCDB1", "type": "service"},
+        "dependent_service": {"id": api, "type": "service"},
+    }
+    back = {
+        "supporting_service": {"id": api, "type": "service"},
+        "dependent_service": {"id": "PSVCDB1", "type": "service"},
+    }
     assert (await pd_client.post("/service_dependencies/associate", json={"relationships": [first]})).status == 200
     assert (await pd_client.post("/service_dependencies/associate", json={"relationships": [back]})).status == 400
 
@@ -494,17 +607,28 @@ async def test_extension_schemas_include_servicenow_v7_and_generic_v2(pd_client)
     by_id = {s["id"]: s for s in body["extension_schemas"]}
     assert by_id["PJFWPEP"]["label"] == "Generic V2 Webhook"
     assert by_id["PAKM60Z"]["label"] == "ServiceNow (v7)"
-    resp = await pd_client.post("/extensions", json={"extension": {
-        "name": "bad", "extension_schema": {"id": "PNOPE00", "type": "extension_schema_reference"},
-        "extension_objects": [{"id": "PSVCDB1", "type": "service_reference"}]}})
+    resp = await pd_client.post(
+        "/extensions",
+        json={
+            "extension": {
+                "name": "bad",
+                "extension_schema": {"id": "PNOPE00", "type": "extension_schema_reference"},
+                "extension_objects": [{"id": "PSVCDB1", "type": "service_reference"}],
+            }
+        },
+    )
     assert resp.status == 400
 
 
 async def test_webhook_subscription_secret_is_only_in_the_create_answer(pd_client):
-    body = {"webhook_subscription": {
-        "type": "webhook_subscription",
-        "delivery_method": {"type": "http_delivery_method", "url": "https://example.com/hook"},
-        "events": ["incident.triggered"], "filter": {"type": "account_reference"}}}
+    body = {
+        "webhook_subscription": {
+            "type": "webhook_subscription",
+            "delivery_method": {"type": "http_delivery_method", "url": "https://example.com/hook"},
+            "events": ["incident.triggered"],
+            "filter": {"type": "account_reference"},
+        }
+    }
     created = (await (await pd_client.post("/webhook_subscriptions", json=body)).json())["webhook_subscription"]
     assert isinstance(created["delivery_method"]["secret"], str) and len(created["delivery_method"]["secret"]) >= 16
     listed = (await (await pd_client.get("/webhook_subscriptions")).json())["webhook_subscriptions"]
@@ -513,8 +637,12 @@ async def test_webhook_subscription_secret_is_only_in_the_create_answer(pd_clien
     assert fetched["delivery_method"]["secret"] is None
     bad = {"webhook_subscription": {**body["webhook_subscription"], "events": ["incident.exploded"]}}
     assert (await pd_client.post("/webhook_subscriptions", json=bad)).status == 400
-    bad = {"webhook_subscription": {**body["webhook_subscription"],
-                                    "filter": {"type": "service_reference", "id": "PNOPE00"}}}
+    bad = {
+        "webhook_subscription": {
+            **body["webhook_subscription"],
+            "filter": {"type": "service_reference", "id": "PNOPE00"},
+        }
+    }
     assert (await pd_client.post("/webhook_subscriptions", json=bad)).status == 400
     assert (await pd_client.delete(f"/webhook_subscriptions/{created['id']}")).status == 204
     assert (await pd_client.post(f"/webhook_subscriptions/{created['id']}/enable")).status == 404
@@ -525,12 +653,17 @@ async def test_webhook_subscription_secret_is_only_in_the_create_answer(pd_clien
 
 async def test_responder_requests_need_coordinated_responding(pd_client, pd_state):
     inc = pd_state.create_incident(title="x", service_id="PSVCDB1", from_user="PINTEGR")
-    body = {"requester_id": "PINTEGR", "message": "help",
-            "responder_request_targets": [{"responder_request_target": {"id": "PBOBSM1", "type": "user_reference"}}]}
+    body = {
+        "requester_id": "PINTEGR",
+        "message": "help",
+        "responder_request_targets": [{"responder_request_target": {"id": "PBOBSM1", "type": "user_reference"}}],
+    }
     resp = await pd_client.post(f"/incidents/{inc['id']}/responder_requests", json=body)
     assert resp.status == 200
     req = (await resp.json())["responder_request"]
-    assert req["responder_request_targets"][0]["responder_request_target"]["incident_responders"][0]["state"] == "pending"
+    assert (
+        req["responder_request_targets"][0]["responder_request_target"]["incident_responders"][0]["state"] == "pending"
+    )
     assert pd_state.incidents[inc["id"]]["incidents_responders"][0]["user"]["id"] == "PBOBSM1"
     pd_state.abilities.remove("coordinated_responding")
     resp = await pd_client.post(f"/incidents/{inc['id']}/responder_requests", json=body)
@@ -563,8 +696,11 @@ async def test_response_plays_exist_only_behind_the_flag(pd_client, pd_state):
     assert pd_state.response_play_runs[-1]["incident"] == inc["id"]
 
     pd_state.response_plays_enabled = False
-    for method, path in (("GET", "/response_plays"), ("GET", "/response_plays/PRPMAJ1"),
-                         ("POST", "/response_plays/PRPMAJ1/run")):
+    for method, path in (
+        ("GET", "/response_plays"),
+        ("GET", "/response_plays/PRPMAJ1"),
+        ("POST", "/response_plays/PRPMAJ1/run"),
+    ):
         resp = await pd_client.request(method, path, json=body, headers=FROM)
         assert resp.status == 404, path
         assert (await resp.json())["error"]["code"] == 2100

@@ -9,8 +9,14 @@ BOB = {"From": "bob.smith@acme.example"}
 
 
 async def create(client, title="Disk full", service="PSVCDB1", headers=FROM, status=201, **extra):
-    body = {"incident": {"type": "incident", "title": title, "service": {"id": service, "type": "service_reference"},
-                         **extra}}
+    body = {
+        "incident": {
+            "type": "incident",
+            "title": title,
+            "service": {"id": service, "type": "service_reference"},
+            **extra,
+        }
+    }
     resp = await client.post("/incidents", json=body, headers=headers)
     data = await resp.json()
     assert resp.status == status, data
@@ -18,8 +24,9 @@ async def create(client, title="Disk full", service="PSVCDB1", headers=FROM, sta
 
 
 async def update(client, iid, changes, headers=FROM, status=200):
-    resp = await client.put(f"/incidents/{iid}", json={"incident": {"type": "incident_reference", **changes}},
-                            headers=headers)
+    resp = await client.put(
+        f"/incidents/{iid}", json={"incident": {"type": "incident_reference", **changes}}, headers=headers
+    )
     data = await resp.json()
     assert resp.status == status, data
     return data.get("incident", data)
@@ -63,7 +70,9 @@ async def test_schedule_rotation_moves_with_the_clock(pd_client, pd_clock):
     pd_clock.advance(7 * 86400)
     second = await create(pd_client, title="week 2")
     assert {first["assignments"][0]["assignee"]["id"], second["assignments"][0]["assignee"]["id"]} == {
-        "PALICE1", "PDAVEP1"}
+        "PALICE1",
+        "PDAVEP1",
+    }
 
 
 async def test_incident_key_dedups_open_incidents_of_the_same_service(pd_client, pd_state):
@@ -86,8 +95,12 @@ async def test_assignments_and_escalation_policy_on_create(pd_client):
     via_ep = await create(pd_client, escalation_policy={"id": "PEPDBP1", "type": "escalation_policy_reference"})
     assert via_ep["escalation_policy"]["id"] == "PEPDBP1"
     assert sorted(a["assignee"]["id"] for a in via_ep["assignments"]) == ["PALICE1", "PDAVEP1"]
-    both = await create(pd_client, status=400, assignments=[{"assignee": {"id": "PBOBSM1", "type": "user_reference"}}],
-                        escalation_policy={"id": "PEPDBP1", "type": "escalation_policy_reference"})
+    both = await create(
+        pd_client,
+        status=400,
+        assignments=[{"assignee": {"id": "PBOBSM1", "type": "user_reference"}}],
+        escalation_policy={"id": "PEPDBP1", "type": "escalation_policy_reference"},
+    )
     assert both["error"]["code"] == 2001
     ghost = await create(pd_client, status=400, assignments=[{"assignee": {"id": "PNOPE00", "type": "user_reference"}}])
     assert ghost["error"]["code"] == 1007
@@ -120,8 +133,12 @@ async def test_acknowledge_then_resolve(pd_client, pd_state):
     resolved = await update(pd_client, inc["id"], {"status": "resolved", "resolution": "Rotated logs"}, headers=BOB)
     assert resolved["status"] == "resolved" and resolved["resolved_at"]
     assert resolved["assignments"] == [] and resolved["acknowledgements"] == []
-    assert log_types(pd_state, inc["id"]) == ["trigger_log_entry", "assign_log_entry", "acknowledge_log_entry",
-                                              "resolve_log_entry"]
+    assert log_types(pd_state, inc["id"]) == [
+        "trigger_log_entry",
+        "assign_log_entry",
+        "acknowledge_log_entry",
+        "resolve_log_entry",
+    ]
     resolve_entry = pd_state.incident_log_entries(inc["id"])[0]
     assert resolve_entry["note"] == "Rotated logs"
 
@@ -138,9 +155,12 @@ async def test_acknowledging_twice_is_1002(pd_client):
 async def test_resolved_incidents_answer_1001_to_resolve_and_reassign(pd_client):
     inc = await create(pd_client)
     await update(pd_client, inc["id"], {"status": "resolved"})
-    for changes in ({"status": "resolved"},
-                    {"assignments": [{"assignee": {"id": "PBOBSM1", "type": "user_reference"}}]},
-                    {"escalation_level": 2}, {"urgency": "low"}):
+    for changes in (
+        {"status": "resolved"},
+        {"assignments": [{"assignee": {"id": "PBOBSM1", "type": "user_reference"}}]},
+        {"escalation_level": 2},
+        {"urgency": "low"},
+    ):
         err = await update(pd_client, inc["id"], changes, status=400)
         assert err["error"]["code"] == 1001, changes
         assert err["error"]["message"] == "Incident Already Resolved"
@@ -197,22 +217,28 @@ async def test_type_is_required_on_update(pd_client):
 async def test_reassign_escalate_delegate(pd_client, pd_state):
     inc = await create(pd_client)
     await update(pd_client, inc["id"], {"status": "acknowledged"}, headers=BOB)
-    moved = await update(pd_client, inc["id"], {"assignments": [{"assignee": {"id": "PDAVEP1",
-                                                                              "type": "user_reference"}}]})
+    moved = await update(
+        pd_client, inc["id"], {"assignments": [{"assignee": {"id": "PDAVEP1", "type": "user_reference"}}]}
+    )
     assert [a["assignee"]["id"] for a in moved["assignments"]] == ["PDAVEP1"]
     assert moved["status"] == "triggered", "reassigning puts an acknowledged incident back to triggered"
     escalated = await update(pd_client, inc["id"], {"escalation_level": 2})
     assert [a["assignee"]["id"] for a in escalated["assignments"]] == ["PALICE1"]
     err = await update(pd_client, inc["id"], {"escalation_level": 3}, status=400)
     assert err["error"]["code"] == 1006
-    delegated = await update(pd_client, inc["id"], {"escalation_policy": {"id": "PEPNET1",
-                                                                          "type": "escalation_policy_reference"}})
+    delegated = await update(
+        pd_client, inc["id"], {"escalation_policy": {"id": "PEPNET1", "type": "escalation_policy_reference"}}
+    )
     assert delegated["escalation_policy"]["id"] == "PEPNET1"
     assert [a["assignee"]["id"] for a in delegated["assignments"]] == ["PBOBSM1"]
     assert {t["id"] for t in delegated["teams"]} == {"PTDBA01", "PTNET01"}
     assert log_types(pd_state, inc["id"])[-3:] == ["assign_log_entry", "escalate_log_entry", "delegate_log_entry"]
-    err = await update(pd_client, inc["id"], {"escalation_policy": {"id": "PNOPE00",
-                                                                    "type": "escalation_policy_reference"}}, status=400)
+    err = await update(
+        pd_client,
+        inc["id"],
+        {"escalation_policy": {"id": "PNOPE00", "type": "escalation_policy_reference"}},
+        status=400,
+    )
     assert err["error"]["code"] == 1014
 
 
@@ -224,9 +250,18 @@ async def test_priority_by_object_or_name_urgency_title_bridge(pd_client, pd_sta
     assert by_ref["priority"]["summary"] == "P4"
     err = await update(pd_client, inc["id"], {"priority": "P9"}, status=400)
     assert err["error"]["code"] == 1020
-    changed = await update(pd_client, inc["id"], {"urgency": "low", "title": "Disk very full",
-                                                  "conference_bridge": {"conference_number": "+1 415-555-1212,,1234#",
-                                                                        "conference_url": "https://meet.example/x"}})
+    changed = await update(
+        pd_client,
+        inc["id"],
+        {
+            "urgency": "low",
+            "title": "Disk very full",
+            "conference_bridge": {
+                "conference_number": "+1 415-555-1212,,1234#",
+                "conference_url": "https://meet.example/x",
+            },
+        },
+    )
     assert changed["urgency"] == "low" and changed["title"] == "Disk very full"
     assert changed["summary"].endswith("Disk very full")
     assert changed["conference_bridge"]["conference_url"] == "https://meet.example/x"
@@ -251,20 +286,37 @@ async def test_a_failing_change_changes_nothing(pd_client, pd_state):
 
 async def test_bulk_update_applies_all_or_nothing(pd_client, pd_state):
     a, b = await create(pd_client, title="a"), await create(pd_client, title="b")
-    resp = await pd_client.put("/incidents", headers=FROM, json={"incidents": [
-        {"id": a["id"], "type": "incident_reference", "status": "acknowledged"},
-        {"id": b["id"], "type": "incident_reference", "status": "bogus"}]})
+    resp = await pd_client.put(
+        "/incidents",
+        headers=FROM,
+        json={
+            "incidents": [
+                {"id": a["id"], "type": "incident_reference", "status": "acknowledged"},
+                {"id": b["id"], "type": "incident_reference", "status": "bogus"},
+            ]
+        },
+    )
     assert resp.status == 400
     assert pd_state.incidents[a["id"]]["status"] == "triggered"
-    resp = await pd_client.put("/incidents", headers=FROM, json={"incidents": [
-        {"id": a["id"], "type": "incident_reference", "status": "acknowledged"},
-        {"id": b["id"], "type": "incident_reference", "status": "resolved"}]})
+    resp = await pd_client.put(
+        "/incidents",
+        headers=FROM,
+        json={
+            "incidents": [
+                {"id": a["id"], "type": "incident_reference", "status": "acknowledged"},
+                {"id": b["id"], "type": "incident_reference", "status": "resolved"},
+            ]
+        },
+    )
     assert resp.status == 200
     body = await resp.json()
     assert [i["status"] for i in body["incidents"]] == ["acknowledged", "resolved"]
     assert body["more"] is False
-    resp = await pd_client.put("/incidents", headers=FROM, json={"incidents": [
-        {"id": "PNOPE00", "type": "incident_reference", "status": "resolved"}]})
+    resp = await pd_client.put(
+        "/incidents",
+        headers=FROM,
+        json={"incidents": [{"id": "PNOPE00", "type": "incident_reference", "status": "resolved"}]},
+    )
     assert resp.status == 404
 
 
@@ -278,25 +330,38 @@ async def test_bulk_update_of_more_than_250_is_413(pd_client):
 
 
 async def test_merge_resolves_the_sources_into_the_target(pd_client, pd_state):
-    target, source = await create(pd_client, title="target"), await create(pd_client, title="source",
-                                                                          incident_key="merge-me")
-    resp = await pd_client.put(f"/incidents/{target['id']}/merge", headers=FROM,
-                               json={"source_incidents": [{"id": source["id"], "type": "incident_reference"}]})
+    target, source = (
+        await create(pd_client, title="target"),
+        await create(pd_client, title="source", incident_key="merge-me"),
+    )
+    resp = await pd_client.put(
+        f"/incidents/{target['id']}/merge",
+        headers=FROM,
+        json={"source_incidents": [{"id": source["id"], "type": "incident_reference"}]},
+    )
     assert resp.status == 200
     assert (await resp.json())["incident"]["id"] == target["id"]
     merged = pd_state.incidents[source["id"]]
     assert merged["status"] == "resolved"
-    assert merged["resolve_reason"] == {"type": "merge_resolve_reason",
-                                        "incident": pd_state.ref("incident", target["id"])}
+    assert merged["resolve_reason"] == {
+        "type": "merge_resolve_reason",
+        "incident": pd_state.ref("incident", target["id"]),
+    }
     await create(pd_client, incident_key="merge-me")  # the source's key is free again
-    resp = await pd_client.put(f"/incidents/{target['id']}/merge", headers=FROM,
-                               json={"source_incidents": [{"id": source["id"], "type": "incident_reference"}]})
+    resp = await pd_client.put(
+        f"/incidents/{target['id']}/merge",
+        headers=FROM,
+        json={"source_incidents": [{"id": source["id"], "type": "incident_reference"}]},
+    )
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == 1019
     pd_state.resolve(target["id"], "PINTEGR")
     third = await create(pd_client, title="third")
-    resp = await pd_client.put(f"/incidents/{target['id']}/merge", headers=FROM,
-                               json={"source_incidents": [{"id": third["id"], "type": "incident_reference"}]})
+    resp = await pd_client.put(
+        f"/incidents/{target['id']}/merge",
+        headers=FROM,
+        json={"source_incidents": [{"id": third["id"], "type": "incident_reference"}]},
+    )
     assert (await resp.json())["error"]["code"] == 1001
 
 
@@ -329,11 +394,13 @@ async def test_log_entries_newest_first_with_since_until(pd_client, pd_state, pd
     assert types[0] == "resolve_log_entry" and types[-1] in ("trigger_log_entry", "assign_log_entry")
     created = [e["created_at"] for e in body["log_entries"]]
     assert created == sorted(created, reverse=True)
-    window = await (await pd_client.get("/log_entries", params={"since": "2025-03-01T12:30:00Z",
-                                                               "until": "2025-03-01T13:30:00Z"})).json()
+    window = await (
+        await pd_client.get("/log_entries", params={"since": "2025-03-01T12:30:00Z", "until": "2025-03-01T13:30:00Z"})
+    ).json()
     assert [e["type"] for e in window["log_entries"]] == ["acknowledge_log_entry"]
-    overview = await (await pd_client.get(f"/incidents/{inc['id']}/log_entries",
-                                          params={"include[]": "incidents"})).json()
+    overview = await (
+        await pd_client.get(f"/incidents/{inc['id']}/log_entries", params={"include[]": "incidents"})
+    ).json()
     assert overview["log_entries"][0]["incident"]["type"] == "incident"
     one = await (await pd_client.get(f"/log_entries/{body['log_entries'][0]['id']}")).json()
     assert one["log_entry"]["type"] == "resolve_log_entry"
@@ -361,8 +428,9 @@ async def test_helpers_write_the_same_log_entries_as_http(pd_client, pd_state):
 
 async def test_status_updates_and_snooze(pd_client, pd_state):
     inc = await create(pd_client)
-    resp = await pd_client.post(f"/incidents/{inc['id']}/status_updates", headers=FROM,
-                                json={"message": "Investigating", "subject": "DB"})
+    resp = await pd_client.post(
+        f"/incidents/{inc['id']}/status_updates", headers=FROM, json={"message": "Investigating", "subject": "DB"}
+    )
     assert resp.status == 200
     update_ = (await resp.json())["status_update"]
     assert update_["message"] == "Investigating" and update_["sender"]["id"] == "PINTEGR"
@@ -379,11 +447,18 @@ async def test_business_service_impacts_follow_dependencies_and_manual_overrides
     inc = await create(pd_client)
     url = f"/incidents/{inc['id']}/business_services/impacts"
     assert (await (await pd_client.get(url)).json())["services"] == []
-    pd_state.associate_dependencies([{"supporting_service": {"id": "PSVCDB1", "type": "service"},
-                                      "dependent_service": {"id": "PBSPAY1", "type": "business_service"}}])
+    pd_state.associate_dependencies(
+        [
+            {
+                "supporting_service": {"id": "PSVCDB1", "type": "service"},
+                "dependent_service": {"id": "PBSPAY1", "type": "business_service"},
+            }
+        ]
+    )
     assert [s["id"] for s in (await (await pd_client.get(url)).json())["services"]] == ["PBSPAY1"]
-    resp = await pd_client.put(f"/incidents/{inc['id']}/business_services/PBSPAY1/impacts",
-                               json={"relation": "not_impacted"})
+    resp = await pd_client.put(
+        f"/incidents/{inc['id']}/business_services/PBSPAY1/impacts", json={"relation": "not_impacted"}
+    )
     assert resp.status == 200 and (await resp.json()) == {"relation": "not_impacted"}
     assert (await (await pd_client.get(url)).json())["services"] == []
     resp = await pd_client.put(f"/incidents/{inc['id']}/business_services/PBSPAY1/impacts", json={"relation": "x"})

@@ -67,30 +67,46 @@ def fast_retries(pd_state):
 
 
 async def subscribe(client, url, events=None, flt=None, headers=None) -> dict:
-    body = {"webhook_subscription": {
-        "type": "webhook_subscription",
-        "delivery_method": {"type": "http_delivery_method", "url": url, "custom_headers": headers or []},
-        "events": events or ["incident.triggered", "incident.acknowledged", "incident.resolved",
-                             "incident.annotated", "incident.reassigned", "incident.priority_updated"],
-        "filter": flt or {"type": "account_reference"},
-        "description": "test",
-    }}
+    body = {
+        "webhook_subscription": {
+            "type": "webhook_subscription",
+            "delivery_method": {"type": "http_delivery_method", "url": url, "custom_headers": headers or []},
+            "events": events
+            or [
+                "incident.triggered",
+                "incident.acknowledged",
+                "incident.resolved",
+                "incident.annotated",
+                "incident.reassigned",
+                "incident.priority_updated",
+            ],
+            "filter": flt or {"type": "account_reference"},
+            "description": "test",
+        }
+    }
     resp = await client.post("/webhook_subscriptions", json=body)
     assert resp.status == 200, await resp.text()
     return (await resp.json())["webhook_subscription"]
 
 
 async def create_incident(client, title="Disk full", service="PSVCDB1", **extra) -> dict:
-    body = {"incident": {"type": "incident", "title": title, "service": {"id": service, "type": "service_reference"},
-                         **extra}}
+    body = {
+        "incident": {
+            "type": "incident",
+            "title": title,
+            "service": {"id": service, "type": "service_reference"},
+            **extra,
+        }
+    }
     resp = await client.post("/incidents", json=body, headers=FROM)
     assert resp.status == 201, await resp.text()
     return (await resp.json())["incident"]
 
 
 async def put_status(client, iid, status, user="integration@acme.example"):
-    resp = await client.put(f"/incidents/{iid}", json={"incident": {"type": "incident_reference", "status": status}},
-                            headers={"From": user})
+    resp = await client.put(
+        f"/incidents/{iid}", json={"incident": {"type": "incident_reference", "status": status}}, headers={"From": user}
+    )
     assert resp.status == 200, await resp.text()
 
 
@@ -129,8 +145,9 @@ async def test_v3_envelope_and_incident_data_have_the_documented_fields(pd_clien
     example = webhook_example("pd-v3-incident.priority_updated.json")
     await subscribe(pd_client, receiver.url("/hook"), events=["incident.priority_updated"])
     inc = await create_incident(pd_client)
-    resp = await pd_client.put(f"/incidents/{inc['id']}", headers=FROM,
-                               json={"incident": {"type": "incident_reference", "priority": "P1"}})
+    resp = await pd_client.put(
+        f"/incidents/{inc['id']}", headers=FROM, json={"incident": {"type": "incident_reference", "priority": "P1"}}
+    )
     assert resp.status == 200
     await pd_state.drain_webhooks()
     [event] = receiver.events("/hook")
@@ -302,15 +319,27 @@ async def test_python_helpers_send_the_same_webhooks_as_http(pd_client, pd_state
     await pd_state.drain_webhooks()
     events = receiver.events("/hook")
     assert [e["event_type"] for e in events] == [
-        "incident.triggered", "incident.acknowledged", "incident.annotated", "incident.reassigned",
-        "incident.resolved"]
+        "incident.triggered",
+        "incident.acknowledged",
+        "incident.annotated",
+        "incident.reassigned",
+        "incident.resolved",
+    ]
     assert [e["agent"]["id"] for e in events] == ["PALICE1", "PALICE1", "PALICE1", "PALICE1", "PDAVEP1"]
 
 
 async def test_more_incident_events(pd_client, pd_state, receiver):
-    events = ["incident.unacknowledged", "incident.reopened", "incident.escalated", "incident.delegated",
-              "incident.responder.added", "incident.status_update_published", "incident.conference_bridge.updated",
-              "incident.workflow.started", "incident.workflow.completed"]
+    events = [
+        "incident.unacknowledged",
+        "incident.reopened",
+        "incident.escalated",
+        "incident.delegated",
+        "incident.responder.added",
+        "incident.status_update_published",
+        "incident.conference_bridge.updated",
+        "incident.workflow.started",
+        "incident.workflow.completed",
+    ]
     await subscribe(pd_client, receiver.url("/hook"), events=events)
     inc = pd_state.create_incident(title="x", service_id="PSVCDB1", from_user="PINTEGR")
     iid = inc["id"]
@@ -318,8 +347,9 @@ async def test_more_incident_events(pd_client, pd_state, receiver):
     pd_state.unacknowledge(iid, "PALICE1")
     pd_state.escalate(iid, 2, by="PINTEGR")
     pd_state.delegate(iid, "PEPDBP1", by="PINTEGR")
-    pd_state.add_responder_request(iid, "PINTEGR", "help", [{"responder_request_target": {
-        "id": "PBOBSM1", "type": "user_reference"}}])
+    pd_state.add_responder_request(
+        iid, "PINTEGR", "help", [{"responder_request_target": {"id": "PBOBSM1", "type": "user_reference"}}]
+    )
     pd_state.add_status_update(iid, "PINTEGR", "We are on it")
     pd_state.set_conference_bridge(iid, "+1 555 0100", "https://meet.example/x", by="PINTEGR")
     pd_state.start_workflow("PWFMAJ1", iid, by="PINTEGR")
@@ -328,9 +358,16 @@ async def test_more_incident_events(pd_client, pd_state, receiver):
     await pd_state.drain_webhooks()
     got = receiver.events("/hook")
     assert [e["event_type"] for e in got] == [
-        "incident.unacknowledged", "incident.escalated", "incident.delegated", "incident.responder.added",
-        "incident.status_update_published", "incident.conference_bridge.updated", "incident.workflow.started",
-        "incident.workflow.completed", "incident.reopened"]
+        "incident.unacknowledged",
+        "incident.escalated",
+        "incident.delegated",
+        "incident.responder.added",
+        "incident.status_update_published",
+        "incident.conference_bridge.updated",
+        "incident.workflow.started",
+        "incident.workflow.completed",
+        "incident.reopened",
+    ]
     by_type = {e["event_type"]: e["data"] for e in got}
     assert by_type["incident.responder.added"]["type"] == "incident_responder"
     assert by_type["incident.responder.added"]["user"]["id"] == "PBOBSM1"
@@ -343,34 +380,51 @@ async def test_more_incident_events(pd_client, pd_state, receiver):
 
 async def test_service_events_reach_account_subscriptions(pd_client, pd_state, receiver):
     await subscribe(pd_client, receiver.url("/hook"), events=["service.created", "service.updated"])
-    resp = await pd_client.post("/services", json={"service": {
-        "type": "service", "name": "payments-api",
-        "escalation_policy": {"id": "PEPDB01", "type": "escalation_policy_reference"}}})
+    resp = await pd_client.post(
+        "/services",
+        json={
+            "service": {
+                "type": "service",
+                "name": "payments-api",
+                "escalation_policy": {"id": "PEPDB01", "type": "escalation_policy_reference"},
+            }
+        },
+    )
     sid = (await resp.json())["service"]["id"]
     await pd_client.put(f"/services/{sid}", json={"service": {"type": "service", "description": "d"}})
     await pd_state.drain_webhooks()
     events = receiver.events("/hook")
     assert [(e["event_type"], e["resource_type"], e["data"]["id"]) for e in events] == [
-        ("service.created", "service", sid), ("service.updated", "service", sid)]
+        ("service.created", "service", sid),
+        ("service.updated", "service", sid),
+    ]
 
 
 # ---------------------------------------------------------------- V2
 
 
 async def create_extension(client, url, schema="PJFWPEP", config=None, services=("PSVCDB1",)) -> dict:
-    resp = await client.post("/extensions", json={"extension": {
-        "name": "V2 hook", "endpoint_url": url,
-        "extension_schema": {"id": schema, "type": "extension_schema_reference"},
-        "extension_objects": [{"id": s, "type": "service_reference"} for s in services],
-        "config": config or {}}})
+    resp = await client.post(
+        "/extensions",
+        json={
+            "extension": {
+                "name": "V2 hook",
+                "endpoint_url": url,
+                "extension_schema": {"id": schema, "type": "extension_schema_reference"},
+                "extension_objects": [{"id": s, "type": "service_reference"} for s in services],
+                "config": config or {},
+            }
+        },
+    )
     assert resp.status == 201, await resp.text()
     return (await resp.json())["extension"]
 
 
 async def test_generic_v2_extension_gets_one_message_per_post_with_its_headers(pd_client, pd_state, receiver):
     example = webhook_example("pd-v2-webhook-incident.trigger.json")
-    ext = await create_extension(pd_client, receiver.url("/v2"),
-                                 config={"headers": [{"name": "X-Api-Token", "value": "tok"}]})
+    ext = await create_extension(
+        pd_client, receiver.url("/v2"), config={"headers": [{"name": "X-Api-Token", "value": "tok"}]}
+    )
     inc = await create_incident(pd_client)
     await put_status(pd_client, inc["id"], "acknowledged")
     resp = await pd_client.post(f"/incidents/{inc['id']}/notes", json={"note": {"content": "hi"}}, headers=FROM)
@@ -383,8 +437,12 @@ async def test_generic_v2_extension_gets_one_message_per_post_with_its_headers(p
     bodies = [json.loads(r["raw"]) for r in reqs]
     assert all(len(b["messages"]) == 1 for b in bodies)
     messages = [b["messages"][0] for b in bodies]
-    assert [m["event"] for m in messages] == ["incident.trigger", "incident.acknowledge", "incident.annotate",
-                                              "incident.resolve"]
+    assert [m["event"] for m in messages] == [
+        "incident.trigger",
+        "incident.acknowledge",
+        "incident.annotate",
+        "incident.resolve",
+    ]
     assert set(example["messages"][0]) <= set(messages[0])
     first = messages[0]
     assert first["incident"]["id"] == inc["id"]
@@ -400,9 +458,17 @@ async def test_generic_v2_extension_gets_one_message_per_post_with_its_headers(p
 
 
 async def test_servicenow_v7_extension_posts_with_basic_auth(pd_client, pd_state, receiver):
-    await create_extension(pd_client, receiver.url("/snow"), schema="PAKM60Z",
-                           config={"snow_user": "pagerduty.integration", "snow_password": "pw",
-                                   "sync_options": "sync_all", "target": receiver.url("/snow")})
+    await create_extension(
+        pd_client,
+        receiver.url("/snow"),
+        schema="PAKM60Z",
+        config={
+            "snow_user": "pagerduty.integration",
+            "snow_password": "pw",
+            "sync_options": "sync_all",
+            "target": receiver.url("/snow"),
+        },
+    )
     inc = pd_state.create_incident(title="snow", service_id="PSVCDB1", from_user="PINTEGR")
     pd_state.reassign(inc["id"], ["PBOBSM1"], by="PINTEGR")
     await pd_state.drain_webhooks()
@@ -452,9 +518,14 @@ async def test_webhooks_queued_before_the_app_starts_are_delivered_once_it_runs(
     from dutybridge_sandbox.pagerduty import PagerDutyState, create_app, load_seed
 
     state = PagerDutyState.from_seed(load_seed(), now=pd_clock)
-    sub = state.create_webhook_subscription({
-        "type": "webhook_subscription", "events": ["incident.triggered"], "filter": {"type": "account_reference"},
-        "delivery_method": {"type": "http_delivery_method", "url": receiver.url("/early")}})
+    sub = state.create_webhook_subscription(
+        {
+            "type": "webhook_subscription",
+            "events": ["incident.triggered"],
+            "filter": {"type": "account_reference"},
+            "delivery_method": {"type": "http_delivery_method", "url": receiver.url("/early")},
+        }
+    )
     state.create_incident(title="before start", service_id="PSVCNET", from_user="PBOBSM1")
     with pytest.raises(RuntimeError):
         await state.drain_webhooks(timeout=0.1)

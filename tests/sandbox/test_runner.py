@@ -30,28 +30,38 @@ async def test_both_sides_answer_authenticated_requests_on_free_ports():
         assert sandbox.pagerduty_url != sandbox.servicenow_url
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", sandbox.servicenow_url)
         async with aiohttp.ClientSession() as http:
-            sn = await http.get(f"{creds['servicenow_url']}/api/now/table/sys_user",
-                                params={"sysparm_query": "user_name=alice.nguyen"},
-                                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]))
+            sn = await http.get(
+                f"{creds['servicenow_url']}/api/now/table/sys_user",
+                params={"sysparm_query": "user_name=alice.nguyen"},
+                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]),
+            )
             assert sn.status == 200
             assert [u["email"] for u in (await sn.json())["result"]] == ["alice.nguyen@acme.example"]
             refused = await http.get(f"{creds['servicenow_url']}/api/now/table/sys_user")
             assert refused.status == 401
 
-            pd = await http.get(f"{creds['pagerduty_url']}/users/{creds['pagerduty_user_id']}", headers={
-                "Authorization": f"Token token={creds['pagerduty_api_key']}",
-                "Accept": "application/vnd.pagerduty+json;version=2",
-            })
+            pd = await http.get(
+                f"{creds['pagerduty_url']}/users/{creds['pagerduty_user_id']}",
+                headers={
+                    "Authorization": f"Token token={creds['pagerduty_api_key']}",
+                    "Accept": "application/vnd.pagerduty+json;version=2",
+                },
+            )
             assert pd.status == 200
             assert (await pd.json())["user"]["email"] == creds["pagerduty_user_email"]
             refused = await http.get(f"{creds['pagerduty_url']}/users", headers={"Authorization": "Token token=wrong"})
             assert refused.status == 401
 
             # Links in ServiceNow's answers point at the sandbox itself.
-            created = await http.post(f"{creds['servicenow_url']}/api/now/table/incident", json={"assignment_group": "Database"},
-                                      headers=_basic(creds["servicenow_username"], creds["servicenow_password"]))
+            created = await http.post(
+                f"{creds['servicenow_url']}/api/now/table/incident",
+                json={"assignment_group": "Database"},
+                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]),
+            )
             record = (await created.json())["result"]
-            assert record["assignment_group"]["link"].startswith(sandbox.servicenow_url + "/api/now/table/sys_user_group/")
+            assert record["assignment_group"]["link"].startswith(
+                sandbox.servicenow_url + "/api/now/table/sys_user_group/"
+            )
             assert created.headers["Location"].startswith(sandbox.servicenow_url)
     assert sandbox.servicenow.tables["incident"], "state stays inspectable after stop"
     async with aiohttp.ClientSession() as http:
@@ -66,18 +76,26 @@ async def test_credentials_come_from_the_seed():
     assert creds["pagerduty_api_key"] == "sandbox-pd-full-key"
     assert creds["pagerduty_read_only_api_key"] == "sandbox-pd-read-only-key"
     assert (creds["pagerduty_user_id"], creds["pagerduty_user_email"]) == ("PINTEGR", "integration@acme.example")
-    assert (creds["servicenow_username"], creds["servicenow_password"]) == ("pagerduty.integration", "sandbox-sn-password")
+    assert (creds["servicenow_username"], creds["servicenow_password"]) == (
+        "pagerduty.integration",
+        "sandbox-sn-password",
+    )
 
 
 async def test_a_fault_spec_reaches_both_sides():
     async with Sandbox(faults="error_rate=1") as sandbox:
         creds = sandbox.credentials()
         async with aiohttp.ClientSession() as http:
-            sn = await http.get(f"{creds['servicenow_url']}/api/now/table/incident",
-                                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]))
+            sn = await http.get(
+                f"{creds['servicenow_url']}/api/now/table/incident",
+                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]),
+            )
             assert sn.status in (500, 502, 503)
             assert (await sn.json())["status"] == "failure"
-            pd = await http.get(f"{creds['pagerduty_url']}/incidents", headers={"Authorization": f"Token token={creds['pagerduty_api_key']}"})
+            pd = await http.get(
+                f"{creds['pagerduty_url']}/incidents",
+                headers={"Authorization": f"Token token={creds['pagerduty_api_key']}"},
+            )
             assert pd.status in (500, 502, 503)
 
 
@@ -85,8 +103,10 @@ async def test_per_side_faults_override_the_shared_spec():
     async with Sandbox(faults="error_rate=1", sn_faults="") as sandbox:
         creds = sandbox.credentials()
         async with aiohttp.ClientSession() as http:
-            sn = await http.get(f"{creds['servicenow_url']}/api/now/table/incident",
-                                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]))
+            sn = await http.get(
+                f"{creds['servicenow_url']}/api/now/table/incident",
+                headers=_basic(creds["servicenow_username"], creds["servicenow_password"]),
+            )
             assert sn.status == 200
 
 
@@ -163,9 +183,20 @@ async def test_python_m_runs_until_sigint_and_exits_0(aiohttp_server):
     receiver.router.add_post("/doorbell", doorbell)
     server = await aiohttp_server(receiver)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dutybridge_sandbox", "--servicenow-port", "0", "--pagerduty-port", "0",
-        "--doorbell-url", str(server.make_url("/doorbell")), "--doorbell-token", "tok-9",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "error"},
+        sys.executable,
+        "-m",
+        "dutybridge_sandbox",
+        "--servicenow-port",
+        "0",
+        "--pagerduty-port",
+        "0",
+        "--doorbell-url",
+        str(server.make_url("/doorbell")),
+        "--doorbell-token",
+        "tok-9",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     try:
         lines = []
@@ -177,8 +208,11 @@ async def test_python_m_runs_until_sigint_and_exits_0(aiohttp_server):
         sn_url = re.search(r"ServiceNow\s+(http://\S+)", text).group(1)
         password = re.search(r"password\s+(\S+)", text).group(1)
         async with aiohttp.ClientSession() as http:
-            response = await http.post(f"{sn_url}/api/now/table/incident", json={"short_description": "from the CLI test"},
-                                       headers=_basic("pagerduty.integration", password))
+            response = await http.post(
+                f"{sn_url}/api/now/table/incident",
+                json={"short_description": "from the CLI test"},
+                headers=_basic("pagerduty.integration", password),
+            )
             assert response.status == 201
             sys_id = (await response.json())["result"]["sys_id"]
         await asyncio.wait_for(rang.wait(), 10)

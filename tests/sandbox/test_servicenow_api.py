@@ -23,7 +23,9 @@ async def test_create_read_update_delete_an_incident(sn_client, sn_admin):
     assert read.status == 200
     assert (await read.json())["result"]["short_description"] == "Disk full"
 
-    patched = await sn_client.patch(f"/api/now/table/incident/{sys_id}", json={"short_description": "Disk 95% full"}, headers=sn_admin)
+    patched = await sn_client.patch(
+        f"/api/now/table/incident/{sys_id}", json={"short_description": "Disk 95% full"}, headers=sn_admin
+    )
     assert patched.status == 200
     assert (await patched.json())["result"]["short_description"] == "Disk 95% full"
 
@@ -42,22 +44,30 @@ async def test_create_read_update_delete_an_incident(sn_client, sn_admin):
 
 @pytest.mark.parametrize("prefix", ["/api/now/table", "/api/now/v1/table", "/api/now/v2/table"])
 async def test_versioned_paths_answer_like_the_default_one(sn_client, sn_admin, prefix):
-    response = await sn_client.get(f"{prefix}/sys_user_group", params={"sysparm_query": "name=Database"}, headers=sn_admin)
+    response = await sn_client.get(
+        f"{prefix}/sys_user_group", params={"sysparm_query": "name=Database"}, headers=sn_admin
+    )
     assert response.status == 200
     assert [g["sys_id"] for g in (await response.json())["result"]] == [DATABASE]
 
 
 async def test_v1_answers_404_for_an_empty_list_and_v2_an_empty_array(sn_client, sn_admin):
-    v1 = await sn_client.get("/api/now/v1/table/incident", params={"sysparm_query": "number=INC9999999"}, headers=sn_admin)
+    v1 = await sn_client.get(
+        "/api/now/v1/table/incident", params={"sysparm_query": "number=INC9999999"}, headers=sn_admin
+    )
     assert v1.status == 404
-    v2 = await sn_client.get("/api/now/v2/table/incident", params={"sysparm_query": "number=INC9999999"}, headers=sn_admin)
+    v2 = await sn_client.get(
+        "/api/now/v2/table/incident", params={"sysparm_query": "number=INC9999999"}, headers=sn_admin
+    )
     assert v2.status == 200
     assert (await v2.json())["result"] == []
 
 
 async def test_every_value_is_a_string(sn_client, sn_admin):
     response = await sn_client.post(
-        "/api/now/table/incident", json={"short_description": "x", "impact": 2, "urgency": 1, "active": True}, headers=sn_admin
+        "/api/now/table/incident",
+        json={"short_description": "x", "impact": 2, "urgency": 1, "active": True},
+        headers=sn_admin,
     )
     record = (await response.json())["result"]
     for name, value in record.items():
@@ -118,8 +128,12 @@ async def test_reading_a_parent_table_hides_rows_of_classes_the_user_may_not_rea
 
 
 async def test_input_display_value_accepts_choice_labels(sn_client, sn_admin):
-    created = await sn_client.post("/api/now/table/incident", params={"sysparm_input_display_value": "true"},
-                                   json={"state": "In Progress", "impact": "1 - High", "urgency": "1 - High"}, headers=sn_admin)
+    created = await sn_client.post(
+        "/api/now/table/incident",
+        params={"sysparm_input_display_value": "true"},
+        json={"state": "In Progress", "impact": "1 - High", "urgency": "1 - High"},
+        headers=sn_admin,
+    )
     record = (await created.json())["result"]
     assert (record["state"], record["priority"]) == ("2", "1")
 
@@ -145,10 +159,15 @@ async def test_itil_users_may_work_incidents_and_their_name_is_on_the_write(sn_c
 async def test_unknown_record_answers_404_with_servicenows_body(sn_client, sn_admin):
     missing = "0" * 32
     for method in ("GET", "PATCH", "PUT", "DELETE"):
-        response = await sn_client.request(method, f"/api/now/table/incident/{missing}", json={"state": "2"}, headers=sn_admin)
+        response = await sn_client.request(
+            method, f"/api/now/table/incident/{missing}", json={"state": "2"}, headers=sn_admin
+        )
         assert response.status == 404, method
         assert await response.json() == {
-            "error": {"message": "No Record found", "detail": "Record doesn't exist or ACL restricts the record retrieval"},
+            "error": {
+                "message": "No Record found",
+                "detail": "Record doesn't exist or ACL restricts the record retrieval",
+            },
             "status": "failure",
         }
 
@@ -184,7 +203,9 @@ async def test_bad_json_answers_400_with_servicenows_body(sn_client, sn_admin):
 
 async def test_x_no_response_body_suppresses_the_record(sn_client, sn_admin):
     response = await sn_client.post(
-        "/api/now/table/incident", json={"short_description": "quiet"}, headers={"X-no-response-body": "true", **sn_admin}
+        "/api/now/table/incident",
+        json={"short_description": "quiet"},
+        headers={"X-no-response-body": "true", **sn_admin},
     )
     assert response.status == 201
     assert await response.read() == b""
@@ -205,7 +226,10 @@ async def test_hourly_rate_limit_answers_429_with_servicenows_headers(sn_client,
     assert int(limited.headers["Retry-After"]) == reset - now
     assert len(limited.headers["X-RateLimit-Rule"]) == 32
     assert await limited.json() == {
-        "error": {"message": "Rate limit exceeded", "detail": "Rate limit of 3 requests per hour for Table API exceeded"},
+        "error": {
+            "message": "Rate limit exceeded",
+            "detail": "Rate limit of 3 requests per hour for Table API exceeded",
+        },
         "status": "failure",
     }
     # The limit is per user, and the next hour starts afresh.

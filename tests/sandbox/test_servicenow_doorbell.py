@@ -50,12 +50,27 @@ async def test_changes_ring_the_doorbell_with_a_bearer_token_in_order(sn_client,
     await sn_state.drain_doorbells(5)
     assert [auth for auth, _ in receiver.posts] == ["Bearer door-token-1"] * 3
     assert [body for _, body in receiver.posts] == [
-        {"table": "incident", "sys_id": sys_id, "operation": "insert", "sys_updated_on": "2025-03-01 12:00:00",
-         "sys_mod_count": "0"},
-        {"table": "incident", "sys_id": sys_id, "operation": "update", "sys_updated_on": "2025-03-01 12:00:02",
-         "sys_mod_count": "1"},
-        {"table": "incident", "sys_id": sys_id, "operation": "delete", "sys_updated_on": "2025-03-01 12:00:04",
-         "sys_mod_count": "2"},
+        {
+            "table": "incident",
+            "sys_id": sys_id,
+            "operation": "insert",
+            "sys_updated_on": "2025-03-01 12:00:00",
+            "sys_mod_count": "0",
+        },
+        {
+            "table": "incident",
+            "sys_id": sys_id,
+            "operation": "update",
+            "sys_updated_on": "2025-03-01 12:00:02",
+            "sys_mod_count": "1",
+        },
+        {
+            "table": "incident",
+            "sys_id": sys_id,
+            "operation": "delete",
+            "sys_updated_on": "2025-03-01 12:00:04",
+            "sys_mod_count": "2",
+        },
     ]
     assert all(d["delivered"] and d["status"] == 202 for d in sn_state.doorbell_deliveries)
 
@@ -78,7 +93,12 @@ async def test_a_5xx_is_retried_and_later_changes_wait_their_turn(sn_client, sn_
     await sn_state.drain_doorbells(5)
     assert [body["sys_id"] for _, body in receiver.posts] == [first["sys_id"], second["sys_id"]]
     attempts = [(d["sys_id"], d["attempt"], d["status"]) for d in sn_state.doorbell_deliveries]
-    assert attempts == [(first["sys_id"], 1, 500), (first["sys_id"], 2, 503), (first["sys_id"], 3, 202), (second["sys_id"], 1, 202)]
+    assert attempts == [
+        (first["sys_id"], 1, 500),
+        (first["sys_id"], 2, 503),
+        (first["sys_id"], 3, 202),
+        (second["sys_id"], 1, 202),
+    ]
 
 
 async def test_a_4xx_is_not_retried(sn_client, sn_state, receiver):
@@ -109,8 +129,13 @@ async def test_only_configured_tables_and_users_ring(sn_client, sn_state, receiv
     sn_state.update("cmdb_ci_server", DB01, {"ip_address": "10.0.0.6"}, user="dave.patel")
     await sn_state.drain_doorbells(5)
     assert [body for _, body in receiver.posts] == [
-        {"table": "cmdb_ci_server", "sys_id": DB01, "operation": "update", "sys_updated_on": "2025-03-01 12:00:00",
-         "sys_mod_count": "2"},
+        {
+            "table": "cmdb_ci_server",
+            "sys_id": DB01,
+            "operation": "update",
+            "sys_updated_on": "2025-03-01 12:00:00",
+            "sys_mod_count": "2",
+        },
     ]
 
 

@@ -26,10 +26,19 @@ def incidents(sn_state):
     out = []
     for text, impact, urgency, group, state in rows:
         sn_state.advance(60)
-        out.append(sn_state.insert("incident", {
-            "short_description": text, "impact": impact, "urgency": urgency,
-            "assignment_group": group, "state": state,
-        }, user="alice.nguyen"))
+        out.append(
+            sn_state.insert(
+                "incident",
+                {
+                    "short_description": text,
+                    "impact": impact,
+                    "urgency": urgency,
+                    "assignment_group": group,
+                    "state": state,
+                },
+                user="alice.nguyen",
+            )
+        )
     return out
 
 
@@ -92,21 +101,40 @@ async def test_datetime_fields_compare_as_servicenow_timestamps(sn_client, sn_ad
 async def test_an_invalid_term_is_ignored_and_the_rest_applies(sn_client, sn_state, sn_admin, incidents):
     assert await _texts(sn_client, sn_admin, "u_nonexistent=1^priority=1") == ["Disk full on db-01"]
     assert await _texts(sn_client, sn_admin, "priority=1^ORu_nonexistent=1") == ["Disk full on db-01"]
-    assert len(await _texts(sn_client, sn_admin, "u_nonexistent=1")) == 5, "a query with only invalid terms filters nothing"
+    assert len(await _texts(sn_client, sn_admin, "u_nonexistent=1")) == 5, (
+        "a query with only invalid terms filters nothing"
+    )
     assert "u_nonexistent=1" in sn_state.ignored_query_terms
     sn_state.invalid_query_returns_no_rows = True
     assert await _texts(sn_client, sn_admin, "u_nonexistent=1^priority=1") == []
 
 
 async def test_orderby_and_orderbydesc(sn_client, sn_admin, incidents):
-    result, _ = await _query(sn_client, sn_admin, "incident", "ORDERBYpriority^ORDERBYDESCshort_description", sysparm_fields="priority,short_description")
+    result, _ = await _query(
+        sn_client,
+        sn_admin,
+        "incident",
+        "ORDERBYpriority^ORDERBYDESCshort_description",
+        sysparm_fields="priority,short_description",
+    )
     assert [(r["priority"], r["short_description"]) for r in result] == [
-        ("1", "Disk full on db-01"), ("2", "Switch flapping"), ("3", "Slow queries"),
-        ("4", "Backup job failed"), ("5", "VPN down for one user"),
+        ("1", "Disk full on db-01"),
+        ("2", "Switch flapping"),
+        ("3", "Slow queries"),
+        ("4", "Backup job failed"),
+        ("5", "VPN down for one user"),
     ]
-    newest_first, _ = await _query(sn_client, sn_admin, "incident", "ORDERBYDESCsys_created_on", sysparm_fields="number")
+    newest_first, _ = await _query(
+        sn_client, sn_admin, "incident", "ORDERBYDESCsys_created_on", sysparm_fields="number"
+    )
     assert [r["number"] for r in newest_first] == [i["number"] for i in reversed(incidents)]
-    by_group, _ = await _query(sn_client, sn_admin, "incident", "assignment_groupISNOTEMPTY^ORDERBYassignment_group.name^ORDERBYnumber", sysparm_fields="number")
+    by_group, _ = await _query(
+        sn_client,
+        sn_admin,
+        "incident",
+        "assignment_groupISNOTEMPTY^ORDERBYassignment_group.name^ORDERBYnumber",
+        sysparm_fields="number",
+    )
     assert [r["number"] for r in by_group] == [incidents[i]["number"] for i in (0, 1, 2, 3)]
 
 
@@ -138,14 +166,21 @@ async def test_pagination_headers(sn_client, sn_admin, incidents):
 async def test_link_urls_echo_the_request_query_string(sn_client, sn_admin, incidents):
     # As in a header captured from an instance: the caller's own encoding is kept, so
     # the commas of sysparm_fields stay raw inside each <url>.
-    response = await sn_client.get("/api/now/table/incident?sysparm_fields=number,state&sysparm_query=stateIN1,2&sysparm_limit=1&sysparm_offset=1", headers=sn_admin)
+    response = await sn_client.get(
+        "/api/now/table/incident?sysparm_fields=number,state&sysparm_query=stateIN1,2&sysparm_limit=1&sysparm_offset=1",
+        headers=sn_admin,
+    )
     assert response.headers["X-Total-Count"] == "4"
     first, prev, nxt, last = re.findall(r'<([^>]+)>;rel="(\w+)"', response.headers["Link"])
     assert [rel for _, rel in (first, prev, nxt, last)] == ["first", "prev", "next", "last"]
-    assert nxt[0].endswith("/api/now/table/incident?sysparm_fields=number,state&sysparm_query=stateIN1,2&sysparm_offset=2&sysparm_limit=1")
+    assert nxt[0].endswith(
+        "/api/now/table/incident?sysparm_fields=number,state&sysparm_query=stateIN1,2&sysparm_offset=2&sysparm_limit=1"
+    )
     assert response.headers["Link"].count(",") > 3, "raw commas inside the URLs, not only between links"
     assert last[0].endswith("sysparm_offset=3&sysparm_limit=1")
-    assert first[0].endswith("sysparm_offset=0&sysparm_limit=1") and prev[0].endswith("sysparm_offset=0&sysparm_limit=1")
+    assert first[0].endswith("sysparm_offset=0&sysparm_limit=1") and prev[0].endswith(
+        "sysparm_offset=0&sysparm_limit=1"
+    )
 
 
 async def test_offset_beyond_the_end_and_no_count(sn_client, sn_admin, incidents):
@@ -159,45 +194,77 @@ async def test_offset_beyond_the_end_and_no_count(sn_client, sn_admin, incidents
 
 
 async def test_sysparm_fields_selects_and_dot_walks(sn_client, sn_admin, incidents):
-    result, _ = await _query(sn_client, sn_admin, "incident", "number=" + incidents[0]["number"],
-                             sysparm_fields="number,assignment_group.name,nonsense,priority")
+    result, _ = await _query(
+        sn_client,
+        sn_admin,
+        "incident",
+        "number=" + incidents[0]["number"],
+        sysparm_fields="number,assignment_group.name,nonsense,priority",
+    )
     assert result == [{"number": incidents[0]["number"], "assignment_group.name": "Database", "priority": "1"}]
 
 
 async def test_reference_fields_read_as_link_and_value(sn_client, sn_admin, incidents):
-    record = (await (await sn_client.get(f"/api/now/table/incident/{incidents[0]['sys_id']}", headers=sn_admin)).json())["result"]
+    record = (
+        await (await sn_client.get(f"/api/now/table/incident/{incidents[0]['sys_id']}", headers=sn_admin)).json()
+    )["result"]
     base = str(sn_client.make_url("")).rstrip("/")
     assert record["assignment_group"] == {"link": f"{base}/api/now/table/sys_user_group/{DATABASE}", "value": DATABASE}
     assert record["assigned_to"] == ""
-    plain = await sn_client.get(f"/api/now/table/incident/{incidents[0]['sys_id']}",
-                                params={"sysparm_exclude_reference_link": "true"}, headers=sn_admin)
+    plain = await sn_client.get(
+        f"/api/now/table/incident/{incidents[0]['sys_id']}",
+        params={"sysparm_exclude_reference_link": "true"},
+        headers=sn_admin,
+    )
     assert (await plain.json())["result"]["assignment_group"] == DATABASE
 
 
 async def test_display_value_modes(sn_client, sn_admin, incidents):
     url = f"/api/now/table/incident/{incidents[0]['sys_id']}"
     base = str(sn_client.make_url("")).rstrip("/")
-    shown = (await (await sn_client.get(url, params={"sysparm_display_value": "true"}, headers=sn_admin)).json())["result"]
+    shown = (await (await sn_client.get(url, params={"sysparm_display_value": "true"}, headers=sn_admin)).json())[
+        "result"
+    ]
     assert shown["state"] == "New"
     assert shown["priority"] == "1 - Critical"
     assert shown["impact"] == "1 - High"
     assert shown["active"] == "true"
-    assert shown["assignment_group"] == {"display_value": "Database", "link": f"{base}/api/now/table/sys_user_group/{DATABASE}"}
+    assert shown["assignment_group"] == {
+        "display_value": "Database",
+        "link": f"{base}/api/now/table/sys_user_group/{DATABASE}",
+    }
     assert shown["opened_by"]["display_value"] == "Alice Nguyen"
 
-    plain = (await (await sn_client.get(url, params={"sysparm_display_value": "true", "sysparm_exclude_reference_link": "true"}, headers=sn_admin)).json())["result"]
+    plain = (
+        await (
+            await sn_client.get(
+                url,
+                params={"sysparm_display_value": "true", "sysparm_exclude_reference_link": "true"},
+                headers=sn_admin,
+            )
+        ).json()
+    )["result"]
     assert plain["assignment_group"] == "Database"
 
-    both = (await (await sn_client.get(url, params={"sysparm_display_value": "all"}, headers=sn_admin)).json())["result"]
+    both = (await (await sn_client.get(url, params={"sysparm_display_value": "all"}, headers=sn_admin)).json())[
+        "result"
+    ]
     assert both["state"] == {"display_value": "New", "value": "1"}
-    assert both["assignment_group"] == {"display_value": "Database", "link": f"{base}/api/now/table/sys_user_group/{DATABASE}", "value": DATABASE}
+    assert both["assignment_group"] == {
+        "display_value": "Database",
+        "link": f"{base}/api/now/table/sys_user_group/{DATABASE}",
+        "value": DATABASE,
+    }
     assert both["short_description"] == {"display_value": "Disk full on db-01", "value": "Disk full on db-01"}
 
 
 async def test_integer_display_values_are_grouped_like_the_ui(sn_client, sn_state, sn_admin, incidents):
     sn_state.tables["incident"][incidents[0]["sys_id"]]["reassignment_count"] = "1234"
-    shown = await sn_client.get(f"/api/now/table/incident/{incidents[0]['sys_id']}",
-                                params={"sysparm_display_value": "true", "sysparm_fields": "reassignment_count"}, headers=sn_admin)
+    shown = await sn_client.get(
+        f"/api/now/table/incident/{incidents[0]['sys_id']}",
+        params={"sysparm_display_value": "true", "sysparm_fields": "reassignment_count"},
+        headers=sn_admin,
+    )
     assert (await shown.json())["result"] == {"reassignment_count": "1,234"}
 
 

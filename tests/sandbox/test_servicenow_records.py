@@ -42,8 +42,17 @@ async def test_incident_numbers_follow_a_sequence(sn_client, sn_state, sn_admin)
 
 @pytest.mark.parametrize(("impact", "urgency"), list(itertools.product("123", "123")))
 async def test_priority_follows_servicenows_default_matrix(sn_client, sn_admin, impact, urgency):
-    expected = {("1", "1"): "1", ("1", "2"): "2", ("2", "1"): "2", ("1", "3"): "3", ("2", "2"): "3",
-                ("3", "1"): "3", ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5"}[(impact, urgency)]
+    expected = {
+        ("1", "1"): "1",
+        ("1", "2"): "2",
+        ("2", "1"): "2",
+        ("1", "3"): "3",
+        ("2", "2"): "3",
+        ("3", "1"): "3",
+        ("2", "3"): "4",
+        ("3", "2"): "4",
+        ("3", "3"): "5",
+    }[(impact, urgency)]
     record = await _post(sn_client, sn_admin, "incident", {"impact": impact, "urgency": urgency, "priority": "5"})
     assert record["priority"] == expected
 
@@ -63,7 +72,9 @@ async def test_work_notes_and_comments_go_to_the_journal(sn_client, sn_state, sn
     record = await _post(sn_client, sn_itil, "incident", {"short_description": "x", "work_notes": "first note"})
     assert record["work_notes"] == ""
     sn_state.advance(5)
-    updated = await _patch(sn_client, sn_admin, "incident", record["sys_id"], {"work_notes": "second note", "comments": "to the caller"})
+    updated = await _patch(
+        sn_client, sn_admin, "incident", record["sys_id"], {"work_notes": "second note", "comments": "to the caller"}
+    )
     assert updated["work_notes"] == "" and updated["comments"] == ""
     notes = sn_state.journal("incident", record["sys_id"])
     assert [n["value"] for n in notes] == ["first note", "second note"]
@@ -72,14 +83,21 @@ async def test_work_notes_and_comments_go_to_the_journal(sn_client, sn_state, sn
     assert all(n["element_id"] == record["sys_id"] and n["name"] == "incident" for n in notes)
     assert [c["value"] for c in sn_state.journal("incident", record["sys_id"], "comments")] == ["to the caller"]
 
-    via_api = await sn_client.get("/api/now/table/sys_journal_field", headers=sn_admin, params={
-        "sysparm_query": f"element_id={record['sys_id']}^element=work_notes^ORDERBYsys_created_on",
-        "sysparm_fields": "value,sys_created_by,element",
-    })
+    via_api = await sn_client.get(
+        "/api/now/table/sys_journal_field",
+        headers=sn_admin,
+        params={
+            "sysparm_query": f"element_id={record['sys_id']}^element=work_notes^ORDERBYsys_created_on",
+            "sysparm_fields": "value,sys_created_by,element",
+        },
+    )
     assert [e["value"] for e in (await via_api.json())["result"]] == ["first note", "second note"]
 
-    shown = await sn_client.get(f"/api/now/table/incident/{record['sys_id']}", headers=sn_admin,
-                                params={"sysparm_display_value": "true", "sysparm_fields": "work_notes,comments_and_work_notes"})
+    shown = await sn_client.get(
+        f"/api/now/table/incident/{record['sys_id']}",
+        headers=sn_admin,
+        params={"sysparm_display_value": "true", "sysparm_fields": "work_notes,comments_and_work_notes"},
+    )
     text = (await shown.json())["result"]
     assert text["work_notes"].index("second note") < text["work_notes"].index("first note"), "newest first"
     assert "Alice Nguyen (Work notes)" in text["work_notes"]
@@ -91,7 +109,9 @@ async def test_an_admin_may_write_the_journal_directly(sn_client, sn_state, sn_a
     entry = {"element_id": record["sys_id"], "element": "work_notes", "name": "incident", "value": "imported"}
     assert (await sn_client.post("/api/now/table/sys_journal_field", json=entry, headers=sn_itil)).status == 403
     await _post(sn_client, sn_admin, "sys_journal_field", entry)
-    assert [(n["value"], n["sys_created_by"]) for n in sn_state.journal("incident", record["sys_id"])] == [("imported", "pagerduty.integration")]
+    assert [(n["value"], n["sys_created_by"]) for n in sn_state.journal("incident", record["sys_id"])] == [
+        ("imported", "pagerduty.integration")
+    ]
 
 
 async def test_an_empty_work_note_adds_nothing(sn_client, sn_state, sn_admin):
@@ -102,7 +122,9 @@ async def test_an_empty_work_note_adds_nothing(sn_client, sn_state, sn_admin):
 
 
 async def test_sys_fields_are_maintained(sn_client, sn_state, sn_admin, sn_itil):
-    record = await _post(sn_client, sn_itil, "incident", {"short_description": "x", "sys_created_by": "mallory", "sys_mod_count": "99"})
+    record = await _post(
+        sn_client, sn_itil, "incident", {"short_description": "x", "sys_created_by": "mallory", "sys_mod_count": "99"}
+    )
     assert re.fullmatch(r"[0-9a-f]{32}", record["sys_id"])
     assert record["sys_created_on"] == record["sys_updated_on"] == "2025-03-01 12:00:00"
     assert record["sys_created_by"] == "alice.nguyen", "sys_ fields are not writable"
@@ -121,13 +143,17 @@ async def test_sys_fields_are_maintained(sn_client, sn_state, sn_admin, sn_itil)
 async def test_a_write_that_changes_nothing_is_not_an_update(sn_client, sn_state, sn_admin):
     record = await _post(sn_client, sn_admin, "incident", {"short_description": "same"})
     sn_state.advance(10)
-    after = await _patch(sn_client, sn_admin, "incident", record["sys_id"], {"short_description": "same", "u_unknown": "x"})
+    after = await _patch(
+        sn_client, sn_admin, "incident", record["sys_id"], {"short_description": "same", "u_unknown": "x"}
+    )
     assert after["sys_mod_count"] == "0"
     assert after["sys_updated_on"] == record["sys_updated_on"]
 
 
 async def test_unknown_fields_are_ignored(sn_client, sn_admin):
-    record = await _post(sn_client, sn_admin, "incident", {"short_description": "x", "u_made_up": "y", "x_pd_integration_nope": "z"})
+    record = await _post(
+        sn_client, sn_admin, "incident", {"short_description": "x", "u_made_up": "y", "x_pd_integration_nope": "z"}
+    )
     assert "u_made_up" not in record and "x_pd_integration_nope" not in record
 
 
@@ -137,7 +163,13 @@ async def test_resolve_and_close_stamp_the_record(sn_client, sn_state, sn_admin,
     assert record["resolved_at"] == "" and record["closed_at"] == ""
     assert record["opened_at"] == record["sys_created_on"]
     sn_state.advance(60)
-    resolved = await _patch(sn_client, sn_admin, "incident", record["sys_id"], {"state": "6", "close_code": "Solved (Permanently)", "close_notes": "done"})
+    resolved = await _patch(
+        sn_client,
+        sn_admin,
+        "incident",
+        record["sys_id"],
+        {"state": "6", "close_code": "Solved (Permanently)", "close_notes": "done"},
+    )
     assert resolved["resolved_at"] == "2025-03-01 12:01:00"
     assert resolved["resolved_by"]["value"] == "450a5461e2dbad53f265a09c73c9de9d"
     assert resolved["active"] == "true" and resolved["incident_state"] == "6"
@@ -171,7 +203,9 @@ async def test_a_reference_can_be_set_by_display_value(sn_client, sn_admin):
 async def test_a_data_policy_can_require_resolution_fields(sn_client, sn_state, sn_admin):
     sn_state.require_close_fields = True
     record = await _post(sn_client, sn_admin, "incident", {"short_description": "x"})
-    refused = await sn_client.patch(f"/api/now/table/incident/{record['sys_id']}", json={"state": "6"}, headers=sn_admin)
+    refused = await sn_client.patch(
+        f"/api/now/table/incident/{record['sys_id']}", json={"state": "6"}, headers=sn_admin
+    )
     assert refused.status == 403
     body = await refused.json()
     assert body["error"]["message"] == "Operation Failed"
@@ -182,11 +216,16 @@ async def test_a_data_policy_can_require_resolution_fields(sn_client, sn_state, 
 async def test_security_incidents_have_their_own_states(sn_client, sn_state, sn_admin, sn_basic):
     record = await _post(sn_client, sn_admin, "sn_si_incident", {"short_description": "phishing"})
     assert record["state"] == "10"
-    shown = await sn_client.get(f"/api/now/table/sn_si_incident/{record['sys_id']}", headers=sn_admin,
-                                params={"sysparm_display_value": "true", "sysparm_fields": "state"})
+    shown = await sn_client.get(
+        f"/api/now/table/sn_si_incident/{record['sys_id']}",
+        headers=sn_admin,
+        params={"sysparm_display_value": "true", "sysparm_fields": "state"},
+    )
     assert (await shown.json())["result"]["state"] == "Draft"
     for value in ("16", "18", "19", "20", "100"):
-        assert (await _patch(sn_client, sn_admin, "sn_si_incident", record["sys_id"], {"state": value}))["active"] == "true"
+        assert (await _patch(sn_client, sn_admin, "sn_si_incident", record["sys_id"], {"state": value}))[
+            "active"
+        ] == "true"
     closed = await _patch(sn_client, sn_admin, "sn_si_incident", record["sys_id"], {"state": "3"})
     assert closed["active"] == "false" and closed["closed_at"] != ""
     # The security analyst role, not itil, opens the table.
@@ -197,23 +236,31 @@ async def test_security_incidents_have_their_own_states(sn_client, sn_state, sn_
 
 
 async def test_child_classes_are_readable_through_cmdb_ci(sn_client, sn_admin):
-    everything = await sn_client.get("/api/now/table/cmdb_ci", headers=sn_admin, params={"sysparm_fields": "name,sys_class_name"})
+    everything = await sn_client.get(
+        "/api/now/table/cmdb_ci", headers=sn_admin, params={"sysparm_fields": "name,sys_class_name"}
+    )
     classes = {r["name"]: r["sys_class_name"] for r in (await everything.json())["result"]}
     assert classes["Payments"] == "cmdb_ci_service"
     assert classes["db-01"] == "cmdb_ci_server"
     assert classes["payments-api"] == "cmdb_ci_appl"
 
-    server = await _post(sn_client, sn_admin, "cmdb_ci_server", {"name": "db-02", "os": "Linux", "assignment_group": DATABASE})
+    server = await _post(
+        sn_client, sn_admin, "cmdb_ci_server", {"name": "db-02", "os": "Linux", "assignment_group": DATABASE}
+    )
     through_parent = await sn_client.get(f"/api/now/table/cmdb_ci/{server['sys_id']}", headers=sn_admin)
     parent_view = (await through_parent.json())["result"]
     assert parent_view["sys_class_name"] == "cmdb_ci_server"
     assert parent_view["name"] == "db-02"
     assert "os" not in parent_view, "the parent table shows the parent's columns"
-    child_view = (await (await sn_client.get(f"/api/now/table/cmdb_ci_server/{server['sys_id']}", headers=sn_admin)).json())["result"]
+    child_view = (
+        await (await sn_client.get(f"/api/now/table/cmdb_ci_server/{server['sys_id']}", headers=sn_admin)).json()
+    )["result"]
     assert child_view["os"] == "Linux"
     # Not a service: a service-table read does not find it.
     assert (await sn_client.get(f"/api/now/table/cmdb_ci_service/{server['sys_id']}", headers=sn_admin)).status == 404
-    services = await sn_client.get("/api/now/table/cmdb_ci", headers=sn_admin, params={"sysparm_query": "sys_class_nameINSTANCEOFcmdb_ci_service"})
+    services = await sn_client.get(
+        "/api/now/table/cmdb_ci", headers=sn_admin, params={"sysparm_query": "sys_class_nameINSTANCEOFcmdb_ci_service"}
+    )
     assert {r["name"] for r in (await services.json())["result"]} == {"Payments", "Customer Portal"}
 
 
@@ -224,17 +271,31 @@ async def test_inserting_into_cmdb_ci_with_a_class_creates_that_class(sn_client,
 
 
 async def test_seeded_relationships_read_through_references(sn_client, sn_admin):
-    response = await sn_client.get("/api/now/table/cmdb_rel_ci", headers=sn_admin, params={
-        "sysparm_query": f"parent={PAYMENTS}", "sysparm_fields": "child.name,type.name",
-    })
+    response = await sn_client.get(
+        "/api/now/table/cmdb_rel_ci",
+        headers=sn_admin,
+        params={
+            "sysparm_query": f"parent={PAYMENTS}",
+            "sysparm_fields": "child.name,type.name",
+        },
+    )
     assert (await response.json())["result"] == [{"child.name": "payments-api", "type.name": "Depends on::Used by"}]
 
 
 async def test_group_members_are_seeded(sn_client, sn_admin):
-    response = await sn_client.get("/api/now/table/sys_user_grmember", headers=sn_admin, params={
-        "sysparm_query": "group.name=Database^ORDERBYuser.name", "sysparm_fields": "user.user_name",
-    })
-    assert [r["user.user_name"] for r in (await response.json())["result"]] == ["alice.nguyen", "dave.patel", "erin.garcia"]
+    response = await sn_client.get(
+        "/api/now/table/sys_user_grmember",
+        headers=sn_admin,
+        params={
+            "sysparm_query": "group.name=Database^ORDERBYuser.name",
+            "sysparm_fields": "user.user_name",
+        },
+    )
+    assert [r["user.user_name"] for r in (await response.json())["result"]] == [
+        "alice.nguyen",
+        "dave.patel",
+        "erin.garcia",
+    ]
 
 
 def test_the_seeded_organisation_has_the_v7_apps_columns(sn_state):
@@ -248,14 +309,23 @@ async def test_custom_fields_are_accepted_once_configured(sn_client, sn_state, s
     sn_state.custom_fields = {}
     before = await _post(sn_client, sn_admin, "incident", {"x_pd_integration_incident": "PABC123"})
     assert "x_pd_integration_incident" not in before
-    sn_state.custom_fields = {"incident": {"x_pd_integration_incident"}, "cmdb_ci": {"x_pd_integration_pagerduty_service"}}
+    sn_state.custom_fields = {
+        "incident": {"x_pd_integration_incident"},
+        "cmdb_ci": {"x_pd_integration_pagerduty_service"},
+    }
     after = await _post(sn_client, sn_admin, "incident", {"x_pd_integration_incident": "PABC123"})
     assert after["x_pd_integration_incident"] == "PABC123"
-    found = await sn_client.get("/api/now/table/incident", headers=sn_admin, params={"sysparm_query": "x_pd_integration_incident=PABC123"})
+    found = await sn_client.get(
+        "/api/now/table/incident", headers=sn_admin, params={"sysparm_query": "x_pd_integration_incident=PABC123"}
+    )
     assert [r["sys_id"] for r in (await found.json())["result"]] == [after["sys_id"]]
     # A parent table's custom column is inherited by its classes.
     await _patch(sn_client, sn_admin, "cmdb_ci_server", DB01, {"x_pd_integration_pagerduty_service": "PSVCDB1"})
-    ci = await sn_client.get(f"/api/now/table/cmdb_ci/{DB01}", headers=sn_admin, params={"sysparm_fields": "x_pd_integration_pagerduty_service"})
+    ci = await sn_client.get(
+        f"/api/now/table/cmdb_ci/{DB01}",
+        headers=sn_admin,
+        params={"sysparm_fields": "x_pd_integration_pagerduty_service"},
+    )
     assert (await ci.json())["result"] == {"x_pd_integration_pagerduty_service": "PSVCDB1"}
 
 

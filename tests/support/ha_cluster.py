@@ -76,34 +76,75 @@ class Cluster:
         # The daemon is measured, not PagerDuty's per-key budget (16 requests a second).
         seed.write_text(seed_text.replace("rate_limit_per_minute = 960", f"rate_limit_per_minute = {UNLIMITED}"))
         self._sandbox = subprocess.Popen(
-            [sys.executable, "-m", "dutybridge_sandbox", "--seed", str(seed), "--pagerduty-port", str(pd_port),
-             "--servicenow-port", str(sn_port), "--doorbell-url", f"{self.proxy_url}/webhooks/servicenow",
-             "--doorbell-token", doorbell], stdout=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "dutybridge_sandbox",
+                "--seed",
+                str(seed),
+                "--pagerduty-port",
+                str(pd_port),
+                "--servicenow-port",
+                str(sn_port),
+                "--doorbell-url",
+                f"{self.proxy_url}/webhooks/servicenow",
+                "--doorbell-token",
+                doorbell,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         self.pd, self.sn = f"http://127.0.0.1:{pd_port}", f"http://127.0.0.1:{sn_port}"
         self.session = ClientSession(timeout=ClientTimeout(total=30))
         await self._wait_http(f"{self.pd}/abilities")
         await self._start_proxy(proxy_port)
-        sub = {"webhook_subscription": {
-            "type": "webhook_subscription", "events": EVENTS,
-            "delivery_method": {"type": "http_delivery_method", "url": f"{self.proxy_url}/webhooks/pagerduty"},
-            "filter": {"type": "account_reference"}}}
+        sub = {
+            "webhook_subscription": {
+                "type": "webhook_subscription",
+                "events": EVENTS,
+                "delivery_method": {"type": "http_delivery_method", "url": f"{self.proxy_url}/webhooks/pagerduty"},
+                "filter": {"type": "account_reference"},
+            }
+        }
         async with self.session.post(f"{self.pd}/webhook_subscriptions", json=sub, headers=self.pd_headers) as resp:
             secret = (await resp.json())["webhook_subscription"]["delivery_method"]["secret"]
         self.instances = [Instance(i, free_port(), self.tmp / f"instance{i}.log") for i in range(self.size)]
         for inst in self.instances:
             config = self.tmp / f"config{inst.slot}.toml"
-            config.write_text(tomli_w.dumps({
-                "daemon": {"listen_port": inst.port, "store_url": self.store_url, "log_level": "info",
-                           "log_format": "json", "log_levels": {"dutybridge.scheduler": "debug"},
-                           "lease_seconds": self.lease_seconds, "leader_lease_seconds": self.leader_lease_seconds,
-                           "retry_base_seconds": 0.2, "retry_max_seconds": 2.0, "shutdown_timeout": 5.0},
-                "pagerduty": {"api_url": self.pd, "api_key": PD_KEY, "default_user_id": "PINTEGR",
-                              "webhook_secrets": [secret], "rate_limit_per_minute": UNLIMITED},
-                "servicenow": {"instance_url": self.sn, "username": SN_USER, "password": SN_PASSWORD,
-                               "doorbell_token": doorbell},
-                "plugins": {"enabled": ["incident_sync"], "incident_sync": {
-                    "links": LINKS, "poll_interval_seconds": self.poll_seconds}},
-            }))
+            config.write_text(
+                tomli_w.dumps(
+                    {
+                        "daemon": {
+                            "listen_port": inst.port,
+                            "store_url": self.store_url,
+                            "log_level": "info",
+                            "log_format": "json",
+                            "log_levels": {"dutybridge.scheduler": "debug"},
+                            "lease_seconds": self.lease_seconds,
+                            "leader_lease_seconds": self.leader_lease_seconds,
+                            "retry_base_seconds": 0.2,
+                            "retry_max_seconds": 2.0,
+                            "shutdown_timeout": 5.0,
+                        },
+                        "pagerduty": {
+                            "api_url": self.pd,
+                            "api_key": PD_KEY,
+                            "default_user_id": "PINTEGR",
+                            "webhook_secrets": [secret],
+                            "rate_limit_per_minute": UNLIMITED,
+                        },
+                        "servicenow": {
+                            "instance_url": self.sn,
+                            "username": SN_USER,
+                            "password": SN_PASSWORD,
+                            "doorbell_token": doorbell,
+                        },
+                        "plugins": {
+                            "enabled": ["incident_sync"],
+                            "incident_sync": {"links": LINKS, "poll_interval_seconds": self.poll_seconds},
+                        },
+                    }
+                )
+            )
         for inst in self.instances:
             self.launch(inst)
         for inst in self.instances:
@@ -113,7 +154,10 @@ class Cluster:
         out = inst.log.open("a")
         inst.proc = subprocess.Popen(
             [sys.executable, "-m", "dutybridge.cli", "run", "--config", str(self.tmp / f"config{inst.slot}.toml")],
-            stdout=out, stderr=subprocess.STDOUT, env=env_without_notify())
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env_without_notify(),
+        )
         out.close()
         inst.starts += 1
 
@@ -174,11 +218,11 @@ class Cluster:
                 if inst.proc is None:
                     continue
                 try:
-                    async with self.session.request(request.method, f"http://127.0.0.1:{inst.port}{request.rel_url}",
-                                                    data=body, headers=headers) as resp:
-                        return web.Response(status=resp.status, body=await resp.read(),
-                                            content_type=resp.content_type)
-                except (OSError, ClientError, asyncio.TimeoutError):
+                    async with self.session.request(
+                        request.method, f"http://127.0.0.1:{inst.port}{request.rel_url}", data=body, headers=headers
+                    ) as resp:
+                        return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
+                except (TimeoutError, OSError, ClientError):
                     continue
             return web.Response(status=502, text="no instance answered")
 
@@ -191,8 +235,12 @@ class Cluster:
     # -- the two systems -------------------------------------------------------------
     @property
     def pd_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Token token={PD_KEY}", "Accept": "application/vnd.pagerduty+json;version=2",
-                "Content-Type": "application/json", "From": "alice.nguyen@acme.example"}
+        return {
+            "Authorization": f"Token token={PD_KEY}",
+            "Accept": "application/vnd.pagerduty+json;version=2",
+            "Content-Type": "application/json",
+            "From": "alice.nguyen@acme.example",
+        }
 
     @property
     def sn_headers(self) -> dict[str, str]:
@@ -200,8 +248,9 @@ class Cluster:
         return {"Authorization": f"Basic {basic}", "Accept": "application/json"}
 
     async def trigger_pd(self, title: str) -> str:
-        body = {"incident": {"type": "incident", "title": title,
-                             "service": {"id": "PSVCDB1", "type": "service_reference"}}}
+        body = {
+            "incident": {"type": "incident", "title": title, "service": {"id": "PSVCDB1", "type": "service_reference"}}
+        }
         async with self.session.post(f"{self.pd}/incidents", json=body, headers=self.pd_headers) as resp:
             data = await resp.json()
             if resp.status != 201:
@@ -220,9 +269,11 @@ class Cluster:
         out: list[dict] = []
         offset = 0
         while True:
-            async with self.session.get(f"{self.pd}/incidents", params={"limit": "100", "offset": str(offset),
-                                                                        "statuses[]": ["triggered", "acknowledged", "resolved"]},
-                                        headers=self.pd_headers) as resp:
+            async with self.session.get(
+                f"{self.pd}/incidents",
+                params={"limit": "100", "offset": str(offset), "statuses[]": ["triggered", "acknowledged", "resolved"]},
+                headers=self.pd_headers,
+            ) as resp:
                 data = await resp.json()
             out += data["incidents"]
             if not data.get("more"):
@@ -231,7 +282,9 @@ class Cluster:
 
     async def sn_incidents(self) -> list[dict]:
         params = {"sysparm_fields": "sys_id,correlation_id,number", "sysparm_limit": "100000"}
-        async with self.session.get(f"{self.sn}/api/now/table/incident", params=params, headers=self.sn_headers) as resp:
+        async with self.session.get(
+            f"{self.sn}/api/now/table/incident", params=params, headers=self.sn_headers
+        ) as resp:
             return (await resp.json())["result"]
 
     async def leader(self) -> Instance | None:
@@ -273,8 +326,9 @@ class Cluster:
         runs: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
         for line in self.log_lines():
             if line.get("event") == "scheduled_job_started":
-                runs[line["job"]].append((datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")),
-                                          line["holder"]))
+                runs[line["job"]].append(
+                    (datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")), line["holder"])
+                )
         return {job: sorted(times) for job, times in runs.items()}
 
 
@@ -305,7 +359,9 @@ def env_without_notify() -> dict[str, str]:
 SAME_INTERVAL_SLACK = 0.8
 
 
-async def run_stream(cluster: Cluster, per_side: int, kills: int, rate: float = 20.0) -> tuple[list[str], list[str], list[int]]:
+async def run_stream(
+    cluster: Cluster, per_side: int, kills: int, rate: float = 20.0
+) -> tuple[list[str], list[str], list[int]]:
     """Open ``per_side`` incidents in each system at ``rate`` a second in all, killing the
     current scheduler leader (SIGKILL) ``kills`` times along the way and restarting it a
     moment later. Returns the PagerDuty-born ids, the ServiceNow-born sys_ids and the
@@ -321,7 +377,9 @@ async def run_stream(cluster: Cluster, per_side: int, kills: int, rate: float = 
             cluster.kill(leader)
             killed.append(leader.slot)
             # Restarted after the leadership had time to move, as a supervisor would.
-            asyncio.get_running_loop().call_later(cluster.leader_lease_seconds * 2, lambda i=leader: asyncio.ensure_future(cluster.restart(i)))
+            asyncio.get_running_loop().call_later(
+                cluster.leader_lease_seconds * 2, lambda i=leader: asyncio.ensure_future(cluster.restart(i))
+            )
         if n % 2:
             sn_born.append(await cluster.open_sn(f"HA test incident {n}"))
         else:

@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.support.reference import OPENAPI_PATH
@@ -88,8 +89,10 @@ def _allowances(spec: dict) -> None:
     # example and the Incident Creation API page send a string (what the API takes):
     # accept both rather than reject what PagerDuty documents.
     body = schemas["IncidentBody"]["properties"]["details"]
-    schemas["IncidentBody"]["properties"]["details"] = {"anyOf": [body, {"type": "string"}],
-                                                         "description": body.get("description", "")}
+    schemas["IncidentBody"]["properties"]["details"] = {
+        "anyOf": [body, {"type": "string"}],
+        "description": body.get("description", ""),
+    }
 
 
 def _or_null(schema: dict) -> dict:
@@ -97,7 +100,7 @@ def _or_null(schema: dict) -> dict:
     return {"anyOf": [schema, {"nullable": True, "enum": [None]}]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_spec(path: str | Path = SPEC_PATH) -> dict:
     """The OpenAPI document with the allowances above applied (a fresh copy is not made: do not mutate)."""
     with open(path, "rb") as fh:
@@ -107,7 +110,7 @@ def load_spec(path: str | Path = SPEC_PATH) -> dict:
     return spec
 
 
-@lru_cache(maxsize=None)
+@cache
 def openapi(path: str | Path = SPEC_PATH):
     """The cached ``openapi_core.OpenAPI`` object for the file."""
     from openapi_core import Config, OpenAPI
@@ -203,10 +206,11 @@ def _mock_request(method: str, path: str, query: Any, headers: Any = None, body:
 
     clean_path, pairs = _split(path, query)
     if clean_path.startswith(_HOST):
-        clean_path = clean_path[len(_HOST):]
+        clean_path = clean_path[len(_HOST) :]
     hdrs = _headers(headers)
-    return MockRequest(_HOST, method.lower(), clean_path, args=pairs, headers=hdrs, data=_raw(body),
-                       content_type=_content_type(hdrs)), clean_path
+    return MockRequest(
+        _HOST, method.lower(), clean_path, args=pairs, headers=hdrs, data=_raw(body), content_type=_content_type(hdrs)
+    ), clean_path
 
 
 # --------------------------------------------------------------- public API

@@ -57,7 +57,8 @@ def _start_pgserver() -> str:
         raise RuntimeError(
             "no PostgreSQL answers at 127.0.0.1:5432 and the pgserver wheel is not installed: "
             "pip install -e '.[test]' (it bundles a PostgreSQL), or set DUTYBRIDGE_TEST_POSTGRES "
-            "to a server's URL") from None
+            "to a server's URL"
+        ) from None
     folder = tempfile.mkdtemp(prefix="dutybridge-pg-")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the same warning, from the server's start

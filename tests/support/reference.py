@@ -10,8 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OPENAPI_PATH", "REFERENCE_DIR", "REGENERATE", "WEBHOOK_EXAMPLES", "WEBHOOK_EXAMPLES_DIR",
-           "missing_files", "webhook_example"]
+__all__ = [
+    "OPENAPI_PATH",
+    "REFERENCE_DIR",
+    "REGENERATE",
+    "WEBHOOK_EXAMPLES",
+    "WEBHOOK_EXAMPLES_DIR",
+    "missing_files",
+    "webhook_example",
+]
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 OPENAPI_PATH = REFERENCE_DIR / "pagerduty-openapi" / "openapiv3.json"
@@ -26,9 +33,11 @@ WEBHOOK_EXAMPLES = {
     "pd-v3-incident.priority_updated.json": "Webhooks > Overview (V3), event payload",
 }
 
-REGENERATE = ("restore them with `git checkout -- tests/support/reference` or regenerate them with "
-              "`.venv/bin/python scripts/vendor_openapi.py --shared DIR` (DIR: the project's shared/ folder, "
-              "with PagerDuty's full file in reference/pagerduty-openapi/REST/)")
+REGENERATE = (
+    "restore them with `git checkout -- tests/support/reference` or regenerate them with "
+    "`.venv/bin/python scripts/vendor_openapi.py --shared DIR` (DIR: the project's shared/ folder, "
+    "with PagerDuty's full file in reference/pagerduty-openapi/REST/)"
+)
 
 
 def missing_files() -> list[Path]:

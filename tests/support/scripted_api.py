@@ -34,8 +34,16 @@ class ScriptedApi:
         raw = await request.read()
         body = json.loads(raw) if raw else None
         query = list(request.query.items()) if self._query_pairs else dict(request.query)
-        self.seen.append({"method": request.method, "path": request.path, "raw_path": request.raw_path,
-                          "headers": request.headers.copy(), "query": query, "body": body})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "raw_path": request.raw_path,
+                "headers": request.headers.copy(),
+                "query": query,
+                "body": body,
+            }
+        )
         handler = self.routes.get((request.method, request.path), self._not_found)
         result = handler(request, body)
         if asyncio.iscoroutine(result):

@@ -24,8 +24,7 @@ async def test_incident_sync_takes_the_config_in_every_position(make_world, caps
         assert world.sn_for(inc["id"]) == []  # manual: nothing until asked
         # main() runs its own event loop, as from a shell; the daemon runs in this one.
         assert await asyncio.to_thread(main, argv(inc["id"])) == 0, argv(inc["id"])
-        assert capsys.readouterr().out.splitlines()[-1].startswith(
-            f"sync of PagerDuty incident {inc['id']} queued")
+        assert capsys.readouterr().out.splitlines()[-1].startswith(f"sync of PagerDuty incident {inc['id']} queued")
         # The request went into the daemon's inbox: the daemon opens the incident.
         await world.wait_for(lambda: world.sn_for(inc["id"]), what=f"SN incident for {argv(inc['id'])}")
     assert await asyncio.to_thread(main, ["incident", "sync", "PNOSUCH", "--config", path]) == 1

@@ -22,7 +22,6 @@ from dutybridge_plugins.incident_sync.engine import SN_SEEN, Engine, own_write, 
 from dutybridge_plugins.incident_sync.locks import Locks
 from dutybridge_plugins.incident_sync.mapping import Mapping
 from dutybridge_plugins.incident_sync.users import LINK_TTL, MISSING_TTL, Users
-
 from tests.plugins.incident_sync.world import ALICE_SN, BOB_SN, CAROL_SN, DAVE_SN, DB_GROUP
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -86,8 +85,9 @@ async def rec_world(make_world):
 
 
 def open_sn(world, title: str, user: str = "alice.nguyen") -> dict:
-    return world.sn.insert("incident", {"short_description": title, "assignment_group": DB_GROUP,
-                                        "impact": "1", "urgency": "1"}, user=user)
+    return world.sn.insert(
+        "incident", {"short_description": title, "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"}, user=user
+    )
 
 
 async def handled(world, source: str) -> list:
@@ -98,6 +98,7 @@ async def handled(world, source: str) -> list:
 # The calls of one sync
 # ---------------------------------------------------------------------------------------
 
+
 async def test_a_pagerduty_born_sync_reads_once_each_side_and_its_echo_reads_nothing(rec_world):
     world, recorder = rec_world
     bells_before = len(await handled(world, "servicenow"))
@@ -106,8 +107,8 @@ async def test_a_pagerduty_born_sync_reads_once_each_side_and_its_echo_reads_not
     await world.settle()
     recorder.on = False
     assert recorder.ops() == [
-        ("pagerduty", "GET /incidents/{id}"),            # the incident, with its first trigger (the body)
-        ("servicenow", "GET /api/now/table/incident"),   # born there (sys_id) or opened already (correlation_id)?
+        ("pagerduty", "GET /incidents/{id}"),  # the incident, with its first trigger (the body)
+        ("servicenow", "GET /api/now/table/incident"),  # born there (sys_id) or opened already (correlation_id)?
         ("servicenow", "POST /api/now/table/incident"),  # open it
         # Its notes: none can come before the trigger; each later one has its own event.
     ]
@@ -125,9 +126,9 @@ async def test_a_servicenow_born_sync_reads_once_and_its_echoes_read_nothing(rec
     recorder.on = False
     assert recorder.ops() == [
         ("servicenow", "GET /api/now/table/incident/{sys_id}"),  # the record the doorbell names
-        ("pagerduty", "POST /incidents"),                          # trigger it
+        ("pagerduty", "POST /incidents"),  # trigger it
         ("servicenow", "PATCH /api/now/table/incident/{sys_id}"),  # correlation_id: the PagerDuty id
-        ("servicenow", "GET /api/now/table/sys_journal_field"),    # work notes made with it
+        ("servicenow", "GET /api/now/table/sys_journal_field"),  # work notes made with it
     ]
     only(world.pd_for(rec["sys_id"]))
     # Our trigger's webhook and our correlation write's doorbell came, and cost nothing.
@@ -242,6 +243,7 @@ async def test_an_acknowledgement_pagerduty_has_made_meanwhile_is_taken_as_done(
 # ServiceNow: the echo of our own write is skipped only when it holds nothing else
 # ---------------------------------------------------------------------------------------
 
+
 async def test_a_change_between_our_read_and_our_write_is_synced_though_its_doorbell_was_lost(rec_world):
     world, recorder = rec_world
     inc = world.pd.create_incident(title="Replica lag", service_id="PSVCDB1", from_user="PALICE1")
@@ -296,12 +298,12 @@ def test_own_write_counts_only_a_version_that_holds_nothing_but_ours():
         own_write(st, record)
         return st.get(SN_SEEN)
 
-    assert after(3, written) == 4                                          # the next version, as we wrote it
-    assert after(2, written) == 2                                          # someone's change got in between
-    assert after(3, {**written, "priority": "1"}) == 3                     # a business rule changed a tracked field
-    assert after(None, written) is None                                    # nothing known synced: read as before
+    assert after(3, written) == 4  # the next version, as we wrote it
+    assert after(2, written) == 2  # someone's change got in between
+    assert after(3, {**written, "priority": "1"}) == 3  # a business rule changed a tracked field
+    assert after(None, written) is None  # nothing known synced: read as before
     assert after(3, {k: v for k, v in written.items() if k != "sys_mod_count"}) == 3
-    assert after(3, {**written, "sys_mod_count": "3"}) == 3               # nothing new: not an advance
+    assert after(3, {**written, "sys_mod_count": "3"}) == 3  # nothing new: not an advance
     assert sn_view(written)["sys_mod_count"] == "4"
 
 
@@ -329,7 +331,9 @@ async def test_replayed_and_duplicated_events_write_nothing_and_skip_the_echoes(
     assert ("servicenow", "GET /api/now/table/incident/{sys_id}") not in recorder.ops()
     assert {s: world.sn.get("incident", s)["sys_mod_count"] for s in mods} == mods
     assert {i: len(world.pd.incident_log_entries(i)) for i in world.pd.incidents} == pd_logs
-    assert world.pd_notes(only(world.pd_for(sn_born["sys_id"]))["id"]) == ["(from ServiceNow: Alice Nguyen) rolling back"]
+    assert world.pd_notes(only(world.pd_for(sn_born["sys_id"]))["id"]) == [
+        "(from ServiceNow: Alice Nguyen) rolling back"
+    ]
 
 
 async def test_a_doorbell_below_what_is_synced_is_skipped_but_a_newer_one_is_read(rec_world):
@@ -353,6 +357,7 @@ async def test_a_doorbell_below_what_is_synced_is_skipped_but_a_newer_one_is_rea
 # ---------------------------------------------------------------------------------------
 # PagerDuty: a webhook whose own copy of the incident is what was synced needs no read
 # ---------------------------------------------------------------------------------------
+
 
 async def test_a_pagerduty_change_right_after_our_write_is_synced(rec_world):
     world, recorder = rec_world
@@ -408,12 +413,14 @@ async def test_an_urgency_change_behind_our_write_is_found_by_the_poll(rec_world
 # Before a link: one lookup, and no duplicate
 # ---------------------------------------------------------------------------------------
 
+
 async def test_an_incident_born_in_servicenow_but_not_linked_is_linked_not_opened_again(make_world):
     world = await make_world(doorbell=False)
     rec = open_sn(world, "Born there")
     # As if its trigger handler stopped after the trigger: PagerDuty has it, no link does.
-    inc = world.pd.create_incident(title="Born there", service_id="PSVCDB1", from_user="PALICE1",
-                                   incident_key=rec["sys_id"])
+    inc = world.pd.create_incident(
+        title="Born there", service_id="PSVCDB1", from_user="PALICE1", incident_key=rec["sys_id"]
+    )
     await world.settle()
     link = only(await world.links())
     assert (link.pd_id, link.sn_id, link.state["origin"]) == (inc["id"], rec["sys_id"], "sn")
@@ -423,9 +430,19 @@ async def test_an_incident_born_in_servicenow_but_not_linked_is_linked_not_opene
 async def test_many_incidents_opened_for_one_pagerduty_incident_link_the_oldest(make_world):
     world = await make_world(webhooks=False, doorbell=False)
     inc = world.pd.create_incident(title="Storm", service_id="PSVCDB1", from_user="PALICE1")
-    made = [world.sn.insert("incident", {"short_description": f"Storm {i}", "correlation_id": inc["id"],
-                                         "correlation_display": "PagerDuty", "assignment_group": DB_GROUP},
-                            user="admin") for i in range(engine_mod.LOOKUP_LIMIT + 5)]
+    made = [
+        world.sn.insert(
+            "incident",
+            {
+                "short_description": f"Storm {i}",
+                "correlation_id": inc["id"],
+                "correlation_display": "PagerDuty",
+                "assignment_group": DB_GROUP,
+            },
+            user="admin",
+        )
+        for i in range(engine_mod.LOOKUP_LIMIT + 5)
+    ]
     assert await world.engine.pagerduty_changed(inc["id"])
     link = only(await world.links())
     assert link.sn_id == made[0]["sys_id"]  # the oldest (the clock moves a second per write)
@@ -436,14 +453,18 @@ async def test_many_incidents_opened_for_one_pagerduty_incident_link_the_oldest(
 # Concurrency: unrelated incidents never wait for each other
 # ---------------------------------------------------------------------------------------
 
+
 async def test_unrelated_incidents_on_one_service_sync_side_by_side(rec_world):
     world, recorder = rec_world
     release = asyncio.Event()
     held: list[str] = []
 
     async def hold(request) -> None:
-        if (request.service == "servicenow" and request.method == "POST"
-                and (request.json or {}).get("short_description") == "held"):
+        if (
+            request.service == "servicenow"
+            and request.method == "POST"
+            and (request.json or {}).get("short_description") == "held"
+        ):
             held.append("held")
             await release.wait()
 
@@ -470,6 +491,7 @@ async def test_unrelated_incidents_on_one_service_sync_side_by_side(rec_world):
 # ---------------------------------------------------------------------------------------
 # Locks, loading and lookups kept in memory
 # ---------------------------------------------------------------------------------------
+
 
 def bare_engine() -> Engine:
     return Engine(SimpleNamespace(store=None))
@@ -541,8 +563,11 @@ async def test_locks_of_several_keys_never_deadlock():
             order.append(name)
             await asyncio.sleep(0)
 
-    takers = [take(keys, name) for _ in range(5)
-              for keys, name in ((("pd:A", "sn:B"), "ab"), (("sn:B", "pd:A"), "ba"), (("pd:A",), "a"), (("sn:B",), "b"))]
+    takers = [
+        take(keys, name)
+        for _ in range(5)
+        for keys, name in ((("pd:A", "sn:B"), "ab"), (("sn:B", "pd:A"), "ba"), (("pd:A",), "a"), (("sn:B",), "b"))
+    ]
     await asyncio.wait_for(asyncio.gather(*takers), timeout=5)
     assert len(order) == 20 and not locks._locks
 
@@ -588,7 +613,11 @@ class FakeApi:
 
     async def sn_query(self, table, query, fields=None, *, limit=None, order_by=None):
         self.calls.append(f"sn_query {query}")
-        return [u for u in self.sn_users if f"email={u['email']}" in str(query) or f"user_name={u['user_name']}" in str(query)]
+        return [
+            u
+            for u in self.sn_users
+            if f"email={u['email']}" in str(query) or f"user_name={u['user_name']}" in str(query)
+        ]
 
     async def sn_get(self, table, sys_id, fields=None):
         self.calls.append(f"sn_get {sys_id}")

@@ -27,35 +27,68 @@ def test_defaults_are_the_apps(make_config):
 
 
 def test_per_service_options_override_the_defaults(make_config):
-    config, _ = make_config(enabled({"service_options": [
-        {"service": "PSVCNET", "sync_option": "manual", "incident_type": "security_incident"}]}))
+    config, _ = make_config(
+        enabled(
+            {"service_options": [{"service": "PSVCNET", "sync_option": "manual", "incident_type": "security_incident"}]}
+        )
+    )
     conf = config.plugin_sections["incident_sync"]
     assert conf.sync_option_for("PSVCNET") == "manual" and conf.table_for("PSVCNET") == "sn_si_incident"
     assert conf.sync_option_for("PSVCDB1") == "all" and conf.table_for("PSVCDB1") == "incident"
 
 
-@pytest.mark.parametrize("settings, expected", [
-    ({"mapping_mode": "groups"}, "plugins.incident_sync.mapping_mode: input should be 'assignment_groups' or 'cis_and_assignment_groups'"),
-    ({"resolved_state": "resolved"}, "plugins.incident_sync.resolved_state: expected an integer state value"),
-    ({"resolved_state": "5"}, "plugins.incident_sync: resolved_state '5' must be one of done_states"),
-    ({"trigger_priorities": "1, 9"}, "plugins.incident_sync.trigger_priorities: expected ServiceNow priorities 1..5"),
-    ({"priorities": "P1=1, P1=2"}, "plugins.incident_sync.priorities: 'P1' is listed twice"),
-    ({"urgencies": "urgent=1"}, "plugins.incident_sync.urgencies: 'urgent': expected the PagerDuty urgency high or low"),
-    ({"impact_urgency": "1=1-1"}, "plugins.incident_sync.impact_urgency: 1=1-1: expected a priority 1..5 = impact/urgency"),
-    ({"links": [{"group": "Database", "ci": "db-01", "service": "PSVCDB1"}]},
-     "plugins.incident_sync.links.0: a link names exactly one of group or ci"),
-    ({"links": [{"group": "Database"}]}, "plugins.incident_sync.links.0: a link needs a service, an escalation_policy, or both"),
-    ({"links": [{"group": "Database", "service": "not-an-id"}]},
-     "plugins.incident_sync.links.0.service: expected a PagerDuty service id like PXXXXXX"),
-    ({"links": [{"group": "Database", "service": "PSVCDB1", "team": "x"}]}, "plugins.incident_sync.links.0.team: unknown key"),
-    ({"service_options": [{"service": "PSVCDB1", "sync_option": "sometimes"}]},
-     "plugins.incident_sync.service_options.0.sync_option: input should be 'all' or 'manual'"),
-    ({"poll_interval_seconds": -1.0}, "plugins.incident_sync.poll_interval_seconds: input should be greater than or equal to 0"),
-    ({"close_notes": "by {user"}, "plugins.incident_sync.close_notes: not a valid template"),
-    ({"v7_incident_field": "X-PD"}, "plugins.incident_sync.v7_incident_field: expected a ServiceNow column name"),
-    ({"sync_work_notes": "yes"}, "plugins.incident_sync.sync_work_notes: input should be a valid boolean"),
-    ({"colour": "blue"}, "plugins.incident_sync.colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (
+            {"mapping_mode": "groups"},
+            "plugins.incident_sync.mapping_mode: input should be 'assignment_groups' or 'cis_and_assignment_groups'",
+        ),
+        ({"resolved_state": "resolved"}, "plugins.incident_sync.resolved_state: expected an integer state value"),
+        ({"resolved_state": "5"}, "plugins.incident_sync: resolved_state '5' must be one of done_states"),
+        (
+            {"trigger_priorities": "1, 9"},
+            "plugins.incident_sync.trigger_priorities: expected ServiceNow priorities 1..5",
+        ),
+        ({"priorities": "P1=1, P1=2"}, "plugins.incident_sync.priorities: 'P1' is listed twice"),
+        (
+            {"urgencies": "urgent=1"},
+            "plugins.incident_sync.urgencies: 'urgent': expected the PagerDuty urgency high or low",
+        ),
+        (
+            {"impact_urgency": "1=1-1"},
+            "plugins.incident_sync.impact_urgency: 1=1-1: expected a priority 1..5 = impact/urgency",
+        ),
+        (
+            {"links": [{"group": "Database", "ci": "db-01", "service": "PSVCDB1"}]},
+            "plugins.incident_sync.links.0: a link names exactly one of group or ci",
+        ),
+        (
+            {"links": [{"group": "Database"}]},
+            "plugins.incident_sync.links.0: a link needs a service, an escalation_policy, or both",
+        ),
+        (
+            {"links": [{"group": "Database", "service": "not-an-id"}]},
+            "plugins.incident_sync.links.0.service: expected a PagerDuty service id like PXXXXXX",
+        ),
+        (
+            {"links": [{"group": "Database", "service": "PSVCDB1", "team": "x"}]},
+            "plugins.incident_sync.links.0.team: unknown key",
+        ),
+        (
+            {"service_options": [{"service": "PSVCDB1", "sync_option": "sometimes"}]},
+            "plugins.incident_sync.service_options.0.sync_option: input should be 'all' or 'manual'",
+        ),
+        (
+            {"poll_interval_seconds": -1.0},
+            "plugins.incident_sync.poll_interval_seconds: input should be greater than or equal to 0",
+        ),
+        ({"close_notes": "by {user"}, "plugins.incident_sync.close_notes: not a valid template"),
+        ({"v7_incident_field": "X-PD"}, "plugins.incident_sync.v7_incident_field: expected a ServiceNow column name"),
+        ({"sync_work_notes": "yes"}, "plugins.incident_sync.sync_work_notes: input should be a valid boolean"),
+        ({"colour": "blue"}, "plugins.incident_sync.colour: unknown key"),
+    ],
+)
 def test_bad_values_name_the_dotted_key(make_config, settings, expected):
     with pytest.raises(ConfigError) as info:
         make_config(enabled(settings))

@@ -9,8 +9,19 @@ import aiohttp
 import pytest
 
 from tests.plugins.incident_sync.world import (
-    ALICE_SN, BOB_SN, CAROL_SN, DB_GROUP, DESK_GROUP, DOORBELL_TOKEN, ERIN_SN, NET_GROUP, PAYMENTS_API_CI,
-    PD_TO_SN, SN_INTEGRATION, V2_PASSWORD, V2_USER,
+    ALICE_SN,
+    BOB_SN,
+    CAROL_SN,
+    DB_GROUP,
+    DESK_GROUP,
+    DOORBELL_TOKEN,
+    ERIN_SN,
+    NET_GROUP,
+    PAYMENTS_API_CI,
+    PD_TO_SN,
+    SN_INTEGRATION,
+    V2_PASSWORD,
+    V2_USER,
 )
 
 INTEGRATION_SN = "450a5461e2dbad53f265a09c73c9de9d"
@@ -31,10 +42,15 @@ def only(rows: list[dict]) -> dict:
 # PagerDuty -> ServiceNow
 # ---------------------------------------------------------------------------------------
 
+
 async def test_pagerduty_lifecycle_reaches_servicenow(world):
     pd = world.pd
-    inc = pd.create_incident(title="Replica lag on db-01", service_id="PSVCDB1", from_user="PALICE1",
-                             body_details="lag 900s on the read replica")
+    inc = pd.create_incident(
+        title="Replica lag on db-01",
+        service_id="PSVCDB1",
+        from_user="PALICE1",
+        body_details="lag 900s on the read replica",
+    )
     await world.settle()
     rec = only(world.sn_for(inc["id"]))
     assert rec["short_description"] == "Replica lag on db-01"
@@ -168,8 +184,15 @@ async def test_manual_sync_by_custom_incident_action(make_world):
     assert world.sn_incidents() == []  # polling does not sync a manual service's incident either
 
     # The custom incident action "Sync with ServiceNow" posts the incident (V2 shape).
-    body = {"messages": [{"event": "incident.custom", "id": "b1f9c7e0-0000-4000-8000-000000000001",
-                          "incident": {"id": inc["id"], "title": inc["title"]}}]}
+    body = {
+        "messages": [
+            {
+                "event": "incident.custom",
+                "id": "b1f9c7e0-0000-4000-8000-000000000001",
+                "incident": {"id": inc["id"], "title": inc["title"]},
+            }
+        ]
+    }
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{world.url}/webhooks/pagerduty/sync", json=body) as resp:
             assert resp.status == 401
@@ -217,14 +240,21 @@ async def test_manual_sync_by_cli_command(make_world):
 
 async def test_v2_extension_webhooks_for_operators_leaving_the_v7_app(make_world):
     world = await make_world(webhooks=False)
-    world.pd.create_extension({
-        "type": "extension", "name": "servicenow-database",
-        "endpoint_url": f"{world.url}/webhooks/pagerduty/v2",
-        "extension_schema": {"id": "PAKM60Z", "type": "extension_schema_reference"},
-        "extension_objects": [{"id": "PSVCDB1", "type": "service_reference"}],
-        "config": {"snow_user": V2_USER, "snow_password": V2_PASSWORD, "sync_options": "sync_all",
-                   "target": f"{world.url}/webhooks/pagerduty/v2"},
-    })
+    world.pd.create_extension(
+        {
+            "type": "extension",
+            "name": "servicenow-database",
+            "endpoint_url": f"{world.url}/webhooks/pagerduty/v2",
+            "extension_schema": {"id": "PAKM60Z", "type": "extension_schema_reference"},
+            "extension_objects": [{"id": "PSVCDB1", "type": "service_reference"}],
+            "config": {
+                "snow_user": V2_USER,
+                "snow_password": V2_PASSWORD,
+                "sync_options": "sync_all",
+                "target": f"{world.url}/webhooks/pagerduty/v2",
+            },
+        }
+    )
     inc = world.pd.create_incident(title="From a V2 extension", service_id="PSVCDB1", from_user="PALICE1")
     await world.settle()
     rec = only(world.sn_for(inc["id"]))
@@ -241,11 +271,23 @@ async def test_v2_extension_webhooks_for_operators_leaving_the_v7_app(make_world
 # ServiceNow -> PagerDuty
 # ---------------------------------------------------------------------------------------
 
-def open_sn(world, *, group: str = DB_GROUP, impact: str = "1", urgency: str = "1", user: str = "alice.nguyen",
-            **fields) -> dict:
-    return world.sn.insert("incident", {"short_description": "Payments API 500s", "description": "since 10:02",
-                                        "assignment_group": group, "impact": impact, "urgency": urgency,
-                                        "caller_id": ALICE_SN, **fields}, user=user)
+
+def open_sn(
+    world, *, group: str = DB_GROUP, impact: str = "1", urgency: str = "1", user: str = "alice.nguyen", **fields
+) -> dict:
+    return world.sn.insert(
+        "incident",
+        {
+            "short_description": "Payments API 500s",
+            "description": "since 10:02",
+            "assignment_group": group,
+            "impact": impact,
+            "urgency": urgency,
+            "caller_id": ALICE_SN,
+            **fields,
+        },
+        user=user,
+    )
 
 
 async def test_servicenow_lifecycle_reaches_pagerduty(world):
@@ -256,8 +298,11 @@ async def test_servicenow_lifecycle_reaches_pagerduty(world):
     assert inc["escalation_policy"]["id"] == "PEPDB01" and inc["urgency"] == "high"
     assert inc["priority"]["summary"] == "P1"
     trigger = world.pd.incident_log_entries(inc["id"])[-1]
-    assert trigger["channel"]["details"] == {"description": "since 10:02", "servicenow_number": rec["number"],
-                                             "servicenow_sys_id": rec["sys_id"]}
+    assert trigger["channel"]["details"] == {
+        "description": "since 10:02",
+        "servicenow_number": rec["number"],
+        "servicenow_sys_id": rec["sys_id"],
+    }
     assert trigger["agent"]["id"] == "PALICE1"  # From: the ServiceNow user's email
     rec = world.sn.get("incident", rec["sys_id"])
     assert (rec["correlation_id"], rec["correlation_display"]) == (inc["id"], "PagerDuty")
@@ -286,8 +331,12 @@ async def test_servicenow_lifecycle_reaches_pagerduty(world):
     assert world.pd.incidents[inc["id"]]["priority"]["summary"] == "P3"
     assert world.pd.incidents[inc["id"]]["urgency"] == "low"
 
-    world.sn.update("incident", sys_id, {"state": "6", "close_code": "Solved (Permanently)",
-                                         "close_notes": "Rolled back"}, user="carol.jones")
+    world.sn.update(
+        "incident",
+        sys_id,
+        {"state": "6", "close_code": "Solved (Permanently)", "close_notes": "Rolled back"},
+        user="carol.jones",
+    )
     await world.settle()
     pd_inc = world.pd.incidents[inc["id"]]
     assert pd_inc["status"] == "resolved"
@@ -393,11 +442,14 @@ async def test_create_missing_pagerduty_users(make_world, create):
 
 
 async def test_cis_and_assignment_groups_mapping_mode(make_world):
-    world = await make_world(mapping_mode="cis_and_assignment_groups", links=[
-        {"ci": "payments-api", "service": "PSVCDB1"},
-        {"group": "Database", "escalation_policy": "PEPDB01"},
-        {"group": "Network", "escalation_policy": "PEPNET1"},
-    ])
+    world = await make_world(
+        mapping_mode="cis_and_assignment_groups",
+        links=[
+            {"ci": "payments-api", "service": "PSVCDB1"},
+            {"group": "Database", "escalation_policy": "PEPDB01"},
+            {"group": "Network", "escalation_policy": "PEPNET1"},
+        ],
+    )
     rec = open_sn(world, group=NET_GROUP, cmdb_ci=PAYMENTS_API_CI)
     await world.settle()
     inc = only(world.pd_for(rec["sys_id"]))
@@ -418,8 +470,11 @@ async def test_v7_fields_are_read_and_written(make_world):
     world = await make_world(links=[], v7_fields=True)
     for name, (service, ep) in world_seed_groups.items():
         group = world.sn.query("sys_user_group", f"name={name}")[0]
-        world.sn.update("sys_user_group", group["sys_id"], {"x_pd_integration_pagerduty_service": service,
-                                                            "x_pd_integration_pagerduty_escalation": ep})
+        world.sn.update(
+            "sys_user_group",
+            group["sys_id"],
+            {"x_pd_integration_pagerduty_service": service, "x_pd_integration_pagerduty_escalation": ep},
+        )
     await world.engine.refresh()  # what on_startup does; the poll does it again each pass
     rec = open_sn(world)
     await world.settle()
@@ -429,8 +484,11 @@ async def test_v7_fields_are_read_and_written(make_world):
     assert [(lk.sn_id, lk.pd_id, lk.state["source"]) for lk in group_links] == [(DB_GROUP, "PSVCDB1", "v7")]
 
     # Network gets mapped in ServiceNow while the daemon runs: the next poll picks it up.
-    world.sn.update("sys_user_group", NET_GROUP, {"x_pd_integration_pagerduty_service": "PSVCNET",
-                                                  "x_pd_integration_pagerduty_escalation": "PEPNET1"})
+    world.sn.update(
+        "sys_user_group",
+        NET_GROUP,
+        {"x_pd_integration_pagerduty_service": "PSVCNET", "x_pd_integration_pagerduty_escalation": "PEPNET1"},
+    )
     await world.poll()
     world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
     await world.settle()
@@ -446,9 +504,17 @@ async def test_v7_fields_are_read_and_written(make_world):
 async def test_incident_opened_by_the_v7_app_is_adopted_not_duplicated(make_world):
     world = await make_world(v7_fields=True)
     inc = world.pd.create_incident(title="Opened by the old app", service_id="PSVCDB1", from_user="PALICE1")
-    rec = world.sn.insert("incident", {"short_description": "Opened by the old app", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1", "x_pd_integration_incident": inc["id"]},
-                          user=SN_INTEGRATION)
+    rec = world.sn.insert(
+        "incident",
+        {
+            "short_description": "Opened by the old app",
+            "assignment_group": DB_GROUP,
+            "impact": "1",
+            "urgency": "1",
+            "x_pd_integration_incident": inc["id"],
+        },
+        user=SN_INTEGRATION,
+    )
     await world.settle()
     assert len(world.sn_incidents()) == 1 and len(world.pd.incidents) == 1
     link = only(await world.links())
@@ -456,11 +522,13 @@ async def test_incident_opened_by_the_v7_app_is_adopted_not_duplicated(make_worl
 
 
 async def test_check_reports_links_to_missing_pagerduty_objects(make_world):
-    world = await make_world(links=[
-        {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
-        {"group": "Network", "service": "PNOSUCH", "escalation_policy": "PEPNET1"},
-        {"group": "No Such Group", "service": "PSVCDB1"},
-    ])
+    world = await make_world(
+        links=[
+            {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
+            {"group": "Network", "service": "PNOSUCH", "escalation_policy": "PEPNET1"},
+            {"group": "No Such Group", "service": "PSVCDB1"},
+        ]
+    )
     [check] = world.plugin.register_checks(ctx=world.ctx)
     result = await check.func(world.ctx)
     assert not result.ok
@@ -489,15 +557,24 @@ async def test_user_links_are_remembered(world):
     assert only(world.sn_for(inc["id"]))["assigned_to"] == PD_TO_SN[on_call]
 
 
-
 async def test_custom_states_templates_maps_and_caller(make_world):
     world = await make_world(
-        caller="bob.smith", close_code="Resolved by caller", close_notes="{user}: {resolution}",
-        resolved_state="7", done_states="7, 8", in_progress_state="3", reopened_state="1",
-        priorities="P1=2, P2=3", urgencies="high=1, low=5", servicenow_urgencies="1=low, 2=low, 3=high",
-        impact_urgency="1=1/1, 2=2/1, 3=3/1, 5=3/3", trigger_priorities="1, 2, 3",
-        pagerduty_body="{number}: {short_description} ({work_notes})", servicenow_description="{title} on {service}",
-        sync_work_notes=False)
+        caller="bob.smith",
+        close_code="Resolved by caller",
+        close_notes="{user}: {resolution}",
+        resolved_state="7",
+        done_states="7, 8",
+        in_progress_state="3",
+        reopened_state="1",
+        priorities="P1=2, P2=3",
+        urgencies="high=1, low=5",
+        servicenow_urgencies="1=low, 2=low, 3=high",
+        impact_urgency="1=1/1, 2=2/1, 3=3/1, 5=3/3",
+        trigger_priorities="1, 2, 3",
+        pagerduty_body="{number}: {short_description} ({work_notes})",
+        servicenow_description="{title} on {service}",
+        sync_work_notes=False,
+    )
     pd = world.pd
     inc = pd.create_incident(title="Custom", service_id="PSVCDB1", from_user="PALICE1")
     await world.settle()
@@ -513,14 +590,26 @@ async def test_custom_states_templates_maps_and_caller(make_world):
     pd.resolve(inc["id"], "PALICE1", resolution="fixed it")
     await world.settle()
     rec = world.sn.get("incident", rec["sys_id"])
-    assert (rec["state"], rec["close_code"], rec["close_notes"]) == ("7", "Resolved by caller", "Alice Nguyen: fixed it")
+    assert (rec["state"], rec["close_code"], rec["close_notes"]) == (
+        "7",
+        "Resolved by caller",
+        "Alice Nguyen: fixed it",
+    )
     pd.reopen(inc["id"], "PALICE1")
     await world.settle()
     assert world.sn.get("incident", rec["sys_id"])["state"] == "1"
 
-    sn_rec = world.sn.insert("incident", {"short_description": "Moderate", "assignment_group": DB_GROUP,
-                                          "impact": "2", "urgency": "2", "work_notes": "first look"},
-                             user="alice.nguyen")  # priority 3: triggers with trigger_priorities 1, 2, 3
+    sn_rec = world.sn.insert(
+        "incident",
+        {
+            "short_description": "Moderate",
+            "assignment_group": DB_GROUP,
+            "impact": "2",
+            "urgency": "2",
+            "work_notes": "first look",
+        },
+        user="alice.nguyen",
+    )  # priority 3: triggers with trigger_priorities 1, 2, 3
     await world.settle()
     created = only(world.pd_for(sn_rec["sys_id"]))
     assert created["urgency"] == "high" and created["priority"]["summary"] == "P2"  # 3=high, P2=3

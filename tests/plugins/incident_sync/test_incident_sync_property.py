@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from dutybridge_sandbox.pagerduty import PDError
-
 from tests.plugins.incident_sync.world import ALICE_SN, BOB_SN, DB_GROUP, NET_GROUP, start_world, stop_world
 
 GROUP_EP = {DB_GROUP: "PEPDB01", NET_GROUP: "PEPNET1"}
@@ -44,6 +43,7 @@ class IncidentSyncMachine(RuleBasedStateMachine):
 
     def act(self, fn, *args, **kwargs):
         """Do what a person does, inside the loop (so the sandboxes queue their webhooks)."""
+
         async def call():
             return fn(*args, **kwargs)
 
@@ -110,11 +110,23 @@ class IncidentSyncMachine(RuleBasedStateMachine):
         self.pd_notes.append((iid, content))
 
     # -- ServiceNow people -----------------------------------------------------------
-    @rule(group=st.sampled_from(sorted(GROUP_EP)), urgency=st.sampled_from(["1", "2"]),
-          user=st.sampled_from(sorted(SN_USERS)))
+    @rule(
+        group=st.sampled_from(sorted(GROUP_EP)),
+        urgency=st.sampled_from(["1", "2"]),
+        user=st.sampled_from(sorted(SN_USERS)),
+    )
     def sn_open(self, group, urgency, user):
-        self.act(self.world.sn.insert, "incident", {"short_description": f"SN incident {self._next()}",
-                                          "assignment_group": group, "impact": "1", "urgency": urgency}, user=user)
+        self.act(
+            self.world.sn.insert,
+            "incident",
+            {
+                "short_description": f"SN incident {self._next()}",
+                "assignment_group": group,
+                "impact": "1",
+                "urgency": urgency,
+            },
+            user=user,
+        )
 
     @precondition(lambda self: self.world.sn.query("incident"))
     @rule(i=st.integers(0, 999), group=st.sampled_from(sorted(GROUP_EP)), user=st.sampled_from(sorted(SN_USERS)))
@@ -190,6 +202,10 @@ class IncidentSyncMachine(RuleBasedStateMachine):
 
 TestIncidentSyncProperty = IncidentSyncMachine.TestCase
 TestIncidentSyncProperty.settings = settings(
-    max_examples=6, stateful_step_count=18, deadline=None, derandomize=True, database=None,
+    max_examples=6,
+    stateful_step_count=18,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -10,9 +10,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from tests.plugins.incident_sync.world import BOB_SN, DB_GROUP, NET_GROUP, PD_SECRET, V3_EVENTS
-
 from dutybridge_plugins.incident_sync.poll import WM_PD, WM_SN
+from tests.plugins.incident_sync.world import BOB_SN, DB_GROUP, NET_GROUP, PD_SECRET, V3_EVENTS
 
 
 def only(rows):
@@ -25,8 +24,12 @@ async def capture_server():
     received: list[tuple[bytes, dict[str, str]]] = []
 
     async def handler(request: web.Request) -> web.Response:
-        received.append((await request.read(), {k: v for k, v in request.headers.items()
-                                                 if k.lower().startswith("x-") or k.lower() == "content-type"}))
+        received.append(
+            (
+                await request.read(),
+                {k: v for k, v in request.headers.items() if k.lower().startswith("x-") or k.lower() == "content-type"},
+            )
+        )
         return web.Response(status=202)
 
     app = web.Application()
@@ -42,10 +45,15 @@ async def test_every_event_twice_and_out_of_order_gives_one_incident_in_its_fina
     world = await make_world(webhooks=False)
     runner, url, received = await capture_server()
     try:
-        world.pd.create_webhook_subscription({
-            "type": "webhook_subscription",
-            "delivery_method": {"type": "http_delivery_method", "url": url},
-            "events": V3_EVENTS, "filter": {"type": "account_reference"}}, secret=PD_SECRET)
+        world.pd.create_webhook_subscription(
+            {
+                "type": "webhook_subscription",
+                "delivery_method": {"type": "http_delivery_method", "url": url},
+                "events": V3_EVENTS,
+                "filter": {"type": "account_reference"},
+            },
+            secret=PD_SECRET,
+        )
         pd = world.pd
         inc = pd.create_incident(title="Checkout errors", service_id="PSVCDB1", from_user="PALICE1")
         pd.acknowledge(inc["id"], "PALICE1")
@@ -87,8 +95,11 @@ async def test_every_event_twice_and_out_of_order_gives_one_incident_in_its_fina
 
 
 async def test_duplicated_doorbells_and_stale_events_change_nothing(world):
-    rec = world.sn.insert("incident", {"short_description": "Login failures", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Login failures", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+        user="alice.nguyen",
+    )
     await world.settle()
     world.sn.update("incident", rec["sys_id"], {"work_notes": "checking IdP"}, user="alice.nguyen")
     world.sn.update("incident", rec["sys_id"], {"assigned_to": BOB_SN}, user="alice.nguyen")
@@ -113,8 +124,11 @@ async def test_duplicated_doorbells_and_stale_events_change_nothing(world):
 async def test_racing_updates_never_trigger_two_pagerduty_incidents(world):
     await world.poll()  # the first pass only sets the watermark
     # Automation updates the record twice right after it is created (the app's known race).
-    rec = world.sn.insert("incident", {"short_description": "Race", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Race", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+        user="alice.nguyen",
+    )
     world.sn.update("incident", rec["sys_id"], {"description": "enriched by automation"}, user="admin")
     world.sn.update("incident", rec["sys_id"], {"work_notes": "auto-triaged"}, user="admin")
     # Polls racing the doorbells feed the same changes again.
@@ -133,8 +147,11 @@ async def test_pushes_off_converge_by_polling_alone(make_world):
 
     await world.wait_for(marks_set, what="the first poll")
     pd_born = world.pd.create_incident(title="Found by polling", service_id="PSVCDB1", from_user="PALICE1")
-    sn_born = world.sn.insert("incident", {"short_description": "Also by polling", "assignment_group": NET_GROUP,
-                                           "impact": "1", "urgency": "2"}, user="bob.smith")
+    sn_born = world.sn.insert(
+        "incident",
+        {"short_description": "Also by polling", "assignment_group": NET_GROUP, "impact": "1", "urgency": "2"},
+        user="bob.smith",
+    )
     await world.wait_for(lambda: world.sn_for(pd_born["id"]), what="PD incident synced to SN")
     await world.wait_for(lambda: world.pd_for(sn_born["sys_id"]), what="SN incident synced to PD")
     sn_of_pd = only(world.sn_for(pd_born["id"]))
@@ -152,8 +169,10 @@ async def test_pushes_off_converge_by_polling_alone(make_world):
     assert world.pd_notes(pd_of_sn["id"]) == ["(from ServiceNow: Bob Smith) polled work note"]
     # A priority change leaves no PagerDuty log entry: the sweep of open incidents finds it.
     world.pd.set_priority(pd_born["id"], "PPRIO01", "PBOBSM1")
-    await world.wait_for(lambda: world.sn.get("incident", sn_of_pd["sys_id"])["priority"] == "1",
-                         what="priority via the open-incident sweep")
+    await world.wait_for(
+        lambda: world.sn.get("incident", sn_of_pd["sys_id"])["priority"] == "1",
+        what="priority via the open-incident sweep",
+    )
     assert len(world.sn_incidents()) == 2 and len(world.pd.incidents) == 2
 
 
@@ -161,15 +180,19 @@ async def test_two_changes_in_one_second_are_caught_by_the_recheck(make_world):
     # Doorbells of two changes in the same second share an event id; the second is
     # dropped as a duplicate. The recheck reads the record again and syncs it.
     world = await make_world(sn_clock="frozen", recheck_seconds=0.1)
-    rec = world.sn.insert("incident", {"short_description": "Same second", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Same second", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+        user="alice.nguyen",
+    )
     inc = await world.wait_for(lambda: world.pd_for(rec["sys_id"]), what="the PD incident")
     await world.settle()
     world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
     world.sn.update("incident", rec["sys_id"], {"work_notes": "same second note"}, user="alice.nguyen")
     await world.wait_for(lambda: world.pd_notes(inc[0]["id"]), what="the note, via the recheck")
-    await world.wait_for(lambda: world.pd.incidents[inc[0]["id"]]["escalation_policy"]["id"] == "PEPNET1",
-                         what="the reassignment")
+    await world.wait_for(
+        lambda: world.pd.incidents[inc[0]["id"]]["escalation_policy"]["id"] == "PEPNET1", what="the reassignment"
+    )
     await world.settle()
     assert world.pd_notes(inc[0]["id"]) == ["(from ServiceNow: Alice Nguyen) same second note"]
 
@@ -177,8 +200,11 @@ async def test_two_changes_in_one_second_are_caught_by_the_recheck(make_world):
 async def test_two_changes_in_one_second_are_caught_by_the_poll(make_world):
     world = await make_world(sn_clock="frozen")  # rechecks off
     await world.poll()  # the first pass only sets the watermark
-    rec = world.sn.insert("incident", {"short_description": "Same second", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Same second", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+        user="alice.nguyen",
+    )
     await world.settle()
     inc = only(world.pd_for(rec["sys_id"]))
     world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
@@ -204,10 +230,12 @@ async def automation(world, stop: asyncio.Event, *, pd_rule: bool) -> None:
 
 
 async def test_groups_sharing_a_policy_do_not_loop(make_world):
-    world = await make_world(links=[
-        {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
-        {"group": "Network", "service": "PSVCNET", "escalation_policy": "PEPDB01"},
-    ])
+    world = await make_world(
+        links=[
+            {"group": "Database", "service": "PSVCDB1", "escalation_policy": "PEPDB01"},
+            {"group": "Network", "service": "PSVCNET", "escalation_policy": "PEPDB01"},
+        ]
+    )
     stop = asyncio.Event()
     rule = asyncio.create_task(automation(world, stop, pd_rule=False))
     try:
@@ -215,8 +243,11 @@ async def test_groups_sharing_a_policy_do_not_loop(make_world):
         await world.settle()
         world.pd.delegate(inc["id"], "PEPDB01", "PALICE1")  # someone re-delegates to the same policy
         await world.settle()
-        sn_born = world.sn.insert("incident", {"short_description": "Shared, from SN", "assignment_group": DB_GROUP,
-                                               "impact": "1", "urgency": "1"}, user="alice.nguyen")
+        sn_born = world.sn.insert(
+            "incident",
+            {"short_description": "Shared, from SN", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+            user="alice.nguyen",
+        )
         await world.settle()
     finally:
         stop.set()
@@ -235,15 +266,21 @@ async def test_automation_fighting_across_systems_is_bounded_and_logged(make_wor
     rule = asyncio.create_task(automation(world, stop, pd_rule=True))
     try:
         with structlog.testing.capture_logs() as logs:
-            rec = world.sn.insert("incident", {"short_description": "Tug of war", "assignment_group": DB_GROUP,
-                                               "impact": "1", "urgency": "1"}, user="alice.nguyen")
+            rec = world.sn.insert(
+                "incident",
+                {"short_description": "Tug of war", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+                user="alice.nguyen",
+            )
             await world.settle(timeout=15)
     finally:
         stop.set()
         await rule
     inc = only(world.pd_for(rec["sys_id"]))
-    ours = [e for e in world.pd.incident_log_entries(inc["id"])
-            if e["type"] == "delegate_log_entry" and e["agent"]["id"] != "PBOBSM1"]
+    ours = [
+        e
+        for e in world.pd.incident_log_entries(inc["id"])
+        if e["type"] == "delegate_log_entry" and e["agent"]["id"] != "PBOBSM1"
+    ]
     assert 1 <= len(ours) <= 4
     warnings = [e for e in logs if e["event"] == "reassignment_loop_bound_reached"]
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
@@ -253,8 +290,11 @@ async def test_automation_fighting_across_systems_is_bounded_and_logged(make_wor
 
 async def test_a_resolution_in_servicenow_is_not_undone_by_a_later_acknowledgement(world):
     await world.poll()  # the first pass only sets the watermarks
-    rec = world.sn.insert("incident", {"short_description": "Crossing", "assignment_group": DB_GROUP,
-                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    rec = world.sn.insert(
+        "incident",
+        {"short_description": "Crossing", "assignment_group": DB_GROUP, "impact": "1", "urgency": "1"},
+        user="alice.nguyen",
+    )
     await world.settle()
     inc = only(world.pd_for(rec["sys_id"]))
     # The service desk resolves while its doorbell is lost; then Bob acknowledges in PagerDuty.

@@ -10,11 +10,12 @@ import asyncio
 import copy
 import itertools
 import tomllib
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tomli_w
 from aiohttp import web
@@ -30,7 +31,11 @@ V2_USER, V2_PASSWORD = "pd-v2-extension", "v2-extension-password"
 DB_GROUP = "791d31c38a869b0f335daf24593fd37d"
 NET_GROUP = "c9f3e1c4781d0ed7199cc9f411b78597"
 DESK_GROUP = "a828d5f2993f47fa626772834ec1204e"
-ALICE_SN, BOB_SN, CAROL_SN = "f164b40bc4b53aa13fb15510f77528f4", "1b4d13e3bdcc91087aa6422d46dd25e7", "e92d72d6979c95ddce6c6b9f9906ae60"
+ALICE_SN, BOB_SN, CAROL_SN = (
+    "f164b40bc4b53aa13fb15510f77528f4",
+    "1b4d13e3bdcc91087aa6422d46dd25e7",
+    "e92d72d6979c95ddce6c6b9f9906ae60",
+)
 DAVE_SN, ERIN_SN = "dbde7f72b54eaa98f17f4745d00f67f2", "21c873cc173a58b02925fb6ba6398a05"
 PD_TO_SN = {"PALICE1": ALICE_SN, "PBOBSM1": BOB_SN, "PCAROL1": CAROL_SN, "PDAVEP1": DAVE_SN}
 PAYMENTS_API_CI = "720b630f97bc169b69b1cfcb70dbd140"
@@ -38,7 +43,6 @@ PORTAL_WEB_CI = "1721ae5a0ea68e0a533573f9cc49850d"
 
 # The demo's wiring: the seeded Database and Network groups, and the events subscribed to.
 from dutybridge_demo.story import LINKS as DEFAULT_LINKS  # noqa: E402
-
 from dutybridge_demo.story import V3_EVENTS  # noqa: E402
 
 
@@ -90,8 +94,10 @@ class World:
         while calm < 3:
             if loop.time() > deadline:
                 counts = await self.store.counts()
-                raise AssertionError(f"not quiet after {timeout}s: inbox {counts}, "
-                                     f"webhooks {self.pd.dispatcher.pending_summary()}, doorbells {self.sn.doorbells_pending}")
+                raise AssertionError(
+                    f"not quiet after {timeout}s: inbox {counts}, "
+                    f"webhooks {self.pd.dispatcher.pending_summary()}, doorbells {self.sn.doorbells_pending}"
+                )
             calm = calm + 1 if await self.quiet() else 0
             await asyncio.sleep(0.02)
         dead = await self.store.list_events(status="dead")
@@ -136,20 +142,36 @@ class World:
         return await self.store.list_links("incident", include_unlinked=include_unlinked)
 
 
-def build_config(sandbox: Any, tmp: Path, plugin: dict, *, extra: dict | None = None,
-                 store_url: str | None = None) -> Path:
+def build_config(
+    sandbox: Any, tmp: Path, plugin: dict, *, extra: dict | None = None, store_url: str | None = None
+) -> Path:
     creds = sandbox.credentials()
     doc: dict[str, Any] = {
-        "daemon": {"listen_port": 0, "store_url": store_url or f"sqlite:///{tmp / 'dutybridge.db'}",
-                   "log_level": "warning",
-                   "retry_base_seconds": 0.05, "retry_max_seconds": 0.5},
-        "pagerduty": {"api_url": creds["pagerduty_url"], "api_key": creds["pagerduty_api_key"],
-                      "default_user_id": creds["pagerduty_user_id"], "webhook_secrets": [PD_SECRET],
-                      "max_retries": 2, "timeout_seconds": 5.0},
-        "servicenow": {"instance_url": creds["servicenow_url"], "username": creds["servicenow_username"],
-                       "password": creds["servicenow_password"], "doorbell_token": DOORBELL_TOKEN,
-                       "doorbell_username": V2_USER, "doorbell_password": V2_PASSWORD,
-                       "max_retries": 2, "timeout_seconds": 5.0},
+        "daemon": {
+            "listen_port": 0,
+            "store_url": store_url or f"sqlite:///{tmp / 'dutybridge.db'}",
+            "log_level": "warning",
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.5,
+        },
+        "pagerduty": {
+            "api_url": creds["pagerduty_url"],
+            "api_key": creds["pagerduty_api_key"],
+            "default_user_id": creds["pagerduty_user_id"],
+            "webhook_secrets": [PD_SECRET],
+            "max_retries": 2,
+            "timeout_seconds": 5.0,
+        },
+        "servicenow": {
+            "instance_url": creds["servicenow_url"],
+            "username": creds["servicenow_username"],
+            "password": creds["servicenow_password"],
+            "doorbell_token": DOORBELL_TOKEN,
+            "doorbell_username": V2_USER,
+            "doorbell_password": V2_PASSWORD,
+            "max_retries": 2,
+            "timeout_seconds": 5.0,
+        },
         "plugins": {"enabled": ["incident_sync"], "incident_sync": plugin},
     }
     for key, value in (extra or {}).items():
@@ -167,7 +189,7 @@ def advancing_clock(sn: Any) -> None:
     daemon copes (rechecks, polling; the same-second tests prove it), but most tests are
     about something else and should not wait seconds for it.
     """
-    start = datetime.now(timezone.utc).replace(microsecond=0)
+    start = datetime.now(UTC).replace(microsecond=0)
     ticks = itertools.count()
     sn.now = lambda: start + timedelta(seconds=next(ticks))
 
@@ -179,16 +201,25 @@ def on_call_from_now(seed: dict) -> dict:
     so who a new incident goes to) changed with the week a test ran in: a test that
     assigned an incident "to someone else" passed one week and failed the next.
     """
-    start = datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    start = datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     for schedule in seed.get("pagerduty", {}).get("schedules", []):
         schedule["rotation_start"] = start
     return seed
 
 
-async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True, seed: dict | None = None,
-                      extra_plugins: list[object] = (), doorbell_exclude: tuple[str, ...] = (),
-                      events: list[str] | None = None, sn_clock: str = "advancing", store_url: str | None = None,
-                      **settings: Any) -> World:
+async def start_world(
+    tmp: Path,
+    *,
+    webhooks: bool = True,
+    doorbell: bool = True,
+    seed: dict | None = None,
+    extra_plugins: list[object] = (),
+    doorbell_exclude: tuple[str, ...] = (),
+    events: list[str] | None = None,
+    sn_clock: str = "advancing",
+    store_url: str | None = None,
+    **settings: Any,
+) -> World:
     """Start sandbox + daemon in ``tmp``; ``settings`` are ``[plugins.incident_sync]`` keys
     (``links`` defaults to Database and Network, ``poll_interval_seconds`` to 0: tests poll
     with ``world.poll()``; ``recheck_seconds`` to 0). ``webhooks=False`` / ``doorbell=False``
@@ -219,16 +250,23 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
         world = World(sandbox=sandbox, ctx=app[CTX_KEY], url=url, runner=runner)
         world.config_path = tmp / "config.toml"
         if webhooks:
-            world.subscription = sandbox.pagerduty.create_webhook_subscription({
-                "type": "webhook_subscription",
-                "delivery_method": {"type": "http_delivery_method", "url": f"{url}/webhooks/pagerduty"},
-                "events": events or V3_EVENTS,
-                "filter": {"type": "account_reference"},
-                "description": "dutybridge incident sync (e2e)",
-            }, secret=PD_SECRET)
+            world.subscription = sandbox.pagerduty.create_webhook_subscription(
+                {
+                    "type": "webhook_subscription",
+                    "delivery_method": {"type": "http_delivery_method", "url": f"{url}/webhooks/pagerduty"},
+                    "events": events or V3_EVENTS,
+                    "filter": {"type": "account_reference"},
+                    "description": "dutybridge incident sync (e2e)",
+                },
+                secret=PD_SECRET,
+            )
         if doorbell:
-            sandbox.servicenow.configure_doorbell(f"{url}/webhooks/servicenow", token=DOORBELL_TOKEN,
-                                                  tables=("incident", "sn_si_incident"), exclude_users=doorbell_exclude)
+            sandbox.servicenow.configure_doorbell(
+                f"{url}/webhooks/servicenow",
+                token=DOORBELL_TOKEN,
+                tables=("incident", "sn_si_incident"),
+                exclude_users=doorbell_exclude,
+            )
         return world
     except BaseException:
         if runner is not None:
