@@ -7,9 +7,11 @@ distinct event. Rounds alternate bare and daemon; each round is printed, then th
 ratio. Not a test; run (wrk: `apt-get install wrk`):
 
     .venv/bin/python bench/daemon_ingest.py [--rounds 3] [--seconds 8] [--connections 32] [--retained 100000]
+        [--store-url postgresql://postgres@127.0.0.1:5432/test]
 
 ``--retained N`` first stores and handles N events, so the inbox is as 14 days of retention
-leave it. After the last daemon round it reports how fast the worker drained the backlog.
+leave it. ``--store-url`` runs the daemon on that store instead of a SQLite file (a
+PostgreSQL URL gets a schema of its own, ``?schema=bench_<random>``, dropped at the end). After the last daemon round it reports how fast the worker drained the backlog.
 """
 
 from __future__ import annotations
@@ -144,13 +146,13 @@ def run_wrk(port: int, data: Path, seconds: float, connections: int, threads: in
     return rps, pct("50"), pct("99")
 
 
-def daemon_config(folder: Path, port: int) -> Path:
+def daemon_config(folder: Path, port: int, store_url: str | None = None) -> Path:
     import tomli_w
 
     doc = {
         "daemon": {
             "listen_port": port,
-            "store_url": f"sqlite:///{folder / 'inbox.db'}",
+            "store_url": store_url or f"sqlite:///{folder / 'inbox.db'}",
             "log_format": "json",
             "event_retention_days": 14,
         },
@@ -189,9 +191,11 @@ def wait_drained(port: int, timeout: float = 600) -> float:
 
 
 class Daemon:
+    store_url: str | None = None  # set by main() from --store-url
+
     def __init__(self, folder: Path) -> None:
         self.folder, self.port = folder, free_port()
-        self.config = daemon_config(folder, self.port)
+        self.config = daemon_config(folder, self.port, self.store_url)
         self.log = (folder / "daemon.log").open("ab")
 
     def __enter__(self) -> Daemon:
@@ -227,7 +231,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--retained", type=int, default=0, help="handled events in the inbox before the first round")
     p.add_argument("--max-rate", type=int, default=6000, help="bodies made per second of a round (each used once)")
+    p.add_argument(
+        "--store-url", default=None, help="the daemon's store (default: a SQLite file in a temporary folder)"
+    )
     args = p.parse_args(argv)
+    schema = None
+    if args.store_url and args.store_url.startswith(("postgresql://", "postgres://")):
+        schema = f"bench_{os.urandom(4).hex()}"
+        Daemon.store_url = f"{args.store_url}{'&' if '?' in args.store_url else '?'}schema={schema}"
+    elif args.store_url:
+        Daemon.store_url = args.store_url
+    try:
+        return run_rounds(args)
+    finally:
+        if schema is not None:
+            drop_schema(args.store_url, schema)
+
+
+def drop_schema(url: str, schema: str) -> None:
+    subprocess.run([sys.executable, "-c", DROP_SCHEMA, url, schema], check=True)
+
+
+DROP_SCHEMA = """
+import asyncio, sys, asyncpg
+async def main(url, schema):
+    conn = await asyncpg.connect(url)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def run_rounds(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk (Debian/Ubuntu), then run again", file=sys.stderr)
         return 2
@@ -284,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": args.seconds,
                     "connections": args.connections,
                     "retained": args.retained,
+                    "store": "sqlite" if not args.store_url else args.store_url.split(":", 1)[0],
                     "bare_rps_median": round(statistics.median(r[0] for r in results["bare"])),
                     "daemon_rps_median": round(statistics.median(r[0] for r in results["daemon"])),
                     "ratio_median": round(statistics.median(ratios), 3),

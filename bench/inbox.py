@@ -17,6 +17,9 @@ samples it took when it took fewer than asked.
 ``--ingest`` measures instead how long ``add_event`` takes while a worker drains a
 backlog: ``--ingest-rate`` events a second, or ``--producers`` callers back to back;
 ``--scrape`` adds a ``counts()`` every so many seconds, as a Prometheus scrape does.
+
+``--store postgresql://USER@HOST/DB`` measures the PostgreSQL store instead (see
+bench/inbox_postgres.py): claim latency, and drain rate with one and three instances.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ from dutybridge.plugins import make_test_pm
 from dutybridge.store.migrations import SQLITE_MIGRATIONS
 from dutybridge.store.sqlite import SQLiteStore, to_text
 from dutybridge.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import inbox_postgres
 
 HOT = "pagerduty:incident:PHOTHOT"
 PAYLOAD = '{"event":{"data":{"id":"P1","title":"' + "x" * 180 + '"}}}'
@@ -400,6 +406,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--label", default="", help="a heading for the table in --results")
+    parser.add_argument("--store", default="", help="postgresql://USER@HOST/DB: measure the PostgreSQL store")
     args = parser.parse_args()
     bad = [s for s in args.shapes if s not in ("distinct", "hot")]
     if bad:
@@ -407,6 +414,23 @@ def main() -> None:
 
     with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         dlogging.configure(level="info", fmt="json", stream=devnull)
+        if args.store:
+            rows = []
+            for size in args.sizes:
+                for shape in args.shapes:
+                    row = asyncio.run(inbox_postgres.run_case(args.store, size, shape, args, pct))
+                    rows.append(row)
+                    print(
+                        f"{size:>9,} {shape:<8} claim p50/p99 ms {fmt_lat(row['claim'], args.claims)} | drain "
+                        f"1 instance {row['drain1'][0]:,.0f}/s, 3 instances {row['drain3'][0]:,.0f}/s",
+                        flush=True,
+                    )
+            text = inbox_postgres.table(rows, args.claims)
+            print()
+            print(machine())
+            print(text)
+            append_results(args, text)
+            return
         if args.ingest:
             text = ingest_while_draining(Path(tmp), args)
             print()

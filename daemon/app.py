@@ -98,6 +98,8 @@ RESTART_KEYS = (
     "daemon.shutdown_timeout",
     "daemon.max_connections",
     "daemon.keepalive_timeout_seconds",
+    "daemon.store_password",
+    "daemon.leader_lease_seconds",
 )
 #: Worker settings a reload applies to the running worker: ``daemon`` key -> attribute.
 WORKER_SETTINGS = {
@@ -185,7 +187,13 @@ def make_ctx(config: Config, pm: pluggy.PluginManager) -> Ctx:
 def open_configured_store(config: Config) -> Store:
     """The store ``daemon.store_url`` names (not yet opened): the one place it is made.
     Its write health is tracked for /readyz, and results it failed to write are retried."""
-    return WriteTrackingStore(open_store(config.daemon.store_url, config.resolve_path(".", state=True)))  # type: ignore[return-value]
+    secret = config.daemon.store_password
+    store = open_store(
+        config.daemon.store_url,
+        config.resolve_path(".", state=True),
+        password=None if secret is None else secret.get_secret_value(),
+    )
+    return WriteTrackingStore(store)  # type: ignore[return-value]
 
 
 def build_clients(ctx: Ctx) -> None:
@@ -267,8 +275,17 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = ctx.scheduler = ctx.scheduler or Scheduler()
     register_jobs(ctx, scheduler)
     scheduler.start()
+    if ctx.store is not None and ctx.store.shared:
+        # Several instances share the store: the jobs run on the elected one only.
+        metrics = ctx.metrics
+        scheduler.elect(
+            ctx.store,
+            ctx.config.daemon.leader_lease_seconds,
+            on_change=None if metrics is None else metrics.set_scheduler_leader,
+        )
     log.info("scheduler_started", jobs=scheduler.job_ids())
     yield
+    await scheduler.stop_election()
     scheduler.shutdown()
     log.info("scheduler_stopped", phase="shutdown")
 

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO
 
 import pluggy
@@ -16,9 +17,13 @@ from . import __version__, events_cli, hooks_cli
 from .app import command_context, load, plugin_schemas, run
 from .checks import BUILTIN_CHECKS, CheckResult
 from .commands import Command
-from .config import Config, ConfigError, render_example
+from .config import SECRET_PREFIXES, Config, ConfigError, render_example, resolve_secret
 from .logging import adjust_level, configure, set_secrets
 from .plugins import PluginError, build_plugin_manager, describe_plugins, known_plugins
+from .redact import hide_credentials
+from .store import open_store
+from .store.postgres import PostgresStore
+from .store.transfer import copy_sqlite_to_postgres
 
 CONFIG_HELP = (
     "configuration file (default: $DUTYBRIDGE_CONFIG, else "
@@ -123,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hooks", help="try a user hook file before deploying it")
     hooks_cli.add_arguments(p)
+    p = sub.add_parser("store", help="move the store: copy a SQLite store into PostgreSQL")
+    ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    pm_ = ssub.add_parser("migrate", help="copy inbox, links and watermarks from SQLite into an empty PostgreSQL")
+    pm_.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH")
+    pm_.add_argument("--to", dest="target", required=True, metavar="postgresql://USER@HOST/DB")
+    pm_.add_argument(
+        "--to-password",
+        default=None,
+        metavar="env:NAME|file:PATH",
+        help="the PostgreSQL user's password, by reference (never on the command line)",
+    )
 
     p = sub.add_parser("demo", help="the sandbox and the daemon wired together, with a scripted story")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards, for playing")
@@ -138,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BUILTIN_COMMANDS = frozenset({"run", "check", "config", "plugins", "events", "sandbox", "demo", "hooks"})
+BUILTIN_COMMANDS = frozenset({"run", "check", "config", "plugins", "events", "store", "sandbox", "demo", "hooks"})
 
 
 def plugin_commands() -> list[tuple[str, Command]]:
@@ -247,6 +263,39 @@ async def _events(args: argparse.Namespace, config: Config, pm: pluggy.PluginMan
     return 2
 
 
+async def _store_migrate(source: str, target: str, password_ref: str | None) -> int:
+    """``dutybridge store migrate``: stop the daemon first; the SQLite file is only read."""
+    if not source.startswith("sqlite:///") or source == "sqlite:///":
+        print(f"--from: expected sqlite:///PATH, found {hide_credentials(source)!r}", file=sys.stderr)
+        return 2
+    password = None
+    try:
+        if password_ref is not None:
+            if not password_ref.startswith(SECRET_PREFIXES):
+                raise ValueError("--to-password takes env:NAME or file:PATH, never the password itself")
+            # As a config file's reference would be read, relative to the working folder.
+            password = resolve_secret(password_ref, SimpleNamespace(context={"base_dir": Path.cwd()}))
+        store = open_store(target, Path.cwd(), password=password)
+        if not isinstance(store, PostgresStore):
+            raise ValueError(f"--to: expected postgresql://USER@HOST/DATABASE, found {hide_credentials(target)!r}")
+    except ValueError as exc:
+        print(f"dutybridge store migrate: {exc}", file=sys.stderr)
+        return 2
+    if password is not None:
+        set_secrets([password])
+    try:
+        async with store:
+            copied = await copy_sqlite_to_postgres(Path(source[len("sqlite:///") :]), store)
+    except (ValueError, ConnectionError) as exc:
+        print(f"dutybridge store migrate: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"copied {copied.events} events ({copied.released} claimed ones made pending), "
+        f"{copied.links} links and {copied.watermarks} watermarks to {store.url}"
+    )
+    return 0
+
+
 def _plugin_command(args: argparse.Namespace, config: Config, pm: pluggy.PluginManager) -> int:
     command: Command = args.plugin_command
     if args.plugin not in config.plugins_enabled:
@@ -316,6 +365,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return asyncio.run(hooks_cli.run_hook_test(args.file, args.request, sys.stdout, sys.stderr))
     if args.command == "config" and args.config_command == "init":
         return _config_init(args)
+    if args.command == "store":
+        return asyncio.run(_store_migrate(args.source, args.target, args.to_password))
     command = getattr(args, "plugin_command", None)
     if command is not None and command.standalone:
         return int(asyncio.run(command.handler(args, None)) or 0)

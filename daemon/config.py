@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from .store.postgres_url import split_url
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -127,7 +129,17 @@ class DaemonConfig(Section):
     )
     store_url: str = Field(
         "sqlite:///dutybridge.db",
-        description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder).",
+        description="Durable store. sqlite:///PATH (relative to $STATE_DIRECTORY, else the config file's folder), or postgresql://USER@HOST[:PORT]/DATABASE[?schema=NAME] shared by several instances (password in store_password, never in the URL).",
+    )
+    store_password: Secret | None = Field(
+        None,
+        description="Password of the PostgreSQL store_url's user: env:NAME or file:PATH. Unset: none (trust, peer or a ~/.pgpass entry).",
+    )
+    leader_lease_seconds: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="PostgreSQL store: scheduled jobs run on one instance, the leader; another takes over within this many seconds of its death.",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest webhook body accepted; larger ones are answered 413."
@@ -177,8 +189,11 @@ class DaemonConfig(Section):
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, v: str) -> str:
+        if v.startswith(("postgresql://", "postgres://")):
+            split_url(v)  # host, schema name, no password in it
+            return v
         if not v.startswith("sqlite:///") or v == "sqlite:///":
-            raise ValueError(f"expected sqlite:///PATH (PostgreSQL arrives with its own store), found {v!r}")
+            raise ValueError(f"expected sqlite:///PATH or postgresql://USER@HOST/DATABASE, found {v!r}")
         return v
 
 

@@ -43,7 +43,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 #: Libraries held at warning (or the daemon's level, if higher) unless ``daemon.log_levels``
 #: names them: at debug aiosqlite alone writes a dozen lines a second, each with its SQL
 #: and parameters (webhook payloads among them).
-QUIET_LIBRARIES = ("aiosqlite", "asyncio", "apscheduler", "aiohttp", "urllib3")
+QUIET_LIBRARIES = ("aiosqlite", "asyncpg", "asyncio", "apscheduler", "aiohttp", "urllib3")
 #: ``DUTYBRIDGE_DEBUG_SQL=1`` is ``log_levels = {aiosqlite = "debug"}`` without a config
 #: edit (and wins over the table's entry, being the narrower ask).
 DEBUG_SQL_ENV = "DUTYBRIDGE_DEBUG_SQL"

@@ -69,6 +69,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self._leader = Gauge(
+            "scheduler_leader",
+            "1 on the instance whose scheduler runs the jobs (the elected leader, PostgreSQL store), 0 on the others; by instance.",
+            ("instance",),
+            namespace=ns,
+            registry=r,
+        )
         self._store_up = Gauge(
             "store_up",
             "1 when the store answered the last scrape and its last write succeeded, else 0.",
@@ -171,6 +178,9 @@ class Metrics:
         self._body_refused.inc()
 
     # -- inbox -------------------------------------------------------------------
+    def set_scheduler_leader(self, election: Any) -> None:
+        self._leader.labels(election.holder).set(1 if election.leading else 0)
+
     def set_inbox(self, counts: Mapping[str, int] | None, writable: bool = True) -> None:
         """Set the inbox gauge from ``store.counts()``; None when the store did not answer.
         ``writable``: the store's last write succeeded (a full disk still reads)."""

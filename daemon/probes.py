@@ -41,11 +41,17 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         running = scheduler.running
         running = running() if callable(running) else running
         checks["scheduler"] = "ok" if running else "not running"
+    election = getattr(scheduler, "election", None)
+    detail = (
+        {}
+        if election is None
+        else {"scheduler": {"leader": election.leader, "this_instance": election.holder, "leading": election.leading}}
+    )
     failed = [name for name, state in checks.items() if state != "ok"]
     if failed:
         log.warning("not_ready", checks=checks)
-        return error_response(503, f"not ready: {', '.join(failed)}", checks=checks)
-    return web.json_response({"status": "ready", "checks": checks})
+        return error_response(503, f"not ready: {', '.join(failed)}", checks=checks, **detail)
+    return web.json_response({"status": "ready", "checks": checks, **detail})
 
 
 async def _writable(store: object) -> bool:

@@ -102,6 +102,10 @@ class Worker:
         # them in its transaction, first. Their resources stay busy until then.
         self._results: dict[int, tuple[StoredEvent, EventStatus]] = {}
         self._next_retry: datetime | None = None
+        # The running handlers' deadlines, by event row id: a renewed lease moves its
+        # handler's deadline with it (shared stores only).
+        self._deadlines: dict[int, asyncio.Timeout] = {}
+        self._renew_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     @property
@@ -123,6 +127,8 @@ class Worker:
                 )
         self._stopping = False
         self._loop_task = asyncio.create_task(self._run(), name=f"worker {self.owner}")
+        if getattr(self.store, "shared", False):
+            self._renew_task = asyncio.create_task(self._renew_leases(), name=f"worker {self.owner} leases")
         log.info("worker_started", owner=self.owner, concurrency=self.concurrency)
 
     def wake(self) -> None:
@@ -141,6 +147,7 @@ class Worker:
         self._stopping = True
         self._wakeup.set()
         loop_task, self._loop_task = self._loop_task, None
+        renew_task, self._renew_task = self._renew_task, None
         try:
             await loop_task
         except Exception:  # already logged by _run
@@ -162,6 +169,10 @@ class Worker:
             _, stuck = await asyncio.wait(pending, timeout=cancel_grace)
             if stuck:
                 log.error("worker_handlers_ignore_cancel", count=len(stuck))
+        if renew_task is not None:
+            # Kept until the handlers are done: a slow one draining keeps its lease.
+            renew_task.cancel()
+            await asyncio.wait({renew_task})
         # Also covers events claimed but queued behind a busy resource.
         self._queued.clear()
         # Handled events must not be released and run again: record their results first.
@@ -197,6 +208,38 @@ class Worker:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    async def _renew_leases(self) -> None:
+        """On a shared store, renew the running handlers' leases every third of a lease.
+
+        Another instance takes an event over only once its lease has run out, so a
+        handler longer than ``lease_seconds`` keeps its event while this process lives;
+        its deadline moves with each renewal, so it still never outlives its lease when
+        renewals fail (the store unreachable).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            ids = list(self._deadlines)
+            if not ids:
+                continue
+            try:
+                renewed = await self.store.renew(ids, self.owner, self.lease_seconds)
+            except Exception as exc:
+                log.warning("worker_lease_renewal_failed", count=len(ids), error=describe_error(exc))
+                continue
+            until = loop.time() + self.lease_seconds
+            for event_id in renewed:
+                deadline = self._deadlines.get(event_id)
+                if deadline is not None:
+                    deadline.reschedule(until)
+            lost = set(ids) - set(renewed)
+            if lost:
+                log.warning(
+                    "worker_lease_lost",
+                    inbox_ids=sorted(lost),
+                    reason="no longer claimed by this worker; its handler runs on until its deadline",
+                )
 
     def _wait_seconds(self) -> float:
         wait = self.poll_interval
@@ -280,11 +323,15 @@ class Worker:
                 return
             started = time.perf_counter()
             # A handler never outlives its lease, so no other instance takes the event
-            # over while it still runs here.
+            # over while it still runs here; on a shared store renewals extend both.
             deadline = asyncio.timeout(self.lease_seconds)
             try:
                 async with deadline:
-                    results = await self.hooks.handle_event(event=ev, ctx=self.ctx)
+                    self._deadlines[ev.id] = deadline
+                    try:
+                        results = await self.hooks.handle_event(event=ev, ctx=self.ctx)
+                    finally:
+                        self._deadlines.pop(ev.id, None)
             except Exception as exc:
                 note = None
                 if deadline.expired():

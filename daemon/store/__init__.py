@@ -15,12 +15,14 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", url)
 
 
-def open_store(url: str, base_dir: Path) -> Store:
+def open_store(url: str, base_dir: Path, *, password: str | None = None) -> Store:
     """Build the store named by ``url`` (not yet opened: ``await store.open()``).
 
     ``sqlite:///PATH``: a relative PATH is resolved against ``base_dir`` (the state
     directory), ``sqlite:////abs/path`` is absolute, ``sqlite:///:memory:`` is a
-    private in-memory database (tests). Anything else raises ``ValueError``.
+    private in-memory database (tests). ``postgresql://USER@HOST[:PORT]/DATABASE``
+    (``?schema=NAME`` for a schema of its own) is PostgreSQL, with ``password`` (never
+    in the URL). Anything else raises ``ValueError``.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -43,9 +45,12 @@ def open_store(url: str, base_dir: Path) -> Store:
         if not path.is_absolute():
             path = Path(base_dir) / path
         return SQLiteStore(path)
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise ValueError(
-            f"store_url {_redact(url)!r}: PostgreSQL is not supported yet; postgresql:// "
-            f"arrives with the PostgreSQL store. Use sqlite:///PATH for now"
-        )
-    raise ValueError(f"store_url {_redact(url)!r}: unsupported scheme {scheme!r}; expected sqlite:///PATH")
+    if scheme in ("postgresql", "postgres"):
+        # Imported here: asyncpg loads only for a PostgreSQL store.
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, password=password)
+    raise ValueError(
+        f"store_url {_redact(url)!r}: unsupported scheme {scheme!r}; "
+        f"expected sqlite:///PATH or postgresql://USER@HOST/DATABASE"
+    )

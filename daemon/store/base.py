@@ -5,7 +5,9 @@ Every method is a coroutine and each is one transaction.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,8 +44,9 @@ class Store(abc.ABC):
     Usable as ``async with store:`` (open, then close). Timestamps passed in must be
     timezone-aware.
 
-    SQLite implements it now; a PostgreSQL implementation will satisfy the same
-    interface (claims by ``FOR UPDATE SKIP LOCKED``), and the same tests run on both.
+    SQLite (one instance) and PostgreSQL (several, ``shared``) implement it; the same
+    tests run on both. The coordination methods at the end have in-process defaults,
+    right for a store one process uses; a shared store overrides them.
     """
 
     #: True when several daemon instances may use the store at once (PostgreSQL): a
@@ -113,6 +116,14 @@ class Store(abc.ABC):
         for event_id, status in completions:
             await self.complete(event_id, status)
         return await self.claim(owner, limit, lease_seconds) if limit > 0 else []
+
+    @abc.abstractmethod
+    async def renew(self, event_ids: Sequence[int], owner: str, lease_seconds: float) -> list[int]:
+        """Extend the leases of ``owner``'s claimed events to ``lease_seconds`` from now.
+
+        Returns the ids renewed: an id missing is no longer ``owner``'s (completed, or its
+        lease ran out and another worker claimed it).
+        """
 
     @abc.abstractmethod
     async def release_claims(self, owner: str | None = None) -> int:
@@ -203,3 +214,43 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_watermark(self, name: str, value: str) -> None: ...
+
+    # -- coordination --------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key`` against every other holder of it using this store (not re-entrant).
+
+        In-process here; a shared store holds it across instances as well.
+        """
+        locks: dict[str, tuple[asyncio.Lock, int]] = self.__dict__.setdefault("_key_locks", {})
+        lock, users = locks.get(key, (asyncio.Lock(), 0))
+        locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = locks[key]
+            if users <= 1:
+                del locks[key]
+            else:
+                locks[key] = (lock, users - 1)
+
+    async def take_leadership(self, name: str, holder: str, seconds: float) -> bool:
+        """Become (or stay) the leader of ``name`` for ``seconds``; True if ``holder`` leads.
+
+        Granted when nobody leads, the leader's term ran out, or ``holder`` leads already
+        (a renewal). This default is for a store of one process, which always leads.
+        """
+        self.__dict__.setdefault("_leaders", {})[name] = holder
+        return True
+
+    async def resign_leadership(self, name: str, holder: str) -> None:
+        """Give up ``name`` at once if ``holder`` leads it, so another may take it over."""
+        leaders: dict[str, str] = self.__dict__.setdefault("_leaders", {})
+        if leaders.get(name) == holder:
+            del leaders[name]
+
+    async def leader(self, name: str) -> str | None:
+        """Who leads ``name`` now, if anyone."""
+        leaders: dict[str, str] = self.__dict__.setdefault("_leaders", {})
+        return leaders.get(name)

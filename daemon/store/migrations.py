@@ -177,28 +177,27 @@ SQLITE_MIGRATIONS: list[Migration] = [
         """,
         ),
     ),
+    (
+        4,
+        "leadership leases",
+        (
+            # Who leads an elected role (the scheduler's) until when. One instance uses a
+            # SQLite store, so it always wins; the row tells the CLI who that is.
+            """
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            taken_at   TEXT NOT NULL
+        )
+        """,
+        ),
+    ),
 ]
 
-# For the PostgreSQL store (not implemented yet): the same tables, native types. It
-# satisfies the same contract with these statements:
-#   heads:      one AFTER ... FOR EACH ROW trigger (migration 3 below) does what SQLite's
-#               four do, through a function of SQLITE_HEAD_OF's two statements (no
-#               INDEXED BY; GREATEST(own, blocker) for the CASE, as GREATEST ignores NULLs)
-#   add_event:  INSERT ... ON CONFLICT (source, event_id) DO NOTHING RETURNING *
-#   claim:      UPDATE inbox_heads SET due_at = NULL WHERE resource IN (
-#                   SELECT resource FROM inbox_heads WHERE due_at <= now() FOR UPDATE SKIP LOCKED);
-#               WITH due AS (
-#                   SELECT resource, event_id FROM inbox_heads WHERE due_at IS NULL
-#                   ORDER BY event_id LIMIT $limit FOR UPDATE SKIP LOCKED),
-#               UPDATE events SET status = 'claimed', owner = $owner, attempts = attempts + 1, ...
-#               FROM due WHERE events.id = due.event_id RETURNING events.*
-#               (SKIP LOCKED lets instances claim different heads at once; the trigger then
-#               sets each claimed head's due_at to its lease)
-#   complete, fail, release, replay: the same UPDATEs as SQLite's (the triggers follow)
-#   put_link:   INSERT ... ON CONFLICT (kind, pd_id) DO UPDATE ..., a unique violation on
-#               links_linked_sn becoming LinkConflictError
-# and one advisory lock (pg_advisory_xact_lock) around applying migrations, so that
-# instances starting together do not race.
+# The PostgreSQL store (postgres.py, its statements in postgres_sql.py): the same tables
+# with native types and one trigger function keeping the heads. postgres.py applies them
+# under an advisory lock, so that instances starting together do not race.
 POSTGRES_MIGRATIONS: list[Migration] = [
     (
         1,
@@ -272,35 +271,72 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         )
         """,
             "CREATE INDEX inbox_heads_due ON inbox_heads (due_at, event_id)",
+            # The heads due now, in id order: what a claim reads. PostgreSQL does not take
+            # "due_at IS NULL" as fixing the first column of inbox_heads_due, so it would
+            # sort every due head for each claim; this index hands them over in order.
+            "CREATE INDEX inbox_heads_ready ON inbox_heads (event_id) WHERE due_at IS NULL",
             """
         CREATE INDEX events_claimed_resource ON events (resource, lease_expires_at)
             WHERE status = 'claimed'
         """,
-            # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs).
+            # The triggers' body; SQLite's CASE is GREATEST here (it ignores NULLs). Several
+            # instances write at once, so the head's row is also the resource's lock: taken
+            # (created if missing, as a placeholder never due) before the head is read, so
+            # two transactions on one resource recompute its head one after the other, the
+            # second seeing what the first committed (a volatile function's statements each
+            # take a fresh snapshot under READ COMMITTED). Unreleased when this text was
+            # fixed: no database had the PostgreSQL schema before the store existed.
             """
-        CREATE FUNCTION inbox_head_of(r TEXT) RETURNS void LANGUAGE sql AS $$
-            DELETE FROM inbox_heads WHERE resource = r;
-            INSERT INTO inbox_heads (resource, event_id, due_at)
-            SELECT h.resource, h.id,
-                   GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
-                            (SELECT MAX(c.lease_expires_at) FROM events AS c
-                             WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
-            FROM events AS h
-            WHERE h.id = (SELECT a.id FROM events AS a
-                          WHERE a.resource = r AND a.status IN ('pending', 'claimed')
-                          ORDER BY a.id LIMIT 1);
+        CREATE FUNCTION inbox_head_of(r TEXT, candidate BIGINT) RETURNS void LANGUAGE plpgsql AS $$
+        DECLARE
+            current  BIGINT;
+            created  BOOLEAN := false;
+            head_id  BIGINT;
+            head_due TIMESTAMPTZ;
+        BEGIN
+            LOOP
+                SELECT event_id INTO current FROM inbox_heads WHERE resource = r FOR UPDATE;
+                EXIT WHEN FOUND;
+                INSERT INTO inbox_heads (resource, event_id, due_at) VALUES (r, 0, 'infinity')
+                ON CONFLICT (resource) DO NOTHING;
+                created := FOUND;
+            END LOOP;
+            -- No active event of r lies below the head kept, but for the changed row
+            -- (candidate, when it became active): the search starts there, not at the
+            -- oldest event of r ever stored, which a planner may walk (a hot resource's
+            -- handled history) however the indexes stand.
+            current := LEAST(CASE WHEN created OR current = 0 THEN NULL ELSE current END, candidate);
+            IF current IS NOT NULL THEN
+                SELECT h.id,
+                       GREATEST(CASE WHEN h.status = 'claimed' THEN h.lease_expires_at ELSE h.next_attempt_at END,
+                                (SELECT MAX(c.lease_expires_at) FROM events AS c
+                                 WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
+                  INTO head_id, head_due
+                FROM events AS h
+                WHERE h.id = (SELECT a.id FROM events AS a
+                              WHERE a.resource = r AND a.status IN ('pending', 'claimed') AND a.id >= current
+                              ORDER BY a.id LIMIT 1);
+            END IF;
+            IF head_id IS NULL THEN
+                DELETE FROM inbox_heads WHERE resource = r;
+            ELSE
+                UPDATE inbox_heads SET event_id = head_id, due_at = head_due WHERE resource = r;
+            END IF;
+        END
         $$
         """,
             """
         CREATE FUNCTION inbox_heads_follow() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP <> 'INSERT' AND OLD.status IN ('pending', 'claimed') THEN
-                PERFORM inbox_head_of(OLD.resource);
+                PERFORM inbox_head_of(OLD.resource, CASE WHEN TG_OP = 'UPDATE' AND NEW.resource = OLD.resource
+                                                          AND NEW.status IN ('pending', 'claimed')
+                                                         THEN NEW.id END);
             END IF;
             IF TG_OP <> 'DELETE' AND NEW.status IN ('pending', 'claimed')
                AND (TG_OP = 'INSERT' OR OLD.status NOT IN ('pending', 'claimed')
                     OR NEW.resource <> OLD.resource) THEN
-                PERFORM inbox_head_of(NEW.resource);
+                PERFORM inbox_head_of(NEW.resource, NEW.id);
             END IF;
             RETURN NULL;
         END
@@ -319,6 +355,21 @@ POSTGRES_MIGRATIONS: list[Migration] = [
                          WHERE c.resource = h.resource AND c.status = 'claimed' AND c.id <> h.id))
         FROM events AS h WHERE h.status IN ('pending', 'claimed')
         ORDER BY h.resource, h.id
+        """,
+        ),
+    ),
+    (
+        4,
+        "leadership leases",
+        (
+            # One row per elected role (the scheduler's): who holds it until when.
+            """
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL,
+            taken_at   TIMESTAMPTZ NOT NULL
+        )
         """,
         ),
     ),

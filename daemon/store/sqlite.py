@@ -450,6 +450,21 @@ class SQLiteStore(Store):
         # RETURNING gives no order guarantee.
         return sorted((_event(r) for r in rows), key=lambda e: e.id)
 
+    async def renew(self, event_ids: Sequence[int], owner: str, lease_seconds: float) -> list[int]:
+        if not event_ids:
+            return []
+        now_dt = self._clock()
+        lease, now = to_text(now_dt + timedelta(seconds=lease_seconds)), to_text(now_dt)
+        marks = ",".join("?" * len(event_ids))
+        async with self._transaction() as db:
+            rows = await fetch(
+                db,
+                f"UPDATE events NOT INDEXED SET lease_expires_at = ?, updated_at = ? "
+                f"WHERE id IN ({marks}) AND status = 'claimed' AND owner = ? RETURNING id",
+                (lease, now, *event_ids, owner),
+            )
+        return sorted(r[0] for r in rows)
+
     async def release_claims(self, owner: str | None = None) -> int:
         sql = """
             UPDATE events SET status = 'pending', owner = NULL, lease_expires_at = NULL,
@@ -641,6 +656,33 @@ class SQLiteStore(Store):
 
     async def delete_link(self, kind: str, pd_id: str) -> bool:
         return await self._write_count("DELETE FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)) > 0
+
+    # -- leadership --------------------------------------------------------------
+    async def take_leadership(self, name: str, holder: str, seconds: float) -> bool:
+        now_dt = self._clock()
+        now, until = to_text(now_dt), to_text(now_dt + timedelta(seconds=seconds))
+        async with self._transaction() as db:
+            rows = await fetch(
+                db,
+                """
+                INSERT INTO leases (name, holder, expires_at, taken_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET
+                    holder = excluded.holder, expires_at = excluded.expires_at,
+                    taken_at = CASE WHEN holder = excluded.holder THEN taken_at ELSE excluded.taken_at END
+                WHERE holder = excluded.holder OR expires_at < excluded.taken_at
+                RETURNING holder
+                """,
+                (name, holder, until, now),
+            )
+        return bool(rows) and rows[0][0] == holder
+
+    async def resign_leadership(self, name: str, holder: str) -> None:
+        await self._write_count("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    async def leader(self, name: str) -> str | None:
+        async with self._transaction(write=False) as db:
+            rows = await fetch(db, "SELECT holder FROM leases WHERE name = ? AND expires_at >= ?", (name, self._now()))
+        return rows[0][0] if rows else None
 
     # -- watermarks --------------------------------------------------------------
     async def get_watermark(self, name: str) -> str | None:

@@ -36,7 +36,7 @@ class Core:
         self.api = Api(ctx)
         self.users = Users(self)
         self.mapping = Mapping()
-        self.locks = Locks()
+        self.locks = Locks(lambda: ctx.store)
         self.links = Links(ctx)
         self.rechecks = Rechecks(self)
         self._loaded = False

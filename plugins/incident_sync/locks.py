@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from dutybridge.store.base import Link
+from dutybridge.store.base import Link, Store
 
 from .links import link_key
 
@@ -21,9 +21,14 @@ class Locks:
     so the worker may run them at once; an ``asyncio.Lock`` per link serialises them.
     Before a link exists the key is derived from what both sides can see: a
     ServiceNow-born incident is ``sn:<sys_id>`` (PagerDuty carries it as incident_key),
-    a PagerDuty-born one ``pd:<id>`` (ServiceNow carries it as correlation_id)."""
+    a PagerDuty-born one ``pd:<id>`` (ServiceNow carries it as correlation_id).
 
-    def __init__(self) -> None:
+    On a shared store (several instances) each key is also held through ``store.lock``
+    (an advisory lock across instances), and no read made before waiting counts as
+    fresh: another instance may have written since, unseen by this one's counters."""
+
+    def __init__(self, store_of: Callable[[], Store | None] = lambda: None) -> None:
+        self._store_of = store_of
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # Lock releases, numbered: which keys were held since a read before the lock.
         self.seq = 0
@@ -45,8 +50,10 @@ class Locks:
         if lock is None:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
+        store = self._store_of()
+        across = store.lock(f"incident_sync:{key}") if store is not None and store.shared else contextlib.nullcontext()
         try:
-            async with lock:
+            async with lock, across:
                 try:
                     yield
                 finally:
@@ -71,7 +78,13 @@ class Locks:
         read): that read is then at least as new as anything applied under them, and
         serves as the read under the lock. A key evicted from the memory counts as
         released as late as the newest eviction."""
+        if self._shared(self._store_of()):
+            return False
         return all(self._released.get(key, self._released_floor) <= mark for key in keys)
+
+    @staticmethod
+    def _shared(store: Store | None) -> bool:
+        return store is not None and store.shared
 
     async def under_link_lock(
         self,

@@ -10,10 +10,12 @@ import pytest
 
 from dutybridge.events import Event
 from dutybridge.store.base import Link, LinkConflictError, Store
+from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.sqlite import SQLiteStore
+from tests.support import postgres
 from tests.support.clocks import FakeClock
 
-STORES = ["sqlite"]
+STORES = ["sqlite", "postgresql"]
 _ids = itertools.count(1)
 
 
@@ -23,12 +25,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=STORES)
-def store_factory(request, tmp_path, clock):
+async def store_factory(request, tmp_path, clock):
     """Builds unopened stores on one database: a second one is the process restarted."""
     if request.param == "sqlite":
         path = tmp_path / "dutybridge.db"
-        return lambda: SQLiteStore(path, clock=clock)
-    raise AssertionError(request.param)  # pragma: no cover
+        yield lambda: SQLiteStore(path, clock=clock)
+        return
+    base, schema = postgres.server_url(), postgres.new_schema()
+    url = postgres.with_schema(base, schema)
+    try:
+        yield lambda: PostgresStore(url, clock=clock)
+    finally:
+        await postgres.drop_schema(base, schema)
 
 
 @pytest.fixture
@@ -530,3 +538,30 @@ async def test_watermarks(store_factory):
         assert await s.get_watermark("pd.incidents") == "2026-01-02T00:00:00Z"
     async with store_factory() as s:
         assert await s.get_watermark("sn.incident") == "x"
+
+
+async def test_one_leader_at_a_time_until_it_resigns(store_factory):
+    a, b = store_factory(), store_factory()
+    async with a, b:
+        assert await a.leader("scheduler") is None
+        assert await a.take_leadership("scheduler", "host-a", 30)
+        assert not await b.take_leadership("scheduler", "host-b", 30)
+        assert await a.take_leadership("scheduler", "host-a", 30)  # a renewal
+        assert await b.leader("scheduler") == "host-a"
+        await b.resign_leadership("scheduler", "host-b")  # not b's to give up
+        assert await b.leader("scheduler") == "host-a"
+        await a.resign_leadership("scheduler", "host-a")
+        assert await b.take_leadership("scheduler", "host-b", 30)
+        assert await a.leader("scheduler") == "host-b"
+
+
+async def test_renew_extends_only_the_owners_claims(store, clock):
+    first = await store.add_event(ev("r:1"))
+    await store.add_event(ev("r:2"))
+    mine = [e.id for e in await store.claim("w1", 1, 30)]
+    assert mine == [first.id]
+    theirs = [e.id for e in await store.claim("w2", 1, 30)]
+    clock.advance(25)
+    assert await store.renew([*mine, *theirs], "w1", 30) == mine
+    clock.advance(10)  # w2's lease ran out, w1's was renewed
+    assert await ids(store, "w3") == theirs

@@ -16,7 +16,9 @@ import pytest
 from dutybridge.events import Event
 from dutybridge.store import sqlite_inbox
 from dutybridge.store.migrations import SQLITE_HEAD_OF, SQLITE_MIGRATIONS
+from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.sqlite import SQLiteStore, to_text
+from tests.support import postgres
 
 HOT = "pagerduty:incident:PHOT"
 
@@ -227,21 +229,35 @@ async def test_heads_stay_what_the_events_say_through_every_kind_of_change(tmp_p
             assert normal(stored_heads(path), now) == normal(recomputed_heads(path), now), (step, op)
 
 
-async def test_complete_and_claim_completes_first_then_claims_the_successor(tmp_path):
-    async with SQLiteStore(tmp_path / "d.db") as store:
-        first = await store.add_event(ev(1))
-        second = await store.add_event(ev(2))
-        other = await store.add_event(ev(3, "r:other"))
-        assert [e.id for e in await store.complete_and_claim([], "w", 1, 30)] == [first.id]
-        got = await store.complete_and_claim([(first.id, "ignored")], "w", 8, 30)
-        assert [e.id for e in got] == [second.id, other.id]
-        assert (await store.get_event(first.id)).status == "ignored"
-        with pytest.raises(ValueError, match="done"):
-            await store.complete_and_claim([(second.id, "done"), (other.id, "dead")], "w", 8, 30)
-        # Refused whole: nothing completed.
-        assert (await store.get_event(second.id)).status == "claimed"
-        await store.complete_and_claim([(second.id, "done"), (other.id, "done")], "w", 0, 30)
-        assert (await store.counts())["done"] == 2
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_store(request, tmp_path):
+    if request.param == "sqlite":
+        async with SQLiteStore(tmp_path / "d.db") as store:
+            yield store
+        return
+    base, schema = postgres.server_url(), postgres.new_schema()
+    try:
+        async with PostgresStore(postgres.with_schema(base, schema)) as store:
+            yield store
+    finally:
+        await postgres.drop_schema(base, schema)
+
+
+async def test_complete_and_claim_completes_first_then_claims_the_successor(any_store):
+    store = any_store
+    first = await store.add_event(ev(1))
+    second = await store.add_event(ev(2))
+    other = await store.add_event(ev(3, "r:other"))
+    assert [e.id for e in await store.complete_and_claim([], "w", 1, 30)] == [first.id]
+    got = await store.complete_and_claim([(first.id, "ignored")], "w", 8, 30)
+    assert [e.id for e in got] == [second.id, other.id]
+    assert (await store.get_event(first.id)).status == "ignored"
+    with pytest.raises(ValueError, match="done"):
+        await store.complete_and_claim([(second.id, "done"), (other.id, "dead")], "w", 8, 30)
+    # Refused whole: nothing completed.
+    assert (await store.get_event(second.id)).status == "claimed"
+    await store.complete_and_claim([(second.id, "done"), (other.id, "done")], "w", 0, 30)
+    assert (await store.counts())["done"] == 2
 
 
 async def test_a_version_2_inbox_with_events_in_every_state_migrates_and_keeps_its_order(tmp_path):
@@ -271,7 +287,7 @@ async def test_a_version_2_inbox_with_events_in_every_state_migrates_and_keeps_i
         )
 
     async with SQLiteStore(path, clock=clock) as store:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == SQLITE_MIGRATIONS[-1][0]
         assert set(stored_heads(path)) == {"r:A", "r:B", "r:C", "r:D"}
         # r:A's head is in flight, r:B's waits for its retry.
         assert [e.id for e in await store.claim("w", 10, 300)] == [7, 8]

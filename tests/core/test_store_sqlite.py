@@ -214,8 +214,8 @@ def test_open_store_relative_absolute_and_memory(tmp_path):
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://app:hunter2@db/dutybridge", "arrives with the PostgreSQL store"),
-        ("postgres://db/dutybridge", "arrives with the PostgreSQL store"),
+        ("postgresql://app:hunter2@db/dutybridge", "daemon.store_password"),
+        ("postgresql:///dutybridge", "names no host"),
         ("mysql://db/x", "unsupported scheme 'mysql'"),
         ("sqlite://host/d.db", "three slashes"),
         ("sqlite:///", "names no file"),

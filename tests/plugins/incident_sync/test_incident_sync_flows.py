@@ -27,6 +27,12 @@ from tests.plugins.incident_sync.world import (
 INTEGRATION_SN = "450a5461e2dbad53f265a09c73c9de9d"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_kind(request) -> str:
+    """Every flow runs on both stores."""
+    return request.param
+
+
 def only(rows: list[dict]) -> dict:
     assert len(rows) == 1, rows
     return rows[0]

@@ -142,12 +142,14 @@ class World:
         return await self.store.list_links("incident", include_unlinked=include_unlinked)
 
 
-def build_config(sandbox: Any, tmp: Path, plugin: dict, *, extra: dict | None = None) -> Path:
+def build_config(
+    sandbox: Any, tmp: Path, plugin: dict, *, extra: dict | None = None, store_url: str | None = None
+) -> Path:
     creds = sandbox.credentials()
     doc: dict[str, Any] = {
         "daemon": {
             "listen_port": 0,
-            "store_url": f"sqlite:///{tmp / 'dutybridge.db'}",
+            "store_url": store_url or f"sqlite:///{tmp / 'dutybridge.db'}",
             "log_level": "warning",
             "retry_base_seconds": 0.05,
             "retry_max_seconds": 0.5,
@@ -216,6 +218,7 @@ async def start_world(
     events: list[str] | None = None,
     sn_clock: str = "advancing",
     extra: dict | None = None,
+    store_url: str | None = None,
     **settings: Any,
 ) -> World:
     """Start sandbox + daemon in ``tmp``; ``settings`` are ``[plugins.incident_sync]`` keys
@@ -223,7 +226,8 @@ async def start_world(
     with ``world.poll()``; ``recheck_seconds`` to 0). ``webhooks=False`` / ``doorbell=False``
     leave that push channel off. ``sn_clock``: "advancing" (see ``advancing_clock``),
     "real", or "frozen" (every change in one second). ``extra``: more config sections
-    (see ``build_config``), e.g. other plugins enabled with their sections."""
+    (see ``build_config``), e.g. other plugins enabled with their sections. ``store_url``:
+    the daemon's store (a SQLite file in ``tmp`` by default)."""
     from dutybridge.app import create_app, load
     from dutybridge.web import CTX_KEY
     from dutybridge_sandbox.runner import Sandbox
@@ -238,7 +242,9 @@ async def start_world(
     runner: web.AppRunner | None = None
     try:
         plugin = {"links": DEFAULT_LINKS, "poll_interval_seconds": 0.0, "recheck_seconds": 0.0, **settings}
-        config, pm = load(build_config(sandbox, tmp, plugin, extra=extra), extra_plugins=list(extra_plugins))
+        config, pm = load(
+            build_config(sandbox, tmp, plugin, extra=extra, store_url=store_url), extra_plugins=list(extra_plugins)
+        )
         app = create_app(config, pm)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()

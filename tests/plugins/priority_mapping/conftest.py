@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tests.plugins.incident_sync.conftest import make_world  # noqa: F401 - the fixture, reused
+from tests.plugins.incident_sync.conftest import make_world, store_kind  # noqa: F401 - the fixtures, reused

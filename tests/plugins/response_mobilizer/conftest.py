@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.plugins.incident_sync.conftest import make_world  # noqa: F401 - the fixture, reused
+from tests.plugins.incident_sync.conftest import make_world, store_kind  # noqa: F401 - the fixtures, reused
 from tests.plugins.incident_sync.world import DB_GROUP, SEED
 
 TOKEN = "mobilizer-e2e-token"
