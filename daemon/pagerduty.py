@@ -1,27 +1,16 @@
-"""A thin async client for PagerDuty's REST API v2, on the outbound pipeline: headers, the ``From``
-user, classic pagination (10,000-record ceiling), a per-key rate limiter, typed errors.
+"""A thin async client for PagerDuty's REST API v2: one typed method per operation the
+features use (users, incidents, their notes and log entries, configuration objects).
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import structlog
-from multidict import CIMultiDict
 
-from .config import PagerDutyConfig
-from .http import (
-    OutboundPipeline,
-    OutboundRequest,
-    OutboundResponse,
-    RateLimiter,
-    RetryPolicy,
-)
+from .pagerduty_api import ACCEPT, PagerDutyApi, _seg
 from .pagerduty_errors import (
     ALREADY_ACKNOWLEDGED,
     ALREADY_MERGED,
@@ -33,159 +22,16 @@ from .pagerduty_errors import (
     PagerDutyRateLimited,
     error_from_response,
 )
+from .pagerduty_paging import PAGE_LIMIT, PAGINATION_CEILING, Paginator, Params, ResultList, _iso
 
 log = structlog.get_logger("dutybridge.pagerduty")
-
-ACCEPT = "application/vnd.pagerduty+json;version=2"
-#: offset + limit may not exceed this in classic pagination (PagerDuty answers 400).
-PAGINATION_CEILING = 10_000
-PAGE_LIMIT = 100
-
-# -- pagination ---------------------------------------------------------------------
-
-
-class ResultList(list[dict[str, Any]]):
-    """A list of collected results; ``truncated`` is true when PagerDuty had more than
-    its pagination ceiling lets a client read (narrow the query to get the rest)."""
-
-    truncated: bool = False
-    total: int | None = None
-
-
-class Paginator:
-    """``async for item in client.paginate(...)``: classic offset pagination.
-
-    Pages of ``limit`` (at most 100) until ``more`` is false. PagerDuty refuses
-    ``offset + limit > 10000`` with a 400, so the paginator never asks for that: at
-    the ceiling it stops, logs a warning and sets ``truncated``. Read ``truncated``
-    after the loop (``await paginator.collect()`` returns a ``ResultList`` carrying it).
-    """
-
-    def __init__(
-        self,
-        client: PagerDutyClient,
-        path: str,
-        key: str,
-        params: Params = None,
-        *,
-        limit: int = PAGE_LIMIT,
-        operation: str | None = None,
-    ):
-        self.client = client
-        self.path = path
-        self.key = key
-        self.params = _encode_params(params)
-        self.limit = max(1, min(limit, PAGE_LIMIT))
-        self.operation = operation
-        self.truncated = False
-        self.total: int | None = None
-        self.fetched = 0
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        offset = 0
-        base = [(k, v) for k, v in self.params if k not in ("limit", "offset")]
-        while True:
-            limit = min(self.limit, PAGINATION_CEILING - offset)
-            if limit <= 0:
-                self.truncated = True
-                log.warning(
-                    "pagination_truncated",
-                    reason="the API's ceiling",
-                    path=self.path,
-                    fetched=self.fetched,
-                    ceiling=PAGINATION_CEILING,
-                    hint="narrow the query (since/until, service_ids, statuses) to read the rest",
-                )
-                return
-            page = await self.client.get(
-                self.path, params=[*base, ("limit", str(limit)), ("offset", str(offset))], operation=self.operation
-            )
-            page = page or {}
-            items = page.get(self.key) or []
-            if page.get("total") is not None:
-                self.total = page["total"]
-            for item in items:
-                self.fetched += 1
-                yield item
-            if not page.get("more") or not items:
-                return
-            offset += len(items)
-
-    async def collect(self) -> ResultList:
-        out = ResultList()
-        async for item in self:
-            out.append(item)
-        out.truncated = self.truncated
-        out.total = self.total
-        return out
-
-
-# -- the client -------------------------------------------------------------------------
-
-
-_ID_SEGMENT = re.compile(r"^(?![a-z_]+$)[^/]+$")
-
-
-def _template(path: str) -> str:
-    # "/incidents/PABC123/notes" -> "/incidents/{id}/notes": PagerDuty ids are upper
-    # case and digits, while the API's own path words are lower case.
-    parts = path.split("?")[0].split("/")
-    return "/".join("{id}" if p and _ID_SEGMENT.match(p) else p for p in parts)
-
-
-def _seg(value: str) -> str:
-    """One path segment from outside data: quoted so it cannot change the path."""
-    if not value:
-        raise ValueError("an empty id cannot name a PagerDuty object")
-    return quote(str(value), safe="")
-
-
-#: Query parameters as the client methods take them: a dict or (name, value) pairs; a
-#: None value is left out, a list value repeats its key.
-Params = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
-
-
-def _qs(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return _iso(value)
-    return str(value)
-
-
-def _encode_params(params: Params) -> list[tuple[str, str]]:
-    """A dict or pairs -> query pairs; a list value repeats the key (``statuses[]``)."""
-    if not params:
-        return []
-    items = params.items() if isinstance(params, Mapping) else params
-    out: list[tuple[str, str]] = []
-    for key, value in items:
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple, set, frozenset)):
-            name = key if key.endswith("[]") else f"{key}[]"
-            out.extend((name, _qs(v)) for v in value)
-        else:
-            out.append((key, _qs(value)))
-    return out
-
-
-def _iso(value: datetime | str) -> str:
-    if isinstance(value, str):
-        return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
 
 
 def _ref(kind: str, obj_id: str) -> dict[str, str]:
     return {"id": obj_id, "type": f"{kind}_reference"}
 
 
-class PagerDutyClient:
+class PagerDutyClient(PagerDutyApi):
     """PagerDuty REST API v2 through the outbound pipeline (``ctx.pagerduty``).
 
     Every request carries ``Authorization: Token token=...``, the version-2
@@ -202,150 +48,15 @@ class PagerDutyClient:
     body; typed methods unwrap it (``create_incident`` returns the incident).
     Errors: ``PagerDutyError`` and subclasses; ``TransportError`` when no answer.
 
-    Features call the typed methods; headers, pagination, the rate limiter and the typed
-    errors live here.
+    Features call the typed methods; headers, the rate limiter and the pipeline live in
+    ``PagerDutyApi`` (pagerduty_api.py), pagination in pagerduty_paging.py, the typed
+    errors in pagerduty_errors.py.
     """
-
-    def __init__(
-        self,
-        pipeline: OutboundPipeline,
-        config: PagerDutyConfig,
-        *,
-        limiter: RateLimiter | None = None,
-        retry: RetryPolicy | None = None,
-    ):
-        self.pipeline = pipeline
-        self.config = config
-        self.base_url = config.api_url.rstrip("/")
-        self.limiter = limiter or RateLimiter(config.rate_limit_per_minute)
-        self.retry = retry or RetryPolicy(max_retries=config.max_retries)
-        self._default_email: str | None = None
-        self._email_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"PagerDutyClient(api_url={self.base_url!r})"
 
-    # -- plumbing --------------------------------------------------------------------
-    async def from_email(self, acting_email: str | None = None) -> str | None:
-        """The ``From`` address for a write: explicit, configured, or the default user's."""
-        if acting_email:
-            return acting_email
-        if self.config.from_email:
-            return self.config.from_email
-        if not self.config.default_user_id:
-            return None
-        async with self._email_lock:
-            if self._default_email is None:
-                user = await self.get_user(self.config.default_user_id)
-                self._default_email = str(user.get("email") or "")
-        return self._default_email or None
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Params = None,
-        json: Any = None,
-        acting_email: str | None = None,
-        operation: str | None = None,
-        idempotent: bool | None = None,
-    ) -> OutboundResponse:
-        """Send one API call; returns the 2xx response or raises the typed error."""
-        method = method.upper()
-        headers = CIMultiDict(
-            {
-                "Authorization": f"Token token={self.config.api_key.get_secret_value()}",
-                "Accept": ACCEPT,
-                "Content-Type": "application/json",
-            }
-        )
-        if method not in ("GET", "HEAD"):
-            email = await self.from_email(acting_email)
-            if email:
-                headers["From"] = email
-        if not path.startswith("/"):
-            path = "/" + path
-        op = operation or f"{method} {_template(path)}"
-        req = OutboundRequest(
-            method=method,
-            url=self.base_url + path,
-            service="pagerduty",
-            operation=op,
-            headers=headers,
-            params=_encode_params(params),
-            json=json,
-            timeout=self.config.timeout_seconds,
-        )
-        response = await self.pipeline.request(req, retry=self.retry, idempotent=idempotent, limiter=self.limiter)
-        if not response.ok:
-            raise error_from_response(response, op)
-        return response
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self.request(method, path, **kwargs)
-        try:
-            return response.json()
-        except ValueError:
-            raise PagerDutyError(
-                response.status,
-                None,
-                "the response is not JSON",
-                operation=kwargs.get("operation") or f"{method} {_template(path)}",
-            ) from None
-
-    async def get(self, path: str, *, params: Params = None, operation: str | None = None) -> Any:
-        return await self._call("GET", path, params=params, operation=operation)
-
-    async def post(
-        self,
-        path: str,
-        *,
-        params: Params = None,
-        json: Any = None,
-        acting_email: str | None = None,
-        operation: str | None = None,
-        idempotent: bool = False,
-    ) -> Any:
-        return await self._call(
-            "POST",
-            path,
-            params=params,
-            json=json,
-            acting_email=acting_email,
-            operation=operation,
-            idempotent=idempotent,
-        )
-
-    async def put(
-        self,
-        path: str,
-        *,
-        params: Params = None,
-        json: Any = None,
-        acting_email: str | None = None,
-        operation: str | None = None,
-    ) -> Any:
-        return await self._call("PUT", path, params=params, json=json, acting_email=acting_email, operation=operation)
-
-    async def delete(
-        self, path: str, *, params: Params = None, acting_email: str | None = None, operation: str | None = None
-    ) -> Any:
-        return await self._call("DELETE", path, params=params, acting_email=acting_email, operation=operation)
-
-    def paginate(
-        self, path: str, key: str, params: Params = None, *, limit: int = PAGE_LIMIT, operation: str | None = None
-    ) -> Paginator:
-        """Iterate a classic-paginated collection; see ``Paginator`` for the 10,000 ceiling."""
-        return Paginator(self, path, key, params, limit=limit, operation=operation)
-
-    # -- users -----------------------------------------------------------------------
-    async def get_user(self, user_id: str, *, include: Iterable[str] | None = None) -> dict[str, Any]:
-        body = await self.get(
-            f"/users/{_seg(user_id)}", params={"include[]": list(include or [])}, operation="GET /users/{id}"
-        )
-        return body["user"]
-
+    # -- users (get_user is PagerDutyApi's: the From header needs it) -----------------
     async def list_users(self, query: str | None = None, *, team_ids: Iterable[str] | None = None) -> ResultList:
         params = {"query": query, "team_ids[]": list(team_ids) if team_ids else None}
         return await self.paginate("/users", "users", params, operation="GET /users").collect()
@@ -648,6 +359,7 @@ __all__ = [
     "ALREADY_ACKNOWLEDGED",
     "ALREADY_MERGED",
     "ALREADY_RESOLVED",
+    "PAGE_LIMIT",
     "PAGINATION_CEILING",
     "RATE_LIMIT_EXCEEDED",
     "PagerDutyAuthError",
@@ -656,6 +368,7 @@ __all__ = [
     "PagerDutyNotFound",
     "PagerDutyRateLimited",
     "Paginator",
+    "Params",
     "ResultList",
     "error_from_response",
 ]

@@ -1,5 +1,5 @@
 """A thin async client for ServiceNow's Table API, on the outbound pipeline: CRUD on
-``/api/now/table/{table}``, offset pagination, typed errors, and ``Query`` (encoded queries).
+``/api/now/table/{table}`` and offset pagination (queries and errors in their own modules).
 """
 
 from __future__ import annotations
@@ -7,24 +7,22 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from multidict import CIMultiDict
 
 from .config import ServiceNowConfig
-from .http import (
-    ApiError,
-    AuthError,
-    NotFound,
-    OutboundPipeline,
-    OutboundRequest,
-    OutboundResponse,
-    RateLimited,
-    RetryPolicy,
-    retry_after_seconds,
+from .http import OutboundPipeline, OutboundRequest, OutboundResponse, RetryPolicy
+from .servicenow_errors import (
+    ServiceNowAuthError,
+    ServiceNowError,
+    ServiceNowNotFound,
+    ServiceNowRateLimited,
+    _snippet,
+    error_from_response,
 )
+from .servicenow_query import Query, _field, _order_terms
 
 TABLE_API = "/api/now/table"
 PAGE_SIZE = 100
@@ -32,233 +30,6 @@ PAGE_SIZE = 100
 JOURNAL_FIELDS = frozenset({"work_notes", "comments"})
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-# -- errors -----------------------------------------------------------------------
-
-
-class ServiceNowError(ApiError):
-    """ServiceNow answered with an error: HTTP ``status`` and the ``message`` and
-    ``detail`` of ``{"error": {...}, "status": "failure"}``. Never holds the password."""
-
-    def __init__(self, status: int, message: str, detail: str = "", *, operation: str = "", attempts: int = 1):
-        self.detail = detail
-        where = f" to {operation}" if operation else ""
-        text = f"ServiceNow answered {status}{where}: {message}"
-        if detail:
-            text += f" ({detail})"
-        if attempts > 1:
-            text += f" after {attempts} attempts"
-        super().__init__(text, status=status, message=message, operation=operation, attempts=attempts)
-
-
-class ServiceNowNotFound(ServiceNowError, NotFound):
-    """404: no such record, or an ACL hides it."""
-
-
-class ServiceNowAuthError(ServiceNowError, AuthError):
-    """401 (bad credentials) or 403 (an ACL, business rule or data policy refused)."""
-
-
-class ServiceNowRateLimited(ServiceNowError, RateLimited):
-    """429, still, after the retries the policy allowed (a rate limit rule of the instance).
-
-    ``retry_after`` is the wait the instance asked for in seconds, when it said
-    (hourly rules can ask for longer than the pipeline waits in one call).
-    """
-
-
-def error_from_response(response: OutboundResponse, operation: str = "") -> ServiceNowError:
-    """The typed error for a non-2xx ServiceNow response."""
-    message, detail = "", ""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        message = str(body["error"].get("message") or "")
-        detail = str(body["error"].get("detail") or "")
-    elif response.body and body is None:
-        detail = _snippet(response.body)
-    if not message:
-        message = {
-            401: "User Not Authenticated",
-            403: "Forbidden",
-            404: "No Record found",
-            429: "Too Many Requests",
-        }.get(response.status, f"HTTP {response.status}")
-    if response.status == 404:
-        cls: type[ServiceNowError] = ServiceNowNotFound
-    elif response.status in (401, 403):
-        cls = ServiceNowAuthError
-    elif response.status == 429:
-        cls = ServiceNowRateLimited
-    else:
-        cls = ServiceNowError
-    err = cls(response.status, message, detail, operation=operation, attempts=response.attempts)
-    if isinstance(err, ServiceNowRateLimited):  # the 429 case above
-        err.retry_after = retry_after_seconds(response.headers)
-    return err
-
-
-def _snippet(body: bytes) -> str:
-    text = " ".join(body[:300].decode("utf-8", "replace").split())
-    return text[:200]
-
-
-# -- encoded queries ----------------------------------------------------------------------
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        raise ValueError("None is not a query value: use is_empty() / is_not_empty()")
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, datetime):
-        # sys_ date-times are stored, compared and returned by the Table API in UTC.
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC)
-        text = value.strftime("%Y-%m-%d %H:%M:%S")
-    else:
-        text = str(value)
-    if text.strip().lower().startswith("javascript:"):
-        # The instance evaluates javascript: values server-side; never from data.
-        raise ValueError(f"refusing a query value that the instance would run as script: {text[:40]!r}")
-    if text.endswith("^"):
-        raise ValueError(f"refusing a query value ending in '^' (its escape would be ambiguous): {text[:40]!r}")
-    # A literal caret is written ^^; unescaped, it would end the term and start another.
-    return text.replace("^", "^^")
-
-
-def _field(name: str) -> str:
-    if not isinstance(name, str) or not _FIELD.match(name):
-        raise ValueError(f"not a field name (letters, digits, _ and dot-walks): {name!r}")
-    return name
-
-
-class Query:
-    """An encoded query (``sysparm_query``) built from parts that cannot inject terms.
-
-        Query().eq("assignment_group", gid).gte("sys_updated_on", since).order_by("sys_updated_on")
-        Query().eq("state", "1").or_().eq("state", "2")       # state=1^ORstate=2
-        Query().in_("sys_id", ids).new_query().eq("active", True)
-
-    Terms are joined with AND (``^``) unless ``or_()`` comes before one (``^OR``);
-    ``and_()`` is accepted for readability. Values are text, bools (``true``/``false``)
-    or datetimes (UTC ``YYYY-MM-DD HH:MM:SS``); a ``^`` in a value is escaped as ``^^``,
-    and values the instance would run as script (``javascript:...``) are refused, as
-    are commas inside ``in_``/``not_in`` items (no escape exists for them). Field names
-    must be plain names or dot-walks. ``str(query)`` is the encoded query.
-
-    ``sysparm_query`` is built only from these parts, so outside data cannot be injected into it.
-    """
-
-    def __init__(self) -> None:
-        self._terms: list[str] = []
-        self._orders: list[str] = []
-        self._next_join = "^"
-
-    def _add(self, term: str) -> Query:
-        if self._terms:
-            self._terms.append(self._next_join + term)
-        elif self._next_join == "^OR":
-            raise ValueError("or_() needs a term before it")
-        else:
-            self._terms.append(term)
-        self._next_join = "^"
-        return self
-
-    def _op(self, field: str, op: str, value: Any) -> Query:
-        return self._add(f"{_field(field)}{op}{_value(value)}")
-
-    def eq(self, field: str, value: Any) -> Query:
-        return self._op(field, "=", value)
-
-    def ne(self, field: str, value: Any) -> Query:
-        return self._op(field, "!=", value)
-
-    def gt(self, field: str, value: Any) -> Query:
-        return self._op(field, ">", value)
-
-    def gte(self, field: str, value: Any) -> Query:
-        return self._op(field, ">=", value)
-
-    def lt(self, field: str, value: Any) -> Query:
-        return self._op(field, "<", value)
-
-    def lte(self, field: str, value: Any) -> Query:
-        return self._op(field, "<=", value)
-
-    def like(self, field: str, value: Any) -> Query:
-        return self._op(field, "LIKE", value)
-
-    def not_like(self, field: str, value: Any) -> Query:
-        return self._op(field, "NOTLIKE", value)
-
-    def starts_with(self, field: str, value: Any) -> Query:
-        return self._op(field, "STARTSWITH", value)
-
-    def ends_with(self, field: str, value: Any) -> Query:
-        return self._op(field, "ENDSWITH", value)
-
-    def _in(self, field: str, op: str, values: Iterable[Any]) -> Query:
-        items = [_value(v) for v in values]
-        if not items:
-            raise ValueError(f"{op.strip()} needs at least one value")
-        for item in items:
-            if "," in item:
-                raise ValueError(f"refusing an {op.strip()} value containing ',' (it would split): {item[:40]!r}")
-        return self._add(f"{_field(field)}{op}{','.join(items)}")
-
-    def in_(self, field: str, values: Iterable[Any]) -> Query:
-        return self._in(field, "IN", values)
-
-    def not_in(self, field: str, values: Iterable[Any]) -> Query:
-        return self._in(field, "NOT IN", values)
-
-    def is_empty(self, field: str) -> Query:
-        return self._add(f"{_field(field)}ISEMPTY")
-
-    def is_not_empty(self, field: str) -> Query:
-        return self._add(f"{_field(field)}ISNOTEMPTY")
-
-    def and_(self) -> Query:
-        self._next_join = "^"
-        return self
-
-    def or_(self) -> Query:
-        if not self._terms:
-            raise ValueError("or_() needs a term before it")
-        self._next_join = "^OR"
-        return self
-
-    def new_query(self) -> Query:
-        """Start a second query whose results are added (``^NQ``)."""
-        if not self._terms:
-            raise ValueError("new_query() needs a term before it")
-        self._next_join = "^NQ"
-        return self
-
-    def order_by(self, field: str, *, desc: bool = False) -> Query:
-        self._orders.append(("ORDERBYDESC" if desc else "ORDERBY") + _field(field))
-        return self
-
-    def encode(self) -> str:
-        return "^".join(["".join(self._terms)] + self._orders) if self._terms else "^".join(self._orders)
-
-    def __str__(self) -> str:
-        return self.encode()
-
-    def __repr__(self) -> str:
-        return f"Query({self.encode()!r})"
-
-
-def _order_terms(order_by: str | Iterable[str] | None) -> list[str]:
-    if not order_by:
-        return []
-    names = [order_by] if isinstance(order_by, str) else list(order_by)
-    return [("ORDERBYDESC" + _field(n[1:])) if n.startswith("-") else ("ORDERBY" + _field(n)) for n in names]
 
 
 _LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?([^";,]+)"?')
