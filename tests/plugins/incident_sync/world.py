@@ -185,12 +185,14 @@ def on_call_from_now(seed: dict) -> dict:
 
 async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True, seed: dict | None = None,
                       extra_plugins: list[object] = (), doorbell_exclude: tuple[str, ...] = (),
-                      events: list[str] | None = None, sn_clock: str = "advancing", **settings: Any) -> World:
+                      events: list[str] | None = None, sn_clock: str = "advancing", daemon: dict | None = None,
+                      doorbell_mod_count: bool = True, **settings: Any) -> World:
     """Start sandbox + daemon in ``tmp``; ``settings`` are ``[plugins.incident_sync]`` keys
     (``links`` defaults to Database and Network, ``poll_interval_seconds`` to 0: tests poll
     with ``world.poll()``; ``recheck_seconds`` to 0). ``webhooks=False`` / ``doorbell=False``
     leave that push channel off. ``sn_clock``: "advancing" (see ``advancing_clock``),
-    "real", or "frozen" (every change in one second)."""
+    "real", or "frozen" (every change in one second). ``daemon``: ``[daemon]`` keys;
+    ``doorbell_mod_count=False``: a business rule that sends no sys_mod_count (an older one)."""
     from dutybridge.app import create_app, load
     from dutybridge.web import CTX_KEY
     from dutybridge_sandbox.runner import Sandbox
@@ -205,7 +207,8 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
     runner: web.AppRunner | None = None
     try:
         plugin = {"links": DEFAULT_LINKS, "poll_interval_seconds": 0.0, "recheck_seconds": 0.0, **settings}
-        config, pm = load(build_config(sandbox, tmp, plugin), extra_plugins=list(extra_plugins))
+        config, pm = load(build_config(sandbox, tmp, plugin, extra={"daemon": daemon} if daemon else None),
+                          extra_plugins=list(extra_plugins))
         app = create_app(config, pm)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
@@ -224,13 +227,35 @@ async def start_world(tmp: Path, *, webhooks: bool = True, doorbell: bool = True
             }, secret=PD_SECRET)
         if doorbell:
             sandbox.servicenow.configure_doorbell(f"{url}/webhooks/servicenow", token=DOORBELL_TOKEN,
-                                                  tables=("incident", "sn_si_incident"), exclude_users=doorbell_exclude)
+                                                  tables=("incident", "sn_si_incident"), exclude_users=doorbell_exclude,
+                                                  mod_count=doorbell_mod_count)
         return world
     except BaseException:
         if runner is not None:
             await runner.cleanup()
         await sandbox.stop()
         raise
+
+
+async def restart_daemon(world: World, *, extra_plugins: list[object] = ()) -> None:
+    """Stop the world's daemon and start a new one on the same store, configuration and
+    port (so webhooks and doorbells reach it), as after a crash and a restart: what the
+    first one had claimed and not finished runs again in the second."""
+    from dutybridge.app import create_app, load
+    from dutybridge.web import CTX_KEY
+
+    port = world.runner.addresses[0][1]
+    await world.runner.cleanup()
+    config, pm = load(world.config_path, extra_plugins=list(extra_plugins))
+    app = create_app(config, pm)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    world.runner, world.ctx = runner, app[CTX_KEY]
 
 
 async def stop_world(world: World) -> None:
