@@ -49,6 +49,7 @@ class Metrics:
         self._store_up = Gauge("store_up", "1 when the store answered the last scrape, else 0.", namespace=ns, registry=r)
         self._outbound = Counter("outbound_requests", "Outbound API requests by service, host and HTTP status ('error' when no response).", ("service", "host", "status"), namespace=ns, registry=r)
         self._outbound_seconds = Histogram("outbound_request_seconds", "Outbound API request latency.", ("service", "host"), namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self._plugin_health = Gauge("plugin_health", "1 when a plugin's part (a poll, ...) works, 0 while it fails; from report_health at scrape time.", ("plugin", "part"), namespace=ns, registry=r)
         self._handle_seconds = Histogram("handle_seconds", "Time to handle one event (all plugin hooks).", ev, namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
         # (metric, *label values) -> child. labels() converts, validates and takes a lock
         # on every call (a few us on each webhook); a child, once made, never changes.
@@ -96,6 +97,13 @@ class Metrics:
         self._store_up.set(1)
         for status in {*INBOX_STATUSES, *counts}:
             self._inbox.labels(status).set(counts.get(status, 0))
+
+    # -- plugins -----------------------------------------------------------------
+    def set_plugin_health(self, health: Mapping[str, Mapping[str, str]]) -> None:
+        """Set the plugin health gauge from ``Hooks.report_health`` ({plugin: {part: state}})."""
+        for plugin, parts in health.items():
+            for part, state in parts.items():
+                self._plugin_health.labels(plugin, part).set(1 if state == "ok" else 0)
 
     # -- outbound ----------------------------------------------------------------
     def outbound(self, service: str, host: str, status: int | str | None, seconds: float) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from .api import Api
+from .health import PollHealth
 from .links import Links
 from .locks import Locks
 from .mapping import SYS_ID, Mapping, load_mapping
@@ -31,6 +32,7 @@ class Core:
         self.locks = Locks()
         self.links = Links(ctx)
         self.rechecks = Rechecks(self)
+        self.poll_health = PollHealth()  # kept across reloads: a failing part stays shown
         self._loaded = False
         self._generation = 0  # of the configuration: stale() counts reloads
         self._load_lock = asyncio.Lock()

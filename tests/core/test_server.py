@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from structlog.testing import capture_logs
 
+from dutybridge import hookimpl
 from dutybridge.config import validate
 from dutybridge.context import Ctx
 from dutybridge.metrics import Metrics
@@ -695,6 +696,51 @@ async def test_readyz(client, store):
     client.ctx.scheduler = type("Stopped", (), {"running": False})()
     body = await assert_error(await client.get("/readyz"), 503, "scheduler")
     assert body["checks"]["store"] == "ok"
+
+
+class PollParts:
+    """A plugin whose parts report their health (report_health), as a poll's do."""
+
+    def __init__(self) -> None:
+        self.parts = {"poll.a": "ok", "poll.b": "ok"}
+
+    @hookimpl
+    def report_health(self, ctx):
+        return dict(self.parts)
+
+
+async def test_readyz_shows_plugin_parts_and_a_failing_one_only_degrades(client):
+    parts = PollParts()
+    client.ctx.pm.register(parts, name="parts")
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ready" and body["health"] == {"parts": {"poll.a": "ok", "poll.b": "ok"}}
+    assert 'dutybridge_plugin_health{part="poll.b",plugin="parts"} 1.0' in await (await client.get("/metrics")).text()
+
+    parts.parts["poll.b"] = "ApiError: GET /log_entries: 404 Not Found"
+    resp = await client.get("/readyz")
+    # Still ready: webhooks work; a load balancer must not pull the daemon for one poll.
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "degraded"
+    assert body["health"]["parts"]["poll.b"] == "ApiError: GET /log_entries: 404 Not Found"
+    assert body["checks"] == {"store": "ok", "scheduler": "ok"}
+    metrics = await (await client.get("/metrics")).text()
+    assert 'dutybridge_plugin_health{part="poll.b",plugin="parts"} 0.0' in metrics
+    assert 'dutybridge_plugin_health{part="poll.a",plugin="parts"} 1.0' in metrics
+
+
+async def test_a_failing_health_report_does_not_fail_the_probe(client):
+    class Broken:
+        @hookimpl
+        def report_health(self, ctx):
+            raise RuntimeError("boom")
+
+    client.ctx.pm.register(Broken(), name="broken")
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "degraded"
 
 
 async def test_metrics_after_events(client, store):
