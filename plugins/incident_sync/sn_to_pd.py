@@ -60,6 +60,11 @@ class SnToPd(Direction):
                 rec = await self.api.sn_get(table, sys_id, self.core.sn_fields(table, linked=linked))
             if rec is None:
                 return False
+            if linked and mod_count is None and sn_change_synced(link, str(rec.get("sys_mod_count") or "")):
+                # A doorbell without sys_mod_count (never dropped: see the receiver) whose
+                # record, read, is at a version synced already (our own write's echo, a
+                # repeat): nothing new, and nothing more to read.
+                return True
             if not linked:
                 acted = await self._sync_unlinked(table, rec, link)
             else:
