@@ -190,7 +190,7 @@ class SnToPd(Direction):
                 st["sn"] = new
                 await self.links.save(link, st, status="unlinked")
                 return
-        st["sn"] = new
+        st["sn"] = self._synced_view(old, new, states)
         if applied and conf.sync_work_notes:
             # What went to PagerDuty is recorded before the notes go (a failed note must
             # not make a retry apply the changes twice).
@@ -200,6 +200,17 @@ class SnToPd(Direction):
         # up to it need no read again (``links.sn_change_synced``). Recorded only then, so a
         # retry after a failed note still reads.
         await sn_notes_to_pd(self.core, link, st, synced=mod_count_of(rec))
+
+    @staticmethod
+    def _synced_view(old: dict, new: dict, states: dict) -> dict:
+        """What of the record is synced now: all of it, except while it is resolved, when
+        only its state went to PagerDuty. A group (assignee, priority) changed on a
+        resolved incident stays unsynced in the snapshot, so that whoever reopens it (a
+        person, or our own write) finds it changed and PagerDuty's policy follows; were
+        it recorded, the reopened pair would keep two policies for good."""
+        if new["state"] not in states["done"]:
+            return new
+        return {**new, **{k: old.get(k, "") for k in ("assignment_group", "assigned_to", "priority")}}
 
     async def _write_changes(self, link: Link, table: str, rec: dict, inc: dict, old: dict, new: dict,
                                 changed: set[str], st: dict, states: dict, applied: list[str]) -> bool:

@@ -1,0 +1,47 @@
+"""Failures the incident-sync state machine found (stress/incident_sync_machine.py), each
+as a deterministic test: handlers called in the order that broke convergence."""
+
+from __future__ import annotations
+
+from tests.plugins.incident_sync.world import DB_GROUP, NET_GROUP
+
+
+async def sn_born(world) -> tuple[dict, dict]:
+    rec = world.sn.insert("incident", {"short_description": "Reassigned while resolved", "assignment_group": DB_GROUP,
+                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])
+    [inc] = world.pd_for(rec["sys_id"])
+    assert inc["escalation_policy"]["id"] == "PEPDB01"
+    return rec, inc
+
+
+async def test_a_group_changed_while_resolved_follows_when_servicenow_reopens(make_world):
+    # The machine's group/escalation-policy mismatch: a group change read while the
+    # ServiceNow incident was resolved was recorded as synced, though only the resolution
+    # went to PagerDuty; once reopened, the pair kept two policies for good.
+    world = await make_world(doorbell=False, webhooks=False)
+    rec, inc = await sn_born(world)
+    world.sn.update("incident", rec["sys_id"], {"state": "6", "close_notes": "done"}, user="bob.smith")
+    world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # one read: resolved and reassigned
+    assert world.pd.incidents[inc["id"]]["status"] == "resolved"
+    world.sn.update("incident", rec["sys_id"], {"state": "2"}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])
+    pd = world.pd.incidents[inc["id"]]
+    assert pd["status"] != "resolved" and pd["escalation_policy"]["id"] == "PEPNET1"
+
+
+async def test_a_group_changed_while_resolved_follows_when_our_write_reopens_it(make_world):
+    # The same, reopened by the daemon's own write (PagerDuty reopened): the echo of that
+    # write finds the group still unsynced and moves the policy.
+    world = await make_world(doorbell=False, webhooks=False)
+    rec, inc = await sn_born(world)
+    world.sn.update("incident", rec["sys_id"], {"state": "6", "close_notes": "done"}, user="bob.smith")
+    world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])
+    world.pd.reopen(inc["id"], "PALICE1")
+    await world.engine.pagerduty_changed(inc["id"])  # ServiceNow reopened by us
+    assert world.sn.get("incident", rec["sys_id"])["state"] not in ("6", "7", "8")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
+    assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
