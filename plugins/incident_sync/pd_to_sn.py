@@ -349,11 +349,21 @@ class PdToSn(Direction):
                 own_write(st, written)
                 log.info("incident_sync: PagerDuty change applied to ServiceNow", pd_incident=link.pd_id,
                          sn_sys_id=link.sn_id, fields=sorted(updates), changed=sorted(changed))
-        st["pd"] = new
+        st["pd"] = self._synced_view(old, new)
         if st != link.state:
             link = await self.links.save(link, st)
         if notes and conf.sync_work_notes:
             await pd_notes_to_sn(self.core, link, table, copy.deepcopy(link.state))
+
+    @staticmethod
+    def _synced_view(old: dict, new: dict) -> dict:
+        """What of the incident is synced now: all of it, except while it is resolved, when
+        only the resolution went to ServiceNow. A policy (assignees, priority) changed
+        before a resolve read together with it stays unsynced in the snapshot, so that
+        once reopened the group follows; were it recorded, the pair kept two for good."""
+        if new.get("status") != "resolved":
+            return new
+        return {**new, **{k: old.get(k) for k in ("ep", "assignees", "priority", "urgency")}}
 
     async def _desired_sn(self, table: str, inc: dict, old: dict, new: dict, changed: set[str], rec: dict,
                           st: dict, agreed: set[str], agent: dict | None = None) -> dict:

@@ -45,3 +45,22 @@ async def test_a_group_changed_while_resolved_follows_when_our_write_reopens_it(
     await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
     assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
     assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
+
+
+async def test_a_policy_changed_just_before_a_resolve_follows_when_reopened(make_world):
+    # The mirror image, as the machine hit it (PagerDuty's log: delegate, resolve, then
+    # our reopen from ServiceNow): the delegation and the resolve were read together, so
+    # only the resolve reached ServiceNow, and the new policy was recorded as synced.
+    world = await make_world(doorbell=False, webhooks=False)
+    rec, inc = await sn_born(world)
+    world.pd.delegate(inc["id"], "PEPNET1", "PALICE1")
+    world.pd.resolve(inc["id"], "PALICE1")
+    await world.engine.pagerduty_changed(inc["id"])  # one read: delegated and resolved
+    assert world.sn.get("incident", rec["sys_id"])["state"] == "6"
+    world.sn.update("incident", rec["sys_id"], {"state": "2"}, user="alice.nguyen")  # reopened there
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # PagerDuty reopened
+    await world.engine.pagerduty_changed(inc["id"])  # the echo of that reopen
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # and of what it wrote
+    pd, sn = world.pd.incidents[inc["id"]], world.sn.get("incident", rec["sys_id"])
+    assert pd["status"] != "resolved" and sn["state"] not in ("6", "7", "8")
+    assert {DB_GROUP: "PEPDB01", NET_GROUP: "PEPNET1"}[sn["assignment_group"]] == pd["escalation_policy"]["id"]
