@@ -235,8 +235,13 @@ class SnToPd(Direction):
             pdv = pd_view(inc)
             applied.append(what)
             snap = st.get("pd") or {}
+            # Resolved meanwhile by someone else (a reassignment answers with the incident
+            # as it is): that resolve is not our write's echo but a change of theirs, left
+            # unsynced for its own event to bring to ServiceNow.
+            theirs = pdv["status"] == "resolved" and changes.get("status") != "resolved"
             for k in touched:
-                snap[k] = pdv[k]
+                if not (theirs and k in ("status", "ack_by", "assignees")):
+                    snap[k] = pdv[k]
             st["pd"] = snap
             log.info("incident_sync: ServiceNow change applied to PagerDuty", pd_incident=pd_id, sn_sys_id=link.sn_id,
                      action=what)

@@ -3,6 +3,8 @@ as a deterministic test: handlers called in the order that broke convergence."""
 
 from __future__ import annotations
 
+from dutybridge import hookimpl
+
 from tests.plugins.incident_sync.world import DB_GROUP, NET_GROUP
 
 
@@ -64,3 +66,39 @@ async def test_a_policy_changed_just_before_a_resolve_follows_when_reopened(make
     pd, sn = world.pd.incidents[inc["id"]], world.sn.get("incident", rec["sys_id"])
     assert pd["status"] != "resolved" and sn["state"] not in ("6", "7", "8")
     assert {DB_GROUP: "PEPDB01", NET_GROUP: "PEPNET1"}[sn["assignment_group"]] == pd["escalation_policy"]["id"]
+
+
+class ResolveBeforePut:
+    """Resolves the PagerDuty incident (a person, in PagerDuty) right before the daemon's
+    next PUT to it reaches PagerDuty: after the daemon read it, before its write."""
+
+    def __init__(self, world_box: list) -> None:
+        self.world_box = world_box
+        self.armed: str | None = None
+
+    @hookimpl
+    def outbound_request(self, request, ctx):
+        if self.armed and request.method == "PUT" and request.operation == "PUT /incidents/{id}":
+            iid, self.armed = self.armed, None
+            self.world_box[0].pd.resolve(iid, "PBOBSM1")
+
+
+async def test_a_resolve_between_our_read_and_our_reassignment_reaches_servicenow(make_world):
+    # The machine (polling on): ServiceNow moved the group, the daemon read PagerDuty,
+    # Bob resolved there, then the daemon's reassignment answered with the incident as
+    # resolved; that status was recorded as our write's echo, so Bob's resolve (its
+    # webhook skipped as synced) never reached ServiceNow.
+    box: list = []
+    fault = ResolveBeforePut(box)
+    world = await make_world(extra_plugins=[fault], poll_interval_seconds=3600.0)
+    box.append(world)
+    rec = world.sn.insert("incident", {"short_description": "Resolved under our write", "assignment_group": DB_GROUP,
+                                       "impact": "1", "urgency": "1"}, user="alice.nguyen")
+    [inc] = await world.wait_for(lambda: world.pd_for(rec["sys_id"]), what="the PagerDuty incident")
+    await world.settle()
+    fault.armed = inc["id"]
+    world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    await world.settle()
+    assert fault.armed is None, "the reassignment was sent"
+    assert world.pd.incidents[inc["id"]]["status"] == "resolved"
+    assert world.sn.get("incident", rec["sys_id"])["state"] == "6"

@@ -182,6 +182,13 @@ class IncidentSyncMachine(RuleBasedStateMachine):
             self.failed(exc)
             raise
 
+    def explain(self, what: str, iid: str, inc: dict, rec: dict, link) -> str:
+        """A failed check's message: both incidents, PagerDuty's log, the link, the steps."""
+        log = [(e["type"], (e.get("agent") or {}).get("id")) for e in self.world.pd.incident_log_entries(iid)]
+        return (f"{what}: {iid} ({inc['title']}, {inc['service']['id']}) and ServiceNow {rec['number']} "
+                f"({rec['short_description']}, {rec['sys_id']}, mod {rec['sys_mod_count']}); PagerDuty log, newest "
+                f"first {log}; link state {link.state}; steps {self.steps}")
+
     def failed(self, exc: AssertionError) -> None:
         """A check failed (stress/ keeps the daemon's log of the example here)."""
 
@@ -208,13 +215,12 @@ class IncidentSyncMachine(RuleBasedStateMachine):
         for iid, link in links.items():
             inc, rec = w.pd.incidents[iid], records[link.sn_id]
             # Equal state: resolved on one side iff on the other; same group and policy.
-            assert (inc["status"] == "resolved") == (rec["state"] in ("6", "7", "8")), (inc["status"], rec["state"])
+            assert (inc["status"] == "resolved") == (rec["state"] in ("6", "7", "8")), self.explain(
+                f"PagerDuty {inc['status']}, ServiceNow state {rec['state']}", iid, inc, rec, link)
             if inc["status"] != "resolved":
-                assert GROUP_EP[rec["assignment_group"]] == inc["escalation_policy"]["id"], (
-                    f"{iid} ({inc['title']}, {inc['service']['id']}): ServiceNow {rec['short_description']} group "
-                    f"{rec['assignment_group']}, PagerDuty policy {inc['escalation_policy']['id']}; "
-                    f"PagerDuty log {[(e['type'], e['agent'].get('id')) for e in w.pd.incident_log_entries(iid)]}; "
-                    f"link state {link.state}; steps {self.steps}")
+                assert GROUP_EP[rec["assignment_group"]] == inc["escalation_policy"]["id"], self.explain(
+                    f"ServiceNow group {rec['assignment_group']}, PagerDuty policy {inc['escalation_policy']['id']}",
+                    iid, inc, rec, link)
             if inc["status"] == "acknowledged":
                 assert rec["state"] == "2"
 
