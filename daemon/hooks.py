@@ -137,6 +137,14 @@ class Hooks:
             (plugin, command) for plugin, commands in self._sync("register_cli_commands") for command in commands or ()
         ]
 
+    def report_health(self, ctx: Ctx) -> dict[str, dict[str, str]]:
+        """{plugin: {part: "ok" or the reason it fails}} for each plugin reporting parts."""
+        return {
+            plugin: {str(k): str(v) for k, v in result.items()}
+            for plugin, result in self._sync("report_health", ctx=ctx)
+            if result
+        }
+
     async def handle_event(self, event: StoredEvent, ctx: Ctx) -> list[object]:
         return await self._all("handle_event", event=event, ctx=ctx)
 

@@ -176,6 +176,20 @@ def register_cli_commands() -> list[Command]:
 
 
 @hookspec
+def report_health(ctx: Ctx) -> dict[str, str]:
+    """Report how the parts of this plugin that run on their own are doing.
+
+    Return a mapping of part name (a short fixed name, e.g. ``"poll.pagerduty_log_entries"``)
+    to ``"ok"`` or the reason it is failing (one line, no secrets). ``/readyz`` shows every
+    plugin's parts as ``health`` detail and answers ``"status": "degraded"`` (still 200:
+    a load balancer must not pull a daemon whose webhooks work because one poll fails)
+    when any part is not ``"ok"``; ``/metrics`` has the gauge
+    ``dutybridge_plugin_health{plugin, part}`` (1 ok, 0 failing). Called on every probe and
+    scrape: return what is known already, do no I/O. Must not be async.
+    """
+
+
+@hookspec
 def on_startup(ctx: Ctx) -> None:
     """The daemon is starting: store open, clients ready, server not yet listening.
 

@@ -119,6 +119,13 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self._plugin_health = Gauge(
+            "plugin_health",
+            "1 when a plugin's part (a poll, ...) works, 0 while it fails; from report_health at scrape time.",
+            ("plugin", "part"),
+            namespace=ns,
+            registry=r,
+        )
         self._handle_seconds = Histogram(
             "handle_seconds",
             "Time to handle one event (all plugin hooks).",
@@ -190,6 +197,13 @@ class Metrics:
         self._store_up.set(1 if writable else 0)
         for status in {*INBOX_STATUSES, *counts}:
             self._inbox.labels(status).set(counts.get(status, 0))
+
+    # -- plugins -----------------------------------------------------------------
+    def set_plugin_health(self, health: Mapping[str, Mapping[str, str]]) -> None:
+        """Set the plugin health gauge from ``Hooks.report_health`` ({plugin: {part: state}})."""
+        for plugin, parts in health.items():
+            for part, state in parts.items():
+                self._plugin_health.labels(plugin, part).set(1 if state == "ok" else 0)
 
     # -- outbound ----------------------------------------------------------------
     def outbound(self, service: str, host: str, status: int | str | None, seconds: float) -> None:

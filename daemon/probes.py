@@ -1,5 +1,5 @@
 """Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (the store and
-scheduler work), ``/metrics`` (Prometheus text, with the inbox's counts).
+scheduler work; plugins' parts as detail), ``/metrics`` (Prometheus text, with the inbox's counts).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 import structlog
 from aiohttp import hdrs, web
 
+from .context import Ctx
 from .web import ctx_of, error_response
 
 log = structlog.get_logger("dutybridge.server")
@@ -47,11 +48,29 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         if election is None
         else {"scheduler": {"leader": election.leader, "this_instance": election.holder, "leading": election.leading}}
     )
+    health = plugin_health(ctx)
     failed = [name for name, state in checks.items() if state != "ok"]
     if failed:
         log.warning("not_ready", checks=checks)
-        return error_response(503, f"not ready: {', '.join(failed)}", checks=checks, **detail)
-    return web.json_response({"status": "ready", "checks": checks, **detail})
+        return error_response(503, f"not ready: {', '.join(failed)}", checks=checks, health=health, **detail)
+    # A failing plugin part (one poll of several) leaves the daemon ready: its webhooks
+    # still work, so a load balancer must not pull it. The status says it is degraded.
+    degraded = any(state != "ok" for parts in health.values() for state in parts.values())
+    return web.json_response(
+        {"status": "degraded" if degraded else "ready", "checks": checks, "health": health, **detail}
+    )
+
+
+def plugin_health(ctx: Ctx) -> dict[str, dict[str, str]]:
+    """Every plugin's ``report_health``; a plugin whose report fails shows that as its state."""
+    try:
+        health = ctx.hooks.report_health(ctx=ctx)
+    except Exception as exc:  # a broken report must not take the probe down with it
+        log.warning("plugin_health_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return {"report_health": {"call": f"error: {type(exc).__name__}"}}
+    if ctx.metrics is not None:
+        ctx.metrics.set_plugin_health(health)
+    return health
 
 
 async def _writable(store: object) -> bool:
@@ -74,4 +93,5 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         except Exception:
             log.warning("inbox_counts_unavailable", endpoint="/metrics", exc_info=True)
     ctx.metrics.set_inbox(counts, writable=getattr(ctx.store, "write_ok", True))
+    plugin_health(ctx)
     return web.Response(body=ctx.metrics.render(), headers={hdrs.CONTENT_TYPE: ctx.metrics.content_type})

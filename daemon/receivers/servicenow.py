@@ -6,6 +6,7 @@ It carries no data: the worker re-reads the record, so a forged doorbell injects
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime
 
 from aiohttp import web
@@ -74,7 +75,9 @@ async def servicenow(request: web.Request) -> web.StreamResponse:
     # sys_updated_on has one-second resolution: two changes within a second would
     # share an id and the second would be dropped as a duplicate. sys_mod_count
     # (sent by the shipped business rule; optional for older ones) is unique per change.
-    version = updated
+    # Without it each delivery gets an id of its own: the doorbell carries no data, so a
+    # repeated one costs the worker one read, where a shared id could lose a change.
+    version = f"{updated}:{uuid.uuid4().hex}"
     if "sys_mod_count" in doc:
         mod_count = doc["sys_mod_count"]
         if isinstance(mod_count, int) and not isinstance(mod_count, bool) and mod_count >= 0:

@@ -81,6 +81,13 @@ class IncidentSync:
         return [Job(id="incident_sync.poll", func=reconcile, trigger="interval", trigger_args={"seconds": seconds})]
 
     @hookimpl
+    def report_health(self, ctx: Ctx) -> dict[str, str]:
+        # The poll's parts as their last run left them (none while the poll is off).
+        if self._engine is None or self._engine.ctx is not ctx:
+            return {}
+        return self._engine.poll_health.report()
+
+    @hookimpl
     async def handle_event(self, event: Event, ctx: Ctx) -> bool:
         return await self.engine(ctx).handle(event)
 

@@ -12,6 +12,7 @@ import structlog
 from dutybridge.context import NotReady
 
 from .api import Api
+from .health import PollHealth
 from .links import Links
 from .locks import Locks
 from .mapping import SYS_ID, Mapping, load_mapping
@@ -39,6 +40,7 @@ class Core:
         self.locks = Locks(lambda: ctx.store)
         self.links = Links(ctx)
         self.rechecks = Rechecks(self)
+        self.poll_health = PollHealth()  # kept across reloads: a failing part stays shown
         self._loaded = False
         self._generation = 0  # of the configuration: stale() counts reloads
         self._load_lock = asyncio.Lock()

@@ -3,7 +3,7 @@ ServiceNow, ServiceNow -> PagerDuty), and the names the rest of the plugin uses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dutybridge.events import Event
 
@@ -103,13 +103,22 @@ class Engine(Core):
         # A V3 webhook carries the incident as it was when the event happened; a V2
         # message's incident is of another shape, so that incident is re-read instead.
         data = pd.data if pd.webhook_version == 3 and incident_data(pd.data, pd.id) else None
-        return await self.pagerduty_changed(pd.id, notes=pd.type in NOTE_TYPES, data=data)
+        # Who resolved, as the webhook says: for the close notes when the incident read
+        # names nobody (no last_status_change_by, no readable resolve log entry).
+        agent = pd.agent if pd.type == "incident.resolved" else None
+        return await self.pagerduty_changed(pd.id, notes=pd.type in NOTE_TYPES, data=data, agent=agent)
 
     async def pagerduty_changed(
-        self, pd_id: str, *, notes: bool = False, force: bool = False, data: dict[str, Any] | None = None
+        self,
+        pd_id: str,
+        *,
+        notes: bool = False,
+        force: bool = False,
+        data: dict | None = None,
+        agent: dict | None = None,
     ) -> bool:
         """Sync PagerDuty incident ``pd_id`` to ServiceNow (see ``PdToSn.pagerduty_changed``)."""
-        return await self.pd_to_sn.pagerduty_changed(pd_id, notes=notes, force=force, data=data)
+        return await self.pd_to_sn.pagerduty_changed(pd_id, notes=notes, force=force, data=data, agent=agent)
 
     async def servicenow_changed(
         self, table: str, sys_id: str, updated_on: str | None = None, mod_count: str | None = None

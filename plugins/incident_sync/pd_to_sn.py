@@ -18,7 +18,7 @@ from .core import Direction
 from .links import link_key, own_write
 from .mapping import SYS_ID
 from .notes import pd_notes_to_sn
-from .views import KIND, SN_SEEN, TRACK_SN, data_view, mod_count_of, pd_view, render, sn_view
+from .views import KIND, SN_SEEN, TRACK_SN, data_view, mod_count_of, pd_view, render, render_lines, sn_view
 
 log = structlog.get_logger("dutybridge.incident_sync")
 
@@ -32,10 +32,17 @@ class PdToSn(Direction):
     """The PagerDuty -> ServiceNow direction (one per ``Engine``)."""
 
     async def pagerduty_changed(
-        self, pd_id: str, *, notes: bool = False, force: bool = False, data: dict[str, Any] | None = None
+        self,
+        pd_id: str,
+        *,
+        notes: bool = False,
+        force: bool = False,
+        data: dict | None = None,
+        agent: dict | None = None,
     ) -> bool:
         """Sync PagerDuty incident ``pd_id``. ``data``: the incident as a V3 webhook carried
-        it (the state when its event happened), which may spare reading it."""
+        it (the state when its event happened), which may spare reading it; ``agent``: who
+        resolved it, as its resolve webhook says (for the close notes)."""
         mark = self.locks.seq  # reads from here on are good under the lock while nobody held it
         link = await self.store.get_link(KIND, pd_id=pd_id, include_unlinked=True)
         if not force and self._event_synced(link, data):
@@ -68,11 +75,11 @@ class PdToSn(Direction):
             if inc is None:
                 return False
             if link is None:
-                return await self._sync_unlinked(inc, force=force, notes=notes and not trigger)
+                return await self._sync_unlinked(inc, force=force, notes=notes and not trigger, agent=agent)
             if link.status != "linked":
                 log.info("pd_change_not_synced", reason="link is unlinked", pd_incident=pd_id)
                 return True
-            await self._sync_linked(link, inc, notes=notes)
+            await self._sync_linked(link, inc, notes=notes, agent=agent)
             return True
 
         # A note event carrying the incident is the trigger itself (an annotation carries
@@ -159,7 +166,7 @@ class PdToSn(Direction):
                     opened = min(pick, key=lambda r: str(r.get("sys_created_on") or "")) if pick else None
         return ("opened", pd_table, opened) if opened is not None else None
 
-    async def _sync_unlinked(self, inc: dict[str, Any], *, force: bool, notes: bool = True) -> bool:
+    async def _sync_unlinked(self, inc: dict, *, force: bool, notes: bool = True, agent: dict | None = None) -> bool:
         conf = self.conf
         service = (inc.get("service") or {}).get("id")
         ep = (inc.get("escalation_policy") or {}).get("id")
@@ -203,9 +210,9 @@ class PdToSn(Direction):
                 link = await self.links.new_link(inc, table, found[2], origin="pd", pd_snapshot={})
             except LinkConflictError:
                 return True
-            await self._sync_linked(link, inc, notes=True)
+            await self._sync_linked(link, inc, notes=True, agent=agent)
             return True
-        rec = await self._create_sn(table, inc)
+        rec = await self._create_sn(table, inc, agent)
         # Everything in the new record is our own write: its doorbell needs no read (known
         # before the link is stored, which the doorbell may overtake).
         seen = mod_count_of(rec)
@@ -257,19 +264,39 @@ class PdToSn(Direction):
     def _impact_urgency(self, priority: str | None) -> dict[str, str]:
         return self.conf.impact_urgency_for(priority)
 
-    async def _resolution(self, inc: dict[str, Any]) -> tuple[str, str]:
-        """(who resolved, their resolution note) of a resolved PagerDuty incident."""
-        who = (inc.get("last_status_change_by") or {}).get("summary") or "PagerDuty"
-        note = ""
+    async def _resolution(self, inc: dict, agent: dict | None = None) -> tuple[str, str]:
+        """(who resolved, their resolution note) of a resolved PagerDuty incident: the
+        agent of its newest resolve log entry, else its ``last_status_change_by``, else
+        the resolve webhook's ``agent``; "PagerDuty" only when none names anybody."""
+        entry: dict = {}
         try:
-            for entry in await self.api.pd_incident_log_entries(inc["id"]):
-                if entry.get("type") == "resolve_log_entry":
-                    note = entry.get("note") or ""
-                    who = (entry.get("agent") or {}).get("summary") or who
-                    break
+            resolves = [
+                e for e in await self.api.pd_incident_log_entries(inc["id"]) if e.get("type") == "resolve_log_entry"
+            ]
+            # Resolved, reopened, resolved again: the last resolve is the one that holds
+            # (PagerDuty lists newest first; within one second, the list's order decides).
+            if resolves:
+                entry = max(enumerate(resolves), key=lambda p: (str(p[1].get("created_at") or ""), -p[0]))[1]
         except Exception as exc:
             log.warning("resolution_note_unavailable", pd_incident=inc["id"], error=str(exc))
-        return who, note
+        for candidate in (entry.get("agent"), inc.get("last_status_change_by"), agent):
+            who = await self._agent_name(candidate)
+            if who:
+                return who, entry.get("note") or ""
+        return "PagerDuty", entry.get("note") or ""
+
+    async def _agent_name(self, agent: Any) -> str:
+        """The name of a log entry's or webhook's agent: its summary, or for a bare user
+        reference the user's name (some accounts send references without a summary)."""
+        if not isinstance(agent, dict):
+            return ""
+        name = agent.get("summary") or agent.get("name")
+        if name:
+            return str(name)
+        if agent.get("type") in ("user_reference", "user") and agent.get("id"):
+            user = await self.users.pd_user(str(agent["id"]))
+            return str((user or {}).get("name") or (user or {}).get("summary") or "")
+        return ""
 
     def _details(self, inc: dict[str, Any]) -> str:
         # PagerDuty keeps an incident's body in its first trigger log entry (channel.details).
@@ -285,7 +312,7 @@ class PdToSn(Direction):
             return details["description"]
         return json.dumps(details, indent=2, sort_keys=True)
 
-    async def _create_sn(self, table: str, inc: dict[str, Any]) -> dict[str, Any]:
+    async def _create_sn(self, table: str, inc: dict, agent: dict | None = None) -> dict:
         conf = self.conf
         view = pd_view(inc)
         states = conf.states(table)
@@ -293,7 +320,7 @@ class PdToSn(Direction):
         group = self.mapping.group_for_pagerduty(service, view["ep"], None)
         fields: dict[str, Any] = {
             "short_description": (inc.get("title") or inc["id"])[:160],
-            "description": render(
+            "description": render_lines(
                 conf.servicenow_description,
                 {
                     "details": self._details(inc),
@@ -322,7 +349,7 @@ class PdToSn(Direction):
             if who:
                 fields["assigned_to"] = who
         elif view["status"] == "resolved":
-            who, note = await self._resolution(inc)
+            who, note = await self._resolution(inc, agent)
             fields.update(
                 state=states["resolved"],
                 close_code=conf.close_code,
@@ -339,7 +366,7 @@ class PdToSn(Direction):
                 fields["assigned_to"] = who
         return await self.api.sn_insert(table, fields)
 
-    async def _sync_linked(self, link: Link, inc: dict[str, Any], *, notes: bool) -> None:
+    async def _sync_linked(self, link: Link, inc: dict, *, notes: bool, agent: dict | None = None) -> None:
         conf = self.conf
         st = copy.deepcopy(link.state or {})
         table = st.get("table", "incident")
@@ -355,7 +382,7 @@ class PdToSn(Direction):
                 await self.links.save(link, st, status="unlinked")
                 return
             agreed: set[str] = set()
-            desired = await self._desired_sn(table, inc, old, new, changed, rec, st, agreed)
+            desired = await self._desired_sn(table, inc, old, new, changed, rec, st, agreed, agent)
             updates = {k: v for k, v in desired.items() if str(rec.get(k) or "") != str(v)}
             # What ServiceNow has already (a person did the same there, its doorbell maybe
             # still on the way) is synced: recorded, so that doorbell compares with it, not
@@ -383,23 +410,34 @@ class PdToSn(Direction):
                     fields=sorted(updates),
                     changed=sorted(changed),
                 )
-        st["pd"] = new
+        st["pd"] = self._synced_view(old, new)
         if st != link.state:
             link = await self.links.save(link, st)
         if notes and conf.sync_work_notes:
             await pd_notes_to_sn(self.core, link, table, copy.deepcopy(link.state))
 
+    @staticmethod
+    def _synced_view(old: dict, new: dict) -> dict:
+        """What of the incident is synced now: all of it, except while it is resolved, when
+        only the resolution went to ServiceNow. A policy (assignees, priority) changed
+        before a resolve read together with it stays unsynced in the snapshot, so that
+        once reopened the group follows; were it recorded, the pair kept two for good."""
+        if new.get("status") != "resolved":
+            return new
+        return {**new, **{k: old.get(k) for k in ("ep", "assignees", "priority", "urgency")}}
+
     async def _desired_sn(
         self,
         table: str,
-        inc: dict[str, Any],
-        old: dict[str, Any],
-        new: dict[str, Any],
+        inc: dict,
+        old: dict,
+        new: dict,
         changed: set[str],
-        rec: dict[str, Any],
-        st: dict[str, Any],
+        rec: dict,
+        st: dict,
         agreed: set[str],
-    ) -> dict[str, Any]:
+        agent: dict | None = None,
+    ) -> dict:
         """The ServiceNow fields PagerDuty's changes ask for; ``agreed`` gets the tracked
         fields whose wanted value the record has already."""
         conf = self.conf
@@ -413,7 +451,7 @@ class PdToSn(Direction):
             if status == "resolved" and done:
                 agreed.add("state")
             if status == "resolved" and not done:
-                who, note = await self._resolution(inc)
+                who, note = await self._resolution(inc, agent)
                 up.update(
                     state=states["resolved"],
                     close_code=conf.close_code,

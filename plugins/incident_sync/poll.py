@@ -1,5 +1,6 @@
 """Reconciliation: poll both sides for what changed since a watermark and feed it
-through the inbox, so a lost webhook or doorbell still syncs within one interval."""
+through the inbox, so a lost webhook or doorbell still syncs within one interval.
+Each part of a pass runs, fails and keeps its watermark on its own (``PollHealth``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dutybridge.events import Event
 
 from .api import Q
 from .engine import POLLED
+from .health import PollHealth
 from .links import pd_id_of
 from .views import KIND, pd_view
 
@@ -30,10 +32,17 @@ log = structlog.get_logger("dutybridge.incident_sync")
 # PagerDuty: log entries since the watermark, one event per entry, and a sweep of the open
 # incidents for state that differs from the last synced (priority changes log nothing).
 # Handlers re-read the incident anyway, so a poll event for a change already synced
-# finds nothing to do.
+# finds nothing to do. One part failing (GET /log_entries refused: permissions, an
+# outage) leaves the others running and their watermarks moving.
 
 SN_TIME = "%Y-%m-%d %H:%M:%S"
 WM_PD = "incident_sync.pagerduty.log_entries"
+#: Set by the first pass: open incidents are swept from the second on (no backfill at install).
+WM_SWEEP = "incident_sync.pagerduty.open_sweep"
+PART_LINKS = "poll.links"
+PART_SN = "poll.servicenow.{table}"
+PART_PD_LOG = "poll.pagerduty_log_entries"
+PART_PD_OPEN = "poll.pagerduty_open_incidents"
 WM_SN = "incident_sync.servicenow.{table}"
 #: Log entries that say something incident sync mirrors (not notifications and the like).
 LOG_ENTRY_TYPES = frozenset(
@@ -60,19 +69,35 @@ def _parse_iso(value: str) -> datetime:
 
 
 async def poll(ctx: Ctx, engine: Engine) -> dict[str, int]:
-    """One reconciliation pass; the number of events enqueued per side."""
+    """One reconciliation pass; the number of events enqueued per side. Never raises for
+    a failing part: it shows in ``engine.poll_health`` (``/readyz``, metrics) instead."""
     conf = engine.conf
-    if conf.v7_fields:
-        await engine.refresh()  # the v7 app's fields may have changed since the last pass
-    else:
-        await engine.ensure_loaded()
+    health: PollHealth = engine.poll_health
+    # The v7 app's fields may have changed since the last pass: read the links again.
+    loaded = await health.run(PART_LINKS, _load(engine, refresh=conf.v7_fields))
     counts = {"servicenow": 0, "pagerduty": 0}
-    for table in engine.tables():
-        counts["servicenow"] += await poll_servicenow(ctx, engine, table)
-    counts["pagerduty"] = await poll_pagerduty(ctx, engine)
+    parts = {PART_LINKS, PART_PD_LOG}
+    if loaded is not None:  # the other parts need the mapping: which records are ours
+        for table in engine.tables():
+            part = PART_SN.format(table=table)
+            parts.add(part)
+            counts["servicenow"] += await health.run(part, poll_servicenow(ctx, engine, table)) or 0
+    counts["pagerduty"] += await health.run(PART_PD_LOG, poll_pagerduty_log(ctx, engine)) or 0
+    if loaded is not None:
+        parts.add(PART_PD_OPEN)
+        counts["pagerduty"] += await health.run(PART_PD_OPEN, poll_pagerduty_open(ctx, engine)) or 0
+    health.forget(parts)
     if any(counts.values()):
         log.info("poll_enqueued_changes", **counts)
     return counts
+
+
+async def _load(engine: Engine, *, refresh: bool) -> int:
+    if refresh:
+        await engine.refresh()
+    else:
+        await engine.ensure_loaded()
+    return 1
 
 
 async def poll_servicenow(ctx: Ctx, engine: Engine, table: str) -> int:
@@ -136,10 +161,9 @@ async def poll_servicenow(ctx: Ctx, engine: Engine, table: str) -> int:
     return enqueued
 
 
-async def poll_pagerduty(ctx: Ctx, engine: Engine) -> int:
-    """Log entries since the watermark (one event per entry, so a change is never hidden
-    behind an older entry of the same second), and the open incidents whose state differs
-    from what was last synced (priority changes leave no log entry)."""
+async def poll_pagerduty_log(ctx: Ctx, engine: Engine) -> int:
+    """Log entries since the watermark, one event per entry (so a change is never hidden
+    behind an older entry of the same second); the watermark moves when they were read."""
     conf = engine.conf
     store = engine.store
     now = datetime.now(UTC)
@@ -168,6 +192,20 @@ async def poll_pagerduty(ctx: Ctx, engine: Engine) -> int:
             )
         )
         enqueued += stored is not None
+    await store.set_watermark(WM_PD, _iso(now))
+    return enqueued
+
+
+async def poll_pagerduty_open(ctx: Ctx, engine: Engine) -> int:
+    """The open incidents whose state differs from what was last synced (priority
+    changes leave no log entry; an incident triggered while the daemon was down and
+    the log entries cannot be read is found here)."""
+    conf = engine.conf
+    store = engine.store
+    if await store.get_watermark(WM_SWEEP) is None:
+        await store.set_watermark(WM_SWEEP, _iso(datetime.now(UTC)))
+        return 0
+    enqueued = 0
     for inc in await engine.api.pd_open_incidents():
         link = await store.get_link(KIND, pd_id=inc["id"], include_unlinked=True)
         view = pd_view(inc)
@@ -189,5 +227,4 @@ async def poll_pagerduty(ctx: Ctx, engine: Engine) -> int:
             )
         )
         enqueued += stored is not None
-    await store.set_watermark(WM_PD, _iso(now))
     return enqueued

@@ -61,6 +61,16 @@ class SnToPd(Direction):
                 rec = await self.api.sn_get(table, sys_id, self.core.sn_fields(table, linked=linked))
             if rec is None:
                 return False
+            if (
+                link is not None
+                and linked
+                and mod_count is None
+                and sn_change_synced(link, str(rec.get("sys_mod_count") or ""))
+            ):
+                # A doorbell without sys_mod_count (never dropped: see the receiver) whose
+                # record, read, is at a version synced already (our own write's echo, a
+                # repeat): nothing new, and nothing more to read.
+                return True
             if not linked or link is None:  # linked: link is not None
                 acted = await self._sync_unlinked(table, rec, link)
             else:
@@ -203,7 +213,7 @@ class SnToPd(Direction):
                 st["sn"] = new
                 await self.links.save(link, st, status="unlinked")
                 return
-        st["sn"] = new
+        st["sn"] = self._synced_view(old, new, states)
         if applied and conf.sync_work_notes:
             # What went to PagerDuty is recorded before the notes go (a failed note must
             # not make a retry apply the changes twice).
@@ -213,6 +223,17 @@ class SnToPd(Direction):
         # up to it need no read again (``links.sn_change_synced``). Recorded only then, so a
         # retry after a failed note still reads.
         await sn_notes_to_pd(self.core, link, st, synced=mod_count_of(rec))
+
+    @staticmethod
+    def _synced_view(old: dict, new: dict, states: dict) -> dict:
+        """What of the record is synced now: all of it, except while it is resolved, when
+        only its state went to PagerDuty. A group (assignee, priority) changed on a
+        resolved incident stays unsynced in the snapshot, so that whoever reopens it (a
+        person, or our own write) finds it changed and PagerDuty's policy follows; were
+        it recorded, the reopened pair would keep two policies for good."""
+        if new["state"] not in states["done"]:
+            return new
+        return {**new, **{k: old.get(k, "") for k in ("assignment_group", "assigned_to", "priority")}}
 
     async def _write_changes(
         self,
@@ -248,8 +269,13 @@ class SnToPd(Direction):
             pdv = pd_view(inc)
             applied.append(what)
             snap = st.get("pd") or {}
+            # Resolved meanwhile by someone else (a reassignment answers with the incident
+            # as it is): that resolve is not our write's echo but a change of theirs, left
+            # unsynced for its own event to bring to ServiceNow.
+            theirs = pdv["status"] == "resolved" and changes.get("status") != "resolved"
             for k in touched:
-                snap[k] = pdv[k]
+                if not (theirs and k in ("status", "ack_by", "assignees")):
+                    snap[k] = pdv[k]
             st["pd"] = snap
             log.info("sn_change_applied_to_pd", pd_incident=pd_id, sn_sys_id=link.sn_id, action=what)
 

@@ -3,6 +3,7 @@ values, read from an incident, a record or a webhook's copy of one."""
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 PLUGIN = "incident_sync"
@@ -69,3 +70,16 @@ class _Fmt(dict[str, Any]):
 
 def render(template: str, values: dict[str, Any]) -> str:
     return template.format_map(_Fmt({k: ("" if v is None else v) for k, v in values.items()}))
+
+
+def render_lines(template: str, values: dict) -> str:
+    """``render``, leaving out each line whose placeholders all render empty (an incident
+    without ``html_url`` gets no dangling "PagerDuty incident: " line), and blank lines
+    left at the end."""
+    kept = []
+    for line in template.split("\n"):
+        names = [name for _, name, _, _ in string.Formatter().parse(line) if name is not None]
+        if names and all(values.get(name) in (None, "") for name in names):
+            continue
+        kept.append(render(line, values))
+    return "\n".join(kept).rstrip()

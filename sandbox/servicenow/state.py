@@ -108,6 +108,7 @@ class DoorbellConfig:
     max_attempts: int
     backoff: tuple[float, ...]
     timeout: float
+    mod_count: bool = True
 
 
 def _utcnow() -> datetime:
@@ -742,12 +743,15 @@ class ServiceNowState:
         max_attempts: int = 6,
         backoff: Iterable[float] = (0.01, 0.02, 0.05, 0.1, 0.2),
         timeout: float = 5.0,
+        mod_count: bool = True,
     ) -> None:
         """The business rule stand-in: on insert/update/delete of ``tables`` (and
         their child classes), POST ``{"table", "sys_id", "operation",
         "sys_updated_on"}`` to ``url`` with a bearer ``token`` or ``basic``
         (user, password) credentials. ``url=None`` turns it off. Changes made by
-        ``exclude_users`` ring nothing (a rule condition on the updating user)."""
+        ``exclude_users`` ring nothing (a rule condition on the updating user).
+        ``mod_count=False``: the post carries no ``sys_mod_count`` (an older or
+        hand-written business rule)."""
         if url is None:
             self.doorbell = None
             return
@@ -770,6 +774,7 @@ class ServiceNowState:
             max_attempts=max_attempts,
             backoff=tuple(backoff) or (0.0,),
             timeout=timeout,
+            mod_count=mod_count,
         )
 
     def _ring(self, cls: str, sys_id: str, operation: str, stamp: str, user: str, mod_count: str) -> None:
@@ -778,18 +783,10 @@ class ServiceNowState:
             return
         if not any(name in config.tables for name in ANCESTORS[cls]):
             return
-        self._bell_queue.append(
-            (
-                config,
-                {
-                    "table": cls,
-                    "sys_id": sys_id,
-                    "operation": operation,
-                    "sys_updated_on": stamp,
-                    "sys_mod_count": mod_count,
-                },
-            )
-        )
+        payload = {"table": cls, "sys_id": sys_id, "operation": operation, "sys_updated_on": stamp}
+        if config.mod_count:
+            payload["sys_mod_count"] = mod_count
+        self._bell_queue.append((config, payload))
         if self._bell_signal is not None:
             self._bell_signal.set()
 

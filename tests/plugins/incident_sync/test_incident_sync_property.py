@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -28,21 +29,30 @@ SUFFIX = " (PagerDuty: "
 
 
 class IncidentSyncMachine(RuleBasedStateMachine):
+    #: ``[plugins.incident_sync]`` settings of the world (stress/ runs it with polling on).
+    WORLD_SETTINGS: ClassVar[dict[str, Any]] = {}
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory()
-        self.world = self.run(start_world(Path(self.tmp.name), max_reassignments=1000))
+        self.world = self.run(start_world(Path(self.tmp.name), **{"max_reassignments": 1000, **self.WORLD_SETTINGS}))
         self.run(self.world.poll())  # watermarks: later polls reconcile from here
         self.pd_notes: list[tuple[str, str]] = []  # (PD incident id, content) written by people
         self.sn_notes: list[tuple[str, str]] = []  # (sys_id, text) written by people
         self.n = 0
+        self.steps: list[str] = []  # what people did, in order: a failure's message shows them
+        # Whether a person opened an incident yet. Preconditions read only this, never the
+        # sandboxes: what the daemon has synced by then depends on timing, and rules enabled
+        # by timing make hypothesis draw differently on a replay (FlakyStrategyDefinition).
+        self.opened = False
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
 
     def act(self, fn, *args, **kwargs):
         """Do what a person does, inside the loop (so the sandboxes queue their webhooks)."""
+        self.steps.append(f"{fn.__name__}{args}{kwargs or ''}")
 
         async def call():
             return fn(*args, **kwargs)
@@ -63,6 +73,12 @@ class IncidentSyncMachine(RuleBasedStateMachine):
         self.n += 1
         return self.n
 
+    @staticmethod
+    def pick(ids: list[str], i: int) -> str | None:
+        """The ``i``-th incident (wrapping), None while there is none on that side yet (the
+        daemon has not opened the other side's copy): the rule then does nothing."""
+        return ids[i % len(ids)] if ids else None
+
     def pd_ids(self) -> list[str]:
         return sorted(self.world.pd.incidents)
 
@@ -72,39 +88,48 @@ class IncidentSyncMachine(RuleBasedStateMachine):
     # -- PagerDuty people ------------------------------------------------------------
     @rule(service=st.sampled_from(["PSVCDB1", "PSVCNET"]), user=st.sampled_from(PD_USERS))
     def pd_trigger(self, service, user):
+        self.opened = True
         self.act(self.world.pd.create_incident, title=f"PD incident {self._next()}", service_id=service, from_user=user)
 
-    @precondition(lambda self: self.world.pd.incidents)
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), user=st.sampled_from(PD_USERS))
     def pd_acknowledge(self, i, user):
-        iid = self.pd_ids()[i % len(self.pd_ids())]
+        iid = self.pick(self.pd_ids(), i)
+        if iid is None:
+            return
         try:
             self.act(self.world.pd.acknowledge, iid, user)
         except PDError:
             pass  # already acknowledged by them, or resolved
 
-    @precondition(lambda self: self.world.pd.incidents)
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), user=st.sampled_from(PD_USERS))
     def pd_resolve(self, i, user):
-        iid = self.pd_ids()[i % len(self.pd_ids())]
+        iid = self.pick(self.pd_ids(), i)
+        if iid is None:
+            return
         try:
             self.act(self.world.pd.resolve, iid, user)
         except PDError:
             pass
 
-    @precondition(lambda self: self.world.pd.incidents)
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), ep=st.sampled_from(sorted(GROUP_EP.values())))
     def pd_delegate(self, i, ep):
-        iid = self.pd_ids()[i % len(self.pd_ids())]
+        iid = self.pick(self.pd_ids(), i)
+        if iid is None:
+            return
         try:
             self.act(self.world.pd.delegate, iid, ep, "PALICE1")
         except PDError:
             pass
 
-    @precondition(lambda self: self.world.pd.incidents)
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), user=st.sampled_from(PD_USERS))
     def pd_note(self, i, user):
-        iid = self.pd_ids()[i % len(self.pd_ids())]
+        iid = self.pick(self.pd_ids(), i)
+        if iid is None:
+            return
         content = f"pd note {self._next()}"
         self.act(self.world.pd.add_note, iid, user, content)
         self.pd_notes.append((iid, content))
@@ -116,6 +141,7 @@ class IncidentSyncMachine(RuleBasedStateMachine):
         user=st.sampled_from(sorted(SN_USERS)),
     )
     def sn_open(self, group, urgency, user):
+        self.opened = True
         self.act(
             self.world.sn.insert,
             "incident",
@@ -128,22 +154,28 @@ class IncidentSyncMachine(RuleBasedStateMachine):
             user=user,
         )
 
-    @precondition(lambda self: self.world.sn.query("incident"))
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), group=st.sampled_from(sorted(GROUP_EP)), user=st.sampled_from(sorted(SN_USERS)))
     def sn_reassign(self, i, group, user):
-        sys_id = self.sn_ids()[i % len(self.sn_ids())]
+        sys_id = self.pick(self.sn_ids(), i)
+        if sys_id is None:
+            return
         self.act(self.world.sn.update, "incident", sys_id, {"assignment_group": group}, user=user)
 
-    @precondition(lambda self: self.world.sn.query("incident"))
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), user=st.sampled_from(sorted(SN_USERS)))
     def sn_resolve(self, i, user):
-        sys_id = self.sn_ids()[i % len(self.sn_ids())]
+        sys_id = self.pick(self.sn_ids(), i)
+        if sys_id is None:
+            return
         self.act(self.world.sn.update, "incident", sys_id, {"state": "6", "close_notes": "done in SN"}, user=user)
 
-    @precondition(lambda self: self.world.sn.query("incident"))
+    @precondition(lambda self: self.opened)
     @rule(i=st.integers(0, 999), user=st.sampled_from(sorted(SN_USERS)))
     def sn_work_note(self, i, user):
-        sys_id = self.sn_ids()[i % len(self.sn_ids())]
+        sys_id = self.pick(self.sn_ids(), i)
+        if sys_id is None:
+            return
         text = f"sn note {self._next()}"
         self.act(self.world.sn.update, "incident", sys_id, {"work_notes": text}, user=user)
         self.sn_notes.append((sys_id, text))
@@ -151,10 +183,30 @@ class IncidentSyncMachine(RuleBasedStateMachine):
     # -- the daemon --------------------------------------------------------------------
     @rule(ms=st.integers(0, 40))
     def let_run(self, ms):
+        self.steps.append(f"let_run({ms})")
         self.run(asyncio.sleep(ms / 1000))
 
     @rule()
     def check(self):
+        try:
+            self._check()
+        except AssertionError as exc:
+            self.failed(exc)
+            raise
+
+    def explain(self, what: str, iid: str, inc: dict, rec: dict, link) -> str:
+        """A failed check's message: both incidents, PagerDuty's log, the link, the steps."""
+        log = [(e["type"], (e.get("agent") or {}).get("id")) for e in self.world.pd.incident_log_entries(iid)]
+        return (
+            f"{what}: {iid} ({inc['title']}, {inc['service']['id']}) and ServiceNow {rec['number']} "
+            f"({rec['short_description']}, {rec['sys_id']}, mod {rec['sys_mod_count']}); PagerDuty log, newest "
+            f"first {log}; link state {link.state}; steps {self.steps}"
+        )
+
+    def failed(self, exc: AssertionError) -> None:
+        """A check failed (stress/ keeps the daemon's log of the example here)."""
+
+    def _check(self):
         w = self.world
         self.run(w.settle(timeout=20))
         self.run(w.poll())
@@ -177,9 +229,17 @@ class IncidentSyncMachine(RuleBasedStateMachine):
         for iid, link in links.items():
             inc, rec = w.pd.incidents[iid], records[link.sn_id]
             # Equal state: resolved on one side iff on the other; same group and policy.
-            assert (inc["status"] == "resolved") == (rec["state"] in ("6", "7", "8")), (inc["status"], rec["state"])
+            assert (inc["status"] == "resolved") == (rec["state"] in ("6", "7", "8")), self.explain(
+                f"PagerDuty {inc['status']}, ServiceNow state {rec['state']}", iid, inc, rec, link
+            )
             if inc["status"] != "resolved":
-                assert GROUP_EP[rec["assignment_group"]] == inc["escalation_policy"]["id"]
+                assert GROUP_EP[rec["assignment_group"]] == inc["escalation_policy"]["id"], self.explain(
+                    f"ServiceNow group {rec['assignment_group']}, PagerDuty policy {inc['escalation_policy']['id']}",
+                    iid,
+                    inc,
+                    rec,
+                    link,
+                )
             if inc["status"] == "acknowledged":
                 assert rec["state"] == "2"
 

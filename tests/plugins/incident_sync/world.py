@@ -219,6 +219,8 @@ async def start_world(
     sn_clock: str = "advancing",
     extra: dict | None = None,
     store_url: str | None = None,
+    daemon: dict | None = None,
+    doorbell_mod_count: bool = True,
     **settings: Any,
 ) -> World:
     """Start sandbox + daemon in ``tmp``; ``settings`` are ``[plugins.incident_sync]`` keys
@@ -227,7 +229,8 @@ async def start_world(
     leave that push channel off. ``sn_clock``: "advancing" (see ``advancing_clock``),
     "real", or "frozen" (every change in one second). ``extra``: more config sections
     (see ``build_config``), e.g. other plugins enabled with their sections. ``store_url``:
-    the daemon's store (a SQLite file in ``tmp`` by default)."""
+    the daemon's store (a SQLite file in ``tmp`` by default). ``daemon``: ``[daemon]``
+    keys; ``doorbell_mod_count=False``: a business rule that sends no sys_mod_count."""
     from dutybridge.app import create_app, load
     from dutybridge.web import CTX_KEY
     from dutybridge_sandbox.runner import Sandbox
@@ -243,7 +246,14 @@ async def start_world(
     try:
         plugin = {"links": DEFAULT_LINKS, "poll_interval_seconds": 0.0, "recheck_seconds": 0.0, **settings}
         config, pm = load(
-            build_config(sandbox, tmp, plugin, extra=extra, store_url=store_url), extra_plugins=list(extra_plugins)
+            build_config(
+                sandbox,
+                tmp,
+                plugin,
+                extra={**(extra or {}), **({"daemon": daemon} if daemon else {})} or None,
+                store_url=store_url,
+            ),
+            extra_plugins=list(extra_plugins),
         )
         app = create_app(config, pm)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
@@ -270,6 +280,7 @@ async def start_world(
                 token=DOORBELL_TOKEN,
                 tables=("incident", "sn_si_incident"),
                 exclude_users=doorbell_exclude,
+                mod_count=doorbell_mod_count,
             )
         return world
     except BaseException:
@@ -277,6 +288,27 @@ async def start_world(
             await runner.cleanup()
         await sandbox.stop()
         raise
+
+
+async def restart_daemon(world: World, *, extra_plugins: list[object] = ()) -> None:
+    """Stop the world's daemon and start a new one on the same store, configuration and
+    port (so webhooks and doorbells reach it), as after a crash and a restart: what the
+    first one had claimed and not finished runs again in the second."""
+    from dutybridge.app import create_app, load
+    from dutybridge.web import CTX_KEY
+
+    port = world.runner.addresses[0][1]
+    await world.runner.cleanup()
+    config, pm = load(world.config_path, extra_plugins=list(extra_plugins))
+    app = create_app(config, pm)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    world.runner, world.ctx = runner, app[CTX_KEY]
 
 
 async def stop_world(world: World) -> None:
