@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shlex
@@ -341,6 +342,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temporary folder)")
     parser.add_argument("--results", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--label", default="", help="a heading for the table in --results")
+    parser.add_argument("--json", action="store_true", help="also print the rows as one JSON line (bench/results.py)")
     args = parser.parse_args()
     bad = [s for s in args.shapes if s not in ("distinct", "hot")]
     if bad:
@@ -366,6 +368,8 @@ def main() -> None:
                       f"({row['stat1']} stat rows) {fmt_lat(row['restart'], args.claims)} | "
                       f"drain {row['drain'][0]:,.0f}/s ({row['drain'][1]:,} events)", flush=True)
         text = table(rows, args.claims)
+        if args.json:
+            print(json.dumps({"bench": "inbox", "claims": args.claims, "rows": rows}))
         print()
         print(machine())
         print(text)
