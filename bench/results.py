@@ -106,7 +106,8 @@ def rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     for name, label in (("ingest", "fresh inbox"), ("ingest_retained", "100,000 handled events retained")):
         add(name, f"ingest, `dutybridge run` vs bare aiohttp ({label}): median ratio of 3 rounds", ">= 0.4x",
             lambda r: f"{r['ratio_median']:.2f}x ({r['daemon_rps_median']:,} vs {r['bare_rps_median']:,} req/s, "
-                      f"daemon p99 {r['daemon_p99_ms_median']} ms)")
+                      f"daemon p99 {r['daemon_p99_ms_median']} ms; CPU per request: daemon "
+                      f"{r.get('daemon_cpu_us_per_request_median', '?')} us, bare {r.get('bare_cpu_us_per_request_median', '?')} us)")
         add(name, f"worker drain after the ingest rounds ({label})", ">= 3,000/s",
             lambda r: f"{r['drain_events_per_s']:,} events/s" if r.get("drain_events_per_s") else "no backlog left")
     add("sync", "incident sync, burst: synced/s", ">= 500/s",
