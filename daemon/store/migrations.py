@@ -165,6 +165,12 @@ SQLITE_MIGRATIONS: list[Migration] = [
         )
         """,
     )),
+    # get_link(sn_id=..., include_unlinked=True), as every ServiceNow event of incident
+    # sync asks it, cannot use the partial links_linked_sn: without this index it read
+    # every link of the kind (bench/links_memory.py: ~100,000 rows a lookup).
+    (4, "links by ServiceNow id, unlinked too", (
+        "CREATE INDEX links_sn ON links (kind, sn_id)",
+    )),
 ]
 
 # For the PostgreSQL store (not implemented yet): the same tables, native types. It
@@ -297,6 +303,9 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         FROM events AS h WHERE h.status IN ('pending', 'claimed')
         ORDER BY h.resource, h.id
         """,
+    )),
+    (4, "links by ServiceNow id, unlinked too", (
+        "CREATE INDEX links_sn ON links (kind, sn_id)",
     )),
 ]
 
