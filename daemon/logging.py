@@ -165,7 +165,9 @@ def enabled(name: str, level: int = logging.DEBUG) -> bool:
     skip building the fields of a debug line at info (a dozen microseconds a call).
     True whenever another structlog configuration is in force (``capture_logs`` in
     tests, a host application's), which may keep every level."""
-    if structlog.get_config()["processors"] is not _processors:
+    processors = structlog.get_config()["processors"]
+    # capture_logs swaps the contents of the same list, hence the look at its first item.
+    if processors is not _processors or not processors or processors[0] is not structlog.stdlib.filter_by_level:
         return True
     logger = logging.getLogger(name)
     return not logger.disabled and logger.isEnabledFor(level)

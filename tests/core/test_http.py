@@ -428,6 +428,7 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
     request = OutboundRequest("GET", url, service="test", operation="GET /thing",
                               headers=CIMultiDict({"Authorization": f"Token token={SECRET}", "X-Api-Key": SECRET}),
                               params=[("token", SECRET)])
+    dlogging.configure("info", "json", stream=io.StringIO())  # as the daemon runs: capture_logs must still see debug
     with capture_logs() as logs:
         resp = await pipeline.request(request)
     assert resp.status == 200
