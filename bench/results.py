@@ -70,7 +70,7 @@ class Part:
     def result(self) -> dict:
         stdout, stderr = self.proc.communicate()
         result: dict = {"load_before": self.load_before, "load_after": load(),
-                        "seconds": round(time.monotonic() - self.started)}
+                        "part_seconds": round(time.monotonic() - self.started)}
         lines = [line for line in stdout.splitlines() if line.startswith('{"bench"')]
         if self.proc.returncode or not lines:
             result["error"] = f"exit {self.proc.returncode}: {(stderr or stdout).strip()[-400:]}"
