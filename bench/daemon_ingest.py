@@ -3,8 +3,8 @@
 The daemon runs with its worker, default log level (info, JSON lines to a file, as journald
 would take them) and metrics; the bare server reads the body and answers 202. Both are
 driven by wrk (a client that costs little CPU) with signed V3 bodies of ~1.6 KB, each a
-distinct event. Rounds alternate bare and daemon; each round is printed, then the median
-ratio. Not a test; run (wrk: `apt-get install wrk`):
+distinct event. Rounds alternate bare and daemon; each round is printed (with the CPU each
+server spent per request), then the median ratio. Not a test; run (wrk: `apt-get install wrk`):
 
     .venv/bin/python bench/daemon_ingest.py [--rounds 3] [--seconds 8] [--connections 32] [--retained 100000]
         [--store-url postgresql://postgres@127.0.0.1:5432/test]
@@ -110,11 +110,22 @@ def write_lua_data(path: Path, count: int) -> None:
         f.write("}\n")
 
 
-def run_wrk(port: int, data: Path, seconds: float, connections: int, threads: int) -> tuple[float, float, float]:
-    """requests/s, p50 and p99 latency in ms."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    port: int, data: Path, seconds: float, connections: int, threads: int, pid: int | None = None
+) -> tuple[float, float, float, float | None]:
+    """requests/s, p50 and p99 latency in ms, and the CPU microseconds process ``pid``
+    spent per request meanwhile (None without a pid): on a shared machine requests/s
+    measure the neighbours too, the CPU per request much less."""
     script = data.with_suffix(".wrk.lua")
     script.write_text(WRK_SCRIPT)
     env = {**os.environ, "BENCH_DATA": str(data), "BENCH_THREADS": str(threads)}
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -135,15 +146,17 @@ def run_wrk(port: int, data: Path, seconds: float, connections: int, threads: in
     )
     if out.returncode:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     out = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = int(re.search(r"(\d+) requests in", out).group(1))
 
     def pct(label: str) -> float:
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    return rps, pct("50"), pct("99")
+    return rps, pct("50"), pct("99"), (cpu / done * 1e6 if pid and done else None)
 
 
 def daemon_config(folder: Path, port: int, store_url: str | None = None) -> Path:
@@ -270,7 +283,7 @@ def run_rounds(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dutybridge-ingest-") as tmp:
         folder = Path(tmp)
         bodies = int(args.seconds * args.max_rate)
-        results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "daemon": []}
+        results: dict[str, list[tuple[float, float, float, float | None]]] = {"bare": [], "daemon": []}
         if args.retained:
             data = folder / "retained.lua"
             write_lua_data(data, args.retained)
@@ -290,10 +303,14 @@ def run_rounds(args: argparse.Namespace) -> int:
             data = folder / f"round-{round_no}.lua"
             write_lua_data(data, bodies)
             with Bare() as b:
-                results["bare"].append(run_wrk(b.port, data, args.seconds, args.connections, args.threads))
+                results["bare"].append(
+                    run_wrk(b.port, data, args.seconds, args.connections, args.threads, pid=b.proc.pid)
+                )
             with Daemon(folder) as d:
                 before = inbox_counts(d.port)
-                results["daemon"].append(run_wrk(d.port, data, args.seconds, args.connections, args.threads))
+                results["daemon"].append(
+                    run_wrk(d.port, data, args.seconds, args.connections, args.threads, pid=d.proc.pid)
+                )
                 backlog = inbox_counts(d.port)
                 pending = backlog.get("pending", 0) + backlog.get("claimed", 0)
                 seconds = wait_drained(d.port)
@@ -301,9 +318,11 @@ def run_rounds(args: argparse.Namespace) -> int:
                     drain = (pending, seconds)
                 stored = sum(inbox_counts(d.port).values()) - sum(before.values())
             for kind in ("bare", "daemon"):
-                rps, p50, p99 = results[kind][-1]
+                rps, p50, p99, cpu_us = results[kind][-1]
                 print(
-                    f"round {round_no} {kind:>6}: {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:7.2f} ms", flush=True
+                    f"round {round_no} {kind:>6}: {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:7.2f} ms   "
+                    f"CPU {cpu_us or 0:5.0f} us/request",
+                    flush=True,
                 )
             print(
                 f"round {round_no}  ratio: {results['daemon'][-1][0] / results['bare'][-1][0]:.2f}x "
@@ -324,6 +343,9 @@ def run_rounds(args: argparse.Namespace) -> int:
                     "daemon_rps_median": round(statistics.median(r[0] for r in results["daemon"])),
                     "ratio_median": round(statistics.median(ratios), 3),
                     "daemon_p99_ms_median": round(statistics.median(r[2] for r in results["daemon"]), 2),
+                    "daemon_cpu_us_per_request_median": round(statistics.median(r[3] or 0 for r in results["daemon"])),
+                    "bare_cpu_us_per_request_median": round(statistics.median(r[3] or 0 for r in results["bare"])),
+                    "load_average": [round(x, 2) for x in os.getloadavg()],
                     "drain_events_per_s": round(drain[0] / drain[1]) if drain and drain[1] else None,
                 }
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shlex
@@ -407,6 +408,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--label", default="", help="a heading for the table in --results")
     parser.add_argument("--store", default="", help="postgresql://USER@HOST/DB: measure the PostgreSQL store")
+    parser.add_argument("--json", action="store_true", help="also print the rows as one JSON line (bench/results.py)")
     args = parser.parse_args()
     bad = [s for s in args.shapes if s not in ("distinct", "hot")]
     if bad:
@@ -452,6 +454,8 @@ def main() -> None:
                     flush=True,
                 )
         text = table(rows, args.claims)
+        if args.json:
+            print(json.dumps({"bench": "inbox", "claims": args.claims, "rows": rows}))
         print()
         print(machine())
         print(text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import secrets
 import signal
@@ -316,6 +317,15 @@ async def main(args: argparse.Namespace) -> int:
                 f"max {max(lat) * 1000:6.1f} ms   (targets: p50 <= 25 ms, p99 <= 100 ms)"
             )
             print(f"  CPU ms per incident: {cpu.per(args.count, watcher)}")
+            summary = {
+                "bench": "incident_sync",
+                "rate": args.rate,
+                "count": args.count,
+                "burst": args.burst,
+                "latency_p50_ms": round(pct(lat, 50) * 1000, 1),
+                "latency_p99_ms": round(pct(lat, 99) * 1000, 1),
+                "latency_daemon_cpu_ms": round(cpu.used["daemon"] / args.count * 1000, 2),
+            }
             with CpuMeter(meter_procs) as cpu:
                 lat, elapsed = await bench.run(args.burst, None)
                 looks = bench.looks
@@ -326,6 +336,11 @@ async def main(args: argparse.Namespace) -> int:
                 f"(p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms; target >= 500/s)"
             )
             print(f"  CPU ms per incident: {cpu.per(args.burst, watcher)}; wall {elapsed:.2f} s")
+            summary.update(
+                burst_syncs_per_s=round(len(lat) / elapsed),
+                burst_synced=len(lat),
+                burst_daemon_cpu_ms=round(cpu.used["daemon"] / args.burst * 1000, 2),
+            )
             print(
                 "  each sync: sandbox signs and posts a V3 webhook -> daemon verifies, stores (fsync), "
                 "dispatches -> reads the incident, creates the ServiceNow incident, writes the link"
@@ -346,6 +361,8 @@ async def main(args: argparse.Namespace) -> int:
                 f"  machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; PagerDuty rate limit raised on "
                 f"both sides (a real key allows 960/min)"
             )
+            summary["outbound_calls_per_sync"] = {k: round(v / synced, 1) for k, v in sorted(calls.items())}
+            print(json.dumps(summary))  # for bench/results.py
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

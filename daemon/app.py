@@ -20,7 +20,7 @@ import pluggy
 import structlog
 from aiohttp import web
 
-from . import systemd
+from . import eventloop, systemd
 from .config import Config, ConfigError, read_toml, validate
 from .connections import runner_kwargs, start_sites
 from .context import Ctx
@@ -572,4 +572,4 @@ def run(path: str | os.PathLike[str], *, verbose: int = 0, quiet: int = 0, stder
     set_secrets(config.secrets())
     for warning in config.warnings:
         log.warning("configuration_warning", problem=warning)
-    return asyncio.run(serve(config, pm, Path(path), verbose=verbose, quiet=quiet))
+    return eventloop.run(serve(config, pm, Path(path), verbose=verbose, quiet=quiet))

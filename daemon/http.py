@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json as _json
+import logging
 import random
 import time
 import traceback
@@ -22,6 +23,7 @@ from yarl import URL
 from . import __version__
 from . import hooks as _hooks_module
 from .hooks import Hooks, hooks_of
+from .logging import enabled as log_enabled
 
 # Retries and rate limits live in ratelimit.py; re-exported here, where callers look.
 from .ratelimit import Limiter, RateLimiter, RetryPolicy, retry_after_seconds
@@ -40,6 +42,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 #: Response headers worth a log line; no other header (request or response) is logged,
 #: so credentials and hook-added secrets never reach the logs.
+LOGGER = "dutybridge.http"
 LOGGED_RESPONSE_HEADERS = ("retry-after", "ratelimit-remaining", "ratelimit-reset", "x-ratelimit-reset")
 
 
@@ -264,7 +267,8 @@ class OutboundPipeline:
         self.hooks = hooks_of(hooks)
         self.ctx = ctx
         self.metrics = metrics
-        self.log = logger if logger is not None else structlog.get_logger("dutybridge.http")
+        self.log = logger if logger is not None else structlog.get_logger(LOGGER)
+        self._log_name = LOGGER if logger is None else None
         self.default_retry = default_retry or RetryPolicy()
         self.user_agent = user_agent or f"dutybridge/{__version__}"
         # Off by default: a proxy is a transport choice made in config (a send_request
@@ -534,23 +538,26 @@ class OutboundPipeline:
         response: OutboundResponse | None = None,
         error: str | None = None,
     ) -> None:
-        fields: dict[str, Any] = {
-            "service": req.service,
-            "operation": req.operation,
-            "method": req.method,
-            "url": safe_url(req.url),
-            "status": status,
-            "elapsed_ms": round(elapsed * 1000, 1),
-            "attempt": attempt,
-        }
-        if error:
-            fields["error"] = error
-        if response is not None:
-            for name in LOGGED_RESPONSE_HEADERS:
-                value = response.headers.get(name)
-                if value is not None:
-                    fields[name.replace("-", "_")] = value
-        self.log.debug("outbound_attempt", **fields)
+        # A logger given by the caller is its own to filter; ours is skipped at info,
+        # where this line is dropped anyway (safe_url alone is ~10 us a call).
+        if self._log_name is None or log_enabled(self._log_name, logging.DEBUG):
+            fields: dict[str, Any] = {
+                "service": req.service,
+                "operation": req.operation,
+                "method": req.method,
+                "url": safe_url(req.url),
+                "status": status,
+                "elapsed_ms": round(elapsed * 1000, 1),
+                "attempt": attempt,
+            }
+            if error:
+                fields["error"] = error
+            if response is not None:
+                for name in LOGGED_RESPONSE_HEADERS:
+                    value = response.headers.get(name)
+                    if value is not None:
+                        fields[name.replace("-", "_")] = value
+            self.log.debug("outbound_attempt", **fields)
         metrics = self.metrics if self.metrics is not None else getattr(self.ctx, "metrics", None)
         if metrics is not None:
             try:

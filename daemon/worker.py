@@ -311,44 +311,48 @@ class Worker:
 
     # -- one event ---------------------------------------------------------------
     async def _dispatch(self, ev: StoredEvent) -> None:
-        with structlog.contextvars.bound_contextvars(
-            event_id=ev.event_id,
-            inbox_id=ev.id,
-            source=ev.source,
-            type=ev.type,
-            resource=ev.resource,
-        ):
-            if ev.attempts > self.max_attempts:
-                await self._dead(ev, self._over_limit(ev), None)
-                return
-            started = time.perf_counter()
-            # A handler never outlives its lease, so no other instance takes the event
-            # over while it still runs here; on a shared store renewals extend both.
-            deadline = asyncio.timeout(self.lease_seconds)
-            try:
-                async with deadline:
-                    self._deadlines[ev.id] = deadline
-                    try:
-                        results = await self.hooks.handle_event(event=ev, ctx=self.ctx)
-                    finally:
-                        self._deadlines.pop(ev.id, None)
-            except Exception as exc:
-                note = None
-                if deadline.expired():
-                    note = f"handler still running after lease_seconds={self.lease_seconds:g}"
-                await self._failed(ev, exc, started, note=note)
-                return
-            elapsed = time.perf_counter() - started
-            status: EventStatus = "done" if any(results) else "ignored"
-            # Recorded by the worker's next claim, with the other results of the moment,
-            # before that claim: so before this resource's next event can be claimed.
-            self._results[ev.id] = (ev, status)
-            self._metric("event_processed", ev.source, ev.type)
-            self._metric("handle_seconds", ev.source, ev.type, elapsed)
-            if status == "done":
-                log.info("event_done", attempt=ev.attempts, seconds=round(elapsed, 3))
-            else:
-                log.info("event_ignored", attempt=ev.attempts, reason="no plugin acted on it")
+        # Tokens rather than bound_contextvars(): the same binding at a third of the cost
+        # (as daemon/web.py's middleware does), once per event.
+        tokens = structlog.contextvars.bind_contextvars(
+            event_id=ev.event_id, inbox_id=ev.id, source=ev.source, type=ev.type, resource=ev.resource
+        )
+        try:
+            await self._handle(ev)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _handle(self, ev: StoredEvent) -> None:
+        if ev.attempts > self.max_attempts:
+            await self._dead(ev, self._over_limit(ev), None)
+            return
+        started = time.perf_counter()
+        # A handler never outlives its lease, so no other instance takes the event
+        # over while it still runs here; on a shared store renewals extend both.
+        deadline = asyncio.timeout(self.lease_seconds)
+        try:
+            async with deadline:
+                self._deadlines[ev.id] = deadline
+                try:
+                    results = await self.hooks.handle_event(event=ev, ctx=self.ctx)
+                finally:
+                    self._deadlines.pop(ev.id, None)
+        except Exception as exc:
+            note = None
+            if deadline.expired():
+                note = f"handler still running after lease_seconds={self.lease_seconds:g}"
+            await self._failed(ev, exc, started, note=note)
+            return
+        elapsed = time.perf_counter() - started
+        status: EventStatus = "done" if any(results) else "ignored"
+        # Recorded by the worker's next claim, with the other results of the moment,
+        # before that claim: so before this resource's next event can be claimed.
+        self._results[ev.id] = (ev, status)
+        self._metric("event_processed", ev.source, ev.type)
+        self._metric("handle_seconds", ev.source, ev.type, elapsed)
+        if status == "done":
+            log.info("event_done", attempt=ev.attempts, seconds=round(elapsed, 3))
+        else:
+            log.info("event_ignored", attempt=ev.attempts, reason="no plugin acted on it")
 
     def _over_limit(self, ev: StoredEvent) -> str:
         """Why an event claimed past ``max_attempts`` is dead, keeping its last real error.

@@ -193,6 +193,10 @@ SQLITE_MIGRATIONS: list[Migration] = [
         """,
         ),
     ),
+    # get_link(sn_id=..., include_unlinked=True), as every ServiceNow event of incident
+    # sync asks it, cannot use the partial links_linked_sn: without this index it read
+    # every link of the kind (bench/links_memory.py: ~100,000 rows a lookup).
+    (5, "links by ServiceNow id, unlinked too", ("CREATE INDEX links_sn ON links (kind, sn_id)",)),
 ]
 
 # The PostgreSQL store (postgres.py, its statements in postgres_sql.py): the same tables
@@ -373,6 +377,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         """,
         ),
     ),
+    (5, "links by ServiceNow id, unlinked too", ("CREATE INDEX links_sn ON links (kind, sn_id)",)),
 ]
 
 SCHEMA_MIGRATIONS_SQLITE = """

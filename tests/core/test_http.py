@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import json
 import socket
 from typing import Any
@@ -15,6 +16,7 @@ from multidict import CIMultiDict
 from structlog.testing import capture_logs
 
 from dutybridge import hookimpl
+from dutybridge import logging as dlogging
 from dutybridge.http import (
     HookFailed,
     OutboundConnectionError,
@@ -437,6 +439,7 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
         headers=CIMultiDict({"Authorization": f"Token token={SECRET}", "X-Api-Key": SECRET}),
         params=[("token", SECRET)],
     )
+    dlogging.configure("info", "json", stream=io.StringIO())  # as the daemon runs: capture_logs must still see debug
     with capture_logs() as logs:
         resp = await pipeline.request(request)
     assert resp.status == 200
@@ -446,6 +449,29 @@ async def test_logs_carry_no_headers_query_or_credentials(serve, pipeline_factor
     assert attempts[0]["url"] == str(server.make_url("/thing"))
     assert attempts[0]["ratelimit_remaining"] == "5"
     assert all(e["log_level"] == "debug" for e in attempts)
+
+
+@pytest.mark.parametrize(
+    "daemon_level, http_level, logged",
+    [("info", None, False), ("debug", None, True), ("info", "debug", True), ("debug", "info", False)],
+)
+async def test_each_attempt_is_a_debug_line_where_the_levels_let_it_through(
+    serve, pipeline_factory, daemon_level, http_level, logged
+):
+    _, server = await serve((200, {}, {}))
+    pipeline = await pipeline_factory()
+    buf = io.StringIO()
+    dlogging.configure(
+        daemon_level, "json", stream=buf, log_levels={"dutybridge.http": http_level} if http_level else {}
+    )
+    try:
+        await pipeline.request(req(server))
+    finally:
+        dlogging.configure("info", "json", stream=io.StringIO(), log_levels={})
+    attempts = [json.loads(line) for line in buf.getvalue().splitlines() if '"outbound_attempt"' in line]
+    assert len(attempts) == (1 if logged else 0)
+    if logged:
+        assert attempts[0]["status"] == "200" and attempts[0]["url"] == str(server.make_url("/thing"))
 
 
 # -- helpers -------------------------------------------------------------------------------

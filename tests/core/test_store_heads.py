@@ -286,8 +286,8 @@ async def test_a_version_2_inbox_with_events_in_every_state_migrates_and_keeps_i
             [(i, i, r, s, n, o, le, a, t, t) for i, r, s, n, o, le, a in rows],
         )
 
-    async with SQLiteStore(path, clock=clock) as store:
-        assert await store.schema_version() == SQLITE_MIGRATIONS[-1][0]
+    async with SQLiteStore(path, clock=clock, migrations=SQLITE_MIGRATIONS[:3]) as store:
+        assert await store.schema_version() == 3
         assert set(stored_heads(path)) == {"r:A", "r:B", "r:C", "r:D"}
         # r:A's head is in flight, r:B's waits for its retry.
         assert [e.id for e in await store.claim("w", 10, 300)] == [7, 8]

@@ -53,6 +53,12 @@ def tables(path: Path) -> set[str]:
         return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+def schema_objects(path: Path) -> set[str]:
+    """Tables and indexes: a migration may add only an index."""
+    with closing(sqlite3.connect(path)) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+
+
 async def test_file_is_wal_and_private_and_only_the_inbox_commit_is_synchronous_full(tmp_path):
     path = tmp_path / "d.db"
     async with SQLiteStore(path) as store:
@@ -147,13 +153,13 @@ async def test_upgrade_from_each_version_keeps_rows(tmp_path, n):
         assert await old.schema_version() == n
     lease = {"owner": "w", "attempts": 1, "lease_expires_at": "2026-01-01T12:00:30.000000Z"}
     insert_old(path, ("e0", "r:A", "claimed", lease), ("e1", "r:A", "pending"), ("e2", "r:B", "pending"))
-    before = tables(path)
+    before = schema_objects(path)
 
     async with SQLiteStore(path, migrations=SQLITE_MIGRATIONS[: n + 1]) as new:
         assert await new.schema_version() == n + 1
         assert await new.counts() == {"pending": 2, "claimed": 1, "done": 0, "dead": 0, "ignored": 0}
         assert (await new.list_events())[-1].payload == {"n": "e0"}
-    assert before < tables(path)
+    assert before < schema_objects(path)
 
 
 async def test_upgrade_from_version_1_to_latest(tmp_path):
@@ -282,3 +288,39 @@ async def test_a_plain_or_derived_event_gets_a_decoded_copy(tmp_path):
         stored = await store.add_event(derived)
         assert stored.payload == {"new": 2}
         assert (await store.get_event(stored.id)).payload == {"new": 2}
+
+
+async def test_a_link_looked_up_by_servicenow_id_with_history_reads_no_other_link(tmp_path):
+    """get_link(sn_id=..., include_unlinked=True) is what every ServiceNow event of incident
+    sync asks: its cost must not grow with the links stored (it read them all before
+    migration 4). Counted in SQLite VM steps, not time: 20,000 links make a scan cost
+    hundreds of thousands, an index lookup a few hundred."""
+    path = tmp_path / "links.db"
+    async with SQLiteStore(path):
+        pass
+    now = to_text(datetime.now(UTC))
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executemany(
+            "INSERT INTO links (kind, pd_id, sn_id, state, status, created_at, updated_at)"
+            " VALUES ('incident', ?, ?, '{}', ?, ?, ?)",
+            [(f"P{i}", f"sys{i % 19_999}", "unlinked" if i == 19_999 else "linked", now, now) for i in range(20_000)],
+        )
+    async with SQLiteStore(path) as store:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        # On the writer connection, which get_link reads on, and in its thread.
+        conn = store._db._conn
+        await store._db._execute(lambda: conn.set_progress_handler(count, 1))
+        try:
+            linked = await store.get_link("incident", sn_id="sys0", include_unlinked=True)
+            by_pd = await store.get_link("incident", pd_id="P19999", include_unlinked=True)
+        finally:
+            await store._db._execute(lambda: conn.set_progress_handler(None, 1))
+    assert (linked.pd_id, linked.status) == ("P0", "linked")  # the live one wins over the unlinked P19999
+    assert (by_pd.sn_id, by_pd.status) == ("sys0", "unlinked")
+    assert steps < 2_000, f"{steps} VM steps for two lookups among 20,000 links"
