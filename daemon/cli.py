@@ -14,13 +14,14 @@ from typing import IO
 import pluggy
 
 from . import __version__, events_cli, hooks_cli
-from .app import command_context, load, plugin_schemas, run
+from .app import command_context, load, plugin_schemas
 from .checks import BUILTIN_CHECKS, CheckResult
 from .commands import Command
 from .config import SECRET_PREFIXES, Config, ConfigError, render_example, resolve_secret
 from .logging import adjust_level, configure, set_secrets
 from .plugins import PluginError, build_plugin_manager, describe_plugins, known_plugins
 from .redact import hide_credentials
+from .serve import run
 from .store import open_store
 from .store.postgres import PostgresStore
 from .store.transfer import copy_sqlite_to_postgres

@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,39 +19,20 @@ import structlog
 
 from ..events import EncodedEvent, Event, EventStatus, StoredEvent, utcnow
 from . import sqlite_inbox as inbox
-from .base import Link, LinkConflictError, Store
+from .base import Store
 from .migrations import SCHEMA_MIGRATIONS_SQLITE, SQLITE_MIGRATIONS, Migration
+from .sqlite_links import SQLiteLinks, fetch
+from .sqlite_time import from_text, required_time, to_text
 
 log = structlog.get_logger("dutybridge.store")
 
 STATUSES: tuple[str, ...] = get_args(EventStatus)
-LINK_STATUSES = ("linked", "unlinked")
 MEMORY = ":memory:"
 #: The most events one group commit writes; the rest wait for the next one. Bounds the
 #: time the write lock is held (and a claim waits) under a burst.
 MAX_BATCH = 256
 
 _Row = inbox.Row
-
-
-def to_text(dt: datetime) -> str:
-    """UTC, fixed width, so that SQLite's string comparison orders instants."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"timezone-aware datetime required, got naive {dt.isoformat()}")
-    # "YYYY-MM-DDTHH:MM:SS.ffffff+00:00" -> "...ffffffZ"; several times cheaper than
-    # strftime("%Y-%m-%dT%H:%M:%S.%fZ"), and the year is zero-padded whatever it is.
-    return dt.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
-
-
-def from_text(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromisoformat(value).astimezone(UTC)
-
-
-def required_time(value: str) -> datetime:
-    """A NOT NULL time column's value."""
-    return datetime.fromisoformat(value).astimezone(UTC)
 
 
 def _event(row: sqlite3.Row) -> StoredEvent:
@@ -71,22 +52,6 @@ def _event(row: sqlite3.Row) -> StoredEvent:
         owner=row["owner"],
         lease_expires_at=from_text(row["lease_expires_at"]),
     )
-
-
-def _link(row: sqlite3.Row) -> Link:
-    return Link(
-        kind=row["kind"],
-        pd_id=row["pd_id"],
-        sn_id=row["sn_id"],
-        state=json.loads(row["state"]),
-        status=row["status"],
-        created_at=from_text(row["created_at"]),
-        updated_at=from_text(row["updated_at"]),
-    )
-
-
-def _state_json(state: dict[str, Any]) -> str:
-    return json.dumps(state, separators=(",", ":"), sort_keys=True)
 
 
 def _insert_events(conn: sqlite3.Connection, rows: list[_Row]) -> list[int | None]:
@@ -126,12 +91,7 @@ def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
     )
 
 
-async def fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-    """Every row of ``sql`` (aiosqlite declares an Iterable; it is a list)."""
-    return list(await db.execute_fetchall(sql, params))
-
-
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteLinks, Store):
     """``Store`` on one SQLite database file (or ``:memory:``, for tests).
 
     ``clock`` returns the current time (timezone-aware) for leases, due times and
@@ -559,142 +519,3 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             async with db.execute(sql, params) as cur:
                 return cur.rowcount
-
-    # -- links -------------------------------------------------------------------
-    async def put_link(self, link: Link) -> Link:
-        if link.status not in LINK_STATUSES:
-            raise ValueError(f"link status must be 'linked' or 'unlinked', not {link.status!r}")
-        now = self._now()
-        created = to_text(link.created_at) if link.created_at else now
-        try:
-            async with self._transaction() as db:
-                if link.status == "linked":
-                    await self._check_sn_free(db, link.kind, link.sn_id, link.pd_id)
-                rows = await fetch(
-                    db,
-                    """
-                    INSERT INTO links (kind, pd_id, sn_id, state, status, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (kind, pd_id) DO UPDATE SET
-                        sn_id = excluded.sn_id, state = excluded.state,
-                        status = excluded.status, updated_at = excluded.updated_at
-                    RETURNING *
-                    """,
-                    (link.kind, link.pd_id, link.sn_id, _state_json(link.state), link.status, created, now),
-                )
-        except sqlite3.IntegrityError as exc:
-            raise LinkConflictError(f"{link.kind} link {link.pd_id} <-> {link.sn_id}: {exc}") from None
-        return _link(rows[0])
-
-    @staticmethod
-    async def _check_sn_free(db: aiosqlite.Connection, kind: str, sn_id: str, pd_id: str) -> None:
-        rows = await fetch(
-            db,
-            "SELECT pd_id FROM links WHERE kind = ? AND sn_id = ? AND status = 'linked' AND pd_id <> ?",
-            (kind, sn_id, pd_id),
-        )
-        if rows:
-            raise LinkConflictError(
-                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; unlink that first"
-            )
-
-    async def get_link(
-        self,
-        kind: str,
-        *,
-        pd_id: str | None = None,
-        sn_id: str | None = None,
-        include_unlinked: bool = False,
-    ) -> Link | None:
-        if (pd_id is None) == (sn_id is None):
-            raise ValueError("get_link() takes exactly one of pd_id or sn_id")
-        column, value = ("pd_id", pd_id) if pd_id is not None else ("sn_id", sn_id)
-        sql = f"SELECT * FROM links WHERE kind = ? AND {column} = ?"
-        if not include_unlinked:
-            sql += " AND status = 'linked'"
-        # Several unlinked rows may share an sn_id; the live one, else the latest, wins.
-        sql += " ORDER BY status = 'linked' DESC, updated_at DESC, id DESC LIMIT 1"
-        async with self._transaction(write=False) as db:
-            rows = await fetch(db, sql, (kind, value))
-        return _link(rows[0]) if rows else None
-
-    async def update_link_state(self, kind: str, pd_id: str, state: dict[str, Any], status: str | None = None) -> None:
-        if status is not None and status not in LINK_STATUSES:
-            raise ValueError(f"link status must be 'linked' or 'unlinked', not {status!r}")
-        try:
-            async with self._transaction() as db:
-                if status == "linked":
-                    rows = await fetch(db, "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id))
-                    if rows:
-                        await self._check_sn_free(db, kind, rows[0][0], pd_id)
-                async with db.execute(
-                    """
-                    UPDATE links SET state = ?, status = COALESCE(?, status), updated_at = ?
-                    WHERE kind = ? AND pd_id = ?
-                    """,
-                    (_state_json(state), status, self._now(), kind, pd_id),
-                ) as cur:
-                    if cur.rowcount == 0:
-                        raise LookupError(f"no {kind} link for PagerDuty {pd_id}")
-        except sqlite3.IntegrityError as exc:
-            raise LinkConflictError(f"{kind} link of PagerDuty {pd_id}: {exc}") from None
-
-    async def list_links(self, kind: str | None = None, include_unlinked: bool = False) -> list[Link]:
-        where, params = [], []
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        if not include_unlinked:
-            where.append("status = 'linked'")
-        sql = "SELECT * FROM links"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id"
-        async with self._transaction(write=False) as db:
-            rows = await fetch(db, sql, params)
-        return [_link(r) for r in rows]
-
-    async def delete_link(self, kind: str, pd_id: str) -> bool:
-        return await self._write_count("DELETE FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)) > 0
-
-    # -- leadership --------------------------------------------------------------
-    async def take_leadership(self, name: str, holder: str, seconds: float) -> bool:
-        now_dt = self._clock()
-        now, until = to_text(now_dt), to_text(now_dt + timedelta(seconds=seconds))
-        async with self._transaction() as db:
-            rows = await fetch(
-                db,
-                """
-                INSERT INTO leases (name, holder, expires_at, taken_at) VALUES (?, ?, ?, ?)
-                ON CONFLICT (name) DO UPDATE SET
-                    holder = excluded.holder, expires_at = excluded.expires_at,
-                    taken_at = CASE WHEN holder = excluded.holder THEN taken_at ELSE excluded.taken_at END
-                WHERE holder = excluded.holder OR expires_at < excluded.taken_at
-                RETURNING holder
-                """,
-                (name, holder, until, now),
-            )
-        return bool(rows) and rows[0][0] == holder
-
-    async def resign_leadership(self, name: str, holder: str) -> None:
-        await self._write_count("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
-
-    async def leader(self, name: str) -> str | None:
-        async with self._transaction(write=False) as db:
-            rows = await fetch(db, "SELECT holder FROM leases WHERE name = ? AND expires_at >= ?", (name, self._now()))
-        return rows[0][0] if rows else None
-
-    # -- watermarks --------------------------------------------------------------
-    async def get_watermark(self, name: str) -> str | None:
-        async with self._transaction(write=False) as db:
-            rows = await fetch(db, "SELECT value FROM watermarks WHERE name = ?", (name,))
-        return rows[0][0] if rows else None
-
-    async def set_watermark(self, name: str, value: str) -> None:
-        await self._write_count(
-            """
-            INSERT INTO watermarks (name, value, updated_at) VALUES (?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
-            """,
-            (name, value, self._now()),
-        )

@@ -84,12 +84,12 @@ def test_config_check_warns_of_literal_secrets_without_showing_them(write_config
 
 
 def test_run_logs_literal_secret_warnings_at_start(write_config, capsys, monkeypatch, config_secrets):
-    import dutybridge.app
+    import dutybridge.serve
 
     async def serve(config, pm, path, **verbosity):
         return 0
 
-    monkeypatch.setattr(dutybridge.app, "serve", serve)
+    monkeypatch.setattr(dutybridge.serve, "serve", serve)
     path = write_config({"daemon": {"log_format": "json"}})
     assert main(["run", "--config", str(path)]) == 0
     out = capsys.readouterr().out

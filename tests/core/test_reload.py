@@ -12,10 +12,11 @@ import tomli_w
 from structlog.testing import capture_logs
 
 from dutybridge import hookimpl
-from dutybridge.app import LIVE_KEYS, RESTART_KEYS, WORKER_KEY, WORKER_SETTINGS, Running, create_app, load, reload
+from dutybridge.app import WORKER_KEY, create_app, load
 from dutybridge.config import DaemonConfig
 from dutybridge.events import Event
 from dutybridge.logging import configure
+from dutybridge.serve import LIVE_KEYS, RESTART_KEYS, WORKER_SETTINGS, Running, reload
 from dutybridge.web import CTX_KEY
 from tests.conftest import BASE_CONFIG, merge
 from tests.core.test_app import sign, v3_event

@@ -16,9 +16,10 @@ import aiohttp
 from aiohttp import web
 
 from dutybridge import hookimpl
-from dutybridge.app import load, serve
+from dutybridge.app import load
 from dutybridge.config import DaemonConfig
 from dutybridge.events import Event
+from dutybridge.serve import serve
 from tests.hostile.conftest import log_lines
 
 REPO = Path(__file__).resolve().parents[2]
