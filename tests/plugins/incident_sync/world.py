@@ -231,8 +231,8 @@ async def start_world(
     (see ``build_config``), e.g. other plugins enabled with their sections. ``store_url``:
     the daemon's store (a SQLite file in ``tmp`` by default). ``daemon``: ``[daemon]``
     keys; ``doorbell_mod_count=False``: a business rule that sends no sys_mod_count."""
-    from dutybridge.app import create_app, load
-    from dutybridge.web import CTX_KEY
+    from dutybridge.app import load
+    from dutybridge_demo.harness import start_daemon
     from dutybridge_sandbox.runner import Sandbox
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -255,13 +255,9 @@ async def start_world(
             ),
             extra_plugins=list(extra_plugins),
         )
-        app = create_app(config, pm)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        world = World(sandbox=sandbox, ctx=app[CTX_KEY], url=url, runner=runner)
+        daemon_ = await start_daemon(config, pm, shutdown_timeout=2.0)
+        runner, url = daemon_.runner, daemon_.url
+        world = World(sandbox=sandbox, ctx=daemon_.ctx, url=url, runner=runner)
         world.config_path = tmp / "config.toml"
         if webhooks:
             world.subscription = sandbox.pagerduty.create_webhook_subscription(
@@ -294,21 +290,14 @@ async def restart_daemon(world: World, *, extra_plugins: list[object] = ()) -> N
     """Stop the world's daemon and start a new one on the same store, configuration and
     port (so webhooks and doorbells reach it), as after a crash and a restart: what the
     first one had claimed and not finished runs again in the second."""
-    from dutybridge.app import create_app, load
-    from dutybridge.web import CTX_KEY
+    from dutybridge.app import load
+    from dutybridge_demo.harness import start_daemon
 
     port = world.runner.addresses[0][1]
     await world.runner.cleanup()
     config, pm = load(world.config_path, extra_plugins=list(extra_plugins))
-    app = create_app(config, pm)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    world.runner, world.ctx = runner, app[CTX_KEY]
+    daemon_ = await start_daemon(config, pm, port=port, shutdown_timeout=2.0)
+    world.runner, world.ctx = daemon_.runner, daemon_.ctx
 
 
 async def stop_world(world: World) -> None:
