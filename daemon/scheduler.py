@@ -102,6 +102,11 @@ class Scheduler:
                 result = func(*args, **kwargs)
                 if inspect.isawaitable(result):
                     await result
+            except asyncio.CancelledError:
+                # Stopping mid-run (shutdown, the loop closing) is no failure: one line,
+                # instead of APScheduler's "raised an exception" and a traceback.
+                log.info("scheduled_job_cancelled", seconds=round(time.monotonic() - started, 3))
+                return
             except Exception:
                 self.failures[id] = self.failures.get(id, 0) + 1
                 log.exception("scheduled_job_failed", seconds=round(time.monotonic() - started, 3))

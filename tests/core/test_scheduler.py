@@ -54,3 +54,27 @@ async def test_job_needs_an_explicit_id_and_defaults_are_set():
         assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time == 30
     finally:
         scheduler.shutdown()
+
+
+async def test_a_job_stopped_mid_run_logs_one_line_and_no_traceback(caplog):
+    scheduler = Scheduler()
+    started = asyncio.Event()
+
+    async def long_poll():
+        started.set()
+        await asyncio.Event().wait()
+
+    with capture_logs() as logs:
+        scheduler.add_job(long_poll, "interval", id="test.long", seconds=0.05)
+        scheduler.start()
+        await asyncio.wait_for(started.wait(), 5)
+        scheduler.shutdown()
+        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        for task in running:  # as asyncio.run cancels what is left when the daemon exits
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    assert [e["event"] for e in logs if e["event"].startswith("scheduled_job")] == [
+        "scheduled_job_started",
+        "scheduled_job_cancelled",
+    ]
+    assert not [r for r in caplog.records if r.name.startswith("apscheduler") and r.levelname == "ERROR"]
