@@ -202,18 +202,22 @@ class SnToPd(Direction):
         changed = {k for k in TRACK_SN if old.get(k) != new[k]}
         states = conf.states(table)
         applied: list[str] = []  # what was written to PagerDuty
+        pd_resolved = False  # PagerDuty's incident, after our writes, is resolved
         if changed:
             inc = fresh_pd or await self.api.pd_incident(link.pd_id)
             if inc is None:
                 log.warning("pd_incident_gone", detail="link marked unlinked", pd_incident=link.pd_id)
                 await self.links.save(link, st, status="unlinked")
                 return
-            unlinked = await self._write_changes(link, table, rec, inc, old, new, changed, st, states, applied)
+            unlinked, pd_status = await self._write_changes(
+                link, table, rec, inc, old, new, changed, st, states, applied
+            )
+            pd_resolved = pd_status == "resolved"
             if unlinked:
                 st["sn"] = new
                 await self.links.save(link, st, status="unlinked")
                 return
-        st["sn"] = self._synced_view(old, new, states)
+        st["sn"] = self._synced_view(old, new, states, pd_resolved=pd_resolved)
         if applied and conf.sync_work_notes:
             # What went to PagerDuty is recorded before the notes go (a failed note must
             # not make a retry apply the changes twice).
@@ -225,13 +229,14 @@ class SnToPd(Direction):
         await sn_notes_to_pd(self.core, link, st, synced=mod_count_of(rec))
 
     @staticmethod
-    def _synced_view(old: dict, new: dict, states: dict) -> dict:
-        """What of the record is synced now: all of it, except while it is resolved, when
-        only its state went to PagerDuty. A group (assignee, priority) changed on a
-        resolved incident stays unsynced in the snapshot, so that whoever reopens it (a
-        person, or our own write) finds it changed and PagerDuty's policy follows; were
-        it recorded, the reopened pair would keep two policies for good."""
-        if new["state"] not in states["done"]:
+    def _synced_view(old: dict, new: dict, states: dict, *, pd_resolved: bool = False) -> dict:
+        """What of the record is synced now: all of it, except while it or PagerDuty's
+        incident is resolved, when only its state went to PagerDuty (a resolved incident
+        takes no policy or assignee). A group (assignee, priority) changed then stays
+        unsynced in the snapshot, so that whoever reopens either side (a person, or our
+        own write, whose echo is read) finds it changed and PagerDuty's policy follows;
+        were it recorded, the reopened pair would keep two policies for good."""
+        if new["state"] not in states["done"] and not pd_resolved:
             return new
         return {**new, **{k: old.get(k, "") for k in ("assignment_group", "assigned_to", "priority")}}
 
@@ -247,9 +252,9 @@ class SnToPd(Direction):
         st: dict[str, Any],
         states: dict[str, Any],
         applied: list[str],
-    ) -> bool:
-        """Write ServiceNow's changes to PagerDuty (each named in ``applied``); True when
-        the link is to be unlinked."""
+    ) -> tuple[bool, str | None]:
+        """Write ServiceNow's changes to PagerDuty (each named in ``applied``); whether the
+        link is to be unlinked, and the PagerDuty incident's status after the writes."""
         conf = self.conf
         pd_id = link.pd_id
         pdv = pd_view(inc)
@@ -300,9 +305,9 @@ class SnToPd(Direction):
                 )
             else:
                 agree("status")
-            return False
+            return False, pdv["status"]
         if is_done:
-            return False
+            return False, pdv["status"]
         if "state" in changed and was_done and pdv["status"] == "resolved":
             reopen: dict[str, Any] = {"status": "triggered"}
             uid = await self.users.pd_for_sn(new["assigned_to"], create=conf.create_missing_users)
@@ -344,7 +349,7 @@ class SnToPd(Direction):
                     sn_sys_id=link.sn_id,
                     group=new["assignment_group"],
                 )
-                return True
+                return True, pdv["status"]
         elif "priority" in changed and self.mapping.group(new["assignment_group"]) is not None:
             # Priority mapping may route the new priority to another policy; only then
             # move it (a policy someone chose in PagerDuty stays otherwise).
@@ -398,4 +403,4 @@ class SnToPd(Direction):
                 agree("urgency")
             if changes:
                 await put(changes, actor, ("priority", "urgency"), "priority")
-        return False
+        return False, pdv["status"]

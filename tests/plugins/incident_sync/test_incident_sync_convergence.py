@@ -51,6 +51,42 @@ async def test_a_group_changed_while_resolved_follows_when_our_write_reopens_it(
     assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
 
 
+async def test_a_group_changed_while_pagerduty_is_resolved_follows_when_reopened(make_world):
+    # Seed 4 of the machine, polling on and off: Bob resolved in PagerDuty and Alice moved
+    # the group in ServiceNow before the daemon read either. The ServiceNow read found
+    # PagerDuty resolved, so no policy could move, yet the group was recorded as synced;
+    # PagerDuty, reopened later, kept the old policy and the pair two for good.
+    world = await make_world(doorbell=False, webhooks=False)
+    rec, inc = await sn_born(world)
+    world.pd.resolve(inc["id"], "PBOBSM1")
+    world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # PagerDuty resolved: nothing moves
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPDB01"
+    await world.engine.pagerduty_changed(inc["id"])  # the resolve reaches ServiceNow
+    assert world.sn.get("incident", rec["sys_id"])["state"] == "6"
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
+    world.pd.reopen(inc["id"], "PDAVEP1")
+    await world.engine.pagerduty_changed(inc["id"])  # ServiceNow reopened by us
+    assert world.sn.get("incident", rec["sys_id"])["state"] not in ("6", "7", "8")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
+    assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
+
+
+async def test_a_group_changed_while_pagerduty_is_resolved_follows_when_servicenow_reopens(make_world):
+    # The same pair, reopened in PagerDuty before the resolve ever reached ServiceNow: the
+    # next read of ServiceNow (any change there) finds the group unsynced and moves the policy.
+    world = await make_world(doorbell=False, webhooks=False)
+    rec, inc = await sn_born(world)
+    world.pd.resolve(inc["id"], "PBOBSM1")
+    world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])
+    world.pd.reopen(inc["id"], "PDAVEP1")
+    world.sn.update("incident", rec["sys_id"], {"work_notes": "looking"}, user="alice.nguyen")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
+
+
 async def test_a_policy_changed_just_before_a_resolve_follows_when_reopened(make_world):
     # The mirror image, as the machine hit it (PagerDuty's log: delegate, resolve, then
     # our reopen from ServiceNow): the delegation and the resolve were read together, so
