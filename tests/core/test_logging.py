@@ -67,6 +67,44 @@ def test_secrets_are_scrubbed_from_values_keys_stdlib_and_tracebacks(json_logs):
     assert text.count("[REDACTED]") >= 4
 
 
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_secret_is_scrubbed_whether_or_not_the_renderer_escapes_its_value(fmt):
+    # Printable ASCII values are left to the scrub of the rendered line; values a renderer
+    # escapes (quotes, backslashes, newlines, non-ASCII) are scrubbed before rendering.
+    buf = io.StringIO()
+    configure("info", fmt, stream=buf)
+    secret = "s3cr3t-api-key"
+    try:
+        set_secrets([secret])
+        structlog.get_logger("t").info(
+            "calling",
+            plain=f"key {secret} here",
+            quoted=f'say "{secret}"',
+            multiline=f"first\n{secret}\\",
+            accented=f"clé {secret}",
+            bearer="BEARER abcdefghijklmnopqrstuvwxyz",
+            header="proxy-authorization: Basic dXNlcjpwYXNzd29yZA==",
+        )
+        text = buf.getvalue()
+    finally:
+        set_secrets([])
+        configure("info", "json", stream=io.StringIO())
+    assert secret not in text, text
+    assert "abcdefghijklmnopqrstuvwxyz" not in text and "dXNlcjpwYXNzd29yZA" not in text, text
+    assert text.count("[REDACTED]") == 6, text
+
+
+def test_timestamps_are_iso_utc_to_the_microsecond(json_logs):
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    structlog.get_logger("t").info("now")
+    [line] = lines(json_logs)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"]), line["timestamp"]
+    stamped = datetime.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - stamped) < timedelta(seconds=60)
+
+
 def test_level_filters_and_verbosity_flags(json_logs):
     configure("warning", "json", stream=json_logs)
     structlog.get_logger("t").info("dropped")
