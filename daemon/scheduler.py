@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import socket
 import time
@@ -50,6 +51,22 @@ class Job:
     func: Callable[[], Any]
     trigger: str = "interval"
     trigger_args: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _NoCancelledRuns(logging.Filter):
+    """Drops APScheduler's "Error running job" for a run cancelled before it began (its
+    executor cancels the runs pending at shutdown): a stop, no failure, and no traceback.
+    A run cancelled once begun logs ``scheduled_job_cancelled`` itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+#: APScheduler's executors log as ``apscheduler.executors.<alias>``; the daemon's is "default".
+_EXECUTOR_LOGGER = logging.getLogger("apscheduler.executors.default")
+if not any(isinstance(f, _NoCancelledRuns) for f in _EXECUTOR_LOGGER.filters):
+    _EXECUTOR_LOGGER.addFilter(_NoCancelledRuns())
 
 
 class Scheduler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -78,3 +79,27 @@ async def test_a_job_stopped_mid_run_logs_one_line_and_no_traceback(caplog):
         "scheduled_job_cancelled",
     ]
     assert not [r for r in caplog.records if r.name.startswith("apscheduler") and r.levelname == "ERROR"]
+
+
+async def test_a_run_cancelled_before_it_began_logs_no_traceback(caplog):
+    # APScheduler's executor cancels the runs it submitted but the loop has not started
+    # yet when the scheduler shuts down (seen at the stops of the stress runs).
+    scheduler = Scheduler()
+    ran = []
+
+    async def poll():
+        ran.append(True)
+
+    scheduler.add_job(poll, "interval", id="test.pending", seconds=3600)
+    scheduler.start()
+    job = scheduler._scheduler.get_job("test.pending")
+    executor = scheduler._scheduler._executors["default"]
+    executor.submit_job(job, [datetime.now(UTC)])
+    # What the scheduler's shutdown does once the loop gets to it (APScheduler queues it
+    # with call_soon): here in the same step, so the run's task has not begun.
+    executor.shutdown()
+    scheduler.shutdown()
+    await asyncio.sleep(0.05)  # the cancelled run's callback
+    assert not ran
+    errors = [r for r in caplog.records if r.name.startswith("apscheduler") and r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
