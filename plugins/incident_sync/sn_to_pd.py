@@ -218,6 +218,13 @@ class SnToPd(Direction):
                 await self.links.save(link, st, status="unlinked")
                 return
         st["sn"] = self._synced_view(old, new, states, pd_resolved=pd_resolved)
+        held = pd_resolved and new["state"] not in states["done"] and st["sn"] != new
+        if held:
+            # A change held back for PagerDuty's resolved incident, while ServiceNow's is
+            # open: PagerDuty's resolve is on its way here, or PagerDuty was reopened
+            # before it came, and then nothing may ring again. This version stays unread
+            # (no SN_SEEN), and one recheck reads it again, when it can move the policy.
+            self.core.rechecks.schedule(table, link.sn_id, new["sys_updated_on"])
         if applied and conf.sync_work_notes:
             # What went to PagerDuty is recorded before the notes go (a failed note must
             # not make a retry apply the changes twice).
@@ -226,7 +233,7 @@ class SnToPd(Direction):
         # This version is synced once its work notes are (read after the record): changes
         # up to it need no read again (``links.sn_change_synced``). Recorded only then, so a
         # retry after a failed note still reads.
-        await sn_notes_to_pd(self.core, link, st, synced=mod_count_of(rec))
+        await sn_notes_to_pd(self.core, link, st, synced=None if held else mod_count_of(rec))
 
     @staticmethod
     def _synced_view(old: dict, new: dict, states: dict, *, pd_resolved: bool = False) -> dict:

@@ -87,6 +87,24 @@ async def test_a_group_changed_while_pagerduty_is_resolved_follows_when_servicen
     assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
 
 
+async def test_a_group_held_back_for_a_resolved_pagerduty_is_read_again_when_nothing_rings(make_world):
+    # The same, but PagerDuty was reopened before its resolve reached ServiceNow: no side
+    # writes, nothing rings again, and a poll reads only records changed since the last.
+    # The held-back version stays unread, and one recheck reads it when it can move.
+    world = await make_world(webhooks=False, recheck_seconds=0.2)
+    rec, inc = await sn_born(world)
+    await world.settle()
+    world.pd.resolve(inc["id"], "PBOBSM1")
+    world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
+    await world.settle()  # its doorbell: PagerDuty resolved, nothing moves
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPDB01"
+    world.pd.reopen(inc["id"], "PDAVEP1")
+    await world.engine.pagerduty_changed(inc["id"])  # reopened: the same as before the resolve
+    await world.wait_for(
+        lambda: world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1", what="the policy moved"
+    )
+
+
 async def test_a_policy_changed_just_before_a_resolve_follows_when_reopened(make_world):
     # The mirror image, as the machine hit it (PagerDuty's log: delegate, resolve, then
     # our reopen from ServiceNow): the delegation and the resolve were read together, so
