@@ -211,7 +211,8 @@ class IncidentSyncConfig(Section):
         ge=0,
         description="For doorbells without sys_mod_count (older business rules), keyed by the second: this long "
         "after handling such a change the record is read once more, in case a second change in the "
-        "same second was dropped as a duplicate (0: off; the poll still catches it).",
+        "same second was dropped as a duplicate (0: off; the poll still catches it). Also the wait before a "
+        "change that PagerDuty's resolved incident held back is read again.",
     )
     max_reassignments: int = Field(
         6,
