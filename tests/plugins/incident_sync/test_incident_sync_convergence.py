@@ -19,6 +19,17 @@ async def sn_born(world) -> tuple[dict, dict]:
     return rec, inc
 
 
+async def reopened_by_us(world, rec: dict, inc: dict, user: str) -> None:
+    """PagerDuty reopened by ``user``; the daemon reopens ServiceNow, then reads the echo
+    of that write, which must find the group unsynced and move the policy."""
+    world.pd.reopen(inc["id"], user)
+    await world.engine.pagerduty_changed(inc["id"])  # ServiceNow reopened by us
+    assert world.sn.get("incident", rec["sys_id"])["state"] not in ("6", "7", "8")
+    await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
+    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
+    assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
+
+
 async def test_a_group_changed_while_resolved_follows_when_servicenow_reopens(make_world):
     # The machine's group/escalation-policy mismatch: a group change read while the
     # ServiceNow incident was resolved was recorded as synced, though only the resolution
@@ -43,12 +54,7 @@ async def test_a_group_changed_while_resolved_follows_when_our_write_reopens_it(
     world.sn.update("incident", rec["sys_id"], {"state": "6", "close_notes": "done"}, user="bob.smith")
     world.sn.update("incident", rec["sys_id"], {"assignment_group": NET_GROUP}, user="alice.nguyen")
     await world.engine.servicenow_changed("incident", rec["sys_id"])
-    world.pd.reopen(inc["id"], "PALICE1")
-    await world.engine.pagerduty_changed(inc["id"])  # ServiceNow reopened by us
-    assert world.sn.get("incident", rec["sys_id"])["state"] not in ("6", "7", "8")
-    await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
-    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
-    assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
+    await reopened_by_us(world, rec, inc, "PALICE1")
 
 
 async def test_a_group_changed_while_pagerduty_is_resolved_follows_when_reopened(make_world):
@@ -65,12 +71,7 @@ async def test_a_group_changed_while_pagerduty_is_resolved_follows_when_reopened
     await world.engine.pagerduty_changed(inc["id"])  # the resolve reaches ServiceNow
     assert world.sn.get("incident", rec["sys_id"])["state"] == "6"
     await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
-    world.pd.reopen(inc["id"], "PDAVEP1")
-    await world.engine.pagerduty_changed(inc["id"])  # ServiceNow reopened by us
-    assert world.sn.get("incident", rec["sys_id"])["state"] not in ("6", "7", "8")
-    await world.engine.servicenow_changed("incident", rec["sys_id"])  # the echo of that write
-    assert world.pd.incidents[inc["id"]]["escalation_policy"]["id"] == "PEPNET1"
-    assert world.sn.get("incident", rec["sys_id"])["assignment_group"] == NET_GROUP
+    await reopened_by_us(world, rec, inc, "PDAVEP1")
 
 
 async def test_a_group_changed_while_pagerduty_is_resolved_follows_when_servicenow_reopens(make_world):
