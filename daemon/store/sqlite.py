@@ -68,6 +68,10 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_Row]) -> list[int | Non
         conn.execute("PRAGMA synchronous = NORMAL")
 
 
+def _rowcount(conn: sqlite3.Connection, sql: str, params: Any) -> int:
+    return int(conn.execute(sql, params).rowcount)
+
+
 def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
     """The event as ``_insert_events`` stored it: what ``get_event`` would read back."""
     if isinstance(event, EncodedEvent) and row[4] is event.payload_text:
@@ -516,6 +520,5 @@ class SQLiteStore(SQLiteLinks, Store):
         )
 
     async def _write_count(self, sql: str, params: Any) -> int:
-        async with self._transaction() as db:
-            async with db.execute(sql, params) as cur:
-                return cur.rowcount
+        """``sql`` in one write transaction, in one hop; the rows it changed."""
+        return int(await self._run(inbox.transaction, _rowcount, sql, params))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from .base import Link, LinkConflictError
+from .sqlite_inbox import transaction
 from .sqlite_time import from_text, to_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +43,51 @@ def _state_json(state: dict[str, Any]) -> str:
     return json.dumps(state, separators=(",", ":"), sort_keys=True)
 
 
+# Each runs whole on the connection's thread, inside ``transaction``: one hop a write.
+PUT_LINK = """
+    INSERT INTO links (kind, pd_id, sn_id, state, status, created_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (kind, pd_id) DO UPDATE SET
+        sn_id = excluded.sn_id, state = excluded.state,
+        status = excluded.status, updated_at = excluded.updated_at
+    RETURNING *
+"""
+
+
+def _check_sn_free(conn: sqlite3.Connection, kind: str, sn_id: str, pd_id: str) -> None:
+    row = conn.execute(
+        "SELECT pd_id FROM links WHERE kind = ? AND sn_id = ? AND status = 'linked' AND pd_id <> ?",
+        (kind, sn_id, pd_id),
+    ).fetchone()
+    if row is not None:
+        raise LinkConflictError(
+            f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {row[0]}; unlink that first"
+        )
+
+
+def _put_link(conn: sqlite3.Connection, params: tuple[str, ...]) -> sqlite3.Row:
+    kind, pd_id, sn_id, _, status, _, _ = params
+    if status == "linked":
+        _check_sn_free(conn, kind, sn_id, pd_id)
+    row: sqlite3.Row = conn.execute(PUT_LINK, params).fetchall()[0]
+    return row
+
+
+def _update_link_state(
+    conn: sqlite3.Connection, kind: str, pd_id: str, state: str, status: str | None, now: str
+) -> int:
+    """The number of links changed (0: there is none for ``pd_id``)."""
+    if status == "linked":
+        row = conn.execute("SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id)).fetchone()
+        if row is not None:
+            _check_sn_free(conn, kind, row[0], pd_id)
+    cur = conn.execute(
+        "UPDATE links SET state = ?, status = COALESCE(?, status), updated_at = ? WHERE kind = ? AND pd_id = ?",
+        (state, status, now, kind, pd_id),
+    )
+    return cur.rowcount
+
+
 class SQLiteLinks:
     """Links, leases and watermarks for ``SQLiteStore``, which provides the connection."""
 
@@ -49,6 +95,7 @@ class SQLiteLinks:
 
         def _transaction(self, write: bool = True) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
         async def _write_count(self, sql: str, params: Any) -> int: ...
+        async def _run(self, fn: Callable[..., Any], *args: Any) -> Any: ...
         def _now(self) -> str: ...
 
         _clock: Callable[[], datetime]
@@ -59,37 +106,12 @@ class SQLiteLinks:
             raise ValueError(f"link status must be 'linked' or 'unlinked', not {link.status!r}")
         now = self._now()
         created = to_text(link.created_at) if link.created_at else now
+        params = (link.kind, link.pd_id, link.sn_id, _state_json(link.state), link.status, created, now)
         try:
-            async with self._transaction() as db:
-                if link.status == "linked":
-                    await self._check_sn_free(db, link.kind, link.sn_id, link.pd_id)
-                rows = await fetch(
-                    db,
-                    """
-                    INSERT INTO links (kind, pd_id, sn_id, state, status, created_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (kind, pd_id) DO UPDATE SET
-                        sn_id = excluded.sn_id, state = excluded.state,
-                        status = excluded.status, updated_at = excluded.updated_at
-                    RETURNING *
-                    """,
-                    (link.kind, link.pd_id, link.sn_id, _state_json(link.state), link.status, created, now),
-                )
+            row = await self._run(transaction, _put_link, params)
         except sqlite3.IntegrityError as exc:
             raise LinkConflictError(f"{link.kind} link {link.pd_id} <-> {link.sn_id}: {exc}") from None
-        return _link(rows[0])
-
-    @staticmethod
-    async def _check_sn_free(db: aiosqlite.Connection, kind: str, sn_id: str, pd_id: str) -> None:
-        rows = await fetch(
-            db,
-            "SELECT pd_id FROM links WHERE kind = ? AND sn_id = ? AND status = 'linked' AND pd_id <> ?",
-            (kind, sn_id, pd_id),
-        )
-        if rows:
-            raise LinkConflictError(
-                f"ServiceNow {sn_id} is already linked ({kind}) to PagerDuty {rows[0][0]}; unlink that first"
-            )
+        return _link(row)
 
     async def get_link(
         self,
@@ -115,22 +137,13 @@ class SQLiteLinks:
         if status is not None and status not in LINK_STATUSES:
             raise ValueError(f"link status must be 'linked' or 'unlinked', not {status!r}")
         try:
-            async with self._transaction() as db:
-                if status == "linked":
-                    rows = await fetch(db, "SELECT sn_id FROM links WHERE kind = ? AND pd_id = ?", (kind, pd_id))
-                    if rows:
-                        await self._check_sn_free(db, kind, rows[0][0], pd_id)
-                async with db.execute(
-                    """
-                    UPDATE links SET state = ?, status = COALESCE(?, status), updated_at = ?
-                    WHERE kind = ? AND pd_id = ?
-                    """,
-                    (_state_json(state), status, self._now(), kind, pd_id),
-                ) as cur:
-                    if cur.rowcount == 0:
-                        raise LookupError(f"no {kind} link for PagerDuty {pd_id}")
+            changed = await self._run(
+                transaction, _update_link_state, kind, pd_id, _state_json(state), status, self._now()
+            )
         except sqlite3.IntegrityError as exc:
             raise LinkConflictError(f"{kind} link of PagerDuty {pd_id}: {exc}") from None
+        if not changed:
+            raise LookupError(f"no {kind} link for PagerDuty {pd_id}")
 
     async def list_links(self, kind: str | None = None, include_unlinked: bool = False) -> list[Link]:
         where, params = [], []
