@@ -67,6 +67,18 @@ def test_secrets_are_scrubbed_from_values_keys_stdlib_and_tracebacks(json_logs):
     assert text.count("[REDACTED]") >= 4
 
 
+def test_only_the_value_holding_a_secret_changes_and_a_secret_split_over_two_values_is_none(json_logs):
+    set_secrets(["s3cr3t-api-key"])
+    structlog.get_logger("t").info(
+        "calling", before="plain one", holder='has "s3cr3t-api-key" inside', after="plain two", tail="s3cr3t"
+    )
+    structlog.get_logger("t").info("split", head="ends s3cr3t", rest="-api-key starts")
+    holder, split = lines(json_logs)
+    assert holder["holder"] == 'has "[REDACTED]" inside'
+    assert (holder["before"], holder["after"], holder["tail"]) == ("plain one", "plain two", "s3cr3t")
+    assert (split["head"], split["rest"]) == ("ends s3cr3t", "-api-key starts")
+
+
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_a_secret_is_scrubbed_whether_or_not_the_renderer_escapes_its_value(fmt):
     # Printable ASCII values are left to the scrub of the rendered line; values a renderer
