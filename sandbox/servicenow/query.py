@@ -93,6 +93,19 @@ class CompiledQuery:
                 return True
         return False
 
+    def narrowing(self) -> list[tuple[str, str]] | None:
+        """(column, value) pairs, one a group, that every matching record has one of (see
+        ``Narrowed``); None when some group has no such term (or there is no query)."""
+        if self.no_rows or not self.groups:
+            return None
+        out = []
+        for group in self.groups:
+            term = next((c[0] for c in group if len(c) == 1 and isinstance(c[0], Narrowed)), None)
+            if term is None:
+                return None
+            out.append((term.column, term.value))
+        return out
+
     def sort(self, records: list[Record]) -> list[Record]:
         for getter, column, descending in reversed(self.order):
             records.sort(key=_sort_key(getter, column), reverse=descending)
@@ -135,6 +148,19 @@ def _resolve_js(value: str, ctx: Context) -> str | None:
         delta = timedelta(**{m.group(1): int(m.group(2))})
         return (ctx.now() - delta).strftime("%Y-%m-%d %H:%M:%S")
     return None
+
+
+class Narrowed:
+    """An equality term on a plain column: ``record.get(column, "").lower() == value`` is
+    all it tests, so a scan can test that inline before running the whole query."""
+
+    __slots__ = ("column", "predicate", "value")
+
+    def __init__(self, predicate: Predicate, column: str, value: str) -> None:
+        self.predicate, self.column, self.value = predicate, column, value
+
+    def __call__(self, record: Record) -> bool:
+        return self.predicate(record)
 
 
 class InvalidTerm(Exception):
@@ -218,6 +244,9 @@ def _predicate(table: str, term: str, ctx: Context, display_values: bool = False
                 return get(r).lower() == q if column.kind != BOOLEAN else _normalise(column, get(r)) == q
 
         if op == "=":
+            if "." not in m.group(0) and column.kind not in (INTEGER, BOOLEAN):
+                # A plain column's value, case-folded: what a scan may test first (Narrowed).
+                return Narrowed(eq, column.name, q)
             return eq
         return lambda r: not eq(r)
     if op in ("IN", "NOT IN"):

@@ -273,3 +273,27 @@ async def test_unordered_lists_are_not_in_insertion_order_guaranteed(sn_client, 
     # uses sys_id order so that code relying on creation order fails here too.
     result, _ = await _query(sn_client, sn_admin, "incident", sysparm_fields="sys_id")
     assert [r["sys_id"] for r in result] == sorted(i["sys_id"] for i in incidents)
+
+
+def test_equality_in_every_group_finds_what_a_full_scan_finds(sn_state, incidents):
+    # Equality terms are tested inline before the whole query (the lookup a sync makes:
+    # sys_id ^NQ correlation_id ^NQ ...); the result must be the full scan's, in sys_id order.
+    sn_state.tables["incident"][incidents[3]["sys_id"]]["correlation_id"] = "PABC123"  # changed in place
+    queries = [
+        "short_description=slow QUERIES",
+        f"sys_id={incidents[4]['sys_id']}^NQcorrelation_id=pabc123^NQshort_description=Nowhere",
+        f"assignment_group={DATABASE}^impact=1^ORshort_description=Slow queries",
+        f"assignment_group={NETWORK}^NQstate=1",
+        "short_description=Disk full on db-01^NQshort_description!=Disk full on db-01^state=2",
+    ]
+    for query in queries:
+        compiled = sn_state.compile("incident", query)
+        rows = sn_state.tables["incident"]
+        scanned = compiled.sort([rows[k] for k in sorted(rows) if compiled.matches(rows[k])])
+        assert sn_state.select("incident", query) == scanned, query
+    assert [r["short_description"] for r in sn_state.select("incident", queries[1])] == sorted(
+        ["Backup job failed", "VPN down for one user"],
+        key=lambda text: next(i["sys_id"] for i in incidents if i["short_description"] == text),
+    )
+    assert sn_state.compile("incident", queries[1]).narrowing() is not None
+    assert sn_state.compile("incident", queries[3]).narrowing() is None  # state is an integer: compared as a number
