@@ -1,7 +1,7 @@
 """Every benchmark of issue 8 in one run, written as one table at the top of bench/RESULTS.md.
 
 Runs bench/inbox.py (a short mode), bench/daemon_ingest.py (a fresh inbox, then 100,000
-handled events retained), bench/incident_sync.py (the 100/s latency run and a burst) and
+handled events retained), bench/daemon_instructions.py (valgrind), bench/incident_sync.py (the 100/s latency run and a burst) and
 bench/links_memory.py, each in its own process, and writes the machine (nproc, CPU model,
 Python, SQLite), the date, the commit, the load average around each part and every figure.
 The detailed sections below the table in RESULTS.md are kept. Run (wrk: `apt-get install wrk`):
@@ -37,6 +37,7 @@ PARTS = {
     ),
     "ingest": ("daemon_ingest.py", ["--rounds", "3", "--seconds", "8"]),
     "ingest_retained": ("daemon_ingest.py", ["--rounds", "3", "--seconds", "8", "--retained", "100000"]),
+    "instructions": ("daemon_instructions.py", ["--requests", "1000"]),
     "sync": ("incident_sync.py", ["--rate", "100", "--count", "500", "--burst", "1000"]),
     "memory": ("links_memory.py", ["--links", "100000", "--json"]),
 }
@@ -171,6 +172,15 @@ def rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             ">= 3,000/s",
             lambda r: f"{r['drain_events_per_s']:,} events/s" if r.get("drain_events_per_s") else "no backlog left",
         )
+    add(
+        "instructions",
+        "instructions a signed webhook costs (callgrind, 1,000 one after another; the load does not move them)",
+        "(the ratio: >= 0.4x)",
+        lambda r: (
+            f"daemon {r['daemon_instructions_per_request'] / 1e6:.2f}M, bare aiohttp "
+            f"{r['bare_instructions_per_request'] / 1e6:.2f}M: ratio {r['ratio']:.2f}x"
+        ),
+    )
     add(
         "sync",
         "incident sync, burst: synced/s",
