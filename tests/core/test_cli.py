@@ -147,6 +147,8 @@ def test_events_commands_operate_on_the_store(write_config, capsys):
         return a.id, b.id
 
     dead_id, other_id = asyncio.run(seed())
+    # Run alone, the seeding's own log lines (structlog unconfigured) reach stdout: not the CLI's output.
+    capsys.readouterr()
     assert main(["events", "list", "--json", "--config", str(path)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {(r["id"], r["status"]) for r in rows} == {(dead_id, "dead"), (other_id, "pending")}
