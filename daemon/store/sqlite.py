@@ -69,7 +69,7 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_Row]) -> list[int | Non
 
 
 def _rowcount(conn: sqlite3.Connection, sql: str, params: Any) -> int:
-    return int(conn.execute(sql, params).rowcount)
+    return conn.execute(sql, params).rowcount
 
 
 def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
@@ -521,4 +521,5 @@ class SQLiteStore(SQLiteLinks, Store):
 
     async def _write_count(self, sql: str, params: Any) -> int:
         """``sql`` in one write transaction, in one hop; the rows it changed."""
-        return int(await self._run(inbox.transaction, _rowcount, sql, params))
+        count: int = await self._run(inbox.transaction, _rowcount, sql, params)
+        return count
