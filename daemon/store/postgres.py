@@ -112,10 +112,14 @@ class PostgresStore(Store):
         settings = {"search_path": self.schema} if self.schema else {}
         try:
             if self.schema:
-                # The schema must exist before a pooled connection may use it.
+                # The schema must exist before a pooled connection may use it. Under the
+                # migrations' lock: two CREATE SCHEMA IF NOT EXISTS at once (instances
+                # started together) fail one of them on pg_namespace's unique index.
                 conn = await asyncpg.connect(self._dsn, password=self._password)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
             pool = await asyncpg.create_pool(

@@ -19,6 +19,7 @@ from dutybridge.plugins import make_test_pm
 from dutybridge.scheduler import Election, Scheduler
 from dutybridge.store import open_store
 from dutybridge.store import postgres_sql as sql
+from dutybridge.store.migrations import POSTGRES_MIGRATIONS
 from dutybridge.store.postgres import PostgresStore
 from dutybridge.store.postgres_url import split_url
 from dutybridge.worker import Worker
@@ -37,6 +38,24 @@ async def url():
 
 def ev(n: int, resource: str) -> Event:
     return Event(source="pagerduty", type="incident.triggered", event_id=f"e{n}", resource=resource, payload={"n": n})
+
+
+async def test_instances_opening_a_new_schema_at_the_same_moment_all_open():
+    # Instances started together (a rollout, a host reboot) each create the schema if it
+    # is missing: two CREATE SCHEMA IF NOT EXISTS at once made one of them fail with a
+    # unique violation on pg_namespace, and that instance exit at start.
+    base = postgres.server_url()
+    for _ in range(5):
+        schema = postgres.new_schema()
+        stores = [PostgresStore(postgres.with_schema(base, schema)) for _ in range(6)]
+        try:
+            results = await asyncio.gather(*(store.open() for store in stores), return_exceptions=True)
+            assert [repr(r) for r in results if isinstance(r, BaseException)] == []
+            assert {await store.schema_version() for store in stores} == {POSTGRES_MIGRATIONS[-1][0]}
+        finally:
+            for store in stores:
+                await store.close()
+            await postgres.drop_schema(base, schema)
 
 
 async def test_three_instances_drain_one_inbox_each_event_once_and_each_resource_in_order(url):
