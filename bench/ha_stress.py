@@ -33,8 +33,8 @@ async def main(args: argparse.Namespace) -> int:
     url = postgres.with_schema(args.store, schema)
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="dutybridge-ha-")), url)
     started = time.monotonic()
-    await cluster.start()
     try:
+        await cluster.start()
         pd_born, sn_born, killed = await run_stream(
             cluster, per_side=args.incidents // 2, kills=args.kills, rate=args.rate
         )

@@ -28,8 +28,10 @@ async def pg_url():
 @pytest.mark.timeout(180)
 async def test_three_instances_lose_nothing_and_sync_each_incident_once_through_kills(tmp_path, pg_url):
     cluster = Cluster(tmp_path, pg_url)
-    await cluster.start()
     try:
+        # Inside the try: a start that fails half-way must not leave its instances
+        # running (into the next tests, and on a schema the fixture drops).
+        await cluster.start()
         # ~27 s of stream: each leader lives past a takeover and a poll interval.
         pd_born, sn_born, killed = await run_stream(cluster, per_side=40, kills=3, rate=3.0)
         report = await verdict(cluster, pd_born, sn_born, timeout=60)
