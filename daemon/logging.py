@@ -170,7 +170,7 @@ def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mu
     # something. A webhook's line: 10 looks for each secret form instead of 2.
     if texts and _secrets and _may_need_scrub("\n".join(texts)):
         for key, value in event_dict.items():
-            if type(value) is str and value is not REDACTED:
+            if type(value) is str:
                 event_dict[key] = scrub(value)
     return event_dict
 

@@ -72,6 +72,10 @@ def _rowcount(conn: sqlite3.Connection, sql: str, params: Any) -> int:
     return conn.execute(sql, params).rowcount
 
 
+def _rows(conn: sqlite3.Connection, sql: str, params: Any) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
+
+
 def _stored(row: _Row, event: Event, row_id: int) -> StoredEvent:
     """The event as ``_insert_events`` stored it: what ``get_event`` would read back."""
     if isinstance(event, EncodedEvent) and row[4] is event.payload_text:
@@ -420,13 +424,11 @@ class SQLiteStore(SQLiteLinks, Store):
         now_dt = self._clock()
         lease, now = to_text(now_dt + timedelta(seconds=lease_seconds)), to_text(now_dt)
         marks = ",".join("?" * len(event_ids))
-        async with self._transaction() as db:
-            rows = await fetch(
-                db,
-                f"UPDATE events NOT INDEXED SET lease_expires_at = ?, updated_at = ? "
-                f"WHERE id IN ({marks}) AND status = 'claimed' AND owner = ? RETURNING id",
-                (lease, now, *event_ids, owner),
-            )
+        rows = await self._write_rows(
+            f"UPDATE events NOT INDEXED SET lease_expires_at = ?, updated_at = ? "
+            f"WHERE id IN ({marks}) AND status = 'claimed' AND owner = ? RETURNING id",
+            (lease, now, *event_ids, owner),
+        )
         return sorted(r[0] for r in rows)
 
     async def release_claims(self, owner: str | None = None) -> int:
@@ -523,3 +525,8 @@ class SQLiteStore(SQLiteLinks, Store):
         """``sql`` in one write transaction, in one hop; the rows it changed."""
         count: int = await self._run(inbox.transaction, _rowcount, sql, params)
         return count
+
+    async def _write_rows(self, sql: str, params: Any) -> list[sqlite3.Row]:
+        """``sql`` (a write with RETURNING) in one write transaction, in one hop; its rows."""
+        rows: list[sqlite3.Row] = await self._run(inbox.transaction, _rows, sql, params)
+        return rows

@@ -95,6 +95,7 @@ class SQLiteLinks:
 
         def _transaction(self, write: bool = True) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
         async def _write_count(self, sql: str, params: Any) -> int: ...
+        async def _write_rows(self, sql: str, params: Any) -> list[sqlite3.Row]: ...
         async def _run(self, fn: Callable[..., Any], *args: Any) -> Any: ...
         def _now(self) -> str: ...
 
@@ -167,19 +168,17 @@ class SQLiteLinks:
     async def take_leadership(self, name: str, holder: str, seconds: float) -> bool:
         now_dt = self._clock()
         now, until = to_text(now_dt), to_text(now_dt + timedelta(seconds=seconds))
-        async with self._transaction() as db:
-            rows = await fetch(
-                db,
-                """
-                INSERT INTO leases (name, holder, expires_at, taken_at) VALUES (?, ?, ?, ?)
-                ON CONFLICT (name) DO UPDATE SET
-                    holder = excluded.holder, expires_at = excluded.expires_at,
-                    taken_at = CASE WHEN holder = excluded.holder THEN taken_at ELSE excluded.taken_at END
-                WHERE holder = excluded.holder OR expires_at < excluded.taken_at
-                RETURNING holder
-                """,
-                (name, holder, until, now),
-            )
+        rows = await self._write_rows(
+            """
+            INSERT INTO leases (name, holder, expires_at, taken_at) VALUES (?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET
+                holder = excluded.holder, expires_at = excluded.expires_at,
+                taken_at = CASE WHEN holder = excluded.holder THEN taken_at ELSE excluded.taken_at END
+            WHERE holder = excluded.holder OR expires_at < excluded.taken_at
+            RETURNING holder
+            """,
+            (name, holder, until, now),
+        )
         return bool(rows) and rows[0][0] == holder
 
     async def resign_leadership(self, name: str, holder: str) -> None:
